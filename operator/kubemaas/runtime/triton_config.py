@@ -1,0 +1,249 @@
+"""Render a Triton ``config.pbtxt`` from typed serving settings and a model's tensor signature.
+
+The serving settings come from the ModelService spec; the operator passes them to the model-loader
+init container as command-line flags (:func:`add_serving_arguments` / :func:`settings_from_args`),
+so the flag names here are part of the contract between the operator and the loader image.
+
+Batching rules (Triton semantics, made explicit):
+
+* ``max_batch_size == 0``: the model has no batch dimension; the manifest's dims are the full shape,
+  so a leading ``-1`` is added to let clients send any number of rows in one request.
+* ``max_batch_size == 1``: Triton adds the batch dimension but never combines requests (batching off).
+* ``max_batch_size > 1``: dynamic batching is on, with the preferred sizes and the queue delay.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Backend(StrEnum):
+    """Triton backends a ModelService may ask for."""
+
+    PYTORCH_LIBTORCH = "pytorch_libtorch"
+    PYTHON = "python"
+    ONNXRUNTIME = "onnxruntime"
+
+
+class InstanceKind(StrEnum):
+    """Where Triton places model instances."""
+
+    GPU = "KIND_GPU"
+    CPU = "KIND_CPU"
+
+
+class TensorSignature(Protocol):
+    """One input or output as the artifact manifest records it (dims exclude the batch dimension)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def datatype(self) -> str: ...
+
+    @property
+    def dims(self) -> Sequence[int]: ...
+
+
+# KServe v2 datatypes (what the manifest records) -> Triton model-config data types.
+_TRITON_DATA_TYPES = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "BF16": "TYPE_BF16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+}
+
+# What each backend expects to find in the version directory.
+MODEL_FILE_NAMES = {
+    Backend.PYTORCH_LIBTORCH: "model.pt",
+    Backend.PYTHON: "model.pt",
+    Backend.ONNXRUNTIME: "model.onnx",
+}
+
+# Artifact format each backend can serve.
+BACKEND_FORMATS = {
+    Backend.PYTORCH_LIBTORCH: "TorchScript",
+    Backend.PYTHON: "TorchScript",
+    Backend.ONNXRUNTIME: "ONNX",
+}
+
+# Model-config parameter that records the artifact version a repository was built from.
+VERSION_PARAMETER = "kubemaas_model_version"
+
+
+class ServingSettings(BaseModel):
+    """The Triton-facing part of a ModelService: backend, batching and instance placement."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Backend = Backend.PYTHON
+    max_batch_size: int = Field(default=8, ge=0)
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = Field(default=0, ge=0)
+    instance_count: int = Field(default=1, ge=1)
+    instance_kind: InstanceKind = InstanceKind.CPU
+
+    @model_validator(mode="after")
+    def _preferred_sizes_fit(self) -> ServingSettings:
+        for size in self.preferred_batch_sizes:
+            if not 1 <= size <= self.max_batch_size:
+                raise ValueError(
+                    f"preferred batch size {size} must be between 1 and max batch size {self.max_batch_size}"
+                )
+        return self
+
+    @property
+    def dynamic_batching(self) -> bool:
+        return self.max_batch_size > 1
+
+
+def triton_data_type(datatype: str) -> str:
+    try:
+        return _TRITON_DATA_TYPES[datatype]
+    except KeyError:
+        raise ValueError(f"unsupported tensor datatype {datatype!r}") from None
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _tensor_block(tensor: TensorSignature, *, implicit_batch: bool) -> str:
+    dims = list(tensor.dims) if implicit_batch else [-1, *tensor.dims]
+    return (
+        "  {\n"
+        f"    name: {_quote(tensor.name)}\n"
+        f"    data_type: {triton_data_type(tensor.datatype)}\n"
+        f"    dims: [ {', '.join(str(d) for d in dims)} ]\n"
+        "  }"
+    )
+
+
+def _tensor_list(key: str, tensors: Sequence[TensorSignature], *, implicit_batch: bool) -> str:
+    if not tensors:
+        raise ValueError(f"a model needs at least one {key} tensor")
+    blocks = ",\n".join(_tensor_block(t, implicit_batch=implicit_batch) for t in tensors)
+    return f"{key} [\n{blocks}\n]\n"
+
+
+def _backend_lines(backend: Backend) -> str:
+    # platform pins the libtorch/ONNX loaders by file type; the python backend is named by backend.
+    if backend is Backend.PYTORCH_LIBTORCH:
+        return 'platform: "pytorch_libtorch"\ndefault_model_filename: "model.pt"\n'
+    if backend is Backend.ONNXRUNTIME:
+        return 'platform: "onnxruntime_onnx"\ndefault_model_filename: "model.onnx"\n'
+    return 'backend: "python"\n'
+
+
+def _dynamic_batching_block(settings: ServingSettings) -> str:
+    if not settings.dynamic_batching:
+        return ""
+    lines = ["dynamic_batching {"]
+    if settings.preferred_batch_sizes:
+        sizes = ", ".join(str(s) for s in settings.preferred_batch_sizes)
+        lines.append(f"  preferred_batch_size: [ {sizes} ]")
+    lines.append(f"  max_queue_delay_microseconds: {settings.max_queue_delay_us}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_config(
+    *,
+    model_name: str,
+    model_version: str,
+    settings: ServingSettings,
+    inputs: Sequence[TensorSignature],
+    outputs: Sequence[TensorSignature],
+) -> str:
+    """Return the whole ``config.pbtxt`` text (protobuf text format) for one model."""
+    implicit_batch = settings.max_batch_size > 0
+    return (
+        f"name: {_quote(model_name)}\n"
+        + _backend_lines(settings.backend)
+        + f"max_batch_size: {settings.max_batch_size}\n"
+        + _tensor_list("input", inputs, implicit_batch=implicit_batch)
+        + _tensor_list("output", outputs, implicit_batch=implicit_batch)
+        + "instance_group [\n"
+        + f"  {{\n    count: {settings.instance_count}\n    kind: {settings.instance_kind.value}\n  }}\n"
+        + "]\n"
+        + _dynamic_batching_block(settings)
+        + "parameters {\n"
+        + f"  key: {_quote(VERSION_PARAMETER)}\n"
+        + f"  value: {{ string_value: {_quote(model_version)} }}\n"
+        + "}\n"
+    )
+
+
+def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the serving-settings flags (the operator builds the init container's args from these)."""
+    defaults = ServingSettings()
+    group = parser.add_argument_group("serving settings (rendered into config.pbtxt)")
+    group.add_argument(
+        "--backend", choices=[b.value for b in Backend], default=defaults.backend.value, help="Triton backend"
+    )
+    group.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=defaults.max_batch_size,
+        help="0: no batch dimension; 1: batching off; >1: dynamic batching on",
+    )
+    group.add_argument(
+        "--preferred-batch-size",
+        type=int,
+        action="append",
+        default=[],
+        dest="preferred_batch_sizes",
+        help="preferred dynamic batch size (repeatable)",
+    )
+    group.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=defaults.max_queue_delay_us,
+        help="how long the dynamic batcher may hold a request to form a larger batch (microseconds)",
+    )
+    group.add_argument("--instance-count", type=int, default=defaults.instance_count)
+    group.add_argument(
+        "--instance-kind",
+        choices=[k.value for k in InstanceKind],
+        default=defaults.instance_kind.value,
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> ServingSettings:
+    """Build validated settings from flags parsed by a parser that had :func:`add_serving_arguments`."""
+    return ServingSettings(
+        backend=Backend(args.backend),
+        max_batch_size=args.max_batch_size,
+        preferred_batch_sizes=tuple(args.preferred_batch_sizes),
+        max_queue_delay_us=args.max_queue_delay_us,
+        instance_count=args.instance_count,
+        instance_kind=InstanceKind(args.instance_kind),
+    )
+
+
+def settings_to_args(settings: ServingSettings) -> list[str]:
+    """The inverse of :func:`settings_from_args`: the flags the operator puts in the init container's args."""
+    args = [
+        f"--backend={settings.backend.value}",
+        f"--max-batch-size={settings.max_batch_size}",
+        f"--max-queue-delay-us={settings.max_queue_delay_us}",
+        f"--instance-count={settings.instance_count}",
+        f"--instance-kind={settings.instance_kind.value}",
+    ]
+    args.extend(f"--preferred-batch-size={size}" for size in settings.preferred_batch_sizes)
+    return args
