@@ -1,0 +1,488 @@
+"""Streaming AES-256-GCM encryption of model artifacts (format ``KMAASENC`` v1).
+
+Public API (stable; the model loader codes against it)::
+
+    Keyring.from_dir(path) -> Keyring            # mounted Secret: key-<id> files + `active`
+    keyring.active_id -> str
+    keyring.key(key_id) -> bytes                 # UnknownKeyError if absent
+    encrypt_file(src, dst, *, key, key_id, model, version, chunk_size=DEFAULT_CHUNK_SIZE)
+    decrypt_file(src, dst, *, keyring, model, version)   # key id comes from the header
+    verify_file(src, *, keyring, model, version)         # decrypt_file without output
+    read_header(path) -> ArtifactHeader                  # structural parse + checksum, no key
+
+``encrypt_file`` and ``decrypt_file`` return a :class:`PlaintextDigest` (sha256 and size of
+the plaintext) that callers may ignore. Both write ``dst`` atomically: output goes to a
+temporary file in ``dst``'s directory, is fsynced, and is renamed onto ``dst`` only after
+the whole stream was processed and, for decryption, every chunk verified. A refused
+artifact leaves no output file. Memory use is bounded by about twice the chunk size.
+
+File layout (all integers big-endian)::
+
+    header:
+      magic          8   b"KMAASENC"
+      format         2   1
+      header_len     4   total header length in bytes
+      key_id         1+n length-prefixed ASCII
+      model          2+n length-prefixed UTF-8
+      version        2+n length-prefixed UTF-8
+      chunk_size     4   plaintext bytes per chunk (the last may be shorter)
+      plaintext_size 8
+      nonce_prefix   8   random per file
+      salt          16   random per file, HKDF salt
+      commitment    32   HKDF(key, salt) output: identifies the key (wrong key fails here)
+      header_mac    32   HMAC-SHA256(mac_key, every header byte before it)
+      checksum      32   SHA-256 of every header byte before it (unkeyed: classifies
+                         accidental corruption as BadHeaderError before any key is used)
+    chunks, n = max(1, ceil(plaintext_size / chunk_size)), each:
+      AES-256-GCM(enc_key, nonce = nonce_prefix || u32 index,
+                  aad = "KMAASENC/chunk/v1" || checksum || u64 index || u8 final) -> ciphertext || tag(16)
+
+``enc_key``, ``mac_key`` and ``commitment`` come from one HKDF-SHA256 expansion of the
+master key with the per-file salt, so each file has its own data key and GCM nonces can
+never repeat across files. Model name, version and key id are bound into every chunk
+through the header checksum in the associated data, and into the header through the MAC.
+
+Error classes (all :class:`ArtifactIntegrityError`): ``BadHeaderError`` (not an artifact,
+corrupted header, ``UnsupportedFormatError``, ``HeaderTamperedError``), ``UnknownKeyError``,
+``WrongKeyError``, ``BindingMismatchError``, ``TruncatedArtifactError``,
+``ExtendedArtifactError``, ``TamperedChunkError`` (``.index``) and ``ChunkOrderError``
+(``.index``, ``.found``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from kubemaas.runtime.errors import (
+    ArtifactIntegrityError,
+    BadHeaderError,
+    BindingMismatchError,
+    ChunkOrderError,
+    ExtendedArtifactError,
+    HeaderTamperedError,
+    KeyringError,
+    TamperedChunkError,
+    TruncatedArtifactError,
+    UnknownKeyError,
+    UnsupportedFormatError,
+    WrongKeyError,
+)
+from kubemaas.runtime.keyring import KEY_BYTES, Keyring, validate_key_id
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "MAGIC",
+    "ArtifactHeader",
+    "ArtifactIntegrityError",
+    "BadHeaderError",
+    "BindingMismatchError",
+    "ChunkOrderError",
+    "ExtendedArtifactError",
+    "HeaderTamperedError",
+    "Keyring",
+    "KeyringError",
+    "PlaintextDigest",
+    "TamperedChunkError",
+    "TruncatedArtifactError",
+    "UnknownKeyError",
+    "UnsupportedFormatError",
+    "WrongKeyError",
+    "decrypt_file",
+    "encrypt_file",
+    "read_header",
+    "verify_file",
+]
+
+MAGIC = b"KMAASENC"
+FORMAT_VERSION = 1
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+MIN_CHUNK_SIZE = 16
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+MAX_HEADER_LEN = 64 * 1024
+MAX_NAME_BYTES = 1024
+TAG_BYTES = 16
+
+_PREFIX = struct.Struct(">8sHI")  # magic, format, header_len
+_FIXED_TAIL = struct.Struct(">IQ8s16s32s")  # chunk_size, plaintext_size, nonce_prefix, salt, commitment
+_DIGEST_BYTES = 32
+_HKDF_INFO = b"KMAASENC/v1 enc-key mac-key commitment"
+_CHUNK_AAD_LABEL = b"KMAASENC/chunk/v1"
+_MIN_HEADER_LEN = _PREFIX.size + 1 + 1 + 2 + 1 + 2 + 1 + _FIXED_TAIL.size + 2 * _DIGEST_BYTES
+
+
+@dataclass(frozen=True)
+class ArtifactHeader:
+    """The parsed (checksum-verified, not yet key-verified) header of an encrypted artifact."""
+
+    format_version: int
+    key_id: str
+    model: str
+    version: str
+    chunk_size: int
+    plaintext_size: int
+    nonce_prefix: bytes
+    salt: bytes
+    commitment: bytes
+    header_mac: bytes
+    checksum: bytes
+    header_len: int
+
+    @property
+    def chunk_count(self) -> int:
+        return max(1, -(-self.plaintext_size // self.chunk_size))
+
+    @property
+    def encrypted_size(self) -> int:
+        return self.header_len + self.chunk_count * TAG_BYTES + self.plaintext_size
+
+    def chunk_length(self, index: int) -> int:
+        """Plaintext length of chunk ``index``."""
+        if index < self.chunk_count - 1:
+            return self.chunk_size
+        return self.plaintext_size - (self.chunk_count - 1) * self.chunk_size
+
+
+@dataclass(frozen=True)
+class PlaintextDigest:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _FileKeys:
+    enc: AESGCM
+    mac_key: bytes
+    commitment: bytes
+
+
+def _derive(key: bytes, salt: bytes) -> _FileKeys:
+    material = HKDF(algorithm=hashes.SHA256(), length=96, salt=salt, info=_HKDF_INFO).derive(key)
+    return _FileKeys(enc=AESGCM(material[:32]), mac_key=material[32:64], commitment=material[64:])
+
+
+def _mac(mac_key: bytes, data: bytes) -> bytes:
+    h = crypto_hmac.HMAC(mac_key, hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def _nonce(nonce_prefix: bytes, index: int) -> bytes:
+    return nonce_prefix + struct.pack(">I", index)
+
+
+def _aad(checksum: bytes, index: int, final: bool) -> bytes:
+    return _CHUNK_AAD_LABEL + checksum + struct.pack(">QB", index, 1 if final else 0)
+
+
+def _pack_str(value: str, length_format: str, field: str) -> bytes:
+    raw = value.encode("utf-8")
+    if not raw or len(raw) > MAX_NAME_BYTES:
+        raise ValueError(f"{field} must be 1..{MAX_NAME_BYTES} bytes of UTF-8, got {len(raw)}")
+    return struct.pack(length_format, len(raw)) + raw
+
+
+# --------------------------------------------------------------------------- header
+
+
+def _build_header(
+    *,
+    keys: _FileKeys,
+    key_id: str,
+    model: str,
+    version: str,
+    chunk_size: int,
+    plaintext_size: int,
+    nonce_prefix: bytes,
+    salt: bytes,
+) -> bytes:
+    body = (
+        _pack_str(key_id, ">B", "key id")
+        + _pack_str(model, ">H", "model")
+        + _pack_str(version, ">H", "version")
+        + _FIXED_TAIL.pack(chunk_size, plaintext_size, nonce_prefix, salt, keys.commitment)
+    )
+    header_len = _PREFIX.size + len(body) + 2 * _DIGEST_BYTES
+    authenticated = _PREFIX.pack(MAGIC, FORMAT_VERSION, header_len) + body
+    with_mac = authenticated + _mac(keys.mac_key, authenticated)
+    return with_mac + hashlib.sha256(with_mac).digest()
+
+
+def _read_exact_header(stream: BinaryIO, file_size: int) -> bytes:
+    prefix = stream.read(_PREFIX.size)
+    if len(prefix) < _PREFIX.size or prefix[: len(MAGIC)] != MAGIC:
+        raise BadHeaderError("not a Kubemaas encrypted artifact (magic bytes missing)")
+    _, format_version, header_len = _PREFIX.unpack(prefix)
+    if format_version != FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"artifact format version {format_version} is not supported "
+            f"(this reader handles {FORMAT_VERSION})"
+        )
+    if not _MIN_HEADER_LEN <= header_len <= MAX_HEADER_LEN:
+        raise BadHeaderError(f"header length {header_len} is out of range: header is corrupted")
+    if header_len > file_size:
+        raise BadHeaderError(
+            f"file ends inside the header ({file_size} bytes, header needs {header_len}): "
+            "truncated or corrupted"
+        )
+    rest = stream.read(header_len - _PREFIX.size)
+    if len(rest) != header_len - _PREFIX.size:
+        raise BadHeaderError("file ends inside the header: truncated or corrupted")
+    return prefix + rest
+
+
+def _parse_header(raw: bytes) -> ArtifactHeader:
+    checked, checksum = raw[:-_DIGEST_BYTES], raw[-_DIGEST_BYTES:]
+    if not hmac.compare_digest(hashlib.sha256(checked).digest(), checksum):
+        raise BadHeaderError("header checksum mismatch: the header is corrupted")
+    _, format_version, header_len = _PREFIX.unpack_from(raw)
+    try:
+        offset = _PREFIX.size
+        key_id, offset = _unpack_str(raw, offset, ">B")
+        model, offset = _unpack_str(raw, offset, ">H")
+        version, offset = _unpack_str(raw, offset, ">H")
+        chunk_size, plaintext_size, nonce_prefix, salt, commitment = _FIXED_TAIL.unpack_from(raw, offset)
+        offset += _FIXED_TAIL.size
+        header_mac = raw[offset : offset + _DIGEST_BYTES]
+        if offset + 2 * _DIGEST_BYTES != len(raw):
+            raise ValueError("field lengths do not add up to the header length")
+        validate_key_id(key_id)
+    except (ValueError, struct.error, UnicodeDecodeError, KeyringError) as exc:
+        # The checksum matched, so this header was written this way on purpose: refuse it.
+        raise BadHeaderError(f"malformed header: {exc}") from None
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise BadHeaderError(f"chunk size {chunk_size} in header is out of range")
+    return ArtifactHeader(
+        format_version=format_version,
+        key_id=key_id,
+        model=model,
+        version=version,
+        chunk_size=chunk_size,
+        plaintext_size=plaintext_size,
+        nonce_prefix=nonce_prefix,
+        salt=salt,
+        commitment=commitment,
+        header_mac=header_mac,
+        checksum=checksum,
+        header_len=header_len,
+    )
+
+
+def _unpack_str(raw: bytes, offset: int, length_format: str) -> tuple[str, int]:
+    (length,) = struct.unpack_from(length_format, raw, offset)
+    offset += struct.calcsize(length_format)
+    if offset + length > len(raw):
+        raise ValueError("string field runs past the header")
+    return raw[offset : offset + length].decode("utf-8"), offset + length
+
+
+def read_header(path: Path | str) -> ArtifactHeader:
+    """Parse and checksum-verify the header of ``path``. Does not need (or check) a key."""
+    with open(path, "rb") as stream:
+        return _parse_header(_read_exact_header(stream, os.fstat(stream.fileno()).st_size))
+
+
+def _verify_header(header: ArtifactHeader, raw: bytes, keyring: Keyring) -> _FileKeys:
+    keys = _derive(keyring.key(header.key_id), header.salt)
+    if not hmac.compare_digest(keys.commitment, header.commitment):
+        raise WrongKeyError(
+            f"the keyring's key {header.key_id!r} is not the key this artifact was encrypted with "
+            "(the key was replaced under the same id, or the artifact was re-keyed)"
+        )
+    mac_end = header.header_len - 2 * _DIGEST_BYTES
+    if not hmac.compare_digest(_mac(keys.mac_key, raw[:mac_end]), header.header_mac):
+        raise HeaderTamperedError("header authentication failed: the header was altered")
+    return keys
+
+
+def _check_binding(header: ArtifactHeader, model: str, version: str) -> None:
+    if (header.model, header.version) != (model, version):
+        raise BindingMismatchError(
+            f"artifact belongs to model {header.model!r} version {header.version!r}, "
+            f"not the requested model {model!r} version {version!r}"
+        )
+
+
+def _check_size(header: ArtifactHeader, file_size: int) -> None:
+    expected = header.encrypted_size
+    if file_size < expected:
+        raise TruncatedArtifactError(
+            f"artifact is truncated: {file_size} bytes on disk, the header promises {expected} "
+            f"({header.chunk_count} chunks)"
+        )
+    if file_size > expected:
+        raise ExtendedArtifactError(
+            f"artifact has {file_size - expected} unexpected bytes after its final chunk"
+        )
+
+
+# --------------------------------------------------------------------------- encrypt
+
+
+def encrypt_file(
+    src: Path | str,
+    dst: Path | str,
+    *,
+    key: bytes,
+    key_id: str,
+    model: str,
+    version: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> PlaintextDigest:
+    """Encrypt ``src`` into ``dst`` (atomically replaced), bound to ``model``/``version``/``key_id``."""
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"key must be {KEY_BYTES} bytes")
+    validate_key_id(key_id)
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
+    with open(src, "rb") as source:
+        plaintext_size = os.fstat(source.fileno()).st_size
+        nonce_prefix, salt = os.urandom(8), os.urandom(16)
+        keys = _derive(key, salt)
+        header_bytes = _build_header(
+            keys=keys,
+            key_id=key_id,
+            model=model,
+            version=version,
+            chunk_size=chunk_size,
+            plaintext_size=plaintext_size,
+            nonce_prefix=nonce_prefix,
+            salt=salt,
+        )
+        header = _parse_header(header_bytes)
+
+        def write(out: BinaryIO) -> PlaintextDigest:
+            out.write(header_bytes)
+            return _encrypt_chunks(source, out, header, keys.enc)
+
+        return _write_atomically(Path(dst), write)
+
+
+def _encrypt_chunks(source: BinaryIO, out: BinaryIO, header: ArtifactHeader, aead: AESGCM) -> PlaintextDigest:
+    digest = hashlib.sha256()
+    for index in range(header.chunk_count):
+        length = header.chunk_length(index)
+        chunk = source.read(length)
+        if len(chunk) != length:
+            raise RuntimeError(f"source file changed while encrypting (chunk {index} is short)")
+        digest.update(chunk)
+        final = index == header.chunk_count - 1
+        nonce, aad = _nonce(header.nonce_prefix, index), _aad(header.checksum, index, final)
+        out.write(aead.encrypt(nonce, chunk, aad))
+    if source.read(1):
+        raise RuntimeError("source file grew while encrypting")
+    return PlaintextDigest(sha256=digest.hexdigest(), size=header.plaintext_size)
+
+
+# --------------------------------------------------------------------------- decrypt
+
+
+def decrypt_file(
+    src: Path | str, dst: Path | str, *, keyring: Keyring, model: str, version: str
+) -> PlaintextDigest:
+    """Verify and decrypt ``src`` into ``dst``; ``dst`` appears only if every check passed."""
+
+    def write(out: BinaryIO) -> PlaintextDigest:
+        return _decrypt_into(Path(src), out.write, keyring=keyring, model=model, version=version)
+
+    return _write_atomically(Path(dst), write)
+
+
+def verify_file(src: Path | str, *, keyring: Keyring, model: str, version: str) -> PlaintextDigest:
+    """Run every check of :func:`decrypt_file` without writing plaintext anywhere."""
+    return _decrypt_into(Path(src), lambda _data: None, keyring=keyring, model=model, version=version)
+
+
+def _decrypt_into(
+    src: Path, sink: Callable[[bytes], object], *, keyring: Keyring, model: str, version: str
+) -> PlaintextDigest:
+    with open(src, "rb") as stream:
+        file_size = os.fstat(stream.fileno()).st_size
+        raw = _read_exact_header(stream, file_size)
+        header = _parse_header(raw)
+        keys = _verify_header(header, raw, keyring)
+        _check_binding(header, model, version)
+        _check_size(header, file_size)
+        digest = hashlib.sha256()
+        for plaintext in _decrypt_chunks(stream, header, keys.enc):
+            digest.update(plaintext)
+            sink(plaintext)
+        if stream.read(1):  # the file grew after the size check
+            raise ExtendedArtifactError("artifact has unexpected bytes after its final chunk")
+    return PlaintextDigest(sha256=digest.hexdigest(), size=header.plaintext_size)
+
+
+def _decrypt_chunks(stream: BinaryIO, header: ArtifactHeader, aead: AESGCM) -> Iterator[bytes]:
+    for index in range(header.chunk_count):
+        sealed_len = header.chunk_length(index) + TAG_BYTES
+        sealed = stream.read(sealed_len)
+        if len(sealed) != sealed_len:  # the file shrank after the size check
+            raise TruncatedArtifactError(f"artifact is truncated inside chunk {index}")
+        final = index == header.chunk_count - 1
+        nonce, aad = _nonce(header.nonce_prefix, index), _aad(header.checksum, index, final)
+        try:
+            yield aead.decrypt(nonce, sealed, aad)
+        except InvalidTag:
+            raise _classify_chunk_failure(sealed, index, header, aead) from None
+
+
+def _classify_chunk_failure(
+    sealed: bytes, index: int, header: ArtifactHeader, aead: AESGCM
+) -> ArtifactIntegrityError:
+    """Tell a moved chunk from a modified one by trying the other positions of equal length.
+
+    Runs only on the failure path; costs one trial decryption per chunk of the file.
+    """
+    for other in range(header.chunk_count):
+        if other == index or header.chunk_length(other) + TAG_BYTES != len(sealed):
+            continue
+        final = other == header.chunk_count - 1
+        with contextlib.suppress(InvalidTag):
+            aead.decrypt(_nonce(header.nonce_prefix, other), sealed, _aad(header.checksum, other, final))
+            message = f"chunk {index} holds the authentic data of chunk {other}: chunks were reordered"
+            return ChunkOrderError(index, other, message)
+    return TamperedChunkError(
+        index, f"chunk {index} of {header.chunk_count} failed authentication: its bytes were altered"
+    )
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _write_atomically(dst: Path, produce: Callable[[BinaryIO], PlaintextDigest]) -> PlaintextDigest:
+    """Run ``produce`` against a private temp file beside ``dst``; rename it onto ``dst`` on success."""
+    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            result = produce(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dst.parent)
+    return result
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

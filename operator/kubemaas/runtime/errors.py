@@ -1,0 +1,65 @@
+"""Errors raised while reading keys and encrypted model artifacts.
+
+Every refusal of an artifact is an :class:`ArtifactIntegrityError`; the subclass says
+why, so the model loader can report a precise reason (and never start Triton). No
+message, ``repr`` or attribute of these errors ever carries key material.
+"""
+
+from __future__ import annotations
+
+
+class KeyringError(Exception):
+    """The mounted key directory is unusable (missing, malformed key file, no active key)."""
+
+
+class ArtifactIntegrityError(Exception):
+    """Base class: the artifact was refused and no plaintext was produced."""
+
+
+class BadHeaderError(ArtifactIntegrityError):
+    """The header is not a Kubemaas artifact header, or it is corrupted."""
+
+
+class UnsupportedFormatError(BadHeaderError):
+    """The header names a format version this code cannot read."""
+
+
+class HeaderTamperedError(BadHeaderError):
+    """The header is well formed but its keyed MAC does not verify (deliberately altered)."""
+
+
+class UnknownKeyError(ArtifactIntegrityError):
+    """The artifact was encrypted with a key id that the keyring does not hold."""
+
+
+class WrongKeyError(ArtifactIntegrityError):
+    """The keyring holds a key under the artifact's key id, but it is not the key used to encrypt."""
+
+
+class BindingMismatchError(ArtifactIntegrityError):
+    """The artifact is authentic but belongs to another model name or version than requested."""
+
+
+class TruncatedArtifactError(ArtifactIntegrityError):
+    """The file is shorter than its authenticated header says: chunks are missing."""
+
+
+class ExtendedArtifactError(ArtifactIntegrityError):
+    """The file has data after its final chunk."""
+
+
+class TamperedChunkError(ArtifactIntegrityError):
+    """A chunk failed authentication: its bytes were changed."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class ChunkOrderError(ArtifactIntegrityError):
+    """A chunk is authentic but sits at the wrong position (chunks swapped or duplicated)."""
+
+    def __init__(self, index: int, found: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.found = found
