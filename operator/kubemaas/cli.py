@@ -1,0 +1,75 @@
+"""The `kubemaas` command: `kubemaas run | crds | load-model`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from kubemaas.api import crd
+
+    out = Path(args.out)
+    if args.check:
+        problems = crd.stale(out)
+        for line in problems:
+            print(f"kubemaas crds --check: {line}", file=sys.stderr)
+        if problems:
+            print("kubemaas crds --check: run `make crds` and commit the result", file=sys.stderr)
+        return 1 if problems else 0
+    for path in crd.write(out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kubemaas.controllers.main import run_operator
+
+    return run_operator(
+        namespaces=args.namespace,
+        standalone=args.standalone,
+        liveness_endpoint=args.liveness,
+    )
+
+
+def _add_crds(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("crds", help="write the CRDs generated from the API models")
+    p.add_argument("--out", default="crds", help="directory to write (default: crds)")
+    p.add_argument("--check", action="store_true", help="exit non-zero, naming the file, when a CRD is stale")
+    p.set_defaults(func=_crds)
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run the operator against the current kubeconfig or in-cluster config")
+    p.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable); default: all",
+    )
+    p.add_argument("--standalone", action="store_true", help="no peering: only for a single operator replica")
+    p.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.set_defaults(func=_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubemaas", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_crds(sub)
+    _add_run(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Command = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
