@@ -10,8 +10,9 @@ Public API (stable; the model loader codes against it)::
     verify_file(src, *, keyring, model, version)         # decrypt_file without output
     read_header(path) -> ArtifactHeader                  # structural parse + checksum, no key
 
-``encrypt_file`` and ``decrypt_file`` return a :class:`PlaintextDigest` (sha256 and size of
-the plaintext) that callers may ignore. Both write ``dst`` atomically: output goes to a
+``encrypt_file`` returns a :class:`PlaintextDigest` (sha256 and size of the plaintext, for the
+manifest); ``decrypt_file`` and ``verify_file`` return the verified :class:`ArtifactHeader`.
+Callers may ignore both. Both write ``dst`` atomically: output goes to a
 temporary file in ``dst``'s directory, is fsynced, and is renamed onto ``dst`` only after
 the whole stream was processed and, for decryption, every chunk verified. A refused
 artifact leaves no output file. Memory use is bounded by about twice the chunk size.
@@ -54,13 +55,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import io
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -107,6 +110,8 @@ __all__ = [
     "read_header",
     "verify_file",
 ]
+
+_T = TypeVar("_T")
 
 MAGIC = b"KMAASENC"
 FORMAT_VERSION = 1
@@ -229,15 +234,13 @@ def _read_exact_header(stream: BinaryIO, file_size: int) -> bytes:
     _, format_version, header_len = _PREFIX.unpack(prefix)
     if format_version != FORMAT_VERSION:
         raise UnsupportedFormatError(
-            f"artifact format version {format_version} is not supported "
-            f"(this reader handles {FORMAT_VERSION})"
+            f"artifact format version {format_version} is not supported (this reader handles {FORMAT_VERSION})"
         )
     if not _MIN_HEADER_LEN <= header_len <= MAX_HEADER_LEN:
         raise BadHeaderError(f"header length {header_len} is out of range: header is corrupted")
     if header_len > file_size:
         raise BadHeaderError(
-            f"file ends inside the header ({file_size} bytes, header needs {header_len}): "
-            "truncated or corrupted"
+            f"file ends inside the header ({file_size} bytes, header needs {header_len}): truncated or corrupted"
         )
     rest = stream.read(header_len - _PREFIX.size)
     if len(rest) != header_len - _PREFIX.size:
@@ -325,9 +328,7 @@ def _check_size(header: ArtifactHeader, file_size: int) -> None:
             f"({header.chunk_count} chunks)"
         )
     if file_size > expected:
-        raise ExtendedArtifactError(
-            f"artifact has {file_size - expected} unexpected bytes after its final chunk"
-        )
+        raise ExtendedArtifactError(f"artifact has {file_size - expected} unexpected bytes after its final chunk")
 
 
 # --------------------------------------------------------------------------- encrypt
@@ -372,44 +373,65 @@ def encrypt_file(
         return _write_atomically(Path(dst), write)
 
 
-def _encrypt_chunks(source: BinaryIO, out: BinaryIO, header: ArtifactHeader, aead: AESGCM) -> PlaintextDigest:
+def _encrypt_chunks(source: io.BufferedIOBase, out: BinaryIO, header: ArtifactHeader, aead: AESGCM) -> PlaintextDigest:
+    # Two buffers reused for the whole stream: memory stays ~2 chunks whatever the file size.
+    plain = bytearray(header.chunk_size)
+    sealed = bytearray(header.chunk_size + TAG_BYTES)
     digest = hashlib.sha256()
-    for index in range(header.chunk_count):
-        length = header.chunk_length(index)
-        chunk = source.read(length)
-        if len(chunk) != length:
-            raise RuntimeError(f"source file changed while encrypting (chunk {index} is short)")
-        digest.update(chunk)
-        final = index == header.chunk_count - 1
-        nonce, aad = _nonce(header.nonce_prefix, index), _aad(header.checksum, index, final)
-        out.write(aead.encrypt(nonce, chunk, aad))
+    # SHA-256 (for the manifest) costs about as much as AES-GCM; both release the GIL on large
+    # buffers, so hashing chunk k on a second thread overlaps with encrypting chunk k.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kmenc-sha256") as hasher:
+        for index in range(header.chunk_count):
+            length = header.chunk_length(index)
+            view = memoryview(plain)[:length]
+            if _read_into(source, view) != length:
+                raise RuntimeError(f"source file changed while encrypting (chunk {index} is short)")
+            hashed = hasher.submit(digest.update, view)
+            final = index == header.chunk_count - 1
+            nonce, aad = _nonce(header.nonce_prefix, index), _aad(header.checksum, index, final)
+            sealed_view = memoryview(sealed)[: length + TAG_BYTES]
+            aead.encrypt_into(nonce, view, aad, sealed_view)
+            out.write(sealed_view)
+            hashed.result()  # `plain` is refilled next iteration: the hash must be done with it
     if source.read(1):
         raise RuntimeError("source file grew while encrypting")
     return PlaintextDigest(sha256=digest.hexdigest(), size=header.plaintext_size)
 
 
+def _read_into(stream: io.BufferedIOBase, view: memoryview) -> int:
+    """Fill ``view`` from ``stream``; returns fewer bytes only at end of file."""
+    filled = 0
+    while filled < len(view):
+        got = stream.readinto(view[filled:])
+        if not got:
+            break
+        filled += got
+    return filled
+
+
 # --------------------------------------------------------------------------- decrypt
 
 
-def decrypt_file(
-    src: Path | str, dst: Path | str, *, keyring: Keyring, model: str, version: str
-) -> PlaintextDigest:
-    """Verify and decrypt ``src`` into ``dst``; ``dst`` appears only if every check passed."""
+def decrypt_file(src: Path | str, dst: Path | str, *, keyring: Keyring, model: str, version: str) -> ArtifactHeader:
+    """Verify and decrypt ``src`` into ``dst``; ``dst`` appears only if every check passed.
 
-    def write(out: BinaryIO) -> PlaintextDigest:
+    Returns the verified header. GCM authenticates every byte, so no separate hash is needed.
+    """
+
+    def write(out: BinaryIO) -> ArtifactHeader:
         return _decrypt_into(Path(src), out.write, keyring=keyring, model=model, version=version)
 
     return _write_atomically(Path(dst), write)
 
 
-def verify_file(src: Path | str, *, keyring: Keyring, model: str, version: str) -> PlaintextDigest:
+def verify_file(src: Path | str, *, keyring: Keyring, model: str, version: str) -> ArtifactHeader:
     """Run every check of :func:`decrypt_file` without writing plaintext anywhere."""
     return _decrypt_into(Path(src), lambda _data: None, keyring=keyring, model=model, version=version)
 
 
 def _decrypt_into(
-    src: Path, sink: Callable[[bytes], object], *, keyring: Keyring, model: str, version: str
-) -> PlaintextDigest:
+    src: Path, sink: Callable[[memoryview], object], *, keyring: Keyring, model: str, version: str
+) -> ArtifactHeader:
     with open(src, "rb") as stream:
         file_size = os.fstat(stream.fileno()).st_size
         raw = _read_exact_header(stream, file_size)
@@ -417,32 +439,38 @@ def _decrypt_into(
         keys = _verify_header(header, raw, keyring)
         _check_binding(header, model, version)
         _check_size(header, file_size)
-        digest = hashlib.sha256()
-        for plaintext in _decrypt_chunks(stream, header, keys.enc):
-            digest.update(plaintext)
-            sink(plaintext)
+        _decrypt_chunks(stream, header, keys.enc, sink)
         if stream.read(1):  # the file grew after the size check
             raise ExtendedArtifactError("artifact has unexpected bytes after its final chunk")
-    return PlaintextDigest(sha256=digest.hexdigest(), size=header.plaintext_size)
+    return header
 
 
-def _decrypt_chunks(stream: BinaryIO, header: ArtifactHeader, aead: AESGCM) -> Iterator[bytes]:
+def _decrypt_chunks(
+    stream: io.BufferedIOBase, header: ArtifactHeader, aead: AESGCM, sink: Callable[[memoryview], object]
+) -> None:
+    sealed = bytearray(header.chunk_size + TAG_BYTES)
+    plain = bytearray(header.chunk_size)
     for index in range(header.chunk_count):
-        sealed_len = header.chunk_length(index) + TAG_BYTES
-        sealed = stream.read(sealed_len)
-        if len(sealed) != sealed_len:  # the file shrank after the size check
+        length = header.chunk_length(index)
+        sealed_view = memoryview(sealed)[: length + TAG_BYTES]
+        if _read_into(stream, sealed_view) != len(sealed_view):  # the file shrank after the size check
             raise TruncatedArtifactError(f"artifact is truncated inside chunk {index}")
         final = index == header.chunk_count - 1
-        nonce, aad = _nonce(header.nonce_prefix, index), _aad(header.checksum, index, final)
+        plain_view = memoryview(plain)[:length]
         try:
-            yield aead.decrypt(nonce, sealed, aad)
+            aead.decrypt_into(
+                _nonce(header.nonce_prefix, index),
+                sealed_view,
+                _aad(header.checksum, index, final),
+                plain_view,
+            )
         except InvalidTag:
-            raise _classify_chunk_failure(sealed, index, header, aead) from None
+            raise _classify_chunk_failure(bytes(sealed_view), index, header, aead) from None
+        # Only authenticated plaintext reaches the sink; it lands in a temp file until the end.
+        sink(plain_view)
 
 
-def _classify_chunk_failure(
-    sealed: bytes, index: int, header: ArtifactHeader, aead: AESGCM
-) -> ArtifactIntegrityError:
+def _classify_chunk_failure(sealed: bytes, index: int, header: ArtifactHeader, aead: AESGCM) -> ArtifactIntegrityError:
     """Tell a moved chunk from a modified one by trying the other positions of equal length.
 
     Runs only on the failure path; costs one trial decryption per chunk of the file.
@@ -463,7 +491,7 @@ def _classify_chunk_failure(
 # --------------------------------------------------------------------------- output
 
 
-def _write_atomically(dst: Path, produce: Callable[[BinaryIO], PlaintextDigest]) -> PlaintextDigest:
+def _write_atomically(dst: Path, produce: Callable[[BinaryIO], _T]) -> _T:
     """Run ``produce`` against a private temp file beside ``dst``; rename it onto ``dst`` on success."""
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
     tmp = Path(tmp_name)
