@@ -12,6 +12,7 @@ from kubemaas.runtime.triton_config import (
     Backend,
     InstanceKind,
     ServingSettings,
+    Toggle,
     add_serving_arguments,
     render_config,
     settings_from_args,
@@ -39,9 +40,7 @@ def test_pytorch_libtorch_gpu_with_dynamic_batching() -> None:
         instance_count=2,
         instance_kind=InstanceKind.GPU,
     )
-    text = render_config(
-        model_name="digits", model_version="v3", settings=settings, inputs=INPUTS, outputs=OUTPUTS
-    )
+    text = render_config(model_name="digits", model_version="v3", settings=settings, inputs=INPUTS, outputs=OUTPUTS)
     assert text == (
         'name: "digits"\n'
         'platform: "pytorch_libtorch"\n'
@@ -79,16 +78,20 @@ def test_pytorch_libtorch_gpu_with_dynamic_batching() -> None:
 
 
 def test_python_cpu_without_batching_two_inputs() -> None:
-    settings = ServingSettings(backend=Backend.PYTHON, max_batch_size=1, instance_kind=InstanceKind.CPU)
+    settings = ServingSettings(
+        backend=Backend.PYTHON,
+        max_batch_size=16,
+        dynamic_batching=Toggle.DISABLED,
+        preferred_batch_sizes=(4,),
+        instance_kind=InstanceKind.CPU,
+    )
     inputs = [Tensor("features", "FP32", (8,)), Tensor("mask", "BOOL", (8,))]
     outputs = [Tensor("logits", "FP16", (3, 2))]
-    text = render_config(
-        model_name="m", model_version="20240101", settings=settings, inputs=inputs, outputs=outputs
-    )
+    text = render_config(model_name="m", model_version="20240101", settings=settings, inputs=inputs, outputs=outputs)
     assert text == (
         'name: "m"\n'
         'backend: "python"\n'
-        "max_batch_size: 1\n"
+        "max_batch_size: 16\n"
         "input [\n"
         "  {\n"
         '    name: "features"\n'
@@ -122,6 +125,7 @@ def test_python_cpu_without_batching_two_inputs() -> None:
 
 
 def test_onnxruntime_without_batch_dimension_gets_a_variable_leading_dim() -> None:
+    # Dynamic batching stays Enabled (the default), but without a batch dimension it is not rendered.
     settings = ServingSettings(backend=Backend.ONNXRUNTIME, max_batch_size=0, instance_count=3)
     text = render_config(
         model_name="onnx-model",
@@ -152,7 +156,7 @@ def test_onnxruntime_without_batch_dimension_gets_a_variable_leading_dim() -> No
         "instance_group [\n"
         "  {\n"
         "    count: 3\n"
-        "    kind: KIND_CPU\n"
+        "    kind: KIND_AUTO\n"
         "  }\n"
         "]\n"
         "parameters {\n"
@@ -197,9 +201,7 @@ def test_unknown_datatype_is_rejected() -> None:
 
 def test_a_model_without_outputs_is_rejected() -> None:
     with pytest.raises(ValueError, match="at least one output"):
-        render_config(
-            model_name="m", model_version="1", settings=ServingSettings(), inputs=INPUTS, outputs=[]
-        )
+        render_config(model_name="m", model_version="1", settings=ServingSettings(), inputs=INPUTS, outputs=[])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -212,6 +214,7 @@ def test_flags_round_trip_through_the_init_container_args() -> None:
     settings = ServingSettings(
         backend=Backend.PYTORCH_LIBTORCH,
         max_batch_size=64,
+        dynamic_batching=Toggle.DISABLED,
         preferred_batch_sizes=(16, 32),
         max_queue_delay_us=2000,
         instance_count=2,
@@ -229,4 +232,6 @@ def test_bad_flag_values_are_rejected_by_the_parser() -> None:
     with pytest.raises(SystemExit):
         _parser().parse_args(["--backend", "tensorflow"])
     with pytest.raises(SystemExit):
-        _parser().parse_args(["--instance-kind", "KIND_TPU"])
+        _parser().parse_args(["--instance-kind", "TPU"])
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--dynamic-batching", "on"])

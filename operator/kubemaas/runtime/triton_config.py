@@ -6,10 +6,12 @@ so the flag names here are part of the contract between the operator and the loa
 
 Batching rules (Triton semantics, made explicit):
 
-* ``max_batch_size == 0``: the model has no batch dimension; the manifest's dims are the full shape,
-  so a leading ``-1`` is added to let clients send any number of rows in one request.
-* ``max_batch_size == 1``: Triton adds the batch dimension but never combines requests (batching off).
-* ``max_batch_size > 1``: dynamic batching is on, with the preferred sizes and the queue delay.
+* ``max_batch_size == 0``: the model has no batch dimension in Triton's sense; the manifest's dims
+  exclude the batch, so a leading ``-1`` is added to let clients send any number of rows, and no
+  dynamic batcher is rendered (Triton refuses one without a batch dimension).
+* ``max_batch_size > 0``: Triton adds the batch dimension; with ``dynamic_batching: Enabled`` the
+  dynamic batcher combines concurrent requests up to that size, with the preferred sizes and the
+  queue delay. ``Disabled`` runs every request as it came.
 """
 
 from __future__ import annotations
@@ -31,10 +33,21 @@ class Backend(StrEnum):
 
 
 class InstanceKind(StrEnum):
-    """Where Triton places model instances."""
+    """Where Triton places model instances (the ModelService's ``instanceGroup.kind`` values)."""
 
-    GPU = "KIND_GPU"
-    CPU = "KIND_CPU"
+    AUTO = "Auto"
+    GPU = "GPU"
+    CPU = "CPU"
+
+    @property
+    def triton_kind(self) -> str:
+        # KIND_AUTO: GPU when the pod has one, else CPU (Triton decides at load time).
+        return f"KIND_{self.value.upper()}"
+
+
+class Toggle(StrEnum):
+    ENABLED = "Enabled"
+    DISABLED = "Disabled"
 
 
 class TensorSignature(Protocol):
@@ -93,10 +106,11 @@ class ServingSettings(BaseModel):
 
     backend: Backend = Backend.PYTHON
     max_batch_size: int = Field(default=8, ge=0)
+    dynamic_batching: Toggle = Toggle.ENABLED
     preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = Field(default=0, ge=0)
+    max_queue_delay_us: int = Field(default=100, ge=0)
     instance_count: int = Field(default=1, ge=1)
-    instance_kind: InstanceKind = InstanceKind.CPU
+    instance_kind: InstanceKind = InstanceKind.AUTO
 
     @model_validator(mode="after")
     def _preferred_sizes_fit(self) -> ServingSettings:
@@ -108,8 +122,9 @@ class ServingSettings(BaseModel):
         return self
 
     @property
-    def dynamic_batching(self) -> bool:
-        return self.max_batch_size > 1
+    def dynamic_batcher_on(self) -> bool:
+        # Triton refuses a dynamic batcher on a model without a batch dimension.
+        return self.dynamic_batching is Toggle.ENABLED and self.max_batch_size > 0
 
 
 def triton_data_type(datatype: str) -> str:
@@ -151,7 +166,7 @@ def _backend_lines(backend: Backend) -> str:
 
 
 def _dynamic_batching_block(settings: ServingSettings) -> str:
-    if not settings.dynamic_batching:
+    if not settings.dynamic_batcher_on:
         return ""
     lines = ["dynamic_batching {"]
     if settings.preferred_batch_sizes:
@@ -179,7 +194,7 @@ def render_config(
         + _tensor_list("input", inputs, implicit_batch=implicit_batch)
         + _tensor_list("output", outputs, implicit_batch=implicit_batch)
         + "instance_group [\n"
-        + f"  {{\n    count: {settings.instance_count}\n    kind: {settings.instance_kind.value}\n  }}\n"
+        + f"  {{\n    count: {settings.instance_count}\n    kind: {settings.instance_kind.triton_kind}\n  }}\n"
         + "]\n"
         + _dynamic_batching_block(settings)
         + "parameters {\n"
@@ -200,7 +215,13 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch-size",
         type=int,
         default=defaults.max_batch_size,
-        help="0: no batch dimension; 1: batching off; >1: dynamic batching on",
+        help="largest batch Triton forms; 0: the model takes no batch dimension",
+    )
+    group.add_argument(
+        "--dynamic-batching",
+        choices=[t.value for t in Toggle],
+        default=defaults.dynamic_batching.value,
+        help="Enabled: Triton's dynamic batcher groups concurrent requests",
     )
     group.add_argument(
         "--preferred-batch-size",
@@ -221,6 +242,7 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
         "--instance-kind",
         choices=[k.value for k in InstanceKind],
         default=defaults.instance_kind.value,
+        help="Auto: GPU when the pod has one",
     )
 
 
@@ -229,6 +251,7 @@ def settings_from_args(args: argparse.Namespace) -> ServingSettings:
     return ServingSettings(
         backend=Backend(args.backend),
         max_batch_size=args.max_batch_size,
+        dynamic_batching=Toggle(args.dynamic_batching),
         preferred_batch_sizes=tuple(args.preferred_batch_sizes),
         max_queue_delay_us=args.max_queue_delay_us,
         instance_count=args.instance_count,
@@ -241,6 +264,7 @@ def settings_to_args(settings: ServingSettings) -> list[str]:
     args = [
         f"--backend={settings.backend.value}",
         f"--max-batch-size={settings.max_batch_size}",
+        f"--dynamic-batching={settings.dynamic_batching.value}",
         f"--max-queue-delay-us={settings.max_queue_delay_us}",
         f"--instance-count={settings.instance_count}",
         f"--instance-kind={settings.instance_kind.value}",
