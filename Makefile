@@ -1,0 +1,54 @@
+# Kubemaas developer entry points. `make run` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Downloads are cached outside the repo so a fresh clone installs from cache.
+export PIP_CACHE_DIR ?= $(HOME)/.cache/kubemaas/pip
+
+# pytest exits 5 when a selection collects no tests; that is not a failure here.
+define pytest
+	$(BIN)/pytest $(1) || { rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected in $(1)" || exit $$rc; }
+endef
+
+.PHONY: help
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+# The stamp is rebuilt only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,trainer,serving]'
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## create .venv with the operator, trainer, serving and dev dependencies
+
+.PHONY: lint
+lint: venv ## ruff and mypy --strict
+	$(BIN)/ruff check operator tests e2e
+	$(BIN)/ruff format --check operator
+	$(BIN)/mypy --strict
+
+.PHONY: crds
+crds: venv ## regenerate crds/ from the API models
+	$(BIN)/kubemaas crds --out crds
+
+.PHONY: crds-check
+crds-check: venv ## fail when crds/ is stale against the API models
+	$(BIN)/kubemaas crds --check --out crds
+
+.PHONY: unit
+unit: venv ## unit and integration tests (no cluster)
+	$(call pytest,tests)
+
+.PHONY: test
+test: lint crds-check unit ## everything CI runs
+
+.PHONY: clean
+clean: ## remove the venv and caches inside the repo
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis operator/*.egg-info

@@ -1,0 +1,129 @@
+"""The generated CRDs: structural, documented, fresh, and what `kubectl` users see."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubemaas.api.crd import KINDS, Kind, crd, openapi_schema, render_all
+from tests.api.cases import CRDS_DIR, REPO
+
+# The JSONSchemaProps fields apiextensions.k8s.io/v1 accepts, less those a structural schema forbids
+# ($ref, definitions, nullable unions ...).
+ALLOWED_KEYWORDS = {
+    "type", "format", "description", "default", "enum", "properties", "additionalProperties", "items",
+    "required", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
+    "pattern", "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties", "multipleOf",
+    "nullable", "anyOf", "x-kubernetes-int-or-string", "x-kubernetes-validations", "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys", "x-kubernetes-map-type", "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-embedded-resource",
+}  # fmt: skip
+INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
+
+
+def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for name, child in node.get("properties", {}).items():
+        yield from walk(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from walk(node["additionalProperties"], f"{path}{{}}")
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_schema_is_structural(kind: Kind) -> None:
+    for path, node in walk(openapi_schema(kind)):
+        unknown = set(node) - ALLOWED_KEYWORDS
+        assert not unknown, f"{kind.kind}{path}: unknown keywords {unknown}"
+        assert "$ref" not in node, f"{kind.kind}{path}: $ref"
+        if node.get("x-kubernetes-int-or-string"):
+            assert node["anyOf"] == INT_OR_STRING and "type" not in node, f"{kind.kind}{path}"
+            continue
+        assert "anyOf" not in node, f"{kind.kind}{path}: anyOf (a nullable union?)"
+        assert node.get("type") in {"object", "array", "string", "integer", "boolean"}, f"{kind.kind}{path}: type"
+        if node["type"] == "array":
+            assert "items" in node, f"{kind.kind}{path}: array without items"
+        assert node.get("default", 0) is not None, f"{kind.kind}{path}: null default"
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_every_field_has_a_description(kind: Kind) -> None:
+    for path, node in walk(openapi_schema(kind)):
+        if path in {"", ".metadata"} or path.endswith("[]") or path.endswith("{}"):
+            continue
+        assert node.get("description"), f"{kind.kind}{path} has no description (kubectl explain shows it)"
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_conditions_are_a_map_keyed_by_type(kind: Kind) -> None:
+    conditions = openapi_schema(kind)["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "type" in conditions["items"]["required"]
+
+
+def test_cross_field_rules_are_in_the_crd() -> None:
+    ms = openapi_schema(KINDS[1])
+    autoscaling = ms["properties"]["spec"]["properties"]["autoscaling"]
+    assert {
+        "rule": "self.maxReplicas >= self.minReplicas",
+        "message": "maxReplicas must be greater than or equal to minReplicas",
+        "fieldPath": ".maxReplicas",
+    } in autoscaling["x-kubernetes-validations"]
+    tj = openapi_schema(KINDS[0])
+    image = tj["properties"]["spec"]["properties"]["image"]
+    assert {"rule": "self == oldSelf", "message": "image is immutable"} in image["x-kubernetes-validations"]
+
+
+def test_names_columns_and_subresources() -> None:
+    by_kind = {k.kind: crd(k) for k in KINDS}
+    for kind, short in (("TrainingJob", "tj"), ("ModelService", "ms")):
+        spec = by_kind[kind]["spec"]
+        assert spec["group"] == "kubemaas.io"
+        assert spec["names"]["shortNames"] == [short]
+        assert spec["names"]["categories"] == ["kubemaas"]
+        (version,) = spec["versions"]
+        assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    printed = by_kind["ModelService"]["spec"]["versions"][0]["additionalPrinterColumns"]
+    columns = {c["name"]: c["jsonPath"] for c in printed}
+    assert columns["Ready"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert columns["Version"] == ".status.servedVersion"
+
+
+def test_committed_crds_are_fresh() -> None:
+    for name, text in render_all().items():
+        assert (CRDS_DIR / name).read_text() == text, f"crds/{name} is stale: run `make crds`"
+        assert yaml.safe_load(text)["kind"] == "CustomResourceDefinition"
+
+
+def _run_check(package_root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(package_root)}
+    return subprocess.run(
+        [sys.executable, "-m", "kubemaas.cli", "crds", "--check", "--out", str(CRDS_DIR)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_check_fails_naming_the_file_when_a_description_changes(tmp_path: Path) -> None:
+    copy = tmp_path / "operator"
+    shutil.copytree(REPO / "operator" / "kubemaas", copy / "kubemaas", ignore=shutil.ignore_patterns("__pycache__"))
+    assert _run_check(copy).returncode == 0, "the unmodified copy must be fresh"
+
+    source = copy / "kubemaas" / "api" / "modelservice.py"
+    text = source.read_text()
+    assert '"Serving pods when autoscaling is absent; ignored otherwise."' in text
+    source.write_text(text.replace("Serving pods when autoscaling is absent", "Pods when autoscaling is absent"))
+
+    result = _run_check(copy)
+    assert result.returncode == 1
+    assert "kubemaas.io_modelservices.yaml: stale" in result.stderr
+    assert "trainingjobs" not in result.stderr

@@ -1,0 +1,50 @@
+"""The examples a user learns the API from are valid, and mean what their comments say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from kubemaas.api import ModelService, TrainingJob
+from kubemaas.api.crd import KINDS, openapi_schema
+from kubemaas.api.modelservice import LATEST, ScalingMetric
+from kubemaas.api.trainingjob import Backend, KeyGeneration, Quantization
+from tests.api.cases import EXAMPLES_DIR
+
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
+SCHEMAS = {k.kind: openapi_schema(k) for k in KINDS}
+
+
+def test_examples_exist_for_every_kind() -> None:
+    kinds = {yaml.safe_load(p.read_text())["kind"] for p in EXAMPLES}
+    assert kinds == {"TrainingJob", "ModelService"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_passes_the_crd_schema(path: Path) -> None:
+    body = yaml.safe_load(path.read_text())
+    jsonschema.Draft7Validator(SCHEMAS[body["kind"]]).validate(body)
+
+
+def test_training_example() -> None:
+    job = TrainingJob.parse(yaml.safe_load((EXAMPLES_DIR / "trainingjob-digits.yaml").read_text()))
+    assert job.spec.replicas == 2
+    assert job.spec.resources.gpus == 1
+    assert job.spec.resources.memory == "8Gi"
+    assert job.spec.backend is Backend.Auto
+    assert job.spec.output.quantization is Quantization.NONE
+    assert job.spec.encryption.generate_key is KeyGeneration.IfMissing
+    assert job.spec.scheduling is not None and job.spec.scheduling.queue_name == "team-a"
+
+
+def test_serving_example() -> None:
+    svc = ModelService.parse(yaml.safe_load((EXAMPLES_DIR / "modelservice-digits.yaml").read_text()))
+    assert svc.spec.model.training_job_ref is not None and svc.spec.model.training_job_ref.name == "digits"
+    assert svc.spec.model.version == LATEST
+    assert svc.spec.batching.preferred_batch_sizes == [8, 16, 32]
+    assert svc.spec.autoscaling is not None
+    assert (svc.spec.autoscaling.min_replicas, svc.spec.autoscaling.max_replicas) == (1, 4)
+    assert svc.spec.autoscaling.metric is ScalingMetric.CPU
