@@ -1,0 +1,277 @@
+"""The model artifact store: encrypted versions under ``<root>/<model>/<version>/``.
+
+Layout::
+
+    <root>/<model>/LATEST                  one line: the newest published version
+    <root>/<model>/<version>/model.kmenc   the encrypted model (kubemaas.runtime.crypto format)
+    <root>/<model>/<version>/manifest.json a :class:`Manifest` (camelCase JSON)
+    <root>/<model>/.staging-*              in-progress publications; never read
+
+Publishing is atomic: the version is assembled in a hidden staging directory, every file and
+the directory are fsynced, the directory is renamed to ``<version>`` (and the parent fsynced),
+and only then ``LATEST`` is replaced (temp file, fsync, rename, fsync). A crash at any point
+leaves readers with the previous version or the new one, complete. Versions are immutable.
+
+URIs: ``pvc://<claim>/<path>`` is the claim's mount inside the pod, ``<mount root>/<claim>/<path>``
+(mount root ``/mnt/kubemaas`` unless ``KUBEMAAS_MOUNT_ROOT`` says otherwise), and
+``file:///abs/path`` is a local path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from kubemaas.runtime.crypto import DEFAULT_CHUNK_SIZE, PlaintextDigest, encrypt_file, read_header
+from kubemaas.runtime.fsutil import atomic_write_bytes, fsync_dir, write_new_file
+
+ARTIFACT_FILE = "model.kmenc"
+MANIFEST_FILE = "manifest.json"
+LATEST_FILE = "LATEST"
+LATEST = "Latest"
+STAGING_PREFIX = ".staging-"
+DEFAULT_MOUNT_ROOT = Path("/mnt/kubemaas")
+MOUNT_ROOT_ENV = "KUBEMAAS_MOUNT_ROOT"
+MANIFEST_SCHEMA_VERSION = 1
+
+# Names become directory names: no separators, no leading dot (hidden = staging), bounded.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_PVC_URI = re.compile(r"pvc://(?P<claim>[a-z0-9]([-a-z0-9]*[a-z0-9])?)(?P<path>(/[^/]+)*)/?")
+
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "BF16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+
+
+class ArtifactStoreError(Exception):
+    """The store cannot satisfy a request (unknown model or version, bad URI, version exists)."""
+
+
+class VersionExistsError(ArtifactStoreError):
+    """Versions are immutable: this one is already published."""
+
+
+class _CamelModel(BaseModel):
+    # Unknown fields are ignored, so an older loader can read a newer trainer's manifest.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+
+
+class TensorSpec(_CamelModel):
+    """One model input or output as Triton sees it."""
+
+    name: str = Field(min_length=1, max_length=128)
+    datatype: Datatype = Field(description="KServe v2 / Triton datatype, e.g. FP32.")
+    dims: list[int] = Field(description="Shape without the batch dimension; -1 for a variable size.")
+
+
+class Manifest(_CamelModel):
+    """What a published version is: read by the model loader and reported by the operator."""
+
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    model: str
+    version: str
+    format: Literal["TorchScript"] = "TorchScript"
+    quantization: Literal["None", "DynamicInt8"] = "None"
+    artifact: str = ARTIFACT_FILE
+    encryption: str = "AES-256-GCM (KMAASENC v1)"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the plaintext model file.")
+    size: int = Field(ge=0, description="Plaintext size in bytes.")
+    key_id: str
+    frameworks: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: datetime
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def to_json(self) -> bytes:
+        return (self.model_dump_json(by_alias=True, indent=2) + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A complete published version, as a reader resolved it."""
+
+    directory: Path
+    manifest: Manifest
+
+    @property
+    def artifact(self) -> Path:
+        return self.directory / self.manifest.artifact
+
+
+def validate_name(value: str, what: str) -> str:
+    if not NAME_PATTERN.fullmatch(value) or value == LATEST:
+        raise ArtifactStoreError(f"invalid {what} {value!r}: must match {NAME_PATTERN.pattern}")
+    return value
+
+
+def resolve_uri(uri: str, *, mount_root: Path | None = None) -> Path:
+    """Map ``pvc://claim/path`` (to the claim's mount) or ``file:///path`` to a local path."""
+    if uri.startswith("file://"):
+        path = Path(uri.removeprefix("file://"))
+        if not path.is_absolute():
+            raise ArtifactStoreError(f"file URI must be absolute: {uri!r}")
+        return path
+    match = _PVC_URI.fullmatch(uri)
+    if not match:
+        raise ArtifactStoreError(f"unsupported artifact URI {uri!r}: use pvc://<claim>/<path> or file:///<path>")
+    if ".." in match["path"].split("/"):
+        raise ArtifactStoreError(f"artifact URI must not contain '..': {uri!r}")
+    root = mount_root or Path(os.environ.get(MOUNT_ROOT_ENV, DEFAULT_MOUNT_ROOT))
+    return root / match["claim"] / match["path"].lstrip("/")
+
+
+class ArtifactStore:
+    """Publish and resolve model versions under one root directory."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def from_uri(cls, uri: str, *, mount_root: Path | None = None) -> ArtifactStore:
+        return cls(resolve_uri(uri, mount_root=mount_root))
+
+    def model_dir(self, model: str) -> Path:
+        return self.root / validate_name(model, "model name")
+
+    def version_dir(self, model: str, version: str) -> Path:
+        return self.model_dir(model) / validate_name(version, "version")
+
+    # ------------------------------------------------------------------ readers
+
+    def latest_version(self, model: str) -> str | None:
+        try:
+            return (self.model_dir(model) / LATEST_FILE).read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def versions(self, model: str) -> list[str]:
+        """Complete versions (a manifest present), oldest first by creation time."""
+        model_dir = self.model_dir(model)
+        if not model_dir.is_dir():
+            return []
+        found = [
+            self._read_version(model, entry.name)
+            for entry in model_dir.iterdir()
+            if entry.is_dir() and not entry.name.startswith(".") and (entry / MANIFEST_FILE).is_file()
+        ]
+        return [v.manifest.version for v in sorted(found, key=lambda v: v.manifest.created_at)]
+
+    def resolve(self, model: str, version: str = LATEST) -> ModelVersion:
+        """The complete version ``version`` of ``model``; ``Latest`` follows the LATEST pointer."""
+        if version == LATEST:
+            latest = self.latest_version(model)
+            if latest is None:
+                raise ArtifactStoreError(f"model {model!r} has no published version under {self.root}")
+            version = latest
+        return self._read_version(model, version)
+
+    def has_version(self, model: str, version: str) -> bool:
+        return (self.version_dir(model, version) / MANIFEST_FILE).is_file()
+
+    def _read_version(self, model: str, version: str) -> ModelVersion:
+        directory = self.version_dir(model, version)
+        try:
+            manifest = Manifest.model_validate_json((directory / MANIFEST_FILE).read_bytes())
+        except FileNotFoundError:
+            raise ArtifactStoreError(f"model {model!r} has no version {version!r} under {self.root}") from None
+        if (manifest.model, manifest.version) != (model, version):
+            raise ArtifactStoreError(
+                f"{directory / MANIFEST_FILE} describes {manifest.model!r} {manifest.version!r}, "
+                f"not {model!r} {version!r}"
+            )
+        if manifest.schema_version > MANIFEST_SCHEMA_VERSION:
+            raise ArtifactStoreError(f"manifest schema {manifest.schema_version} is newer than this reader")
+        return ModelVersion(directory=directory, manifest=manifest)
+
+    # ------------------------------------------------------------------ writer
+
+    def publish(
+        self,
+        plaintext: Path,
+        *,
+        model: str,
+        version: str,
+        key: bytes,
+        key_id: str,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        quantization: Literal["None", "DynamicInt8"] = "None",
+        frameworks: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        now: datetime | None = None,
+    ) -> ModelVersion:
+        """Encrypt ``plaintext`` as ``model``/``version``, publish it atomically, move LATEST to it."""
+        final_dir = self.version_dir(model, version)
+        if final_dir.exists():
+            raise VersionExistsError(f"model {model!r} version {version!r} is already published")
+        model_dir = final_dir.parent
+        model_dir.mkdir(parents=True, exist_ok=True)
+        staging = model_dir / f"{STAGING_PREFIX}{version}-{secrets.token_hex(4)}"
+        staging.mkdir()
+        try:
+            digest = self._encrypt_into(staging, plaintext, model, version, key, key_id, chunk_size)
+            manifest = Manifest(
+                model=model,
+                version=version,
+                quantization=quantization,
+                sha256=digest.sha256,
+                size=digest.size,
+                key_id=key_id,
+                frameworks=frameworks or {},
+                metrics=metrics or {},
+                created_at=now or datetime.now(UTC),
+                inputs=inputs,
+                outputs=outputs,
+            )
+            write_new_file(staging / MANIFEST_FILE, manifest.to_json())
+            fsync_dir(staging)
+            # rename(2) onto an existing non-empty directory fails: a racing publisher cannot clobber us.
+            os.rename(staging, final_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        fsync_dir(model_dir)
+        self.point_latest(model, version)
+        return ModelVersion(directory=final_dir, manifest=manifest)
+
+    @staticmethod
+    def _encrypt_into(
+        staging: Path, plaintext: Path, model: str, version: str, key: bytes, key_id: str, chunk_size: int
+    ) -> PlaintextDigest:
+        target = staging / ARTIFACT_FILE
+        digest = encrypt_file(
+            plaintext, target, key=key, key_id=key_id, model=model, version=version, chunk_size=chunk_size
+        )
+        read_header(target)  # parse back what we wrote before anyone can see it
+        return digest
+
+    def point_latest(self, model: str, version: str) -> None:
+        """Atomically make ``version`` (which must be complete) the one ``Latest`` resolves to."""
+        if not self.has_version(model, version):
+            raise ArtifactStoreError(f"cannot point LATEST at incomplete version {model!r} {version!r}")
+        atomic_write_bytes(self.model_dir(model) / LATEST_FILE, f"{version}\n".encode())
+
+    def remove_leftovers(self, model: str) -> list[Path]:
+        """Delete what crashed publishers left (staging dirs, LATEST temp files). Not while publishing."""
+        model_dir = self.model_dir(model)
+        if not model_dir.is_dir():
+            return []
+        stale = [*model_dir.glob(f"{STAGING_PREFIX}*"), *model_dir.glob(f".{LATEST_FILE}.*.tmp")]
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return stale
