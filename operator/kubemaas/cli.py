@@ -57,11 +57,29 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_run)
 
 
+def _load_model(args: argparse.Namespace) -> int:
+    from kubemaas.runtime.loader import run
+
+    return run(args)
+
+
+def _add_load_model(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from kubemaas.runtime.loader import add_arguments
+
+    p = sub.add_parser(
+        "load-model",
+        help="init container: decrypt and verify a model version into a Triton model repository",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_load_model)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubemaas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_crds(sub)
     _add_run(sub)
+    _add_load_model(sub)
     return parser
 
 

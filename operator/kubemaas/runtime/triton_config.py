@@ -104,7 +104,7 @@ class ServingSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    backend: Backend = Backend.PYTHON
+    backend: Backend = Backend.PYTORCH_LIBTORCH
     max_batch_size: int = Field(default=8, ge=0)
     dynamic_batching: Toggle = Toggle.ENABLED
     preferred_batch_sizes: tuple[int, ...] = ()

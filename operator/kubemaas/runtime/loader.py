@@ -1,0 +1,343 @@
+"""``kubemaas load-model``: the init container of every serving pod.
+
+It turns one encrypted model version from the artifact store into a Triton model repository::
+
+    <repository>/<model>/config.pbtxt
+    <repository>/<model>/1/model.pt        (model.onnx for onnxruntime)
+    <repository>/<model>/1/model.py        (python backend only: serves model.pt with torch)
+
+Steps: resolve the version (a pin, or ``Latest``), read its manifest, check that the format suits the
+backend, decrypt with streaming (every chunk authenticated) into a staging directory inside the
+repository, check the plaintext's sha256 and size against the manifest, render ``config.pbtxt``,
+then rename the model directory into place. Triton starts only after this container succeeded, and
+it never sees a partial repository: until the final rename everything lives under a hidden
+``.kubemaas-staging-*`` directory, which is removed on failure and swept on the next start.
+
+Triton version directory: always ``1``. One serving pod serves exactly one model version (a new
+version is a new pod template, rolled out by the Deployment), so the directory number carries no
+information; the artifact's own version string is recorded in ``config.pbtxt`` as the
+``kubemaas_model_version`` parameter, readable from Triton's model-config endpoint.
+
+Failure contract: exit status 1 and ONE line on stderr, ``kubemaas load-model: <cause>: <detail>``,
+where cause is one of the ``Cause`` values; the same line goes to the Kubernetes termination-message
+file so ``kubectl describe pod`` and the operator can show it. Never a traceback, never key material.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.resources
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kubemaas.runtime import artifacts
+from kubemaas.runtime.crypto import decrypt_file
+from kubemaas.runtime.errors import (
+    ArtifactIntegrityError,
+    BadHeaderError,
+    BindingMismatchError,
+    KeyringError,
+    UnknownKeyError,
+    UnsupportedFormatError,
+    WrongKeyError,
+)
+from kubemaas.runtime.keyring import Keyring
+from kubemaas.runtime.triton_config import (
+    BACKEND_FORMATS,
+    MODEL_FILE_NAMES,
+    Backend,
+    ServingSettings,
+    add_serving_arguments,
+    render_config,
+    settings_from_args,
+)
+
+TRITON_VERSION_DIR = "1"
+STAGING_PREFIX = ".kubemaas-staging-"
+PYTHON_MODEL_RESOURCE = "triton_python_model.py"
+DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+_HASH_BLOCK = 4 * 1024 * 1024
+
+
+class Cause(StrEnum):
+    """Why loading failed; the first word of the error line, stable for alerting and status."""
+
+    MISSING_VERSION = "missing version"
+    STORE = "artifact store"
+    BAD_MANIFEST = "bad manifest"
+    UNSUPPORTED_FORMAT = "unsupported format"
+    KEYRING = "key directory"
+    WRONG_KEY = "wrong key"
+    TAMPERED = "tampered artifact"
+    CHECKSUM = "bad checksum"
+    INVALID_SETTINGS = "invalid settings"
+    IO = "i/o error"
+    INTERNAL = "internal error"
+
+
+class LoadError(Exception):
+    """A refusal with its cause; ``str()`` is the one line the loader prints."""
+
+    def __init__(self, cause: Cause, detail: str) -> None:
+        super().__init__(f"{cause.value}: {' '.join(detail.split())}")
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    store_uri: str
+    model: str
+    version: str
+    key_dir: Path
+    repository: Path
+    settings: ServingSettings
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    model_dir: Path
+    version: str
+    sha256: str
+    size: int
+    seconds: float
+
+
+def load_model(request: LoadRequest) -> LoadResult:
+    """Build ``<repository>/<model>`` from the artifact store; raises :class:`LoadError` on any refusal."""
+    started = time.monotonic()
+    resolved = _resolve(request)
+    _check_format(resolved.manifest.format, request.settings.backend)
+    keyring = _open_keyring(request.key_dir)
+    request.repository.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_staging(request.repository)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=request.repository))
+    try:
+        model_dir = _build_model_dir(staging, request, resolved, keyring)
+        target = _publish(model_dir, request.repository / request.model, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return LoadResult(
+        model_dir=target,
+        version=resolved.manifest.version,
+        sha256=resolved.manifest.sha256,
+        size=resolved.manifest.size,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _resolve(request: LoadRequest) -> artifacts.ModelVersion:
+    try:
+        store = artifacts.ArtifactStore.from_uri(request.store_uri)
+        _require_version(store, request.model, request.version)
+        return store.resolve(request.model, request.version)
+    except artifacts.ArtifactStoreError as error:
+        raise LoadError(Cause.STORE, str(error)) from None
+    except ValidationError as error:
+        raise LoadError(Cause.BAD_MANIFEST, _validation_summary(error)) from None
+
+
+def _require_version(store: artifacts.ArtifactStore, model: str, version: str) -> None:
+    if version == artifacts.LATEST:
+        if store.latest_version(model) is None:
+            raise LoadError(
+                Cause.MISSING_VERSION, f"model {model!r} has no published version (no LATEST) under {store.root}"
+            )
+    elif not store.has_version(model, version):
+        raise LoadError(Cause.MISSING_VERSION, f"model {model!r} has no version {version!r} under {store.root}")
+
+
+def _validation_summary(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in error.errors())
+
+
+def _check_format(artifact_format: str, backend: Backend) -> None:
+    expected = BACKEND_FORMATS[backend]
+    if artifact_format != expected:
+        raise LoadError(
+            Cause.UNSUPPORTED_FORMAT,
+            f"artifact format {artifact_format!r} cannot be served by backend {backend.value} (it serves {expected})",
+        )
+
+
+def _open_keyring(key_dir: Path) -> Keyring:
+    try:
+        return Keyring.from_dir(key_dir)
+    except KeyringError as error:
+        raise LoadError(Cause.KEYRING, str(error)) from None
+
+
+def _build_model_dir(staging: Path, request: LoadRequest, resolved: artifacts.ModelVersion, keyring: Keyring) -> Path:
+    model_dir = staging / request.model
+    version_dir = model_dir / TRITON_VERSION_DIR
+    version_dir.mkdir(parents=True)
+    backend = request.settings.backend
+    model_file = version_dir / MODEL_FILE_NAMES[backend]
+    _decrypt(resolved, model_file, keyring, request.model)
+    _verify_plaintext(model_file, resolved.manifest.sha256, resolved.manifest.size)
+    if backend is Backend.PYTHON:
+        source = importlib.resources.files("kubemaas.runtime").joinpath(PYTHON_MODEL_RESOURCE)
+        (version_dir / "model.py").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    try:
+        config = render_config(
+            model_name=request.model,
+            model_version=resolved.manifest.version,
+            settings=request.settings,
+            inputs=resolved.manifest.inputs,
+            outputs=resolved.manifest.outputs,
+        )
+    except ValueError as error:  # a tensor signature Triton cannot express
+        raise LoadError(Cause.BAD_MANIFEST, str(error)) from None
+    (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")
+    return model_dir
+
+
+def _decrypt(resolved: artifacts.ModelVersion, dst: Path, keyring: Keyring, model: str) -> None:
+    try:
+        decrypt_file(resolved.artifact, dst, keyring=keyring, model=model, version=resolved.manifest.version)
+    except (WrongKeyError, UnknownKeyError) as error:
+        raise LoadError(Cause.WRONG_KEY, str(error)) from None
+    except UnsupportedFormatError as error:
+        raise LoadError(Cause.UNSUPPORTED_FORMAT, str(error)) from None
+    except (BadHeaderError, BindingMismatchError, ArtifactIntegrityError) as error:
+        raise LoadError(Cause.TAMPERED, str(error)) from None
+
+
+def _verify_plaintext(path: Path, sha256: str, size: int) -> None:
+    # GCM already proved the bytes are the ones encrypted; this proves they are the ones the
+    # manifest (the trainer's record) describes, so a swapped artifact of the same key is refused.
+    digest = hashlib.sha256()
+    actual_size = 0
+    with path.open("rb") as stream:
+        while block := stream.read(_HASH_BLOCK):
+            digest.update(block)
+            actual_size += len(block)
+    if actual_size != size or digest.hexdigest() != sha256:
+        raise LoadError(
+            Cause.CHECKSUM,
+            f"decrypted model has sha256 {digest.hexdigest()} ({actual_size} bytes), "
+            f"the manifest says {sha256} ({size} bytes)",
+        )
+
+
+def _publish(model_dir: Path, target: Path, staging: Path) -> Path:
+    """Rename the finished model directory into place; an older copy (a restarted pod) is replaced."""
+    _fsync_tree(model_dir)
+    if target.exists():
+        os.replace(target, staging / ".previous")
+    os.replace(model_dir, target)
+    _fsync_dir(target.parent)
+    return target
+
+
+def _fsync_tree(root: Path) -> None:
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(directory))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sweep_stale_staging(repository: Path) -> None:
+    # A loader killed mid-way (OOM, node drain) leaves its staging dir; the next attempt removes it.
+    for entry in repository.iterdir():
+        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store-uri",
+        required=True,
+        help="artifact store root: pvc://<claim>/<path> (mounted) or file:///<path>",
+    )
+    parser.add_argument("--model", required=True, help="model name in the store")
+    parser.add_argument("--version", default="Latest", help="a version to pin, or Latest (the default)")
+    parser.add_argument("--key-dir", required=True, type=Path, help="mounted key Secret: key-<id> files (+ active)")
+    parser.add_argument("--repository", required=True, type=Path, help="Triton model repository to write (an emptyDir)")
+    parser.add_argument(
+        "--termination-log",
+        type=Path,
+        default=DEFAULT_TERMINATION_LOG,
+        help="file that receives the error line on failure, when it exists (Kubernetes' default)",
+    )
+    add_serving_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point behind ``kubemaas load-model``: 0 on success, 1 with one error line otherwise."""
+    try:
+        result = load_model(_request_from_args(args))
+    except LoadError as error:
+        return _fail(str(error), args.termination_log)
+    except OSError as error:
+        return _fail(str(LoadError(Cause.IO, f"{error.strerror or error}: {error.filename}")), args.termination_log)
+    except Exception as error:  # one line, not a traceback, whatever went wrong
+        return _fail(str(LoadError(Cause.INTERNAL, f"{type(error).__name__}: {error}")), args.termination_log)
+    print(
+        f"kubemaas load-model: loaded {args.model} version {result.version} "
+        f"({result.size} bytes, sha256 {result.sha256}) into {result.model_dir} in {result.seconds:.2f}s"
+    )
+    return 0
+
+
+def _request_from_args(args: argparse.Namespace) -> LoadRequest:
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as error:
+        raise LoadError(Cause.INVALID_SETTINGS, _validation_summary(error)) from None
+    return LoadRequest(
+        store_uri=args.store_uri,
+        model=args.model,
+        version=args.version,
+        key_dir=args.key_dir,
+        repository=args.repository,
+        settings=settings,
+    )
+
+
+def _fail(line: str, termination_log: Path) -> int:
+    message = f"kubemaas load-model: {line}"
+    print(message, file=sys.stderr)
+    if termination_log.exists():
+        with contextlib.suppress(OSError):  # the message is on stderr already
+            termination_log.write_text(message + "\n", encoding="utf-8")
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubemaas load-model", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
