@@ -30,7 +30,7 @@ venv: $(VENV)/.installed ## create .venv with the operator, trainer, serving and
 
 .PHONY: lint
 lint: venv ## ruff and mypy --strict
-	$(BIN)/ruff check operator tests e2e
+	$(BIN)/ruff check $(wildcard operator tests e2e)
 	$(BIN)/ruff format --check operator
 	$(BIN)/mypy --strict
 
@@ -48,6 +48,33 @@ unit: venv ## unit and integration tests (no cluster)
 
 .PHONY: test
 test: lint crds-check unit ## everything CI runs
+
+# The local control plane (e2e/cluster, docs/local-cluster.md): built from pinned
+# Go modules into ~/.cache/kubemaas/cluster, run from ~/.cache/kubemaas/run.
+CLUSTER := $(BIN)/python -m e2e.cluster
+
+.PHONY: cluster-build
+cluster-build: venv ## build etcd, Kubernetes, kwok, the training operator and helm (cached)
+	$(CLUSTER) build
+
+.PHONY: cluster-up
+cluster-up: venv ## start the local control plane; prints its kubeconfig
+	$(CLUSTER) up
+
+.PHONY: cluster-down
+cluster-down: venv ## stop the local control plane
+	$(CLUSTER) down
+
+.PHONY: e2e
+e2e: venv ## end-to-end suite (local cluster unless KUBEMAAS_E2E_KUBECONFIG names one)
+	$(call pytest,e2e)
+
+.PHONY: run
+run: venv ## run the operator; starts the local cluster when no kubeconfig is configured
+	@if [ -z "$${KUBECONFIG:-}" ] && [ ! -f "$$HOME/.kube/config" ]; then \
+		export KUBECONFIG="$$($(CLUSTER) up)"; echo "using the local cluster: KUBECONFIG=$$KUBECONFIG"; \
+	fi; \
+	$(CLUSTER) apply-crds && exec $(BIN)/kubemaas run
 
 .PHONY: clean
 clean: ## remove the venv and caches inside the repo
