@@ -1,0 +1,98 @@
+"""Train a small MLP on scikit-learn's digits (8x8 images, 10 classes) with the Kubemaas harness.
+
+Runs offline (the dataset ships inside scikit-learn). Every rank trains on its own shard under
+DistributedDataParallel; rank 0 evaluates on the held-out split and publishes the encrypted
+TorchScript model. Run locally as one process:
+
+    KUBEMAAS_MODEL_NAME=digits KUBEMAAS_MODEL_VERSION=v1 KUBEMAAS_OUTPUT_URI=file:///tmp/store \
+    KUBEMAAS_KEY_DIR=/tmp/keys KUBEMAAS_TERMINATION_LOG=/tmp/result.json \
+    python examples/training/digits_mlp.py --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import torch
+from sklearn.datasets import load_digits
+
+from kubemaas.runtime.artifacts import TensorSpec
+from kubemaas.runtime.distributed import batch_for_step
+from kubemaas.runtime.trainer import Harness, main
+
+FEATURES, CLASSES = 64, 10
+HOLDOUT_FRACTION = 0.2
+SPLIT_SEED = 1234
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300, help="global optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=32, help="per-rank batch size")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--hidden", type=int, default=64)
+    return parser.parse_args()
+
+
+def make_model(hidden: int) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Linear(FEATURES, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, CLASSES),
+    )
+
+
+def split(n: int) -> tuple[list[int], list[int]]:
+    """The same train/held-out split on every rank and every restart."""
+    order = list(range(n))
+    random.Random(SPLIT_SEED).shuffle(order)
+    cut = int(n * (1 - HOLDOUT_FRACTION))
+    return order[:cut], order[cut:]
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        predicted = model(x).argmax(dim=1)
+    model.train()
+    return float((predicted == y).float().mean().item())
+
+
+def train(h: Harness, args: argparse.Namespace) -> None:
+    torch.manual_seed(0)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    images, labels = load_digits(return_X_y=True)
+    x = torch.tensor(images / 16.0, dtype=torch.float32)
+    y = torch.tensor(labels, dtype=torch.long)
+    train_idx, holdout_idx = split(len(x))
+    shard = [train_idx[i] for i in h.shard(len(train_idx))]
+
+    model = h.wrap(make_model(args.hidden))
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    step = h.resume(model, optimizer)
+    while step < args.steps:
+        batch = batch_for_step(shard, step, args.batch_size)
+        inputs, targets = x[batch].to(h.device), y[batch].to(h.device)
+        optimizer.zero_grad()
+        loss_fn(model(inputs), targets).backward()
+        optimizer.step()
+        step += 1
+        h.after_step(step, model, optimizer)
+    h.save_checkpoint(step, model, optimizer)
+
+    held_out = accuracy(model.module, x[holdout_idx].to(h.device), y[holdout_idx].to(h.device))
+    h.publish(
+        model,
+        torch.zeros(1, FEATURES),
+        inputs=[TensorSpec(name="pixels", datatype="FP32", dims=[FEATURES])],
+        outputs=[TensorSpec(name="logits", datatype="FP32", dims=[CLASSES])],
+        metrics={"heldOutAccuracy": held_out, "steps": float(step), "trainSamples": float(len(train_idx))},
+    )
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    main(lambda harness: train(harness, arguments))
