@@ -56,7 +56,9 @@ def triton(
     assert batched.returncode == 0, batched.stderr
     unbatched = run_loader([*common, f"--model={UNBATCHED}", "--dynamic-batching=Disabled"])
     assert unbatched.returncode == 0, unbatched.stderr
-    with TritonServer(repository, repository.parent / "triton") as server:
+    # One intra-op thread per model instance: torch's default (all cores) oversubscribes a small
+    # CI box shared with the client, and OpenMP spin-waiting then swamps the timings.
+    with TritonServer(repository, repository.parent / "triton", env={"OMP_NUM_THREADS": "1"}) as server:
         yield server
 
 

@@ -31,7 +31,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -113,12 +113,14 @@ class TritonServer:
         *,
         install: TritonInstall | None = None,
         extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
         ready_timeout_s: float = 120.0,
     ) -> None:
         self.model_repository = model_repository
         self.workdir = workdir
         self.install = install or TritonInstall.find()
         self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})
         self.ready_timeout_s = ready_timeout_s
         self.http_port = free_port()
         self.grpc_port = free_port()
@@ -167,7 +169,7 @@ class TritonServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=self.install.environment(),
+                env={**self.install.environment(), **self.env},
                 start_new_session=True,  # own process group: stop() reaches the python stubs too
             )
         try:
