@@ -72,9 +72,7 @@ class ApiModel(BaseModel):
 
 def immutable(name: str) -> dict[str, Any]:
     """Schema extra for a field that keeps the value it was created with (a CEL transition rule)."""
-    return {
-        "x-kubernetes-validations": [CelRule(rule="self == oldSelf", message=f"{name} is immutable").as_crd()]
-    }
+    return {"x-kubernetes-validations": [CelRule(rule="self == oldSelf", message=f"{name} is immutable").as_crd()]}
 
 
 # --- Kubernetes quantities --------------------------------------------------------------------------
@@ -141,15 +139,9 @@ class LocalObjectRef(ApiModel):
 class Resources(ApiModel):
     """Compute resources of each pod; requests equal limits so pods get a Guaranteed QoS class."""
 
-    gpus: int = Field(
-        default=0, ge=0, le=64, description="NVIDIA GPUs per pod, requested as nvidia.com/gpu limits."
-    )
-    cpu: Quantity | None = Field(
-        default=None, description="CPU per pod as a Kubernetes quantity, e.g. 4 or 500m."
-    )
-    memory: Quantity | None = Field(
-        default=None, description="Memory per pod as a Kubernetes quantity, e.g. 16Gi."
-    )
+    gpus: int = Field(default=0, ge=0, le=64, description="NVIDIA GPUs per pod, requested as nvidia.com/gpu limits.")
+    cpu: Quantity | None = Field(default=None, description="CPU per pod as a Kubernetes quantity, e.g. 4 or 500m.")
+    memory: Quantity | None = Field(default=None, description="Memory per pod as a Kubernetes quantity, e.g. 16Gi.")
 
 
 class TolerationOperator(StrEnum):
@@ -166,9 +158,7 @@ class TaintEffect(StrEnum):
 class Toleration(ApiModel):
     """A pod toleration, as in core/v1."""
 
-    key: str | None = Field(
-        default=None, description="Taint key the toleration applies to; empty matches all."
-    )
+    key: str | None = Field(default=None, description="Taint key the toleration applies to; empty matches all.")
     operator: TolerationOperator = Field(
         default=TolerationOperator.Equal, description="How key and value are compared: Exists or Equal."
     )

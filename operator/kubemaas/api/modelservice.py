@@ -62,9 +62,7 @@ class RolloutStrategy(StrEnum):
 class ModelEncryption(ApiModel):
     """The key that decrypts the model."""
 
-    key_secret_ref: SecretRef = Field(
-        description="Secret holding the key-<id> entry named by the artifact header."
-    )
+    key_secret_ref: SecretRef = Field(description="Secret holding the key-<id> entry named by the artifact header.")
 
 
 class ModelSource(ApiModel):
@@ -242,9 +240,7 @@ class ModelServiceSpec(ApiModel):
     )
     resources: Resources = Field(default=Resources(), description="Resources of each serving pod.")
     scheduling: Scheduling | None = Field(default=None, description="Placement of the serving pods.")
-    autoscaling: Autoscaling | None = Field(
-        default=None, description="Autoscaling; absent means fixed replicas."
-    )
+    autoscaling: Autoscaling | None = Field(default=None, description="Autoscaling; absent means fixed replicas.")
     rollout: Rollout = Field(default=Rollout(), description="How new versions are rolled out.")
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
@@ -252,9 +248,7 @@ class ModelServiceSpec(ApiModel):
             rule="(self.runtime.backend == 'onnxruntime') == (self.model.format == 'ONNX')",
             message="runtime.backend onnxruntime serves the ONNX format; pytorch_libtorch and python serve TorchScript",
             field_path=".runtime.backend",
-            check=lambda s: (
-                (s.runtime.backend == TritonBackend.onnxruntime) == (s.model.format == ServedFormat.ONNX)
-            ),
+            check=lambda s: (s.runtime.backend == TritonBackend.onnxruntime) == (s.model.format == ServedFormat.ONNX),
         ),
         CelRule(
             rule="self.runtime.instanceGroup.kind != 'GPU' || self.resources.gpus > 0",
@@ -281,9 +275,7 @@ class ModelServiceStatus(ApiModel):
     replicas: int | None = Field(default=None, ge=0, description="Serving pods that exist.")
     ready_replicas: int | None = Field(default=None, ge=0, description="Serving pods that are ready.")
     served_version: str | None = Field(default=None, description="Model version answering at the Service.")
-    canary_version: str | None = Field(
-        default=None, description="Version served by the canary, during a rollout."
-    )
+    canary_version: str | None = Field(default=None, description="Version served by the canary, during a rollout.")
     endpoints: Endpoints | None = Field(default=None, description="Where clients reach the model.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation this status was computed from."

@@ -186,9 +186,7 @@ class TrainingJobSpec(ApiModel):
     data: DataSource | None = Field(
         json_schema_extra=immutable("data"), default=None, description="Training data, sharded by rank."
     )
-    output: Output = Field(
-        json_schema_extra=immutable("output"), description="Where the trained model is published."
-    )
+    output: Output = Field(json_schema_extra=immutable("output"), description="Where the trained model is published.")
     encryption: Encryption = Field(
         json_schema_extra=immutable("encryption"), description="Encryption key of the published model."
     )
