@@ -46,8 +46,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self._input_names = [tensor["name"] for tensor in config["input"]]
         self._outputs = [
-            (tensor["name"], pb_utils.triton_string_to_numpy(tensor["data_type"]))
-            for tensor in config["output"]
+            (tensor["name"], pb_utils.triton_string_to_numpy(tensor["data_type"])) for tensor in config["output"]
         ]
         if args["model_instance_kind"] == "GPU":
             self._device = torch.device(f"cuda:{args['model_instance_device_id']}")
