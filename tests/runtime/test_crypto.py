@@ -34,9 +34,7 @@ KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 CHUNK = 64
 MODEL, VERSION = "digits", "v1"
-HYPOTHESIS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+HYPOTHESIS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture
@@ -220,9 +218,7 @@ def test_any_truncation_is_refused(
 
 @HYPOTHESIS
 @given(case=_artifact_case(), extra=st.binary(min_size=1, max_size=200))
-def test_any_appended_data_is_refused(
-    tmp_path: Path, keyring: Keyring, case: tuple[bytes, int], extra: bytes
-) -> None:
+def test_any_appended_data_is_refused(tmp_path: Path, keyring: Keyring, case: tuple[bytes, int], extra: bytes) -> None:
     plaintext, chunk_size = case
     artifact = _encrypt(tmp_path, plaintext, chunk_size)
     artifact.write_bytes(artifact.read_bytes() + extra)

@@ -53,6 +53,7 @@ corrupted header, ``UnsupportedFormatError``, ``HeaderTamperedError``), ``Unknow
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import io
@@ -60,7 +61,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -374,28 +375,83 @@ def encrypt_file(
 
 
 def _encrypt_chunks(source: io.BufferedIOBase, out: BinaryIO, header: ArtifactHeader, aead: AESGCM) -> PlaintextDigest:
-    # Two buffers reused for the whole stream: memory stays ~2 chunks whatever the file size.
-    plain = bytearray(header.chunk_size)
-    sealed = bytearray(header.chunk_size + TAG_BYTES)
     digest = hashlib.sha256()
-    # SHA-256 (for the manifest) costs about as much as AES-GCM; both release the GIL on large
-    # buffers, so hashing chunk k on a second thread overlaps with encrypting chunk k.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kmenc-sha256") as hasher:
+    reader = functools.partial(_read_into, source)
+    with _ChunkPipeline(reader, header.chunk_length, header.chunk_count, extra_out=TAG_BYTES) as pipe:
         for index in range(header.chunk_count):
-            length = header.chunk_length(index)
-            view = memoryview(plain)[:length]
-            if _read_into(source, view) != length:
+            view = pipe.read(index)
+            if len(view) != header.chunk_length(index):
                 raise RuntimeError(f"source file changed while encrypting (chunk {index} is short)")
-            hashed = hasher.submit(digest.update, view)
+            hashed = pipe.side(digest.update, view)  # SHA-256 for the manifest, beside AES-GCM
             final = index == header.chunk_count - 1
             nonce, aad = _nonce(header.nonce_prefix, index), _aad(header.checksum, index, final)
-            sealed_view = memoryview(sealed)[: length + TAG_BYTES]
+            sealed_view = pipe.output(len(view) + TAG_BYTES)
             aead.encrypt_into(nonce, view, aad, sealed_view)
-            out.write(sealed_view)
-            hashed.result()  # `plain` is refilled next iteration: the hash must be done with it
+            hashed.result()  # `view` is refilled two chunks later; the hash must be done with it
+            pipe.write(out.write, sealed_view)
     if source.read(1):
         raise RuntimeError("source file grew while encrypting")
     return PlaintextDigest(sha256=digest.hexdigest(), size=header.plaintext_size)
+
+
+class _ChunkPipeline:
+    """Overlaps reading chunk k+1 and writing chunk k-1 with the AES-GCM work on chunk k.
+
+    File reads and writes, hashlib and AES-GCM all release the GIL on large buffers, so the
+    stages run in parallel when cores are free. Each stage cycles through two buffers, so memory
+    stays at four chunks whatever the file size, and nothing is read past the last chunk.
+    """
+
+    def __init__(
+        self,
+        read_into: Callable[[memoryview], int],
+        in_length: Callable[[int], int],
+        count: int,
+        *,
+        extra_out: int,
+    ) -> None:
+        size = max(in_length(0), 1)
+        self._read_into, self._in_length, self._count = read_into, in_length, count
+        self._in = [bytearray(size), bytearray(size)]
+        self._out = [bytearray(size + extra_out), bytearray(size + extra_out)]
+        self._writes = 0
+        self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kmenc")
+        self._prefetch: Future[int] | None = None
+        self._pending_write: Future[object] | None = None
+
+    def __enter__(self) -> _ChunkPipeline:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        try:
+            if self._pending_write is not None and exc_type is None:
+                self._pending_write.result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _buffer(self, index: int) -> memoryview:
+        return memoryview(self._in[index % 2])[: self._in_length(index)]
+
+    def read(self, index: int) -> memoryview:
+        """Chunk ``index`` (prefetched if possible); starts the read of the next one."""
+        buf = self._buffer(index)
+        got = self._prefetch.result() if self._prefetch is not None else self._read_into(buf)
+        self._prefetch = None
+        if index + 1 < self._count:
+            self._prefetch = self._pool.submit(self._read_into, self._buffer(index + 1))
+        return buf[:got]
+
+    def side(self, fn: Callable[[memoryview], object], view: memoryview) -> Future[object]:
+        return self._pool.submit(fn, view)
+
+    def output(self, size: int) -> memoryview:
+        return memoryview(self._out[self._writes % 2])[:size]
+
+    def write(self, write_fn: Callable[[memoryview], object], view: memoryview) -> None:
+        if self._pending_write is not None:
+            self._pending_write.result()  # surfaces its error; its buffer is the one we reuse next
+        self._pending_write = self._pool.submit(write_fn, view)
+        self._writes += 1
 
 
 def _read_into(stream: io.BufferedIOBase, view: memoryview) -> int:
@@ -448,26 +504,25 @@ def _decrypt_into(
 def _decrypt_chunks(
     stream: io.BufferedIOBase, header: ArtifactHeader, aead: AESGCM, sink: Callable[[memoryview], object]
 ) -> None:
-    sealed = bytearray(header.chunk_size + TAG_BYTES)
-    plain = bytearray(header.chunk_size)
-    for index in range(header.chunk_count):
-        length = header.chunk_length(index)
-        sealed_view = memoryview(sealed)[: length + TAG_BYTES]
-        if _read_into(stream, sealed_view) != len(sealed_view):  # the file shrank after the size check
-            raise TruncatedArtifactError(f"artifact is truncated inside chunk {index}")
-        final = index == header.chunk_count - 1
-        plain_view = memoryview(plain)[:length]
-        try:
-            aead.decrypt_into(
-                _nonce(header.nonce_prefix, index),
-                sealed_view,
-                _aad(header.checksum, index, final),
-                plain_view,
-            )
-        except InvalidTag:
-            raise _classify_chunk_failure(bytes(sealed_view), index, header, aead) from None
-        # Only authenticated plaintext reaches the sink; it lands in a temp file until the end.
-        sink(plain_view)
+    reader = functools.partial(_read_into, stream)
+
+    def sealed_length(index: int) -> int:
+        return header.chunk_length(index) + TAG_BYTES
+
+    with _ChunkPipeline(reader, sealed_length, header.chunk_count, extra_out=0) as pipe:
+        for index in range(header.chunk_count):
+            sealed_view = pipe.read(index)
+            if len(sealed_view) != sealed_length(index):  # the file shrank after the size check
+                raise TruncatedArtifactError(f"artifact is truncated inside chunk {index}")
+            final = index == header.chunk_count - 1
+            nonce, aad = _nonce(header.nonce_prefix, index), _aad(header.checksum, index, final)
+            plain_view = pipe.output(header.chunk_length(index))
+            try:
+                aead.decrypt_into(nonce, sealed_view, aad, plain_view)
+            except InvalidTag:
+                raise _classify_chunk_failure(bytes(sealed_view), index, header, aead) from None
+            # Only authenticated plaintext reaches the sink; it lands in a temp file until the end.
+            pipe.write(sink, plain_view)
 
 
 def _classify_chunk_failure(sealed: bytes, index: int, header: ArtifactHeader, aead: AESGCM) -> ArtifactIntegrityError:
