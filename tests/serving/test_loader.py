@@ -120,19 +120,47 @@ def keep(_: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("tamper", "key_choice", "extra", "expected_line"),
+    ("tamper", "key_choice", "extra", "expected_line", "reason", "exit_code"),
     [
-        (keep, "right", ["--version=v9"], "missing version: model 'digits' has no version 'v9'"),
-        (flip_byte_in_a_chunk, "right", [], "tampered artifact: chunk 0 of 1 failed authentication"),
-        (truncate, "right", [], "tampered artifact: artifact is truncated"),
-        (move_v1_artifact_into_v2, "right", [], "tampered artifact: artifact belongs to model 'digits' version 'v1'"),
-        (swap_manifest_checksum, "right", [], "bad checksum: decrypted model has sha256"),
-        (corrupt_manifest, "right", [], "bad manifest: sha256: Field required"),
-        (keep, "other-key-same-id", [], "wrong key: the keyring's key 'k1' is not the key"),
-        (keep, "other-id", [], "wrong key: artifact was encrypted with key id 'k1'"),
-        (keep, "right", ["--backend=onnxruntime"], "unsupported format: artifact format 'TorchScript'"),
-        (keep, "missing-dir", [], "key directory: key directory"),
-        (keep, "right", ["--max-batch-size=4", "--preferred-batch-size=8"], "invalid settings:"),
+        (keep, "right", ["--version=v9"], "missing version: model 'digits' has no version 'v9'", "MissingVersion", 79),
+        (
+            flip_byte_in_a_chunk,
+            "right",
+            [],
+            "tampered artifact: chunk 0 of 1 failed authentication",
+            "TamperedArtifact",
+            79,
+        ),
+        (truncate, "right", [], "tampered artifact: artifact is truncated", "TamperedArtifact", 79),
+        (
+            move_v1_artifact_into_v2,
+            "right",
+            [],
+            "tampered artifact: artifact belongs to model 'digits' version 'v1'",
+            "TamperedArtifact",
+            79,
+        ),
+        (swap_manifest_checksum, "right", [], "bad checksum: decrypted model has sha256", "BadChecksum", 79),
+        (corrupt_manifest, "right", [], "bad manifest: sha256: Field required", "BadManifest", 79),
+        (keep, "other-key-same-id", [], "wrong key: the keyring's key 'k1' is not the key", "WrongKey", 78),
+        (keep, "other-id", [], "wrong key: artifact was encrypted with key id 'k1'", "WrongKey", 78),
+        (
+            keep,
+            "right",
+            ["--backend=onnxruntime"],
+            "unsupported format: artifact format 'TorchScript'",
+            "UnsupportedFormat",
+            78,
+        ),
+        (keep, "missing-dir", [], "key directory: key directory", "KeyDirectoryError", 78),
+        (
+            keep,
+            "right",
+            ["--max-batch-size=4", "--preferred-batch-size=8"],
+            "invalid settings:",
+            "InvalidSettings",
+            78,
+        ),
     ],
     ids=[
         "missing-version",
@@ -155,6 +183,8 @@ def test_refusals_exit_nonzero_with_one_clear_line_and_leave_no_repository(
     key_choice: str,
     extra: list[str],
     expected_line: str,
+    reason: str,
+    exit_code: int,
 ) -> None:
     root = copy_store(published, tmp_path)
     tamper(root)
@@ -167,21 +197,34 @@ def test_refusals_exit_nonzero_with_one_clear_line_and_leave_no_repository(
     }
     repository = tmp_path / "models"
     termination_log = tmp_path / "termination-log"
-    termination_log.touch()
 
     done = run_loader(
         loader_args(f"file://{root}", key_dirs[key_choice], repository, f"--termination-log={termination_log}", *extra)
     )
 
-    assert done.returncode == 1
+    assert done.returncode == exit_code
     assert done.stdout == ""
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"kubemaas load-model: {expected_line}"), lines[0]
-    assert termination_log.read_text() == done.stderr
+    # What the kubelet shows in the pod status, and the operator turns into a condition.
+    assert json.loads(termination_log.read_text()) == {
+        "exitCode": exit_code,
+        "message": lines[0],
+        "reason": reason,
+    }
     assert "Traceback" not in done.stderr
     for key in (published.key, other_key):
         for encoding in (key.hex(), base64.b64encode(key).decode(), repr(key)):
             assert encoding not in done.stderr
     # Nothing Triton could load: no model directory, no partial files, no staging left behind.
     assert not repository.exists() or tree(repository) == []
+
+
+def test_an_unwritable_repository_is_an_io_error_worth_a_retry(published: PublishedModels, tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    done = run_loader(loader_args(published.uri, published.key_dir, not_a_directory / "models"))
+    assert done.returncode == 138
+    assert done.stderr.startswith("kubemaas load-model: i/o error: Not a directory:")
+    assert len(done.stderr.splitlines()) == 1

@@ -18,9 +18,13 @@ version is a new pod template, rolled out by the Deployment), so the directory n
 information; the artifact's own version string is recorded in ``config.pbtxt`` as the
 ``kubemaas_model_version`` parameter, readable from Triton's model-config endpoint.
 
-Failure contract: exit status 1 and ONE line on stderr, ``kubemaas load-model: <cause>: <detail>``,
-where cause is one of the ``Cause`` values; the same line goes to the Kubernetes termination-message
-file so ``kubectl describe pod`` and the operator can show it. Never a traceback, never key material.
+Failure contract: ONE line on stderr, ``kubemaas load-model: <cause>: <detail>`` (cause is a
+``Cause`` value), and a non-zero exit code following docs/runtime-contract.md: 78 the pod is
+misconfigured (key directory, wrong key, settings, format vs backend, store URI), 79 the artifact
+is refused (missing version, bad manifest, tampered, bad checksum), 138 an I/O error worth a retry,
+1 anything unforeseen. The termination-message file gets ``{"exitCode", "message", "reason"}`` as
+one line of JSON, like the trainer's, so the operator can put the CamelCase reason in a condition.
+Never a traceback, never key material.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import argparse
 import contextlib
 import hashlib
 import importlib.resources
+import json
 import os
 import shutil
 import sys
@@ -67,11 +72,13 @@ TRITON_VERSION_DIR = "1"
 STAGING_PREFIX = ".kubemaas-staging-"
 PYTHON_MODEL_RESOURCE = "triton_python_model.py"
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+TERMINATION_LOG_ENV = "KUBEMAAS_TERMINATION_LOG"
+TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps
 _HASH_BLOCK = 4 * 1024 * 1024
 
 
 class Cause(StrEnum):
-    """Why loading failed; the first word of the error line, stable for alerting and status."""
+    """Why loading failed; the first words of the error line, stable for alerting and status."""
 
     MISSING_VERSION = "missing version"
     STORE = "artifact store"
@@ -84,6 +91,32 @@ class Cause(StrEnum):
     INVALID_SETTINGS = "invalid settings"
     IO = "i/o error"
     INTERNAL = "internal error"
+
+    @property
+    def reason(self) -> str:
+        """CamelCase reason for the termination message (the operator copies it into conditions)."""
+        return _OUTCOMES[self][0]
+
+    @property
+    def exit_code(self) -> int:
+        return _OUTCOMES[self][1]
+
+
+# The runtime contract's exit codes (docs/runtime-contract.md): 78 the pod's configuration is wrong,
+# 79 the artifact is refused, 138 a retry may help; 1 for anything unforeseen.
+_OUTCOMES = {
+    Cause.MISSING_VERSION: ("MissingVersion", 79),
+    Cause.STORE: ("ArtifactStoreError", 78),
+    Cause.BAD_MANIFEST: ("BadManifest", 79),
+    Cause.UNSUPPORTED_FORMAT: ("UnsupportedFormat", 78),
+    Cause.KEYRING: ("KeyDirectoryError", 78),
+    Cause.WRONG_KEY: ("WrongKey", 78),
+    Cause.TAMPERED: ("TamperedArtifact", 79),
+    Cause.CHECKSUM: ("BadChecksum", 79),
+    Cause.INVALID_SETTINGS: ("InvalidSettings", 78),
+    Cause.IO: ("IOError", 138),
+    Cause.INTERNAL: ("InternalError", 1),
+}
 
 
 class LoadError(Exception):
@@ -282,22 +315,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--termination-log",
         type=Path,
-        default=DEFAULT_TERMINATION_LOG,
-        help="file that receives the error line on failure, when it exists (Kubernetes' default)",
+        default=Path(os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)),
+        help=f"file for the failure JSON (default: ${TERMINATION_LOG_ENV} or {DEFAULT_TERMINATION_LOG})",
     )
     add_serving_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point behind ``kubemaas load-model``: 0 on success, 1 with one error line otherwise."""
+    """Entry point behind ``kubemaas load-model``: 0 on success, else the cause's exit code and one line."""
     try:
         result = load_model(_request_from_args(args))
     except LoadError as error:
-        return _fail(str(error), args.termination_log)
+        return _fail(error, args.termination_log)
     except OSError as error:
-        return _fail(str(LoadError(Cause.IO, f"{error.strerror or error}: {error.filename}")), args.termination_log)
+        return _fail(LoadError(Cause.IO, f"{error.strerror or error}: {error.filename}"), args.termination_log)
     except Exception as error:  # one line, not a traceback, whatever went wrong
-        return _fail(str(LoadError(Cause.INTERNAL, f"{type(error).__name__}: {error}")), args.termination_log)
+        return _fail(LoadError(Cause.INTERNAL, f"{type(error).__name__}: {error}"), args.termination_log)
     print(
         f"kubemaas load-model: loaded {args.model} version {result.version} "
         f"({result.size} bytes, sha256 {result.sha256}) into {result.model_dir} in {result.seconds:.2f}s"
@@ -320,13 +353,16 @@ def _request_from_args(args: argparse.Namespace) -> LoadRequest:
     )
 
 
-def _fail(line: str, termination_log: Path) -> int:
-    message = f"kubemaas load-model: {line}"
-    print(message, file=sys.stderr)
-    if termination_log.exists():
-        with contextlib.suppress(OSError):  # the message is on stderr already
-            termination_log.write_text(message + "\n", encoding="utf-8")
-    return 1
+def _fail(error: LoadError, termination_log: Path) -> int:
+    line = f"kubemaas load-model: {error}"
+    print(line, file=sys.stderr)
+    # Kubernetes creates the default file; anywhere else (a developer's machine) it is left alone.
+    if termination_log != DEFAULT_TERMINATION_LOG or termination_log.exists():
+        message = {"exitCode": error.cause.exit_code, "message": line, "reason": error.cause.reason}
+        data = json.dumps(message, separators=(",", ":"), sort_keys=True)
+        with contextlib.suppress(OSError):  # the line is on stderr already
+            termination_log.write_text(data[:TERMINATION_MESSAGE_LIMIT], encoding="utf-8")
+    return error.cause.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
