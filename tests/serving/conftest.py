@@ -15,12 +15,15 @@ import torch
 from kubemaas.runtime.artifacts import ArtifactStore, TensorSpec
 from kubemaas.runtime.keyring import generate_key, write_keyring_dir
 
-IN_FEATURES = 16
-OUT_FEATURES = 4
+# The digits example's signature (docs/runtime-contract.md): 8x8 pixels in, 10 logits out.
+IN_FEATURES = 64
+OUT_FEATURES = 10
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "logits"
 KEY_ID = "k1"
 MODEL = "digits"
-INPUTS = [TensorSpec(name="INPUT__0", datatype="FP32", dims=[IN_FEATURES])]
-OUTPUTS = [TensorSpec(name="OUTPUT__0", datatype="FP32", dims=[OUT_FEATURES])]
+INPUTS = [TensorSpec(name=INPUT_NAME, datatype="FP32", dims=[IN_FEATURES])]
+OUTPUTS = [TensorSpec(name=OUTPUT_NAME, datatype="FP32", dims=[OUT_FEATURES])]
 
 
 def make_mlp(seed: int) -> torch.nn.Module:

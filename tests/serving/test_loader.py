@@ -35,6 +35,7 @@ def tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_latest_builds_a_complete_python_backend_repository(published: PublishedModels, tmp_path: Path) -> None:
     repository = tmp_path / "models"
     done = run_loader(loader_args(published.uri, published.key_dir, repository, "--max-batch-size=8"))
@@ -55,7 +56,7 @@ def test_latest_builds_a_complete_python_backend_repository(published: Published
     config = (repository / MODEL / "config.pbtxt").read_text()
     assert 'backend: "python"' in config
     assert 'value: { string_value: "v2" }' in config
-    assert 'name: "INPUT__0"' in config
+    assert 'name: "pixels"' in config
     # The decrypted file is the v2 model: same outputs as its eager module.
     scripted = torch.jit.load(str(repository / MODEL / "1" / "model.pt"))
     x = torch.randn(3, IN_FEATURES)

@@ -18,7 +18,7 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from .conftest import IN_FEATURES, MODEL, PublishedModels, publish, run_loader
+from .conftest import IN_FEATURES, INPUT_NAME, MODEL, OUT_FEATURES, OUTPUT_NAME, PublishedModels, publish, run_loader
 from .triton_harness import TritonServer
 
 pytestmark = [pytest.mark.triton, pytest.mark.torch]
@@ -75,11 +75,11 @@ def test_http_outputs_match_eager_torch(triton: TritonServer, published: Publish
     client = httpclient.InferenceServerClient(triton.http_url)
     assert client.is_model_ready(MODEL)
     x = rows(5, seed=10)
-    request = httpclient.InferInput("INPUT__0", list(x.shape), "FP32")
+    request = httpclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
     request.set_data_from_numpy(x)
-    result = client.infer(MODEL, [request], outputs=[httpclient.InferRequestedOutput("OUTPUT__0")])
-    got = result.as_numpy("OUTPUT__0")
-    assert got.shape == (5, 4)
+    result = client.infer(MODEL, [request], outputs=[httpclient.InferRequestedOutput(OUTPUT_NAME)])
+    got = result.as_numpy(OUTPUT_NAME)
+    assert got.shape == (5, OUT_FEATURES)
     np.testing.assert_allclose(got, eager_outputs(published.eager["v2"], x), rtol=1e-5, atol=1e-6)
     # Latest resolved to v2, and the repository says so where clients can read it.
     config = client.get_model_config(MODEL)
@@ -92,9 +92,9 @@ def test_grpc_outputs_match_eager_torch(
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     for model, eager in ((MODEL, published.eager["v2"]), (UNBATCHED, unbatched_eager)):
         x = rows(3, seed=11)
-        request = grpcclient.InferInput("INPUT__0", list(x.shape), "FP32")
+        request = grpcclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
         request.set_data_from_numpy(x)
-        got = client.infer(model, [request]).as_numpy("OUTPUT__0")
+        got = client.infer(model, [request]).as_numpy(OUTPUT_NAME)
         np.testing.assert_allclose(got, eager_outputs(eager, x), rtol=1e-5, atol=1e-6)
     client.close()
 
@@ -111,10 +111,10 @@ def fire_concurrently(url: str, model: str, requests: int, seed: int) -> list[tu
         inputs = [rows(1, seed=seed + i) for i in range(requests)]
         pending = []
         for x in inputs:
-            request = httpclient.InferInput("INPUT__0", list(x.shape), "FP32")
+            request = httpclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
             request.set_data_from_numpy(x)
             pending.append(client.async_infer(model, [request]))
-        return [(x, p.get_result().as_numpy("OUTPUT__0")) for x, p in zip(inputs, pending, strict=True)]
+        return [(x, p.get_result().as_numpy(OUTPUT_NAME)) for x, p in zip(inputs, pending, strict=True)]
     finally:
         client.close()
 
@@ -149,7 +149,7 @@ def lone_request(client: httpclient.InferenceServerClient, model: str) -> tuple[
     """Latency (s) of one request with nothing else in flight, and the queue time Triton recorded (ns)."""
     before = inference_stats(client, model)["inference_stats"]["queue"]["ns"]  # type: ignore[index]
     x = rows(1, seed=300)
-    request = httpclient.InferInput("INPUT__0", list(x.shape), "FP32")
+    request = httpclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
     request.set_data_from_numpy(x)
     started = time.perf_counter()
     client.infer(model, [request])
