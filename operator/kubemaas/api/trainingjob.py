@@ -81,7 +81,10 @@ class DataSource(ApiModel):
 
     uri: str = Field(
         pattern=PVC_URI_PATTERN,
-        description="Where the data lives: pvc://<claim>/<path>, mounted read-only at /mnt/kubemaas/data.",
+        description=(
+            "Where the data lives: pvc://<claim>/<path>. The claim is mounted read-only at /mnt/kubemaas/<claim> "
+            "(docs/runtime-contract.md)."
+        ),
     )
 
 
