@@ -1,0 +1,399 @@
+"""Bring the local control plane up and down.
+
+Layout of the run directory (default ~/.cache/kubemaas/run):
+  kubeconfig       admin kubeconfig (system:masters), printed by `up`
+  pki/             CA, serving and client certs, service-account keys
+  kubeconfigs/     one per component, each with its own identity
+  logs/<name>.log  one log per component
+  etcd-data/       etcd's data (wiped on every `up`)
+  state.json       pids and ports, read by `down`
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import processes
+from .build import ensure_built, module_source_dir
+from .kubeconfig import write_kubeconfig
+from .nodes import ALL_NODES, node_manifest
+from .pki import CertificateAuthority, KeyPair, service_account_keys
+from .processes import ComponentError, Running
+from .training_operator import project_webhook_cert, training_operator_args
+from .versions import CLUSTER_DIR, load_components, run_dir
+
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"
+READY_TIMEOUT = 90.0
+STAGES_FILE = CLUSTER_DIR / "kwok-stages.yaml"
+ADMISSION_PLUGINS = ",".join(
+    [
+        "NamespaceLifecycle",
+        "LimitRanger",
+        "ServiceAccount",
+        "DefaultStorageClass",
+        "DefaultTolerationSeconds",
+        "MutatingAdmissionWebhook",
+        "ValidatingAdmissionWebhook",
+        "ValidatingAdmissionPolicy",
+        "ResourceQuota",
+        "Priority",
+        "PodSecurity",
+        "NodeRestriction",
+    ]
+)
+
+
+def log(message: str) -> None:
+    print(f"[cluster] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Cluster:
+    """A started control plane, as recorded in the run directory."""
+
+    root: Path
+    bin: Path
+    components: list[Running] = field(default_factory=list)
+    api_port: int = 0
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    def component(self, name: str) -> Running:
+        return next(c for c in self.components if c.name == name)
+
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
+        command = [str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args]
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise ComponentError(f"kubectl {' '.join(args)[:200]} failed: {result.stderr.strip()[-2000:]}")
+        return result.stdout
+
+    def save(self) -> None:
+        processes.save_state(self.state_file, self.components, {"bin": str(self.bin), "api_port": self.api_port})
+
+
+def load(root: Path | None = None) -> Cluster | None:
+    root = root or run_dir()
+    state = root / "state.json"
+    if not state.exists():
+        return None
+    components, extra = processes.load_state(state)
+    return Cluster(root, Path(str(extra["bin"])), components, int(str(extra["api_port"])))
+
+
+def api_tls(pki: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    return context
+
+
+def healthy(cluster: Cluster) -> bool:
+    if not all(c.alive() for c in cluster.components):
+        return False
+    probe = processes.http_probe(f"https://127.0.0.1:{cluster.api_port}/readyz", api_tls(cluster.root / "pki"), b"ok")
+    return probe()
+
+
+def up(root: Path | None = None, *, training_operator: bool = True) -> Cluster:
+    """Start everything (or reuse a healthy cluster already recorded in the run dir)."""
+    started = time.monotonic()
+    root = root or run_dir()
+    existing = load(root)
+    if existing is not None:
+        if healthy(existing):
+            log(f"cluster already running; kubeconfig: {existing.kubeconfig}")
+            return existing
+        log("found a stale or broken cluster in the run directory; stopping it first")
+        down(root)
+    bin_dir = ensure_built()
+    shutil.rmtree(root, ignore_errors=True)
+    for sub in ("pki", "kubeconfigs", "logs"):
+        (root / sub).mkdir(parents=True)
+    cluster = Cluster(root, bin_dir)
+    try:
+        _start_all(cluster, training_operator)
+    except BaseException:
+        cluster.save()
+        log("start failed; stopping what was started")
+        down(root)
+        raise
+    log(f"cluster ready in {time.monotonic() - started:.1f}s")
+    log(f"kubeconfig: {cluster.kubeconfig}")
+    return cluster
+
+
+def _start_all(cluster: Cluster, training_operator: bool) -> None:
+    pki, logs, configs = cluster.root / "pki", cluster.root / "logs", cluster.root / "kubeconfigs"
+    ca = CertificateAuthority(pki, "ca")
+    sa = service_account_keys(pki)
+    cluster.api_port = processes.free_port()
+    server = f"https://127.0.0.1:{cluster.api_port}"
+
+    etcd_url = _start_etcd(cluster, logs)
+    _start_apiserver(cluster, ca, sa, etcd_url, logs)
+    identities = {
+        "admin": ("kubernetes-admin", "system:masters"),
+        "kube-controller-manager": ("system:kube-controller-manager", None),
+        "kube-scheduler": ("system:kube-scheduler", None),
+        # Simulating kubelets of many nodes and a cluster-wide operator: both need broad rights.
+        "kwok": ("kwok-controller", "system:masters"),
+        "training-operator": ("kubeflow-training-operator", "system:masters"),
+    }
+    for name, (user, group) in identities.items():
+        pair = ca.issue(name, user, group)
+        target = cluster.kubeconfig if name == "admin" else configs / f"{name}.kubeconfig"
+        write_kubeconfig(target, server, ca.pair.cert, pair, user)
+    cluster.save()
+
+    waits = [
+        _start_controller_manager(cluster, ca, sa, configs, logs),
+        _start_scheduler(cluster, configs, logs),
+        _start_kwok(cluster, configs, logs),
+    ]
+    for running, process, probe in waits:
+        processes.wait_ready(running, process, probe, READY_TIMEOUT)
+        log(f"{running.name} ready")
+    cluster.save()
+    _create_nodes(cluster)
+    if training_operator:
+        _start_training_operator(cluster, configs, logs)
+    cluster.save()
+
+
+def _launch(
+    cluster: Cluster, name: str, args: list[str], ports: list[int], env: dict[str, str] | None = None
+) -> tuple[Running, subprocess.Popen[bytes]]:
+    running, process = processes.start(name, cluster.bin / name, args, cluster.root / "logs", ports, env)
+    cluster.components.append(running)
+    return running, process
+
+
+def _start_etcd(cluster: Cluster, logs: Path) -> str:
+    client, peer = processes.free_port(), processes.free_port()
+    url = f"http://127.0.0.1:{client}"
+    running, process = _launch(
+        cluster,
+        "etcd",
+        [
+            "--name=kubemaas",
+            f"--data-dir={cluster.root / 'etcd-data'}",
+            f"--listen-client-urls={url}",
+            f"--advertise-client-urls={url}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster=kubemaas=http://127.0.0.1:{peer}",
+            # A throwaway test cluster: durability is not worth the fsync latency.
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ],
+        [client, peer],
+    )
+    processes.wait_ready(running, process, processes.http_probe(f"{url}/health", expect=b'"health":"true"'), 30)
+    log("etcd ready")
+    return url
+
+
+def _start_apiserver(cluster: Cluster, ca: CertificateAuthority, sa: KeyPair, etcd_url: str, logs: Path) -> None:
+    pki = cluster.root / "pki"
+    serving = ca.issue(
+        "apiserver",
+        "kube-apiserver",
+        server_names=(
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
+        server_ips=("127.0.0.1", SERVICE_IP),
+    )
+    running, process = _launch(
+        cluster,
+        "kube-apiserver",
+        [
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={cluster.api_port}",
+            f"--tls-cert-file={serving.cert}",
+            f"--tls-private-key-file={serving.key}",
+            f"--client-ca-file={ca.pair.cert}",
+            f"--service-account-key-file={sa.cert}",
+            f"--service-account-signing-key-file={sa.key}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--api-audiences=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            f"--enable-admission-plugins={ADMISSION_PLUGINS}",
+            # Privileged pods are allowed cluster-wide; Pod Security decides per namespace.
+            "--allow-privileged=true",
+            # No kubelets or kube-proxy reach the loopback-advertised endpoint anyway.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+        ],
+        [cluster.api_port],
+    )
+    probe = processes.http_probe(f"https://127.0.0.1:{cluster.api_port}/readyz", _admin_tls(ca, pki), b"ok")
+    processes.wait_ready(running, process, probe, READY_TIMEOUT)
+    log(f"kube-apiserver ready on https://127.0.0.1:{cluster.api_port}")
+
+
+def _admin_tls(ca: CertificateAuthority, pki: Path) -> ssl.SSLContext:
+    # The admin client cert is issued after the API server starts; probe with a throwaway one.
+    probe_pair = ca.issue("readiness-probe", "kubemaas-readiness-probe", "system:masters")
+    context = ssl.create_default_context(cafile=str(ca.pair.cert))
+    context.load_cert_chain(str(probe_pair.cert), str(probe_pair.key))
+    return context
+
+
+Wait = tuple[Running, "subprocess.Popen[bytes]", processes.Probe]
+
+
+def _secure_component_args(cluster: Cluster, name: str, configs: Path, port: int) -> list[str]:
+    kubeconfig = configs / f"{name}.kubeconfig"
+    return [
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--cert-dir={cluster.root / 'pki' / name}",
+        "--leader-elect=false",
+    ]
+
+
+def _start_controller_manager(
+    cluster: Cluster, ca: CertificateAuthority, sa: KeyPair, configs: Path, logs: Path
+) -> Wait:
+    port = processes.free_port()
+    running, process = _launch(
+        cluster,
+        "kube-controller-manager",
+        [
+            *_secure_component_args(cluster, "kube-controller-manager", configs, port),
+            f"--service-account-private-key-file={sa.key}",
+            f"--root-ca-file={ca.pair.cert}",
+            # Each controller acts as its own service account with its bootstrap role, as in kubeadm.
+            "--use-service-account-credentials=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--controllers=*",
+        ],
+        [port],
+    )
+    return running, process, processes.http_probe(f"https://127.0.0.1:{port}/healthz", processes.insecure_tls())
+
+
+def _start_scheduler(cluster: Cluster, configs: Path, logs: Path) -> Wait:
+    port = processes.free_port()
+    running, process = _launch(
+        cluster, "kube-scheduler", _secure_component_args(cluster, "kube-scheduler", configs, port), [port]
+    )
+    return running, process, processes.http_probe(f"https://127.0.0.1:{port}/healthz", processes.insecure_tls())
+
+
+def _start_kwok(cluster: Cluster, configs: Path, logs: Path) -> Wait:
+    port = processes.free_port()
+    running, process = _launch(
+        cluster,
+        "kwok",
+        [
+            f"--config={STAGES_FILE}",
+            f"--kubeconfig={configs / 'kwok.kubeconfig'}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            f"--server-address=127.0.0.1:{port}",
+            "--node-lease-duration-seconds=40",
+        ],
+        [port],
+    )
+    return running, process, processes.http_probe(f"http://127.0.0.1:{port}/healthz")
+
+
+def _create_nodes(cluster: Cluster) -> None:
+    manifests = yaml.safe_dump_all([node_manifest(n) for n in ALL_NODES])
+    cluster.kubectl("apply", "-f", "-", stdin=manifests)
+    names = [n.name for n in ALL_NODES]
+    cluster.kubectl("wait", "--for=condition=Ready", "--timeout=60s", *[f"node/{n}" for n in names])
+    log(f"{len(names)} kwok nodes Ready: {', '.join(names)}")
+
+
+def _start_training_operator(cluster: Cluster, configs: Path, logs: Path) -> None:
+    component = next(c for c in load_components() if c.name == "training-operator")
+    source = module_source_dir(component)
+    for crd in component.crds:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(source / crd))
+    _wait_established(cluster, "pytorchjobs.kubeflow.org")
+    namespace, secret = "kubeflow", "training-operator-webhook-cert"
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.kubectl("create", "secret", "generic", secret, "-n", namespace)
+    args, env, ports, probe = training_operator_args(configs / "training-operator.kubeconfig", namespace)
+    running, process = _launch(cluster, "training-operator", args, ports, env)
+    stop_projection = threading.Event()
+    projector = threading.Thread(
+        target=project_webhook_cert, args=(cluster.kubectl, namespace, secret, stop_projection), daemon=True
+    )
+    projector.start()
+    try:
+        processes.wait_ready(running, process, probe, READY_TIMEOUT)
+    finally:
+        stop_projection.set()
+        projector.join()
+    log(f"training-operator {component.version} ready (PyTorchJob)")
+
+
+def _wait_established(cluster: Cluster, crd: str, timeout: float = 60.0) -> None:
+    # `kubectl wait` fails at once while the CRD has no conditions yet; poll instead.
+    deadline = time.monotonic() + timeout
+
+    def established() -> bool:
+        status = json.loads(cluster.kubectl("get", f"crd/{crd}", "-o", "json")).get("status") or {}
+        return any(c["type"] == "Established" and c["status"] == "True" for c in status.get("conditions") or [])
+
+    while not established():
+        if time.monotonic() > deadline:
+            raise ComponentError(f"CRD {crd} not Established after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def down(root: Path | None = None) -> None:
+    """Stop every recorded component, newest first, and remove nothing but processes."""
+    cluster = load(root)
+    if cluster is None:
+        log("no cluster recorded; nothing to stop")
+        return
+    for running in reversed(cluster.components):
+        processes.stop(running)
+    busy = [p for c in cluster.components for p in c.ports if processes.port_in_use(p)]
+    cluster.state_file.unlink()
+    if busy:
+        raise ComponentError(f"ports still answering after stop: {busy}")
+    log(f"stopped {len(cluster.components)} components")
+
+
+def check_alive(cluster: Cluster) -> None:
+    """Raise ComponentError naming every dead component, with the tail of its log."""
+    dead = [c for c in cluster.components if not c.alive()]
+    if dead:
+        raise ComponentError(
+            "\n".join(
+                f"{c.name} (pid {c.pid}) is not running; last lines of {c.log}:\n{processes.log_tail(Path(c.log))}"
+                for c in dead
+            )
+        )

@@ -1,0 +1,157 @@
+"""Start, watch and stop the control-plane processes; errors name the component."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+LOG_TAIL_LINES = 30
+
+
+class ComponentError(RuntimeError):
+    """A component died or never became ready; the message names it and shows its log tail."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log written)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Running:
+    """What `down` needs to find a started component again."""
+
+    name: str
+    pid: int
+    binary: str
+    log: str
+    ports: list[int]
+
+    def alive(self) -> bool:
+        return process_matches(self.pid, self.binary)
+
+
+def process_matches(pid: int, binary: str) -> bool:
+    """True if `pid` is alive and still runs `binary` (guards against pid reuse)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
+    return cmdline == binary and not zombie
+
+
+def start(
+    name: str, binary: Path, args: list[str], log_dir: Path, ports: list[int], env: dict[str, str] | None = None
+) -> tuple[Running, subprocess.Popen[bytes]]:
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log_file:
+        # A session of its own: stopping the cluster signals the group, and a
+        # Ctrl-C meant for pytest does not kill the control plane mid-teardown.
+        process = subprocess.Popen(
+            [str(binary), *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    return Running(name, process.pid, str(binary), str(log_path), ports), process
+
+
+Probe = Callable[[], bool]
+
+
+def wait_ready(running: Running, process: subprocess.Popen[bytes] | None, probe: Probe, timeout: float) -> None:
+    """Poll `probe` until it passes; fail fast, naming the component, if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        exited = process.poll() if process is not None else (None if running.alive() else -1)
+        if exited is not None:
+            raise ComponentError(
+                f"{running.name} exited with status {exited} before becoming ready; "
+                f"last lines of {running.log}:\n{log_tail(Path(running.log))}"
+            )
+        if probe():
+            return
+        time.sleep(0.2)
+    raise ComponentError(
+        f"{running.name} not ready after {timeout:.0f}s; last lines of {running.log}:\n{log_tail(Path(running.log))}"
+    )
+
+
+def http_probe(url: str, context: ssl.SSLContext | None = None, expect: bytes | None = None) -> Probe:
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                body: bytes = response.read()
+                return response.status == 200 and (expect is None or expect in body)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError):
+            return False
+
+    return probe
+
+
+def insecure_tls() -> ssl.SSLContext:
+    """For /healthz of components that serve a self-signed cert on loopback."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def stop(running: Running, grace: float = 10.0) -> None:
+    if not running.alive():
+        return
+    _signal_group(running.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and running.alive():
+        time.sleep(0.1)
+    if running.alive():
+        _signal_group(running.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and running.alive():
+            time.sleep(0.1)
+    if running.alive():
+        raise ComponentError(f"{running.name} (pid {running.pid}) survived SIGKILL")
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def save_state(path: Path, components: list[Running], extra: dict[str, object]) -> None:
+    path.write_text(json.dumps({"components": [asdict(c) for c in components], **extra}, indent=2))
+
+
+def load_state(path: Path) -> tuple[list[Running], dict[str, object]]:
+    data = json.loads(path.read_text())
+    components = [Running(**c) for c in data.pop("components")]
+    return components, data

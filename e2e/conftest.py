@@ -1,0 +1,159 @@
+"""pytest wiring for the end-to-end suite: one cluster per session, one namespace per test.
+
+The suite needs nothing but a kubeconfig. With KUBEMAAS_E2E_KUBECONFIG set it
+uses that cluster as is; otherwise it starts the local control plane from
+e2e/cluster (reusing one that `make cluster-up` already started, and leaving
+that one running afterwards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from e2e.cluster import control_plane
+from e2e.cluster.processes import ComponentError, log_tail
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+@dataclass
+class E2ECluster:
+    kubeconfig: Path
+    api: client.ApiClient
+    local: control_plane.Cluster | None  # None when the suite runs against someone else's cluster
+
+    def check_alive(self) -> None:
+        if self.local is not None:
+            control_plane.check_alive(self.local)
+
+    def wait_for(self, what: str, check: Callable[[], T | None], timeout: float = 60.0) -> T:
+        """Poll `check` until it returns a value other than None/False.
+
+        API errors while polling are retried, but if a local component died the
+        wait ends at once with that component's name and log tail.
+        """
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                result = check()
+                if result is not None and result is not False:
+                    return result
+            except ApiException as error:
+                last_error = error
+            except Exception as error:  # urllib3 connection errors when the API server is gone
+                last_error = error
+                self.check_alive()
+            self.check_alive()
+            time.sleep(0.25)
+        self.check_alive()
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last error: {last_error}")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[E2ECluster]:
+    external = os.environ.get("KUBEMAAS_E2E_KUBECONFIG")
+    if external:
+        yield E2ECluster(Path(external), config.new_client_from_config(config_file=external), None)
+        return
+    existing = control_plane.load()
+    reused = existing is not None and control_plane.healthy(existing)
+    local = control_plane.up()
+    try:
+        yield E2ECluster(local.kubeconfig, config.new_client_from_config(config_file=str(local.kubeconfig)), local)
+    finally:
+        if not reused:
+            control_plane.down()
+
+
+PSS_RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+    "pod-security.kubernetes.io/warn": "restricted",
+}
+
+
+@pytest.fixture
+def namespace(cluster: E2ECluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace enforcing Pod Security `restricted`, deleted after the test."""
+    core = client.CoreV1Api(cluster.api)
+    stem = request.node.name.lower().replace("_", "-")
+    name = f"e2e-{''.join(ch for ch in stem if ch.isalnum() or ch == '-')[:40].strip('-')}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=PSS_RESTRICTED)))
+    # Pods are refused until the service-account controller has made `default`.
+    cluster.wait_for(
+        f"service account default in {name}",
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=30,
+    )
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(name)
+
+
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self) -> str:
+        return log_tail(self.log)
+
+
+@pytest.fixture
+def operator(cluster: E2ECluster, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """`kubemaas run` as a subprocess against the test cluster, stopped after the test."""
+    log_path = tmp_path / "kubemaas-run.log"
+    executable = Path(sys.executable).with_name("kubemaas")
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(executable), "run"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+            cwd=REPO,
+        )
+    running = OperatorProcess(process, log_path)
+    try:
+        yield running
+        if process.poll() is not None:
+            raise ComponentError(f"kubemaas run exited early with {process.returncode}:\n{running.tail()}")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def restricted_container(name: str = "main", **extra: Any) -> dict[str, Any]:
+    """A container spec that passes Pod Security `restricted`."""
+    return {
+        "name": name,
+        "image": "registry.k8s.io/pause:3.10",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True,
+            "runAsUser": 65534,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        **extra,
+    }

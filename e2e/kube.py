@@ -1,0 +1,73 @@
+"""Small helpers the e2e tests share: CRD application, custom-object plurals, pod drivers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+REPO = Path(__file__).resolve().parent.parent
+CRDS_DIR = REPO / "crds"
+OUTCOME_LABEL = "kwok.kubemaas.io/outcome"
+TERMINATION_MESSAGE_ANNOTATION = "kwok.kubemaas.io/termination-message"
+
+
+def load_crds(directory: Path = CRDS_DIR) -> list[dict[str, Any]]:
+    return [
+        doc
+        for path in sorted(directory.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") == "CustomResourceDefinition"
+    ]
+
+
+def apply_crd(api: client.ApiClient, crd: dict[str, Any]) -> list[str]:
+    """Create or replace a CRD; returns the API server's Warning headers (e.g. pruning warnings)."""
+    ext = client.ApiextensionsV1Api(api)
+    name = crd["metadata"]["name"]
+    try:
+        current: Any = ext.read_custom_resource_definition(name)
+    except client.ApiException as error:
+        if error.status != 404:
+            raise
+        _, _, headers = ext.create_custom_resource_definition_with_http_info(crd)  # type: ignore[arg-type]
+    else:
+        body = {**crd, "metadata": {**crd["metadata"], "resourceVersion": current.metadata.resource_version}}
+        _, _, headers = ext.replace_custom_resource_definition_with_http_info(name, body)  # type: ignore[arg-type]
+    return [v for k, v in (headers or {}).items() if k.lower() == "warning"]
+
+
+def plural_for(api_version: str, kind: str, crds: list[dict[str, Any]]) -> str:
+    group = api_version.split("/")[0]
+    for crd in crds:
+        if crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind:
+            return str(crd["spec"]["names"]["plural"])
+    raise LookupError(f"no CRD in crds/ serves {api_version} {kind}")
+
+
+def create_custom_object(
+    api: client.ApiClient, namespace: str, obj: dict[str, Any], crds: list[dict[str, Any]]
+) -> dict[str, Any]:
+    group, version = obj["apiVersion"].split("/")
+    result: Any = client.CustomObjectsApi(api).create_namespaced_custom_object(
+        group,
+        version,
+        namespace,
+        plural_for(obj["apiVersion"], obj["kind"], crds),
+        obj,
+        field_validation="Strict",
+    )
+    return dict(result)
+
+
+def drive_pod(api: client.ApiClient, namespace: str, pod: str, outcome: str, termination_message: str = "") -> None:
+    """Ask kwok to finish a running pod: outcome `succeed` (exit 0) or `fail` (exit 1)."""
+    patch = {
+        "metadata": {
+            "labels": {OUTCOME_LABEL: outcome},
+            "annotations": {TERMINATION_MESSAGE_ANNOTATION: termination_message},
+        }
+    }
+    client.CoreV1Api(api).patch_namespaced_pod(pod, namespace, patch)
