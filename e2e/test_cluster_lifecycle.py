@@ -1,0 +1,75 @@
+"""The local control plane's own promises: failures name the component, and down leaves nothing behind.
+
+These tests start a second, throwaway local cluster in a temporary run
+directory (without the training operator, whose webhook cert path is
+host-global), so killing its API server does not disturb the session's cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from e2e.cluster import control_plane, processes
+from e2e.cluster.processes import ComponentError
+from e2e.conftest import E2ECluster
+
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("KUBEMAAS_E2E_KUBECONFIG")), reason="exercises the local control plane only"
+)
+
+
+@pytest.fixture
+def throwaway(tmp_path: Path) -> Iterator[control_plane.Cluster]:
+    root = tmp_path / "run"
+    cluster = control_plane.up(root, training_operator=False)
+    try:
+        yield cluster
+    finally:
+        control_plane.down(root)
+
+
+def test_killed_api_server_is_named_with_its_log_tail(throwaway: control_plane.Cluster) -> None:
+    api = config.new_client_from_config(config_file=str(throwaway.kubeconfig))
+    waiting = E2ECluster(throwaway.kubeconfig, api, throwaway)
+    apiserver = throwaway.component("kube-apiserver")
+    killer = threading.Timer(1.0, os.kill, args=(apiserver.pid, signal.SIGKILL))
+    killer.start()
+    try:
+        with pytest.raises(ComponentError) as failure:
+            # Waits for something that never happens; only the dead API server may end it.
+            waiting.wait_for(
+                "a node that does not exist", lambda: client.CoreV1Api(api).read_node("no-such-node"), timeout=60
+            )
+    finally:
+        killer.cancel()
+    message = str(failure.value)
+    assert "kube-apiserver" in message
+    assert apiserver.log in message
+    # The tail is the API server's own log, not an empty placeholder.
+    assert processes.log_tail(Path(apiserver.log)).splitlines()[-1] in message
+
+
+def test_down_leaves_no_process_or_port_behind(throwaway: control_plane.Cluster) -> None:
+    components = list(throwaway.components)
+    assert {c.name for c in components} >= {
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+    }
+    ports = [p for c in components for p in c.ports]
+    assert all(processes.port_in_use(p) for c in components[:2] for p in c.ports[:1])
+    control_plane.down(throwaway.root)
+    alive = [f"{c.name} (pid {c.pid})" for c in components if c.alive()]
+    assert alive == [], f"still running after down: {alive}"
+    listening = [p for p in ports if processes.port_in_use(p)]
+    assert listening == [], f"ports still listening after down: {listening}"
+    assert control_plane.load(throwaway.root) is None

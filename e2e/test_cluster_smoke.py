@@ -1,0 +1,95 @@
+"""The API surface: our CRDs, the examples and the invalid-spec cases, on a real API server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, utils
+
+from e2e.conftest import E2ECluster
+from e2e.kube import REPO, apply_crd, create_custom_object, load_crds
+from tests.api.cases import InvalidCase, load_cases
+
+CRDS = load_crds()
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+INVALID = load_cases()
+
+
+@pytest.fixture(scope="session")
+def installed_crds(cluster: E2ECluster) -> dict[str, list[str]]:
+    """Every CRD in crds/ applied once per session; name -> Warning headers."""
+    warnings = {crd["metadata"]["name"]: apply_crd(cluster.api, crd) for crd in CRDS}
+    ext = client.ApiextensionsV1Api(cluster.api)
+
+    def established() -> bool:
+        for crd in CRDS:
+            status = ext.read_custom_resource_definition(crd["metadata"]["name"]).status
+            conditions = {c.type: c.status for c in (status.conditions or [])}
+            if conditions.get("Established") != "True":
+                return False
+        return True
+
+    cluster.wait_for("CRDs in crds/ to be Established", established, timeout=30)
+    return warnings
+
+
+def test_crds_directory_is_not_empty() -> None:
+    assert CRDS, "crds/ holds no CustomResourceDefinition"
+
+
+@pytest.mark.parametrize("crd", CRDS, ids=[c["metadata"]["name"] for c in CRDS])
+def test_crd_is_established_structural_and_unwarned(
+    cluster: E2ECluster, installed_crds: dict[str, list[str]], crd: dict[str, Any]
+) -> None:
+    name = crd["metadata"]["name"]
+    assert installed_crds[name] == [], f"API server warned when applying {name}: {installed_crds[name]}"
+    status = client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition(name).status
+    conditions = {c.type: c for c in status.conditions}
+    assert conditions["Established"].status == "True"
+    assert conditions["NamesAccepted"].status == "True"
+    assert "NonStructuralSchema" not in conditions, conditions["NonStructuralSchema"].message
+    assert status.accepted_names.kind == crd["spec"]["names"]["kind"]
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _pruned(sent: Any, stored: Any, path: str) -> list[str]:
+    """Paths of values in `sent` that `stored` lacks or changed."""
+    if isinstance(sent, dict) and isinstance(stored, dict):
+        return [p for k, v in sent.items() for p in _pruned(v, stored.get(k), f"{path}.{k}")]
+    if isinstance(sent, list) and isinstance(stored, list) and len(sent) == len(stored):
+        return [p for i, (a, b) in enumerate(zip(sent, stored, strict=True)) for p in _pruned(a, b, f"{path}[{i}]")]
+    return [] if sent == stored else [path]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_is_accepted(
+    cluster: E2ECluster, installed_crds: dict[str, list[str]], namespace: str, example: Path
+) -> None:
+    for doc in _documents(example):
+        if doc["apiVersion"].startswith("kubemaas.io/"):
+            created = create_custom_object(cluster.api, namespace, doc, CRDS)
+            assert created["metadata"]["name"] == doc["metadata"]["name"]
+            # Everything sent was stored (defaults may be added): no field silently pruned.
+            assert _pruned(doc["spec"], created["spec"], "spec") == []
+        else:
+            utils.create_from_dict(cluster.api, doc, namespace=namespace)
+
+
+@pytest.mark.parametrize("case", INVALID, ids=[c.name for c in INVALID])
+def test_invalid_spec_is_rejected_by_the_api_server(
+    cluster: E2ECluster, installed_crds: dict[str, list[str]], namespace: str, case: InvalidCase
+) -> None:
+    with pytest.raises(client.ApiException) as rejected:
+        create_custom_object(cluster.api, namespace, case.object, CRDS)
+    error = rejected.value
+    assert error.status in (400, 422), f"{case.description}: unexpected status {error.status}: {error.body}"
+    message = json.loads(error.body)["message"]
+    assert case.field in message, f"{case.description}: {case.field!r} not named in: {message}"
+    assert case.message in message, f"{case.description}: {case.message!r} not in: {message}"

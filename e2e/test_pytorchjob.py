@@ -1,0 +1,103 @@
+"""A PyTorchJob created directly becomes pods through the Kubeflow training operator and succeeds."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from e2e.conftest import E2ECluster, restricted_container
+from e2e.kube import drive_pod
+
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+
+
+def _replica(replicas: int) -> dict[str, Any]:
+    return {
+        "replicas": replicas,
+        "restartPolicy": "Never",
+        "template": {"spec": {"containers": [restricted_container("pytorch", command=["python", "train.py"])]}},
+    }
+
+
+@pytest.fixture
+def pytorchjob_served(cluster: E2ECluster) -> None:
+    try:
+        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+    except client.ApiException as error:
+        if error.status == 404:
+            pytest.skip("this cluster does not serve kubeflow.org/v1 PyTorchJob")
+        raise
+
+
+def _condition(job: dict[str, Any], kind: str) -> str | None:
+    for condition in job.get("status", {}).get("conditions", []):
+        if condition["type"] == kind:
+            return str(condition["status"])
+    return None
+
+
+def test_pytorchjob_gets_master_and_worker_pods_and_succeeds(
+    cluster: E2ECluster, namespace: str, pytorchjob_served: None
+) -> None:
+    custom, core = client.CustomObjectsApi(cluster.api), client.CoreV1Api(cluster.api)
+    job = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PyTorchJob",
+        "metadata": {"name": "smoke"},
+        "spec": {"pytorchReplicaSpecs": {"Master": _replica(1), "Worker": _replica(2)}},
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
+    selector = "training.kubeflow.org/job-name=smoke"
+
+    def running_pods() -> dict[str, str] | None:
+        pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+        running = {
+            p.metadata.name: p.metadata.labels["training.kubeflow.org/replica-type"]
+            for p in pods
+            if p.status.phase == "Running"
+        }
+        return running if len(running) == 3 else None
+
+    pods = cluster.wait_for("3 running PyTorchJob pods (1 master, 2 workers)", running_pods, timeout=90)
+    assert sorted(pods.values()) == ["master", "worker", "worker"]
+    worker = next(name for name, role in pods.items() if role == "worker")
+    assert [c.name for c in core.read_namespaced_pod(worker, namespace).spec.init_containers] == ["init-pytorch"]
+    master_env = {e.name: e.value for e in core.read_namespaced_pod("smoke-master-0", namespace).spec.containers[0].env}
+    assert master_env["WORLD_SIZE"] == "3" and master_env["RANK"] == "0"
+
+    report = json.dumps({"model": {"version": "1", "sha256": "ab" * 32}})
+    for name in pods:
+        drive_pod(cluster.api, namespace, name, "succeed", report if name == "smoke-master-0" else "")
+
+    def succeeded() -> bool:
+        current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "smoke")
+        return _condition(current, "Succeeded") == "True"
+
+    cluster.wait_for("PyTorchJob smoke to be Succeeded", succeeded, timeout=90)
+    terminated = core.read_namespaced_pod("smoke-master-0", namespace).status.container_statuses[0].state.terminated
+    assert terminated.exit_code == 0
+    assert json.loads(terminated.message) == json.loads(report)
+
+
+def test_failed_pod_reports_exit_code_and_message(cluster: E2ECluster, namespace: str) -> None:
+    core = client.CoreV1Api(cluster.api)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "doomed"},
+        "spec": {"restartPolicy": "Never", "containers": [restricted_container()]},
+    }
+    core.create_namespaced_pod(namespace, pod)
+    cluster.wait_for(
+        "pod doomed to be Running", lambda: core.read_namespaced_pod("doomed", namespace).status.phase == "Running"
+    )
+    drive_pod(cluster.api, namespace, "doomed", "fail", '{"error": "loss is NaN"}')
+    cluster.wait_for(
+        "pod doomed to be Failed", lambda: core.read_namespaced_pod("doomed", namespace).status.phase == "Failed"
+    )
+    terminated = core.read_namespaced_pod("doomed", namespace).status.container_statuses[0].state.terminated
+    assert terminated.exit_code == 1
+    assert json.loads(terminated.message) == {"error": "loss is NaN"}
