@@ -56,7 +56,7 @@ unit: venv ## unit and integration tests (no cluster)
 	$(call pytest,tests)
 
 .PHONY: test
-test: lint crds-check unit ## everything CI runs
+test: lint crds-check unit e2e ## everything CI runs
 
 # The local control plane (e2e/cluster, docs/local-cluster.md): built from pinned
 # Go modules into ~/.cache/kubemaas/cluster, run from ~/.cache/kubemaas/run.
