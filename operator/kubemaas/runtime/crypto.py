@@ -53,11 +53,10 @@ corrupted header, ``UnsupportedFormatError``, ``HeaderTamperedError``), ``Unknow
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import hmac
-import io
 import os
+import queue
 import struct
 import tempfile
 from collections.abc import Callable
@@ -351,7 +350,7 @@ def encrypt_file(
     validate_key_id(key_id)
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
-    with open(src, "rb") as source:
+    with open(src, "rb", buffering=0) as source:
         plaintext_size = os.fstat(source.fileno()).st_size
         nonce_prefix, salt = os.urandom(8), os.urandom(16)
         keys = _derive(key, salt)
@@ -367,102 +366,137 @@ def encrypt_file(
         )
         header = _parse_header(header_bytes)
 
-        def write(out: BinaryIO) -> PlaintextDigest:
-            out.write(header_bytes)
-            return _encrypt_chunks(source, out, header, keys.enc)
+        def write(out_fd: int) -> PlaintextDigest:
+            _pwrite_all(out_fd, memoryview(header_bytes), 0)
+            return _encrypt_chunks(source.fileno(), out_fd, header, keys.enc)
 
         return _write_atomically(Path(dst), write)
 
 
-def _encrypt_chunks(source: io.BufferedIOBase, out: BinaryIO, header: ArtifactHeader, aead: AESGCM) -> PlaintextDigest:
+def _encrypt_chunks(src_fd: int, out_fd: int, header: ArtifactHeader, aead: AESGCM) -> PlaintextDigest:
+    """Workers read, seal and write chunks in parallel; this thread hashes them, in order."""
+    _advise_sequential(src_fd)
+    sealed_size = header.chunk_size + TAG_BYTES
+
+    def seal(index: int, slot: _Slot, scratch: memoryview) -> None:
+        length = header.chunk_length(index)
+        plain = slot.held[:length]
+        if _pread_into(src_fd, plain, index * header.chunk_size) != length:
+            raise RuntimeError(f"source file changed while encrypting (chunk {index} is short)")
+        slot.loaded.set_result(length)  # the hashing thread may read `plain` from now on
+        final = index == header.chunk_count - 1
+        sealed = scratch[: length + TAG_BYTES]
+        aead.encrypt_into(_nonce(header.nonce_prefix, index), plain, _aad(header.checksum, index, final), sealed)
+        _pwrite_all(out_fd, sealed, header.header_len + index * sealed_size)
+
+    # SHA-256 for the manifest is one serial stream over the plaintext, so it stays on this thread
+    # while the workers run ahead; a slot is refilled only after its chunk was both hashed and written.
     digest = hashlib.sha256()
-    reader = functools.partial(_read_into, source)
-    with _ChunkPipeline(reader, header.chunk_length, header.chunk_count, extra_out=TAG_BYTES) as pipe:
+    length = header.chunk_length(0)
+    with _ChunkPipeline(seal, header.chunk_count, held_size=length, scratch_size=length + TAG_BYTES) as pipe:
         for index in range(header.chunk_count):
-            view = pipe.read(index)
-            if len(view) != header.chunk_length(index):
-                raise RuntimeError(f"source file changed while encrypting (chunk {index} is short)")
-            hashed = pipe.side(digest.update, view)  # SHA-256 for the manifest, beside AES-GCM
-            final = index == header.chunk_count - 1
-            nonce, aad = _nonce(header.nonce_prefix, index), _aad(header.checksum, index, final)
-            sealed_view = pipe.output(len(view) + TAG_BYTES)
-            aead.encrypt_into(nonce, view, aad, sealed_view)
-            hashed.result()  # `view` is refilled two chunks later; the hash must be done with it
-            pipe.write(out.write, sealed_view)
-    if source.read(1):
+            slot = pipe.slot(index)
+            digest.update(slot.held[: slot.loaded.result()])
+            pipe.done(index)
+    if os.pread(src_fd, 1, header.plaintext_size):
         raise RuntimeError("source file grew while encrypting")
     return PlaintextDigest(sha256=digest.hexdigest(), size=header.plaintext_size)
 
 
-class _ChunkPipeline:
-    """Overlaps reading chunk k+1 and writing chunk k-1 with the AES-GCM work on chunk k.
+class _Slot:
+    """One ring position: the buffer its chunk keeps until the caller is done, and when it is filled."""
 
-    File reads and writes, hashlib and AES-GCM all release the GIL on large buffers, so the
-    stages run in parallel when cores are free. Each stage cycles through two buffers, so memory
-    stays at four chunks whatever the file size, and nothing is read past the last chunk.
+    def __init__(self, size: int) -> None:
+        self.held = memoryview(bytearray(size))
+        self.loaded: Future[int] = Future()
+
+
+_MAX_WORKERS = 4
+
+
+class _ChunkPipeline:
+    """Runs ``job(index, slot, scratch)`` for every chunk on worker threads, a bounded window at a time.
+
+    Chunks are independent (nonce, associated data and both file offsets follow from the index), so
+    workers take them in any order with pread/pwrite, and AES-GCM, file I/O and hashlib all release
+    the GIL on large buffers: chunks are sealed or opened on every core at once. Two kinds of memory:
+    ``scratch`` (``scratch_size`` bytes) belongs to a running job and goes back to a free list when it
+    ends, so there are only as many as workers; ``slot.held`` (``held_size`` bytes) stays with chunk
+    ``i`` in slot ``i % depth`` until the caller calls ``done(i)``, for data the caller reads after the
+    job (the plaintext it hashes). Either way memory is a few chunks, whatever the file size. Leaving
+    the block, also on error, cancels what has not started and waits for what has: no worker
+    outlives the call.
     """
 
     def __init__(
-        self,
-        read_into: Callable[[memoryview], int],
-        in_length: Callable[[int], int],
-        count: int,
-        *,
-        extra_out: int,
+        self, job: Callable[[int, _Slot, memoryview], None], count: int, *, held_size: int, scratch_size: int
     ) -> None:
-        size = max(in_length(0), 1)
-        self._read_into, self._in_length, self._count = read_into, in_length, count
-        self._in = [bytearray(size), bytearray(size)]
-        self._out = [bytearray(size + extra_out), bytearray(size + extra_out)]
-        self._writes = 0
-        self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kmenc")
-        self._prefetch: Future[int] | None = None
-        self._pending_write: Future[object] | None = None
+        workers = min(_MAX_WORKERS, max(2, os.cpu_count() or 2), count)
+        # One queued chunk per worker beyond the running ones, so no worker waits on this thread.
+        self.depth = min(count, 2 * workers)
+        self._job, self._count = job, count
+        self._slots = [_Slot(held_size) for _ in range(self.depth)]
+        self._scratch: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        for _ in range(workers):
+            self._scratch.put(memoryview(bytearray(scratch_size)))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kmcrypt")
+        self._running: dict[int, Future[None]] = {}
 
     def __enter__(self) -> _ChunkPipeline:
+        for index in range(self.depth):
+            self._start(index)
         return self
 
-    def __exit__(self, exc_type: object, *_: object) -> None:
+    def __exit__(self, *_: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def slot(self, index: int) -> _Slot:
+        return self._slots[index % self.depth]
+
+    def done(self, index: int) -> None:
+        """Wait for chunk ``index`` (raising its error) and give its slot to a later chunk."""
+        self._running.pop(index).result()
+        if index + self.depth < self._count:
+            self._start(index + self.depth)
+
+    def _start(self, index: int) -> None:
+        slot = self.slot(index)
+        slot.loaded = Future()
+        self._running[index] = self._pool.submit(self._run, index, slot)
+
+    def _run(self, index: int, slot: _Slot) -> None:
+        scratch = self._scratch.get_nowait()  # never empty: no more jobs run than buffers exist
         try:
-            if self._pending_write is not None and exc_type is None:
-                self._pending_write.result()
+            self._job(index, slot, scratch)
+        except BaseException as exc:
+            if not slot.loaded.done():  # whoever waits for the input sees the error too
+                slot.loaded.set_exception(exc)
+            raise
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def _buffer(self, index: int) -> memoryview:
-        return memoryview(self._in[index % 2])[: self._in_length(index)]
-
-    def read(self, index: int) -> memoryview:
-        """Chunk ``index`` (prefetched if possible); starts the read of the next one."""
-        buf = self._buffer(index)
-        got = self._prefetch.result() if self._prefetch is not None else self._read_into(buf)
-        self._prefetch = None
-        if index + 1 < self._count:
-            self._prefetch = self._pool.submit(self._read_into, self._buffer(index + 1))
-        return buf[:got]
-
-    def side(self, fn: Callable[[memoryview], object], view: memoryview) -> Future[object]:
-        return self._pool.submit(fn, view)
-
-    def output(self, size: int) -> memoryview:
-        return memoryview(self._out[self._writes % 2])[:size]
-
-    def write(self, write_fn: Callable[[memoryview], object], view: memoryview) -> None:
-        if self._pending_write is not None:
-            self._pending_write.result()  # surfaces its error; its buffer is the one we reuse next
-        self._pending_write = self._pool.submit(write_fn, view)
-        self._writes += 1
+            self._scratch.put(scratch)
 
 
-def _read_into(stream: io.BufferedIOBase, view: memoryview) -> int:
-    """Fill ``view`` from ``stream``; returns fewer bytes only at end of file."""
+def _advise_sequential(fd: int) -> None:
+    # Read-ahead hint for disk-backed sources; purely advisory, so a refusal changes nothing.
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``fd`` at ``offset``; returns fewer bytes only at end of file."""
     filled = 0
     while filled < len(view):
-        got = stream.readinto(view[filled:])
+        got = os.preadv(fd, [view[filled:]], offset + filled)
         if not got:
             break
         filled += got
     return filled
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 # --------------------------------------------------------------------------- decrypt
@@ -474,20 +508,18 @@ def decrypt_file(src: Path | str, dst: Path | str, *, keyring: Keyring, model: s
     Returns the verified header. GCM authenticates every byte, so no separate hash is needed.
     """
 
-    def write(out: BinaryIO) -> ArtifactHeader:
-        return _decrypt_into(Path(src), out.write, keyring=keyring, model=model, version=version)
+    def write(out_fd: int) -> ArtifactHeader:
+        return _decrypt_into(Path(src), out_fd, keyring=keyring, model=model, version=version)
 
     return _write_atomically(Path(dst), write)
 
 
 def verify_file(src: Path | str, *, keyring: Keyring, model: str, version: str) -> ArtifactHeader:
     """Run every check of :func:`decrypt_file` without writing plaintext anywhere."""
-    return _decrypt_into(Path(src), lambda _data: None, keyring=keyring, model=model, version=version)
+    return _decrypt_into(Path(src), None, keyring=keyring, model=model, version=version)
 
 
-def _decrypt_into(
-    src: Path, sink: Callable[[memoryview], object], *, keyring: Keyring, model: str, version: str
-) -> ArtifactHeader:
+def _decrypt_into(src: Path, out_fd: int | None, *, keyring: Keyring, model: str, version: str) -> ArtifactHeader:
     with open(src, "rb") as stream:
         file_size = os.fstat(stream.fileno()).st_size
         raw = _read_exact_header(stream, file_size)
@@ -495,34 +527,37 @@ def _decrypt_into(
         keys = _verify_header(header, raw, keyring)
         _check_binding(header, model, version)
         _check_size(header, file_size)
-        _decrypt_chunks(stream, header, keys.enc, sink)
-        if stream.read(1):  # the file grew after the size check
+        _decrypt_chunks(stream.fileno(), header, keys.enc, out_fd)
+        if os.pread(stream.fileno(), 1, header.encrypted_size):  # the file grew after the size check
             raise ExtendedArtifactError("artifact has unexpected bytes after its final chunk")
     return header
 
 
-def _decrypt_chunks(
-    stream: io.BufferedIOBase, header: ArtifactHeader, aead: AESGCM, sink: Callable[[memoryview], object]
-) -> None:
-    reader = functools.partial(_read_into, stream)
+def _decrypt_chunks(src_fd: int, header: ArtifactHeader, aead: AESGCM, out_fd: int | None) -> None:
+    """Workers read, open and write chunks in parallel; the first failing chunk (by index) is raised."""
+    _advise_sequential(src_fd)
+    sealed_size = header.chunk_size + TAG_BYTES
+    plain_at = header.chunk_length(0) + TAG_BYTES  # scratch: [sealed chunk | plaintext]
 
-    def sealed_length(index: int) -> int:
-        return header.chunk_length(index) + TAG_BYTES
+    def open_chunk(index: int, _slot: _Slot, scratch: memoryview) -> None:
+        length = header.chunk_length(index)
+        sealed, plain = scratch[: length + TAG_BYTES], scratch[plain_at : plain_at + length]
+        if _pread_into(src_fd, sealed, header.header_len + index * sealed_size) != len(sealed):
+            raise TruncatedArtifactError(f"artifact is truncated inside chunk {index}")  # shrank after the check
+        final = index == header.chunk_count - 1
+        try:
+            aead.decrypt_into(_nonce(header.nonce_prefix, index), sealed, _aad(header.checksum, index, final), plain)
+        except InvalidTag:
+            raise _classify_chunk_failure(bytes(sealed), index, header, aead) from None
+        if out_fd is not None:
+            # Only authenticated plaintext is written, to a temp file renamed only after every chunk.
+            _pwrite_all(out_fd, plain, index * header.chunk_size)
 
-    with _ChunkPipeline(reader, sealed_length, header.chunk_count, extra_out=0) as pipe:
+    # Both buffers of a chunk are the job's scratch: nothing outlives the job, nothing is held.
+    scratch_size = plain_at + header.chunk_length(0)
+    with _ChunkPipeline(open_chunk, header.chunk_count, held_size=0, scratch_size=scratch_size) as pipe:
         for index in range(header.chunk_count):
-            sealed_view = pipe.read(index)
-            if len(sealed_view) != sealed_length(index):  # the file shrank after the size check
-                raise TruncatedArtifactError(f"artifact is truncated inside chunk {index}")
-            final = index == header.chunk_count - 1
-            nonce, aad = _nonce(header.nonce_prefix, index), _aad(header.checksum, index, final)
-            plain_view = pipe.output(header.chunk_length(index))
-            try:
-                aead.decrypt_into(nonce, sealed_view, aad, plain_view)
-            except InvalidTag:
-                raise _classify_chunk_failure(bytes(sealed_view), index, header, aead) from None
-            # Only authenticated plaintext reaches the sink; it lands in a temp file until the end.
-            pipe.write(sink, plain_view)
+            pipe.done(index)  # in index order, so the error reported is that of the first bad chunk
 
 
 def _classify_chunk_failure(sealed: bytes, index: int, header: ArtifactHeader, aead: AESGCM) -> ArtifactIntegrityError:
@@ -546,15 +581,16 @@ def _classify_chunk_failure(sealed: bytes, index: int, header: ArtifactHeader, a
 # --------------------------------------------------------------------------- output
 
 
-def _write_atomically(dst: Path, produce: Callable[[BinaryIO], _T]) -> _T:
-    """Run ``produce`` against a private temp file beside ``dst``; rename it onto ``dst`` on success."""
+def _write_atomically(dst: Path, produce: Callable[[int], _T]) -> _T:
+    """Run ``produce`` on the fd of a private temp file beside ``dst``; rename it onto ``dst`` on success."""
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            result = produce(out)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            result = produce(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
