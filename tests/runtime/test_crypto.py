@@ -314,3 +314,71 @@ def test_keyring_rejects_bad_directories(tmp_path: Path, files: dict[str, bytes]
 def test_keyring_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(KeyringError, match="does not exist"):
         Keyring.from_dir(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------- parallel chunk pipeline
+
+
+def _crypto_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("kmcrypt")]
+
+
+@pytest.mark.parametrize("chunk_size", [4096, 5000, 65536 + 3])
+def test_many_chunks_round_trip_across_page_offsets(tmp_path: Path, keyring: Keyring, chunk_size: int) -> None:
+    # Far more chunks than the pipeline keeps in flight, at sizes whose file offsets fall on every
+    # page offset, so buffer placement and out-of-order positional writes are all exercised.
+    import hashlib
+
+    plaintext = os.urandom(37 * chunk_size + 1234)
+    src, artifact = tmp_path / "plain.bin", tmp_path / "model.kmenc"
+    src.write_bytes(plaintext)
+    digest = encrypt_file(src, artifact, key=KEY, key_id="k1", model=MODEL, version=VERSION, chunk_size=chunk_size)
+    assert digest.sha256 == hashlib.sha256(plaintext).hexdigest()
+    assert _decrypt(tmp_path, artifact, keyring) == plaintext
+    assert verify_file(artifact, keyring=keyring, model=MODEL, version=VERSION).chunk_count == 38
+    assert _crypto_threads() == []
+
+
+def test_first_bad_chunk_is_reported_and_no_worker_outlives_the_error(tmp_path: Path, keyring: Keyring) -> None:
+    artifact = _encrypt(tmp_path, os.urandom(40 * CHUNK), CHUNK)
+    header = read_header(artifact)
+    raw = bytearray(artifact.read_bytes())
+    for index in (33, 21):  # both fail; the lower index must win whatever order the workers finish in
+        raw[header.header_len + index * (CHUNK + 16) + 5] ^= 0x40
+    artifact.write_bytes(bytes(raw))
+    err = _refuse(tmp_path, artifact, keyring)
+    assert type(err) is TamperedChunkError and err.index == 21
+    with pytest.raises(TamperedChunkError):
+        verify_file(artifact, keyring=keyring, model=MODEL, version=VERSION)
+    assert _crypto_threads() == []
+
+
+def test_io_error_in_a_worker_surfaces_and_leaves_nothing(
+    tmp_path: Path, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, artifact = tmp_path / "plain.bin", tmp_path / "model.kmenc"
+    src.write_bytes(os.urandom(30 * CHUNK))
+    real_read, calls = crypto._pread_into, []
+
+    def failing_read(fd: int, view: memoryview, offset: int) -> int:
+        calls.append(offset)
+        if len(calls) == 7:
+            raise OSError(5, "injected read error")
+        return real_read(fd, view, offset)
+
+    monkeypatch.setattr(crypto, "_pread_into", failing_read)
+    with pytest.raises(OSError, match="injected read error"):
+        encrypt_file(src, artifact, key=KEY, key_id="k1", model=MODEL, version=VERSION, chunk_size=CHUNK)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.bin"], "encrypt left a partial file"
+    assert _crypto_threads() == []
+    monkeypatch.setattr(crypto, "_pread_into", real_read)
+    artifact = _encrypt(tmp_path, os.urandom(30 * CHUNK))
+    calls.clear()
+    monkeypatch.setattr(crypto, "_pread_into", failing_read)
+    before = set(tmp_path.iterdir())
+    with pytest.raises(OSError, match="injected read error"):
+        _decrypt(tmp_path, artifact, keyring)
+    assert set(tmp_path.iterdir()) == before
+    assert _crypto_threads() == []

@@ -15,7 +15,9 @@ manifest); ``decrypt_file`` and ``verify_file`` return the verified :class:`Arti
 Callers may ignore both. Both write ``dst`` atomically: output goes to a
 temporary file in ``dst``'s directory, is fsynced, and is renamed onto ``dst`` only after
 the whole stream was processed and, for decryption, every chunk verified. A refused
-artifact leaves no output file. Memory use is bounded by about twice the chunk size.
+artifact leaves no output file. Chunks are sealed and opened on up to four worker threads at
+once; memory stays a small constant number of chunks whatever the file size (at most three per
+worker: 24 MiB with the default chunk size on two cores, 48 MiB from four cores up).
 
 File layout (all integers big-endian)::
 
@@ -55,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import mmap
 import os
 import queue
 import struct
@@ -379,15 +382,19 @@ def _encrypt_chunks(src_fd: int, out_fd: int, header: ArtifactHeader, aead: AESG
     sealed_size = header.chunk_size + TAG_BYTES
 
     def seal(index: int, slot: _Slot, scratch: memoryview) -> None:
-        length = header.chunk_length(index)
-        plain = slot.held[:length]
-        if _pread_into(src_fd, plain, index * header.chunk_size) != length:
+        length, src_at, out_at = (
+            header.chunk_length(index),
+            index * header.chunk_size,
+            header.header_len + index * sealed_size,
+        )
+        plain = _matching(slot.held, src_at, length)
+        if _pread_into(src_fd, plain, src_at) != length:
             raise RuntimeError(f"source file changed while encrypting (chunk {index} is short)")
-        slot.loaded.set_result(length)  # the hashing thread may read `plain` from now on
+        slot.loaded.set_result(plain)  # the hashing thread may read `plain` from now on
         final = index == header.chunk_count - 1
-        sealed = scratch[: length + TAG_BYTES]
+        sealed = _matching(scratch, out_at, length + TAG_BYTES)
         aead.encrypt_into(_nonce(header.nonce_prefix, index), plain, _aad(header.checksum, index, final), sealed)
-        _pwrite_all(out_fd, sealed, header.header_len + index * sealed_size)
+        _pwrite_all(out_fd, sealed, out_at)
 
     # SHA-256 for the manifest is one serial stream over the plaintext, so it stays on this thread
     # while the workers run ahead; a slot is refilled only after its chunk was both hashed and written.
@@ -395,8 +402,7 @@ def _encrypt_chunks(src_fd: int, out_fd: int, header: ArtifactHeader, aead: AESG
     length = header.chunk_length(0)
     with _ChunkPipeline(seal, header.chunk_count, held_size=length, scratch_size=length + TAG_BYTES) as pipe:
         for index in range(header.chunk_count):
-            slot = pipe.slot(index)
-            digest.update(slot.held[: slot.loaded.result()])
+            digest.update(pipe.slot(index).loaded.result())
             pipe.done(index)
     if os.pread(src_fd, 1, header.plaintext_size):
         raise RuntimeError("source file grew while encrypting")
@@ -407,8 +413,8 @@ class _Slot:
     """One ring position: the buffer its chunk keeps until the caller is done, and when it is filled."""
 
     def __init__(self, size: int) -> None:
-        self.held = memoryview(bytearray(size))
-        self.loaded: Future[int] = Future()
+        self.held = _page_aligned(size)
+        self.loaded: Future[memoryview] = Future()
 
 
 _MAX_WORKERS = 4
@@ -438,7 +444,7 @@ class _ChunkPipeline:
         self._slots = [_Slot(held_size) for _ in range(self.depth)]
         self._scratch: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
         for _ in range(workers):
-            self._scratch.put(memoryview(bytearray(scratch_size)))
+            self._scratch.put(_page_aligned(scratch_size))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kmcrypt")
         self._running: dict[int, Future[None]] = {}
 
@@ -474,6 +480,23 @@ class _ChunkPipeline:
             raise
         finally:
             self._scratch.put(scratch)
+
+
+def _page_aligned(size: int) -> memoryview:
+    """``size`` bytes of fresh anonymous memory starting on a page boundary, plus one page of slack.
+
+    The slack lets :func:`_matching` place each transfer at its file offset's own page offset. Copies
+    between the page cache and a buffer whose page offset is a little ahead of the file's (by 16 bytes,
+    as malloc'd bytearrays are to page-aligned file offsets) run about 3x slower on this class of CPU
+    (4K aliasing in `rep movsb`); with equal page offsets they run at full speed.
+    """
+    return memoryview(mmap.mmap(-1, size + mmap.PAGESIZE))
+
+
+def _matching(buffer: memoryview, file_offset: int, length: int) -> memoryview:
+    """The ``length`` bytes of page-aligned ``buffer`` at the same page offset as ``file_offset``."""
+    start = file_offset % mmap.PAGESIZE
+    return buffer[start : start + length]
 
 
 def _advise_sequential(fd: int) -> None:
@@ -537,12 +560,17 @@ def _decrypt_chunks(src_fd: int, header: ArtifactHeader, aead: AESGCM, out_fd: i
     """Workers read, open and write chunks in parallel; the first failing chunk (by index) is raised."""
     _advise_sequential(src_fd)
     sealed_size = header.chunk_size + TAG_BYTES
-    plain_at = header.chunk_length(0) + TAG_BYTES  # scratch: [sealed chunk | plaintext]
+    # scratch: [sealed chunk at its file offset's page offset | plaintext from the next page boundary]
+    plain_at = -(-(header.chunk_length(0) + TAG_BYTES + mmap.PAGESIZE) // mmap.PAGESIZE) * mmap.PAGESIZE
 
     def open_chunk(index: int, _slot: _Slot, scratch: memoryview) -> None:
-        length = header.chunk_length(index)
-        sealed, plain = scratch[: length + TAG_BYTES], scratch[plain_at : plain_at + length]
-        if _pread_into(src_fd, sealed, header.header_len + index * sealed_size) != len(sealed):
+        length, src_at, out_at = (
+            header.chunk_length(index),
+            header.header_len + index * sealed_size,
+            index * header.chunk_size,
+        )
+        sealed, plain = _matching(scratch, src_at, length + TAG_BYTES), _matching(scratch[plain_at:], out_at, length)
+        if _pread_into(src_fd, sealed, src_at) != len(sealed):
             raise TruncatedArtifactError(f"artifact is truncated inside chunk {index}")  # shrank after the check
         final = index == header.chunk_count - 1
         try:
@@ -551,7 +579,7 @@ def _decrypt_chunks(src_fd: int, header: ArtifactHeader, aead: AESGCM, out_fd: i
             raise _classify_chunk_failure(bytes(sealed), index, header, aead) from None
         if out_fd is not None:
             # Only authenticated plaintext is written, to a temp file renamed only after every chunk.
-            _pwrite_all(out_fd, plain, index * header.chunk_size)
+            _pwrite_all(out_fd, plain, out_at)
 
     # Both buffers of a chunk are the job's scratch: nothing outlives the job, nothing is held.
     scratch_size = plain_at + header.chunk_length(0)
