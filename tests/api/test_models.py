@@ -29,9 +29,9 @@ def test_training_defaults() -> None:
 def test_serving_defaults() -> None:
     spec = ModelServiceSpec.model_validate({"model": {"trainingJobRef": {"name": "digits"}}})
     assert spec.runtime.image == DEFAULT_TRITON_IMAGE
-    assert spec.runtime.backend is TritonBackend.pytorch_libtorch
-    assert spec.runtime.instance_group.kind is InstanceKind.Auto
-    assert spec.batching.dynamic_batching is Toggle.Enabled
+    assert spec.runtime.backend is TritonBackend.PYTORCH_LIBTORCH
+    assert spec.runtime.instance_group.kind is InstanceKind.AUTO
+    assert spec.batching.dynamic_batching is Toggle.ENABLED
     assert spec.rollout.strategy is RolloutStrategy.RollingUpdate
     assert spec.autoscaling is None and spec.replicas == 1
 

@@ -33,20 +33,24 @@ class ServedFormat(StrEnum):
 
 
 class TritonBackend(StrEnum):
-    pytorch_libtorch = "pytorch_libtorch"
-    python = "python"
-    onnxruntime = "onnxruntime"
+    """Triton backends a ModelService may ask for."""
+
+    PYTORCH_LIBTORCH = "pytorch_libtorch"
+    PYTHON = "python"
+    ONNXRUNTIME = "onnxruntime"
 
 
 class InstanceKind(StrEnum):
-    Auto = "Auto"
+    """Where Triton places model instances."""
+
+    AUTO = "Auto"
     GPU = "GPU"
     CPU = "CPU"
 
 
 class Toggle(StrEnum):
-    Enabled = "Enabled"
-    Disabled = "Disabled"
+    ENABLED = "Enabled"
+    DISABLED = "Disabled"
 
 
 class ScalingMetric(StrEnum):
@@ -108,7 +112,7 @@ class InstanceGroup(ApiModel):
 
     count: int = Field(default=1, ge=1, le=16, description="Model instances per pod.")
     kind: InstanceKind = Field(
-        default=InstanceKind.Auto,
+        default=InstanceKind.AUTO,
         description="Where instances run: GPU, CPU, or Auto (GPU when the pod has one).",
     )
 
@@ -118,7 +122,7 @@ class Runtime(ApiModel):
 
     image: str = Field(default=DEFAULT_TRITON_IMAGE, min_length=1, description="Triton server image.")
     backend: TritonBackend = Field(
-        default=TritonBackend.pytorch_libtorch,
+        default=TritonBackend.PYTORCH_LIBTORCH,
         description=(
             "Triton backend: pytorch_libtorch (TorchScript, GPU or CPU), python (TorchScript loaded by "
             "torch in a Python model, for CPU images without libtorch) or onnxruntime (ONNX)."
@@ -137,7 +141,7 @@ class Batching(ApiModel):
         description="Largest batch Triton forms; 0 means the model takes no batch dimension.",
     )
     dynamic_batching: Toggle = Field(
-        default=Toggle.Enabled, description="Enabled: Triton's dynamic batcher groups concurrent requests."
+        default=Toggle.ENABLED, description="Enabled: Triton's dynamic batcher groups concurrent requests."
     )
     preferred_batch_sizes: list[int] | None = Field(
         default=None, max_length=16, description="Batch sizes the dynamic batcher aims for."
@@ -248,7 +252,7 @@ class ModelServiceSpec(ApiModel):
             rule="(self.runtime.backend == 'onnxruntime') == (self.model.format == 'ONNX')",
             message="runtime.backend onnxruntime serves the ONNX format; pytorch_libtorch and python serve TorchScript",
             field_path=".runtime.backend",
-            check=lambda s: (s.runtime.backend == TritonBackend.onnxruntime) == (s.model.format == ServedFormat.ONNX),
+            check=lambda s: (s.runtime.backend == TritonBackend.ONNXRUNTIME) == (s.model.format == ServedFormat.ONNX),
         ),
         CelRule(
             rule="self.runtime.instanceGroup.kind != 'GPU' || self.resources.gpus > 0",

@@ -18,36 +18,35 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from enum import StrEnum
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# One set of enums for the API and the loader: the operator passes ModelService values straight through.
+from kubemaas.api.modelservice import InstanceKind, Toggle
+from kubemaas.api.modelservice import TritonBackend as Backend
 
-class Backend(StrEnum):
-    """Triton backends a ModelService may ask for."""
-
-    PYTORCH_LIBTORCH = "pytorch_libtorch"
-    PYTHON = "python"
-    ONNXRUNTIME = "onnxruntime"
-
-
-class InstanceKind(StrEnum):
-    """Where Triton places model instances (the ModelService's ``instanceGroup.kind`` values)."""
-
-    AUTO = "Auto"
-    GPU = "GPU"
-    CPU = "CPU"
-
-    @property
-    def triton_kind(self) -> str:
-        # KIND_AUTO: GPU when the pod has one, else CPU (Triton decides at load time).
-        return f"KIND_{self.value.upper()}"
+__all__ = [
+    "BACKEND_FORMATS",
+    "MODEL_FILE_NAMES",
+    "VERSION_PARAMETER",
+    "Backend",
+    "InstanceKind",
+    "ServingSettings",
+    "TensorSignature",
+    "Toggle",
+    "add_serving_arguments",
+    "render_config",
+    "settings_from_args",
+    "settings_to_args",
+    "triton_data_type",
+    "triton_kind",
+]
 
 
-class Toggle(StrEnum):
-    ENABLED = "Enabled"
-    DISABLED = "Disabled"
+def triton_kind(kind: InstanceKind) -> str:
+    # KIND_AUTO: GPU when the pod has one, else CPU (Triton decides at load time).
+    return f"KIND_{kind.value.upper()}"
 
 
 class TensorSignature(Protocol):
@@ -194,7 +193,7 @@ def render_config(
         + _tensor_list("input", inputs, implicit_batch=implicit_batch)
         + _tensor_list("output", outputs, implicit_batch=implicit_batch)
         + "instance_group [\n"
-        + f"  {{\n    count: {settings.instance_count}\n    kind: {settings.instance_kind.triton_kind}\n  }}\n"
+        + f"  {{\n    count: {settings.instance_count}\n    kind: {triton_kind(settings.instance_kind)}\n  }}\n"
         + "]\n"
         + _dynamic_batching_block(settings)
         + "parameters {\n"
