@@ -8,16 +8,14 @@ the next older one. Only the newest ``keep`` checkpoints are kept.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kubemaas.runtime.fsutil import fsync_dir
+from kubemaas.runtime.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +47,12 @@ class CheckpointStore:
     def save(self, step: int, state: dict[str, Any]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.path_for(step)
-        fd, tmp_name = tempfile.mkstemp(dir=self.directory, prefix=f".{target.name}.", suffix=".tmp")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
+
+        def write(fd: int) -> None:
+            with open(fd, "wb", closefd=False) as out:
                 torch.save({"step": step, **state}, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.directory)
+
+        atomic_write(target, write)
         self._prune()
         return target
 

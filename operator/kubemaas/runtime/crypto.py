@@ -61,12 +61,11 @@ import mmap
 import os
 import queue
 import struct
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -88,6 +87,7 @@ from kubemaas.runtime.errors import (
     UnsupportedFormatError,
     WrongKeyError,
 )
+from kubemaas.runtime.fsutil import atomic_write
 from kubemaas.runtime.keyring import KEY_BYTES, Keyring, validate_key_id
 
 __all__ = [
@@ -114,7 +114,6 @@ __all__ = [
     "verify_file",
 ]
 
-_T = TypeVar("_T")
 
 MAGIC = b"KMAASENC"
 FORMAT_VERSION = 1
@@ -373,7 +372,7 @@ def encrypt_file(
             _pwrite_all(out_fd, memoryview(header_bytes), 0)
             return _encrypt_chunks(source.fileno(), out_fd, header, keys.enc)
 
-        return _write_atomically(Path(dst), write)
+        return atomic_write(Path(dst), write, suffix=".partial")
 
 
 def _encrypt_chunks(src_fd: int, out_fd: int, header: ArtifactHeader, aead: AESGCM) -> PlaintextDigest:
@@ -534,7 +533,7 @@ def decrypt_file(src: Path | str, dst: Path | str, *, keyring: Keyring, model: s
     def write(out_fd: int) -> ArtifactHeader:
         return _decrypt_into(Path(src), out_fd, keyring=keyring, model=model, version=version)
 
-    return _write_atomically(Path(dst), write)
+    return atomic_write(Path(dst), write, suffix=".partial")
 
 
 def verify_file(src: Path | str, *, keyring: Keyring, model: str, version: str) -> ArtifactHeader:
@@ -604,32 +603,3 @@ def _classify_chunk_failure(sealed: bytes, index: int, header: ArtifactHeader, a
     return TamperedChunkError(
         index, f"chunk {index} of {header.chunk_count} failed authentication: its bytes were altered"
     )
-
-
-# --------------------------------------------------------------------------- output
-
-
-def _write_atomically(dst: Path, produce: Callable[[int], _T]) -> _T:
-    """Run ``produce`` on the fd of a private temp file beside ``dst``; rename it onto ``dst`` on success."""
-    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial")
-    tmp = Path(tmp_name)
-    try:
-        try:
-            result = produce(fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(dst.parent)
-    return result
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

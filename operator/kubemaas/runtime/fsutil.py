@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -32,14 +36,21 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new content, never a mix."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def atomic_write(path: Path, produce: Callable[[int], _T], mode: int | None = None, suffix: str = ".tmp") -> _T:
+    """Replace ``path`` with what ``produce`` writes to a file descriptor, all or nothing.
+
+    ``produce`` writes into a private temp file beside ``path``; only after it returned, and the
+    file was fsynced, is the file renamed onto ``path`` (and the directory fsynced). Readers see the
+    old content or the new, never a mix; a failure leaves no temp file behind.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     tmp = Path(tmp_name)
     try:
         try:
-            os.fchmod(fd, mode)
-            _write_all_and_sync(fd, data)
+            if mode is not None:
+                os.fchmod(fd, mode)
+            result = produce(fd)
+            os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -47,3 +58,9 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    return result
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new content, never a mix."""
+    atomic_write(path, lambda fd: _write_all_and_sync(fd, data), mode=mode)
