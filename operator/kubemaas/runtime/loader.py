@@ -57,6 +57,7 @@ from kubemaas.runtime.errors import (
     UnsupportedFormatError,
     WrongKeyError,
 )
+from kubemaas.runtime.fsutil import fsync_dir
 from kubemaas.runtime.keyring import Keyring
 from kubemaas.runtime.triton_config import (
     BACKEND_FORMATS,
@@ -269,7 +270,7 @@ def _publish(model_dir: Path, target: Path, staging: Path) -> Path:
     if target.exists():
         os.replace(target, staging / ".previous")
     os.replace(model_dir, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 
@@ -281,15 +282,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(directory))
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(Path(directory))
 
 
 def _sweep_stale_staging(repository: Path) -> None:
