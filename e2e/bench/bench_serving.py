@@ -10,7 +10,7 @@ What it measures, all on this machine and in this process's lifetime:
   each Triton model built by ``kubemaas load-model`` from an encrypted artifact. The client is the
   gRPC tritonclient, one client per concurrent caller thread.
 * Model preparation for a large artifact: ``load_model`` (resolve, decrypt with authentication,
-  sha256 against the manifest, write, rename) beside a plain copy (+fsync) of a file of the same size.
+  sha256 against the manifest in the same pass, write, rename) beside a plain copy (+fsync) of a file of the same size.
 
 Writes e2e/bench/results/serving.json and serving.png and prints a markdown table.
 """

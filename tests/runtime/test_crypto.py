@@ -18,6 +18,8 @@ from kubemaas.runtime.crypto import (
     HeaderTamperedError,
     Keyring,
     KeyringError,
+    PlaintextDigest,
+    PlaintextMismatchError,
     TamperedChunkError,
     TruncatedArtifactError,
     UnknownKeyError,
@@ -381,4 +383,46 @@ def test_io_error_in_a_worker_surfaces_and_leaves_nothing(
     with pytest.raises(OSError, match="injected read error"):
         _decrypt(tmp_path, artifact, keyring)
     assert set(tmp_path.iterdir()) == before
+    assert _crypto_threads() == []
+
+
+@pytest.mark.parametrize("chunk_size", [CHUNK, 4096 + 3])
+def test_expected_digest_is_checked_while_decrypting(tmp_path: Path, keyring: Keyring, chunk_size: int) -> None:
+    # Many more chunks than the pipeline holds, so hashing in order behind out-of-order workers is exercised.
+    import hashlib
+
+    plaintext = os.urandom(29 * chunk_size + 11)
+    artifact = _encrypt(tmp_path, plaintext, chunk_size)
+    right = PlaintextDigest(sha256=hashlib.sha256(plaintext).hexdigest(), size=len(plaintext))
+    out = tmp_path / "out.bin"
+    decrypt_file(artifact, out, keyring=keyring, model=MODEL, version=VERSION, expect=right)
+    assert out.read_bytes() == plaintext
+    assert verify_file(artifact, keyring=keyring, model=MODEL, version=VERSION, expect=right).chunk_count == 30
+    out.unlink()
+
+    other = PlaintextDigest(sha256=hashlib.sha256(b"another model").hexdigest(), size=len(plaintext))
+    before = set(tmp_path.iterdir())
+    with pytest.raises(PlaintextMismatchError, match=r"decrypted model has sha256 \w+, the manifest says") as info:
+        decrypt_file(artifact, out, keyring=keyring, model=MODEL, version=VERSION, expect=other)
+    assert info.value.actual == right.sha256
+    assert set(tmp_path.iterdir()) == before, "a plaintext that does not match the manifest was left behind"
+
+    shorter = PlaintextDigest(sha256=right.sha256, size=len(plaintext) - 1)
+    with pytest.raises(PlaintextMismatchError, match=f"{len(plaintext)} bytes of plaintext, the manifest says") as info:
+        verify_file(artifact, keyring=keyring, model=MODEL, version=VERSION, expect=shorter)
+    assert info.value.actual is None
+    assert _crypto_threads() == []
+
+
+def test_tampered_chunk_wins_over_digest_mismatch(tmp_path: Path, keyring: Keyring) -> None:
+    # Authentication comes first: a changed chunk is reported as such, not as a wrong checksum.
+    artifact = _encrypt(tmp_path, os.urandom(12 * CHUNK), CHUNK)
+    header = read_header(artifact)
+    raw = bytearray(artifact.read_bytes())
+    raw[header.header_len + 4 * (CHUNK + 16) + 1] ^= 0x01
+    artifact.write_bytes(bytes(raw))
+    wrong = PlaintextDigest(sha256="0" * 64, size=12 * CHUNK)
+    with pytest.raises(TamperedChunkError) as info:
+        verify_file(artifact, keyring=keyring, model=MODEL, version=VERSION, expect=wrong)
+    assert info.value.index == 4
     assert _crypto_threads() == []

@@ -6,13 +6,15 @@ Public API (stable; the model loader codes against it)::
     keyring.active_id -> str
     keyring.key(key_id) -> bytes                 # UnknownKeyError if absent
     encrypt_file(src, dst, *, key, key_id, model, version, chunk_size=DEFAULT_CHUNK_SIZE)
-    decrypt_file(src, dst, *, keyring, model, version)   # key id comes from the header
-    verify_file(src, *, keyring, model, version)         # decrypt_file without output
+    decrypt_file(src, dst, *, keyring, model, version, expect=None)  # key id comes from the header
+    verify_file(src, *, keyring, model, version, expect=None)        # decrypt_file without output
     read_header(path) -> ArtifactHeader                  # structural parse + checksum, no key
 
 ``encrypt_file`` returns a :class:`PlaintextDigest` (sha256 and size of the plaintext, for the
 manifest); ``decrypt_file`` and ``verify_file`` return the verified :class:`ArtifactHeader`.
-Callers may ignore both. Both write ``dst`` atomically: output goes to a
+Callers may ignore both. Given ``expect`` (a manifest's :class:`PlaintextDigest`), decryption also
+hashes the plaintext as it streams by and refuses a mismatch with ``PlaintextMismatchError``, so
+a reader checks the manifest without a second pass over the file. Both write ``dst`` atomically: output goes to a
 temporary file in ``dst``'s directory, is fsynced, and is renamed onto ``dst`` only after
 the whole stream was processed and, for decryption, every chunk verified. A refused
 artifact leaves no output file. Chunks are sealed and opened on up to four worker threads at
@@ -48,8 +50,8 @@ through the header checksum in the associated data, and into the header through 
 Error classes (all :class:`ArtifactIntegrityError`): ``BadHeaderError`` (not an artifact,
 corrupted header, ``UnsupportedFormatError``, ``HeaderTamperedError``), ``UnknownKeyError``,
 ``WrongKeyError``, ``BindingMismatchError``, ``TruncatedArtifactError``,
-``ExtendedArtifactError``, ``TamperedChunkError`` (``.index``) and ``ChunkOrderError``
-(``.index``, ``.found``).
+``ExtendedArtifactError``, ``TamperedChunkError`` (``.index``), ``ChunkOrderError``
+(``.index``, ``.found``) and ``PlaintextMismatchError`` (``.actual``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ from kubemaas.runtime.errors import (
     ExtendedArtifactError,
     HeaderTamperedError,
     KeyringError,
+    PlaintextMismatchError,
     TamperedChunkError,
     TruncatedArtifactError,
     UnknownKeyError,
@@ -103,6 +106,7 @@ __all__ = [
     "Keyring",
     "KeyringError",
     "PlaintextDigest",
+    "PlaintextMismatchError",
     "TamperedChunkError",
     "TruncatedArtifactError",
     "UnknownKeyError",
@@ -524,24 +528,37 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 # --------------------------------------------------------------------------- decrypt
 
 
-def decrypt_file(src: Path | str, dst: Path | str, *, keyring: Keyring, model: str, version: str) -> ArtifactHeader:
+def decrypt_file(
+    src: Path | str,
+    dst: Path | str,
+    *,
+    keyring: Keyring,
+    model: str,
+    version: str,
+    expect: PlaintextDigest | None = None,
+) -> ArtifactHeader:
     """Verify and decrypt ``src`` into ``dst``; ``dst`` appears only if every check passed.
 
-    Returns the verified header. GCM authenticates every byte, so no separate hash is needed.
+    Returns the verified header. GCM authenticates every byte, so no separate hash is needed to
+    trust the plaintext; ``expect`` additionally ties it to a manifest's sha256 and size.
     """
 
     def write(out_fd: int) -> ArtifactHeader:
-        return _decrypt_into(Path(src), out_fd, keyring=keyring, model=model, version=version)
+        return _decrypt_into(Path(src), out_fd, keyring=keyring, model=model, version=version, expect=expect)
 
     return atomic_write(Path(dst), write, suffix=".partial")
 
 
-def verify_file(src: Path | str, *, keyring: Keyring, model: str, version: str) -> ArtifactHeader:
+def verify_file(
+    src: Path | str, *, keyring: Keyring, model: str, version: str, expect: PlaintextDigest | None = None
+) -> ArtifactHeader:
     """Run every check of :func:`decrypt_file` without writing plaintext anywhere."""
-    return _decrypt_into(Path(src), None, keyring=keyring, model=model, version=version)
+    return _decrypt_into(Path(src), None, keyring=keyring, model=model, version=version, expect=expect)
 
 
-def _decrypt_into(src: Path, out_fd: int | None, *, keyring: Keyring, model: str, version: str) -> ArtifactHeader:
+def _decrypt_into(
+    src: Path, out_fd: int | None, *, keyring: Keyring, model: str, version: str, expect: PlaintextDigest | None
+) -> ArtifactHeader:
     with open(src, "rb") as stream:
         file_size = os.fstat(stream.fileno()).st_size
         raw = _read_exact_header(stream, file_size)
@@ -549,26 +566,39 @@ def _decrypt_into(src: Path, out_fd: int | None, *, keyring: Keyring, model: str
         keys = _verify_header(header, raw, keyring)
         _check_binding(header, model, version)
         _check_size(header, file_size)
-        _decrypt_chunks(stream.fileno(), header, keys.enc, out_fd)
+        if expect is not None and expect.size != header.plaintext_size:
+            # Known from the authenticated header: refuse before decrypting anything.
+            raise PlaintextMismatchError(
+                None, f"artifact holds {header.plaintext_size} bytes of plaintext, the manifest says {expect.size}"
+            )
+        sha256 = _decrypt_chunks(stream.fileno(), header, keys.enc, out_fd, hashed=expect is not None)
         if os.pread(stream.fileno(), 1, header.encrypted_size):  # the file grew after the size check
             raise ExtendedArtifactError("artifact has unexpected bytes after its final chunk")
+    if expect is not None and not hmac.compare_digest(sha256, expect.sha256):
+        raise PlaintextMismatchError(sha256, f"decrypted model has sha256 {sha256}, the manifest says {expect.sha256}")
     return header
 
 
-def _decrypt_chunks(src_fd: int, header: ArtifactHeader, aead: AESGCM, out_fd: int | None) -> None:
-    """Workers read, open and write chunks in parallel; the first failing chunk (by index) is raised."""
+def _decrypt_chunks(src_fd: int, header: ArtifactHeader, aead: AESGCM, out_fd: int | None, *, hashed: bool) -> str:
+    """Workers read, open and write chunks in parallel; the first failing chunk (by index) is raised.
+
+    With ``hashed``, this thread hashes the authenticated plaintext in order while the workers run
+    ahead (as in encryption) and the hex sha256 is returned; otherwise an empty string.
+    """
     _advise_sequential(src_fd)
     sealed_size = header.chunk_size + TAG_BYTES
     # scratch: [sealed chunk at its file offset's page offset | plaintext from the next page boundary]
+    # When hashed, the plaintext goes to the chunk's held slot instead, which waits for the hash.
     plain_at = -(-(header.chunk_length(0) + TAG_BYTES + mmap.PAGESIZE) // mmap.PAGESIZE) * mmap.PAGESIZE
 
-    def open_chunk(index: int, _slot: _Slot, scratch: memoryview) -> None:
+    def open_chunk(index: int, slot: _Slot, scratch: memoryview) -> None:
         length, src_at, out_at = (
             header.chunk_length(index),
             header.header_len + index * sealed_size,
             index * header.chunk_size,
         )
-        sealed, plain = _matching(scratch, src_at, length + TAG_BYTES), _matching(scratch[plain_at:], out_at, length)
+        sealed = _matching(scratch, src_at, length + TAG_BYTES)
+        plain = _matching(slot.held if hashed else scratch[plain_at:], out_at, length)
         if _pread_into(src_fd, sealed, src_at) != len(sealed):
             raise TruncatedArtifactError(f"artifact is truncated inside chunk {index}")  # shrank after the check
         final = index == header.chunk_count - 1
@@ -576,15 +606,21 @@ def _decrypt_chunks(src_fd: int, header: ArtifactHeader, aead: AESGCM, out_fd: i
             aead.decrypt_into(_nonce(header.nonce_prefix, index), sealed, _aad(header.checksum, index, final), plain)
         except InvalidTag:
             raise _classify_chunk_failure(bytes(sealed), index, header, aead) from None
+        slot.loaded.set_result(plain)  # authenticated: the hashing thread may read it from now on
         if out_fd is not None:
             # Only authenticated plaintext is written, to a temp file renamed only after every chunk.
             _pwrite_all(out_fd, plain, out_at)
 
-    # Both buffers of a chunk are the job's scratch: nothing outlives the job, nothing is held.
-    scratch_size = plain_at + header.chunk_length(0)
-    with _ChunkPipeline(open_chunk, header.chunk_count, held_size=0, scratch_size=scratch_size) as pipe:
+    length = header.chunk_length(0)
+    digest = hashlib.sha256() if hashed else None
+    held_size, scratch_size = (length, length + TAG_BYTES) if hashed else (0, plain_at + length)
+    with _ChunkPipeline(open_chunk, header.chunk_count, held_size=held_size, scratch_size=scratch_size) as pipe:
         for index in range(header.chunk_count):
-            pipe.done(index)  # in index order, so the error reported is that of the first bad chunk
+            # In index order, so the error reported is that of the first bad chunk.
+            if digest is not None:
+                digest.update(pipe.slot(index).loaded.result())
+            pipe.done(index)
+    return digest.hexdigest() if digest is not None else ""
 
 
 def _classify_chunk_failure(sealed: bytes, index: int, header: ArtifactHeader, aead: AESGCM) -> ArtifactIntegrityError:

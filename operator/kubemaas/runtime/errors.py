@@ -63,3 +63,14 @@ class ChunkOrderError(ArtifactIntegrityError):
         super().__init__(message)
         self.index = index
         self.found = found
+
+
+class PlaintextMismatchError(ArtifactIntegrityError):
+    """The artifact is authentic, but its plaintext is not the one the manifest describes.
+
+    ``actual`` is the decrypted plaintext's sha256, or None when the sizes already differ.
+    """
+
+    def __init__(self, actual: str | None, message: str) -> None:
+        super().__init__(message)
+        self.actual = actual

@@ -8,7 +8,7 @@ It turns one encrypted model version from the artifact store into a Triton model
 
 Steps: resolve the version (a pin, or ``Latest``), read its manifest, check that the format suits the
 backend, decrypt with streaming (every chunk authenticated) into a staging directory inside the
-repository, check the plaintext's sha256 and size against the manifest, render ``config.pbtxt``,
+repository while hashing it against the manifest's sha256 and size (one pass), render ``config.pbtxt``,
 then rename the model directory into place. Triton starts only after this container succeeded, and
 it never sees a partial repository: until the final rename everything lives under a hidden
 ``.kubemaas-staging-*`` directory, which is removed on failure and swept on the next start.
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib.resources
 import json
 import os
@@ -47,12 +46,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kubemaas.runtime import artifacts
-from kubemaas.runtime.crypto import decrypt_file
+from kubemaas.runtime.crypto import PlaintextDigest, decrypt_file
 from kubemaas.runtime.errors import (
     ArtifactIntegrityError,
     BadHeaderError,
     BindingMismatchError,
     KeyringError,
+    PlaintextMismatchError,
     UnknownKeyError,
     UnsupportedFormatError,
     WrongKeyError,
@@ -75,7 +75,6 @@ PYTHON_MODEL_RESOURCE = "triton_python_model.py"
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 TERMINATION_LOG_ENV = "KUBEMAAS_TERMINATION_LOG"
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps
-_HASH_BLOCK = 4 * 1024 * 1024
 
 
 class Cause(StrEnum):
@@ -218,7 +217,6 @@ def _build_model_dir(staging: Path, request: LoadRequest, resolved: artifacts.Mo
     backend = request.settings.backend
     model_file = version_dir / MODEL_FILE_NAMES[backend]
     _decrypt(resolved, model_file, keyring, request.model)
-    _verify_plaintext(model_file, resolved.manifest.sha256, resolved.manifest.size)
     if backend is Backend.PYTHON:
         source = importlib.resources.files("kubemaas.runtime").joinpath(PYTHON_MODEL_RESOURCE)
         (version_dir / "model.py").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
@@ -237,31 +235,27 @@ def _build_model_dir(staging: Path, request: LoadRequest, resolved: artifacts.Mo
 
 
 def _decrypt(resolved: artifacts.ModelVersion, dst: Path, keyring: Keyring, model: str) -> None:
+    # GCM proves the bytes are the ones encrypted; ``expect`` proves they are the ones the manifest
+    # (the trainer's record) describes, so a swapped artifact under the same key is refused. The
+    # hash is taken while decrypting, not in a second pass over the model file.
+    manifest = resolved.manifest
     try:
-        decrypt_file(resolved.artifact, dst, keyring=keyring, model=model, version=resolved.manifest.version)
+        decrypt_file(
+            resolved.artifact,
+            dst,
+            keyring=keyring,
+            model=model,
+            version=manifest.version,
+            expect=PlaintextDigest(sha256=manifest.sha256, size=manifest.size),
+        )
+    except PlaintextMismatchError as error:
+        raise LoadError(Cause.CHECKSUM, str(error)) from None
     except (WrongKeyError, UnknownKeyError) as error:
         raise LoadError(Cause.WRONG_KEY, str(error)) from None
     except UnsupportedFormatError as error:
         raise LoadError(Cause.UNSUPPORTED_FORMAT, str(error)) from None
     except (BadHeaderError, BindingMismatchError, ArtifactIntegrityError) as error:
         raise LoadError(Cause.TAMPERED, str(error)) from None
-
-
-def _verify_plaintext(path: Path, sha256: str, size: int) -> None:
-    # GCM already proved the bytes are the ones encrypted; this proves they are the ones the
-    # manifest (the trainer's record) describes, so a swapped artifact of the same key is refused.
-    digest = hashlib.sha256()
-    actual_size = 0
-    with path.open("rb") as stream:
-        while block := stream.read(_HASH_BLOCK):
-            digest.update(block)
-            actual_size += len(block)
-    if actual_size != size or digest.hexdigest() != sha256:
-        raise LoadError(
-            Cause.CHECKSUM,
-            f"decrypted model has sha256 {digest.hexdigest()} ({actual_size} bytes), "
-            f"the manifest says {sha256} ({size} bytes)",
-        )
 
 
 def _publish(model_dir: Path, target: Path, staging: Path) -> Path:
