@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from e2e.cluster import control_plane
-from e2e.cluster.processes import ComponentError, log_tail
+from e2e.cluster.processes import ComponentError, free_port, log_tail
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -111,9 +112,22 @@ def namespace(cluster: E2ECluster, request: pytest.FixtureRequest) -> Iterator[s
 class OperatorProcess:
     process: subprocess.Popen[bytes]
     log: Path
+    liveness_url: str
 
     def tail(self) -> str:
         return log_tail(self.log)
+
+    def wait_live(self, timeout: float = 60.0) -> None:
+        """Wait until kopf's liveness endpoint answers 200 (it does once the operator is up and watching)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ComponentError(f"kubemaas run exited with {self.process.returncode}:\n{self.tail()}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.liveness_url, timeout=2) as response:
+                if response.status == 200:
+                    return
+            time.sleep(0.25)
+        raise ComponentError(f"kubemaas run not live at {self.liveness_url} after {timeout:.0f}s:\n{self.tail()}")
 
 
 @pytest.fixture
@@ -121,18 +135,19 @@ def operator(cluster: E2ECluster, tmp_path: Path) -> Iterator[OperatorProcess]:
     """`kubemaas run` as a subprocess against the test cluster, stopped after the test."""
     log_path = tmp_path / "kubemaas-run.log"
     executable = Path(sys.executable).with_name("kubemaas")
+    liveness_url = f"http://127.0.0.1:{free_port()}/healthz"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [str(executable), "run"],
+            [str(executable), "run", "--liveness", liveness_url],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
             cwd=REPO,
         )
-    running = OperatorProcess(process, log_path)
+    running = OperatorProcess(process, log_path, liveness_url)
     try:
         yield running
-        if process.poll() is not None:
+        if process.poll() is not None and process.returncode != 0:
             raise ComponentError(f"kubemaas run exited early with {process.returncode}:\n{running.tail()}")
     finally:
         process.terminate()

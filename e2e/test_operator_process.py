@@ -1,0 +1,18 @@
+"""`kubemaas run` against the real API server: it comes up, serves liveness, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+
+from e2e.conftest import OperatorProcess
+
+STOP_LIMIT_SECONDS = 15
+
+
+def test_operator_runs_against_the_cluster_and_stops_cleanly(operator: OperatorProcess) -> None:
+    operator.wait_live(timeout=60)
+    operator.process.send_signal(signal.SIGTERM)
+    returncode = operator.process.wait(timeout=STOP_LIMIT_SECONDS)
+    log = operator.tail()
+    assert returncode == 0, f"kubemaas run exited with {returncode} on SIGTERM:\n{log}"
+    assert "Traceback" not in log, f"kubemaas run logged a traceback:\n{log}"
