@@ -14,12 +14,14 @@ Public API (stable; the model loader codes against it)::
 manifest); ``decrypt_file`` and ``verify_file`` return the verified :class:`ArtifactHeader`.
 Callers may ignore both. Given ``expect`` (a manifest's :class:`PlaintextDigest`), decryption also
 hashes the plaintext as it streams by and refuses a mismatch with ``PlaintextMismatchError``, so
-a reader checks the manifest without a second pass over the file. Both write ``dst`` atomically: output goes to a
-temporary file in ``dst``'s directory, is fsynced, and is renamed onto ``dst`` only after
-the whole stream was processed and, for decryption, every chunk verified. A refused
-artifact leaves no output file. Chunks are sealed and opened on up to four worker threads at
-once; memory stays a small constant number of chunks whatever the file size (at most three per
-worker: 24 MiB with the default chunk size on two cores, 48 MiB from four cores up).
+a reader checks the manifest without a second pass over the file.
+
+Both write ``dst`` atomically: output goes to a temporary file in ``dst``'s directory, is
+fsynced, and is renamed onto ``dst`` only after the whole stream was processed and, for
+decryption, every chunk verified. A refused artifact leaves no output file. Chunks are sealed
+and opened on up to four worker threads at once; memory stays a small constant number of chunks
+whatever the file size (at most three per worker: 24 MiB with the default chunk size on two
+cores, 48 MiB from four cores up).
 
 File layout (all integers big-endian)::
 
