@@ -155,11 +155,17 @@ def _inject(monkeypatch: pytest.MonkeyPatch, at: int, on_crash: Callable[[], Any
     return seen
 
 
-def _count_publish_ops(tmp_path: Path) -> list[str]:
-    (tmp_path / "count").mkdir()
-    plain = _plaintexts(tmp_path / "count")
-    store = ArtifactStore(tmp_path / "count" / "store")
+def _store_with_v1(case: Path) -> tuple[ArtifactStore, dict[str, Path]]:
+    """A fresh store under ``case`` with v1 published, and the plaintexts of v1 and v2."""
+    case.mkdir()
+    plain = _plaintexts(case)
+    store = ArtifactStore(case / "store")
     _publish(store, plain["v1"], "v1")
+    return store, plain
+
+
+def _count_publish_ops(tmp_path: Path) -> list[str]:
+    store, plain = _store_with_v1(tmp_path / "count")
     with pytest.MonkeyPatch.context() as mp:
         seen = _inject(mp, at=0, on_crash=lambda: None)
         _publish(store, plain["v2"], "v2")
@@ -195,10 +201,7 @@ def test_exception_at_every_publish_step_leaves_old_or_new(tmp_path: Path, publi
     seen_versions = set()
     for at in range(1, len(publish_ops) + 1):
         case = tmp_path / f"at-{at}"
-        case.mkdir()
-        plain = _plaintexts(case)
-        store = ArtifactStore(case / "store")
-        _publish(store, plain["v1"], "v1")
+        store, plain = _store_with_v1(case)
 
         def crash(at: int = at) -> None:
             raise _Crash(f"injected at operation {at} ({publish_ops[at - 1]})")
@@ -217,10 +220,7 @@ def test_hard_crash_at_every_publish_step_leaves_old_or_new(tmp_path: Path, publ
     seen_versions = set()
     for at in range(1, len(publish_ops) + 1):
         case = tmp_path / f"at-{at}"
-        case.mkdir()
-        plain = _plaintexts(case)
-        store = ArtifactStore(case / "store")
-        _publish(store, plain["v1"], "v1")
+        store, plain = _store_with_v1(case)
         pid = os.fork()
         if pid == 0:  # child: publish v2 and die mid-way
             code = 1
