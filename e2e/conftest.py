@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from e2e.cluster import control_plane
+from e2e.cluster import control_plane, processes
 from e2e.cluster.processes import ComponentError, free_port, log_tail
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,16 +117,13 @@ class OperatorProcess:
         return log_tail(self.log)
 
     def wait_live(self, timeout: float = 60.0) -> None:
-        """Wait until kopf's liveness endpoint answers 200 (it does once the operator is up and watching)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ComponentError(f"kubemaas run exited with {self.process.returncode}:\n{self.tail()}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(self.liveness_url, timeout=2) as response:
-                if response.status == 200:
-                    return
-            time.sleep(0.25)
-        raise ComponentError(f"kubemaas run not live at {self.liveness_url} after {timeout:.0f}s:\n{self.tail()}")
+        """Wait until kopf's liveness endpoint answers 200 (it does once the operator is up and watching).
+
+        The same wait as for the cluster's components: an exit or a timeout names `kubemaas run`
+        and shows its log tail.
+        """
+        running = processes.Running("kubemaas run", self.process.pid, "kubemaas", str(self.log), [])
+        processes.wait_ready(running, self.process, processes.http_probe(self.liveness_url), timeout)
 
 
 @pytest.fixture
