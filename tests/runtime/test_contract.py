@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,24 +13,7 @@ from kubemaas import contract
 from kubemaas.api.trainingjob import RESERVED_ENV, Quantization
 from kubemaas.contract import ContractError, Rendezvous, Settings, launch_command, parse, render
 
-_VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-
-
-def kubelet_env(entries: list[dict[str, Any]], completion_index: int) -> dict[str, str]:
-    """What a container of an Indexed Job's pod sees for these env entries."""
-    env = {contract.JOB_COMPLETION_INDEX: str(completion_index)}  # Kubernetes sets it in every Indexed Job pod
-    for entry in entries:
-        if "value" in entry:
-            env[entry["name"]] = entry["value"]
-        else:
-            assert entry["valueFrom"] == {"fieldRef": {"fieldPath": contract.COMPLETION_INDEX_FIELD}}, entry
-            env[entry["name"]] = str(completion_index)
-    return env
-
-
-def expand(words: list[str], env: Mapping[str, str]) -> list[str]:
-    """Kubernetes' $(VAR) expansion of command and args (an unknown name stays as written)."""
-    return [_VAR_REF.sub(lambda m: env.get(m[1], m[0]), word) for word in words]
+from .trainer_launch import expand, kubelet_env
 
 
 def torchrun_worker_env(pod_env: Mapping[str, str], local_rank: int) -> dict[str, str]:
