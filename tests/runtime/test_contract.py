@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from kubemaas import contract
 from kubemaas.api.trainingjob import RESERVED_ENV, Quantization
 from kubemaas.contract import ContractError, Rendezvous, Settings, launch_command, parse, render
 
-from .trainer_launch import expand, kubelet_env
+from .trainer_launch import REPO, expand, kubelet_env
 
 
 def torchrun_worker_env(pod_env: Mapping[str, str], local_rank: int) -> dict[str, str]:
@@ -154,7 +156,24 @@ def test_launch_command_wraps_the_program_under_torchrun() -> None:
         launch_command([], ["--steps", "10"], 1)
 
 
-def test_contract_imports_neither_torch_nor_kopf() -> None:
-    code = "import sys, kubemaas.contract; print(sorted({'torch', 'kopf', 'kubernetes'} & set(sys.modules)))"
+OPERATOR_ONLY = ("torch", "kopf", "kubernetes", "aiohttp", "prometheus_client")
+
+
+@pytest.mark.parametrize(
+    "module", ["kubemaas.contract", "kubemaas.runtime.termination", "kubemaas.runtime.loader", "kubemaas.cli"]
+)
+def test_the_model_loader_image_needs_no_operator_or_torch_dependencies(module: str) -> None:
+    """The contract is imported by every image; the loader image installs only the base dependencies."""
+    code = f"import sys, {module}; print(sorted({set(OPERATOR_ONLY)!r} & {{m.split('.')[0] for m in sys.modules}}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_base_dependencies_leave_the_operators_to_its_extra() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = {re.split(r"[<>=\[ ]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+    assert base.isdisjoint({"kopf", "kubernetes", "aiohttp", "prometheus-client", "torch"})
+    operator = {
+        re.split(r"[<>=\[ ]", dep, maxsplit=1)[0].lower() for dep in project["optional-dependencies"]["operator"]
+    }
+    assert {"kopf", "kubernetes", "aiohttp"} <= operator
