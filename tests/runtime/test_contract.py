@@ -80,7 +80,9 @@ def test_render_parse_round_trip_of_defaults() -> None:
     assert (parsed.process.rank, parsed.process.world_size) == (0, 1)
 
 
-def test_paths_use_the_mount_root_of_the_environment(tmp_path: Path) -> None:
+def test_paths_use_the_mount_root_of_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mapping passed in is the environment: the process's own is never consulted below the entry point."""
+    monkeypatch.setenv(contract.MOUNT_ROOT, str(tmp_path / "not-this-one"))
     env = {
         contract.MODEL_NAME: "digits",
         contract.MODEL_VERSION: "v3",

@@ -341,15 +341,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
         f"({manifest.size} bytes, sha256 {manifest.sha256}) into {result.model_dir} in {result.seconds:.2f}s"
     )
     if _may_write(termination_log):
-        success = SuccessMessage(
-            model=manifest.model,
-            version=manifest.version,
-            uri=f"{args.store_uri.rstrip('/')}/{manifest.model}/{manifest.version}",
-            sha256=manifest.sha256,
-            key_id=manifest.key_id,
-            metrics=manifest.metrics,
-        )
-        termination.write(termination_log, success)
+        termination.write(termination_log, SuccessMessage.of(args.store_uri, manifest))
     return ExitCode.OK
 
 

@@ -21,6 +21,8 @@ from typing import Annotated, Any, Final
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from kubemaas.runtime.artifacts import Manifest
+
 log = logging.getLogger(__name__)
 
 MESSAGE_LIMIT: Final = 4096  # bytes the kubelet keeps of a termination message
@@ -64,6 +66,18 @@ class SuccessMessage(_Message):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     key_id: str = Field(min_length=1)
     metrics: dict[str, float] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, store_uri: str, manifest: Manifest) -> SuccessMessage:
+        """The message for a published version of the store at ``store_uri``."""
+        return cls(
+            model=manifest.model,
+            version=manifest.version,
+            uri=f"{store_uri.rstrip('/')}/{manifest.model}/{manifest.version}",
+            sha256=manifest.sha256,
+            key_id=manifest.key_id,
+            metrics=manifest.metrics,
+        )
 
 
 class FailureMessage(_Message):

@@ -240,17 +240,7 @@ class Harness:
         return published.manifest
 
     def result_message(self) -> SuccessMessage | None:
-        if self.published is None:
-            return None
-        manifest = self.published
-        return SuccessMessage(
-            model=manifest.model,
-            version=manifest.version,
-            uri=f"{self.settings.output_uri}/{manifest.model}/{manifest.version}",
-            sha256=manifest.sha256,
-            key_id=manifest.key_id,
-            metrics=manifest.metrics,
-        )
+        return None if self.published is None else SuccessMessage.of(self.settings.output_uri, self.published)
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
