@@ -276,10 +276,10 @@ class ArtifactStore:
             current = self.latest_version(model)
             if current is not None and current != version:
                 try:
-                    newer = self._read_version(model, current).manifest.created_at
-                except (ArtifactStoreError, ValueError):
-                    newer = None  # LATEST names a deleted or unreadable version: replace it
-                if newer is not None and newer > candidate.manifest.created_at:
+                    is_newer = self._read_version(model, current).manifest.created_at > candidate.manifest.created_at
+                except (ArtifactStoreError, ValueError, TypeError):
+                    is_newer = False  # LATEST names a deleted or unreadable version: replace it
+                if is_newer:
                     return False
             atomic_write_bytes(self.model_dir(model) / LATEST_FILE, f"{version}\n".encode())
         return True
