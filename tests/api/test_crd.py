@@ -120,8 +120,8 @@ def test_check_fails_naming_the_file_when_a_description_changes(tmp_path: Path) 
 
     source = copy / "kubemaas" / "api" / "modelservice.py"
     text = source.read_text()
-    assert '"Serving pods when autoscaling is absent; ignored otherwise."' in text
-    source.write_text(text.replace("Serving pods when autoscaling is absent", "Pods when autoscaling is absent"))
+    assert 'description="Triton batching."' in text
+    source.write_text(text.replace('description="Triton batching."', 'description="Batching."'))
 
     result = _run_check(copy)
     assert result.returncode == 1

@@ -6,9 +6,16 @@ import pytest
 from pydantic import ValidationError
 
 from kubemaas.api import ModelServiceSpec, TrainingJobSpec
-from kubemaas.api.base import Resources
+from kubemaas.api.core import Resources
 from kubemaas.api.errors import describe, field_path, summary
-from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE, InstanceKind, RolloutStrategy, Toggle, TritonBackend
+from kubemaas.api.modelservice import (
+    DEFAULT_REPLICAS,
+    DEFAULT_TRITON_IMAGE,
+    InstanceKind,
+    RolloutStrategy,
+    Toggle,
+    TritonBackend,
+)
 from kubemaas.api.trainingjob import Backend, KeyGeneration
 
 MINIMAL_TJ = {
@@ -28,12 +35,14 @@ def test_training_defaults() -> None:
 
 def test_serving_defaults() -> None:
     spec = ModelServiceSpec.model_validate({"model": {"trainingJobRef": {"name": "digits"}}})
-    assert spec.runtime.image == DEFAULT_TRITON_IMAGE
+    # Not a schema default: persisted into every object, it would pin Triton across operator upgrades.
+    assert spec.runtime.image is None and "image" not in spec.to_wire()["runtime"]
+    assert DEFAULT_TRITON_IMAGE.startswith("nvcr.io/nvidia/tritonserver:")
     assert spec.runtime.backend is TritonBackend.PYTORCH_LIBTORCH
     assert spec.runtime.instance_group.kind is InstanceKind.AUTO
     assert spec.batching.dynamic_batching is Toggle.ENABLED
     assert spec.rollout.strategy is RolloutStrategy.RollingUpdate
-    assert spec.autoscaling is None and spec.replicas == 1
+    assert spec.autoscaling is None and spec.replicas is None and spec.fixed_replicas == DEFAULT_REPLICAS == 1
 
 
 def test_defaults_are_not_shared_between_objects() -> None:
