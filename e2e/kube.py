@@ -62,6 +62,24 @@ def create_custom_object(
     return dict(result)
 
 
+def merge_patch_custom_object(
+    api: client.ApiClient, namespace: str, obj: dict[str, Any], patch: dict[str, Any], crds: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Apply a JSON merge patch (RFC 7386, `kubectl patch --type merge`) to a custom object."""
+    group, version = obj["apiVersion"].split("/")
+    result: Any = client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        group,
+        version,
+        namespace,
+        plural_for(obj["apiVersion"], obj["kind"], crds),
+        obj["metadata"]["name"],
+        patch,
+        field_validation="Strict",
+        _content_type="application/merge-patch+json",
+    )
+    return dict(result)
+
+
 def drive_pod(api: client.ApiClient, namespace: str, pod: str, outcome: str, termination_message: str = "") -> None:
     """Ask kwok to finish a running pod: outcome `succeed` (exit 0) or `fail` (exit 1)."""
     patch = {
