@@ -179,12 +179,15 @@ def reserved_env_rules(
     them because explicit env takes precedence over envFrom in a container.
     """
     shown = ", ".join([*names, *(f"{p}*" for p in prefixes)])
-    env_starts = "".join(f" && !e.name.startsWith('{p}')" for p in prefixes)
+    env_checks = " && ".join(
+        ([f"!(e.name in {[str(n) for n in names]!r})"] if names else [])
+        + [f"!e.name.startsWith('{p}')" for p in prefixes]
+    )
     from_starts = " && ".join(f"!s.prefix.startsWith('{p}')" for p in prefixes)
     env_attr, from_attr = _snake(env), _snake(env_from)
     return (
         CelRule(
-            rule=f"!has(self.{env}) || self.{env}.all(e, !(e.name in {list(names)!r}){env_starts})",
+            rule=f"!has(self.{env}) || self.{env}.all(e, {env_checks})",
             message=f"{env} must not set {shown}: Kubemaas sets them",
             field_path=f".{env}",
             check=lambda s: not any(e.name in names or e.name.startswith(prefixes) for e in getattr(s, env_attr) or ()),

@@ -62,7 +62,7 @@ class RendezvousEnv(StrEnum):
 
 # A user value for any of these would silently break rendezvous or the harness: spec.env refuses them,
 # every KUBEMAAS_* name (the harness' settings) and every PET_* name (torchrun's settings).
-RESERVED_ENV: tuple[str, ...] = tuple(RendezvousEnv)
+RESERVED_ENV: tuple[str, ...] = tuple(v.value for v in RendezvousEnv)
 RESERVED_ENV_PREFIXES = (KUBEMAAS_ENV_PREFIX, "PET_")
 
 # Bounded so the API server's CEL cost estimate for the immutability rules stays within its budget.
