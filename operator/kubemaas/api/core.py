@@ -153,10 +153,11 @@ class EnvVar(ApiModel):
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
-            rule="!has(self.value) || !has(self.valueFrom)",
+            # As core/v1: an empty value may sit beside valueFrom (what some generators write).
+            rule="!has(self.value) || self.value == '' || !has(self.valueFrom)",
             message="value and valueFrom are exclusive",
             field_path=".valueFrom",
-            check=lambda e: e.value is None or e.value_from is None,
+            check=lambda e: not e.value or e.value_from is None,
         ),
     )
 
