@@ -11,7 +11,7 @@ import yaml
 from kubernetes import client, utils
 
 from e2e.conftest import E2ECluster
-from e2e.kube import REPO, apply_crd, create_custom_object, load_crds, merge_patch_custom_object
+from e2e.kube import REPO, apply_crd, create_custom_object, get_custom_object, load_crds, merge_patch_custom_object
 from tests.api.cases import InvalidCase, load_cases
 
 CRDS = load_crds()
@@ -108,17 +108,8 @@ def test_invalid_update_is_rejected_by_the_api_server(
     with pytest.raises(client.ApiException) as rejected:
         merge_patch_custom_object(cluster.api, namespace, case.object, case.update or {}, CRDS)
     _assert_refused(rejected.value, case)
-    stored = _read(cluster, namespace, case.object)
+    stored = get_custom_object(cluster.api, namespace, case.object, CRDS)
     assert stored["spec"] == created["spec"], f"{case.name}: the refused update changed the stored spec"
-
-
-def _read(cluster: E2ECluster, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
-    group, version = obj["apiVersion"].split("/")
-    plural = next(c["spec"]["names"]["plural"] for c in CRDS if c["spec"]["names"]["kind"] == obj["kind"])
-    got: Any = client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
-        group, version, namespace, plural, obj["metadata"]["name"]
-    )
-    return dict(got)
 
 
 def _example(name: str) -> dict[str, Any]:

@@ -136,61 +136,49 @@ def immutable_changes(old: BaseModel, new: BaseModel, loc: tuple[str, ...] = ())
 Int = StrictInt
 Bool = StrictBool
 
-# --- Kubernetes quantities --------------------------------------------------------------------------
-
-# The non-negative subset of resource.Quantity's grammar (k8s.io/apimachinery/pkg/api/resource).
-QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE]|[eE][+]?[0-9]+)?$"
-_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+# --- Integer-or-string values ------------------------------------------------------------------------
 
 
-def _parse_quantity(value: object) -> int | str:
-    if isinstance(value, bool):
-        raise PydanticCustomError("quantity", "must be a Kubernetes quantity such as 500m, 2 or 4Gi")
-    if isinstance(value, int) and value >= 0:
-        return value
-    if isinstance(value, str) and _QUANTITY_RE.match(value):
-        return value
-    raise PydanticCustomError("quantity", "must be a Kubernetes quantity such as 500m, 2 or 4Gi")
+def _int_or_matching(pattern: str, message: str) -> PlainValidator:
+    """Accepts a non-negative integer or a string matching `pattern` (intstr / resource.Quantity)."""
+    compiled = re.compile(pattern)
+
+    def parse(value: object) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str) and compiled.match(value):
+            return value
+        raise PydanticCustomError("int_or_string", message)
+
+    return PlainValidator(parse)
 
 
-Quantity = Annotated[
-    int | str,
-    PlainValidator(_parse_quantity),
-    WithJsonSchema(
-        {
-            "x-kubernetes-int-or-string": True,
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY_PATTERN,
-        }
-    ),
-]
-
-# An absolute count or a percentage, as intstr in PodDisruptionBudget and Deployment strategies.
-INT_OR_PERCENT_PATTERN = r"^([0-9]|[1-9][0-9]|100)%$"
-_INT_OR_PERCENT_RE = re.compile(INT_OR_PERCENT_PATTERN)
-_INT_OR_PERCENT_MESSAGE = "must be a count such as 1 or a percentage such as 50%"
-
-
-def _parse_int_or_percent(value: object) -> int | str:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str) and _INT_OR_PERCENT_RE.match(value):
-        return value
-    raise PydanticCustomError("int_or_percent", _INT_OR_PERCENT_MESSAGE)
-
-
-IntOrPercent = Annotated[
-    int | str,
-    PlainValidator(_parse_int_or_percent),
-    WithJsonSchema(
+def _int_or_string_schema(pattern: str) -> WithJsonSchema:
+    return WithJsonSchema(
         {
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             # Each keyword applies to one type only: minimum to integers, pattern to strings.
             "minimum": 0,
-            "pattern": INT_OR_PERCENT_PATTERN,
+            "pattern": pattern,
         }
-    ),
+    )
+
+
+# The non-negative subset of resource.Quantity's grammar (k8s.io/apimachinery/pkg/api/resource).
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE]|[eE][+]?[0-9]+)?$"
+Quantity = Annotated[
+    int | str,
+    _int_or_matching(QUANTITY_PATTERN, "must be a Kubernetes quantity such as 500m, 2 or 4Gi"),
+    _int_or_string_schema(QUANTITY_PATTERN),
+]
+
+# An absolute count or a percentage, as intstr in PodDisruptionBudget and Deployment strategies.
+INT_OR_PERCENT_PATTERN = r"^([0-9]|[1-9][0-9]|100)%$"
+IntOrPercent = Annotated[
+    int | str,
+    _int_or_matching(INT_OR_PERCENT_PATTERN, "must be a count such as 1 or a percentage such as 50%"),
+    _int_or_string_schema(INT_OR_PERCENT_PATTERN),
 ]
 
 # Decimal numbers as strings (metrics and thresholds): the API conventions allow no floats in spec.
