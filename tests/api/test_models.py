@@ -35,7 +35,7 @@ from kubemaas.api.modelservice import (
     Toggle,
     TritonBackend,
 )
-from kubemaas.api.trainingjob import Backend, KeyGeneration, Output
+from kubemaas.api.trainingjob import Backend, KeyGeneration, Output, PublishedModel
 
 MINIMAL_TJ = {
     "image": "trainer:1",
@@ -229,3 +229,16 @@ def test_duplicate_env_names_are_refused_naming_the_index() -> None:
             {**MINIMAL_TJ, "env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}
         )
     assert describe(info.value) == ["env: Duplicate value: [1] repeats name='A'"]
+
+
+def test_reported_metrics_become_decimal_strings_the_status_accepts() -> None:
+    reported = {"heldOutAccuracy": 0.97, "loss": 1e-05, "steps": 300.0, "diverged": float("nan"), "bad name": 1.0}
+    metrics = PublishedModel.metrics_from(reported)
+    assert metrics == {"heldOutAccuracy": "0.97", "loss": "1e-05", "steps": "300.0"}
+    sha = "0" * 64
+    model = PublishedModel(uri="pvc://m/s/digits/v1", version="v1", sha256=sha, key_id="k1", metrics=metrics)
+    assert model.metrics == metrics and MetricThreshold(name="heldOutAccuracy", min="0.95").admits(
+        metrics["heldOutAccuracy"]
+    )
+    many = {f"m{i:03d}": float(i) for i in range(100)}
+    assert len(PublishedModel.metrics_from(many)) == 64

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -12,6 +15,7 @@ from kubemaas.api.base import (
     CONDITIONS_LIST_MARKERS,
     DNS_SUBDOMAIN_PATTERN,
     IMAGE_PATTERN,
+    METRIC_NAME_PATTERN,
     MODEL_NAME_MAX_LENGTH,
     MODEL_NAME_PATTERN,
     NAME_RULES,
@@ -265,6 +269,10 @@ class ReplicaStatus(ApiModel):
     failed: Int = Field(default=0, ge=0, description="Pods that failed.")
 
 
+MAX_METRICS = 64
+_METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
+
+
 class PublishedModel(ApiModel):
     """The model version the job published, read from rank 0's termination message."""
 
@@ -274,12 +282,26 @@ class PublishedModel(ApiModel):
     key_id: str = Field(description="Id of the key the model is encrypted with (never the key itself).")
     metrics: dict[MetricName, MetricValue] | None = Field(
         default=None,
-        max_length=64,
+        max_length=MAX_METRICS,
         description=(
             "Metrics the training program reported for this version (e.g. heldOutAccuracy), as decimal "
             "strings; ModelService promotion.requireMetrics is checked against them."
         ),
     )
+
+    @staticmethod
+    def metrics_from(reported: Mapping[str, float]) -> dict[str, str]:
+        """The runtime's float metrics as status values: decimal strings (the shortest that round-trips).
+
+        What the status cannot hold is left out rather than failing the status write: NaN and infinite
+        values, names that are not metric names, and anything past the first 64 names in sorted order.
+        """
+        out: dict[str, str] = {}
+        for name in sorted(reported):
+            value = reported[name]
+            if len(out) < MAX_METRICS and _METRIC_NAME.fullmatch(name) and len(name) <= 63 and math.isfinite(value):
+                out[name] = repr(float(value))
+        return out
 
 
 class TrainingJobStatus(ApiModel):
