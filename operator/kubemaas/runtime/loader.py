@@ -48,7 +48,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kubemaas import contract
-from kubemaas.api.modelservice import LATEST
+from kubemaas.api.base import LATEST
 from kubemaas.runtime import artifacts, termination
 from kubemaas.runtime.crypto import PlaintextDigest, decrypt_file
 from kubemaas.runtime.errors import (
