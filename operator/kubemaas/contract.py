@@ -27,7 +27,7 @@ from typing import Annotated, Any, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kubemaas.api.modelservice import LATEST
+from kubemaas.api.base import LATEST
 from kubemaas.api.trainingjob import RESERVED_ENV, Quantization
 from kubemaas.runtime.artifacts import (
     DEFAULT_MOUNT_ROOT,

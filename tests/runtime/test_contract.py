@@ -158,7 +158,7 @@ def test_launch_command_wraps_the_program_under_torchrun() -> None:
         launch_command([], ["--steps", "10"], 1)
 
 
-OPERATOR_ONLY = ("torch", "kopf", "kubernetes", "aiohttp")
+OPERATOR_ONLY = ("torch", "kopf", "kubernetes", "aiohttp", "prometheus_client")
 
 
 @pytest.mark.parametrize(
@@ -174,7 +174,7 @@ def test_the_model_loader_image_needs_no_operator_or_torch_dependencies(module: 
 def test_base_dependencies_leave_the_operators_to_its_extra() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     base = {re.split(r"[<>=\[ ]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
-    assert base.isdisjoint({"kopf", "kubernetes", "aiohttp", "torch"})
+    assert base.isdisjoint({"kopf", "kubernetes", "aiohttp", "prometheus-client", "torch"})
     operator = {
         re.split(r"[<>=\[ ]", dep, maxsplit=1)[0].lower() for dep in project["optional-dependencies"]["operator"]
     }

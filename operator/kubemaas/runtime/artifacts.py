@@ -38,7 +38,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from kubemaas.api.modelservice import LATEST, ServedFormat
+from kubemaas.api.base import LATEST
+from kubemaas.api.modelservice import ServedFormat
 from kubemaas.api.trainingjob import Quantization
 from kubemaas.runtime.crypto import DEFAULT_CHUNK_SIZE, PlaintextDigest, encrypt_file, read_header
 from kubemaas.runtime.fsutil import atomic_write_bytes, fsync_dir, write_new_file

@@ -48,7 +48,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kubemaas import contract
-from kubemaas.api.modelservice import LATEST, ServedFormat
+from kubemaas.api.base import LATEST
+from kubemaas.api.modelservice import ServedFormat
 from kubemaas.runtime import artifacts, termination
 from kubemaas.runtime.crypto import PlaintextDigest, decrypt_file
 from kubemaas.runtime.errors import (
