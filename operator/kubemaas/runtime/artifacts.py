@@ -38,7 +38,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from kubemaas.api.base import LATEST
+from kubemaas.api.base import LATEST, MODEL_NAME_PATTERN, VERSION_PATTERN
 from kubemaas.api.modelservice import ServedFormat
 from kubemaas.api.trainingjob import Quantization
 from kubemaas.runtime.crypto import DEFAULT_CHUNK_SIZE, PlaintextDigest, encrypt_file, read_header
@@ -52,8 +52,8 @@ STAGING_PREFIX = ".staging-"
 DEFAULT_MOUNT_ROOT = Path("/mnt/kubemaas")
 MANIFEST_SCHEMA_VERSION = 1
 
-# Names become directory names: no separators, no leading dot (hidden = staging), bounded.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Names become directory names: the API's rules (no separators, no leading dot: hidden = staging, bounded).
+_NAME_RULES = {"model name": re.compile(MODEL_NAME_PATTERN), "version": re.compile(VERSION_PATTERN)}
 _PVC_URI = re.compile(r"pvc://(?P<claim>[a-z0-9]([-a-z0-9]*[a-z0-9])?)(?P<path>(/[^/]+)*)/?")
 
 Datatype = Literal[
@@ -118,9 +118,10 @@ class ModelVersion:
         return self.directory / self.manifest.artifact
 
 
-def validate_name(value: str, what: str) -> str:
-    if not NAME_PATTERN.fullmatch(value) or value == LATEST:
-        raise ArtifactStoreError(f"invalid {what} {value!r}: must match {NAME_PATTERN.pattern}")
+def validate_name(value: str, what: Literal["model name", "version"]) -> str:
+    rule = _NAME_RULES[what]
+    if not rule.fullmatch(value) or value == LATEST:
+        raise ArtifactStoreError(f"invalid {what} {value!r}: must match {rule.pattern} and not be {LATEST}")
     return value
 
 
