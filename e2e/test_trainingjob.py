@@ -1,0 +1,451 @@
+"""TrainingJob end to end: the operator (scoped to the test's namespace) against the real API server,
+the Kubeflow training operator, kube-scheduler and the garbage collector; kwok plays the kubelet.
+
+What a user observes is asserted: the workload and pods that appear, where they are bound, what the
+pods mount, the TrainingJob's conditions, status.model and Events, and what is left after deletion.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from e2e.cluster.nodes import GPU_NODES
+from e2e.conftest import E2ECluster, OperatorLauncher, OperatorProcess
+from e2e.kube import OUTCOME_LABEL, TERMINATION_MESSAGE_ANNOTATION, apply_crd, load_crds
+
+GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
+EXIT_CODE_ANNOTATION = "kwok.kubemaas.io/exit-code"
+SHA = "5e" * 32
+
+
+@pytest.fixture(scope="session")
+def kubemaas_crds(cluster: E2ECluster) -> None:
+    """The CRDs generated from this checkout (applying a newer generated version is harmless to others)."""
+    for crd in load_crds():
+        apply_crd(cluster.api, crd)
+
+
+@pytest.fixture
+def pytorchjob_served(cluster: E2ECluster) -> None:
+    try:
+        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
+    except client.ApiException as error:
+        if error.status == 404:
+            pytest.skip("this cluster does not serve kubeflow.org/v1 PyTorchJob")
+        raise
+
+
+Claims = Callable[..., None]
+
+
+@pytest.fixture
+def claims(cluster: E2ECluster, namespace: str) -> Iterator[Claims]:
+    """Creates bound PersistentVolumeClaims (each pre-bound to its own PersistentVolume, deleted after)."""
+    core = client.CoreV1Api(cluster.api)
+    volumes: list[str] = []
+
+    def make(*names: str) -> None:
+        for name in names:
+            pv = f"{namespace}-{name}"[:63]
+            volumes.append(pv)
+            core.create_persistent_volume(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolume",
+                    "metadata": {"name": pv},
+                    "spec": {
+                        "capacity": {"storage": "1Gi"},
+                        "accessModes": ["ReadWriteMany"],
+                        "storageClassName": "",
+                        "persistentVolumeReclaimPolicy": "Delete",
+                        "hostPath": {"path": f"/tmp/kubemaas-e2e/{pv}"},
+                        "claimRef": {"namespace": namespace, "name": name},
+                    },
+                }
+            )
+            core.create_namespaced_persistent_volume_claim(
+                namespace,
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "accessModes": ["ReadWriteMany"],
+                        "storageClassName": "",
+                        "volumeName": pv,
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                },
+            )
+
+    yield make
+    for pv in volumes:
+        try:
+            core.delete_persistent_volume(pv)
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+
+
+def training_job(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "image": "registry.k8s.io/pause:3.10",
+            "command": ["python", "-m", "train"],
+            "replicas": 4,
+            "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
+            "scheduling": {"nodeSelector": {"nvidia.com/gpu.present": "true"}},
+            "data": {"uri": "pvc://datasets/digits"},
+            "output": {"uri": "pvc://models/store"},
+            "encryption": {"keySecretRef": {"name": f"{name}-key"}},
+            **spec,
+        },
+    }
+
+
+class Jobs:
+    """The TrainingJob API as a user sees it, in one namespace."""
+
+    def __init__(self, cluster: E2ECluster, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.custom = client.CustomObjectsApi(cluster.api)
+        self.core = client.CoreV1Api(cluster.api)
+
+    def create(self, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def get(self, name: str) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name))
+
+    def condition(self, name: str, type: str) -> dict[str, Any] | None:
+        for cond in (self.get(name).get("status") or {}).get("conditions") or ():
+            if cond["type"] == type:
+                return dict(cond)
+        return None
+
+    def wait_condition(self, name: str, type: str, status: str = "True", timeout: float = 90) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            cond = self.condition(name, type)
+            return cond if cond is not None and cond["status"] == status else None
+
+        return self.cluster.wait_for(f"TrainingJob {name} {type}={status}", reached, timeout=timeout)
+
+    def pods(self, name: str) -> list[client.V1Pod]:
+        selector = f"kubemaas.io/trainingjob={name}"
+        return list(self.core.list_namespaced_pod(self.namespace, label_selector=selector).items)
+
+    def wait_running_pods(self, name: str, count: int, timeout: float = 90) -> list[client.V1Pod]:
+        def running() -> list[client.V1Pod] | None:
+            pods = [p for p in self.pods(name) if p.status.phase == "Running"]
+            return pods if len(pods) == count else None
+
+        return self.cluster.wait_for(f"{count} running pods of {name}", running, timeout=timeout)
+
+    def events(self, name: str) -> list[client.CoreV1Event]:
+        selector = f"involvedObject.name={name},involvedObject.kind=TrainingJob"
+        return list(self.core.list_namespaced_event(self.namespace, field_selector=selector).items)
+
+    def wait_event(self, name: str, reason: str, timeout: float = 60) -> client.CoreV1Event:
+        def found() -> client.CoreV1Event | None:
+            return next((e for e in self.events(name) if e.reason == reason), None)
+
+        return self.cluster.wait_for(f"an Event {reason} on {name}", found, timeout=timeout)
+
+    def drive(self, pod: str, outcome: str, message: str = "", exit_code: int | None = None) -> None:
+        """Ask kwok to finish a running pod (e2e/cluster/kwok-stages.yaml)."""
+        annotations = {TERMINATION_MESSAGE_ANNOTATION: message}
+        if exit_code is not None:
+            annotations[EXIT_CODE_ANNOTATION] = str(exit_code)
+        patch = {"metadata": {"labels": {OUTCOME_LABEL: outcome}, "annotations": annotations}}
+        self.core.patch_namespaced_pod(pod, self.namespace, patch)
+
+
+def env_of(pod: client.V1Pod) -> dict[str, Any]:
+    return {e.name: (e.value if e.value_from is None else e.value_from) for e in pod.spec.containers[0].env}
+
+
+def rank_of(pod: client.V1Pod) -> int:
+    labels = pod.metadata.labels
+    if "training.kubeflow.org/replica-type" in labels:
+        kind = labels["training.kubeflow.org/replica-type"]
+        return 0 if kind == "master" else int(labels["training.kubeflow.org/replica-index"]) + 1
+    return int(pod.metadata.annotations["batch.kubernetes.io/job-completion-index"])
+
+
+def success_message(pod: client.V1Pod) -> str:
+    env = env_of(pod)
+    version = env["KUBEMAAS_MODEL_VERSION"]
+    uri = f"{env['KUBEMAAS_OUTPUT_URI']}/{env['KUBEMAAS_MODEL_NAME']}/{version}"
+    report = {"keyId": "kabc", "metrics": {"heldOutAccuracy": 0.97}, "model": "x", "sha256": SHA}
+    return json.dumps({**report, "uri": uri, "version": version})
+
+
+def mounts_key(pod: client.V1Pod) -> bool:
+    return any(v.secret is not None for v in pod.spec.volumes or ())
+
+
+def assert_restricted_and_tokenless(pods: list[client.V1Pod]) -> None:
+    for pod in pods:
+        assert pod.spec.automount_service_account_token is False
+        assert not any(v.projected is not None for v in pod.spec.volumes or ()), "a service-account token is mounted"
+        for container in pod.spec.containers:
+            mounts = {m.mount_path for m in container.volume_mounts or ()}
+            assert "/var/run/secrets/kubernetes.io/serviceaccount" not in mounts
+            assert container.security_context.read_only_root_filesystem is True
+
+
+@pytest.fixture
+def jobs(cluster: E2ECluster, namespace: str, kubemaas_crds: None) -> Jobs:
+    return Jobs(cluster, namespace)
+
+
+# --- the golden path ------------------------------------------------------------------------------
+
+
+def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess, pytorchjob_served: None, cluster: E2ECluster
+) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(training_job("digits", backend="PyTorchJob"))
+
+    pods = jobs.wait_running_pods("digits", 4)
+    gpu_nodes = {n.name for n in GPU_NODES}
+    assert all(p.spec.node_name in gpu_nodes for p in pods), [p.spec.node_name for p in pods]
+    ranks = {rank_of(p): p for p in pods}
+    assert sorted(ranks) == [0, 1, 2, 3]
+    assert [r for r, p in sorted(ranks.items()) if mounts_key(p)] == [0], "only rank 0 mounts the key"
+    assert_restricted_and_tokenless(pods)
+    assert jobs.get("digits")["status"]["backend"] == "PyTorchJob"
+    jobs.wait_condition("digits", "Running")
+
+    for rank, pod in ranks.items():
+        jobs.drive(pod.metadata.name, "succeed", success_message(pod) if rank == 0 else "")
+    jobs.wait_condition("digits", "Succeeded")
+    status = jobs.get("digits")["status"]
+    version = env_of(ranks[0])["KUBEMAAS_MODEL_VERSION"]
+    assert status["model"] == {
+        "uri": f"pvc://models/store/digits/{version}",
+        "version": version,
+        "sha256": SHA,
+        "keyId": "kabc",
+    }
+    assert status.get("completionTime") and status.get("startTime")
+    jobs.wait_event("digits", "PyTorchJobSucceeded")
+    # `kubectl wait` works on the condition.
+    if cluster.local is not None:
+        cluster.local.kubectl(
+            "wait", "-n", jobs.namespace, "--for=condition=Succeeded", "trainingjob/digits", "--timeout=10s"
+        )
+
+    # The generated key Secret: 32 bytes, labelled, not owned by the job; never in logs or Events.
+    secret = jobs.core.read_namespaced_secret("digits-key", jobs.namespace)
+    assert secret.metadata.labels["app.kubernetes.io/managed-by"] == "kubemaas"
+    assert not secret.metadata.owner_references
+    key_entries = {k: v for k, v in secret.data.items() if k.startswith("key-")}
+    assert len(key_entries) == 1
+    key = base64.b64decode(next(iter(key_entries.values())))
+    assert len(key) == 32
+    assert_key_never_leaked(key, operator.text(), jobs)
+
+    # Deleting the job: the garbage collector removes the PyTorchJob and its pods, the key stays.
+    jobs.custom.delete_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL, "digits")
+    custom = jobs.custom
+
+    def collected() -> bool:
+        try:
+            custom.get_namespaced_custom_object("kubeflow.org", "v1", jobs.namespace, "pytorchjobs", "digits")
+            return False
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+        return not jobs.pods("digits")
+
+    cluster.wait_for("the PyTorchJob and its pods to be garbage-collected", collected, timeout=90)
+    assert jobs.core.read_namespaced_secret("digits-key", jobs.namespace).data == secret.data
+
+
+def assert_key_never_leaked(key: bytes, operator_log: str, jobs: Jobs) -> None:
+    forms = {
+        "hex": key.hex(),
+        "base64": base64.b64encode(key).decode(),
+        "urlsafe base64": base64.urlsafe_b64encode(key).decode(),
+        "raw": key.decode("latin-1"),
+        "python repr": repr(key)[2:-1],
+    }
+    events = jobs.core.list_namespaced_event(jobs.namespace).items
+    event_text = "\n".join(f"{e.reason} {e.message}" for e in events)
+    status_text = json.dumps([o.get("status") for o in _all_jobs(jobs)])
+    for form, text in forms.items():
+        assert text not in operator_log, f"the key ({form}) is in the operator's log"
+        assert text not in event_text, f"the key ({form}) is in an Event"
+        assert text not in status_text, f"the key ({form}) is in a status"
+
+
+def _all_jobs(jobs: Jobs) -> list[dict[str, Any]]:
+    listed = jobs.custom.list_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL)
+    return list(listed["items"])
+
+
+def test_exit_78_is_failed_config_error_with_the_message(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess, pytorchjob_served: None
+) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(training_job("broken", backend="PyTorchJob", replicas=2))
+    pods = {rank_of(p): p for p in jobs.wait_running_pods("broken", 2)}
+    report = {"exitCode": 78, "message": "KUBEMAAS_OUTPUT_URI is not mounted", "rank": 0, "reason": "ConfigError"}
+    jobs.drive(pods[0].metadata.name, "fail", json.dumps(report), exit_code=78)
+    failed = jobs.wait_condition("broken", "Failed")
+    assert failed["reason"] == "ConfigError"
+    assert "exited 78" in failed["message"] and "KUBEMAAS_OUTPUT_URI is not mounted" in failed["message"]
+    assert jobs.condition("broken", "Succeeded")["status"] == "False"  # type: ignore[index]
+    event = jobs.wait_event("broken", "ConfigError")
+    assert event.type == "Warning"
+
+
+def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess, cluster: E2ECluster
+) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(training_job("indexed", backend="Job", replicas=3))
+    pods = jobs.wait_running_pods("indexed", 3)
+    ranks = {rank_of(p): p for p in pods}
+    assert sorted(ranks) == [0, 1, 2]
+    for rank, pod in ranks.items():
+        env = env_of(pod)
+        # RANK comes from the completion index the Job controller wrote on this very pod.
+        assert env["RANK"].field_ref.field_path == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        assert pod.metadata.annotations["batch.kubernetes.io/job-completion-index"] == str(rank)
+        assert pod.spec.hostname == f"indexed-workers-{rank}"
+        assert pod.spec.subdomain == "indexed-workers"
+        assert env["WORLD_SIZE"] == "3" and env["PET_NNODES"] == "3"
+        assert env["MASTER_ADDR"] == "indexed-workers-0.indexed-workers"
+    assert_restricted_and_tokenless(pods)
+
+    # MASTER_ADDR resolves: the headless Service publishes rank 0 under that hostname.
+    discovery = client.DiscoveryV1Api(cluster.api)
+
+    def rank0_published() -> bool:
+        slices = discovery.list_namespaced_endpoint_slice(
+            jobs.namespace, label_selector="kubernetes.io/service-name=indexed-workers"
+        ).items
+        hosts = {e.hostname: e.target_ref.name for s in slices for e in s.endpoints or ()}
+        return hosts.get("indexed-workers-0") == ranks[0].metadata.name
+
+    cluster.wait_for("rank 0 published as indexed-workers-0 by the headless Service", rank0_published, timeout=60)
+
+    for rank, pod in ranks.items():
+        jobs.drive(pod.metadata.name, "succeed", success_message(pod) if rank == 0 else "")
+    jobs.wait_condition("indexed", "Succeeded")
+    status = jobs.get("indexed")["status"]
+    assert status["backend"] == "Job"
+    assert status["model"]["version"] == env_of(ranks[0])["KUBEMAAS_MODEL_VERSION"]
+
+
+# --- bad states: a condition and an Event, and then quiet -----------------------------------------
+
+
+def assert_quiet(jobs: Jobs, name: str, seconds: float) -> None:
+    """No write to the TrainingJob and no new Event for `seconds`: the operator does not retry hot."""
+    before = jobs.get(name)["metadata"]["resourceVersion"]
+    events_before = sorted((e.metadata.name, e.count) for e in jobs.events(name))
+    time.sleep(seconds)
+    assert jobs.get(name)["metadata"]["resourceVersion"] == before
+    assert sorted((e.metadata.name, e.count) for e in jobs.events(name)) == events_before
+
+
+def test_missing_claim_blocks_until_it_exists(jobs: Jobs, claims: Claims, operator: OperatorProcess) -> None:
+    claims("models")
+    operator.wait_live()
+    jobs.create(training_job("waiting", backend="Job", replicas=2))
+    ready = jobs.wait_condition("waiting", "Ready", "False")
+    assert ready["reason"] == "ClaimNotFound" and "datasets" in ready["message"]
+    jobs.wait_event("waiting", "ClaimNotFound")
+    assert_quiet(jobs, "waiting", 20)
+    assert not jobs.pods("waiting")
+    claims("datasets")
+    jobs.wait_running_pods("waiting", 2, timeout=120)
+    assert jobs.condition("waiting", "Ready")["status"] == "True"  # type: ignore[index]
+
+
+def test_missing_key_secret_with_never(jobs: Jobs, claims: Claims, operator: OperatorProcess) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(
+        training_job(
+            "keyless", backend="Job", replicas=1, encryption={"keySecretRef": {"name": "mine"}, "generateKey": "Never"}
+        )
+    )
+    ready = jobs.wait_condition("keyless", "Ready", "False")
+    assert ready["reason"] == "KeySecretNotFound" and "mine" in ready["message"]
+    jobs.wait_event("keyless", "KeySecretNotFound")
+    assert_quiet(jobs, "keyless", 20)
+    with pytest.raises(client.ApiException) as missing:
+        jobs.core.read_namespaced_secret("mine", jobs.namespace)
+    assert missing.value.status == 404, "the operator must not create a Secret under generateKey: Never"
+    key = base64.b64encode(bytes(range(32))).decode()
+    jobs.core.create_namespaced_secret(
+        jobs.namespace, {"metadata": {"name": "mine"}, "data": {"key-k1": key}, "type": "Opaque"}
+    )
+    jobs.wait_running_pods("keyless", 1, timeout=120)
+
+
+def test_malformed_termination_message_is_bad_termination_message(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess
+) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(training_job("garbled", backend="Job", replicas=1))
+    (pod,) = jobs.wait_running_pods("garbled", 1)
+    jobs.drive(pod.metadata.name, "succeed", '{"uri": "pvc://models/store/x", "version": "nope"')
+    failed = jobs.wait_condition("garbled", "Failed")
+    assert failed["reason"] == "BadTerminationMessage"
+    assert "model" not in jobs.get("garbled")["status"]
+    jobs.wait_event("garbled", "BadTerminationMessage")
+    assert_quiet(jobs, "garbled", 15)
+
+
+# --- restarts ---------------------------------------------------------------------------------------
+
+
+def test_kill_9_while_creating_converges_to_one_workload_each(
+    jobs: Jobs, claims: Claims, operator_launcher: OperatorLauncher, cluster: E2ECluster
+) -> None:
+    """20 TrainingJobs, the operator killed with SIGKILL at spread-out points five times, then restarted."""
+    claims("datasets", "models")
+    names = [f"burst-{i:02d}" for i in range(20)]
+    batch = client.BatchV1Api(cluster.api)
+    operator_launcher.start()
+    for round_ in range(5):
+        for name in names[round_ * 4 : round_ * 4 + 4]:
+            jobs.create(training_job(name, backend="Job", replicas=1, resources={"cpu": "100m", "memory": "64Mi"}))
+        time.sleep(0.3 * round_)  # a different point of the reconcile each round
+        assert operator_launcher.current is not None
+        operator_launcher.current.kill9()
+        operator_launcher.start()
+
+    def converged() -> bool:
+        owned = [j for j in batch.list_namespaced_job(jobs.namespace).items if j.metadata.name.startswith("burst-")]
+        per_job = {n: [j for j in owned if j.metadata.name == f"{n}-workers"] for n in names}
+        if any(len(v) != 1 for v in per_job.values()) or len(owned) != len(names):
+            return False
+        return all((jobs.condition(n, "Created") or {}).get("status") == "True" for n in names)
+
+    cluster.wait_for("one Job per TrainingJob and Created=True on all 20", converged, timeout=180)
+    for name in names:
+        job = batch.read_namespaced_job(f"{name}-workers", jobs.namespace)
+        (owner,) = job.metadata.owner_references
+        assert owner.name == name and owner.controller
+        assert jobs.get(name)["status"]["backend"] == "Job"
