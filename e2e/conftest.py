@@ -114,7 +114,7 @@ class OperatorProcess:
     process: subprocess.Popen[bytes]
     log: Path
     liveness_url: str
-    metrics_port: int
+    metrics_url: str
 
     def tail(self) -> str:
         return log_tail(self.log)
@@ -160,7 +160,7 @@ class OperatorLauncher:
         executable = Path(sys.executable).with_name("kubemaas")
         liveness_url = f"http://127.0.0.1:{free_port()}/healthz"
         metrics_port = free_port()
-        scope = [arg for ns in self.namespaces for arg in ("-n", ns)]
+        scope = [f"--namespace={ns}" for ns in self.namespaces]
         with self.log.open("ab") as log_file:
             process = subprocess.Popen(
                 [
@@ -178,7 +178,8 @@ class OperatorLauncher:
                 env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)},
                 cwd=REPO,
             )
-        self.current = OperatorProcess(process, self.log, liveness_url, metrics_port)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.current = OperatorProcess(process, self.log, liveness_url, metrics_url)
         if wait:
             self.current.wait_live()
         return self.current
@@ -200,7 +201,11 @@ def operator_launcher(cluster: E2ECluster, namespace: str, tmp_path: Path) -> It
 
 @pytest.fixture
 def operator(operator_launcher: OperatorLauncher) -> Iterator[OperatorProcess]:
-    """`kubemaas run -n <the test's namespace> --standalone` as a subprocess, live, stopped after the test."""
+    """`kubemaas run` as a subprocess against the test cluster, stopped after the test.
+
+    It watches only the test's namespace, so tests (and developers) sharing one cluster never run two
+    operators over the same objects; one replica, so `--standalone` (no peering).
+    """
     running = operator_launcher.start(wait=False)
     yield running
     if running.process.poll() is not None and running.process.returncode != 0:
