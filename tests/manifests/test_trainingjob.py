@@ -41,7 +41,7 @@ OWNER = {
 
 def labels(component: str) -> dict[str, str]:
     return {
-        "app.kubernetes.io/name": "kubemaas-trainer",
+        "app.kubernetes.io/name": "trainingjob",
         "app.kubernetes.io/instance": "digits",
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/part-of": "kubemaas",

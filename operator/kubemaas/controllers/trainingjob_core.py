@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from kubemaas.api.base import Condition, ConditionStatus
+from kubemaas.api.base import ConditionStatus
 from kubemaas.api.trainingjob import (
     Backend,
     KeyGeneration,
@@ -271,7 +271,6 @@ class _Status:
     def blocked(self, reason: str, message: str) -> None:
         self.set(READY, FALSE, reason, message)
         self.set(CREATED, FALSE, reason, message)
-        self.set(RUNNING, FALSE, reason, "")
 
 
 def _initial_status(job: TrainingJob, now: datetime) -> _Status:
@@ -373,11 +372,12 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     if workload is None and not _preflight(job, observed, out):
         return Desired(status=out.status)
     out.status.backend = backend
-    create_key = not observed.key_secret_exists and job.spec.encryption.generate_key == KeyGeneration.IfMissing
     children = desired_children(job, backend)
     out.set(READY, TRUE, "WorkloadCreated" if workload is not None else "Creating", "")
 
     if workload is None:
+        # Only before the workload exists: the handlers look the Secret up only then (no reads in steady state).
+        create_key = not observed.key_secret_exists and job.spec.encryption.generate_key == KeyGeneration.IfMissing
         out.set(CREATED, UNKNOWN, "Creating", f"creating the {backend}")
         _mirror_suspend(job, {}, out)
         out.set(RUNNING, FALSE, "Pending", "")
@@ -425,18 +425,4 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
         out.set(RUNNING, TRUE, "JobRunning", f"{wl_status.get('active')} of {job.spec.replicas} pods active")
     else:
         out.set(RUNNING, FALSE, "Pending", "waiting for the pods to start")
-    return Desired(status=out.status, apply=children, create_key_secret=create_key)
-
-
-def condition_events(old: Sequence[Condition] | None, new: Sequence[Condition]) -> list[Condition]:
-    """Transitions worth an Event: to True, or Ready/Created to False (what a user must act on)."""
-    out = []
-    for cond in new:
-        before = find_condition(old, cond.type)
-        if before is not None and before.status == cond.status:
-            continue
-        if cond.status == TRUE or (
-            cond.status == FALSE and cond.type in (READY, CREATED) and cond.reason != "Creating"
-        ):
-            out.append(cond)
-    return out
+    return Desired(status=out.status, apply=children)

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubemaas.api.trainingjob import KeyGeneration, Quantization, TrainingJob
+from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
+from kubemaas.controllers.labels import owner_reference as _owner_reference
 from kubemaas.runtime.keyring import ACTIVE_FILE, KEY_BYTES, KEY_FILE_PREFIX
 
-API_VERSION = "kubemaas.io/v1alpha1"
 KIND = "TrainingJob"
-KIND_LABEL = "kubemaas.io/trainingjob"
-MANAGED_BY = "kubemaas"
+KIND_LABEL = parent_label(KIND)
 
 # Kubeflow finds the training container by this name.
 PYTORCH_CONTAINER = "pytorch"
@@ -93,26 +93,17 @@ def master_addr(job: TrainingJob) -> str:
 
 
 def labels(job: TrainingJob, component: str) -> dict[str, str]:
-    name = job.metadata.name
-    return {
-        "app.kubernetes.io/name": "kubemaas-trainer",
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/part-of": "kubemaas",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        KIND_LABEL: name,
-    }
+    return child_labels(KIND, job.metadata.name, component)
 
 
 def owner_reference(job: TrainingJob) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": job.metadata.name,
-        "uid": job.metadata.uid or "",
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return _owner_reference(
+        {
+            "apiVersion": job.api_version,
+            "kind": job.kind,
+            "metadata": {"name": job.metadata.name, "uid": job.metadata.uid},
+        }
+    )
 
 
 def _metadata(job: TrainingJob, name: str, component: str, *, queue: bool = False) -> dict[str, Any]:
@@ -439,10 +430,11 @@ def key_secret(job: TrainingJob, key: NewKey) -> dict[str, Any] | None:
         "metadata": {
             "name": encryption.key_secret_ref.name,
             "namespace": job.metadata.namespace,
+            # Managed-by, so the operator's Secret watch (filtered server-side by it) sees the Secret appear.
             "labels": {
                 "app.kubernetes.io/name": "kubemaas-model-key",
-                "app.kubernetes.io/managed-by": MANAGED_BY,
-                "app.kubernetes.io/part-of": "kubemaas",
+                MANAGED_BY_KEY: MANAGED_BY,
+                PART_OF_KEY: "kubemaas",
             },
             # Which job asked for it, for a human; an annotation, so no garbage collector acts on it.
             "annotations": {KIND_LABEL: job.metadata.name},
