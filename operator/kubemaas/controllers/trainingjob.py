@@ -1,0 +1,297 @@
+"""kopf handlers of the TrainingJob controller: thin wiring around `trainingjob_core.reconcile`.
+
+Every trigger ends in `reconcile(key)`: the TrainingJob's create/update/resume handlers, a safety timer,
+and the events of what it owns (PyTorchJob, Job, Service, pods, the generated key Secret). The parent
+and its children are read from kopf indexes (filled by the watches, which `settings.CHILD_RESOURCES`
+restricts server-side to objects labelled managed-by kubemaas), never by listing.
+
+API reads happen only where the watches cannot help, and only before the workload exists: the
+claims and the key Secret of the pre-flight check (one GET each). A user's key Secret (generateKey:
+Never) and claims carry no Kubemaas label, and watching them would stream every Secret and claim of
+the namespace into the operator; so a blocked job is re-checked by the safety timer, every
+TIMER_SECONDS, instead. A generated key Secret is created in the same pass that creates the workload.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from kubemaas.api.trainingjob import TrainingJob
+from kubemaas.controllers import trainingjob_core as core
+from kubemaas.controllers.apply import Kube
+from kubemaas.controllers.conditions import utc_now
+from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
+from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
+from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events
+from kubemaas.manifests import trainingjob as manifests
+
+log = logging.getLogger(__name__)
+
+KIND = "TrainingJob"
+GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
+# Safety net and re-check interval of blocked jobs (missing claim or user key Secret) and ttlSecondsAfterFinished.
+TIMER_SECONDS = 10.0
+# How long the answer "is the PyTorchJob CRD served?" is trusted before it is asked again.
+DISCOVERY_SECONDS = 60.0
+PYTORCHJOB_CRD = "pytorchjobs.kubeflow.org"
+MANAGED = {MANAGED_BY_KEY: MANAGED_BY}
+
+LOOP = ReconcileLoop(KIND)
+
+
+class Discovery:
+    """Whether the cluster serves kubeflow.org/v1 PyTorchJob: asked once, refreshed every DISCOVERY_SECONDS."""
+
+    def __init__(self) -> None:
+        self._served: bool | None = None
+        self._checked = 0.0
+
+    async def pytorchjob_served(self, kube: Kube) -> bool:
+        if self._served is None or time.monotonic() - self._checked > DISCOVERY_SECONDS:
+            crd = await kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, PYTORCHJOB_CRD)
+            self._served = crd is not None and _serves_v1(crd)
+            self._checked = time.monotonic()
+        return self._served
+
+
+def _serves_v1(crd: Mapping[str, Any]) -> bool:
+    established = any(
+        c.get("type") == "Established" and c.get("status") == "True"
+        for c in (crd.get("status") or {}).get("conditions") or ()
+    )
+    return established and any(v.get("name") == "v1" and v.get("served") for v in crd["spec"].get("versions") or ())
+
+
+DISCOVERY = Discovery()
+
+
+@dataclass
+class _Written:
+    """The status this operator last wrote, and the resourceVersion it was computed from.
+
+    A child's event can arrive before the watch delivers the TrainingJob with that status; the index
+    then still holds the older body. Reconciling from it would compute the same transitions again and
+    post every Event twice.
+    """
+
+    computed_from: str
+    status: dict[str, Any]
+
+
+_WRITTEN: dict[ObjectKey, _Written] = {}
+
+
+# --- indexes: the parent and its children, keyed by (namespace, TrainingJob name) -------------------
+
+
+def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the reconcile reads of a pod; the rest of a pod body is not worth keeping in memory."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    return {
+        "metadata": {
+            k: meta[k] for k in ("name", "labels", "annotations", "ownerReferences", "deletionTimestamp") if k in meta
+        },
+        "status": {k: status[k] for k in ("phase", "containerStatuses") if k in status},
+    }
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def trainingjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[ObjectKey, Any] | None:
+    return {(namespace, name): body} if namespace else None
+
+
+def _by_parent(namespace: str | None, labels: Mapping[str, str], value: Any) -> dict[ObjectKey, Any] | None:
+    parent = parent_of(KIND, labels)
+    return {(namespace, parent): value} if parent and namespace else None
+
+
+@kopf.index("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED)
+def trainingjob_pytorchjobs(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[ObjectKey, Any] | None:
+    return _by_parent(namespace, labels, body)
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def trainingjob_jobs(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[ObjectKey, Any] | None:
+    return _by_parent(namespace, labels, body)
+
+
+@kopf.index("", "v1", "services", labels=MANAGED)
+def trainingjob_services(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[ObjectKey, Any] | None:
+    return _by_parent(namespace, labels, body)
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)
+def trainingjob_pods(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[ObjectKey, Any] | None:
+    return _by_parent(namespace, labels, _slim_pod(body))
+
+
+# --- gathering Observed ---------------------------------------------------------------------------
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+    return any(r.get("controller") and r.get("uid") == uid for r in refs)
+
+
+def _one(candidates: Iterable[Mapping[str, Any]], name: str, owner_uid: str | None) -> Mapping[str, Any] | None:
+    for obj in candidates:
+        if obj["metadata"]["name"] == name and _owned_by(obj, owner_uid):
+            return obj
+    return None
+
+
+async def _observe(
+    job: TrainingJob, key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]
+) -> core.Observed:
+    uid = job.metadata.uid
+    workload = _one(indexes["trainingjob_pytorchjobs"].get(key, []), job.metadata.name, uid) or _one(
+        indexes["trainingjob_jobs"].get(key, []), manifests.workers_name(job), uid
+    )
+    service = _one(indexes["trainingjob_services"].get(key, []), manifests.workers_name(job), uid)
+    workload_uid = workload["metadata"].get("uid") if workload is not None else None
+    pods = [p for p in indexes["trainingjob_pods"].get(key, []) if workload_uid and _owned_by(p, workload_uid)]
+    finished = job.status is not None and any(
+        c.type in (core.SUCCEEDED, core.FAILED) and c.status.value == "True" for c in job.status.conditions or ()
+    )
+    served = await DISCOVERY.pytorchjob_served(kube)
+    if workload is not None or finished:
+        # The pre-flight answers are not consulted once the workload exists: no reads in steady state.
+        return core.Observed(pytorchjob_served=served, workload=workload, service=service, pods=pods)
+    namespace = key[0]
+    claims = frozenset(
+        [c for c in manifests.required_claims(job) if await kube.get("v1", "PersistentVolumeClaim", namespace, c)]
+    )
+    secret = await kube.get("v1", "Secret", namespace, job.spec.encryption.key_secret_ref.name)
+    return core.Observed(
+        pytorchjob_served=served,
+        service=service,
+        claims=claims,
+        key_secret_exists=secret is not None,
+    )
+
+
+# --- the reconcile ----------------------------------------------------------------------------------
+
+
+def _current_body(key: ObjectKey, body: Mapping[str, Any]) -> dict[str, Any]:
+    """`body`, with the status this operator wrote last if the watch has not delivered it yet."""
+    current: dict[str, Any] = dict(body)
+    written = _WRITTEN.get(key)
+    if written is not None and written.computed_from == current["metadata"].get("resourceVersion"):
+        current["status"] = written.status
+    return current
+
+
+async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+    bodies = list(indexes["trainingjobs"].get(key, []))
+    if not bodies:
+        LOOP.forget(key)
+        _WRITTEN.pop(key, None)
+        return
+    body = _current_body(key, bodies[0])
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    job = TrainingJob.parse(body)
+    observed = await _observe(job, key, kube, indexes)
+    desired = core.reconcile(job, observed, utc_now())
+
+    if desired.create_key_secret:
+        secret = manifests.key_secret(job, manifests.new_key())
+        if secret is not None and await kube.create(secret) is not None:
+            log.info("%s %s/%s: created key Secret %s", KIND, *key, secret["metadata"]["name"])
+            CHILDREN_APPLIED.labels(KIND, "Secret").inc()
+    for child in desired.apply:
+        current = observed.workload if child["kind"] in ("PyTorchJob", "Job") else observed.service
+        if await kube.apply(child, current) is not None:
+            CHILDREN_APPLIED.labels(KIND, child["kind"]).inc()
+    for gone in desired.delete:
+        log.info("%s %s/%s: ttlSecondsAfterFinished passed, deleting %s", KIND, *key, gone["kind"])
+        await kube.delete(gone)
+
+    status = desired.status.to_wire()
+    if await kube.patch_status(body, status):
+        STATUS_WRITES.labels(KIND).inc()
+        _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), status)
+        old = job.status.conditions if job.status is not None else None
+        post_transition_events(
+            body,
+            old,
+            desired.status.conditions or [],
+            warning_when_true=frozenset({core.FAILED}),
+            warning_when_false=frozenset({core.READY, core.CREATED}),
+        )
+
+
+# --- handlers ---------------------------------------------------------------------------------------
+
+
+async def _run(key: ObjectKey, memo: kopf.Memo, indexes: Mapping[str, kopf.Index[Any, Any]], retry: bool) -> None:
+    kube: Kube = memo["kube"]
+    await LOOP.run(key, lambda: reconcile(key, kube, indexes), retry=retry)
+
+
+def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
+    names = (
+        "trainingjobs",
+        "trainingjob_pytorchjobs",
+        "trainingjob_jobs",
+        "trainingjob_services",
+        "trainingjob_pods",
+    )
+    return {n: kwargs[n] for n in names}
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+async def trainingjob_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    if namespace:
+        await _run((namespace, name), memo, _indexes(kwargs), retry=True)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
+async def trainingjob_timer(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    if namespace:
+        await _run((namespace, name), memo, _indexes(kwargs), retry=True)
+
+
+async def _child_event(
+    namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, kwargs: Mapping[str, Any]
+) -> None:
+    parent = parent_of(KIND, labels)
+    if parent is not None and namespace:
+        await _run((namespace, parent), memo, _indexes(kwargs), retry=False)
+
+
+@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED)
+async def pytorchjob_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
+    await _child_event(namespace, labels, memo, kwargs)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+async def job_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
+    await _child_event(namespace, labels, memo, kwargs)
+
+
+@kopf.on.event("", "v1", "services", labels=MANAGED)
+async def service_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
+    await _child_event(namespace, labels, memo, kwargs)
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+async def pod_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
+    await _child_event(namespace, labels, memo, kwargs)
