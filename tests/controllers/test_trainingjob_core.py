@@ -188,6 +188,7 @@ def test_missing_claim_blocks_creation_and_names_the_claim(present: set[str]) ->
     observed = core.Observed(pytorchjob_served=True, claims=frozenset(present), key_secret_exists=True)
     desired = core.reconcile(make_job(), observed, T0)
     assert desired.apply == [] and not desired.create_key_secret
+    assert desired.requeue_after == core.RECHECK_SECONDS
     status, reason, message = cond(desired, "Ready")
     assert (status, reason) == ("False", "ClaimNotFound")
     for claim in {"models", "datasets"} - present:

@@ -1,22 +1,28 @@
 """kopf handlers of the TrainingJob controller: thin wiring around `trainingjob_core.reconcile`.
 
-Every trigger ends in `reconcile(key)`: the TrainingJob's create/update/resume handlers, a safety timer,
-and the events of what it owns (PyTorchJob, Job, Service, pods, the generated key Secret). The parent
-and its children are read from kopf indexes (filled by the watches, which `settings.CHILD_RESOURCES`
-restricts server-side to objects labelled managed-by kubemaas), never by listing.
+Every trigger ends in `reconcile(key)`: the TrainingJob's create/update/resume handlers, the events of
+what it owns (PyTorchJob, Job, Service, pods), and a requeue the reconcile itself asks for (a blocked
+job's re-check, ttlSecondsAfterFinished, a late pod, a failed attempt). The parent and its children are
+read from kopf indexes (filled by the watches, which `settings.CHILD_RESOURCES` restricts server-side to
+objects labelled managed-by kubemaas), never by listing.
+
+Why a requeue and not `@kopf.timer`: kopf puts a finalizer on every object a timer serves (kopf 1.45
+hard-codes it), so each TrainingJob would need a running operator to be deleted, and DESIGN.md §3
+wants no finalizer. The requeue is in memory; after a restart the resume handlers start over.
 
 API reads happen only where the watches cannot help, and only before the workload exists: the
 claims and the key Secret of the pre-flight check (one GET each). A user's key Secret (generateKey:
 Never) and claims carry no Kubemaas label, and watching them would stream every Secret and claim of
-the namespace into the operator; so a blocked job is re-checked by the safety timer, every
-TIMER_SECONDS, instead. A generated key Secret is created in the same pass that creates the workload.
+the namespace into the operator; so a blocked job is re-checked every `core.RECHECK_SECONDS` instead.
+A generated key Secret is created in the same pass that creates the workload.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +41,8 @@ log = logging.getLogger(__name__)
 
 KIND = "TrainingJob"
 GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
-# Safety net and re-check interval of blocked jobs (missing claim or user key Secret) and ttlSecondsAfterFinished.
-TIMER_SECONDS = 10.0
+# After a reconcile that failed (a transient API error after a child's event, which kopf never retries).
+FAILURE_REQUEUE_SECONDS = 30.0
 # How long the answer "is the PyTorchJob CRD served?" is trusted before it is asked again.
 DISCOVERY_SECONDS = 60.0
 PYTORCHJOB_CRD = "pytorchjobs.kubeflow.org"
@@ -69,6 +75,33 @@ def _serves_v1(crd: Mapping[str, Any]) -> bool:
 
 
 DISCOVERY = Discovery()
+
+
+class Requeue:
+    """At most one pending re-run per object (controller-runtime's RequeueAfter), held in memory."""
+
+    def __init__(self) -> None:
+        self._pending: dict[ObjectKey, asyncio.TimerHandle] = {}
+        self._running: set[asyncio.Task[None]] = set()
+
+    def schedule(self, key: ObjectKey, delay: float, run: Callable[[], Awaitable[None]]) -> None:
+        self.cancel(key)
+
+        def fire() -> None:
+            self._pending.pop(key, None)
+            task = asyncio.ensure_future(run())
+            self._running.add(task)  # a reference, or the task may be garbage-collected mid-run
+            task.add_done_callback(self._running.discard)
+
+        self._pending[key] = asyncio.get_running_loop().call_later(max(delay, 0.0), fire)
+
+    def cancel(self, key: ObjectKey) -> None:
+        handle = self._pending.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+
+REQUEUE = Requeue()
 
 
 @dataclass
@@ -197,14 +230,33 @@ def _current_body(key: ObjectKey, body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+    again = _runner(key, kube, indexes)
+    REQUEUE.cancel(key)
+    try:
+        requeue_after = await _reconcile(key, kube, indexes)
+    except Exception:
+        REQUEUE.schedule(key, FAILURE_REQUEUE_SECONDS, again)
+        raise
+    if requeue_after is not None:
+        REQUEUE.schedule(key, requeue_after, again)
+
+
+def _runner(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await LOOP.run(key, lambda: reconcile(key, kube, indexes), retry=False)
+
+    return run
+
+
+async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> float | None:
     bodies = list(indexes["trainingjobs"].get(key, []))
     if not bodies:
         LOOP.forget(key)
         _WRITTEN.pop(key, None)
-        return
+        return None
     body = _current_body(key, bodies[0])
     if body["metadata"].get("deletionTimestamp"):
-        return
+        return None
     job = TrainingJob.parse(body)
     observed = await _observe(job, key, kube, indexes)
     desired = core.reconcile(job, observed, utc_now())
@@ -234,6 +286,7 @@ async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index
             warning_when_true=frozenset({core.FAILED}),
             warning_when_false=frozenset({core.READY, core.CREATED}),
         )
+    return desired.requeue_after
 
 
 # --- handlers ---------------------------------------------------------------------------------------
@@ -259,12 +312,6 @@ def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 async def trainingjob_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    if namespace:
-        await _run((namespace, name), memo, _indexes(kwargs), retry=True)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
-async def trainingjob_timer(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     if namespace:
         await _run((namespace, name), memo, _indexes(kwargs), retry=True)
 

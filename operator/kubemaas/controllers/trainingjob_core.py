@@ -58,6 +58,9 @@ MESSAGE_LIMIT = 1024
 # How long a finished workload's rank-0 pod may lag behind the workload in the watch streams before
 # its absence counts as a lost termination message.
 POD_LAG_GRACE = timedelta(seconds=30)
+# How often a blocked job (missing claim, key Secret or backend) looks again: neither claims nor a user's
+# Secret carry a Kubemaas label, so no watch of the operator reports their arrival.
+RECHECK_SECONDS = 10.0
 
 KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/replica-type"
 KUBEFLOW_REPLICA_INDEX = "training.kubeflow.org/replica-index"
@@ -366,11 +369,11 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
             "backend PyTorchJob: the cluster does not serve kubeflow.org/v1 PyTorchJob (install the Kubeflow "
             "training operator, or use backend Job)",
         )
-        return Desired(status=out.status)
+        return Desired(status=out.status, requeue_after=RECHECK_SECONDS)
 
     workload = observed.workload
     if workload is None and not _preflight(job, observed, out):
-        return Desired(status=out.status)
+        return Desired(status=out.status, requeue_after=RECHECK_SECONDS)
     out.status.backend = backend
     children = desired_children(job, backend)
     out.set(READY, TRUE, "WorkloadCreated" if workload is not None else "Creating", "")
