@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, config
 
+from e2e.cluster import control_plane
 from e2e.cluster.nodes import GPU_NODES
-from e2e.conftest import E2ECluster, OperatorLauncher, OperatorProcess
+from e2e.conftest import PSS_RESTRICTED, E2ECluster, OperatorLauncher, OperatorProcess
 from e2e.kube import OUTCOME_LABEL, TERMINATION_MESSAGE_ANNOTATION, apply_crd, load_crds
 
 GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
@@ -449,3 +453,145 @@ def test_kill_9_while_creating_converges_to_one_workload_each(
         (owner,) = job.metadata.owner_references
         assert owner.name == name and owner.controller
         assert jobs.get(name)["status"]["backend"] == "Job"
+
+
+# --- steady state -----------------------------------------------------------------------------------
+
+
+def operator_writes(operator: OperatorProcess) -> dict[str, float]:
+    """The operator's own count of what it wrote (children applied, status patches)."""
+    with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("kubemaas_children_applied_total{", "kubemaas_status_writes_total{")):
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
+
+
+STEADY_JOBS = 100
+STEADY_SECONDS = 120
+
+
+def test_finished_jobs_cause_zero_writes(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess, cluster: E2ECluster
+) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    names = [f"done-{i:03d}" for i in range(STEADY_JOBS)]
+    small = {"cpu": "10m", "memory": "16Mi"}
+    for name in names:
+        jobs.create(training_job(name, backend="Job", replicas=1, resources=small, scheduling={}))
+    driven: set[str] = set()
+
+    def all_driven() -> bool:
+        for pod in jobs.core.list_namespaced_pod(jobs.namespace, label_selector="kubemaas.io/trainingjob").items:
+            owner = pod.metadata.labels["kubemaas.io/trainingjob"]
+            if owner not in driven and pod.status.phase == "Running":
+                jobs.drive(pod.metadata.name, "succeed", success_message(pod))
+                driven.add(owner)
+        return len(driven) == len(names)
+
+    cluster.wait_for(f"{STEADY_JOBS} pods running and driven to success", all_driven, timeout=300)
+
+    def all_succeeded() -> bool:
+        listed = _all_jobs(jobs)
+        done = [
+            o
+            for o in listed
+            if any(
+                c["type"] == "Succeeded" and c["status"] == "True" for c in o.get("status", {}).get("conditions", ())
+            )
+        ]
+        return len(done) == len(names)
+
+    cluster.wait_for(f"{STEADY_JOBS} TrainingJobs Succeeded", all_succeeded, timeout=300)
+    time.sleep(5)  # the last Events and status patches of the burst land
+
+    batch = client.BatchV1Api(cluster.api)
+
+    def snapshot() -> tuple[dict[str, str], dict[str, str], int, dict[str, float]]:
+        trainingjobs = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in _all_jobs(jobs)}
+        workloads = {
+            j.metadata.name: j.metadata.resource_version for j in batch.list_namespaced_job(jobs.namespace).items
+        }
+        events = sum(e.count or 1 for e in jobs.core.list_namespaced_event(jobs.namespace).items)
+        return trainingjobs, workloads, events, operator_writes(operator)
+
+    before = snapshot()
+    started = time.monotonic()
+    time.sleep(STEADY_SECONDS)
+    after = snapshot()
+    elapsed = time.monotonic() - started
+    changed = [n for n in before[0] if before[0][n] != after[0].get(n)]
+    assert not changed, f"{len(changed)} TrainingJobs written in {elapsed:.0f}s of steady state: {changed[:5]}"
+    assert before[1] == after[1], "a Job was written in steady state"
+    assert before[2] == after[2], "Events were posted in steady state"
+    assert before[3] == after[3], f"the operator counted writes: {before[3]} -> {after[3]}"
+
+
+# --- a cluster without Kubeflow -------------------------------------------------------------------
+
+
+@pytest.fixture
+def bare_cluster(tmp_path: Path) -> Iterator[E2ECluster]:
+    """A throwaway local cluster without the training operator or its PyTorchJob CRD."""
+    if os.environ.get("KUBEMAAS_E2E_KUBECONFIG"):
+        pytest.skip("needs the local control plane to start a second cluster")
+    root = tmp_path / "bare"
+    local = control_plane.up(root, training_operator=False)
+    try:
+        yield E2ECluster(local.kubeconfig, config.new_client_from_config(config_file=str(local.kubeconfig)), local)
+    finally:
+        control_plane.down(root)
+
+
+def test_without_the_pytorchjob_crd_auto_picks_job_and_pytorchjob_is_refused(
+    bare_cluster: E2ECluster, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(bare_cluster.api)
+    with pytest.raises(client.ApiException):
+        client.ApiextensionsV1Api(bare_cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
+    for crd in load_crds():
+        apply_crd(bare_cluster.api, crd)
+    namespace = "bare"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace, labels=PSS_RESTRICTED)))
+    bare_cluster.wait_for("service account default", lambda: core.read_namespaced_service_account("default", namespace))
+    # The CRDs were just created: wait until they are served before anyone uses them.
+    bare_cluster.wait_for(
+        "the TrainingJob CRD to be served",
+        lambda: client.CustomObjectsApi(bare_cluster.api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL
+        ),
+    )
+    bare_jobs = Jobs(bare_cluster, namespace)
+    launcher = OperatorLauncher(bare_cluster, [namespace], tmp_path / "kubemaas-run.log")
+    try:
+        launcher.start()
+        for claim in ("datasets", "models"):
+            core.create_namespaced_persistent_volume_claim(
+                namespace,
+                {
+                    "metadata": {"name": claim},
+                    "spec": {
+                        "accessModes": ["ReadWriteMany"],
+                        "storageClassName": "",
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                },
+            )
+        bare_jobs.create(training_job("auto", replicas=2))
+        bare_jobs.create(training_job("kubeflow", backend="PyTorchJob", replicas=2))
+
+        created = bare_jobs.wait_condition("auto", "Created")
+        assert created["reason"] == "JobCreated"
+        assert bare_jobs.get("auto")["status"]["backend"] == "Job"
+        client.BatchV1Api(bare_cluster.api).read_namespaced_job("auto-workers", namespace)
+
+        refused = bare_jobs.wait_condition("kubeflow", "Ready", "False")
+        assert refused["reason"] == "BackendUnavailable"
+        bare_jobs.wait_event("kubeflow", "BackendUnavailable")
+        assert_quiet(bare_jobs, "kubeflow", 15)
+    finally:
+        launcher.stop()
