@@ -144,32 +144,24 @@ def _by_parent(namespace: str | None, labels: Mapping[str, str], value: Any) -> 
     return {(namespace, parent): value} if parent and namespace else None
 
 
-@kopf.index("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED)
-def trainingjob_pytorchjobs(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[ObjectKey, Any] | None:
-    return _by_parent(namespace, labels, body)
+# The children whose events re-run the parent's reconcile, by index name. Pods are kept slim.
+CHILD_INDEXES: dict[str, tuple[str, str, str]] = {
+    "trainingjob_pytorchjobs": ("kubeflow.org", "v1", "pytorchjobs"),
+    "trainingjob_jobs": ("batch", "v1", "jobs"),
+    "trainingjob_services": ("", "v1", "services"),
+    "trainingjob_pods": ("", "v1", "pods"),
+}
 
 
-@kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def trainingjob_jobs(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[ObjectKey, Any] | None:
-    return _by_parent(namespace, labels, body)
+def _child_indexer(index: str) -> Callable[..., dict[ObjectKey, Any] | None]:
+    slim = index == "trainingjob_pods"
 
+    def indexer(
+        namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+    ) -> dict[ObjectKey, Any] | None:
+        return _by_parent(namespace, labels, _slim_pod(body) if slim else body)
 
-@kopf.index("", "v1", "services", labels=MANAGED)
-def trainingjob_services(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[ObjectKey, Any] | None:
-    return _by_parent(namespace, labels, body)
-
-
-@kopf.index("", "v1", "pods", labels=MANAGED)
-def trainingjob_pods(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[ObjectKey, Any] | None:
-    return _by_parent(namespace, labels, _slim_pod(body))
+    return indexer
 
 
 # --- gathering Observed ---------------------------------------------------------------------------
@@ -298,14 +290,7 @@ async def _run(key: ObjectKey, memo: kopf.Memo, indexes: Mapping[str, kopf.Index
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
-    names = (
-        "trainingjobs",
-        "trainingjob_pytorchjobs",
-        "trainingjob_jobs",
-        "trainingjob_services",
-        "trainingjob_pods",
-    )
-    return {n: kwargs[n] for n in names}
+    return {n: kwargs[n] for n in ("trainingjobs", *CHILD_INDEXES)}
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
@@ -316,29 +301,12 @@ async def trainingjob_changed(namespace: str | None, name: str, memo: kopf.Memo,
         await _run((namespace, name), memo, _indexes(kwargs), retry=True)
 
 
-async def _child_event(
-    namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, kwargs: Mapping[str, Any]
-) -> None:
+async def _child_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
     parent = parent_of(KIND, labels)
     if parent is not None and namespace:
         await _run((namespace, parent), memo, _indexes(kwargs), retry=False)
 
 
-@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED)
-async def pytorchjob_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
-    await _child_event(namespace, labels, memo, kwargs)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-async def job_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
-    await _child_event(namespace, labels, memo, kwargs)
-
-
-@kopf.on.event("", "v1", "services", labels=MANAGED)
-async def service_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
-    await _child_event(namespace, labels, memo, kwargs)
-
-
-@kopf.on.event("", "v1", "pods", labels=MANAGED)
-async def pod_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
-    await _child_event(namespace, labels, memo, kwargs)
+for _index, (_group, _version, _plural) in CHILD_INDEXES.items():
+    kopf.index(_group, _version, _plural, labels=MANAGED, id=_index)(_child_indexer(_index))
+    kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"{_index}_event")(_child_event)

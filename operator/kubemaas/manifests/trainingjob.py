@@ -286,6 +286,18 @@ def _suspend(job: TrainingJob) -> bool | None:
     return job.spec.run_policy.suspend
 
 
+def _retries_and_suspension(job: TrainingJob) -> dict[str, Any]:
+    """backoffLimit, activeDeadlineSeconds and suspend: the same fields in Kubeflow's runPolicy and a batch Job."""
+    policy = job.spec.run_policy
+    out: dict[str, Any] = {"backoffLimit": policy.backoff_limit}
+    if policy.active_deadline_seconds is not None:
+        out["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    suspend = _suspend(job)
+    if suspend is not None:
+        out["suspend"] = suspend
+    return out
+
+
 def _replica_spec(job: TrainingJob, version: str, replicas: int, *, rank0: bool) -> dict[str, Any]:
     component = "master" if rank0 else "worker"
     return {
@@ -306,17 +318,11 @@ def pytorchjob(job: TrainingJob, version: str) -> dict[str, Any]:
     after it has read rank 0's termination message.
     """
     spec = job.spec
-    policy = spec.run_policy
     run_policy: dict[str, Any] = {
         # Finished pods stay (their termination messages fill status.model); stragglers are removed.
         "cleanPodPolicy": "Running",
-        "backoffLimit": policy.backoff_limit,
+        **_retries_and_suspension(job),
     }
-    if policy.active_deadline_seconds is not None:
-        run_policy["activeDeadlineSeconds"] = policy.active_deadline_seconds
-    suspend = _suspend(job)
-    if suspend is not None:
-        run_policy["suspend"] = suspend
     scheduling = spec.scheduling
     if scheduling is not None and scheduling.scheduler_name:
         # A gang scheduler starts all pods or none: rendezvous needs every rank.
@@ -342,7 +348,6 @@ def pytorchjob(job: TrainingJob, version: str) -> dict[str, Any]:
 def indexed_job(job: TrainingJob, version: str) -> dict[str, Any]:
     """A batch/v1 Indexed Job with one pod per rank and the contract's podFailurePolicy."""
     spec = job.spec
-    policy = spec.run_policy
     template_spec = pod_spec(
         job, version, container=JOB_CONTAINER, rank0=True, restart_policy="Never", extra_env=rendezvous_env(job)
     )
@@ -351,13 +356,8 @@ def indexed_job(job: TrainingJob, version: str) -> dict[str, Any]:
         "completionMode": "Indexed",
         "completions": spec.replicas,
         "parallelism": spec.replicas,
-        "backoffLimit": policy.backoff_limit,
+        **_retries_and_suspension(job),
     }
-    if policy.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
-    suspend = _suspend(job)
-    if suspend is not None:
-        job_spec["suspend"] = suspend
     job_spec["podFailurePolicy"] = {
         "rules": [
             {
