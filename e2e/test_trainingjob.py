@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -428,32 +429,50 @@ def test_malformed_termination_message_is_bad_termination_message(
 def test_kill_9_while_creating_converges_to_one_workload_each(
     jobs: Jobs, claims: Claims, operator_launcher: OperatorLauncher, cluster: E2ECluster
 ) -> None:
-    """20 TrainingJobs, the operator killed with SIGKILL at spread-out points five times, then restarted."""
+    """Five rounds: 20 TrainingJobs created, the operator SIGKILLed at a random point, restarted, converged."""
     claims("datasets", "models")
-    names = [f"burst-{i:02d}" for i in range(20)]
     batch = client.BatchV1Api(cluster.api)
+    chance = random.Random(11)
     operator_launcher.start()
-    for round_ in range(5):
-        for name in names[round_ * 4 : round_ * 4 + 4]:
-            jobs.create(training_job(name, backend="Job", replicas=1, resources={"cpu": "100m", "memory": "64Mi"}))
-        time.sleep(0.3 * round_)  # a different point of the reconcile each round
+    for round_ in range(KILL_ROUNDS):
+        names = [f"r{round_}-{i:02d}" for i in range(KILL_JOBS)]
+        small = {"cpu": "10m", "memory": "16Mi"}
+        for name in names:
+            jobs.create(training_job(name, backend="Job", replicas=1, resources=small, scheduling={}))
+        time.sleep(chance.uniform(0.0, 2.0))
         assert operator_launcher.current is not None
         operator_launcher.current.kill9()
         operator_launcher.start()
 
-    def converged() -> bool:
-        owned = [j for j in batch.list_namespaced_job(jobs.namespace).items if j.metadata.name.startswith("burst-")]
-        per_job = {n: [j for j in owned if j.metadata.name == f"{n}-workers"] for n in names}
-        if any(len(v) != 1 for v in per_job.values()) or len(owned) != len(names):
-            return False
-        return all((jobs.condition(n, "Created") or {}).get("status") == "True" for n in names)
+        def converged(names: list[str] = names) -> bool:
+            owned = [j for j in batch.list_namespaced_job(jobs.namespace).items if j.metadata.name.startswith("r")]
+            for name in names:
+                if [j.metadata.name for j in owned].count(f"{name}-workers") != 1:
+                    return False
+            listed = {o["metadata"]["name"]: o for o in _all_jobs(jobs)}
+            return all(_cond_status(listed[n], "Created") == "True" for n in names)
 
-    cluster.wait_for("one Job per TrainingJob and Created=True on all 20", converged, timeout=180)
-    for name in names:
-        job = batch.read_namespaced_job(f"{name}-workers", jobs.namespace)
-        (owner,) = job.metadata.owner_references
-        assert owner.name == name and owner.controller
-        assert jobs.get(name)["status"]["backend"] == "Job"
+        cluster.wait_for(f"round {round_}: one Job per TrainingJob, Created=True on all", converged, timeout=180)
+        for name in names:
+            job = batch.read_namespaced_job(f"{name}-workers", jobs.namespace)
+            (owner,) = job.metadata.owner_references
+            assert owner.name == name and owner.controller
+            body = jobs.get(name)
+            assert body["status"]["backend"] == "Job" and _cond_status(body, "Ready") == "True"
+            secret = jobs.core.read_namespaced_secret(f"{name}-key", jobs.namespace)
+            assert len([k for k in secret.data if k.startswith("key-")]) == 1
+    assert "Traceback" not in operator_launcher.log.read_text(errors="replace")
+
+
+KILL_ROUNDS = 5
+KILL_JOBS = 20
+
+
+def _cond_status(body: dict[str, Any], type: str) -> str | None:
+    for cond in (body.get("status") or {}).get("conditions") or ():
+        if cond["type"] == type:
+            return str(cond["status"])
+    return None
 
 
 # --- steady state -----------------------------------------------------------------------------------
