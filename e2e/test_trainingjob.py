@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from e2e import waits
 from e2e.cluster import control_plane
 from e2e.cluster.nodes import GPU_NODES
 from e2e.conftest import PSS_RESTRICTED, E2ECluster, OperatorLauncher, OperatorProcess
@@ -118,8 +119,11 @@ def training_job(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+Pod = dict[str, Any]  # a pod as the API serves it (camelCase JSON), from a watch or a list
+
+
 class Jobs:
-    """The TrainingJob API as a user sees it, in one namespace."""
+    """The TrainingJob API as a user sees it, in one namespace. Waits follow watches (e2e/waits.py)."""
 
     def __init__(self, cluster: E2ECluster, namespace: str) -> None:
         self.cluster, self.namespace = cluster, namespace
@@ -133,38 +137,82 @@ class Jobs:
         return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name))
 
     def condition(self, name: str, type: str) -> dict[str, Any] | None:
-        for cond in (self.get(name).get("status") or {}).get("conditions") or ():
-            if cond["type"] == type:
-                return dict(cond)
-        return None
+        return condition_of(self.get(name), type)
 
     def wait_condition(self, name: str, type: str, status: str = "True", timeout: float = 90) -> dict[str, Any]:
-        def reached() -> dict[str, Any] | None:
-            cond = self.condition(name, type)
+        def reached(obj: dict[str, Any]) -> dict[str, Any] | None:
+            cond = condition_of(obj, type)
             return cond if cond is not None and cond["status"] == status else None
 
-        return self.cluster.wait_for(f"TrainingJob {name} {type}={status}", reached, timeout=timeout)
+        return self.cluster.wait_object(
+            f"{GROUP}/{VERSION}",
+            "TrainingJob",
+            self.namespace,
+            name,
+            reached,
+            what=f"TrainingJob {name} {type}={status}",
+            timeout=timeout,
+        )
 
-    def pods(self, name: str) -> list[client.V1Pod]:
-        selector = f"kubemaas.io/trainingjob={name}"
-        return list(self.core.list_namespaced_pod(self.namespace, label_selector=selector).items)
+    def wait_all(self, names: list[str], type: str, timeout: float) -> None:
+        """Every named TrainingJob has condition `type` True."""
 
-    def wait_running_pods(self, name: str, count: int, timeout: float = 90) -> list[client.V1Pod]:
-        def running() -> list[client.V1Pod] | None:
-            pods = [p for p in self.pods(name) if p.status.phase == "Running"]
-            return pods if len(pods) == count else None
+        def reached(objects: waits.Objects) -> bool:
+            return all(_cond_status(objects.get(n, {}), type) == "True" for n in names)
 
-        return self.cluster.wait_for(f"{count} running pods of {name}", running, timeout=timeout)
+        self.cluster.wait_objects(
+            f"{GROUP}/{VERSION}",
+            "TrainingJob",
+            self.namespace,
+            reached,
+            what=f"{len(names)} TrainingJobs {type}=True",
+            timeout=timeout,
+        )
+
+    def pods(self, name: str) -> list[Pod]:
+        listed = self.core.list_namespaced_pod(self.namespace, label_selector=f"kubemaas.io/trainingjob={name}")
+        return [self.cluster.api.sanitize_for_serialization(p) for p in listed.items]
+
+    def wait_pods(self, name: str, check: Callable[[list[Pod]], Any], what: str, timeout: float = 90) -> Any:
+        return self.cluster.wait_objects(
+            "v1",
+            "Pod",
+            self.namespace,
+            lambda objects: check(list(objects.values())),
+            what=what,
+            timeout=timeout,
+            label_selector=f"kubemaas.io/trainingjob={name}",
+        )
+
+    def wait_running_pods(self, name: str, count: int, timeout: float = 90) -> list[Pod]:
+        def running(pods: list[Pod]) -> list[Pod] | None:
+            up = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
+            return up if len(up) == count else None
+
+        found: list[Pod] = self.wait_pods(name, running, f"{count} running pods of {name}", timeout)
+        return found
 
     def events(self, name: str) -> list[client.CoreV1Event]:
         selector = f"involvedObject.name={name},involvedObject.kind=TrainingJob"
         return list(self.core.list_namespaced_event(self.namespace, field_selector=selector).items)
 
-    def wait_event(self, name: str, reason: str, timeout: float = 60) -> client.CoreV1Event:
-        def found() -> client.CoreV1Event | None:
-            return next((e for e in self.events(name) if e.reason == reason), None)
+    def wait_event(self, name: str, reason: str, timeout: float = 60) -> dict[str, Any]:
+        def found(objects: waits.Objects) -> dict[str, Any] | None:
+            return next(
+                (
+                    e
+                    for e in objects.values()
+                    if e.get("reason") == reason
+                    and e["involvedObject"].get("name") == name
+                    and e["involvedObject"].get("kind") == "TrainingJob"
+                ),
+                None,
+            )
 
-        return self.cluster.wait_for(f"an Event {reason} on {name}", found, timeout=timeout)
+        event: dict[str, Any] = self.cluster.wait_objects(
+            "v1", "Event", self.namespace, found, what=f"an Event {reason} on {name}", timeout=timeout
+        )
+        return event
 
     def drive(self, pod: str, outcome: str, message: str = "", exit_code: int | None = None) -> None:
         """Ask kwok to finish a running pod (e2e/cluster/kwok-stages.yaml)."""
@@ -175,19 +223,36 @@ class Jobs:
         self.core.patch_namespaced_pod(pod, self.namespace, patch)
 
 
-def env_of(pod: client.V1Pod) -> dict[str, Any]:
-    return {e.name: (e.value if e.value_from is None else e.value_from) for e in pod.spec.containers[0].env}
+def condition_of(obj: dict[str, Any], type: str) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or ():
+        if cond["type"] == type:
+            return dict(cond)
+    return None
 
 
-def rank_of(pod: client.V1Pod) -> int:
-    labels = pod.metadata.labels
+def _cond_status(obj: dict[str, Any], type: str) -> str | None:
+    cond = condition_of(obj, type)
+    return None if cond is None else str(cond["status"])
+
+
+def name_of(pod: Pod) -> str:
+    return str(pod["metadata"]["name"])
+
+
+def env_of(pod: Pod) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0].get("env", ())}
+
+
+def rank_of(pod: Pod) -> int:
+    meta = pod["metadata"]
+    labels = meta.get("labels") or {}
     if "training.kubeflow.org/replica-type" in labels:
         kind = labels["training.kubeflow.org/replica-type"]
         return 0 if kind == "master" else int(labels["training.kubeflow.org/replica-index"]) + 1
-    return int(pod.metadata.annotations["batch.kubernetes.io/job-completion-index"])
+    return int(meta["annotations"]["batch.kubernetes.io/job-completion-index"])
 
 
-def success_message(pod: client.V1Pod) -> str:
+def success_message(pod: Pod) -> str:
     env = env_of(pod)
     version = env["KUBEMAAS_MODEL_VERSION"]
     uri = f"{env['KUBEMAAS_OUTPUT_URI']}/{env['KUBEMAAS_MODEL_NAME']}/{version}"
@@ -195,18 +260,19 @@ def success_message(pod: client.V1Pod) -> str:
     return json.dumps({**report, "uri": uri, "version": version})
 
 
-def mounts_key(pod: client.V1Pod) -> bool:
-    return any(v.secret is not None for v in pod.spec.volumes or ())
+def mounts_key(pod: Pod) -> bool:
+    return any("secret" in v for v in pod["spec"].get("volumes") or ())
 
 
-def assert_restricted_and_tokenless(pods: list[client.V1Pod]) -> None:
+def assert_restricted_and_tokenless(pods: list[Pod]) -> None:
     for pod in pods:
-        assert pod.spec.automount_service_account_token is False
-        assert not any(v.projected is not None for v in pod.spec.volumes or ()), "a service-account token is mounted"
-        for container in pod.spec.containers:
-            mounts = {m.mount_path for m in container.volume_mounts or ()}
+        spec = pod["spec"]
+        assert spec["automountServiceAccountToken"] is False
+        assert not any("projected" in v for v in spec.get("volumes") or ()), "a service-account token is mounted"
+        for container in spec["containers"]:
+            mounts = {m["mountPath"] for m in container.get("volumeMounts") or ()}
             assert "/var/run/secrets/kubernetes.io/serviceaccount" not in mounts
-            assert container.security_context.read_only_root_filesystem is True
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 @pytest.fixture
@@ -226,7 +292,7 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
 
     pods = jobs.wait_running_pods("digits", 4)
     gpu_nodes = {n.name for n in GPU_NODES}
-    assert all(p.spec.node_name in gpu_nodes for p in pods), [p.spec.node_name for p in pods]
+    assert all(p["spec"]["nodeName"] in gpu_nodes for p in pods), [p["spec"]["nodeName"] for p in pods]
     ranks = {rank_of(p): p for p in pods}
     assert sorted(ranks) == [0, 1, 2, 3]
     assert [r for r, p in sorted(ranks.items()) if mounts_key(p)] == [0], "only rank 0 mounts the key"
@@ -235,7 +301,7 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
     jobs.wait_condition("digits", "Running")
 
     for rank, pod in ranks.items():
-        jobs.drive(pod.metadata.name, "succeed", success_message(pod) if rank == 0 else "")
+        jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")
     jobs.wait_condition("digits", "Succeeded")
     status = jobs.get("digits")["status"]
     version = env_of(ranks[0])["KUBEMAAS_MODEL_VERSION"]
@@ -265,18 +331,15 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
 
     # Deleting the job: the garbage collector removes the PyTorchJob and its pods, the key stays.
     jobs.custom.delete_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL, "digits")
-    custom = jobs.custom
-
-    def collected() -> bool:
-        try:
-            custom.get_namespaced_custom_object("kubeflow.org", "v1", jobs.namespace, "pytorchjobs", "digits")
-            return False
-        except client.ApiException as error:
-            if error.status != 404:
-                raise
-        return not jobs.pods("digits")
-
-    cluster.wait_for("the PyTorchJob and its pods to be garbage-collected", collected, timeout=90)
+    cluster.wait_objects(
+        "kubeflow.org/v1",
+        "PyTorchJob",
+        jobs.namespace,
+        lambda objects: "digits" not in objects,
+        what="the PyTorchJob to be garbage-collected",
+        timeout=90,
+    )
+    jobs.wait_pods("digits", lambda pods: not pods, "the pods to be garbage-collected")
     assert jobs.core.read_namespaced_secret("digits-key", jobs.namespace).data == secret.data
 
 
@@ -310,13 +373,13 @@ def test_exit_78_is_failed_config_error_with_the_message(
     jobs.create(training_job("broken", backend="PyTorchJob", replicas=2))
     pods = {rank_of(p): p for p in jobs.wait_running_pods("broken", 2)}
     report = {"exitCode": 78, "message": "KUBEMAAS_OUTPUT_URI is not mounted", "rank": 0, "reason": "ConfigError"}
-    jobs.drive(pods[0].metadata.name, "fail", json.dumps(report), exit_code=78)
+    jobs.drive(name_of(pods[0]), "fail", json.dumps(report), exit_code=78)
     failed = jobs.wait_condition("broken", "Failed")
     assert failed["reason"] == "ConfigError"
     assert "exited 78" in failed["message"] and "KUBEMAAS_OUTPUT_URI is not mounted" in failed["message"]
     assert jobs.condition("broken", "Succeeded")["status"] == "False"  # type: ignore[index]
     event = jobs.wait_event("broken", "ConfigError")
-    assert event.type == "Warning"
+    assert event["type"] == "Warning"
 
 
 def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
@@ -331,10 +394,11 @@ def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
     for rank, pod in ranks.items():
         env = env_of(pod)
         # RANK comes from the completion index the Job controller wrote on this very pod.
-        assert env["RANK"].field_ref.field_path == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-        assert pod.metadata.annotations["batch.kubernetes.io/job-completion-index"] == str(rank)
-        assert pod.spec.hostname == f"indexed-workers-{rank}"
-        assert pod.spec.subdomain == "indexed-workers"
+        index_field = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        assert env["RANK"]["fieldRef"]["fieldPath"] == index_field
+        assert pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(rank)
+        assert pod["spec"]["hostname"] == f"indexed-workers-{rank}"
+        assert pod["spec"]["subdomain"] == "indexed-workers"
         assert env["WORLD_SIZE"] == "3" and env["PET_NNODES"] == "3"
         assert env["MASTER_ADDR"] == "indexed-workers-0.indexed-workers"
     assert_restricted_and_tokenless(pods)
@@ -347,12 +411,12 @@ def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
             jobs.namespace, label_selector="kubernetes.io/service-name=indexed-workers"
         ).items
         hosts = {e.hostname: e.target_ref.name for s in slices for e in s.endpoints or ()}
-        return hosts.get("indexed-workers-0") == ranks[0].metadata.name
+        return hosts.get("indexed-workers-0") == name_of(ranks[0])
 
     cluster.wait_for("rank 0 published as indexed-workers-0 by the headless Service", rank0_published, timeout=60)
 
     for rank, pod in ranks.items():
-        jobs.drive(pod.metadata.name, "succeed", success_message(pod) if rank == 0 else "")
+        jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")
     jobs.wait_condition("indexed", "Succeeded")
     status = jobs.get("indexed")["status"]
     assert status["backend"] == "Job"
@@ -415,7 +479,7 @@ def test_malformed_termination_message_is_bad_termination_message(
     operator.wait_live()
     jobs.create(training_job("garbled", backend="Job", replicas=1))
     (pod,) = jobs.wait_running_pods("garbled", 1)
-    jobs.drive(pod.metadata.name, "succeed", '{"uri": "pvc://models/store/x", "version": "nope"')
+    jobs.drive(name_of(pod), "succeed", '{"uri": "pvc://models/store/x", "version": "nope"')
     failed = jobs.wait_condition("garbled", "Failed")
     assert failed["reason"] == "BadTerminationMessage"
     assert "model" not in jobs.get("garbled")["status"]
@@ -444,15 +508,9 @@ def test_kill_9_while_creating_converges_to_one_workload_each(
         operator_launcher.current.kill9()
         operator_launcher.start()
 
-        def converged(names: list[str] = names) -> bool:
-            owned = [j for j in batch.list_namespaced_job(jobs.namespace).items if j.metadata.name.startswith("r")]
-            for name in names:
-                if [j.metadata.name for j in owned].count(f"{name}-workers") != 1:
-                    return False
-            listed = {o["metadata"]["name"]: o for o in _all_jobs(jobs)}
-            return all(_cond_status(listed[n], "Created") == "True" for n in names)
-
-        cluster.wait_for(f"round {round_}: one Job per TrainingJob, Created=True on all", converged, timeout=180)
+        jobs.wait_all(names, "Created", timeout=180)
+        owned = [j.metadata.name for j in batch.list_namespaced_job(jobs.namespace).items]
+        assert all(owned.count(f"{name}-workers") == 1 for name in names), f"round {round_}: {sorted(owned)}"
         for name in names:
             job = batch.read_namespaced_job(f"{name}-workers", jobs.namespace)
             (owner,) = job.metadata.owner_references
@@ -466,13 +524,6 @@ def test_kill_9_while_creating_converges_to_one_workload_each(
 
 KILL_ROUNDS = 5
 KILL_JOBS = 20
-
-
-def _cond_status(body: dict[str, Any], type: str) -> str | None:
-    for cond in (body.get("status") or {}).get("conditions") or ():
-        if cond["type"] == type:
-            return str(cond["status"])
-    return None
 
 
 # --- steady state -----------------------------------------------------------------------------------
@@ -505,28 +556,24 @@ def test_finished_jobs_cause_zero_writes(
         jobs.create(training_job(name, backend="Job", replicas=1, resources=small, scheduling={}))
     driven: set[str] = set()
 
-    def all_driven() -> bool:
-        for pod in jobs.core.list_namespaced_pod(jobs.namespace, label_selector="kubemaas.io/trainingjob").items:
-            owner = pod.metadata.labels["kubemaas.io/trainingjob"]
-            if owner not in driven and pod.status.phase == "Running":
-                jobs.drive(pod.metadata.name, "succeed", success_message(pod))
+    def drive_running(pods: list[Pod]) -> bool:
+        for pod in pods:
+            owner = pod["metadata"]["labels"]["kubemaas.io/trainingjob"]
+            if owner not in driven and pod.get("status", {}).get("phase") == "Running":
+                jobs.drive(name_of(pod), "succeed", success_message(pod))
                 driven.add(owner)
         return len(driven) == len(names)
 
-    cluster.wait_for(f"{STEADY_JOBS} pods running and driven to success", all_driven, timeout=300)
-
-    def all_succeeded() -> bool:
-        listed = _all_jobs(jobs)
-        done = [
-            o
-            for o in listed
-            if any(
-                c["type"] == "Succeeded" and c["status"] == "True" for c in o.get("status", {}).get("conditions", ())
-            )
-        ]
-        return len(done) == len(names)
-
-    cluster.wait_for(f"{STEADY_JOBS} TrainingJobs Succeeded", all_succeeded, timeout=300)
+    cluster.wait_objects(
+        "v1",
+        "Pod",
+        jobs.namespace,
+        lambda objects: drive_running(list(objects.values())),
+        what=f"{STEADY_JOBS} pods running and driven to success",
+        timeout=300,
+        label_selector="kubemaas.io/trainingjob",
+    )
+    jobs.wait_all(names, "Succeeded", timeout=300)
     time.sleep(5)  # the last Events and status patches of the burst land
 
     batch = client.BatchV1Api(cluster.api)
@@ -577,7 +624,7 @@ def test_without_the_pytorchjob_crd_auto_picks_job_and_pytorchjob_is_refused(
         apply_crd(bare_cluster.api, crd)
     namespace = "bare"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace, labels=PSS_RESTRICTED)))
-    bare_cluster.wait_for("service account default", lambda: core.read_namespaced_service_account("default", namespace))
+    bare_cluster.wait_object("v1", "ServiceAccount", namespace, "default", lambda sa: True, what="service account")
     # The CRDs were just created: wait until they are served before anyone uses them.
     bare_cluster.wait_for(
         "the TrainingJob CRD to be served",
