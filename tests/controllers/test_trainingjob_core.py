@@ -243,6 +243,7 @@ def test_success_fills_status_model_from_rank_zero_and_is_then_stable() -> None:
         "version": VERSION,
         "sha256": SHA,
         "keyId": "k2026a",
+        "metrics": {"heldOutAccuracy": "0.96"},
     }
     assert cond(desired, "Succeeded") == (
         "True",
@@ -261,21 +262,27 @@ def test_success_fills_status_model_from_rank_zero_and_is_then_stable() -> None:
 
 
 @pytest.mark.parametrize(
-    ("message", "fragment"),
+    ("message", "fragment"),  # fragment None: the message is valid
     [
         ("not json {", "not JSON"),
         ("[1, 2]", "not a JSON object"),
         ("", "without a termination message"),
         (success_message(sha256="xyz"), "sha256"),
         (success_message(version="v1"), "expected"),
+        (success_message(metrics={"loss": float("nan"), "acc": 0.5}), None),
         (json.dumps({"uri": "pvc://m/x", "version": VERSION, "sha256": SHA}), "keyId"),
-        (success_message(model="x" * 5000), "over the 4096 limit"),
+        (success_message(model="x" * 5000), "more than 4096"),
+        (json.dumps({"exitCode": 1, "message": "no", "reason": "TrainingError"}), "reported a failure"),
+        (success_message(extra=1), "extra"),
     ],
 )
-def test_malformed_success_message_is_failed_bad_termination_message(message: str, fragment: str) -> None:
+def test_malformed_success_message_is_failed_bad_termination_message(message: str, fragment: str | None) -> None:
     pods = [kubeflow_pod(0, "Succeeded", 0, message)]
     observed = served(workload=finished_pytorchjob("Succeeded", "PyTorchJobSucceeded"), pods=pods)
     desired = core.reconcile(make_job(), observed, T0)
+    if fragment is None:  # a valid message with a metric that has no decimal form: the metric is left out
+        assert desired.status.model is not None and desired.status.model.metrics == {"acc": "0.5"}
+        return
     status, reason, text = cond(desired, "Failed")
     assert (status, reason) == ("True", "BadTerminationMessage") and fragment in text
     assert cond(desired, "Succeeded")[:2] == ("False", "BadTerminationMessage")
@@ -412,3 +419,23 @@ def test_blocking_is_one_transition_then_nothing() -> None:
     again = core.reconcile(advance(job, blocked), core.Observed(pytorchjob_served=True, claims=ALL_CLAIMS), later)
     assert transitions(blocked.status.conditions, again.status.conditions or []) == []
     assert again.status.to_wire() == blocked.status.to_wire()
+
+
+def test_restarts_are_counted_and_shown_while_pods_are_recreated() -> None:
+    job = make_job(backend="Job")
+    restarting = batch_job({}, active=3, failed=1)
+    desired = core.reconcile(job, served(workload=restarting), T0)
+    assert desired.status.restart_count == 1
+    assert cond(desired, "Restarting") == ("True", "PodsRestarting", "1 pod failure(s) so far; 3 of 4 pods active")
+    assert cond(desired, "Running")[:2] == ("False", "Restarting")
+    recovered = core.reconcile(advance(job, desired), served(workload=batch_job({}, active=4, failed=1)), T0)
+    assert cond(recovered, "Restarting")[:2] == ("False", "NotRestarting")
+    assert cond(recovered, "Running")[:2] == ("True", "JobRunning") and recovered.status.restart_count == 1
+
+    kubeflow = pytorchjob(
+        {"Created": "PyTorchJobCreated", "Restarting": "PyTorchJobRestarting"},
+        replicaStatuses={"Master": {"active": 1}, "Worker": {"active": 2, "failed": 2}},
+    )
+    desired = core.reconcile(make_job(), served(workload=kubeflow), T0)
+    assert cond(desired, "Restarting")[:2] == ("True", "PyTorchJobRestarting")
+    assert desired.status.restart_count == 2

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 from typing import Any
 
+from kubemaas import contract
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.manifests import trainingjob as m
 from kubemaas.runtime.keyring import KEY_ID_PATTERN
@@ -67,10 +69,14 @@ POD_SECURITY = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 PORTS = [{"name": "pytorchjob-port", "containerPort": 29500, "protocol": "TCP"}]
-KEY_VOLUME = {"name": "keys", "secret": {"secretName": "digits-key", "defaultMode": 0o400}}
-KEY_MOUNT = {"name": "keys", "mountPath": "/var/run/kubemaas/keys", "readOnly": True}
-TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
-TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+KEY_VOLUME = {"name": "kubemaas-keys", "secret": {"secretName": "digits-key", "defaultMode": 0o400}}
+KEY_MOUNT = {"name": "kubemaas-keys", "mountPath": "/var/run/kubemaas/keys", "readOnly": True}
+TMP_VOLUME = {"name": "kubemaas-tmp", "emptyDir": {}}
+TMP_MOUNT = {"name": "kubemaas-tmp", "mountPath": "/tmp"}
+OUTPUT_VOLUME = {"name": "kubemaas-output", "persistentVolumeClaim": {"claimName": "models"}}
+OUTPUT_MOUNT = {"name": "kubemaas-output", "mountPath": "/mnt/kubemaas/models", "readOnly": False}
+DATA_VOLUME = {"name": "kubemaas-data", "persistentVolumeClaim": {"claimName": "datasets"}}
+DATA_MOUNT = {"name": "kubemaas-data", "mountPath": "/mnt/kubemaas/datasets", "readOnly": True}
 
 
 def test_minimal_job_is_a_pytorchjob_with_only_a_master() -> None:
@@ -105,25 +111,16 @@ def test_minimal_job_is_a_pytorchjob_with_only_a_master() -> None:
                                         {"name": "KUBEMAAS_MODEL_NAME", "value": "digits"},
                                         {"name": "KUBEMAAS_MODEL_VERSION", "value": VERSION},
                                         {"name": "KUBEMAAS_OUTPUT_URI", "value": "pvc://models/store"},
-                                        {"name": "KUBEMAAS_MOUNT_ROOT", "value": "/mnt/kubemaas"},
                                         {"name": "KUBEMAAS_KEY_DIR", "value": "/var/run/kubemaas/keys"},
                                     ],
                                     "ports": PORTS,
-                                    "volumeMounts": [
-                                        {"name": "output", "mountPath": "/mnt/kubemaas/models", "readOnly": False},
-                                        TMP_MOUNT,
-                                        KEY_MOUNT,
-                                    ],
+                                    "volumeMounts": [OUTPUT_MOUNT, TMP_MOUNT, KEY_MOUNT],
                                     "terminationMessagePath": "/dev/termination-log",
                                     "terminationMessagePolicy": "File",
                                     "securityContext": CONTAINER_SECURITY,
                                 }
                             ],
-                            "volumes": [
-                                {"name": "output", "persistentVolumeClaim": {"claimName": "models"}},
-                                TMP_VOLUME,
-                                KEY_VOLUME,
-                            ],
+                            "volumes": [OUTPUT_VOLUME, TMP_VOLUME, KEY_VOLUME],
                         },
                     },
                 }
@@ -135,10 +132,18 @@ def test_minimal_job_is_a_pytorchjob_with_only_a_master() -> None:
 FULL_SPEC: dict[str, Any] = {
     "command": ["python", "-m", "digits"],
     "args": ["--epochs", "3"],
-    "env": [{"name": "LR", "value": "0.1"}],
+    "env": [
+        {"name": "LR", "value": "0.1"},
+        {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "token"}}},
+    ],
+    "envFrom": [{"configMapRef": {"name": "hyperparameters"}}],
+    "serviceAccountName": "trainer",
+    "imagePullSecrets": [{"name": "registry"}],
+    "volumes": [{"name": "vocab", "configMap": {"name": "vocab"}}],
+    "volumeMounts": [{"name": "vocab", "mountPath": "/etc/vocab", "readOnly": True}],
     "replicas": 4,
-    "nprocPerNode": 1,
-    "resources": {"gpus": 1, "cpu": "4", "memory": "8Gi"},
+    "nprocPerNode": 2,
+    "resources": {"gpus": 2, "gpuResource": "nvidia.com/mig-1g.10gb", "cpu": "4", "memory": "8Gi", "shmSize": "2Gi"},
     "scheduling": {
         "nodeSelector": {"nvidia.com/gpu.present": "true"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -152,7 +157,7 @@ FULL_SPEC: dict[str, Any] = {
 }
 
 FULL_RESOURCES = {
-    "limits": {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "1"},
+    "limits": {"cpu": "4", "memory": "8Gi", "nvidia.com/mig-1g.10gb": "2"},
     "requests": {"cpu": "4", "memory": "8Gi"},
 }
 FULL_POD_SCHEDULING = {
@@ -167,51 +172,63 @@ def full_env(*, rank0: bool, rendezvous: list[dict[str, Any]]) -> list[dict[str,
     return [
         {"name": "HOME", "value": "/tmp"},
         {"name": "LR", "value": "0.1"},
-        *rendezvous,
+        {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "token"}}},
         {"name": "KUBEMAAS_MODEL_NAME", "value": "digits-mlp"},
         {"name": "KUBEMAAS_MODEL_VERSION", "value": VERSION},
         {"name": "KUBEMAAS_OUTPUT_URI", "value": "pvc://models/store"},
         {"name": "KUBEMAAS_DATA_URI", "value": "pvc://datasets/digits"},
-        {"name": "KUBEMAAS_MOUNT_ROOT", "value": "/mnt/kubemaas"},
         *([{"name": "KUBEMAAS_KEY_DIR", "value": "/var/run/kubemaas/keys"}] if rank0 else []),
         {"name": "KUBEMAAS_QUANTIZATION", "value": "DynamicInt8"},
+        *rendezvous,
     ]
+
+
+LAUNCH = [
+    "python",
+    "-m",
+    "kubemaas.runtime.launch",
+    "--nnodes=$(PET_NNODES)",
+    "--nproc-per-node=2",
+    "--node-rank=$(PET_NODE_RANK)",
+    "--master-addr=$(PET_MASTER_ADDR)",
+    "--master-port=$(PET_MASTER_PORT)",
+    "--no-python",
+    "python",
+    "-m",
+    "digits",
+    "--epochs",
+    "3",
+]
+SHM_VOLUME = {"name": "kubemaas-shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}
+SHM_MOUNT = {"name": "kubemaas-shm", "mountPath": "/dev/shm"}
 
 
 def full_pod(*, container: str, rank0: bool, rendezvous: list[dict[str, Any]]) -> dict[str, Any]:
-    mounts = [
-        {"name": "output", "mountPath": "/mnt/kubemaas/models", "readOnly": not rank0},
-        {"name": "data", "mountPath": "/mnt/kubemaas/datasets", "readOnly": True},
-        TMP_MOUNT,
-    ]
-    volumes = [
-        {"name": "output", "persistentVolumeClaim": {"claimName": "models"}},
-        {"name": "data", "persistentVolumeClaim": {"claimName": "datasets"}},
-        TMP_VOLUME,
-    ]
-    if rank0:
-        mounts.append(KEY_MOUNT)
-        volumes.append(KEY_VOLUME)
+    """Rank 0 mounts the output claim and the key; the other ranks mount neither."""
+    claims_volumes, claims_mounts = ([OUTPUT_VOLUME], [OUTPUT_MOUNT]) if rank0 else ([], [])
+    mounts = [*claims_mounts, DATA_MOUNT, TMP_MOUNT, SHM_MOUNT, *([KEY_MOUNT] if rank0 else [])]
+    volumes = [*claims_volumes, DATA_VOLUME, TMP_VOLUME, SHM_VOLUME, *([KEY_VOLUME] if rank0 else [])]
     return {
-        "automountServiceAccountToken": False,
+        "serviceAccountName": "trainer",
+        "imagePullSecrets": [{"name": "registry"}],
         "enableServiceLinks": False,
         "securityContext": POD_SECURITY,
         "containers": [
             {
                 "name": container,
                 "image": "kubemaas/trainer:0.1.0",
-                "command": ["python", "-m", "digits"],
-                "args": ["--epochs", "3"],
+                "command": LAUNCH,
                 "env": full_env(rank0=rank0, rendezvous=rendezvous),
+                "envFrom": [{"configMapRef": {"name": "hyperparameters"}}],
                 "ports": PORTS,
                 "resources": FULL_RESOURCES,
-                "volumeMounts": mounts,
+                "volumeMounts": [*mounts, {"name": "vocab", "mountPath": "/etc/vocab", "readOnly": True}],
                 "terminationMessagePath": "/dev/termination-log",
                 "terminationMessagePolicy": "File",
                 "securityContext": CONTAINER_SECURITY,
             }
         ],
-        "volumes": volumes,
+        "volumes": [*volumes, {"name": "vocab", "configMap": {"name": "vocab"}}],
         **FULL_POD_SCHEDULING,
     }
 
@@ -228,7 +245,7 @@ def test_four_gpu_pods_as_pytorchjob_master_and_three_workers() -> None:
             "ownerReferences": [OWNER],
         },
         "spec": {
-            "nprocPerNode": "1",
+            "nprocPerNode": "2",
             # No suspend: under a Kueue queue the field is Kueue's until the user suspends.
             "runPolicy": {
                 "cleanPodPolicy": "Running",
@@ -262,13 +279,13 @@ INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 RENDEZVOUS = [
     {"name": "MASTER_ADDR", "value": "digits-workers-0.digits-workers"},
     {"name": "MASTER_PORT", "value": "29500"},
-    {"name": "WORLD_SIZE", "value": "4"},
+    {"name": "WORLD_SIZE", "value": "8"},
     {"name": "RANK", "valueFrom": {"fieldRef": {"fieldPath": INDEX}}},
+    {"name": "PET_NNODES", "value": "4"},
+    {"name": "PET_NPROC_PER_NODE", "value": "2"},
+    {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": INDEX}}},
     {"name": "PET_MASTER_ADDR", "value": "digits-workers-0.digits-workers"},
     {"name": "PET_MASTER_PORT", "value": "29500"},
-    {"name": "PET_NNODES", "value": "4"},
-    {"name": "PET_NPROC_PER_NODE", "value": "1"},
-    {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": INDEX}}},
 ]
 
 
@@ -333,22 +350,39 @@ def test_data_on_the_output_claim_is_mounted_once() -> None:
     job = make_job(data={"uri": "pvc://models/datasets/digits"}, replicas=2)
     master = m.pytorchjob(job, VERSION)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     worker = m.pytorchjob(job, VERSION)["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
-    assert master["volumes"] == [
-        {"name": "output", "persistentVolumeClaim": {"claimName": "models"}},
-        TMP_VOLUME,
-        KEY_VOLUME,
-    ]
-    assert master["containers"][0]["volumeMounts"] == [
-        {"name": "output", "mountPath": "/mnt/kubemaas/models", "readOnly": False},
-        TMP_MOUNT,
-        KEY_MOUNT,
-    ]
-    assert worker["volumes"] == [{"name": "output", "persistentVolumeClaim": {"claimName": "models"}}, TMP_VOLUME]
+    assert master["volumes"] == [OUTPUT_VOLUME, TMP_VOLUME, KEY_VOLUME]
+    assert master["containers"][0]["volumeMounts"] == [OUTPUT_MOUNT, TMP_MOUNT, KEY_MOUNT]
+    # The workers read the data from the same claim, read-only.
+    shared = {"name": "kubemaas-data", "persistentVolumeClaim": {"claimName": "models"}}
+    assert worker["volumes"] == [shared, TMP_VOLUME]
     assert worker["containers"][0]["volumeMounts"] == [
-        {"name": "output", "mountPath": "/mnt/kubemaas/models", "readOnly": True},
+        {"name": "kubemaas-data", "mountPath": "/mnt/kubemaas/models", "readOnly": True},
         TMP_MOUNT,
     ]
     assert m.required_claims(job) == ["models"]
+
+
+def test_without_a_command_the_image_entrypoint_gets_the_args_and_no_token_is_mounted() -> None:
+    pod = m.indexed_job(make_job(args=["--steps", "10"]), VERSION)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["--steps", "10"]
+    assert "command" not in pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+
+
+def test_the_rendered_environment_parses_as_the_pods_will() -> None:
+    """Operator and runtime agree: what the builder renders, the contract parses (after the kubelet's fieldRef)."""
+    pod = m.indexed_job(make_job(**FULL_SPEC), VERSION)["spec"]["template"]["spec"]
+    environ = {}
+    for entry in pod["containers"][0]["env"]:
+        if "value" in entry:
+            environ[entry["name"]] = entry["value"]
+        elif "fieldRef" in entry["valueFrom"]:
+            environ[entry["name"]] = "3"  # the completion index the Job controller writes on pod 3
+    environ["RANK"] = "7"  # torchrun's global rank of pod 3's second process
+    parsed = contract.parse(environ)
+    assert parsed.settings.model_version == VERSION and parsed.settings.model_name == "digits-mlp"
+    assert parsed.settings.data_path == Path("/mnt/kubemaas/datasets/digits")
+    assert parsed.process.world_size == 8
 
 
 def test_suspend_is_sent_to_both_backends_even_under_a_queue() -> None:

@@ -18,8 +18,7 @@ Rules:
 
 from __future__ import annotations
 
-import json
-import re
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,21 +37,21 @@ from kubemaas.api.trainingjob import (
 )
 from kubemaas.controllers.conditions import find_condition, is_true, set_condition
 from kubemaas.manifests import trainingjob as manifests
+from kubemaas.runtime import termination
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 
-READY, CREATED, RUNNING, SUCCEEDED, FAILED, SUSPENDED = (
+READY, CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED = (
     "Ready",
     "Created",
     "Running",
+    "Restarting",
     "Succeeded",
     "Failed",
     "Suspended",
 )
-CONDITION_TYPES = (READY, CREATED, RUNNING, SUCCEEDED, FAILED, SUSPENDED)
+CONDITION_TYPES = (READY, CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
 
-# What the kubelet keeps of a termination message (docs/runtime-contract.md §5).
-TERMINATION_MESSAGE_LIMIT = 4096
 # A condition message stays readable in `kubectl describe` and small in etcd.
 MESSAGE_LIMIT = 1024
 # How long a finished workload's rank-0 pod may lag behind the workload in the watch streams before
@@ -64,7 +63,6 @@ RECHECK_SECONDS = 10.0
 
 KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/replica-type"
 KUBEFLOW_REPLICA_INDEX = "training.kubeflow.org/replica-index"
-REASON_PATTERN = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
 
 BackendName = Literal["PyTorchJob", "Job"]
 
@@ -182,28 +180,31 @@ def replica_statuses(pods: Sequence[Mapping[str, Any]]) -> dict[str, ReplicaStat
     return {kind: ReplicaStatus(**c) for kind, c in sorted(counts.items())}
 
 
+def _metric(value: float) -> str | None:
+    """A metric as the API's decimal string; NaN and infinities have no decimal form and are left out."""
+    return repr(float(value)) if math.isfinite(value) else None
+
+
 def parse_published_model(message: str, version: str) -> PublishedModel:
     """Rank 0's success message -> status.model; anything else is BadTerminationMessage."""
-    if len(message.encode()) > TERMINATION_MESSAGE_LIMIT:
-        raise BadTerminationMessage(f"termination message is {len(message.encode())} bytes, over the 4096 limit")
     if not message.strip():
         raise BadTerminationMessage("rank 0 exited 0 without a termination message")
     try:
-        data = json.loads(message)
-    except ValueError:
-        raise BadTerminationMessage("rank 0's termination message is not JSON") from None
-    if not isinstance(data, dict):
-        raise BadTerminationMessage("rank 0's termination message is not a JSON object")
+        parsed = termination.parse_termination(message)
+    except termination.InvalidTerminationMessage as error:
+        raise BadTerminationMessage(f"rank 0's termination message: {error}") from None
+    if not isinstance(parsed, termination.SuccessMessage):
+        raise BadTerminationMessage(f"rank 0 exited 0 but reported a failure ({parsed.reason})")
+    if parsed.version != version:
+        raise BadTerminationMessage(f"rank 0 published version {parsed.version!r}, expected {version!r}")
+    metrics = {name: text for name, value in parsed.metrics.items() if (text := _metric(value)) is not None}
     try:
-        model = PublishedModel.model_validate(
-            {k: data.get(k) for k in ("uri", "version", "sha256", "keyId") if data.get(k) is not None}
+        return PublishedModel(
+            uri=parsed.uri, version=parsed.version, sha256=parsed.sha256, key_id=parsed.key_id, metrics=metrics or None
         )
     except ValidationError as error:
         fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in error.errors())
-        raise BadTerminationMessage(f"rank 0's termination message lacks or mangles: {fields}") from None
-    if model.version != version:
-        raise BadTerminationMessage(f"rank 0 published version {model.version!r}, expected {version!r}")
-    return model
+        raise BadTerminationMessage(f"rank 0's termination message has invalid {fields}") from None
 
 
 @dataclass(frozen=True)
@@ -220,28 +221,28 @@ class PodFailure:
 
 
 def pod_failure(pods: Sequence[Mapping[str, Any]]) -> PodFailure | None:
-    """The failure that explains a failed job: the first permanent exit, else the first failure."""
+    """The failure that explains a failed job: the first permanent exit, else the first failure.
+
+    The reason and message come from the pod's termination message when it is a valid failure
+    report (docs/runtime-contract.md §5), else from the kubelet (OOMKilled, Error -> PodFailed).
+    """
     failures: list[tuple[str, PodFailure]] = []
     for pod in pods:
         terminated = _terminated(pod)
         if terminated is None or not terminated.get("exitCode"):
             continue
         code = int(terminated["exitCode"])
-        reason, text = str(terminated.get("reason") or "Error"), ""
+        kubelet_reason = str(terminated.get("reason") or "Error")
+        reason, text, rank = ("PodFailed" if kubelet_reason == "Error" else kubelet_reason), "", pod_rank(pod)
+        raw = str(terminated.get("message") or "")
         try:
-            report = json.loads(str(terminated.get("message") or ""))
-        except ValueError:
-            report = None
-        if isinstance(report, dict):
-            candidate = str(report.get("reason") or "")
-            if REASON_PATTERN.fullmatch(candidate):
-                reason = candidate
-            text = str(report.get("message") or "")
-        elif terminated.get("message"):
-            text = str(terminated["message"])
-        if reason == "Error":
-            reason = "PodFailed"
-        failure = PodFailure(pod_rank(pod), code, reason, _shorten(text, MESSAGE_LIMIT // 2))
+            report = termination.parse_termination(raw) if raw else None
+        except termination.InvalidTerminationMessage:
+            report, text = None, raw
+        if isinstance(report, termination.FailureMessage):
+            reason, text = report.reason, report.message
+            rank = report.rank if report.rank is not None else rank
+        failure = PodFailure(rank, code, reason, _shorten(text, MESSAGE_LIMIT // 2))
         failures.append((str(terminated.get("finishedAt") or ""), failure))
     if not failures:
         return None
@@ -357,6 +358,30 @@ def _succeeded(job: TrainingJob, observed: Observed, out: _Status, reason: str, 
     return Desired(status=out.status)
 
 
+def _restarts(backend: BackendName, wl_status: Mapping[str, Any]) -> int:
+    """Failed pods the backend replaced so far: what runPolicy.backoffLimit counts."""
+    if backend == "Job":
+        return int(wl_status.get("failed") or 0)
+    return sum(int((r or {}).get("failed") or 0) for r in (wl_status.get("replicaStatuses") or {}).values())
+
+
+def _restarting(
+    job: TrainingJob,
+    backend: BackendName,
+    conds: Mapping[str, Mapping[str, Any]],
+    wl_status: Mapping[str, Any],
+    restarts: int,
+) -> tuple[str, str] | None:
+    """(reason, message) while the pods are being recreated after a retriable failure, else None."""
+    if backend == "PyTorchJob":
+        mirrored = _true(conds, "Restarting")
+        return (str(mirrored.get("reason") or "Restarting"), str(mirrored.get("message") or "")) if mirrored else None
+    active = int(wl_status.get("active") or 0)
+    if restarts and active < job.spec.replicas:
+        return "PodsRestarting", f"{restarts} pod failure(s) so far; {active} of {job.spec.replicas} pods active"
+    return None
+
+
 def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     out = _initial_status(job, now)
     if is_true(out.status.conditions, SUCCEEDED) or is_true(out.status.conditions, FAILED):
@@ -400,6 +425,8 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
         assert decided is not None
         finished = _time(wl_status.get("completionTime")) or _time(decided.get("lastTransitionTime")) or now
         out.set(RUNNING, FALSE, "Finished", "")
+        out.set(RESTARTING, FALSE, "Finished", "")
+        out.status.restart_count = _restarts(backend, wl_status)
         if succeeded is not None:
             reason = str(succeeded.get("reason") or "Succeeded")
             result = _succeeded(job, observed, out, reason, finished)
@@ -419,9 +446,18 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
 
     out.set(SUCCEEDED, FALSE, "NotFinished", "")
     out.set(FAILED, FALSE, "NotFinished", "")
+    restarts = _restarts(backend, wl_status)
+    out.status.restart_count = restarts
+    restarting = _restarting(job, backend, conds, wl_status, restarts) if not suspended else None
+    if restarting is not None:
+        out.set(RESTARTING, TRUE, *restarting)
+    else:
+        out.set(RESTARTING, FALSE, "NotRestarting", "")
     running = _true(conds, "Running") if backend == "PyTorchJob" else None
     if suspended:
         out.set(RUNNING, FALSE, "Suspended", "")
+    elif restarting is not None:
+        out.set(RUNNING, FALSE, "Restarting", "")
     elif running is not None:
         out.set(RUNNING, TRUE, str(running.get("reason") or "Running"), str(running.get("message") or ""))
     elif backend == "Job" and int(wl_status.get("active") or 0) > 0:

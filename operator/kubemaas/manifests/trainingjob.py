@@ -10,7 +10,8 @@ Two backends run the same pods (docs/runtime-contract.md):
 
 One pod template of an Indexed Job serves every index, so under the Job backend every rank mounts
 what rank 0 needs (the key Secret, the output claim read-write); under PyTorchJob only the Master
-does. Nothing here does I/O; the controller applies what these functions return.
+does. The environment and the container command come from `kubemaas.contract`, the one definition
+the code inside the pods parses. Nothing here does I/O; the controller applies what these functions return.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from kubemaas import contract
+from kubemaas.api.core import DEFAULT_GPU_RESOURCE, RESERVED_VOLUME_PREFIX
 from kubemaas.api.trainingjob import KeyGeneration, Quantization, TrainingJob
 from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
 from kubemaas.controllers.labels import owner_reference as _owner_reference
+from kubemaas.runtime.artifacts import DEFAULT_MOUNT_ROOT
 from kubemaas.runtime.keyring import ACTIVE_FILE, KEY_BYTES, KEY_FILE_PREFIX
+from kubemaas.runtime.termination import ExitCode
 
 KIND = "TrainingJob"
 KIND_LABEL = parent_label(KIND)
@@ -34,16 +39,18 @@ PYTORCH_CONTAINER = "pytorch"
 JOB_CONTAINER = "trainer"
 # Kubeflow reads MASTER_PORT from the container port with this name; naming it keeps both backends on one port.
 PYTORCH_PORT_NAME = "pytorchjob-port"
-MASTER_PORT = 29500
-MOUNT_ROOT = "/mnt/kubemaas"
-KEY_DIR = "/var/run/kubemaas/keys"
+MASTER_PORT = contract.DEFAULT_MASTER_PORT
 TRAINER_UID = 65532
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-GPU_RESOURCE = "nvidia.com/gpu"
 
-# Exit codes that no retry can fix (docs/runtime-contract.md §6): TrainingError, ConfigError, ArtifactError.
-PERMANENT_EXIT_CODES = (1, 78, 79)
+# Exit codes no retry can fix (docs/runtime-contract.md §6): the Job backend fails at once on them.
+PERMANENT_EXIT_CODES = sorted(int(code) for code in ExitCode if code != ExitCode.OK and not code.retryable)
+
+
+def _volume(name: str) -> str:
+    """Kubemaas' own volumes carry a prefix the API refuses in spec.volumes, so the two never collide."""
+    return f"{RESERVED_VOLUME_PREFIX}{name}"
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class Claim:
 
     @property
     def mount_path(self) -> str:
-        return f"{MOUNT_ROOT}/{self.name}"
+        return f"{DEFAULT_MOUNT_ROOT}/{self.name}"
 
 
 def claim_name(uri: str) -> str:
@@ -65,11 +72,12 @@ def claim_name(uri: str) -> str:
 
 
 def claims(job: TrainingJob, *, rank0: bool) -> list[Claim]:
-    """Each distinct claim once: the output claim (read-write on rank 0), then the data claim (read-only)."""
+    """Each distinct claim once (docs/runtime-contract.md §2): the output claim read-write, on rank 0 only
+    (it alone writes the model and the checkpoints), and the data claim read-only on every rank."""
     spec = job.spec
-    out = [Claim(claim_name(spec.output.uri), "output", writable=rank0)]
-    if spec.data is not None and claim_name(spec.data.uri) != out[0].name:
-        out.append(Claim(claim_name(spec.data.uri), "data", writable=False))
+    out = [Claim(claim_name(spec.output.uri), _volume("output"), writable=True)] if rank0 else []
+    if spec.data is not None and claim_name(spec.data.uri) not in {c.name for c in out}:
+        out.append(Claim(claim_name(spec.data.uri), _volume("data"), writable=False))
     return out
 
 
@@ -119,47 +127,27 @@ def _metadata(job: TrainingJob, name: str, component: str, *, queue: bool = Fals
     }
 
 
-def _env(name: str, value: str) -> dict[str, Any]:
-    return {"name": name, "value": value}
-
-
-def _field_env(name: str, field_path: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
-
-
-def contract_env(job: TrainingJob, version: str, *, rank0: bool) -> list[dict[str, Any]]:
-    """The KUBEMAAS_* settings of docs/runtime-contract.md §1 (rendezvous variables come from the backend)."""
+def settings(job: TrainingJob, version: str, *, rank0: bool) -> contract.Settings:
+    """The KUBEMAAS_* settings a rank gets (docs/runtime-contract.md §1); only these are rendered."""
     spec = job.spec
-    env = [
-        _env("KUBEMAAS_MODEL_NAME", model_name(job)),
-        _env("KUBEMAAS_MODEL_VERSION", version),
-        _env("KUBEMAAS_OUTPUT_URI", spec.output.uri),
-    ]
+    values: dict[str, Any] = {"model_name": model_name(job), "model_version": version, "output_uri": spec.output.uri}
     if spec.data is not None:
-        env.append(_env("KUBEMAAS_DATA_URI", spec.data.uri))
-    env.append(_env("KUBEMAAS_MOUNT_ROOT", MOUNT_ROOT))
+        values["data_uri"] = spec.data.uri
     if rank0:
-        env.append(_env("KUBEMAAS_KEY_DIR", KEY_DIR))
+        values["key_dir"] = contract.DEFAULT_KEY_DIR
     if spec.output.quantization != Quantization.NONE:
-        env.append(_env("KUBEMAAS_QUANTIZATION", spec.output.quantization.value))
-    return env
+        values["quantization"] = spec.output.quantization
+    return contract.Settings(**values)
 
 
-def rendezvous_env(job: TrainingJob) -> list[dict[str, Any]]:
-    """What Kubeflow sets on PyTorchJob pods, rebuilt for the Indexed Job: rank = completion index."""
-    spec = job.spec
-    index = f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
-    return [
-        _env("MASTER_ADDR", master_addr(job)),
-        _env("MASTER_PORT", str(MASTER_PORT)),
-        _env("WORLD_SIZE", str(spec.replicas * spec.nproc_per_node)),
-        _field_env("RANK", index),
-        _env("PET_MASTER_ADDR", master_addr(job)),
-        _env("PET_MASTER_PORT", str(MASTER_PORT)),
-        _env("PET_NNODES", str(spec.replicas)),
-        _env("PET_NPROC_PER_NODE", str(spec.nproc_per_node)),
-        _field_env("PET_NODE_RANK", index),
-    ]
+def rendezvous(job: TrainingJob) -> contract.Rendezvous:
+    """What Kubeflow sets on PyTorchJob pods, for the Indexed Job: pod 0 reached through the headless Service."""
+    return contract.Rendezvous(
+        master_addr=master_addr(job),
+        master_port=MASTER_PORT,
+        nnodes=job.spec.replicas,
+        nproc_per_node=job.spec.nproc_per_node,
+    )
 
 
 def _resources(job: TrainingJob) -> dict[str, Any]:
@@ -172,7 +160,7 @@ def _resources(job: TrainingJob) -> dict[str, Any]:
         limits["memory"] = str(res.memory)
     requests = dict(limits)
     if res.gpus:
-        limits[GPU_RESOURCE] = str(res.gpus)
+        limits[res.gpu_resource or DEFAULT_GPU_RESOURCE] = str(res.gpus)
     out: dict[str, Any] = {}
     if limits:
         out["limits"] = limits
@@ -194,6 +182,15 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
+def _command(job: TrainingJob) -> dict[str, Any]:
+    """The user's program under torchrun's launcher (docs/runtime-contract.md §1a); without a command the
+    image's entrypoint (the trainer image's is the launcher) gets the args."""
+    spec = job.spec
+    if spec.command:
+        return {"command": contract.launch_command(spec.command, spec.args or [], spec.nproc_per_node)}
+    return {"args": list(spec.args)} if spec.args else {}
+
+
 def pod_spec(
     job: TrainingJob,
     version: str,
@@ -201,9 +198,9 @@ def pod_spec(
     container: str,
     rank0: bool,
     restart_policy: str | None,
-    extra_env: list[dict[str, Any]],
+    rendezvous: contract.Rendezvous | None,
 ) -> dict[str, Any]:
-    """The training pod of one replica type; `rank0` decides who gets the key and writes the store."""
+    """The training pod of one replica type; `rank0` decides who gets the key and the output claim."""
     spec = job.spec
     pod_claims = claims(job, rank0=rank0)
     volumes: list[dict[str, Any]] = [
@@ -212,43 +209,53 @@ def pod_spec(
     mounts: list[dict[str, Any]] = [
         {"name": c.volume, "mountPath": c.mount_path, "readOnly": not c.writable} for c in pod_claims
     ]
-    volumes.append({"name": "tmp", "emptyDir": {}})
-    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    volumes.append({"name": _volume("tmp"), "emptyDir": {}})
+    mounts.append({"name": _volume("tmp"), "mountPath": "/tmp"})
+    if spec.resources.shm_size is not None:
+        # NCCL and DataLoader workers share memory through /dev/shm; the runtime's default is 64Mi.
+        shm = {"medium": "Memory", "sizeLimit": str(spec.resources.shm_size)}
+        volumes.append({"name": _volume("shm"), "emptyDir": shm})
+        mounts.append({"name": _volume("shm"), "mountPath": "/dev/shm"})
     if rank0:
         volumes.append(
             {
-                "name": "keys",
+                "name": _volume("keys"),
                 # 0400: only the trainer's user reads the key (fsGroup adds group read for that same user's group).
                 "secret": {"secretName": spec.encryption.key_secret_ref.name, "defaultMode": 0o400},
             }
         )
-        mounts.append({"name": "keys", "mountPath": KEY_DIR, "readOnly": True})
+        mounts.append({"name": _volume("keys"), "mountPath": str(contract.DEFAULT_KEY_DIR), "readOnly": True})
+    volumes += [v.to_wire() for v in spec.volumes or ()]
+    mounts += [m.to_wire() for m in spec.volume_mounts or ()]
 
-    # HOME=/tmp: torch and pip caches need a writable home under a read-only root filesystem.
-    env = [_env("HOME", "/tmp")]
+    # HOME=/tmp: torch and pip caches need a writable home under a read-only root filesystem. The user's
+    # env comes before the contract's, so Kubemaas' values win (the API refuses the names anyway).
+    env = [{"name": "HOME", "value": "/tmp"}]
     env += [e.to_wire() for e in spec.env or ()]
-    env += extra_env
-    env += contract_env(job, version, rank0=rank0)
+    env += contract.render(settings(job, version, rank0=rank0), rendezvous)
 
-    main: dict[str, Any] = {"name": container, "image": spec.image}
-    if spec.command:
-        main["command"] = list(spec.command)
-    if spec.args:
-        main["args"] = list(spec.args)
-    main["env"] = env
+    main: dict[str, Any] = {"name": container, "image": spec.image, **_command(job), "env": env}
+    if spec.env_from:
+        main["envFrom"] = [e.to_wire() for e in spec.env_from]
     main["ports"] = [{"name": PYTORCH_PORT_NAME, "containerPort": MASTER_PORT, "protocol": "TCP"}]
     resources = _resources(job)
     if resources:
         main["resources"] = resources
     main["volumeMounts"] = mounts
-    main["terminationMessagePath"] = "/dev/termination-log"
+    main["terminationMessagePath"] = str(contract.DEFAULT_TERMINATION_LOG)
     main["terminationMessagePolicy"] = "File"
     main["securityContext"] = container_security_context()
 
     pod: dict[str, Any] = {}
     if restart_policy is not None:
         pod["restartPolicy"] = restart_policy
-    pod["automountServiceAccountToken"] = False
+    if spec.service_account_name:
+        # A named service account is there to be used (workload identity, API access): its token is mounted.
+        pod["serviceAccountName"] = spec.service_account_name
+    else:
+        pod["automountServiceAccountToken"] = False
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [r.to_wire() for r in spec.image_pull_secrets]
     # Service links would add one variable per Service in the namespace to the training environment.
     pod["enableServiceLinks"] = False
     pod["securityContext"] = {
@@ -306,7 +313,10 @@ def _replica_spec(job: TrainingJob, version: str, replicas: int, *, rank0: bool)
         "restartPolicy": "ExitCode",
         "template": {
             "metadata": {"labels": labels(job, component)},
-            "spec": pod_spec(job, version, container=PYTORCH_CONTAINER, rank0=rank0, restart_policy=None, extra_env=[]),
+            # Kubeflow sets the rendezvous variables itself.
+            "spec": pod_spec(
+                job, version, container=PYTORCH_CONTAINER, rank0=rank0, restart_policy=None, rendezvous=None
+            ),
         },
     }
 
@@ -349,7 +359,7 @@ def indexed_job(job: TrainingJob, version: str) -> dict[str, Any]:
     """A batch/v1 Indexed Job with one pod per rank and the contract's podFailurePolicy."""
     spec = job.spec
     template_spec = pod_spec(
-        job, version, container=JOB_CONTAINER, rank0=True, restart_policy="Never", extra_env=rendezvous_env(job)
+        job, version, container=JOB_CONTAINER, rank0=True, restart_policy="Never", rendezvous=rendezvous(job)
     )
     template_spec["subdomain"] = workers_name(job)
     job_spec: dict[str, Any] = {
@@ -365,7 +375,7 @@ def indexed_job(job: TrainingJob, version: str) -> dict[str, Any]:
                 "onExitCodes": {
                     "containerName": JOB_CONTAINER,
                     "operator": "In",
-                    "values": list(PERMANENT_EXIT_CODES),
+                    "values": PERMANENT_EXIT_CODES,
                 },
             },
             # Preemption and node drains do not count against backoffLimit.
