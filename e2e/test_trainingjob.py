@@ -310,6 +310,7 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
         "version": version,
         "sha256": SHA,
         "keyId": "kabc",
+        "metrics": {"heldOutAccuracy": "0.97"},
     }
     assert status.get("completionTime") and status.get("startTime")
     jobs.wait_event("digits", "PyTorchJobSucceeded")

@@ -285,7 +285,7 @@ def test_malformed_success_message_is_failed_bad_termination_message(message: st
         return
     status, reason, text = cond(desired, "Failed")
     assert (status, reason) == ("True", "BadTerminationMessage") and fragment in text
-    assert cond(desired, "Succeeded")[:2] == ("False", "BadTerminationMessage")
+    assert cond(desired, "Succeeded")[:2] == ("False", "Failed")
     assert desired.status.model is None
     assert len(text) <= core.MESSAGE_LIMIT
 
@@ -313,7 +313,7 @@ def test_failure_exit_78_is_failed_config_error_with_the_message() -> None:
         "ConfigError",
         "rank 0 exited 78 (ConfigError): KUBEMAAS_OUTPUT_URI is required; Failed message",
     )
-    assert cond(desired, "Succeeded")[:2] == ("False", "ConfigError")
+    assert cond(desired, "Succeeded")[:2] == ("False", "Failed")
     assert desired.status.model is None
 
 

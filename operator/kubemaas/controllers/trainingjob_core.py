@@ -354,7 +354,7 @@ def _succeeded(job: TrainingJob, observed: Observed, out: _Status, reason: str, 
             out.set(FAILED, FALSE, reason, "")
             return Desired(status=out.status)
     out.set(FAILED, TRUE, "BadTerminationMessage", error)
-    out.set(SUCCEEDED, FALSE, "BadTerminationMessage", error)
+    out.set(SUCCEEDED, FALSE, "Failed", "")
     return Desired(status=out.status)
 
 
@@ -440,7 +440,8 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
             if failure is not None:
                 message = f"{failure.describe()}; {message}" if message else failure.describe()
             out.set(FAILED, TRUE, reason, message)
-            out.set(SUCCEEDED, FALSE, reason, "")
+            # Not the failure's reason: one Event (the Failed one, a Warning) names the cause.
+            out.set(SUCCEEDED, FALSE, "Failed", "")
         out.status.completion_time = finished
         return _finished(job, observed, out)
 
