@@ -25,6 +25,7 @@ from e2e.cluster import control_plane
 from e2e.cluster.nodes import GPU_NODES
 from e2e.conftest import PSS_RESTRICTED, E2ECluster, OperatorLauncher, OperatorProcess
 from e2e.kube import OUTCOME_LABEL, TERMINATION_MESSAGE_ANNOTATION, apply_crd, load_crds
+from kubemaas.controllers.trainingjob_core import RECHECK_SECONDS
 
 GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
 EXIT_CODE_ANNOTATION = "kwok.kubemaas.io/exit-code"
@@ -424,17 +425,97 @@ def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
     assert status["model"]["version"] == env_of(ranks[0])["KUBEMAAS_MODEL_VERSION"]
 
 
+# --- suspend, resume, ttlSecondsAfterFinished ---------------------------------------------------------
+
+
+def set_suspend(jobs: Jobs, name: str, suspend: bool) -> None:
+    patch = {"spec": {"runPolicy": {"suspend": suspend}}}
+    jobs.custom.patch_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL, name, patch)
+
+
+@pytest.mark.parametrize("backend", ["Job", "PyTorchJob"])
+def test_suspend_deletes_the_pods_and_resume_brings_them_back(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess, cluster: E2ECluster, backend: str
+) -> None:
+    if backend == "PyTorchJob":
+        try:
+            client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
+        except client.ApiException:
+            pytest.skip("this cluster does not serve kubeflow.org/v1 PyTorchJob")
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(training_job("pausable", backend=backend, replicas=2))
+    jobs.wait_running_pods("pausable", 2)
+    jobs.wait_condition("pausable", "Running")
+
+    set_suspend(jobs, "pausable", True)
+    suspended = jobs.wait_condition("pausable", "Suspended")
+    assert suspended["reason"] == "Suspended"
+    jobs.wait_pods("pausable", lambda pods: not pods, "the suspended job's pods to be deleted")
+    assert jobs.condition("pausable", "Running")["status"] == "False"  # type: ignore[index]
+
+    set_suspend(jobs, "pausable", False)
+    assert jobs.wait_condition("pausable", "Suspended", "False")["reason"] == "Resumed"
+    jobs.wait_running_pods("pausable", 2)
+    jobs.wait_condition("pausable", "Running")
+
+
+def test_ttl_after_finished_deletes_the_children_and_keeps_the_job(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess, cluster: E2ECluster
+) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(training_job("brief", backend="Job", replicas=2, runPolicy={"ttlSecondsAfterFinished": 3}))
+    pods = {rank_of(p): p for p in jobs.wait_running_pods("brief", 2)}
+    for rank, pod in pods.items():
+        jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")
+    jobs.wait_condition("brief", "Succeeded")
+    finished = time.monotonic()
+    cluster.wait_objects(
+        "batch/v1",
+        "Job",
+        jobs.namespace,
+        lambda objects: "brief-workers" not in objects,
+        what="the finished Job to be deleted after ttlSecondsAfterFinished",
+        timeout=60,
+    )
+    waited = time.monotonic() - finished
+    cluster.wait_objects(
+        "v1",
+        "Service",
+        jobs.namespace,
+        lambda objects: "brief-workers" not in objects,
+        what="the headless Service to be deleted",
+        timeout=30,
+    )
+    jobs.wait_pods("brief", lambda pods: not pods, "the pods to be garbage-collected")
+    kept = jobs.get("brief")
+    assert _cond_status(kept, "Succeeded") == "True" and kept["status"]["model"]["version"]
+    assert 2 <= waited <= 30, f"children deleted {waited:.1f}s after Succeeded, ttl 3s"
+
+
 # --- bad states: a condition and an Event, and then quiet -----------------------------------------
 
 
-def assert_quiet(jobs: Jobs, name: str, seconds: float) -> None:
-    """No write to the TrainingJob and no new Event for `seconds`: the operator does not retry hot."""
+QUIET_SECONDS = 60
+
+
+def assert_quiet(jobs: Jobs, name: str, operator: OperatorProcess, seconds: float = QUIET_SECONDS) -> None:
+    """A blocked job costs no writes and no new Event, and its re-checks stay at one per RECHECK_SECONDS.
+
+    Writes are counted three ways: the TrainingJob's resourceVersion (any write to it, kopf's included),
+    the Events' counts, and the operator's own counters of children applied and status patches.
+    """
     time.sleep(2)  # kopf's own bookkeeping after the first handler run (an annotation) lands first
     before = jobs.get(name)["metadata"]["resourceVersion"]
     events_before = sorted((e.metadata.name, e.count) for e in jobs.events(name))
+    writes_before, reconciles_before = operator_writes(operator), operator_reconciles(operator)
     time.sleep(seconds)
-    assert jobs.get(name)["metadata"]["resourceVersion"] == before
-    assert sorted((e.metadata.name, e.count) for e in jobs.events(name)) == events_before
+    assert jobs.get(name)["metadata"]["resourceVersion"] == before, "the blocked TrainingJob was written"
+    assert sorted((e.metadata.name, e.count) for e in jobs.events(name)) == events_before, "Events were posted"
+    assert operator_writes(operator) == writes_before, "the operator wrote while blocked"
+    reconciles = operator_reconciles(operator) - reconciles_before
+    assert reconciles <= seconds / RECHECK_SECONDS + 2, f"{reconciles} reconciles in {seconds}s: a hot loop"
 
 
 def test_missing_claim_blocks_until_it_exists(jobs: Jobs, claims: Claims, operator: OperatorProcess) -> None:
@@ -444,7 +525,7 @@ def test_missing_claim_blocks_until_it_exists(jobs: Jobs, claims: Claims, operat
     ready = jobs.wait_condition("waiting", "Ready", "False")
     assert ready["reason"] == "ClaimNotFound" and "datasets" in ready["message"]
     jobs.wait_event("waiting", "ClaimNotFound")
-    assert_quiet(jobs, "waiting", 20)
+    assert_quiet(jobs, "waiting", operator)
     assert not jobs.pods("waiting")
     claims("datasets")
     jobs.wait_running_pods("waiting", 2, timeout=120)
@@ -462,7 +543,7 @@ def test_missing_key_secret_with_never(jobs: Jobs, claims: Claims, operator: Ope
     ready = jobs.wait_condition("keyless", "Ready", "False")
     assert ready["reason"] == "KeySecretNotFound" and "mine" in ready["message"]
     jobs.wait_event("keyless", "KeySecretNotFound")
-    assert_quiet(jobs, "keyless", 20)
+    assert_quiet(jobs, "keyless", operator)
     with pytest.raises(client.ApiException) as missing:
         jobs.core.read_namespaced_secret("mine", jobs.namespace)
     assert missing.value.status == 404, "the operator must not create a Secret under generateKey: Never"
@@ -485,7 +566,7 @@ def test_malformed_termination_message_is_bad_termination_message(
     assert failed["reason"] == "BadTerminationMessage"
     assert "model" not in jobs.get("garbled")["status"]
     jobs.wait_event("garbled", "BadTerminationMessage")
-    assert_quiet(jobs, "garbled", 15)
+    assert_quiet(jobs, "garbled", operator)
 
 
 # --- restarts ---------------------------------------------------------------------------------------
@@ -530,16 +611,24 @@ KILL_JOBS = 20
 # --- steady state -----------------------------------------------------------------------------------
 
 
-def operator_writes(operator: OperatorProcess) -> dict[str, float]:
-    """The operator's own count of what it wrote (children applied, status patches)."""
+def _metrics(operator: OperatorProcess, *prefixes: str) -> dict[str, float]:
     with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
         text = response.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith(("kubemaas_children_applied_total{", "kubemaas_status_writes_total{")):
+        if line.startswith(prefixes):
             series, value = line.rsplit(" ", 1)
             out[series] = float(value)
     return out
+
+
+def operator_writes(operator: OperatorProcess) -> dict[str, float]:
+    """The operator's own count of what it wrote (children applied, status patches)."""
+    return _metrics(operator, "kubemaas_children_applied_total{", "kubemaas_status_writes_total{")
+
+
+def operator_reconciles(operator: OperatorProcess) -> float:
+    return sum(_metrics(operator, 'kubemaas_reconcile_total{kind="TrainingJob"').values())
 
 
 STEADY_JOBS = 100
@@ -660,6 +749,7 @@ def test_without_the_pytorchjob_crd_auto_picks_job_and_pytorchjob_is_refused(
         refused = bare_jobs.wait_condition("kubeflow", "Ready", "False")
         assert refused["reason"] == "BackendUnavailable"
         bare_jobs.wait_event("kubeflow", "BackendUnavailable")
-        assert_quiet(bare_jobs, "kubeflow", 15)
+        assert launcher.current is not None
+        assert_quiet(bare_jobs, "kubeflow", launcher.current)
     finally:
         launcher.stop()
