@@ -185,6 +185,11 @@ class Jobs:
             label_selector=f"kubemaas.io/trainingjob={name}",
         )
 
+    def wait_gone(self, api_version: str, kind: str, name: str, what: str, timeout: float = 60) -> None:
+        self.cluster.wait_objects(
+            api_version, kind, self.namespace, lambda objects: name not in objects, what=what, timeout=timeout
+        )
+
     def wait_running_pods(self, name: str, count: int, timeout: float = 90) -> list[Pod]:
         def running(pods: list[Pod]) -> list[Pod] | None:
             up = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
@@ -333,14 +338,7 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
 
     # Deleting the job: the garbage collector removes the PyTorchJob and its pods, the key stays.
     jobs.custom.delete_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL, "digits")
-    cluster.wait_objects(
-        "kubeflow.org/v1",
-        "PyTorchJob",
-        jobs.namespace,
-        lambda objects: "digits" not in objects,
-        what="the PyTorchJob to be garbage-collected",
-        timeout=90,
-    )
+    jobs.wait_gone("kubeflow.org/v1", "PyTorchJob", "digits", "the PyTorchJob to be garbage-collected", timeout=90)
     jobs.wait_pods("digits", lambda pods: not pods, "the pods to be garbage-collected")
     assert jobs.core.read_namespaced_secret("digits-key", jobs.namespace).data == secret.data
 
@@ -471,23 +469,11 @@ def test_ttl_after_finished_deletes_the_children_and_keeps_the_job(
         jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")
     jobs.wait_condition("brief", "Succeeded")
     finished = time.monotonic()
-    cluster.wait_objects(
-        "batch/v1",
-        "Job",
-        jobs.namespace,
-        lambda objects: "brief-workers" not in objects,
-        what="the finished Job to be deleted after ttlSecondsAfterFinished",
-        timeout=60,
+    jobs.wait_gone(
+        "batch/v1", "Job", "brief-workers", "the finished Job to be deleted after ttlSecondsAfterFinished", timeout=60
     )
     waited = time.monotonic() - finished
-    cluster.wait_objects(
-        "v1",
-        "Service",
-        jobs.namespace,
-        lambda objects: "brief-workers" not in objects,
-        what="the headless Service to be deleted",
-        timeout=30,
-    )
+    jobs.wait_gone("v1", "Service", "brief-workers", "the headless Service to be deleted", timeout=30)
     jobs.wait_pods("brief", lambda pods: not pods, "the pods to be garbage-collected")
     kept = jobs.get("brief")
     assert _cond_status(kept, "Succeeded") == "True" and kept["status"]["model"]["version"]
