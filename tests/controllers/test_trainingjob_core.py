@@ -439,3 +439,13 @@ def test_restarts_are_counted_and_shown_while_pods_are_recreated() -> None:
     desired = core.reconcile(make_job(), served(workload=kubeflow), T0)
     assert cond(desired, "Restarting")[:2] == ("True", "PyTorchJobRestarting")
     assert desired.status.restart_count == 2
+
+
+def test_a_spec_the_models_refuse_is_ready_false_invalid_spec() -> None:
+    status = core.invalid_spec({"backend": "Job"}, 3, "spec.replicas: must be >= 1", T0)
+    assert status.backend == "Job" and status.observed_generation == 3
+    ready = find_condition(status.conditions, "Ready")
+    assert ready is not None and (ready.status.value, ready.reason) == ("False", "InvalidSpec")
+    assert ready.message == "spec.replicas: must be >= 1"
+    # A status that does not parse either is replaced, not a crash.
+    assert core.invalid_spec({"bogus": 1}, 1, "x", T0).conditions is not None

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
+from kubemaas.api.base import Condition
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers import trainingjob_core as core
 from kubemaas.controllers.apply import Kube
@@ -249,7 +251,11 @@ async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Inde
     body = _current_body(key, bodies[0])
     if body["metadata"].get("deletionTimestamp"):
         return None
-    job = TrainingJob.parse(body)
+    try:
+        job = TrainingJob.parse(body)
+    except ValidationError as error:
+        await _report_invalid(key, body, str(error), kube)
+        return None
     observed = await _observe(job, key, kube, indexes)
     desired = core.reconcile(job, observed, utc_now())
 
@@ -279,6 +285,23 @@ async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Inde
             warning_when_false=frozenset({core.READY, core.CREATED}),
         )
     return desired.requeue_after
+
+
+async def _report_invalid(key: ObjectKey, body: Mapping[str, Any], error: str, kube: Kube) -> None:
+    generation = body["metadata"].get("generation")
+    status = core.invalid_spec(body.get("status"), generation, error, utc_now())
+    wire = status.to_wire()
+    if await kube.patch_status(body, wire):
+        STATUS_WRITES.labels(KIND).inc()
+        _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), wire)
+        old = (body.get("status") or {}).get("conditions")
+        post_transition_events(
+            body,
+            [Condition.model_validate(c) for c in old or ()],
+            status.conditions or [],
+            warning_when_true=frozenset({core.FAILED}),
+            warning_when_false=frozenset({core.READY, core.CREATED}),
+        )
 
 
 # --- handlers ---------------------------------------------------------------------------------------

@@ -466,3 +466,21 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     else:
         out.set(RUNNING, FALSE, "Pending", "waiting for the pods to start")
     return Desired(status=out.status, apply=children)
+
+
+def invalid_spec(
+    status: Mapping[str, Any] | None, generation: int | None, error: str, now: datetime
+) -> TrainingJobStatus:
+    """The status of a TrainingJob the operator cannot parse (the CRD accepted what the models refuse).
+
+    Ready=False/InvalidSpec with the validation message; nothing is created or retried until the spec changes.
+    """
+    try:
+        current = TrainingJobStatus.model_validate(status or {})
+    except ValidationError:
+        current = TrainingJobStatus()
+    current.conditions = set_condition(
+        current.conditions, READY, FALSE, "InvalidSpec", _shorten(error), generation, now
+    )
+    current.observed_generation = generation
+    return current
