@@ -148,6 +148,8 @@ def namespace(cluster: E2ECluster, request: pytest.FixtureRequest) -> Iterator[s
 
 @dataclass
 class OperatorProcess:
+    """One `kubemaas run`, scoped to the test's namespaces; its whole log is kept for greps."""
+
     process: subprocess.Popen[bytes]
     log: Path
     liveness_url: str
@@ -155,6 +157,10 @@ class OperatorProcess:
 
     def tail(self) -> str:
         return log_tail(self.log)
+
+    def text(self) -> str:
+        """The whole log, every start of this operator included (restarts append)."""
+        return self.log.read_text(errors="replace")
 
     def wait_live(self, timeout: float = 60.0) -> None:
         """Wait until kopf's liveness endpoint answers 200 (it does once the operator is up and watching).
@@ -165,45 +171,84 @@ class OperatorProcess:
         running = processes.Running("kubemaas run", self.process.pid, "kubemaas", str(self.log), [])
         processes.wait_ready(running, self.process, processes.http_probe(self.liveness_url), timeout)
 
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill9(self) -> None:
+        """SIGKILL: no clean-up, no goodbye; what a crashed or OOM-killed operator looks like."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class OperatorLauncher:
+    """Starts `kubemaas run -n <ns>... --standalone` against the test cluster, and restarts it."""
+
+    def __init__(self, cluster: E2ECluster, namespaces: list[str], log: Path) -> None:
+        self.cluster, self.namespaces, self.log = cluster, namespaces, log
+        self.current: OperatorProcess | None = None
+
+    def start(self, *, wait: bool = True) -> OperatorProcess:
+        executable = Path(sys.executable).with_name("kubemaas")
+        liveness_url = f"http://127.0.0.1:{free_port()}/healthz"
+        metrics_port = free_port()
+        scope = [f"--namespace={ns}" for ns in self.namespaces]
+        with self.log.open("ab") as log_file:
+            process = subprocess.Popen(
+                [
+                    str(executable),
+                    "run",
+                    *scope,
+                    "--standalone",
+                    "--liveness",
+                    liveness_url,
+                    "--metrics-port",
+                    str(metrics_port),
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)},
+                cwd=REPO,
+            )
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.current = OperatorProcess(process, self.log, liveness_url, metrics_url)
+        if wait:
+            self.current.wait_live()
+        return self.current
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+
 
 @pytest.fixture
-def operator(cluster: E2ECluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+def operator_launcher(cluster: E2ECluster, namespace: str, tmp_path: Path) -> Iterator[OperatorLauncher]:
+    """Not started: for tests that start (and kill, and restart) the operator themselves."""
+    launcher = OperatorLauncher(cluster, [namespace], tmp_path / "kubemaas-run.log")
+    try:
+        yield launcher
+    finally:
+        launcher.stop()
+
+
+@pytest.fixture
+def operator(operator_launcher: OperatorLauncher) -> Iterator[OperatorProcess]:
     """`kubemaas run` as a subprocess against the test cluster, stopped after the test.
 
     It watches only the test's namespace, so tests (and developers) sharing one cluster never run two
     operators over the same objects; one replica, so `--standalone` (no peering).
     """
-    log_path = tmp_path / "kubemaas-run.log"
-    executable = Path(sys.executable).with_name("kubemaas")
-    liveness_url = f"http://127.0.0.1:{free_port()}/healthz"
-    metrics_port = free_port()
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                str(executable),
-                "run",
-                "--standalone",
-                f"--namespace={namespace}",
-                f"--liveness={liveness_url}",
-                f"--metrics-port={metrics_port}",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-            cwd=REPO,
-        )
-    running = OperatorProcess(process, log_path, liveness_url, f"http://127.0.0.1:{metrics_port}/metrics")
-    try:
-        yield running
-        if process.poll() is not None and process.returncode != 0:
-            raise ComponentError(f"kubemaas run exited early with {process.returncode}:\n{running.tail()}")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    running = operator_launcher.start(wait=False)
+    yield running
+    if running.process.poll() is not None and running.process.returncode != 0:
+        raise ComponentError(f"kubemaas run exited early with {running.process.returncode}:\n{running.tail()}")
 
 
 def restricted_container(name: str = "main", **extra: Any) -> dict[str, Any]:

@@ -93,6 +93,7 @@ RESOURCES: dict[tuple[str, str], Resource] = {
         Resource("kubeflow.org/v1", "PyTorchJob", "pytorchjobs"),
         Resource("kubemaas.io/v1alpha1", "TrainingJob", "trainingjobs"),
         Resource("kubemaas.io/v1alpha1", "ModelService", "modelservices"),
+        Resource("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False),
     )
 }
 

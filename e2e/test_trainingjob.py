@@ -1,0 +1,741 @@
+"""TrainingJob end to end: the operator (scoped to the test's namespace) against the real API server,
+the Kubeflow training operator, kube-scheduler and the garbage collector; kwok plays the kubelet.
+
+What a user observes is asserted: the workload and pods that appear, where they are bound, what the
+pods mount, the TrainingJob's conditions, status.model and Events, and what is left after deletion.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from e2e import waits
+from e2e.cluster import control_plane
+from e2e.cluster.nodes import GPU_NODES
+from e2e.conftest import PSS_RESTRICTED, E2ECluster, OperatorLauncher, OperatorProcess
+from e2e.kube import OUTCOME_LABEL, TERMINATION_MESSAGE_ANNOTATION, apply_crd, load_crds
+from kubemaas.controllers.trainingjob_core import RECHECK_SECONDS
+
+GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
+EXIT_CODE_ANNOTATION = "kwok.kubemaas.io/exit-code"
+SHA = "5e" * 32
+
+
+@pytest.fixture(scope="session")
+def kubemaas_crds(cluster: E2ECluster) -> None:
+    """The CRDs generated from this checkout (applying a newer generated version is harmless to others)."""
+    for crd in load_crds():
+        apply_crd(cluster.api, crd)
+
+
+@pytest.fixture
+def pytorchjob_served(cluster: E2ECluster) -> None:
+    try:
+        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
+    except client.ApiException as error:
+        if error.status == 404:
+            pytest.skip("this cluster does not serve kubeflow.org/v1 PyTorchJob")
+        raise
+
+
+Claims = Callable[..., None]
+
+
+@pytest.fixture
+def claims(cluster: E2ECluster, namespace: str) -> Iterator[Claims]:
+    """Creates bound PersistentVolumeClaims (each pre-bound to its own PersistentVolume, deleted after)."""
+    core = client.CoreV1Api(cluster.api)
+    volumes: list[str] = []
+
+    def make(*names: str) -> None:
+        for name in names:
+            pv = f"{namespace}-{name}"[:63]
+            volumes.append(pv)
+            core.create_persistent_volume(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolume",
+                    "metadata": {"name": pv},
+                    "spec": {
+                        "capacity": {"storage": "1Gi"},
+                        "accessModes": ["ReadWriteMany"],
+                        "storageClassName": "",
+                        "persistentVolumeReclaimPolicy": "Delete",
+                        "hostPath": {"path": f"/tmp/kubemaas-e2e/{pv}"},
+                        "claimRef": {"namespace": namespace, "name": name},
+                    },
+                }
+            )
+            core.create_namespaced_persistent_volume_claim(
+                namespace,
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "accessModes": ["ReadWriteMany"],
+                        "storageClassName": "",
+                        "volumeName": pv,
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                },
+            )
+
+    yield make
+    for pv in volumes:
+        try:
+            core.delete_persistent_volume(pv)
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+
+
+def training_job(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "image": "registry.k8s.io/pause:3.10",
+            "command": ["python", "-m", "train"],
+            "replicas": 4,
+            "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
+            "scheduling": {"nodeSelector": {"nvidia.com/gpu.present": "true"}},
+            "data": {"uri": "pvc://datasets/digits"},
+            "output": {"uri": "pvc://models/store"},
+            "encryption": {"keySecretRef": {"name": f"{name}-key"}},
+            **spec,
+        },
+    }
+
+
+Pod = dict[str, Any]  # a pod as the API serves it (camelCase JSON), from a watch or a list
+
+
+class Jobs:
+    """The TrainingJob API as a user sees it, in one namespace. Waits follow watches (e2e/waits.py)."""
+
+    def __init__(self, cluster: E2ECluster, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.custom = client.CustomObjectsApi(cluster.api)
+        self.core = client.CoreV1Api(cluster.api)
+
+    def create(self, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def get(self, name: str) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name))
+
+    def condition(self, name: str, type: str) -> dict[str, Any] | None:
+        return condition_of(self.get(name), type)
+
+    def wait_condition(self, name: str, type: str, status: str = "True", timeout: float = 90) -> dict[str, Any]:
+        def reached(obj: dict[str, Any]) -> dict[str, Any] | None:
+            cond = condition_of(obj, type)
+            return cond if cond is not None and cond["status"] == status else None
+
+        return self.cluster.wait_object(
+            f"{GROUP}/{VERSION}",
+            "TrainingJob",
+            self.namespace,
+            name,
+            reached,
+            what=f"TrainingJob {name} {type}={status}",
+            timeout=timeout,
+        )
+
+    def wait_all(self, names: list[str], type: str, timeout: float) -> None:
+        """Every named TrainingJob has condition `type` True."""
+
+        def reached(objects: waits.Objects) -> bool:
+            return all(_cond_status(objects.get(n, {}), type) == "True" for n in names)
+
+        self.cluster.wait_objects(
+            f"{GROUP}/{VERSION}",
+            "TrainingJob",
+            self.namespace,
+            reached,
+            what=f"{len(names)} TrainingJobs {type}=True",
+            timeout=timeout,
+        )
+
+    def pods(self, name: str) -> list[Pod]:
+        listed = self.core.list_namespaced_pod(self.namespace, label_selector=f"kubemaas.io/trainingjob={name}")
+        return [self.cluster.api.sanitize_for_serialization(p) for p in listed.items]
+
+    def wait_pods(self, name: str, check: Callable[[list[Pod]], Any], what: str, timeout: float = 90) -> Any:
+        return self.cluster.wait_objects(
+            "v1",
+            "Pod",
+            self.namespace,
+            lambda objects: check(list(objects.values())),
+            what=what,
+            timeout=timeout,
+            label_selector=f"kubemaas.io/trainingjob={name}",
+        )
+
+    def wait_gone(self, api_version: str, kind: str, name: str, what: str, timeout: float = 60) -> None:
+        self.cluster.wait_objects(
+            api_version, kind, self.namespace, lambda objects: name not in objects, what=what, timeout=timeout
+        )
+
+    def wait_running_pods(self, name: str, count: int, timeout: float = 90) -> list[Pod]:
+        def running(pods: list[Pod]) -> list[Pod] | None:
+            up = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
+            return up if len(up) == count else None
+
+        found: list[Pod] = self.wait_pods(name, running, f"{count} running pods of {name}", timeout)
+        return found
+
+    def events(self, name: str) -> list[client.CoreV1Event]:
+        selector = f"involvedObject.name={name},involvedObject.kind=TrainingJob"
+        return list(self.core.list_namespaced_event(self.namespace, field_selector=selector).items)
+
+    def wait_event(self, name: str, reason: str, timeout: float = 60) -> dict[str, Any]:
+        def found(objects: waits.Objects) -> dict[str, Any] | None:
+            return next(
+                (
+                    e
+                    for e in objects.values()
+                    if e.get("reason") == reason
+                    and e["involvedObject"].get("name") == name
+                    and e["involvedObject"].get("kind") == "TrainingJob"
+                ),
+                None,
+            )
+
+        event: dict[str, Any] = self.cluster.wait_objects(
+            "v1", "Event", self.namespace, found, what=f"an Event {reason} on {name}", timeout=timeout
+        )
+        return event
+
+    def drive(self, pod: str, outcome: str, message: str = "", exit_code: int | None = None) -> None:
+        """Ask kwok to finish a running pod (e2e/cluster/kwok-stages.yaml)."""
+        annotations = {TERMINATION_MESSAGE_ANNOTATION: message}
+        if exit_code is not None:
+            annotations[EXIT_CODE_ANNOTATION] = str(exit_code)
+        patch = {"metadata": {"labels": {OUTCOME_LABEL: outcome}, "annotations": annotations}}
+        self.core.patch_namespaced_pod(pod, self.namespace, patch)
+
+
+def condition_of(obj: dict[str, Any], type: str) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or ():
+        if cond["type"] == type:
+            return dict(cond)
+    return None
+
+
+def _cond_status(obj: dict[str, Any], type: str) -> str | None:
+    cond = condition_of(obj, type)
+    return None if cond is None else str(cond["status"])
+
+
+def name_of(pod: Pod) -> str:
+    return str(pod["metadata"]["name"])
+
+
+def env_of(pod: Pod) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0].get("env", ())}
+
+
+def rank_of(pod: Pod) -> int:
+    meta = pod["metadata"]
+    labels = meta.get("labels") or {}
+    if "training.kubeflow.org/replica-type" in labels:
+        kind = labels["training.kubeflow.org/replica-type"]
+        return 0 if kind == "master" else int(labels["training.kubeflow.org/replica-index"]) + 1
+    return int(meta["annotations"]["batch.kubernetes.io/job-completion-index"])
+
+
+def success_message(pod: Pod) -> str:
+    env = env_of(pod)
+    version = env["KUBEMAAS_MODEL_VERSION"]
+    uri = f"{env['KUBEMAAS_OUTPUT_URI']}/{env['KUBEMAAS_MODEL_NAME']}/{version}"
+    report = {"keyId": "kabc", "metrics": {"heldOutAccuracy": 0.97}, "model": "x", "sha256": SHA}
+    return json.dumps({**report, "uri": uri, "version": version})
+
+
+def mounts_key(pod: Pod) -> bool:
+    return any("secret" in v for v in pod["spec"].get("volumes") or ())
+
+
+def assert_restricted_and_tokenless(pods: list[Pod]) -> None:
+    for pod in pods:
+        spec = pod["spec"]
+        assert spec["automountServiceAccountToken"] is False
+        assert not any("projected" in v for v in spec.get("volumes") or ()), "a service-account token is mounted"
+        for container in spec["containers"]:
+            mounts = {m["mountPath"] for m in container.get("volumeMounts") or ()}
+            assert "/var/run/secrets/kubernetes.io/serviceaccount" not in mounts
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.fixture
+def jobs(cluster: E2ECluster, namespace: str, kubemaas_crds: None) -> Jobs:
+    return Jobs(cluster, namespace)
+
+
+# --- the golden path ------------------------------------------------------------------------------
+
+
+def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess, pytorchjob_served: None, cluster: E2ECluster
+) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(training_job("digits", backend="PyTorchJob"))
+
+    pods = jobs.wait_running_pods("digits", 4)
+    gpu_nodes = {n.name for n in GPU_NODES}
+    assert all(p["spec"]["nodeName"] in gpu_nodes for p in pods), [p["spec"]["nodeName"] for p in pods]
+    ranks = {rank_of(p): p for p in pods}
+    assert sorted(ranks) == [0, 1, 2, 3]
+    assert [r for r, p in sorted(ranks.items()) if mounts_key(p)] == [0], "only rank 0 mounts the key"
+    assert_restricted_and_tokenless(pods)
+    assert jobs.get("digits")["status"]["backend"] == "PyTorchJob"
+    jobs.wait_condition("digits", "Running")
+
+    for rank, pod in ranks.items():
+        jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")
+    jobs.wait_condition("digits", "Succeeded")
+    status = jobs.get("digits")["status"]
+    version = env_of(ranks[0])["KUBEMAAS_MODEL_VERSION"]
+    assert status["model"] == {
+        "uri": f"pvc://models/store/digits/{version}",
+        "version": version,
+        "sha256": SHA,
+        "keyId": "kabc",
+        "metrics": {"heldOutAccuracy": "0.97"},
+    }
+    assert status.get("completionTime") and status.get("startTime")
+    jobs.wait_event("digits", "PyTorchJobSucceeded")
+    # `kubectl wait` works on the condition.
+    if cluster.local is not None:
+        cluster.local.kubectl(
+            "wait", "-n", jobs.namespace, "--for=condition=Succeeded", "trainingjob/digits", "--timeout=10s"
+        )
+
+    # The generated key Secret: 32 bytes, labelled, not owned by the job; never in logs or Events.
+    secret = jobs.core.read_namespaced_secret("digits-key", jobs.namespace)
+    assert secret.metadata.labels["app.kubernetes.io/managed-by"] == "kubemaas"
+    assert not secret.metadata.owner_references
+    key_entries = {k: v for k, v in secret.data.items() if k.startswith("key-")}
+    assert len(key_entries) == 1
+    key = base64.b64decode(next(iter(key_entries.values())))
+    assert len(key) == 32
+    assert_key_never_leaked(key, operator.text(), jobs)
+
+    # Deleting the job: the garbage collector removes the PyTorchJob and its pods, the key stays.
+    jobs.custom.delete_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL, "digits")
+    jobs.wait_gone("kubeflow.org/v1", "PyTorchJob", "digits", "the PyTorchJob to be garbage-collected", timeout=90)
+    jobs.wait_pods("digits", lambda pods: not pods, "the pods to be garbage-collected")
+    assert jobs.core.read_namespaced_secret("digits-key", jobs.namespace).data == secret.data
+
+
+def assert_key_never_leaked(key: bytes, operator_log: str, jobs: Jobs) -> None:
+    forms = {
+        "hex": key.hex(),
+        "base64": base64.b64encode(key).decode(),
+        "urlsafe base64": base64.urlsafe_b64encode(key).decode(),
+        "raw": key.decode("latin-1"),
+        "python repr": repr(key)[2:-1],
+    }
+    events = jobs.core.list_namespaced_event(jobs.namespace).items
+    event_text = "\n".join(f"{e.reason} {e.message}" for e in events)
+    status_text = json.dumps([o.get("status") for o in _all_jobs(jobs)])
+    for form, text in forms.items():
+        assert text not in operator_log, f"the key ({form}) is in the operator's log"
+        assert text not in event_text, f"the key ({form}) is in an Event"
+        assert text not in status_text, f"the key ({form}) is in a status"
+
+
+def _all_jobs(jobs: Jobs) -> list[dict[str, Any]]:
+    listed = jobs.custom.list_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL)
+    return list(listed["items"])
+
+
+def test_exit_78_is_failed_config_error_with_the_message(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess, pytorchjob_served: None
+) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(training_job("broken", backend="PyTorchJob", replicas=2))
+    pods = {rank_of(p): p for p in jobs.wait_running_pods("broken", 2)}
+    report = {"exitCode": 78, "message": "KUBEMAAS_OUTPUT_URI is not mounted", "rank": 0, "reason": "ConfigError"}
+    jobs.drive(name_of(pods[0]), "fail", json.dumps(report), exit_code=78)
+    failed = jobs.wait_condition("broken", "Failed")
+    assert failed["reason"] == "ConfigError"
+    assert "exited 78" in failed["message"] and "KUBEMAAS_OUTPUT_URI is not mounted" in failed["message"]
+    assert jobs.condition("broken", "Succeeded")["status"] == "False"  # type: ignore[index]
+    event = jobs.wait_event("broken", "ConfigError")
+    assert event["type"] == "Warning"
+
+
+def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess, cluster: E2ECluster
+) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(training_job("indexed", backend="Job", replicas=3))
+    pods = jobs.wait_running_pods("indexed", 3)
+    ranks = {rank_of(p): p for p in pods}
+    assert sorted(ranks) == [0, 1, 2]
+    for rank, pod in ranks.items():
+        env = env_of(pod)
+        # RANK comes from the completion index the Job controller wrote on this very pod.
+        index_field = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        assert env["RANK"]["fieldRef"]["fieldPath"] == index_field
+        assert pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(rank)
+        assert pod["spec"]["hostname"] == f"indexed-workers-{rank}"
+        assert pod["spec"]["subdomain"] == "indexed-workers"
+        assert env["WORLD_SIZE"] == "3" and env["PET_NNODES"] == "3"
+        assert env["MASTER_ADDR"] == "indexed-workers-0.indexed-workers"
+    assert_restricted_and_tokenless(pods)
+
+    # MASTER_ADDR resolves: the headless Service publishes rank 0 under that hostname.
+    discovery = client.DiscoveryV1Api(cluster.api)
+
+    def rank0_published() -> bool:
+        slices = discovery.list_namespaced_endpoint_slice(
+            jobs.namespace, label_selector="kubernetes.io/service-name=indexed-workers"
+        ).items
+        hosts = {e.hostname: e.target_ref.name for s in slices for e in s.endpoints or ()}
+        return hosts.get("indexed-workers-0") == name_of(ranks[0])
+
+    cluster.wait_for("rank 0 published as indexed-workers-0 by the headless Service", rank0_published, timeout=60)
+
+    for rank, pod in ranks.items():
+        jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")
+    jobs.wait_condition("indexed", "Succeeded")
+    status = jobs.get("indexed")["status"]
+    assert status["backend"] == "Job"
+    assert status["model"]["version"] == env_of(ranks[0])["KUBEMAAS_MODEL_VERSION"]
+
+
+# --- suspend, resume, ttlSecondsAfterFinished ---------------------------------------------------------
+
+
+def set_suspend(jobs: Jobs, name: str, suspend: bool) -> None:
+    patch = {"spec": {"runPolicy": {"suspend": suspend}}}
+    jobs.custom.patch_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL, name, patch)
+
+
+@pytest.mark.parametrize("backend", ["Job", "PyTorchJob"])
+def test_suspend_deletes_the_pods_and_resume_brings_them_back(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess, cluster: E2ECluster, backend: str
+) -> None:
+    if backend == "PyTorchJob":
+        try:
+            client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
+        except client.ApiException:
+            pytest.skip("this cluster does not serve kubeflow.org/v1 PyTorchJob")
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(training_job("pausable", backend=backend, replicas=2))
+    jobs.wait_running_pods("pausable", 2)
+    jobs.wait_condition("pausable", "Running")
+
+    set_suspend(jobs, "pausable", True)
+    suspended = jobs.wait_condition("pausable", "Suspended")
+    assert suspended["reason"] == "Suspended"
+    jobs.wait_pods("pausable", lambda pods: not pods, "the suspended job's pods to be deleted")
+    assert jobs.condition("pausable", "Running")["status"] == "False"  # type: ignore[index]
+
+    set_suspend(jobs, "pausable", False)
+    assert jobs.wait_condition("pausable", "Suspended", "False")["reason"] == "Resumed"
+    jobs.wait_running_pods("pausable", 2)
+    jobs.wait_condition("pausable", "Running")
+
+
+def test_ttl_after_finished_deletes_the_children_and_keeps_the_job(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess, cluster: E2ECluster
+) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(training_job("brief", backend="Job", replicas=2, runPolicy={"ttlSecondsAfterFinished": 3}))
+    pods = {rank_of(p): p for p in jobs.wait_running_pods("brief", 2)}
+    for rank, pod in pods.items():
+        jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")
+    jobs.wait_condition("brief", "Succeeded")
+    finished = time.monotonic()
+    jobs.wait_gone(
+        "batch/v1", "Job", "brief-workers", "the finished Job to be deleted after ttlSecondsAfterFinished", timeout=60
+    )
+    waited = time.monotonic() - finished
+    jobs.wait_gone("v1", "Service", "brief-workers", "the headless Service to be deleted", timeout=30)
+    jobs.wait_pods("brief", lambda pods: not pods, "the pods to be garbage-collected")
+    kept = jobs.get("brief")
+    assert _cond_status(kept, "Succeeded") == "True" and kept["status"]["model"]["version"]
+    assert 2 <= waited <= 30, f"children deleted {waited:.1f}s after Succeeded, ttl 3s"
+
+
+# --- bad states: a condition and an Event, and then quiet -----------------------------------------
+
+
+QUIET_SECONDS = 60
+
+
+def assert_quiet(jobs: Jobs, name: str, operator: OperatorProcess, seconds: float = QUIET_SECONDS) -> None:
+    """A blocked job costs no writes and no new Event, and its re-checks stay at one per RECHECK_SECONDS.
+
+    Writes are counted three ways: the TrainingJob's resourceVersion (any write to it, kopf's included),
+    the Events' counts, and the operator's own counters of children applied and status patches.
+    """
+    time.sleep(2)  # kopf's own bookkeeping after the first handler run (an annotation) lands first
+    before = jobs.get(name)["metadata"]["resourceVersion"]
+    events_before = sorted((e.metadata.name, e.count) for e in jobs.events(name))
+    writes_before, reconciles_before = operator_writes(operator), operator_reconciles(operator)
+    time.sleep(seconds)
+    assert jobs.get(name)["metadata"]["resourceVersion"] == before, "the blocked TrainingJob was written"
+    assert sorted((e.metadata.name, e.count) for e in jobs.events(name)) == events_before, "Events were posted"
+    assert operator_writes(operator) == writes_before, "the operator wrote while blocked"
+    reconciles = operator_reconciles(operator) - reconciles_before
+    assert reconciles <= seconds / RECHECK_SECONDS + 2, f"{reconciles} reconciles in {seconds}s: a hot loop"
+
+
+def test_missing_claim_blocks_until_it_exists(jobs: Jobs, claims: Claims, operator: OperatorProcess) -> None:
+    claims("models")
+    operator.wait_live()
+    jobs.create(training_job("waiting", backend="Job", replicas=2))
+    ready = jobs.wait_condition("waiting", "Ready", "False")
+    assert ready["reason"] == "ClaimNotFound" and "datasets" in ready["message"]
+    jobs.wait_event("waiting", "ClaimNotFound")
+    assert_quiet(jobs, "waiting", operator)
+    assert not jobs.pods("waiting")
+    claims("datasets")
+    jobs.wait_running_pods("waiting", 2, timeout=120)
+    assert jobs.condition("waiting", "Ready")["status"] == "True"  # type: ignore[index]
+
+
+def test_missing_key_secret_with_never(jobs: Jobs, claims: Claims, operator: OperatorProcess) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(
+        training_job(
+            "keyless", backend="Job", replicas=1, encryption={"keySecretRef": {"name": "mine"}, "generateKey": "Never"}
+        )
+    )
+    ready = jobs.wait_condition("keyless", "Ready", "False")
+    assert ready["reason"] == "KeySecretNotFound" and "mine" in ready["message"]
+    jobs.wait_event("keyless", "KeySecretNotFound")
+    assert_quiet(jobs, "keyless", operator)
+    with pytest.raises(client.ApiException) as missing:
+        jobs.core.read_namespaced_secret("mine", jobs.namespace)
+    assert missing.value.status == 404, "the operator must not create a Secret under generateKey: Never"
+    key = base64.b64encode(bytes(range(32))).decode()
+    jobs.core.create_namespaced_secret(
+        jobs.namespace, {"metadata": {"name": "mine"}, "data": {"key-k1": key}, "type": "Opaque"}
+    )
+    jobs.wait_running_pods("keyless", 1, timeout=120)
+
+
+def test_malformed_termination_message_is_bad_termination_message(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess
+) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    jobs.create(training_job("garbled", backend="Job", replicas=1))
+    (pod,) = jobs.wait_running_pods("garbled", 1)
+    jobs.drive(name_of(pod), "succeed", '{"uri": "pvc://models/store/x", "version": "nope"')
+    failed = jobs.wait_condition("garbled", "Failed")
+    assert failed["reason"] == "BadTerminationMessage"
+    assert "model" not in jobs.get("garbled")["status"]
+    jobs.wait_event("garbled", "BadTerminationMessage")
+    assert_quiet(jobs, "garbled", operator)
+
+
+# --- restarts ---------------------------------------------------------------------------------------
+
+
+def test_kill_9_while_creating_converges_to_one_workload_each(
+    jobs: Jobs, claims: Claims, operator_launcher: OperatorLauncher, cluster: E2ECluster
+) -> None:
+    """Five rounds: 20 TrainingJobs created, the operator SIGKILLed at a random point, restarted, converged."""
+    claims("datasets", "models")
+    batch = client.BatchV1Api(cluster.api)
+    chance = random.Random(11)
+    operator_launcher.start()
+    for round_ in range(KILL_ROUNDS):
+        names = [f"r{round_}-{i:02d}" for i in range(KILL_JOBS)]
+        small = {"cpu": "10m", "memory": "16Mi"}
+        for name in names:
+            jobs.create(training_job(name, backend="Job", replicas=1, resources=small, scheduling={}))
+        time.sleep(chance.uniform(0.0, 2.0))
+        assert operator_launcher.current is not None
+        operator_launcher.current.kill9()
+        operator_launcher.start()
+
+        jobs.wait_all(names, "Created", timeout=180)
+        owned = [j.metadata.name for j in batch.list_namespaced_job(jobs.namespace).items]
+        assert all(owned.count(f"{name}-workers") == 1 for name in names), f"round {round_}: {sorted(owned)}"
+        for name in names:
+            job = batch.read_namespaced_job(f"{name}-workers", jobs.namespace)
+            (owner,) = job.metadata.owner_references
+            assert owner.name == name and owner.controller
+            body = jobs.get(name)
+            assert body["status"]["backend"] == "Job" and _cond_status(body, "Ready") == "True"
+            secret = jobs.core.read_namespaced_secret(f"{name}-key", jobs.namespace)
+            assert len([k for k in secret.data if k.startswith("key-")]) == 1
+    assert "Traceback" not in operator_launcher.log.read_text(errors="replace")
+
+
+KILL_ROUNDS = 5
+KILL_JOBS = 20
+
+
+# --- steady state -----------------------------------------------------------------------------------
+
+
+def _metrics(operator: OperatorProcess, *prefixes: str) -> dict[str, float]:
+    with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(prefixes):
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
+
+
+def operator_writes(operator: OperatorProcess) -> dict[str, float]:
+    """The operator's own count of what it wrote (children applied, status patches)."""
+    return _metrics(operator, "kubemaas_children_applied_total{", "kubemaas_status_writes_total{")
+
+
+def operator_reconciles(operator: OperatorProcess) -> float:
+    return sum(_metrics(operator, 'kubemaas_reconcile_total{kind="TrainingJob"').values())
+
+
+STEADY_JOBS = 100
+STEADY_SECONDS = 120
+
+
+def test_finished_jobs_cause_zero_writes(
+    jobs: Jobs, claims: Claims, operator: OperatorProcess, cluster: E2ECluster
+) -> None:
+    claims("datasets", "models")
+    operator.wait_live()
+    names = [f"done-{i:03d}" for i in range(STEADY_JOBS)]
+    small = {"cpu": "10m", "memory": "16Mi"}
+    for name in names:
+        jobs.create(training_job(name, backend="Job", replicas=1, resources=small, scheduling={}))
+    driven: set[str] = set()
+
+    def drive_running(pods: list[Pod]) -> bool:
+        for pod in pods:
+            owner = pod["metadata"]["labels"]["kubemaas.io/trainingjob"]
+            if owner not in driven and pod.get("status", {}).get("phase") == "Running":
+                jobs.drive(name_of(pod), "succeed", success_message(pod))
+                driven.add(owner)
+        return len(driven) == len(names)
+
+    cluster.wait_objects(
+        "v1",
+        "Pod",
+        jobs.namespace,
+        lambda objects: drive_running(list(objects.values())),
+        what=f"{STEADY_JOBS} pods running and driven to success",
+        timeout=300,
+        label_selector="kubemaas.io/trainingjob",
+    )
+    jobs.wait_all(names, "Succeeded", timeout=300)
+    time.sleep(5)  # the last Events and status patches of the burst land
+
+    batch = client.BatchV1Api(cluster.api)
+
+    def snapshot() -> tuple[dict[str, str], dict[str, str], int, dict[str, float]]:
+        trainingjobs = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in _all_jobs(jobs)}
+        workloads = {
+            j.metadata.name: j.metadata.resource_version for j in batch.list_namespaced_job(jobs.namespace).items
+        }
+        events = sum(e.count or 1 for e in jobs.core.list_namespaced_event(jobs.namespace).items)
+        return trainingjobs, workloads, events, operator_writes(operator)
+
+    before = snapshot()
+    started = time.monotonic()
+    time.sleep(STEADY_SECONDS)
+    after = snapshot()
+    elapsed = time.monotonic() - started
+    changed = [n for n in before[0] if before[0][n] != after[0].get(n)]
+    assert not changed, f"{len(changed)} TrainingJobs written in {elapsed:.0f}s of steady state: {changed[:5]}"
+    assert before[1] == after[1], "a Job was written in steady state"
+    assert before[2] == after[2], "Events were posted in steady state"
+    assert before[3] == after[3], f"the operator counted writes: {before[3]} -> {after[3]}"
+
+
+# --- a cluster without Kubeflow -------------------------------------------------------------------
+
+
+@pytest.fixture
+def bare_cluster(tmp_path: Path) -> Iterator[E2ECluster]:
+    """A throwaway local cluster without the training operator or its PyTorchJob CRD."""
+    if os.environ.get("KUBEMAAS_E2E_KUBECONFIG"):
+        pytest.skip("needs the local control plane to start a second cluster")
+    root = tmp_path / "bare"
+    local = control_plane.up(root, training_operator=False)
+    try:
+        yield E2ECluster(local.kubeconfig, config.new_client_from_config(config_file=str(local.kubeconfig)), local)
+    finally:
+        control_plane.down(root)
+
+
+def test_without_the_pytorchjob_crd_auto_picks_job_and_pytorchjob_is_refused(
+    bare_cluster: E2ECluster, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(bare_cluster.api)
+    with pytest.raises(client.ApiException):
+        client.ApiextensionsV1Api(bare_cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
+    for crd in load_crds():
+        apply_crd(bare_cluster.api, crd)
+    namespace = "bare"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace, labels=PSS_RESTRICTED)))
+    bare_cluster.wait_object("v1", "ServiceAccount", namespace, "default", lambda sa: True, what="service account")
+    # The CRDs were just created: wait until they are served before anyone uses them.
+    bare_cluster.wait_for(
+        "the TrainingJob CRD to be served",
+        lambda: client.CustomObjectsApi(bare_cluster.api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL
+        ),
+    )
+    bare_jobs = Jobs(bare_cluster, namespace)
+    launcher = OperatorLauncher(bare_cluster, [namespace], tmp_path / "kubemaas-run.log")
+    try:
+        launcher.start()
+        for claim in ("datasets", "models"):
+            core.create_namespaced_persistent_volume_claim(
+                namespace,
+                {
+                    "metadata": {"name": claim},
+                    "spec": {
+                        "accessModes": ["ReadWriteMany"],
+                        "storageClassName": "",
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                },
+            )
+        bare_jobs.create(training_job("auto", replicas=2))
+        bare_jobs.create(training_job("kubeflow", backend="PyTorchJob", replicas=2))
+
+        created = bare_jobs.wait_condition("auto", "Created")
+        assert created["reason"] == "JobCreated"
+        assert bare_jobs.get("auto")["status"]["backend"] == "Job"
+        client.BatchV1Api(bare_cluster.api).read_namespaced_job("auto-workers", namespace)
+
+        refused = bare_jobs.wait_condition("kubeflow", "Ready", "False")
+        assert refused["reason"] == "BackendUnavailable"
+        bare_jobs.wait_event("kubeflow", "BackendUnavailable")
+        assert launcher.current is not None
+        assert_quiet(bare_jobs, "kubeflow", launcher.current)
+    finally:
+        launcher.stop()

@@ -1,0 +1,335 @@
+"""kopf handlers of the TrainingJob controller: thin wiring around `trainingjob_core.reconcile`.
+
+Every trigger ends in `reconcile(key)`: the TrainingJob's create/update/resume handlers, the events of
+what it owns (PyTorchJob, Job, Service, pods), and a requeue the reconcile itself asks for (a blocked
+job's re-check, ttlSecondsAfterFinished, a late pod, a failed attempt). The parent and its children are
+read from kopf indexes (filled by the watches, which `settings.CHILD_RESOURCES` restricts server-side to
+objects labelled managed-by kubemaas), never by listing.
+
+Why a requeue and not `@kopf.timer`: kopf puts a finalizer on every object a timer serves (kopf 1.45
+hard-codes it), so each TrainingJob would need a running operator to be deleted, and DESIGN.md §3
+wants no finalizer. The requeue is in memory; after a restart the resume handlers start over.
+
+API reads happen only where the watches cannot help, and only before the workload exists: the
+claims and the key Secret of the pre-flight check (one GET each). A user's key Secret (generateKey:
+Never) and claims carry no Kubemaas label, and watching them would stream every Secret and claim of
+the namespace into the operator; so a blocked job is re-checked every `core.RECHECK_SECONDS` instead.
+A generated key Secret is created in the same pass that creates the workload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from kubemaas.api.base import Condition
+from kubemaas.api.trainingjob import TrainingJob
+from kubemaas.controllers import trainingjob_core as core
+from kubemaas.controllers.apply import Kube
+from kubemaas.controllers.conditions import utc_now
+from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
+from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
+from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events
+from kubemaas.manifests import trainingjob as manifests
+
+log = logging.getLogger(__name__)
+
+KIND = "TrainingJob"
+GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
+# After a reconcile that failed (a transient API error after a child's event, which kopf never retries).
+FAILURE_REQUEUE_SECONDS = 30.0
+# How long the answer "is the PyTorchJob CRD served?" is trusted before it is asked again.
+DISCOVERY_SECONDS = 60.0
+PYTORCHJOB_CRD = "pytorchjobs.kubeflow.org"
+MANAGED = {MANAGED_BY_KEY: MANAGED_BY}
+
+LOOP = ReconcileLoop(KIND)
+
+
+class Discovery:
+    """Whether the cluster serves kubeflow.org/v1 PyTorchJob: asked once, refreshed every DISCOVERY_SECONDS."""
+
+    def __init__(self) -> None:
+        self._served: bool | None = None
+        self._checked = 0.0
+
+    async def pytorchjob_served(self, kube: Kube) -> bool:
+        if self._served is None or time.monotonic() - self._checked > DISCOVERY_SECONDS:
+            crd = await kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, PYTORCHJOB_CRD)
+            self._served = crd is not None and _serves_v1(crd)
+            self._checked = time.monotonic()
+        return self._served
+
+
+def _serves_v1(crd: Mapping[str, Any]) -> bool:
+    established = any(
+        c.get("type") == "Established" and c.get("status") == "True"
+        for c in (crd.get("status") or {}).get("conditions") or ()
+    )
+    return established and any(v.get("name") == "v1" and v.get("served") for v in crd["spec"].get("versions") or ())
+
+
+DISCOVERY = Discovery()
+
+
+class Requeue:
+    """At most one pending re-run per object (controller-runtime's RequeueAfter), held in memory."""
+
+    def __init__(self) -> None:
+        self._pending: dict[ObjectKey, asyncio.TimerHandle] = {}
+        self._running: set[asyncio.Task[None]] = set()
+
+    def schedule(self, key: ObjectKey, delay: float, run: Callable[[], Awaitable[None]]) -> None:
+        self.cancel(key)
+
+        def fire() -> None:
+            self._pending.pop(key, None)
+            task = asyncio.ensure_future(run())
+            self._running.add(task)  # a reference, or the task may be garbage-collected mid-run
+            task.add_done_callback(self._running.discard)
+
+        self._pending[key] = asyncio.get_running_loop().call_later(max(delay, 0.0), fire)
+
+    def cancel(self, key: ObjectKey) -> None:
+        handle = self._pending.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+
+REQUEUE = Requeue()
+
+
+@dataclass
+class _Written:
+    """The status this operator last wrote, and the resourceVersion it was computed from.
+
+    A child's event can arrive before the watch delivers the TrainingJob with that status; the index
+    then still holds the older body. Reconciling from it would compute the same transitions again and
+    post every Event twice.
+    """
+
+    computed_from: str
+    status: dict[str, Any]
+
+
+_WRITTEN: dict[ObjectKey, _Written] = {}
+
+
+# --- indexes: the parent and its children, keyed by (namespace, TrainingJob name) -------------------
+
+
+def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the reconcile reads of a pod; the rest of a pod body is not worth keeping in memory."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    return {
+        "metadata": {
+            k: meta[k] for k in ("name", "labels", "annotations", "ownerReferences", "deletionTimestamp") if k in meta
+        },
+        "status": {k: status[k] for k in ("phase", "containerStatuses") if k in status},
+    }
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def trainingjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[ObjectKey, Any] | None:
+    return {(namespace, name): body} if namespace else None
+
+
+def _by_parent(namespace: str | None, labels: Mapping[str, str], value: Any) -> dict[ObjectKey, Any] | None:
+    parent = parent_of(KIND, labels)
+    return {(namespace, parent): value} if parent and namespace else None
+
+
+# The children whose events re-run the parent's reconcile, by index name. Pods are kept slim.
+CHILD_INDEXES: dict[str, tuple[str, str, str]] = {
+    "trainingjob_pytorchjobs": ("kubeflow.org", "v1", "pytorchjobs"),
+    "trainingjob_jobs": ("batch", "v1", "jobs"),
+    "trainingjob_services": ("", "v1", "services"),
+    "trainingjob_pods": ("", "v1", "pods"),
+}
+
+
+def _child_indexer(index: str) -> Callable[..., dict[ObjectKey, Any] | None]:
+    slim = index == "trainingjob_pods"
+
+    def indexer(
+        namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+    ) -> dict[ObjectKey, Any] | None:
+        return _by_parent(namespace, labels, _slim_pod(body) if slim else body)
+
+    return indexer
+
+
+# --- gathering Observed ---------------------------------------------------------------------------
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+    return any(r.get("controller") and r.get("uid") == uid for r in refs)
+
+
+def _one(candidates: Iterable[Mapping[str, Any]], name: str, owner_uid: str | None) -> Mapping[str, Any] | None:
+    for obj in candidates:
+        if obj["metadata"]["name"] == name and _owned_by(obj, owner_uid):
+            return obj
+    return None
+
+
+async def _observe(
+    job: TrainingJob, key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]
+) -> core.Observed:
+    uid = job.metadata.uid
+    workload = _one(indexes["trainingjob_pytorchjobs"].get(key, []), job.metadata.name, uid) or _one(
+        indexes["trainingjob_jobs"].get(key, []), manifests.workers_name(job), uid
+    )
+    service = _one(indexes["trainingjob_services"].get(key, []), manifests.workers_name(job), uid)
+    workload_uid = workload["metadata"].get("uid") if workload is not None else None
+    pods = [p for p in indexes["trainingjob_pods"].get(key, []) if workload_uid and _owned_by(p, workload_uid)]
+    finished = job.status is not None and any(
+        c.type in (core.SUCCEEDED, core.FAILED) and c.status.value == "True" for c in job.status.conditions or ()
+    )
+    served = await DISCOVERY.pytorchjob_served(kube)
+    if workload is not None or finished:
+        # The pre-flight answers are not consulted once the workload exists: no reads in steady state.
+        return core.Observed(pytorchjob_served=served, workload=workload, service=service, pods=pods)
+    namespace = key[0]
+    claims = frozenset(
+        [c for c in manifests.required_claims(job) if await kube.get("v1", "PersistentVolumeClaim", namespace, c)]
+    )
+    secret = await kube.get("v1", "Secret", namespace, job.spec.encryption.key_secret_ref.name)
+    return core.Observed(
+        pytorchjob_served=served,
+        service=service,
+        claims=claims,
+        key_secret_exists=secret is not None,
+    )
+
+
+# --- the reconcile ----------------------------------------------------------------------------------
+
+
+def _current_body(key: ObjectKey, body: Mapping[str, Any]) -> dict[str, Any]:
+    """`body`, with the status this operator wrote last if the watch has not delivered it yet."""
+    current: dict[str, Any] = dict(body)
+    written = _WRITTEN.get(key)
+    if written is not None and written.computed_from == current["metadata"].get("resourceVersion"):
+        current["status"] = written.status
+    return current
+
+
+async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+    again = _runner(key, kube, indexes)
+    REQUEUE.cancel(key)
+    try:
+        requeue_after = await _reconcile(key, kube, indexes)
+    except Exception:
+        REQUEUE.schedule(key, FAILURE_REQUEUE_SECONDS, again)
+        raise
+    if requeue_after is not None:
+        REQUEUE.schedule(key, requeue_after, again)
+
+
+def _runner(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await LOOP.run(key, lambda: reconcile(key, kube, indexes), retry=False)
+
+    return run
+
+
+async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> float | None:
+    bodies = list(indexes["trainingjobs"].get(key, []))
+    if not bodies:
+        LOOP.forget(key)
+        _WRITTEN.pop(key, None)
+        return None
+    body = _current_body(key, bodies[0])
+    if body["metadata"].get("deletionTimestamp"):
+        return None
+    try:
+        job = TrainingJob.parse(body)
+    except ValidationError as error:
+        await _report_invalid(key, body, str(error), kube)
+        return None
+    observed = await _observe(job, key, kube, indexes)
+    desired = core.reconcile(job, observed, utc_now())
+
+    if desired.create_key_secret:
+        secret = manifests.key_secret(job, manifests.new_key())
+        if secret is not None and await kube.create(secret) is not None:
+            log.info("%s %s/%s: created key Secret %s", KIND, *key, secret["metadata"]["name"])
+            CHILDREN_APPLIED.labels(KIND, "Secret").inc()
+    for child in desired.apply:
+        current = observed.workload if child["kind"] in ("PyTorchJob", "Job") else observed.service
+        if await kube.apply(child, current) is not None:
+            CHILDREN_APPLIED.labels(KIND, child["kind"]).inc()
+    for gone in desired.delete:
+        log.info("%s %s/%s: ttlSecondsAfterFinished passed, deleting %s", KIND, *key, gone["kind"])
+        await kube.delete(gone)
+
+    status = desired.status.to_wire()
+    if await kube.patch_status(body, status):
+        STATUS_WRITES.labels(KIND).inc()
+        _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), status)
+        old = job.status.conditions if job.status is not None else None
+        post_transition_events(
+            body,
+            old,
+            desired.status.conditions or [],
+            warning_when_true=frozenset({core.FAILED}),
+            warning_when_false=frozenset({core.READY, core.CREATED}),
+        )
+    return desired.requeue_after
+
+
+async def _report_invalid(key: ObjectKey, body: Mapping[str, Any], error: str, kube: Kube) -> None:
+    generation = body["metadata"].get("generation")
+    status = core.invalid_spec(body.get("status"), generation, error, utc_now())
+    wire = status.to_wire()
+    if await kube.patch_status(body, wire):
+        STATUS_WRITES.labels(KIND).inc()
+        _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), wire)
+        old = (body.get("status") or {}).get("conditions")
+        post_transition_events(
+            body,
+            [Condition.model_validate(c) for c in old or ()],
+            status.conditions or [],
+            warning_when_true=frozenset({core.FAILED}),
+            warning_when_false=frozenset({core.READY, core.CREATED}),
+        )
+
+
+# --- handlers ---------------------------------------------------------------------------------------
+
+
+async def _run(key: ObjectKey, memo: kopf.Memo, indexes: Mapping[str, kopf.Index[Any, Any]], retry: bool) -> None:
+    kube: Kube = memo["kube"]
+    await LOOP.run(key, lambda: reconcile(key, kube, indexes), retry=retry)
+
+
+def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
+    return {n: kwargs[n] for n in ("trainingjobs", *CHILD_INDEXES)}
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+async def trainingjob_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    if namespace:
+        await _run((namespace, name), memo, _indexes(kwargs), retry=True)
+
+
+async def _child_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
+    parent = parent_of(KIND, labels)
+    if parent is not None and namespace:
+        await _run((namespace, parent), memo, _indexes(kwargs), retry=False)
+
+
+for _index, (_group, _version, _plural) in CHILD_INDEXES.items():
+    kopf.index(_group, _version, _plural, labels=MANAGED, id=_index)(_child_indexer(_index))
+    kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"{_index}_event")(_child_event)

@@ -1,0 +1,486 @@
+"""The TrainingJob's level-triggered core: (job, what the cluster shows, now) -> (desired children, status).
+
+Pure: no API calls, no clock, no randomness. The kopf handlers (controllers/trainingjob.py) gather
+`Observed` from their indexes, call `reconcile`, apply what it returns and patch the status. Calling it
+again with the same inputs gives the same answer, so a restarted operator converges to the same state.
+
+Rules:
+- The model version is derived from the job's creation time and uid: stable across operator restarts
+  and pod restarts, known before any pod starts, sortable by creation.
+- The backend is resolved once (Auto -> PyTorchJob when the CRD is served, else Job), recorded in
+  status.backend and kept from then on.
+- Pre-flight, before the workload exists: the claims and (with generateKey: Never) the key Secret
+  must exist; otherwise Ready=False with the reason, and nothing is created.
+- Succeeded/Failed are terminal and sticky: the workload is never re-created after it, and with
+  runPolicy.ttlSecondsAfterFinished the children are deleted once the time has passed, while the
+  TrainingJob and its status stay.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from kubemaas.api.base import ConditionStatus
+from kubemaas.api.trainingjob import (
+    Backend,
+    KeyGeneration,
+    PublishedModel,
+    ReplicaStatus,
+    TrainingJob,
+    TrainingJobStatus,
+)
+from kubemaas.controllers.conditions import find_condition, is_true, set_condition
+from kubemaas.manifests import trainingjob as manifests
+from kubemaas.runtime import termination
+
+TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
+
+READY, CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED = (
+    "Ready",
+    "Created",
+    "Running",
+    "Restarting",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+)
+CONDITION_TYPES = (READY, CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
+
+# A condition message stays readable in `kubectl describe` and small in etcd.
+MESSAGE_LIMIT = 1024
+# How long a finished workload's rank-0 pod may lag behind the workload in the watch streams before
+# its absence counts as a lost termination message.
+POD_LAG_GRACE = timedelta(seconds=30)
+# How often a blocked job (missing claim, key Secret or backend) looks again: neither claims nor a user's
+# Secret carry a Kubemaas label, so no watch of the operator reports their arrival.
+RECHECK_SECONDS = 10.0
+
+KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/replica-type"
+KUBEFLOW_REPLICA_INDEX = "training.kubeflow.org/replica-index"
+
+BackendName = Literal["PyTorchJob", "Job"]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the cluster shows about one TrainingJob, gathered by the handlers (never by this module)."""
+
+    pytorchjob_served: bool
+    workload: Mapping[str, Any] | None = None  # the owned PyTorchJob or Job
+    service: Mapping[str, Any] | None = None  # the owned headless Service (Job backend)
+    pods: Sequence[Mapping[str, Any]] = ()  # pods labelled kubemaas.io/trainingjob=<name>
+    claims: frozenset[str] = frozenset()  # which of the job's claims exist
+    key_secret_exists: bool = False
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the handlers do next: apply, delete, create the key Secret, write status, look again later."""
+
+    status: TrainingJobStatus
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[Mapping[str, Any]] = field(default_factory=list)
+    create_key_secret: bool = False
+    requeue_after: float | None = None
+
+
+class BadTerminationMessage(ValueError):
+    """Rank 0's termination message is not what the contract promises."""
+
+
+def model_version(job: TrainingJob) -> str:
+    """`v<created:%Y%m%d-%H%M%S>-<uid[:8]>`: fixed for the job's lifetime, unique, sortable by creation."""
+    extra = job.metadata.model_extra or {}
+    created = datetime.fromisoformat(str(extra["creationTimestamp"]))
+    return f"v{created:%Y%m%d-%H%M%S}-{(job.metadata.uid or '')[:8]}"
+
+
+def resolve_backend(job: TrainingJob, pytorchjob_served: bool) -> BackendName:
+    if job.status is not None and job.status.backend is not None:
+        return job.status.backend
+    if job.spec.backend == Backend.PyTorchJob:
+        return "PyTorchJob"
+    if job.spec.backend == Backend.Job:
+        return "Job"
+    return "PyTorchJob" if pytorchjob_served else "Job"
+
+
+def desired_children(job: TrainingJob, backend: BackendName) -> list[dict[str, Any]]:
+    version = model_version(job)
+    if backend == "PyTorchJob":
+        return [manifests.pytorchjob(job, version)]
+    # The Service first: rank 0's name must resolve when the other ranks start.
+    return [manifests.headless_service(job), manifests.indexed_job(job, version)]
+
+
+# --- reading what the workload and its pods report ------------------------------------------------
+
+
+def _conditions_of(obj: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    if obj is None:
+        return {}
+    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or ()}
+
+
+def _true(conds: Mapping[str, Mapping[str, Any]], type: str) -> Mapping[str, Any] | None:
+    found = conds.get(type)
+    return found if found is not None and found.get("status") == "True" else None
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(str(value)) if value else None
+
+
+def _shorten(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def pod_rank(pod: Mapping[str, Any]) -> int | None:
+    meta = pod.get("metadata") or {}
+    pod_labels = meta.get("labels") or {}
+    replica_type = pod_labels.get(KUBEFLOW_REPLICA_TYPE)
+    if replica_type is not None:
+        # Kubeflow: the Master is rank 0, Worker i is rank i + 1.
+        index = int(pod_labels.get(KUBEFLOW_REPLICA_INDEX, "0"))
+        return 0 if replica_type.lower() == "master" else index + 1
+    index_value = (meta.get("annotations") or {}).get(manifests.COMPLETION_INDEX_ANNOTATION)
+    return int(index_value) if index_value is not None and str(index_value).isdigit() else None
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The training container's terminated state (the pod has exactly one container)."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or ():
+        if status.get("name") in (manifests.PYTORCH_CONTAINER, manifests.JOB_CONTAINER):
+            terminated: Mapping[str, Any] | None = (status.get("state") or {}).get("terminated")
+            return terminated
+    return None
+
+
+def replica_statuses(pods: Sequence[Mapping[str, Any]]) -> dict[str, ReplicaStatus]:
+    counts: dict[str, dict[str, int]] = {}
+    for pod in pods:
+        rank = pod_rank(pod)
+        if rank is None:
+            continue
+        kind = "Master" if rank == 0 else "Worker"
+        bucket = counts.setdefault(kind, {"active": 0, "succeeded": 0, "failed": 0})
+        phase = (pod.get("status") or {}).get("phase")
+        if phase == "Succeeded":
+            bucket["succeeded"] += 1
+        elif phase == "Failed":
+            bucket["failed"] += 1
+        elif not (pod.get("metadata") or {}).get("deletionTimestamp"):
+            bucket["active"] += 1
+    return {kind: ReplicaStatus(**c) for kind, c in sorted(counts.items())}
+
+
+def _metric(value: float) -> str | None:
+    """A metric as the API's decimal string; NaN and infinities have no decimal form and are left out."""
+    return repr(float(value)) if math.isfinite(value) else None
+
+
+def parse_published_model(message: str, version: str) -> PublishedModel:
+    """Rank 0's success message -> status.model; anything else is BadTerminationMessage."""
+    if not message.strip():
+        raise BadTerminationMessage("rank 0 exited 0 without a termination message")
+    try:
+        parsed = termination.parse_termination(message)
+    except termination.InvalidTerminationMessage as error:
+        raise BadTerminationMessage(f"rank 0's termination message: {error}") from None
+    if not isinstance(parsed, termination.SuccessMessage):
+        raise BadTerminationMessage(f"rank 0 exited 0 but reported a failure ({parsed.reason})")
+    if parsed.version != version:
+        raise BadTerminationMessage(f"rank 0 published version {parsed.version!r}, expected {version!r}")
+    metrics = {name: text for name, value in parsed.metrics.items() if (text := _metric(value)) is not None}
+    try:
+        return PublishedModel(
+            uri=parsed.uri, version=parsed.version, sha256=parsed.sha256, key_id=parsed.key_id, metrics=metrics or None
+        )
+    except ValidationError as error:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in error.errors())
+        raise BadTerminationMessage(f"rank 0's termination message has invalid {fields}") from None
+
+
+@dataclass(frozen=True)
+class PodFailure:
+    rank: int | None
+    exit_code: int
+    reason: str
+    message: str
+
+    def describe(self) -> str:
+        who = f"rank {self.rank}" if self.rank is not None else "a pod"
+        text = f"{who} exited {self.exit_code} ({self.reason})"
+        return f"{text}: {self.message}" if self.message else text
+
+
+def pod_failure(pods: Sequence[Mapping[str, Any]]) -> PodFailure | None:
+    """The failure that explains a failed job: the first permanent exit, else the first failure.
+
+    The reason and message come from the pod's termination message when it is a valid failure
+    report (docs/runtime-contract.md §5), else from the kubelet (OOMKilled, Error -> PodFailed).
+    """
+    failures: list[tuple[str, PodFailure]] = []
+    for pod in pods:
+        terminated = _terminated(pod)
+        if terminated is None or not terminated.get("exitCode"):
+            continue
+        code = int(terminated["exitCode"])
+        kubelet_reason = str(terminated.get("reason") or "Error")
+        reason, text, rank = ("PodFailed" if kubelet_reason == "Error" else kubelet_reason), "", pod_rank(pod)
+        raw = str(terminated.get("message") or "")
+        try:
+            report = termination.parse_termination(raw) if raw else None
+        except termination.InvalidTerminationMessage:
+            report, text = None, raw
+        if isinstance(report, termination.FailureMessage):
+            reason, text = report.reason, report.message
+            rank = report.rank if report.rank is not None else rank
+        failure = PodFailure(rank, code, reason, _shorten(text, MESSAGE_LIMIT // 2))
+        failures.append((str(terminated.get("finishedAt") or ""), failure))
+    if not failures:
+        return None
+    failures.sort(key=lambda item: (item[1].exit_code >= 128, item[0]))
+    return failures[0][1]
+
+
+# --- the reconcile --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Status:
+    """The status being computed: conditions set through one helper so generation and clock are uniform."""
+
+    job: TrainingJob
+    now: datetime
+    status: TrainingJobStatus
+
+    def set(self, type: str, status: ConditionStatus, reason: str, message: str = "") -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions,
+            type,
+            status,
+            reason,
+            _shorten(message),
+            self.job.metadata.generation,
+            self.now,
+        )
+
+    def blocked(self, reason: str, message: str) -> None:
+        self.set(READY, FALSE, reason, message)
+        self.set(CREATED, FALSE, reason, message)
+
+
+def _initial_status(job: TrainingJob, now: datetime) -> _Status:
+    base = job.status.model_copy(deep=True) if job.status is not None else TrainingJobStatus()
+    out = _Status(job, now, base)
+    for type in CONDITION_TYPES:
+        if find_condition(base.conditions, type) is None:
+            out.set(type, UNKNOWN, "Reconciling", "")
+    base.observed_generation = job.metadata.generation
+    return out
+
+
+def _finished(job: TrainingJob, observed: Observed, out: _Status) -> Desired:
+    """Terminal: keep the status, delete the children once ttlSecondsAfterFinished has passed."""
+    ttl = job.spec.run_policy.ttl_seconds_after_finished
+    completed = out.status.completion_time
+    children = [c for c in (observed.workload, observed.service) if c is not None]
+    if ttl is None or completed is None or not children:
+        return Desired(status=out.status)
+    due = completed + timedelta(seconds=ttl)
+    if out.now >= due:
+        return Desired(status=out.status, delete=children)
+    return Desired(status=out.status, requeue_after=(due - out.now).total_seconds())
+
+
+def _preflight(job: TrainingJob, observed: Observed, out: _Status) -> bool:
+    """Before the workload exists: every claim and (with Never) the key Secret must be there."""
+    missing = [c for c in manifests.required_claims(job) if c not in observed.claims]
+    if missing:
+        names = ", ".join(missing)
+        out.blocked(
+            "ClaimNotFound",
+            f"PersistentVolumeClaim {names} not found in namespace {job.metadata.namespace}; "
+            "the workload is created once it exists",
+        )
+        return False
+    encryption = job.spec.encryption
+    if not observed.key_secret_exists and encryption.generate_key == KeyGeneration.Never:
+        out.blocked(
+            "KeySecretNotFound",
+            f"Secret {encryption.key_secret_ref.name} not found and encryption.generateKey is Never; "
+            "the workload is created once it exists",
+        )
+        return False
+    return True
+
+
+def _mirror_suspend(job: TrainingJob, conds: Mapping[str, Mapping[str, Any]], out: _Status) -> bool:
+    workload_suspended = _true(conds, "Suspended")
+    if job.spec.run_policy.suspend:
+        out.set(SUSPENDED, TRUE, "Suspended", "runPolicy.suspend is true: the pods are deleted until it is false")
+        return True
+    if workload_suspended is not None:
+        # Suspended by someone else, e.g. Kueue holding the workload until its queue admits it.
+        out.set(SUSPENDED, TRUE, str(workload_suspended.get("reason") or "Suspended"), "")
+        return True
+    was = find_condition(out.status.conditions, SUSPENDED)
+    out.set(SUSPENDED, FALSE, "Resumed" if was is not None and was.status == TRUE else "NotSuspended", "")
+    return False
+
+
+def _succeeded(job: TrainingJob, observed: Observed, out: _Status, reason: str, finished: datetime) -> Desired | None:
+    """Fill status.model from rank 0, or decide that the message is bad; None means: wait for the pod."""
+    rank0 = [p for p in observed.pods if pod_rank(p) == 0 and (p.get("status") or {}).get("phase") == "Succeeded"]
+    if not rank0:
+        if out.now - finished < POD_LAG_GRACE:
+            return None
+        error = "rank 0's pod is gone: no termination message to read the published model from"
+    else:
+        terminated = _terminated(rank0[0]) or {}
+        try:
+            out.status.model = parse_published_model(str(terminated.get("message") or ""), model_version(job))
+        except BadTerminationMessage as bad:
+            error = str(bad)
+        else:
+            out.set(SUCCEEDED, TRUE, reason, f"published {out.status.model.uri} (key id {out.status.model.key_id})")
+            out.set(FAILED, FALSE, reason, "")
+            return Desired(status=out.status)
+    out.set(FAILED, TRUE, "BadTerminationMessage", error)
+    out.set(SUCCEEDED, FALSE, "Failed", "")
+    return Desired(status=out.status)
+
+
+def _restarts(backend: BackendName, wl_status: Mapping[str, Any]) -> int:
+    """Failed pods the backend replaced so far: what runPolicy.backoffLimit counts."""
+    if backend == "Job":
+        return int(wl_status.get("failed") or 0)
+    return sum(int((r or {}).get("failed") or 0) for r in (wl_status.get("replicaStatuses") or {}).values())
+
+
+def _restarting(
+    job: TrainingJob,
+    backend: BackendName,
+    conds: Mapping[str, Mapping[str, Any]],
+    wl_status: Mapping[str, Any],
+    restarts: int,
+) -> tuple[str, str] | None:
+    """(reason, message) while the pods are being recreated after a retriable failure, else None."""
+    if backend == "PyTorchJob":
+        mirrored = _true(conds, "Restarting")
+        return (str(mirrored.get("reason") or "Restarting"), str(mirrored.get("message") or "")) if mirrored else None
+    active = int(wl_status.get("active") or 0)
+    if restarts and active < job.spec.replicas:
+        return "PodsRestarting", f"{restarts} pod failure(s) so far; {active} of {job.spec.replicas} pods active"
+    return None
+
+
+def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
+    out = _initial_status(job, now)
+    if is_true(out.status.conditions, SUCCEEDED) or is_true(out.status.conditions, FAILED):
+        return _finished(job, observed, out)
+
+    backend = resolve_backend(job, observed.pytorchjob_served)
+    if backend == "PyTorchJob" and not observed.pytorchjob_served:
+        out.blocked(
+            "BackendUnavailable",
+            "backend PyTorchJob: the cluster does not serve kubeflow.org/v1 PyTorchJob (install the Kubeflow "
+            "training operator, or use backend Job)",
+        )
+        return Desired(status=out.status, requeue_after=RECHECK_SECONDS)
+
+    workload = observed.workload
+    if workload is None and not _preflight(job, observed, out):
+        return Desired(status=out.status, requeue_after=RECHECK_SECONDS)
+    out.status.backend = backend
+    children = desired_children(job, backend)
+    out.set(READY, TRUE, "WorkloadCreated" if workload is not None else "Creating", "")
+
+    if workload is None:
+        # Only before the workload exists: the handlers look the Secret up only then (no reads in steady state).
+        create_key = not observed.key_secret_exists and job.spec.encryption.generate_key == KeyGeneration.IfMissing
+        out.set(CREATED, UNKNOWN, "Creating", f"creating the {backend}")
+        _mirror_suspend(job, {}, out)
+        out.set(RUNNING, FALSE, "Pending", "")
+        return Desired(status=out.status, apply=children, create_key_secret=create_key)
+
+    out.set(CREATED, TRUE, f"{backend}Created", f"{backend} {workload['metadata']['name']} created")
+    conds = _conditions_of(workload)
+    wl_status = workload.get("status") or {}
+    out.status.start_time = _time(wl_status.get("startTime")) or out.status.start_time
+    out.status.replica_statuses = replica_statuses(observed.pods) or None
+    suspended = _mirror_suspend(job, conds, out)
+
+    succeeded = _true(conds, "Succeeded" if backend == "PyTorchJob" else "Complete")
+    failed = _true(conds, "Failed")
+    if succeeded is not None or failed is not None:
+        decided = succeeded if succeeded is not None else failed
+        assert decided is not None
+        finished = _time(wl_status.get("completionTime")) or _time(decided.get("lastTransitionTime")) or now
+        out.set(RUNNING, FALSE, "Finished", "")
+        out.set(RESTARTING, FALSE, "Finished", "")
+        out.status.restart_count = _restarts(backend, wl_status)
+        if succeeded is not None:
+            reason = str(succeeded.get("reason") or "Succeeded")
+            result = _succeeded(job, observed, out, reason, finished)
+            if result is None:
+                out.set(RUNNING, FALSE, "Finishing", "waiting for rank 0's termination message")
+                return Desired(status=out.status, apply=children, requeue_after=POD_LAG_GRACE.total_seconds())
+        else:
+            failure = pod_failure(observed.pods)
+            reason = failure.reason if failure is not None else str(decided.get("reason") or "Failed")
+            message = str(decided.get("message") or "")
+            if failure is not None:
+                message = f"{failure.describe()}; {message}" if message else failure.describe()
+            out.set(FAILED, TRUE, reason, message)
+            # Not the failure's reason: one Event (the Failed one, a Warning) names the cause.
+            out.set(SUCCEEDED, FALSE, "Failed", "")
+        out.status.completion_time = finished
+        return _finished(job, observed, out)
+
+    out.set(SUCCEEDED, FALSE, "NotFinished", "")
+    out.set(FAILED, FALSE, "NotFinished", "")
+    restarts = _restarts(backend, wl_status)
+    out.status.restart_count = restarts
+    restarting = _restarting(job, backend, conds, wl_status, restarts) if not suspended else None
+    if restarting is not None:
+        out.set(RESTARTING, TRUE, *restarting)
+    else:
+        out.set(RESTARTING, FALSE, "NotRestarting", "")
+    running = _true(conds, "Running") if backend == "PyTorchJob" else None
+    if suspended:
+        out.set(RUNNING, FALSE, "Suspended", "")
+    elif restarting is not None:
+        out.set(RUNNING, FALSE, "Restarting", "")
+    elif running is not None:
+        out.set(RUNNING, TRUE, str(running.get("reason") or "Running"), str(running.get("message") or ""))
+    elif backend == "Job" and int(wl_status.get("active") or 0) > 0:
+        out.set(RUNNING, TRUE, "JobRunning", f"{wl_status.get('active')} of {job.spec.replicas} pods active")
+    else:
+        out.set(RUNNING, FALSE, "Pending", "waiting for the pods to start")
+    return Desired(status=out.status, apply=children)
+
+
+def invalid_spec(
+    status: Mapping[str, Any] | None, generation: int | None, error: str, now: datetime
+) -> TrainingJobStatus:
+    """The status of a TrainingJob the operator cannot parse (the CRD accepted what the models refuse).
+
+    Ready=False/InvalidSpec with the validation message; nothing is created or retried until the spec changes.
+    """
+    try:
+        current = TrainingJobStatus.model_validate(status or {})
+    except ValidationError:
+        current = TrainingJobStatus()
+    current.conditions = set_condition(
+        current.conditions, READY, FALSE, "InvalidSpec", _shorten(error), generation, now
+    )
+    current.observed_generation = generation
+    return current

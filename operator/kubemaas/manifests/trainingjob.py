@@ -1,0 +1,457 @@
+"""Pure builders for a TrainingJob's children: typed spec in, Kubernetes objects (plain dicts) out.
+
+Two backends run the same pods (docs/runtime-contract.md):
+
+- `pytorchjob`: a Kubeflow `kubeflow.org/v1` PyTorchJob, Master (rank 0) + Worker (ranks 1..n-1);
+  Kubeflow sets the rendezvous environment itself.
+- `indexed_job` + `headless_service`: a `batch/v1` Indexed Job for clusters without Kubeflow. The
+  pods get the environment Kubeflow would set: rank 0 is addressable as `<job>-0.<service>` through
+  the headless Service, and RANK comes from the completion index.
+
+One pod template of an Indexed Job serves every index, so under the Job backend every rank mounts
+what rank 0 needs (the key Secret, the output claim read-write); under PyTorchJob only the Master
+does. The environment and the container command come from `kubemaas.contract`, the one definition
+the code inside the pods parses. Nothing here does I/O; the controller applies what these functions return.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from kubemaas import contract
+from kubemaas.api.core import DEFAULT_GPU_RESOURCE, RESERVED_VOLUME_PREFIX
+from kubemaas.api.trainingjob import KeyGeneration, Quantization, TrainingJob
+from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
+from kubemaas.controllers.labels import owner_reference as _owner_reference
+from kubemaas.runtime.artifacts import DEFAULT_MOUNT_ROOT
+from kubemaas.runtime.keyring import ACTIVE_FILE, KEY_BYTES, KEY_FILE_PREFIX
+from kubemaas.runtime.termination import ExitCode
+
+KIND = "TrainingJob"
+KIND_LABEL = parent_label(KIND)
+
+# Kubeflow finds the training container by this name.
+PYTORCH_CONTAINER = "pytorch"
+# The contract's podFailurePolicy names this container (docs/runtime-contract.md §6).
+JOB_CONTAINER = "trainer"
+# Kubeflow reads MASTER_PORT from the container port with this name; naming it keeps both backends on one port.
+PYTORCH_PORT_NAME = "pytorchjob-port"
+MASTER_PORT = contract.DEFAULT_MASTER_PORT
+TRAINER_UID = 65532
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+# Exit codes no retry can fix (docs/runtime-contract.md §6): the Job backend fails at once on them.
+PERMANENT_EXIT_CODES = sorted(int(code) for code in ExitCode if code != ExitCode.OK and not code.retryable)
+
+
+def _volume(name: str) -> str:
+    """Kubemaas' own volumes carry a prefix the API refuses in spec.volumes, so the two never collide."""
+    return f"{RESERVED_VOLUME_PREFIX}{name}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A PersistentVolumeClaim named by a pvc:// URI, and how a pod mounts it."""
+
+    name: str
+    volume: str
+    writable: bool
+
+    @property
+    def mount_path(self) -> str:
+        return f"{DEFAULT_MOUNT_ROOT}/{self.name}"
+
+
+def claim_name(uri: str) -> str:
+    """`pvc://<claim>/<path>` -> `<claim>` (the API validated the URI's shape)."""
+    return uri.removeprefix("pvc://").split("/", 1)[0]
+
+
+def claims(job: TrainingJob, *, rank0: bool) -> list[Claim]:
+    """Each distinct claim once (docs/runtime-contract.md §2): the output claim read-write, on rank 0 only
+    (it alone writes the model and the checkpoints), and the data claim read-only on every rank."""
+    spec = job.spec
+    out = [Claim(claim_name(spec.output.uri), _volume("output"), writable=True)] if rank0 else []
+    if spec.data is not None and claim_name(spec.data.uri) not in {c.name for c in out}:
+        out.append(Claim(claim_name(spec.data.uri), _volume("data"), writable=False))
+    return out
+
+
+def required_claims(job: TrainingJob) -> list[str]:
+    """The claims that must exist before the workload is created (the pre-flight check)."""
+    return [c.name for c in claims(job, rank0=True)]
+
+
+def model_name(job: TrainingJob) -> str:
+    return job.spec.output.model_name or job.metadata.name
+
+
+def workers_name(job: TrainingJob) -> str:
+    """Name of the Job backend's Job and headless Service (`<job>-workers`, docs/runtime-contract.md §1)."""
+    return f"{job.metadata.name}-workers"
+
+
+def master_addr(job: TrainingJob) -> str:
+    """Rank 0 under the Job backend: an Indexed Job names pod i's host `<job>-<i>`, the Service its subdomain."""
+    return f"{workers_name(job)}-0.{workers_name(job)}"
+
+
+def labels(job: TrainingJob, component: str) -> dict[str, str]:
+    return child_labels(KIND, job.metadata.name, component)
+
+
+def owner_reference(job: TrainingJob) -> dict[str, Any]:
+    return _owner_reference(
+        {
+            "apiVersion": job.api_version,
+            "kind": job.kind,
+            "metadata": {"name": job.metadata.name, "uid": job.metadata.uid},
+        }
+    )
+
+
+def _metadata(job: TrainingJob, name: str, component: str, *, queue: bool = False) -> dict[str, Any]:
+    meta_labels = labels(job, component)
+    scheduling = job.spec.scheduling
+    if queue and scheduling is not None and scheduling.queue_name:
+        meta_labels[QUEUE_LABEL] = scheduling.queue_name
+    return {
+        "name": name,
+        "namespace": job.metadata.namespace,
+        "labels": meta_labels,
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
+def settings(job: TrainingJob, version: str, *, rank0: bool) -> contract.Settings:
+    """The KUBEMAAS_* settings a rank gets (docs/runtime-contract.md §1); only these are rendered."""
+    spec = job.spec
+    values: dict[str, Any] = {"model_name": model_name(job), "model_version": version, "output_uri": spec.output.uri}
+    if spec.data is not None:
+        values["data_uri"] = spec.data.uri
+    if rank0:
+        values["key_dir"] = contract.DEFAULT_KEY_DIR
+    if spec.output.quantization != Quantization.NONE:
+        values["quantization"] = spec.output.quantization
+    return contract.Settings(**values)
+
+
+def rendezvous(job: TrainingJob) -> contract.Rendezvous:
+    """What Kubeflow sets on PyTorchJob pods, for the Indexed Job: pod 0 reached through the headless Service."""
+    return contract.Rendezvous(
+        master_addr=master_addr(job),
+        master_port=MASTER_PORT,
+        nnodes=job.spec.replicas,
+        nproc_per_node=job.spec.nproc_per_node,
+    )
+
+
+def _resources(job: TrainingJob) -> dict[str, Any]:
+    res = job.spec.resources
+    # Requests equal limits: a Guaranteed pod is the last to be evicted under memory pressure.
+    limits: dict[str, str] = {}
+    if res.cpu is not None:
+        limits["cpu"] = str(res.cpu)
+    if res.memory is not None:
+        limits["memory"] = str(res.memory)
+    requests = dict(limits)
+    if res.gpus:
+        limits[res.gpu_resource or DEFAULT_GPU_RESOURCE] = str(res.gpus)
+    out: dict[str, Any] = {}
+    if limits:
+        out["limits"] = limits
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def container_security_context() -> dict[str, Any]:
+    """Pod Security `restricted`, plus a read-only root filesystem (the trainer writes only to /tmp and mounts)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": TRAINER_UID,
+        "runAsGroup": TRAINER_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _command(job: TrainingJob) -> dict[str, Any]:
+    """The user's program under torchrun's launcher (docs/runtime-contract.md §1a); without a command the
+    image's entrypoint (the trainer image's is the launcher) gets the args."""
+    spec = job.spec
+    if spec.command:
+        return {"command": contract.launch_command(spec.command, spec.args or [], spec.nproc_per_node)}
+    return {"args": list(spec.args)} if spec.args else {}
+
+
+def pod_spec(
+    job: TrainingJob,
+    version: str,
+    *,
+    container: str,
+    rank0: bool,
+    restart_policy: str | None,
+    rendezvous: contract.Rendezvous | None,
+) -> dict[str, Any]:
+    """The training pod of one replica type; `rank0` decides who gets the key and the output claim."""
+    spec = job.spec
+    pod_claims = claims(job, rank0=rank0)
+    volumes: list[dict[str, Any]] = [
+        {"name": c.volume, "persistentVolumeClaim": {"claimName": c.name}} for c in pod_claims
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": c.volume, "mountPath": c.mount_path, "readOnly": not c.writable} for c in pod_claims
+    ]
+    volumes.append({"name": _volume("tmp"), "emptyDir": {}})
+    mounts.append({"name": _volume("tmp"), "mountPath": "/tmp"})
+    if spec.resources.shm_size is not None:
+        # NCCL and DataLoader workers share memory through /dev/shm; the runtime's default is 64Mi.
+        shm = {"medium": "Memory", "sizeLimit": str(spec.resources.shm_size)}
+        volumes.append({"name": _volume("shm"), "emptyDir": shm})
+        mounts.append({"name": _volume("shm"), "mountPath": "/dev/shm"})
+    if rank0:
+        volumes.append(
+            {
+                "name": _volume("keys"),
+                # 0400: only the trainer's user reads the key (fsGroup adds group read for that same user's group).
+                "secret": {"secretName": spec.encryption.key_secret_ref.name, "defaultMode": 0o400},
+            }
+        )
+        mounts.append({"name": _volume("keys"), "mountPath": str(contract.DEFAULT_KEY_DIR), "readOnly": True})
+    volumes += [v.to_wire() for v in spec.volumes or ()]
+    mounts += [m.to_wire() for m in spec.volume_mounts or ()]
+
+    # HOME=/tmp: torch and pip caches need a writable home under a read-only root filesystem. The user's
+    # env comes before the contract's, so Kubemaas' values win (the API refuses the names anyway).
+    env = [{"name": "HOME", "value": "/tmp"}]
+    env += [e.to_wire() for e in spec.env or ()]
+    env += contract.render(settings(job, version, rank0=rank0), rendezvous)
+
+    main: dict[str, Any] = {"name": container, "image": spec.image, **_command(job), "env": env}
+    if spec.env_from:
+        main["envFrom"] = [e.to_wire() for e in spec.env_from]
+    main["ports"] = [{"name": PYTORCH_PORT_NAME, "containerPort": MASTER_PORT, "protocol": "TCP"}]
+    resources = _resources(job)
+    if resources:
+        main["resources"] = resources
+    main["volumeMounts"] = mounts
+    main["terminationMessagePath"] = str(contract.DEFAULT_TERMINATION_LOG)
+    main["terminationMessagePolicy"] = "File"
+    main["securityContext"] = container_security_context()
+
+    pod: dict[str, Any] = {}
+    if restart_policy is not None:
+        pod["restartPolicy"] = restart_policy
+    if spec.service_account_name:
+        # A named service account is there to be used (workload identity, API access): its token is mounted.
+        pod["serviceAccountName"] = spec.service_account_name
+    else:
+        pod["automountServiceAccountToken"] = False
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [r.to_wire() for r in spec.image_pull_secrets]
+    # Service links would add one variable per Service in the namespace to the training environment.
+    pod["enableServiceLinks"] = False
+    pod["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": TRAINER_UID,
+        "runAsGroup": TRAINER_UID,
+        "fsGroup": TRAINER_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    pod["containers"] = [main]
+    pod["volumes"] = volumes
+    scheduling = spec.scheduling
+    if scheduling is not None:
+        if scheduling.node_selector:
+            pod["nodeSelector"] = dict(scheduling.node_selector)
+        if scheduling.tolerations:
+            pod["tolerations"] = [t.to_wire() for t in scheduling.tolerations]
+        if scheduling.priority_class_name:
+            pod["priorityClassName"] = scheduling.priority_class_name
+        if scheduling.scheduler_name:
+            pod["schedulerName"] = scheduling.scheduler_name
+    return pod
+
+
+def _suspend(job: TrainingJob) -> bool | None:
+    """The workload's `suspend`, or None to leave the field to Kueue.
+
+    Kueue creates queued workloads suspended and unsuspends them on admission; applying
+    `suspend: false` would take the field away from it. So under a queue only a user's suspend is sent.
+    """
+    scheduling = job.spec.scheduling
+    queued = scheduling is not None and bool(scheduling.queue_name)
+    if queued and not job.spec.run_policy.suspend:
+        return None
+    return job.spec.run_policy.suspend
+
+
+def _retries_and_suspension(job: TrainingJob) -> dict[str, Any]:
+    """backoffLimit, activeDeadlineSeconds and suspend: the same fields in Kubeflow's runPolicy and a batch Job."""
+    policy = job.spec.run_policy
+    out: dict[str, Any] = {"backoffLimit": policy.backoff_limit}
+    if policy.active_deadline_seconds is not None:
+        out["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    suspend = _suspend(job)
+    if suspend is not None:
+        out["suspend"] = suspend
+    return out
+
+
+def _replica_spec(job: TrainingJob, version: str, replicas: int, *, rank0: bool) -> dict[str, Any]:
+    component = "master" if rank0 else "worker"
+    return {
+        "replicas": replicas,
+        # Kubeflow's ExitCode policy matches the contract: 1-127 permanent, 128-255 restart (docs §6).
+        "restartPolicy": "ExitCode",
+        "template": {
+            "metadata": {"labels": labels(job, component)},
+            # Kubeflow sets the rendezvous variables itself.
+            "spec": pod_spec(
+                job, version, container=PYTORCH_CONTAINER, rank0=rank0, restart_policy=None, rendezvous=None
+            ),
+        },
+    }
+
+
+def pytorchjob(job: TrainingJob, version: str) -> dict[str, Any]:
+    """A kubeflow.org/v1 PyTorchJob: Master (rank 0) and `replicas - 1` Workers.
+
+    `ttlSecondsAfterFinished` is not passed on: the controller deletes the finished workload itself,
+    after it has read rank 0's termination message.
+    """
+    spec = job.spec
+    run_policy: dict[str, Any] = {
+        # Finished pods stay (their termination messages fill status.model); stragglers are removed.
+        "cleanPodPolicy": "Running",
+        **_retries_and_suspension(job),
+    }
+    scheduling = spec.scheduling
+    if scheduling is not None and scheduling.scheduler_name:
+        # A gang scheduler starts all pods or none: rendezvous needs every rank.
+        gang: dict[str, Any] = {"minAvailable": spec.replicas}
+        if scheduling.priority_class_name:
+            gang["priorityClass"] = scheduling.priority_class_name
+        run_policy["schedulingPolicy"] = gang
+    replica_specs = {"Master": _replica_spec(job, version, 1, rank0=True)}
+    if spec.replicas > 1:
+        replica_specs["Worker"] = _replica_spec(job, version, spec.replicas - 1, rank0=False)
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": _metadata(job, job.metadata.name, "training", queue=True),
+        "spec": {
+            "nprocPerNode": str(spec.nproc_per_node),
+            "runPolicy": run_policy,
+            "pytorchReplicaSpecs": replica_specs,
+        },
+    }
+
+
+def indexed_job(job: TrainingJob, version: str) -> dict[str, Any]:
+    """A batch/v1 Indexed Job with one pod per rank and the contract's podFailurePolicy."""
+    spec = job.spec
+    template_spec = pod_spec(
+        job, version, container=JOB_CONTAINER, rank0=True, restart_policy="Never", rendezvous=rendezvous(job)
+    )
+    template_spec["subdomain"] = workers_name(job)
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": spec.replicas,
+        "parallelism": spec.replicas,
+        **_retries_and_suspension(job),
+    }
+    job_spec["podFailurePolicy"] = {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": JOB_CONTAINER,
+                    "operator": "In",
+                    "values": PERMANENT_EXIT_CODES,
+                },
+            },
+            # Preemption and node drains do not count against backoffLimit.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+    job_spec["template"] = {"metadata": {"labels": labels(job, "worker")}, "spec": template_spec}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(job, workers_name(job), "training", queue=True),
+        "spec": job_spec,
+    }
+
+
+def headless_service(job: TrainingJob) -> dict[str, Any]:
+    """DNS for the Indexed Job's pods, so `<job>-workers-0.<service>` reaches rank 0."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, workers_name(job), "rendezvous"),
+        "spec": {
+            "clusterIP": "None",
+            # Rank 0 must resolve before it is Ready: the other ranks dial it during start-up.
+            "publishNotReadyAddresses": True,
+            "selector": {KIND_LABEL: job.metadata.name, "app.kubernetes.io/component": "worker"},
+            "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+# --- the key Secret ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly generated AES-256 key; `repr` never shows the bytes."""
+
+    key_id: str
+    key: bytes
+
+    def __repr__(self) -> str:
+        return f"NewKey(key_id={self.key_id!r})"
+
+
+def new_key() -> NewKey:
+    """32 random bytes and a random id (`[A-Za-z0-9][A-Za-z0-9._-]{0,62}`, docs/runtime-contract.md §3)."""
+    return NewKey(key_id=f"k{secrets.token_hex(6)}", key=secrets.token_bytes(KEY_BYTES))
+
+
+def key_secret(job: TrainingJob, key: NewKey) -> dict[str, Any] | None:
+    """The key Secret for `generateKey: IfMissing`, or None when the user must supply it (`Never`).
+
+    Not owned by the job: deleting the TrainingJob must never make the models it published unreadable.
+    """
+    encryption = job.spec.encryption
+    if encryption.generate_key == KeyGeneration.Never:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": encryption.key_secret_ref.name,
+            "namespace": job.metadata.namespace,
+            # Managed-by, so the operator's Secret watch (filtered server-side by it) sees the Secret appear.
+            "labels": {
+                "app.kubernetes.io/name": "kubemaas-model-key",
+                MANAGED_BY_KEY: MANAGED_BY,
+                PART_OF_KEY: "kubemaas",
+            },
+            # Which job asked for it, for a human; an annotation, so no garbage collector acts on it.
+            "annotations": {KIND_LABEL: job.metadata.name},
+        },
+        "type": "Opaque",
+        "data": {
+            KEY_FILE_PREFIX + key.key_id: base64.b64encode(key.key).decode("ascii"),
+            ACTIVE_FILE: base64.b64encode(key.key_id.encode("ascii")).decode("ascii"),
+        },
+    }

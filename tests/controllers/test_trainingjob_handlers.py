@@ -1,0 +1,68 @@
+"""The TrainingJob handlers' own small logic: requeue, CRD discovery, stale-index protection, pod slimming."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kubemaas.controllers import trainingjob as handlers
+
+
+def test_requeue_keeps_one_pending_run_per_object() -> None:
+    runs: list[str] = []
+
+    async def main() -> None:
+        requeue = handlers.Requeue()
+
+        def runner(label: str) -> Any:
+            async def run() -> None:
+                runs.append(label)
+
+            return run
+
+        requeue.schedule(("ns", "a"), 0.05, runner("first"))
+        requeue.schedule(("ns", "a"), 0.01, runner("second"))  # replaces the first
+        requeue.schedule(("ns", "b"), 0.01, runner("other"))
+        requeue.schedule(("ns", "c"), 0.01, runner("cancelled"))
+        requeue.cancel(("ns", "c"))
+        await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert sorted(runs) == ["other", "second"]
+
+
+def crd(established: str, served: bool) -> dict[str, Any]:
+    return {
+        "spec": {"versions": [{"name": "v1", "served": served}]},
+        "status": {"conditions": [{"type": "Established", "status": established}]},
+    }
+
+
+def test_pytorchjob_served_needs_an_established_crd_serving_v1() -> None:
+    assert handlers._serves_v1(crd("True", True))
+    assert not handlers._serves_v1(crd("False", True))
+    assert not handlers._serves_v1(crd("True", False))
+
+
+def test_a_stale_index_body_gets_the_status_last_written() -> None:
+    key = ("ns", "j")
+    handlers._WRITTEN[key] = handlers._Written("41", {"backend": "Job"})
+    try:
+        stale = {"metadata": {"name": "j", "resourceVersion": "41"}, "status": {}}
+        fresh = {"metadata": {"name": "j", "resourceVersion": "42"}, "status": {"backend": "PyTorchJob"}}
+        assert handlers._current_body(key, stale)["status"] == {"backend": "Job"}
+        assert handlers._current_body(key, fresh)["status"] == {"backend": "PyTorchJob"}
+    finally:
+        handlers._WRITTEN.pop(key)
+
+
+def test_pods_are_kept_slim() -> None:
+    pod = {
+        "metadata": {"name": "p", "labels": {"a": "b"}, "managedFields": [{"x": 1}], "uid": "u"},
+        "spec": {"containers": [{"name": "pytorch"}]},
+        "status": {"phase": "Running", "containerStatuses": [], "podIP": "198.18.0.1"},
+    }
+    assert handlers._slim_pod(pod) == {
+        "metadata": {"name": "p", "labels": {"a": "b"}},
+        "status": {"phase": "Running", "containerStatuses": []},
+    }
