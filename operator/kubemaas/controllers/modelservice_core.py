@@ -488,45 +488,49 @@ def _ref_for_version(observed: Observed, version: str | None) -> ModelRef | None
 # --------------------------------------------------------------------------- reconcile
 
 
-def _condition(ms: ModelService, type_: str) -> Mapping[str, Any] | None:
-    for c in (ms.status.conditions if ms.status else None) or ():
-        if c.type == type_:
-            return c.to_wire()
-    return None
+@dataclass(frozen=True)
+class Previous:
+    """What the last status recorded and the core builds on (read from the raw status, camelCase)."""
+
+    served_version: str | None = None
+    last_good_version: str | None = None
+    last_failure: Failure | None = None
+    degraded: bool = False
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any] | None) -> Previous:
+        status = status or {}
+        raw = status.get("lastFailure") or {}
+        failure = None
+        if raw.get("version"):
+            exit_code = raw.get("exitCode")
+            failure = Failure(
+                version=str(raw["version"]),
+                reason=str(raw.get("reason", "")),
+                message=str(raw.get("message", "")),
+                exit_code=exit_code if isinstance(exit_code, int) else None,
+            )
+        degraded = any(
+            c.get("type") == Cond.DEGRADED and c.get("status") == "True" for c in status.get("conditions") or ()
+        )
+        return cls(
+            served_version=status.get("servedVersion"),
+            last_good_version=status.get("lastGoodVersion"),
+            last_failure=failure,
+            degraded=degraded,
+        )
 
 
-def _last_failure(ms: ModelService) -> Failure | None:
-    raw = getattr(ms.status, "last_failure", None) if ms.status else None
-    if raw is None:
-        return None
-    data = raw.to_wire() if hasattr(raw, "to_wire") else dict(raw)
-    if not data.get("version"):
-        return None
-    return Failure(
-        version=str(data["version"]),
-        reason=str(data.get("reason", "")),
-        message=str(data.get("message", "")),
-        exit_code=data.get("exitCode"),
-    )
-
-
-def _status_field(ms: ModelService, name: str) -> Any:
-    return getattr(ms.status, name, None) if ms.status else None
-
-
-def reconcile(ms: ModelService, observed: Observed, parent: Parent, options: ServingOptions) -> Outcome:
+def reconcile(
+    ms: ModelService, previous: Previous, observed: Observed, parent: Parent, options: ServingOptions
+) -> Outcome:
     spec = ms.spec
     resolution = resolve_source(ms, observed.training_jobs)
     thresholds = spec_thresholds(ms)
-    previous_failure = _last_failure(ms)
-    degraded = _condition(ms, Cond.DEGRADED)
-    bad_version = (
-        previous_failure.version
-        if previous_failure is not None and degraded is not None and degraded.get("status") == "True"
-        else None
-    )
-    last_good: str | None = _status_field(ms, "last_good_version")
-    served: str | None = _status_field(ms, "served_version")
+    previous_failure = previous.last_failure
+    bad_version = previous_failure.version if previous_failure is not None and previous.degraded else None
+    last_good = previous.last_good_version
+    served = previous.served_version
 
     current = template_ref(observed.stable)
     conditions: list[ConditionDecision] = []
