@@ -7,6 +7,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+# prometheus-client only: `kubemaas crds` and `load-model` stay free of kopf.
+from kubemaas.controllers.metrics import DEFAULT_METRICS_PORT
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -33,6 +36,7 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=args.namespace,
         standalone=args.standalone,
         liveness_endpoint=args.liveness,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -53,7 +57,13 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="watch this namespace (repeatable); default: all",
     )
     p.add_argument("--standalone", action="store_true", help="no peering: only for a single operator replica")
-    p.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help=f"serve Prometheus metrics at :PORT/metrics (default {DEFAULT_METRICS_PORT}; 0 turns them off)",
+    )
     p.set_defaults(func=_run)
 
 

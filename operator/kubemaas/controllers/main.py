@@ -3,19 +3,43 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import kopf
 
-# Importing the modules registers their handlers with kopf's default registry.
-from kubemaas.controllers import settings as _settings  # noqa: F401
+from kubemaas.controllers.apply import Kube
+from kubemaas.controllers.metrics import start_metrics_server
+from kubemaas.controllers.settings import OperatorOptions, apply_settings
 
 
-def run_operator(*, namespaces: list[str], standalone: bool, liveness_endpoint: str | None) -> int:
+def run_operator(
+    *,
+    namespaces: list[str],
+    standalone: bool,
+    liveness_endpoint: str | None,
+    metrics_port: int | None,
+) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kopf.run(
-        clusterwide=not namespaces,
-        namespaces=tuple(namespaces),
-        standalone=standalone,
-        liveness_endpoint=liveness_endpoint,
-    )
+    # Importing the controller modules registers their handlers with kopf's default registry.
+    import kubemaas.controllers.handlers  # noqa: F401
+
+    options = OperatorOptions(standalone=standalone)
+
+    @kopf.on.startup()
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        apply_settings(settings, options)
+
+    if metrics_port:
+        start_metrics_server(metrics_port)
+    kube = Kube.from_environment()
+    try:
+        kopf.run(
+            clusterwide=not namespaces,
+            namespaces=tuple(namespaces),
+            standalone=standalone,
+            liveness_endpoint=liveness_endpoint,
+            memo=kopf.Memo(kube=kube),
+        )
+    finally:
+        kube.close()
     return 0
