@@ -147,6 +147,7 @@ def test_complete_rollout_is_ready_with_endpoints() -> None:
     assert conditions(out)[Cond.PROGRESSING][:2] == ("False", Reason.ROLLOUT_COMPLETE)
     assert conditions(out)[Cond.DEGRADED][:2] == ("False", Reason.AS_EXPECTED)
     assert out.status == {
+        "desiredReplicas": 2,
         "replicas": 2,
         "readyReplicas": 2,
         "servedVersion": "v3",
@@ -196,7 +197,7 @@ def test_source_lost_keeps_serving_and_degrades() -> None:
 
 
 def test_selector_picks_newest_succeeded_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core, "spec_selector", lambda ms: {"team": "digits"})
+    monkeypatch.setattr(core, "spec_selector", lambda ms: core.Selector({"team": "digits"}))
     jobs = [
         job("a", "v1", "2026-11-29T10:00:00Z"),
         job("c", "v3", "2026-11-29T12:00:00Z"),
@@ -253,9 +254,21 @@ def test_gate_failures_name_metric_value_and_threshold() -> None:
     assert core.gate_failures(cand, [Threshold("heldOutAccuracy", min=Decimal("0.9"))]) == []
 
 
-def test_thresholds_parse_strings_and_milli_units() -> None:
+def test_selector_expressions() -> None:
+    selector = core.Selector(
+        {"team": "digits"},
+        (("stage", "In", frozenset({"prod", "canary"})), ("experimental", "DoesNotExist", frozenset())),
+    )
+    assert selector.matches({"team": "digits", "stage": "prod"})
+    assert not selector.matches({"team": "digits", "stage": "dev"})
+    assert not selector.matches({"team": "digits", "stage": "prod", "experimental": "yes"})
+    assert not selector.matches({"stage": "prod"})
+    assert selector.describe() == "team=digits,stage In (canary,prod),experimental DoesNotExist"
+
+
+def test_metric_values_parse_as_decimals() -> None:
     assert core.parse_metric("0.95") == Decimal("0.95")
-    assert core.parse_metric(950) == Decimal("0.95")
+    assert core.parse_metric(0.5) == Decimal("0.5")
     assert core.parse_metric("nan") is None
     assert core.parse_metric(True) is None
 
@@ -373,6 +386,9 @@ def test_autoscaling_owns_replicas() -> None:
     out = run(ms, Observed())
     dep = out.apply[0]
     assert "replicas" not in dep["spec"]
+    assert out.status["desiredReplicas"] is None  # no Deployment yet; then the autoscaler's count
+    scaled = deployment(ms, ref("v3", source=f"{STORE}/digits@v3"), replicas=3)
+    assert run(ms, Observed(stable=scaled)).status["desiredReplicas"] == 3
     assert kinds(out) == [
         ("Deployment", "digits"),
         ("Service", "digits"),

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from kubemaas.api import ModelService
 from kubemaas.api.base import Condition, ConditionStatus
+from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.apply import Kube
 from kubemaas.controllers.conditions import set_condition, utc_now
@@ -107,8 +108,28 @@ def _named(objects: Iterable[Mapping[str, Any]], name: str) -> Mapping[str, Any]
 
 
 def serving_options(ms: ModelService) -> m.ServingOptions:
-    """Operator defaults over the spec (seam: the API fields for these land with issue 10)."""
-    return m.ServingOptions(triton_image=ms.spec.runtime.image)
+    """The spec's serving settings with the operator's defaults applied.
+
+    Seam: the fields read with getattr are being added to the API (issue 10's branch); until that is on
+    main the operator's defaults apply.
+    """
+    spec = ms.spec
+    runtime, rollout, resources = spec.runtime, spec.rollout, spec.resources
+    budget = getattr(spec, "disruption_budget", None)
+    return m.ServingOptions(
+        triton_image=runtime.image or DEFAULT_TRITON_IMAGE,
+        progress_deadline_seconds=getattr(rollout, "progress_deadline_seconds", m.DEFAULT_PROGRESS_DEADLINE_SECONDS),
+        startup_timeout_seconds=getattr(runtime, "startup_timeout_seconds", m.DEFAULT_STARTUP_TIMEOUT_SECONDS),
+        shm_size=str(getattr(resources, "shm_size", None) or m.DEFAULT_SHM_SIZE),
+        service_account_name=getattr(spec, "service_account_name", None),
+        image_pull_secrets=tuple(r.name for r in getattr(spec, "image_pull_secrets", None) or ()),
+        triton_args=tuple(getattr(runtime, "args", None) or ()),
+        triton_env=tuple(e.to_wire() for e in getattr(runtime, "env", None) or ()),
+        triton_env_from=tuple(e.to_wire() for e in getattr(runtime, "env_from", None) or ()),
+        gpu_resource=getattr(resources, "gpu_resource", None) or m.DEFAULT_GPU_RESOURCE,
+        pdb_min_available=getattr(budget, "min_available", None),
+        pdb_max_unavailable=getattr(budget, "max_unavailable", None),
+    )
 
 
 def parent_for(body: Mapping[str, Any]) -> m.Parent:

@@ -160,18 +160,50 @@ class Outcome:
 
 def spec_thresholds(ms: ModelService) -> list[Threshold]:
     promotion = getattr(ms.spec, "promotion", None)
-    out = []
-    for req in getattr(promotion, "require_metrics", None) or ():
-        out.append(Threshold(name=req.name, min=_decimal_or_none(req.min), max=_decimal_or_none(req.max)))
-    return out
+    return [
+        Threshold(name=t.name, min=parse_metric(t.min), max=parse_metric(t.max))
+        for t in getattr(promotion, "require_metrics", None) or ()
+    ]
 
 
-def spec_selector(ms: ModelService) -> dict[str, str] | None:
+@dataclass(frozen=True)
+class Selector:
+    """metav1.LabelSelector semantics: every matchLabels pair and every expression must hold."""
+
+    match_labels: Mapping[str, str]
+    expressions: tuple[tuple[str, str, frozenset[str]], ...] = ()
+
+    def matches(self, labels: Mapping[str, str] | None) -> bool:
+        labels = labels or {}
+        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+            return False
+        for key, operator, values in self.expressions:
+            present = key in labels
+            ok = {
+                "In": present and labels.get(key) in values,
+                "NotIn": not present or labels.get(key) not in values,
+                "Exists": present,
+                "DoesNotExist": not present,
+            }.get(operator, False)
+            if not ok:
+                return False
+        return True
+
+    def describe(self) -> str:
+        parts = [f"{k}={v}" for k, v in sorted(self.match_labels.items())]
+        parts += [f"{k} {op} ({','.join(sorted(v))})" if v else f"{k} {op}" for k, op, v in self.expressions]
+        return ",".join(parts)
+
+
+def spec_selector(ms: ModelService) -> Selector | None:
     selector = getattr(ms.spec.model, "training_job_selector", None)
     if selector is None:
         return None
-    labels = getattr(selector, "match_labels", None)
-    return dict(labels or {})
+    expressions = tuple(
+        (e.key, str(getattr(e.operator, "value", e.operator)), frozenset(e.values or ()))
+        for e in getattr(selector, "match_expressions", None) or ()
+    )
+    return Selector(dict(getattr(selector, "match_labels", None) or {}), expressions)
 
 
 def spec_replicas(ms: ModelService) -> int:
@@ -179,28 +211,9 @@ def spec_replicas(ms: ModelService) -> int:
     return 1 if replicas is None else replicas
 
 
-def _decimal_or_none(value: object) -> Decimal | None:
-    if value is None:
-        return None
-    return parse_metric(value)
-
-
 def parse_metric(value: object) -> Decimal | None:
-    """A metric value or threshold: a number, a decimal string; integers in spec are milli-units."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return Decimal(value) / 1000
-    try:
-        result = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    return result if result.is_finite() else None
-
-
-def _job_metric(value: object) -> Decimal | None:
-    # Status metrics are plain numbers (the trainer's floats), never milli-units.
-    if isinstance(value, bool):
+    """A metric value or threshold: a decimal string (the API's form) or a plain number."""
+    if value is None or isinstance(value, bool):
         return None
     try:
         result = Decimal(str(value))
@@ -241,7 +254,7 @@ def _candidate_from_job(job: Mapping[str, Any]) -> Candidate:
     metrics = {
         k: v
         for k, raw in (_get(job, "status", "model", "metrics") or {}).items()
-        if (v := _job_metric(raw)) is not None
+        if (v := parse_metric(raw)) is not None
     }
     return Candidate(
         model=ModelRef(
@@ -254,11 +267,6 @@ def _candidate_from_job(job: Mapping[str, Any]) -> Candidate:
         job=name,
         metrics=metrics,
     )
-
-
-def _matches(labels: Mapping[str, str] | None, selector: Mapping[str, str]) -> bool:
-    labels = labels or {}
-    return all(labels.get(k) == v for k, v in selector.items())
 
 
 def _completion_key(job: Mapping[str, Any]) -> tuple[str, str]:
@@ -286,8 +294,8 @@ def resolve_source(ms: ModelService, jobs: Sequence[Mapping[str, Any]]) -> Resol
         return Resolution([_candidate_from_job(job)])
     selector = spec_selector(ms)
     if selector is not None:
-        matching = [j for j in jobs if _matches(_get(j, "metadata", "labels"), selector)]
-        text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        matching = [j for j in jobs if selector.matches(_get(j, "metadata", "labels"))]
+        text = selector.describe()
         if not matching:
             return Resolution([], _problem(Reason.SOURCE_NOT_FOUND, f"no TrainingJob matches the selector {text}"))
         done = sorted((j for j in matching if _succeeded(j)), key=_completion_key, reverse=True)
@@ -770,7 +778,9 @@ def reconcile(
             )
         )
 
+    desired = replicas if replicas is not None else _get(observed.stable, "spec", "replicas")
     status: dict[str, Any] = {
+        "desiredReplicas": desired,
         "replicas": sum(int(_get(d, "status", "replicas") or 0) for d in (observed.stable, observed.canary) if d),
         "readyReplicas": sum(
             int(_get(d, "status", "readyReplicas") or 0) for d in (observed.stable, observed.canary) if d

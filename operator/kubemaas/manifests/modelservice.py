@@ -68,6 +68,7 @@ STARTUP_PROBE_PERIOD_SECONDS = 10
 # Triton's Python backend and PyTorch DataLoader-style workers use /dev/shm; the runtime's 64 MiB is too small.
 DEFAULT_SHM_SIZE = "1Gi"
 DEFAULT_PDB_MAX_UNAVAILABLE = 1
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 
 
 class Track(StrEnum):
@@ -106,9 +107,12 @@ class ServingOptions:
     service_account_name: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
     triton_args: tuple[str, ...] = ()
-    triton_env: tuple[tuple[str, str], ...] = ()
-    pdb_min_available: int | None = None
-    pdb_max_unavailable: int | None = None
+    # Extra environment of the Triton container, as core/v1 EnvVar / EnvFromSource dicts.
+    triton_env: tuple[Mapping[str, Any], ...] = ()
+    triton_env_from: tuple[Mapping[str, Any], ...] = ()
+    gpu_resource: str = DEFAULT_GPU_RESOURCE
+    pdb_min_available: int | str | None = None
+    pdb_max_unavailable: int | str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ def _restricted_container() -> dict[str, Any]:
     }
 
 
-def _resources(spec: ModelServiceSpec) -> dict[str, Any]:
+def _resources(spec: ModelServiceSpec, gpu_resource: str) -> dict[str, Any]:
     limits: dict[str, Any] = {}
     if spec.resources.cpu is not None:
         limits["cpu"] = str(spec.resources.cpu)
@@ -187,7 +191,7 @@ def _resources(spec: ModelServiceSpec) -> dict[str, Any]:
         out["requests"] = dict(limits)
     if spec.resources.gpus:
         # A string, as the API server returns quantities: an unchanged spec then compares equal.
-        limits["nvidia.com/gpu"] = str(spec.resources.gpus)
+        limits[gpu_resource] = str(spec.resources.gpus)
     if limits:
         out["limits"] = limits
     return out
@@ -267,9 +271,10 @@ def _triton_container(spec: ModelServiceSpec, options: ServingOptions) -> dict[s
             {"name": "shm", "mountPath": "/dev/shm"},
         ],
     }
-    env = [{"name": "HOME", "value": "/tmp"}, *({"name": k, "value": v} for k, v in options.triton_env)]
-    container["env"] = env
-    resources = _resources(spec)
+    container["env"] = [{"name": "HOME", "value": "/tmp"}, *(dict(e) for e in options.triton_env)]
+    if options.triton_env_from:
+        container["envFrom"] = [dict(e) for e in options.triton_env_from]
+    resources = _resources(spec, options.gpu_resource)
     if resources:
         container["resources"] = resources
     return container
@@ -304,7 +309,9 @@ def pod_template(
         ],
     }
     if options.service_account_name:
+        # A named account is asked for to reach an API (Kubernetes, a cloud's workload identity): mount its token.
         pod_spec["serviceAccountName"] = options.service_account_name
+        pod_spec["automountServiceAccountToken"] = True
     if options.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in options.image_pull_secrets]
     scheduling = spec.scheduling
