@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -16,6 +17,7 @@ from kubemaas.manifests import modelservice as m
 from tests.manifests.test_modelservice_manifests import parent_of
 
 NS = "serving"
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 STORE = "pvc://models/store"
 
 
@@ -109,7 +111,7 @@ def pod(version: str, *, loader: Mapping[str, Any] | None = None, source: str = 
 
 
 def run(ms: ModelService, observed: Observed, previous: Previous | None = None) -> core.Outcome:
-    return core.reconcile(ms, previous or Previous(), observed, parent_of(ms), options())
+    return core.reconcile(ms, previous or Previous(), observed, parent_of(ms), options(), NOW)
 
 
 def conditions(outcome: core.Outcome) -> dict[str, tuple[str, str, str]]:

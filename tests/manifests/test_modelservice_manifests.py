@@ -97,3 +97,8 @@ def test_key_secret_only_in_the_loader() -> None:
     assert "model-key" in mounts["model-loader"]
     assert "model-key" not in mounts["tritonserver"]
     assert not any("env" in c and any("KEY" in e["name"] for e in c["env"]) for c in pod["containers"])
+
+
+@pytest.mark.parametrize(("value", "text"), [(2000, "2k"), (1500, "1500"), (3_000_000, "3M"), (7, "7"), (0, "0")])
+def test_quantities_are_rendered_as_the_api_server_returns_them(value: int, text: str) -> None:
+    assert m.canonical_quantity(value) == text

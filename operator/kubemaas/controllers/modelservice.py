@@ -11,6 +11,7 @@ the garbage collector.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
@@ -205,8 +206,9 @@ async def reconcile(key: Key, kube: Kube, indexes: Mapping[str, kopf.Index[Any, 
         hpa=_named(_values(indexes["ms_hpas"], key), name),
         pdb=_named(_values(indexes["ms_pdbs"], key), name),
     )
+    now = utc_now()
     outcome = core.reconcile(
-        ms, core.Previous.from_status(body.get("status")), observed, parent_for(body), serving_options(ms)
+        ms, core.Previous.from_status(body.get("status")), observed, parent_for(body), serving_options(ms), now
     )
     current: dict[str, Sequence[Mapping[str, Any]]] = {
         "Deployment": deployments,
@@ -238,6 +240,21 @@ async def reconcile(key: Key, kube: Kube, indexes: Mapping[str, kopf.Index[Any, 
     )
     for event in outcome.events:
         kopf.event(_kopf_body(body), type=event.type, reason=event.reason, message=event.message[:1024])
+    if outcome.requeue_after is not None:
+        _requeue(key, kube, indexes, outcome.requeue_after)
+
+
+def _requeue(key: Key, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]], delay: float) -> None:
+    # Nothing in the cluster changes when a canary's analysis window ends; wake up for it (the safety
+    # timer would too, later). In memory only: after a restart, resume re-derives the same wait.
+    loop = asyncio.get_running_loop()
+    loop.call_later(
+        max(delay, 1.0),
+        lambda: _PENDING.add(loop.create_task(LOOP.run(key, lambda: reconcile(key, kube, indexes), retry=False))),
+    )
+
+
+_PENDING: set[asyncio.Task[None]] = set()
 
 
 def _owned_by(rs: Mapping[str, Any], name: str) -> bool:

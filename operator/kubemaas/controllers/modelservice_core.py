@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
@@ -151,6 +152,8 @@ class Outcome:
     status: dict[str, Any]
     conditions: list[ConditionDecision]
     events: list[Event]
+    # Reconcile again after this many seconds even if nothing changes (a canary analysis window ends).
+    requeue_after: float | None = None
 
 
 # --------------------------------------------------------------------------- API seams
@@ -441,6 +444,30 @@ def crash_failure(pods: Sequence[Mapping[str, Any]], version: str) -> Failure | 
     return None
 
 
+def available_since(deployment: Mapping[str, Any]) -> datetime | None:
+    """When the Deployment last became Available (its condition's lastTransitionTime)."""
+    for c in _get(deployment, "status", "conditions") or ():
+        if c.get("type") == "Available" and c.get("status") == "True" and c.get("lastTransitionTime"):
+            try:
+                return datetime.fromisoformat(str(c["lastTransitionTime"]).replace("Z", "+00:00"))
+            except ValueError:
+                return None
+    return None
+
+
+def _restarted(pods: Sequence[Mapping[str, Any]], version: str) -> Failure | None:
+    for pod in pods:
+        for status in _get(pod, "status", "containerStatuses") or ():
+            if (status.get("restartCount") or 0) > 0:
+                return Failure(
+                    version=version,
+                    reason="CanaryRestarted",
+                    message=f"container {status.get('name')} of canary pod {_get(pod, 'metadata', 'name')} restarted "
+                    "during the analysis window",
+                )
+    return None
+
+
 def resolved_version(pods: Sequence[Mapping[str, Any]], source: str) -> str | None:
     """The version a ``Latest`` loader resolved, from pods built for this source."""
     for pod in pods:
@@ -530,9 +557,16 @@ class Previous:
 
 
 def reconcile(
-    ms: ModelService, previous: Previous, observed: Observed, parent: Parent, options: ServingOptions
+    ms: ModelService,
+    previous: Previous,
+    observed: Observed,
+    parent: Parent,
+    options: ServingOptions,
+    now: datetime,
 ) -> Outcome:
     spec = ms.spec
+    analysis_seconds: int | None = getattr(spec.rollout, "canary_analysis_seconds", None)
+    requeue_after: float | None = None
     resolution = resolve_source(ms, observed.training_jobs)
     thresholds = spec_thresholds(ms)
     previous_failure = previous.last_failure
@@ -597,6 +631,8 @@ def reconcile(
     canary_current = template_ref(observed.canary)
     if failure is None and observed.canary is not None and canary_current is not None:
         failure = _failure_of(observed.canary, observed.pods, Track.CANARY)
+        if failure is None and analysis_seconds is not None:
+            failure = _restarted(_pods_of(observed.pods, Track.CANARY, canary_current.version), canary_current.version)
         if failure is not None:
             bad_version = failure.version
 
@@ -632,6 +668,13 @@ def reconcile(
             and canary_current.version == target.version
             and rollout_state(observed.canary) is RolloutState.COMPLETE
         )
+        if canary_ready and analysis_seconds is not None and observed.canary is not None:
+            # Promote only after the canary served the whole window (restarts fail it, see above).
+            since = available_since(observed.canary)
+            waited = (now - since).total_seconds() if since is not None else 0.0
+            if waited < analysis_seconds:
+                canary_ready = False
+                requeue_after = analysis_seconds - waited
         # Ready canary: promote (the stable Deployment moves to the version, the canary keeps serving
         # until that rollout completed). Otherwise the stable Deployment stays where it is.
         canary_target = target
@@ -793,4 +836,6 @@ def reconcile(
         "url": m.url(parent) if stable_target is not None else None,
         "observedGeneration": ms.metadata.generation,
     }
-    return Outcome(apply=apply, delete=delete, status=status, conditions=conditions, events=events)
+    return Outcome(
+        apply=apply, delete=delete, status=status, conditions=conditions, events=events, requeue_after=requeue_after
+    )

@@ -414,9 +414,21 @@ def _hpa_metric(autoscaling: Autoscaling) -> dict[str, Any]:
         "type": "Pods",
         "pods": {
             "metric": {"name": QUEUE_TIME_METRIC},
-            "target": {"type": "AverageValue", "averageValue": str(autoscaling.target)},
+            "target": {"type": "AverageValue", "averageValue": canonical_quantity(autoscaling.target)},
         },
     }
+
+
+_DECIMAL_SUFFIXES = ("", "k", "M", "G", "T", "P", "E")
+
+
+def canonical_quantity(value: int) -> str:
+    """An integer as the API server writes it back (2000 -> "2k"), so an unchanged HPA compares equal."""
+    suffix = 0
+    while value and value % 1000 == 0 and suffix < len(_DECIMAL_SUFFIXES) - 1:
+        value //= 1000
+        suffix += 1
+    return f"{value}{_DECIMAL_SUFFIXES[suffix]}"
 
 
 def horizontal_pod_autoscaler(parent: Parent, autoscaling: Autoscaling) -> dict[str, Any]:
