@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kubemaas.api import ModelService
+from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.manifests import modelservice as m
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
@@ -47,7 +48,9 @@ def build(case: dict[str, Any]) -> dict[str, Any]:
     model = m.ModelRef(
         **case.get("model", {"store_uri": "", "model": "", "version": "", "key_secret": "", "source": ""})
     )
-    options = m.ServingOptions(**{"triton_image": ms.spec.runtime.image, **case.get("options", {})})
+    options = m.ServingOptions(
+        **{"triton_image": ms.spec.runtime.image or DEFAULT_TRITON_IMAGE, **case.get("options", {})}
+    )
     builder = case["builder"]
     if builder in ("deployment", "canary"):
         autoscaled = ms.spec.autoscaling is not None
