@@ -391,6 +391,10 @@ def test_autoscaling_owns_replicas() -> None:
     assert out.status["desiredReplicas"] is None  # no Deployment yet; then the autoscaler's count
     scaled = deployment(ms, ref("v3", source=f"{STORE}/digits@v3"), replicas=3)
     assert run(ms, Observed(stable=scaled)).status["desiredReplicas"] == 3
+    assert conditions(run(ms, Observed(stable=scaled)))[Cond.READY][0] == "True"
+    # Created at one replica, before the HPA scaled it to minReplicas: not Ready yet.
+    single = deployment(ms, ref("v3", source=f"{STORE}/digits@v3"), replicas=1)
+    assert conditions(run(ms, Observed(stable=single)))[Cond.READY][0] == "False"
     assert kinds(out) == [
         ("Deployment", "digits"),
         ("Service", "digits"),

@@ -729,6 +729,8 @@ def reconcile(
         and current.version == target.version
         and stable_state is RolloutState.COMPLETE
         and (current.version != LATEST)
+        # A new Deployment starts at one replica until the HPA scaled it to its minimum.
+        and (autoscaling is None or (_get(observed.stable, "spec", "replicas") or 1) >= autoscaling.min_replicas)
     )
     if up_to_date and current is not None:
         if served != current.version:
