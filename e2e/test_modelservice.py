@@ -149,6 +149,15 @@ def model_service(name: str, model: dict[str, Any], **spec: Any) -> dict[str, An
     }
 
 
+def serve_digits(cluster: E2ECluster, namespace: str, **spec: Any) -> None:
+    """TrainingJob `digits` published v1, and a ModelService `digits` serving it, Ready."""
+    create_job(cluster, namespace, "digits")
+    publish(cluster, namespace, "digits", "v1")
+    ms = model_service("digits", {"trainingJobRef": {"name": "digits"}}, **spec)
+    custom(cluster).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
+    wait_condition(cluster, namespace, "digits", "Ready")
+
+
 def get_ms(cluster: E2ECluster, namespace: str, name: str) -> dict[str, Any]:
     return dict(custom(cluster).get_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", name))
 
@@ -307,11 +316,7 @@ def operator_alive(operator: OperatorProcess) -> None:
 def test_new_version_rolls_out_with_zero_unavailable_and_deletion_collects_children(
     cluster: E2ECluster, namespace: str, crds: None, store: str, operator: OperatorProcess
 ) -> None:
-    create_job(cluster, namespace, "digits")
-    publish(cluster, namespace, "digits", "v1")
-    ms = model_service("digits", {"trainingJobRef": {"name": "digits"}}, replicas=3)
-    custom(cluster).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
-    wait_condition(cluster, namespace, "digits", "Ready")
+    serve_digits(cluster, namespace, replicas=3)
 
     apps = client.AppsV1Api(cluster.api)
     with DeploymentWatch(cluster, namespace, "digits") as seen:
@@ -380,13 +385,7 @@ def test_selector_promotes_a_better_job_and_blocks_one_failing_the_gate(
 def test_version_that_never_gets_ready_is_rolled_back(
     cluster: E2ECluster, namespace: str, crds: None, store: str, operator: OperatorProcess
 ) -> None:
-    create_job(cluster, namespace, "digits")
-    publish(cluster, namespace, "digits", "v1")
-    ms = model_service(
-        "digits", {"trainingJobRef": {"name": "digits"}}, replicas=2, rollout={"progressDeadlineSeconds": 30}
-    )
-    custom(cluster).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
-    wait_condition(cluster, namespace, "digits", "Ready")
+    serve_digits(cluster, namespace, replicas=2, rollout={"progressDeadlineSeconds": 30})
 
     # v2 lives on a claim that does not exist: its pods stay Pending, never ready.
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -428,16 +427,7 @@ def test_version_that_never_gets_ready_is_rolled_back(
 def test_canary_runs_beside_stable_and_is_folded_in(
     cluster: E2ECluster, namespace: str, crds: None, store: str, operator: OperatorProcess
 ) -> None:
-    create_job(cluster, namespace, "digits")
-    publish(cluster, namespace, "digits", "v1")
-    ms = model_service(
-        "digits",
-        {"trainingJobRef": {"name": "digits"}},
-        replicas=2,
-        rollout={"strategy": "Canary", "canaryReplicas": 1},
-    )
-    custom(cluster).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
-    wait_condition(cluster, namespace, "digits", "Ready")
+    serve_digits(cluster, namespace, replicas=2, rollout={"strategy": "Canary", "canaryReplicas": 1})
 
     apps = client.AppsV1Api(cluster.api)
     publish(cluster, namespace, "digits", "v2")

@@ -61,39 +61,24 @@ def ms_training_jobs(namespace: str | None, body: kopf.Body, **_: Any) -> dict[s
     return {namespace: dict(body)}
 
 
-def _child_index(namespace: str | None, labels: Mapping[str, str], body: kopf.Body) -> dict[Key, dict[str, Any]] | None:
+def _child_index(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]] | None:
     key = _owner(namespace, labels)
     return {key: dict(body)} if key is not None else None
 
 
-@kopf.index("apps", "v1", "deployments", labels={PARENT_LABEL: kopf.PRESENT})
-def ms_deployments(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
-    return _child_index(namespace, labels, body)
-
-
-@kopf.index("apps", "v1", "replicasets", labels={PARENT_LABEL: kopf.PRESENT})
-def ms_replica_sets(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
-    return _child_index(namespace, labels, body)
-
-
-@kopf.index("", "v1", "pods", labels={PARENT_LABEL: kopf.PRESENT})
-def ms_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
-    return _child_index(namespace, labels, body)
-
-
-@kopf.index("", "v1", "services", labels={PARENT_LABEL: kopf.PRESENT})
-def ms_services(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
-    return _child_index(namespace, labels, body)
-
-
-@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels={PARENT_LABEL: kopf.PRESENT})
-def ms_hpas(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
-    return _child_index(namespace, labels, body)
-
-
-@kopf.index("policy", "v1", "poddisruptionbudgets", labels={PARENT_LABEL: kopf.PRESENT})
-def ms_pdbs(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
-    return _child_index(namespace, labels, body)
+# Owned children, indexed by their ModelService (namespace, name): index name -> (group, version, plural).
+CHILD_INDEXES = {
+    "ms_deployments": ("apps", "v1", "deployments"),
+    "ms_replica_sets": ("apps", "v1", "replicasets"),
+    "ms_pods": ("", "v1", "pods"),
+    "ms_services": ("", "v1", "services"),
+    "ms_hpas": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "ms_pdbs": ("policy", "v1", "poddisruptionbudgets"),
+}
+for _index, (_group, _version, _plural) in CHILD_INDEXES.items():
+    kopf.index(_group, _version, _plural, id=_index, labels={PARENT_LABEL: kopf.PRESENT})(_child_index)
 
 
 def _values(index: kopf.Index[Any, Any], key: Any) -> list[dict[str, Any]]:
@@ -321,14 +306,12 @@ async def _child_event(namespace: str | None, labels: Mapping[str, str], memo: A
         await _run(key, memo, kwargs, retry=False)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={PARENT_LABEL: kopf.PRESENT})
-@kopf.on.event("apps", "v1", "replicasets", labels={PARENT_LABEL: kopf.PRESENT})
-@kopf.on.event("", "v1", "pods", labels={PARENT_LABEL: kopf.PRESENT})
-@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels={PARENT_LABEL: kopf.PRESENT})
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={PARENT_LABEL: kopf.PRESENT})
-@kopf.on.event("", "v1", "services", labels={PARENT_LABEL: kopf.PRESENT})
 async def ms_child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any) -> None:
     await _child_event(namespace, labels, memo, kwargs)
+
+
+for _group, _version, _plural in CHILD_INDEXES.values():
+    kopf.on.event(_group, _version, _plural, id=f"ms-{_plural}", labels={PARENT_LABEL: kopf.PRESENT})(ms_child_changed)
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
