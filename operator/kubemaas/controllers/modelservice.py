@@ -170,7 +170,7 @@ async def reconcile(key: Key, kube: Kube, indexes: Mapping[str, kopf.Index[Any, 
     bodies = _values(indexes["ms_bodies"], key)
     if not bodies:
         return  # deleted: the garbage collector takes the children
-    body = bodies[0]
+    body = _with_written_status(key, bodies[0])
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
     generation = body["metadata"].get("generation")
@@ -216,6 +216,7 @@ async def reconcile(key: Key, kube: Kube, indexes: Mapping[str, kopf.Index[Any, 
     status, old, conditions = new_status(body, outcome, generation)
     if await kube.patch_status(body, status):
         STATUS_WRITES.labels(KIND).inc()
+    _WRITTEN[key] = (body["metadata"].get("uid"), status)
     post_transition_events(
         body,
         old,
@@ -240,6 +241,19 @@ def _requeue(key: Key, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]], 
 
 
 _PENDING: set[asyncio.Task[None]] = set()
+
+
+# The status this operator last wrote, per ModelService. Only this operator writes it, so it is never older
+# than the copy in the index, which lags behind our own patch until the watch delivers it: a reconcile
+# in that gap must not forget a failure it just recorded (and roll the failed version out again).
+_WRITTEN: dict[Key, tuple[str | None, dict[str, Any]]] = {}
+
+
+def _with_written_status(key: Key, body: dict[str, Any]) -> dict[str, Any]:
+    written = _WRITTEN.get(key)
+    if written is None or written[0] != body.get("metadata", {}).get("uid"):
+        return body
+    return {**body, "status": written[1]}
 
 
 def _owned_by(rs: Mapping[str, Any], name: str) -> bool:
@@ -298,6 +312,7 @@ async def ms_safety_timer(namespace: str | None, name: str, memo: Any, **kwargs:
 def ms_deleted(type: str, namespace: str | None, name: str, **_: Any) -> None:
     if type == "DELETED" and namespace:
         LOOP.forget((namespace, name))
+        _WRITTEN.pop((namespace, name), None)
 
 
 async def _child_event(namespace: str | None, labels: Mapping[str, str], memo: Any, kwargs: Mapping[str, Any]) -> None:
