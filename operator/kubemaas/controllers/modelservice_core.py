@@ -645,7 +645,12 @@ def reconcile(
     elif current is not None and current.version != bad_version:
         target = current
     else:
-        target = _ref_for_version(observed, last_good) if last_good != bad_version else None
+        target = None
+        if last_good is not None and last_good != bad_version:
+            # The old ReplicaSet's exact template; else the source still lists that version.
+            target = _ref_for_version(observed, last_good) or next(
+                (c.model for c in resolution.candidates if c.model.version == last_good), None
+            )
         if target is None and current is None and candidate is not None and blocked:
             # Nothing serves yet: the newest candidate that passes the gate, if an older one does.
             older = next((c for c in resolution.candidates[1:] if not gate_failures(c, thresholds)), None)
