@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -176,9 +177,19 @@ def wait_condition(
     return cluster.wait_for(f"ModelService {name} {type_}={status}", check, timeout=timeout)
 
 
-def kubectl(cluster: E2ECluster, *args: str, timeout: float = 120) -> str:
-    assert cluster.local is not None, "needs the local cluster's kubectl"
-    return cluster.local.kubectl(*args, timeout=timeout)
+def kubectl_command(cluster: E2ECluster) -> list[str]:
+    # The local cluster's own kubectl (its pinned version), else the one on PATH.
+    binary = str(cluster.local.bin / "kubectl") if cluster.local is not None else shutil.which("kubectl")
+    assert binary, "kubectl not found"
+    return [binary, "--kubeconfig", str(cluster.kubeconfig)]
+
+
+def kubectl(cluster: E2ECluster, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
+    result = subprocess.run(
+        [*kubectl_command(cluster), *args], input=stdin, text=True, capture_output=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"kubectl {' '.join(args)} failed: {result.stderr}"
+    return result.stdout
 
 
 def template_version(deployment: Any) -> str:
@@ -488,6 +499,4 @@ def test_fifty_modelservices_become_ready_and_idle_writes_nothing(
 
 
 def _apply(cluster: E2ECluster, namespace: str, text: str) -> None:
-    assert cluster.local is not None
-    command = [str(cluster.local.bin / "kubectl"), "--kubeconfig", str(cluster.kubeconfig), "apply", "-n", namespace]
-    subprocess.run([*command, "-f", "-"], input=text, text=True, check=True, capture_output=True, timeout=120)
+    kubectl(cluster, "apply", "-n", namespace, "-f", "-", stdin=text)
