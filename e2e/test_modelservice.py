@@ -8,7 +8,6 @@ the real node (issue 14) covers Triton answering inside a pod.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client, watch
 
 from e2e.cluster.nodes import GPU_NODES
@@ -471,7 +471,7 @@ def test_fifty_modelservices_become_ready_and_idle_writes_nothing(
     create_job(cluster, namespace, "digits")
     publish(cluster, namespace, "digits", "v1")
     manifests = [model_service(f"ms-{i:02d}", {"trainingJobRef": {"name": "digits"}}, replicas=2) for i in range(SCALE)]
-    text = "\n---\n".join(json.dumps(m) for m in manifests)
+    text = yaml.safe_dump_all(manifests)
     started = time.monotonic()
     _apply(cluster, namespace, text)
 
