@@ -14,6 +14,7 @@ from kubemaas.api import ModelService
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.modelservice_core import ChildKey, Cond, Observed, Previous, Reason, Threshold
 from kubemaas.manifests import modelservice as m
+from kubemaas.runtime.termination import SuccessMessage, encode
 from tests.manifests.test_modelservice_manifests import parent_of
 
 NS = "serving"
@@ -60,7 +61,7 @@ def ref(version: str, source: str = "trainingjob/digits", key: str = "digits-key
 
 
 def options() -> m.ServingOptions:
-    return m.ServingOptions(triton_image="triton:1", progress_deadline_seconds=60)
+    return m.ServingOptions(triton_image="triton:1", progress_deadline_seconds=60, startup_timeout_seconds=600)
 
 
 def deployment(
@@ -224,7 +225,8 @@ def test_latest_is_pinned_to_the_version_the_loader_reported() -> None:
     ms = uri_ms("Latest")
     source = f"{STORE}/digits@Latest"
     stable = deployment(ms, ref("Latest", source=source))
-    report = {"state": {"terminated": {"exitCode": 0, "message": json.dumps({"version": "v9", "sha256": "ab"})}}}
+    success = SuccessMessage(model="digits", version="v9", uri=f"{STORE}/digits/v9", sha256="a" * 64, key_id="k1")
+    report = {"state": {"terminated": {"exitCode": 0, "message": encode(success).decode()}}}
     out = run(ms, Observed(stable=stable, pods=[pod("Latest", loader=report, source=source)]))
     assert served_version(out.apply[0]) == "v9"
     assert out.status["servedVersion"] == "v9"

@@ -6,6 +6,7 @@ is built for, the pinned ``model`` and optional ``options``; ``expected`` is the
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from kubemaas.api import ModelService
-from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
+from kubemaas.controllers.modelservice import serving_options
 from kubemaas.manifests import modelservice as m
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
@@ -48,9 +49,7 @@ def build(case: dict[str, Any]) -> dict[str, Any]:
     model = m.ModelRef(
         **case.get("model", {"store_uri": "", "model": "", "version": "", "key_secret": "", "source": ""})
     )
-    options = m.ServingOptions(
-        **{"triton_image": ms.spec.runtime.image or DEFAULT_TRITON_IMAGE, **case.get("options", {})}
-    )
+    options = dataclasses.replace(serving_options(ms), **case.get("options", {}))
     builder = case["builder"]
     if builder in ("deployment", "canary"):
         autoscaled = ms.spec.autoscaling is not None

@@ -94,27 +94,22 @@ def _named(objects: Iterable[Mapping[str, Any]], name: str) -> Mapping[str, Any]
 
 
 def serving_options(ms: ModelService) -> m.ServingOptions:
-    """The spec's serving settings with the operator's defaults applied.
-
-    Seam: the fields read with getattr are being added to the API (issue 10's branch); until that is on
-    main the operator's defaults apply.
-    """
+    """The spec's serving settings with the operator's defaults applied."""
     spec = ms.spec
-    runtime, rollout, resources = spec.runtime, spec.rollout, spec.resources
-    budget = getattr(spec, "disruption_budget", None)
+    runtime, resources, budget = spec.runtime, spec.resources, spec.disruption_budget
     return m.ServingOptions(
         triton_image=runtime.image or DEFAULT_TRITON_IMAGE,
-        progress_deadline_seconds=getattr(rollout, "progress_deadline_seconds", m.DEFAULT_PROGRESS_DEADLINE_SECONDS),
-        startup_timeout_seconds=getattr(runtime, "startup_timeout_seconds", m.DEFAULT_STARTUP_TIMEOUT_SECONDS),
-        shm_size=str(getattr(resources, "shm_size", None) or m.DEFAULT_SHM_SIZE),
-        service_account_name=getattr(spec, "service_account_name", None),
-        image_pull_secrets=tuple(r.name for r in getattr(spec, "image_pull_secrets", None) or ()),
-        triton_args=tuple(getattr(runtime, "args", None) or ()),
-        triton_env=tuple(e.to_wire() for e in getattr(runtime, "env", None) or ()),
-        triton_env_from=tuple(e.to_wire() for e in getattr(runtime, "env_from", None) or ()),
-        gpu_resource=getattr(resources, "gpu_resource", None) or m.DEFAULT_GPU_RESOURCE,
-        pdb_min_available=getattr(budget, "min_available", None),
-        pdb_max_unavailable=getattr(budget, "max_unavailable", None),
+        progress_deadline_seconds=spec.rollout.progress_deadline_seconds,
+        startup_timeout_seconds=runtime.startup_timeout_seconds,
+        shm_size=str(resources.shm_size or m.DEFAULT_SHM_SIZE),
+        service_account_name=spec.service_account_name,
+        image_pull_secrets=tuple(r.name for r in spec.image_pull_secrets or ()),
+        triton_args=tuple(runtime.args or ()),
+        triton_env=tuple(e.to_wire() for e in runtime.env or ()),
+        triton_env_from=tuple(e.to_wire() for e in runtime.env_from or ()),
+        gpu_resource=resources.gpu_resource or m.DEFAULT_GPU_RESOURCE,
+        pdb_min_available=budget.min_available if budget is not None else None,
+        pdb_max_unavailable=budget.max_unavailable if budget is not None else None,
     )
 
 

@@ -30,7 +30,6 @@ Decisions, in order:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -38,10 +37,17 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-from kubemaas.api.base import ConditionStatus
-from kubemaas.api.modelservice import LATEST, ModelService, RolloutStrategy
+from kubemaas.api.base import LATEST, ConditionStatus
+from kubemaas.api.modelservice import ModelService, RolloutStrategy
 from kubemaas.manifests import modelservice as m
 from kubemaas.manifests.modelservice import ModelRef, Parent, ServingOptions, Track
+from kubemaas.runtime.termination import (
+    FailureMessage,
+    InvalidTerminationMessage,
+    SuccessMessage,
+    TerminationMessage,
+    parse_termination,
+)
 
 # A serving container restarted this often (or in CrashLoopBackOff) marks its version as failed.
 CRASH_RESTARTS = 3
@@ -156,16 +162,14 @@ class Outcome:
     requeue_after: float | None = None
 
 
-# --------------------------------------------------------------------------- API seams
-#
-# Fields the API helper is adding (issue 10/12); until they are on main these read them if present.
+# --------------------------------------------------------------------------- the spec, as the core reads it
 
 
 def spec_thresholds(ms: ModelService) -> list[Threshold]:
-    promotion = getattr(ms.spec, "promotion", None)
+    promotion = ms.spec.promotion
     return [
         Threshold(name=t.name, min=parse_metric(t.min), max=parse_metric(t.max))
-        for t in getattr(promotion, "require_metrics", None) or ()
+        for t in (promotion.require_metrics if promotion is not None else ())
     ]
 
 
@@ -199,19 +203,11 @@ class Selector:
 
 
 def spec_selector(ms: ModelService) -> Selector | None:
-    selector = getattr(ms.spec.model, "training_job_selector", None)
+    selector = ms.spec.model.training_job_selector
     if selector is None:
         return None
-    expressions = tuple(
-        (e.key, str(getattr(e.operator, "value", e.operator)), frozenset(e.values or ()))
-        for e in getattr(selector, "match_expressions", None) or ()
-    )
-    return Selector(dict(getattr(selector, "match_labels", None) or {}), expressions)
-
-
-def spec_replicas(ms: ModelService) -> int:
-    replicas: int | None = ms.spec.replicas
-    return 1 if replicas is None else replicas
+    expressions = tuple((e.key, str(e.operator), frozenset(e.values or ())) for e in selector.match_expressions or ())
+    return Selector(dict(selector.match_labels or {}), expressions)
 
 
 def parse_metric(value: object) -> Decimal | None:
@@ -392,24 +388,23 @@ def _pods_of(pods: Sequence[Mapping[str, Any]], track: Track, version: str) -> l
     ]
 
 
-def _termination_json(status: Mapping[str, Any]) -> dict[str, Any] | None:
+def _termination(status: Mapping[str, Any]) -> TerminationMessage | None:
+    """The termination message of a container (current or previous run), if it is one the runtime writes."""
     for state in ("state", "lastState"):
-        message = _get(status, state, "terminated", "message")
-        if message:
+        text = _get(status, state, "terminated", "message")
+        if text:
             try:
-                parsed = json.loads(message)
-            except ValueError:
+                return parse_termination(str(text))
+            except InvalidTerminationMessage:
                 continue
-            if isinstance(parsed, dict):
-                return parsed
     return None
 
 
-def loader_report(pod: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The model-loader's termination message (one line of JSON, docs/runtime-contract.md §5)."""
+def loader_report(pod: Mapping[str, Any]) -> TerminationMessage | None:
+    """The model-loader's termination message (docs/runtime-contract.md §5)."""
     for status in _get(pod, "status", "initContainerStatuses") or ():
         if status.get("name") == m.LOADER_CONTAINER:
-            return _termination_json(status)
+            return _termination(status)
     return None
 
 
@@ -424,14 +419,13 @@ def crash_failure(pods: Sequence[Mapping[str, Any]], version: str) -> Failure | 
             waiting = _get(status, "state", "waiting", "reason")
             if waiting != Reason.CRASH_LOOP and (status.get("restartCount") or 0) < CRASH_RESTARTS:
                 continue
-            report = _termination_json(status) if status.get("name") == m.LOADER_CONTAINER else None
-            if report and report.get("reason"):
-                exit_code = report.get("exitCode")
+            report = _termination(status) if status.get("name") == m.LOADER_CONTAINER else None
+            if isinstance(report, FailureMessage):
                 return Failure(
                     version=version,
-                    reason=str(report["reason"]),
-                    message=str(report.get("message", ""))[:1024],
-                    exit_code=exit_code if isinstance(exit_code, int) else None,
+                    reason=report.reason,
+                    message=report.message[:1024],
+                    exit_code=int(report.exit_code),
                 )
             terminated = _get(status, "lastState", "terminated") or {}
             return Failure(
@@ -474,8 +468,8 @@ def resolved_version(pods: Sequence[Mapping[str, Any]], source: str) -> str | No
         if _get(pod, "metadata", "annotations", m.SOURCE_ANNOTATION) != source:
             continue
         report = loader_report(pod)
-        if report and isinstance(report.get("version"), str) and not report.get("exitCode"):
-            return str(report["version"])
+        if isinstance(report, SuccessMessage):
+            return report.version
     return None
 
 
@@ -565,7 +559,7 @@ def reconcile(
     now: datetime,
 ) -> Outcome:
     spec = ms.spec
-    analysis_seconds: int | None = getattr(spec.rollout, "canary_analysis_seconds", None)
+    analysis_seconds = spec.rollout.canary_analysis_seconds
     requeue_after: float | None = None
     resolution = resolve_source(ms, observed.training_jobs)
     thresholds = spec_thresholds(ms)
@@ -701,7 +695,7 @@ def reconcile(
     apply: list[dict[str, Any]] = []
     delete: list[ChildKey] = []
     autoscaling = spec.autoscaling
-    replicas = None if autoscaling is not None else spec_replicas(ms)
+    replicas = spec.fixed_replicas
     stable_target = target if target is not None else current
     if target is not None:
         apply.append(m.deployment(spec, parent, target, options, track=Track.STABLE, replicas=replicas))
@@ -709,7 +703,7 @@ def reconcile(
         apply.append(m.service(parent))
         if autoscaling is not None:
             apply.append(m.horizontal_pod_autoscaler(parent, autoscaling))
-        most = autoscaling.max_replicas if autoscaling is not None else spec_replicas(ms)
+        most = autoscaling.max_replicas if autoscaling is not None else replicas or 0
         if most > 1:
             apply.append(m.pod_disruption_budget(parent, options))
     if canary_target is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from kubemaas import __version__
+from kubemaas import __version__, contract
 from kubemaas.api.modelservice import (
     Autoscaling,
     Batching,
@@ -43,8 +43,8 @@ TRITON_CONTAINER = "tritonserver"
 
 # Where the pod sees things. The repository path is shared by loader (read-write) and Triton (read-only).
 REPOSITORY_PATH = "/models"
-KEY_PATH = "/var/run/kubemaas/keys"
-TERMINATION_LOG = "/dev/termination-log"
+KEY_PATH = str(contract.DEFAULT_KEY_DIR)
+TERMINATION_LOG = str(contract.DEFAULT_TERMINATION_LOG)
 
 # Labels/annotations the controller reads back from the pod template and pods.
 VERSION_LABEL = "kubemaas.io/model-version"
@@ -61,9 +61,6 @@ QUEUE_TIME_METRIC = "nv_inference_queue_duration_us_per_request"
 # default; it runs fine as any non-root user when everything it writes is a mounted volume.
 RUN_AS_USER = 65532
 
-DEFAULT_PROGRESS_DEADLINE_SECONDS = 900
-# Triton loads the model into (GPU) memory before /v2/health/ready answers: several GB take minutes.
-DEFAULT_STARTUP_TIMEOUT_SECONDS = 1200
 STARTUP_PROBE_PERIOD_SECONDS = 10
 # Triton's Python backend and PyTorch DataLoader-style workers use /dev/shm; the runtime's 64 MiB is too small.
 DEFAULT_SHM_SIZE = "1Gi"
@@ -100,9 +97,10 @@ class ServingOptions:
     """Serving settings with the operator's defaults applied (some are operator configuration)."""
 
     triton_image: str
+    progress_deadline_seconds: int
+    # Triton loads the model into (GPU) memory before /v2/health/ready answers: several GB take minutes.
+    startup_timeout_seconds: int
     loader_image: str = DEFAULT_LOADER_IMAGE
-    progress_deadline_seconds: int = DEFAULT_PROGRESS_DEADLINE_SECONDS
-    startup_timeout_seconds: int = DEFAULT_STARTUP_TIMEOUT_SECONDS
     shm_size: str = DEFAULT_SHM_SIZE
     service_account_name: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
