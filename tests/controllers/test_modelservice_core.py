@@ -8,8 +8,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import pytest
-
 from kubemaas.api import ModelService
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.modelservice_core import ChildKey, Cond, Observed, Previous, Reason, Threshold
@@ -199,8 +197,7 @@ def test_source_lost_keeps_serving_and_degrades() -> None:
     assert conditions(out)[Cond.DEGRADED][:2] == ("True", Reason.SOURCE_NOT_FOUND)
 
 
-def test_selector_picks_newest_succeeded_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core, "spec_selector", lambda ms: core.Selector({"team": "digits"}))
+def test_selector_picks_newest_succeeded_job() -> None:
     jobs = [
         job("a", "v1", "2026-11-29T10:00:00Z"),
         job("c", "v3", "2026-11-29T12:00:00Z"),
@@ -208,8 +205,7 @@ def test_selector_picks_newest_succeeded_job(monkeypatch: pytest.MonkeyPatch) ->
         job("d", None),
     ]
     jobs[1]["metadata"]["labels"] = {"team": "other"}
-    ms = make_ms()
-    ms.spec.model.training_job_ref = None  # a selector source (the API field replaces this patch)
+    ms = make_ms(model={"trainingJobSelector": {"matchLabels": {"team": "digits"}}})
     resolution = core.resolve_source(ms, jobs)
     assert [c.job for c in resolution.candidates] == ["b", "a"]
     waiting = core.resolve_source(ms, [job("d", None)]).problem
@@ -277,9 +273,8 @@ def test_metric_values_parse_as_decimals() -> None:
     assert core.parse_metric(True) is None
 
 
-def test_failing_candidate_is_not_rolled_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core, "spec_thresholds", lambda ms: [Threshold("heldOutAccuracy", min=Decimal("0.95"))])
-    ms = make_ms()
+def test_failing_candidate_is_not_rolled_out() -> None:
+    ms = make_ms(promotion={"requireMetrics": [{"name": "heldOutAccuracy", "min": "0.95"}]})
     stable = deployment(ms, ref("v1"))
     jobs = [job("digits", "v2", heldOutAccuracy=0.9)]
     out = run(ms, Observed(training_jobs=jobs, stable=stable), Previous(served_version="v1", last_good_version="v1"))
@@ -292,9 +287,8 @@ def test_failing_candidate_is_not_rolled_out(monkeypatch: pytest.MonkeyPatch) ->
     assert conditions(out)[Cond.READY][:2] == ("True", Reason.SERVING)
 
 
-def test_passing_candidate_is_rolled_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core, "spec_thresholds", lambda ms: [Threshold("heldOutAccuracy", min=Decimal("0.95"))])
-    ms = make_ms()
+def test_passing_candidate_is_rolled_out() -> None:
+    ms = make_ms(promotion={"requireMetrics": [{"name": "heldOutAccuracy", "min": "0.95"}]})
     stable = deployment(ms, ref("v1"))
     jobs = [job("digits", "v2", heldOutAccuracy=0.97)]
     out = run(ms, Observed(training_jobs=jobs, stable=stable), Previous(served_version="v1", last_good_version="v1"))
