@@ -37,8 +37,9 @@ READY_TIMEOUT = 90.0
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def crds(cluster: E2ECluster) -> None:
+    """This checkout's CRDs, applied before every test: helpers sharing the cluster apply their own."""
     for crd in load_crds():
         apply_crd(cluster.api, crd)
     ext = client.ApiextensionsV1Api(cluster.api)
