@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -191,8 +191,9 @@ class OperatorProcess:
 class OperatorLauncher:
     """Starts `kubemaas run -n <ns>... --standalone` against the test cluster, and restarts it."""
 
-    def __init__(self, cluster: E2ECluster, namespaces: list[str], log: Path) -> None:
+    def __init__(self, cluster: E2ECluster, namespaces: list[str], log: Path, args: Sequence[str] = ()) -> None:
         self.cluster, self.namespaces, self.log = cluster, namespaces, log
+        self.args = list(args)  # more `kubemaas run` flags, e.g. --watch-timeout
         self.current: OperatorProcess | None = None
 
     def start(self, *, wait: bool = True) -> OperatorProcess:
@@ -211,6 +212,7 @@ class OperatorLauncher:
                     liveness_url,
                     "--metrics-port",
                     str(metrics_port),
+                    *self.args,
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

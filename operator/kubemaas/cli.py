@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kubemaas.controllers import DEFAULT_METRICS_PORT
+from kubemaas.controllers import DEFAULT_METRICS_PORT, WATCH_SERVER_TIMEOUT
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -36,6 +36,7 @@ def _run(args: argparse.Namespace) -> int:
         standalone=args.standalone,
         liveness_endpoint=args.liveness,
         metrics_port=args.metrics_port,
+        watch_timeout=args.watch_timeout or None,
     )
 
 
@@ -62,6 +63,13 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=DEFAULT_METRICS_PORT,
         help=f"serve Prometheus metrics at :PORT/metrics (default {DEFAULT_METRICS_PORT}; 0 turns them off)",
+    )
+    p.add_argument(
+        "--watch-timeout",
+        type=int,
+        default=WATCH_SERVER_TIMEOUT,
+        help=f"seconds the API server keeps one watch open (default {WATCH_SERVER_TIMEOUT}); 0 leaves it to the "
+        "API server's --min-request-timeout",
     )
     p.set_defaults(func=_run)
 
