@@ -255,7 +255,8 @@ def serving_namespace(cluster: E2ECluster, name: str) -> str:
     cluster.wait_for(
         "claim models to be Bound",
         lambda: core.read_namespaced_persistent_volume_claim("models", name).status.phase == "Bound",
-        timeout=30,
+        # A just-started controller-manager on the loaded machine once took over 30 s for the first bind.
+        timeout=90,
     )
     cluster.wait_for(
         "the ModelService CRD to be served in the new namespace",

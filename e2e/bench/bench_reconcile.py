@@ -35,6 +35,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -72,6 +73,9 @@ CREATE_CONCURRENCY = 16
 STORE = "pvc://models/store"
 PYTORCHJOB_POD_LABEL = "training.kubeflow.org/job-name"
 PHASE_TIMEOUT = 900.0
+# py-spy (not a project dependency: `pip install py-spy` into any venv and pass --py-spy PATH) samples the
+# operator during the Kubemaas ModelService phase into results/<out>-<N>.profile.txt (collapsed stacks).
+PROFILER: dict[str, Any] = {}
 
 
 @dataclass
@@ -298,26 +302,41 @@ class Operator:
     def rss_mb(self) -> float:
         return float(self.ps.memory_info().rss) / 2**20
 
-    def writes(self) -> float:
+    def _sum(self, *prefixes: str) -> float:
         with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
             text = response.read().decode()
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(("kubemaas_children_applied_total{", "kubemaas_status_writes_total{"))
-        )
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefixes))
+
+    def writes(self) -> float:
+        return self._sum("kubemaas_children_applied_total{", "kubemaas_status_writes_total{")
+
+    def settle(self, quiet: float = 5.0, limit: float = 120.0) -> None:
+        """Return once the operator ran no reconcile for `quiet` seconds: the tail of a burst (children's
+        status events) must not run into the next phase's measurement."""
+        deadline = time.monotonic() + limit
+        last = self._sum("kubemaas_reconcile_total{")
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self._sum("kubemaas_reconcile_total{")
+            if now == last:
+                return
+            last = now
 
 
 @contextmanager
-def operator(cluster: control_plane.Cluster, namespaces: list[str], log: Path) -> Iterator[Operator]:
+def operator(cluster: control_plane.Cluster, namespaces: list[str], log: Path, n: int) -> Iterator[Operator]:
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
     metrics_port = free_port()
-    executable = Path(sys.executable).with_name("kubemaas")
+    command = [str(Path(sys.executable).with_name("kubemaas"))]
+    if PROFILER.get("tracemalloc"):
+        memory = RESULTS / f"{PROFILER['stem']}-{n}.memory.txt"
+        wrapper = Path(__file__).with_name("traced_operator.py")
+        command = [sys.executable, "-X", "tracemalloc=1", str(wrapper), str(memory)]
     scope = [f"--namespace={ns}" for ns in namespaces]
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
-                str(executable),
+                *command,
                 "run",
                 *scope,
                 "--standalone",
@@ -343,6 +362,25 @@ def operator(cluster: control_plane.Cluster, namespaces: list[str], log: Path) -
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def profiling(op: Operator | None, n: int) -> Iterator[None]:
+    if op is None or not PROFILER.get("py_spy"):
+        yield
+        return
+    out = RESULTS / f"{PROFILER['stem']}-{n}.profile.txt"
+    command = [PROFILER["py_spy"], "record", "--pid", str(op.process.pid), "--rate", "50", "--format", "raw"]
+    spy = subprocess.Popen(
+        [*command, "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        spy.send_signal(2)  # SIGINT: py-spy writes the profile and exits
+        spy.wait(timeout=60)
 
 
 @contextmanager
@@ -421,7 +459,7 @@ def phase_modelservices(bench: Bench, namespace: str, n: int, op: Operator | Non
     time.sleep(1.0)  # the watches are established
     bodies = [model_service(f"ms-{i:04d}") for i in range(n)]
     before, cpu_before = bench.requests(), op.cpu_seconds() if op else 0.0
-    with sampling_rss(op) as peak:
+    with sampling_rss(op) as peak, profiling(op, n):
         started = time.time()
         if op is not None:
             sent = create_all(
@@ -610,6 +648,9 @@ def rest(bench: Bench, op: Operator, namespaces: list[str], seconds: float) -> R
     time.sleep(seconds)
     window = requests_between(before, bench.requests())
     versions_after = parent_versions(bench, namespaces)
+    if PROFILER.get("tracemalloc"):
+        op.process.send_signal(signal.SIGUSR1)  # traced_operator.py writes the live allocations
+        time.sleep(20)
     writes = op.writes() - writes_before
     ours = MS_RESOURCES | TJ_RESOURCES
     api_writes = {
@@ -641,17 +682,21 @@ def run_one(bench: Bench, n: int, tj_n: int, rest_seconds: float, log_dir: Path)
     peer_ns = bench.namespace("peer")
     namespaces = [ms_ns, base_ns, tj_ns, peer_ns]
     try:
-        with operator(bench.cluster, [ms_ns, tj_ns], log_dir / f"operator-{n}.log") as op:
+        with operator(bench.cluster, [ms_ns, tj_ns], log_dir / f"operator-{n}.log", n) as op:
             print(f"[bench] N={n}: operator up (rss {op.rss_mb():.0f} MB)", flush=True)
-            kubemaas = phase_modelservices(bench, ms_ns, n, op, job)
-            print(f"[bench]   {kubemaas}", flush=True)
+            # The baseline first, while the operator (watching other namespaces) is idle; then the operator.
             baseline = phase_modelservices(bench, base_ns, n, None, base_job)
             print(f"[bench]   {baseline}", flush=True)
+            time.sleep(5)
+            kubemaas = phase_modelservices(bench, ms_ns, n, op, job)
+            print(f"[bench]   {kubemaas}", flush=True)
+            op.settle()
             kubemaas.ratio_to_baseline = round(kubemaas.seconds / baseline.seconds, 2)
             run.phases += [kubemaas, baseline]
             if tj_n:
                 tj = phase_trainingjobs(bench, tj_ns, tj_n, op)
                 print(f"[bench]   {tj}", flush=True)
+                op.settle()
                 peer = phase_peer(bench, tj_ns, peer_ns, tj_n)
                 print(f"[bench]   {peer}", flush=True)
                 bench.cleanup([peer_ns])  # its pods hold kwok capacity other sessions' tests need
@@ -733,7 +778,10 @@ def main() -> int:
     parser.add_argument("--tj-max", type=int, default=100, help="at most this many TrainingJobs per N")
     parser.add_argument("--rest-seconds", type=float, default=120.0, help="the at-rest window after the largest N")
     parser.add_argument("--out", default="reconcile", help="results file stem in e2e/bench/results")
+    parser.add_argument("--py-spy", default=None, help="py-spy executable: profile the operator's ModelService phase")
+    parser.add_argument("--tracemalloc", action="store_true", help="the operator's live allocations after the rest")
     args = parser.parse_args()
+    PROFILER.update(py_spy=args.py_spy, stem=args.out, tracemalloc=args.tracemalloc)
 
     cluster = control_plane.up()
     bench = Bench(cluster)
