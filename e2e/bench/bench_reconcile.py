@@ -39,6 +39,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -788,7 +789,7 @@ def main() -> int:
     for crd in load_crds():
         apply_crd(bench.api, crd)
     info = machine()
-    log_dir = RESULTS / "logs"
+    log_dir = Path(tempfile.gettempdir()) / "kubemaas-bench-logs"  # the operator's logs: large, not results
     log_dir.mkdir(parents=True, exist_ok=True)
     runs = []
     for n in args.n:
