@@ -62,6 +62,7 @@ from e2e.cluster import control_plane  # noqa: E402
 from e2e.cluster.processes import free_port, http_probe, wait_ready  # noqa: E402
 from e2e.conftest import PSS_RESTRICTED  # noqa: E402
 from e2e.kube import apiserver_requests, apply_crd, load_crds, requests_between  # noqa: E402
+from e2e.test_trainingjob import training_job as e2e_training_job  # noqa: E402
 from kubemaas.api import ModelService  # noqa: E402
 from kubemaas.controllers import modelservice as ms_controller  # noqa: E402
 from kubemaas.controllers import modelservice_core as ms_core  # noqa: E402
@@ -527,21 +528,9 @@ async def baseline_modelservices(
 
 
 def training_job(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "registry.k8s.io/pause:3.10",
-            "command": ["python", "-m", "train"],
-            "replicas": 1,
-            "backend": "PyTorchJob",
-            "resources": {"cpu": "10m", "memory": "16Mi"},
-            "data": {"uri": "pvc://datasets/digits"},
-            "output": {"uri": STORE},
-            "encryption": {"keySecretRef": {"name": f"{name}-key"}},
-        },
-    }
+    """The e2e suite's TrainingJob, one small CPU pod on the PyTorchJob backend."""
+    small = {"cpu": "10m", "memory": "16Mi"}
+    return e2e_training_job(name, replicas=1, backend="PyTorchJob", resources=small, scheduling={})
 
 
 TJ_RESOURCES = {"trainingjobs", "pytorchjobs", "secrets", "events", "pods", "services"}
