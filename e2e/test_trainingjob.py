@@ -305,6 +305,7 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
     assert_restricted_and_tokenless(pods)
     assert jobs.get("digits")["status"]["backend"] == "PyTorchJob"
     jobs.wait_condition("digits", "Running")
+    assert_unchanged_world_writes_nothing(jobs, operator, ranks[1])
 
     for rank, pod in ranks.items():
         jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")
@@ -341,6 +342,17 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
     jobs.wait_gone("kubeflow.org/v1", "PyTorchJob", "digits", "the PyTorchJob to be garbage-collected", timeout=90)
     jobs.wait_pods("digits", lambda pods: not pods, "the pods to be garbage-collected")
     assert jobs.core.read_namespaced_secret("digits-key", jobs.namespace).data == secret.data
+
+
+def assert_unchanged_world_writes_nothing(jobs: Jobs, operator: OperatorProcess, pod: Pod) -> None:
+    """A pod event re-runs the reconcile; with nothing changed it applies no child and writes no status."""
+    writes, reconciles = operator_writes(operator), operator_reconciles(operator)
+    poke = {"metadata": {"annotations": {"e2e.kubemaas.io/poke": str(time.time())}}}
+    jobs.core.patch_namespaced_pod(name_of(pod), jobs.namespace, poke)
+    jobs.cluster.wait_for(
+        "the operator to reconcile after the pod event", lambda: operator_reconciles(operator) > reconciles, timeout=30
+    )
+    assert operator_writes(operator) == writes, "an unchanged child or status was written again"
 
 
 def assert_key_never_leaked(key: bytes, operator_log: str, jobs: Jobs) -> None:
@@ -414,6 +426,8 @@ def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
         return hosts.get("indexed-workers-0") == name_of(ranks[0])
 
     cluster.wait_for("rank 0 published as indexed-workers-0 by the headless Service", rank0_published, timeout=60)
+    jobs.wait_condition("indexed", "Running")
+    assert_unchanged_world_writes_nothing(jobs, operator, ranks[1])
 
     for rank, pod in ranks.items():
         jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")

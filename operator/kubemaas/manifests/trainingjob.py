@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubemaas import contract
+from kubemaas.api.base import ApiModel
 from kubemaas.api.core import DEFAULT_GPU_RESOURCE, RESERVED_VOLUME_PREFIX
 from kubemaas.api.trainingjob import KeyGeneration, Quantization, TrainingJob
 from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
@@ -182,6 +183,26 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
+def _as_served(model: ApiModel) -> dict[str, Any]:
+    """A core/v1 sub-object as the API server stores it: without false and empty values.
+
+    The server drops `readOnly: false`, `value: ""` and the like (omitempty), so a child that carried
+    them would never equal what the watch shows, and every reconcile would apply it again. Leaving them
+    out means the same: false and "" are those fields' defaults.
+    """
+    pruned = _prune(model.model_dump(mode="json", by_alias=True, exclude_none=True))
+    assert isinstance(pruned, dict)
+    return pruned
+
+
+def _prune(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _prune(v) for k, v in value.items() if v is not False and v != ""}
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
+
+
 def _command(job: TrainingJob) -> dict[str, Any]:
     """The user's program under torchrun's launcher (docs/runtime-contract.md §1a); without a command the
     image's entrypoint (the trainer image's is the launcher) gets the args."""
@@ -207,7 +228,7 @@ def pod_spec(
         {"name": c.volume, "persistentVolumeClaim": {"claimName": c.name}} for c in pod_claims
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": c.volume, "mountPath": c.mount_path, "readOnly": not c.writable} for c in pod_claims
+        {"name": c.volume, "mountPath": c.mount_path, **({} if c.writable else {"readOnly": True})} for c in pod_claims
     ]
     volumes.append({"name": _volume("tmp"), "emptyDir": {}})
     mounts.append({"name": _volume("tmp"), "mountPath": "/tmp"})
@@ -225,18 +246,18 @@ def pod_spec(
             }
         )
         mounts.append({"name": _volume("keys"), "mountPath": str(contract.DEFAULT_KEY_DIR), "readOnly": True})
-    volumes += [v.to_wire() for v in spec.volumes or ()]
-    mounts += [m.to_wire() for m in spec.volume_mounts or ()]
+    volumes += [_as_served(v) for v in spec.volumes or ()]
+    mounts += [_as_served(m) for m in spec.volume_mounts or ()]
 
     # HOME=/tmp: torch and pip caches need a writable home under a read-only root filesystem. The user's
     # env comes before the contract's, so Kubemaas' values win (the API refuses the names anyway).
     env = [{"name": "HOME", "value": "/tmp"}]
-    env += [e.to_wire() for e in spec.env or ()]
+    env += [_as_served(e) for e in spec.env or ()]
     env += contract.render(settings(job, version, rank0=rank0), rendezvous)
 
     main: dict[str, Any] = {"name": container, "image": spec.image, **_command(job), "env": env}
     if spec.env_from:
-        main["envFrom"] = [e.to_wire() for e in spec.env_from]
+        main["envFrom"] = [_as_served(e) for e in spec.env_from]
     main["ports"] = [{"name": PYTORCH_PORT_NAME, "containerPort": MASTER_PORT, "protocol": "TCP"}]
     resources = _resources(job)
     if resources:
@@ -272,7 +293,7 @@ def pod_spec(
         if scheduling.node_selector:
             pod["nodeSelector"] = dict(scheduling.node_selector)
         if scheduling.tolerations:
-            pod["tolerations"] = [t.to_wire() for t in scheduling.tolerations]
+            pod["tolerations"] = [_as_served(t) for t in scheduling.tolerations]
         if scheduling.priority_class_name:
             pod["priorityClassName"] = scheduling.priority_class_name
         if scheduling.scheduler_name:
