@@ -80,7 +80,9 @@ def metrics(url: str) -> dict[str, float]:
         text = response.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith(("kubemaas_reconcile_total{", "kubemaas_children_applied_total{", "kubemaas_status_writes")):
+        if line.startswith(
+            ("kubemaas_reconcile_total{", "kubemaas_children_applied_total{", "kubemaas_status_writes_total{")
+        ):
             series, value = line.rsplit(" ", 1)
             out[series] = float(value)
     return out
