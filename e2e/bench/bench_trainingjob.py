@@ -42,6 +42,7 @@ from kubemaas.api.trainingjob import TrainingJob  # noqa: E402
 from kubemaas.manifests import trainingjob as manifests  # noqa: E402
 
 RESULTS = REPO_ROOT / "e2e" / "bench" / "results"
+COUNTERS = ("kubemaas_reconcile_total{", "kubemaas_children_applied_total{", "kubemaas_status_writes_total{")
 GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
 
 
