@@ -436,6 +436,13 @@ def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
     assert status["backend"] == "Job"
     assert status["model"]["version"] == env_of(ranks[0])["KUBEMAAS_MODEL_VERSION"]
 
+    # Deleting the job: the garbage collector removes the Job, the headless Service and the pods.
+    jobs.custom.delete_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL, "indexed")
+    jobs.wait_gone("batch/v1", "Job", "indexed-workers", "the Job to be garbage-collected", timeout=90)
+    jobs.wait_gone("v1", "Service", "indexed-workers", "the Service to be garbage-collected", timeout=90)
+    jobs.wait_pods("indexed", lambda pods: not pods, "the pods to be garbage-collected")
+    assert jobs.core.read_namespaced_secret("indexed-key", jobs.namespace).metadata.owner_references is None
+
 
 # --- suspend, resume, ttlSecondsAfterFinished ---------------------------------------------------------
 
