@@ -12,7 +12,6 @@ import json
 import os
 import random
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,18 @@ from e2e import waits
 from e2e.cluster import control_plane
 from e2e.cluster.nodes import GPU_NODES
 from e2e.conftest import PSS_RESTRICTED, E2ECluster, OperatorLauncher, OperatorProcess
-from e2e.kube import OUTCOME_LABEL, TERMINATION_MESSAGE_ANNOTATION, apply_crd, load_crds
+from e2e.kube import (
+    OUTCOME_LABEL,
+    TERMINATION_MESSAGE_ANNOTATION,
+    TRAININGJOB_API,
+    apply_crd,
+    load_crds,
+    scrape,
+    training_job,
+)
 from kubemaas.controllers.trainingjob_core import RECHECK_SECONDS
 
-GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
+GROUP, VERSION, PLURAL = TRAININGJOB_API
 EXIT_CODE_ANNOTATION = "kwok.kubemaas.io/exit-code"
 SHA = "5e" * 32
 
@@ -99,25 +106,6 @@ def claims(cluster: E2ECluster, namespace: str) -> Iterator[Claims]:
         except client.ApiException as error:
             if error.status != 404:
                 raise
-
-
-def training_job(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "registry.k8s.io/pause:3.10",
-            "command": ["python", "-m", "train"],
-            "replicas": 4,
-            "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
-            "scheduling": {"nodeSelector": {"nvidia.com/gpu.present": "true"}},
-            "data": {"uri": "pvc://datasets/digits"},
-            "output": {"uri": "pvc://models/store"},
-            "encryption": {"keySecretRef": {"name": f"{name}-key"}},
-            **spec,
-        },
-    }
 
 
 Pod = dict[str, Any]  # a pod as the API serves it (camelCase JSON), from a watch or a list
@@ -618,24 +606,13 @@ KILL_JOBS = 20
 # --- steady state -----------------------------------------------------------------------------------
 
 
-def _metrics(operator: OperatorProcess, *prefixes: str) -> dict[str, float]:
-    with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(prefixes):
-            series, value = line.rsplit(" ", 1)
-            out[series] = float(value)
-    return out
-
-
 def operator_writes(operator: OperatorProcess) -> dict[str, float]:
     """The operator's own count of what it wrote (children applied, status patches)."""
-    return _metrics(operator, "kubemaas_children_applied_total{", "kubemaas_status_writes_total{")
+    return scrape(operator.metrics_url, "kubemaas_children_applied_total{", "kubemaas_status_writes_total{")
 
 
 def operator_reconciles(operator: OperatorProcess) -> float:
-    return sum(_metrics(operator, 'kubemaas_reconcile_total{kind="TrainingJob"').values())
+    return sum(scrape(operator.metrics_url, 'kubemaas_reconcile_total{kind="TrainingJob"').values())
 
 
 STEADY_JOBS = 100

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,30 +36,27 @@ from kubernetes import client, config, watch  # noqa: E402
 
 from e2e.cluster import control_plane  # noqa: E402
 from e2e.cluster.processes import free_port  # noqa: E402
-from e2e.kube import apply_crd, load_crds  # noqa: E402
+from e2e.kube import TRAININGJOB_API, apply_crd, load_crds, scrape, training_job  # noqa: E402
 from kubemaas.api.trainingjob import TrainingJob  # noqa: E402
 from kubemaas.manifests import trainingjob as manifests  # noqa: E402
 
 RESULTS = REPO_ROOT / "e2e" / "bench" / "results"
 COUNTERS = ("kubemaas_reconcile_total{", "kubemaas_children_applied_total{", "kubemaas_status_writes_total{")
-GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
+GROUP, VERSION, PLURAL = TRAININGJOB_API
 
 
 def body(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "registry.k8s.io/pause:3.10",
-            "command": ["python", "-m", "train"],
-            "replicas": 1,
-            "resources": {"cpu": "10m", "memory": "16Mi"},
-            "output": {"uri": "pvc://models/store"},
-            "encryption": {"keySecretRef": {"name": "shared-key"}},
-            "backend": "Job",
-        },
-    }
+    """One small Job-backend TrainingJob: one pod, no GPU, no data, a shared key."""
+    out = training_job(
+        name,
+        replicas=1,
+        resources={"cpu": "10m", "memory": "16Mi"},
+        scheduling={},
+        encryption={"keySecretRef": {"name": "shared-key"}},
+        backend="Job",
+    )
+    del out["spec"]["data"]
+    return out
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -77,16 +73,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def metrics(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(
-            ("kubemaas_reconcile_total{", "kubemaas_children_applied_total{", "kubemaas_status_writes_total{")
-        ):
-            series, value = line.rsplit(" ", 1)
-            out[series] = float(value)
-    return out
+    return scrape(url, *COUNTERS)
 
 
 def rss_mib(pid: int) -> float:
@@ -102,37 +89,26 @@ def make_namespace(core: client.CoreV1Api, stem: str) -> str:
     return name
 
 
-def created_times(api: client.ApiClient, namespace: str, names: set[str], started: threading.Event) -> dict[str, float]:
-    """Wall time at which each TrainingJob first shows Created=True (watch, from before the first create)."""
-    custom = client.CustomObjectsApi(api)
+def first_seen(
+    list_fn: Any, args: tuple[Any, ...], expected: set[str], holds: Any, started: threading.Event
+) -> dict[str, float]:
+    """Wall time at which each expected object first satisfies `holds(obj)` (a watch, from before the creates)."""
     seen: dict[str, float] = {}
     stream = watch.Watch()
     started.set()
-    for event in stream.stream(
-        custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, timeout_seconds=300
-    ):
+    for event in stream.stream(list_fn, *args, timeout_seconds=300):
         obj = event["object"]
-        name = obj["metadata"]["name"]
-        conditions = (obj.get("status") or {}).get("conditions") or ()
-        if name not in seen and any(c["type"] == "Created" and c["status"] == "True" for c in conditions):
-            seen[name] = time.time()
-            if set(seen) >= names:
-                stream.stop()
-    return seen
-
-
-def job_times(api: client.ApiClient, namespace: str, expected: set[str], started: threading.Event) -> dict[str, float]:
-    batch = client.BatchV1Api(api)
-    seen: dict[str, float] = {}
-    stream = watch.Watch()
-    started.set()
-    for event in stream.stream(batch.list_namespaced_job, namespace, timeout_seconds=300):
-        name = event["object"].metadata.name
-        if name not in seen:
+        name = obj["metadata"]["name"] if isinstance(obj, dict) else obj.metadata.name
+        if name not in seen and holds(obj):
             seen[name] = time.time()
             if set(seen) >= expected:
                 stream.stop()
     return seen
+
+
+def created(obj: dict[str, Any]) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or ()
+    return any(c["type"] == "Created" and c["status"] == "True" for c in conditions)
 
 
 def run_operator(kubeconfig: str, namespace: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -210,13 +186,19 @@ def main() -> int:
         before = metrics(url)
         ready_created, ready_jobs = threading.Event(), threading.Event()
         results: dict[str, dict[str, float]] = {}
+        custom, batch_api = client.CustomObjectsApi(api), client.BatchV1Api(api)
+        tj_list = (GROUP, VERSION, ns, PLURAL)
+        job_names = {f"{n}-workers" for n in names}
         watchers = [
             threading.Thread(
-                target=lambda: results.__setitem__("created", created_times(api, ns, set(names), ready_created))
+                target=lambda: results.__setitem__(
+                    "created",
+                    first_seen(custom.list_namespaced_custom_object, tj_list, set(names), created, ready_created),
+                )
             ),
             threading.Thread(
                 target=lambda: results.__setitem__(
-                    "jobs", job_times(api, ns, {f"{n}-workers" for n in names}, ready_jobs)
+                    "jobs", first_seen(batch_api.list_namespaced_job, (ns,), job_names, lambda _: True, ready_jobs)
                 )
             ),
         ]
@@ -224,7 +206,6 @@ def main() -> int:
             thread.start()
         ready_created.wait(10), ready_jobs.wait(10)
         time.sleep(0.5)
-        custom = client.CustomObjectsApi(api)
         create_at: dict[str, float] = {}
         started = time.perf_counter()
         for name in names:
