@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -15,13 +17,13 @@ def _crds(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.check:
-        problems = crd.stale(out)
+        problems = crd.stale(out, peering=args.peering)
         for line in problems:
             print(f"kubemaas crds --check: {line}", file=sys.stderr)
         if problems:
             print("kubemaas crds --check: run `make crds` and commit the result", file=sys.stderr)
         return 1 if problems else 0
-    for path in crd.write(out):
+    for path in crd.write(out, peering=args.peering):
         print(f"wrote {path}")
     return 0
 
@@ -33,6 +35,8 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=args.namespace,
         standalone=args.standalone,
         liveness_endpoint=args.liveness,
+        metrics_port=args.metrics_port,
+        triton_image=args.triton_image,
     )
 
 
@@ -40,6 +44,11 @@ def _add_crds(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("crds", help="write the CRDs generated from the API models")
     p.add_argument("--out", default="crds", help="directory to write (default: crds)")
     p.add_argument("--check", action="store_true", help="exit non-zero, naming the file, when a CRD is stale")
+    p.add_argument(
+        "--peering",
+        action="store_true",
+        help="also kopf's ClusterKopfPeering CRD (the Helm chart ships it for replicas > 1)",
+    )
     p.set_defaults(func=_crds)
 
 
@@ -54,6 +63,17 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--standalone", action="store_true", help="no peering: only for a single operator replica")
     p.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (the chart uses 8081); default: no metrics server",
+    )
+    p.add_argument(
+        "--triton-image",
+        default=DEFAULT_TRITON_IMAGE,
+        help=f"Triton image for ModelServices without spec.runtime.image (default: {DEFAULT_TRITON_IMAGE})",
+    )
     p.set_defaults(func=_run)
 
 

@@ -213,15 +213,53 @@ def render(kind: Kind) -> str:
     return GENERATED_HEADER + body
 
 
-def render_all() -> dict[str, str]:
-    """File name -> YAML text, for every kind."""
-    return {kind.file_name: render(kind) for kind in KINDS}
+# kopf's peering resource (what `kopf` documents for clusterwide peering): replicas of the operator write
+# heartbeats into one ClusterKopfPeering object. Only the Helm chart ships it (for replicas > 1); kopf patches
+# `status` on the object itself, so there is no status subresource.
+PEERING_FILE_NAME = "kopf.dev_clusterkopfpeerings.yaml"
 
 
-def write(out_dir: Path) -> list[Path]:
+def peering_crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "clusterkopfpeerings.kopf.dev"},
+        "spec": {
+            "group": "kopf.dev",
+            "scope": "Cluster",
+            "names": {"kind": "ClusterKopfPeering", "plural": "clusterkopfpeerings", "singular": "clusterkopfpeering"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "kopf peering: heartbeats of the operator replicas, keyed by identity.",
+                            "properties": {
+                                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render_all(*, peering: bool = False) -> dict[str, str]:
+    """File name -> YAML text, for every kind (and kopf's peering CRD when asked)."""
+    out = {kind.file_name: render(kind) for kind in KINDS}
+    if peering:
+        out[PEERING_FILE_NAME] = GENERATED_HEADER + yaml.safe_dump(peering_crd(), sort_keys=False, width=120)
+    return out
+
+
+def write(out_dir: Path, *, peering: bool = False) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in render_all().items():
+    for name, text in render_all(peering=peering).items():
         path = out_dir / name
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
@@ -229,10 +267,10 @@ def write(out_dir: Path) -> list[Path]:
     return written
 
 
-def stale(out_dir: Path) -> list[str]:
+def stale(out_dir: Path, *, peering: bool = False) -> list[str]:
     """Why each file in out_dir differs from what the models generate; empty when all is fresh."""
     problems = []
-    expected = render_all()
+    expected = render_all(peering=peering)
     for name, text in expected.items():
         path = out_dir / name
         if not path.exists():
