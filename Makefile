@@ -86,6 +86,9 @@ cluster-down: venv ## stop the local control plane
 
 .PHONY: e2e
 e2e: venv ## end-to-end suite (local cluster unless KUBEMAAS_E2E_KUBECONFIG names one)
+	@# Build the components before pytest starts: a cold build's progress shows as it happens, and no
+	@# test ever times it.
+	@if [ -z "$${KUBEMAAS_E2E_KUBECONFIG:-}" ]; then $(CLUSTER) build; fi
 	$(call pytest,e2e)
 
 .PHONY: run
@@ -93,7 +96,11 @@ run: venv ## run the operator; starts the local cluster when no kubeconfig is co
 	@if [ -z "$${KUBECONFIG:-}" ] && [ ! -f "$$HOME/.kube/config" ]; then \
 		export KUBECONFIG="$$($(CLUSTER) up)"; echo "using the local cluster: KUBECONFIG=$$KUBECONFIG"; \
 	fi; \
-	$(CLUSTER) apply-crds && exec $(BIN)/kubemaas run
+	$(CLUSTER) apply-crds && exec $(BIN)/kubemaas run --standalone
+
+.PHONY: ci-cold
+ci-cold: ## run .ci/run as a new machine would: a fresh clone of HEAD, an empty HOME and empty Go caches
+	.ci/cold-run
 
 .PHONY: clean
 clean: ## remove the venv and caches inside the repo

@@ -112,6 +112,7 @@ class OperatorProcess:
     process: subprocess.Popen[bytes]
     log: Path
     liveness_url: str
+    metrics_url: str
 
     def tail(self) -> str:
         return log_tail(self.log)
@@ -127,20 +128,32 @@ class OperatorProcess:
 
 
 @pytest.fixture
-def operator(cluster: E2ECluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """`kubemaas run` as a subprocess against the test cluster, stopped after the test."""
+def operator(cluster: E2ECluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """`kubemaas run` as a subprocess against the test cluster, stopped after the test.
+
+    It watches only the test's namespace, so tests (and developers) sharing one cluster never run two
+    operators over the same objects; one replica, so `--standalone` (no peering).
+    """
     log_path = tmp_path / "kubemaas-run.log"
     executable = Path(sys.executable).with_name("kubemaas")
     liveness_url = f"http://127.0.0.1:{free_port()}/healthz"
+    metrics_port = free_port()
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [str(executable), "run", "--liveness", liveness_url],
+            [
+                str(executable),
+                "run",
+                "--standalone",
+                f"--namespace={namespace}",
+                f"--liveness={liveness_url}",
+                f"--metrics-port={metrics_port}",
+            ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
             cwd=REPO,
         )
-    running = OperatorProcess(process, log_path, liveness_url)
+    running = OperatorProcess(process, log_path, liveness_url, f"http://127.0.0.1:{metrics_port}/metrics")
     try:
         yield running
         if process.poll() is not None and process.returncode != 0:

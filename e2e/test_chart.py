@@ -66,7 +66,8 @@ NAMESPACED_RULES = {
 }
 CLUSTER_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 NAMESPACE_SCANNING = {("", "namespaces"): {"list", "watch"}}
-PEERING_RULES = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
+CLUSTER_PEERING_RULES = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
+NAMESPACED_PEERING_RULES = {("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
 
 
 @dataclass
@@ -172,20 +173,17 @@ def test_rbac_is_least_privilege(tools: Tools, tmp_path: Path, name: str) -> Non
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], f"{obj['kind']} {obj['metadata']['name']} has a wildcard in {field}"
             assert "resourceNames" not in rule and "nonResourceURLs" not in rule
-    expected_cluster = dict(CLUSTER_RULES)
-    if values.get("watchNamespaces"):
-        expected_cluster |= NAMESPACE_SCANNING
-    if values.get("replicas", 1) > 1:
-        expected_cluster |= PEERING_RULES
+    peering = values.get("replicas", 1) > 1
     if values.get("watchNamespaces"):
         roles = [o for o in objects if o["kind"] == "Role"]
         assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(values["watchNamespaces"])
         for role in roles:
-            assert rules_of([role], "Role") == NAMESPACED_RULES
-        assert rules_of(objects, "ClusterRole") == expected_cluster
+            assert rules_of([role], "Role") == NAMESPACED_RULES | (NAMESPACED_PEERING_RULES if peering else {})
+        assert rules_of(objects, "ClusterRole") == CLUSTER_RULES | NAMESPACE_SCANNING
     else:
         assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
-        assert rules_of(objects, "ClusterRole") == NAMESPACED_RULES | expected_cluster
+        expected = NAMESPACED_RULES | CLUSTER_RULES | (CLUSTER_PEERING_RULES if peering else {})
+        assert rules_of(objects, "ClusterRole") == expected
     account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]
     for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
         assert binding["subjects"] == [
@@ -211,8 +209,18 @@ def test_operator_arguments_match_the_cli(tools: Tools, tmp_path: Path, name: st
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     strategy = deployment(objects)["spec"]["strategy"]["type"]
     assert strategy == ("RollingUpdate" if peering else "Recreate")
-    peerings = [o for o in objects if o["kind"] == "ClusterKopfPeering"]
-    assert [p["metadata"]["name"] for p in peerings] == ([PEERING_NAME] if peering else [])
+    # kopf peers cluster-wide without -n, per watched namespace with it; the objects must be there.
+    peerings = [
+        (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
+        for o in objects
+        if o["kind"] in ("ClusterKopfPeering", "KopfPeering")
+    ]
+    if not peering:
+        assert peerings == []
+    elif values.get("watchNamespaces"):
+        assert peerings == [("KopfPeering", ns, PEERING_NAME) for ns in values["watchNamespaces"]]
+    else:
+        assert peerings == [("ClusterKopfPeering", None, PEERING_NAME)]
 
 
 def test_monitoring_objects_select_what_they_should(tools: Tools, tmp_path: Path) -> None:
@@ -258,11 +266,14 @@ def watched(cluster: E2ECluster, namespace: str) -> Iterator[list[str]]:
                     raise
 
 
-def ensure_peering_crd(tools: Tools) -> None:
-    # kopf's peering CRD is cluster-wide and shared; applying the chart's (identical) copy is idempotent.
-    tools.kubectl("apply", "--server-side", "--field-manager=kubemaas-chart-test",
-                  "-f", str(CHART / "crds" / "kopf.dev_clusterkopfpeerings.yaml"))  # fmt: skip
-    tools.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+def ensure_peering_crds(tools: Tools) -> None:
+    # kopf's peering CRDs are cluster-wide and shared; applying the chart's (generated) copies is idempotent.
+    # The peering objects themselves are only dry-run: a real one would make every operator started
+    # without --standalone on this shared cluster join the same peering.
+    for plural in ("clusterkopfpeerings", "kopfpeerings"):
+        tools.kubectl("apply", "--server-side", "--field-manager=kubemaas-chart-test",
+                      "-f", str(CHART / "crds" / f"kopf.dev_{plural}.yaml"))  # fmt: skip
+        tools.kubectl("wait", "--for=condition=Established", f"crd/{plural}.kopf.dev", "--timeout=60s")
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
@@ -273,8 +284,8 @@ def test_every_rendered_object_passes_server_side_dry_run(
     if "watchNamespaces" in values:
         values["watchNamespaces"] = watched[: len(values["watchNamespaces"])]
     objects = render(tools, tmp_path, values, namespace=namespace)
-    if any(o["kind"] == "ClusterKopfPeering" for o in objects):
-        ensure_peering_crd(tools)
+    if any(o["apiVersion"] == "kopf.dev/v1" for o in objects):
+        ensure_peering_crds(tools)
     checked = [o for o in objects if o["apiVersion"] != PROMETHEUS_OPERATOR_GROUP]
     assert len(checked) >= 6
     result = tools.kubectl(

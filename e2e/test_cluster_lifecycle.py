@@ -18,6 +18,7 @@ import pytest
 from kubernetes import client, config
 
 from e2e.cluster import control_plane, processes
+from e2e.cluster.build import ensure_built
 from e2e.cluster.processes import ComponentError
 from e2e.conftest import E2ECluster
 
@@ -41,6 +42,10 @@ def throwaway(tmp_path: Path) -> Iterator[control_plane.Cluster]:
 
 
 def test_warm_up_is_ready_in_under_30_seconds(tmp_path: Path) -> None:
+    # The promise is for a warm start: on a new machine the first call compiles every component (minutes,
+    # its progress on stderr), and that must not be timed. `make e2e` builds before pytest starts; this call
+    # makes the test hold when pytest runs alone.
+    ensure_built()
     root = tmp_path / "run"
     started = time.monotonic()
     try:

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .versions import Component, bin_dir, check_pins, go_version, load_components
 
-GO_BUILD_FLAGS = ["-trimpath", "-ldflags=-s -w"]
+GO_BUILD_FLAGS = ["-trimpath"]
+# Strip symbols as upstream release builds do; the version stamps (versions.toml) are appended.
+BASE_LDFLAGS = ["-s", "-w"]
 COMPLETE_MARKER = ".complete"
 TAIL_LINES = 40
 
@@ -64,11 +67,13 @@ def build_module(module_dir: Path, group: list[Component], out: Path) -> None:
     """One `go build` for every binary of a module, so shared packages compile once."""
     names = ", ".join(f"{c.name} {c.version}" for c in group)
     binaries = {name: pkg for c in group for name, pkg in c.binaries.items()}
+    build_date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ldflags = " ".join(BASE_LDFLAGS + [flag for c in group for flag in c.ldflags(build_date)])
     log(f"building {names} ({', '.join(binaries)}) from {module_dir.name}/ ...")
     started = time.monotonic()
     raw = out / f".go-{module_dir.name}"
     raw.mkdir()
-    command = ["go", "build", *GO_BUILD_FLAGS, "-o", f"{raw}/", *binaries.values()]
+    command = ["go", "build", *GO_BUILD_FLAGS, f"-ldflags={ldflags}", "-o", f"{raw}/", *binaries.values()]
     result = subprocess.run(command, cwd=module_dir, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-TAIL_LINES:])

@@ -11,6 +11,7 @@ Layout of the run directory (default ~/.cache/kubemaas/run):
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import ssl
@@ -32,8 +33,11 @@ from .processes import ComponentError, Running
 from .training_operator import project_webhook_cert, training_operator_args
 from .versions import CLUSTER_DIR, load_components, run_dir
 
-SERVICE_CIDR = "10.96.0.0/16"
-SERVICE_IP = "10.96.0.1"
+# All test traffic stays on this machine, in addresses that resemble no other network: pod and Service
+# ranges come from the benchmarking block 198.18.0.0/15 (RFC 2544), never from 10/8, 172.16/12 or 192.168/16.
+POD_CIDR = "198.18.0.0/16"
+SERVICE_CIDR = "198.19.0.0/16"
+SERVICE_IP = "198.19.0.1"
 READY_TIMEOUT = 90.0
 STAGES_FILE = CLUSTER_DIR / "kwok-stages.yaml"
 ADMISSION_PLUGINS = ",".join(
@@ -318,12 +322,19 @@ def _start_kwok(cluster: Cluster, configs: Path, logs: Path) -> Wait:
             f"--kubeconfig={configs / 'kwok.kubeconfig'}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            # kwok takes the range as gateway/prefix; its default is 10.0.0.1/24.
+            f"--cidr={_gateway_cidr(POD_CIDR)}",
             f"--server-address=127.0.0.1:{port}",
             "--node-lease-duration-seconds=40",
         ],
         [port],
     )
     return running, process, processes.http_probe(f"http://127.0.0.1:{port}/healthz")
+
+
+def _gateway_cidr(cidr: str) -> str:
+    network = ipaddress.ip_network(cidr)
+    return f"{network[1]}/{network.prefixlen}"
 
 
 def _create_nodes(cluster: Cluster) -> None:

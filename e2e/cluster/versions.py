@@ -22,6 +22,14 @@ class Component:
     module_dir: Path
     binaries: dict[str, str]  # binary name -> Go package path
     crds: tuple[str, ...] = ()
+    # Go package variable -> value template for `-ldflags -X` ({version}, {major}, {minor}, {build_date}).
+    stamps: tuple[tuple[str, str], ...] = ()
+
+    def ldflags(self, build_date: str) -> list[str]:
+        """`-X pkg.var=value` arguments that stamp this component's version into its binaries."""
+        major, minor = self.version.lstrip("v").split(".")[:2]
+        values = {"version": self.version, "major": major, "minor": minor, "build_date": build_date}
+        return [f"-X {var}={template.format(**values)}" for var, template in self.stamps]
 
 
 def load_components(path: Path = VERSIONS_FILE) -> list[Component]:
@@ -34,6 +42,7 @@ def load_components(path: Path = VERSIONS_FILE) -> list[Component]:
             module_dir=CLUSTER_DIR / c["dir"],
             binaries=dict(c["binaries"]),
             crds=tuple(c.get("crds", ())),
+            stamps=tuple(sorted(c.get("stamps", {}).items())),
         )
         for c in data["component"]
     ]

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 
+# prometheus-client only: `kubemaas crds` and `load-model` stay free of kopf.
+from kubemaas.controllers.metrics import DEFAULT_METRICS_PORT
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -47,7 +50,7 @@ def _add_crds(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--peering",
         action="store_true",
-        help="also kopf's ClusterKopfPeering CRD (the Helm chart ships it for replicas > 1)",
+        help="also kopf's peering CRDs (the Helm chart ships them for replicas > 1)",
     )
     p.set_defaults(func=_crds)
 
@@ -62,17 +65,17 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="watch this namespace (repeatable); default: all",
     )
     p.add_argument("--standalone", action="store_true", help="no peering: only for a single operator replica")
-    p.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=None,
-        help="serve Prometheus metrics on this port (the chart uses 8081); default: no metrics server",
+        default=DEFAULT_METRICS_PORT,
+        help=f"serve Prometheus metrics at :PORT/metrics (default {DEFAULT_METRICS_PORT}; 0 turns them off)",
     )
     p.add_argument(
         "--triton-image",
         default=DEFAULT_TRITON_IMAGE,
-        help=f"Triton image for ModelServices without spec.runtime.image (default: {DEFAULT_TRITON_IMAGE})",
+        help=f"Triton image for ModelServices without spec.runtime.image (default {DEFAULT_TRITON_IMAGE})",
     )
     p.set_defaults(func=_run)
 

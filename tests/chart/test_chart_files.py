@@ -17,10 +17,12 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from kubemaas import serving_metrics
 from kubemaas.api import crd
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
+from kubemaas.controllers.metrics import DEFAULT_METRICS_PORT
 from kubemaas.controllers.settings import PEERING_NAME
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,7 +139,7 @@ def test_chart_crds_are_the_generated_ones() -> None:
 def test_crds_check_names_a_stale_chart_copy(tmp_path: Path) -> None:
     crd.write(tmp_path, peering=True)
     assert crd.stale(tmp_path, peering=True) == []
-    target = tmp_path / crd.PEERING_FILE_NAME
+    target = tmp_path / crd.peering_file_name("clusterkopfpeerings")
     target.write_text(target.read_text().replace("kopf.dev", "example.com"))
     assert crd.stale(tmp_path, peering=True) == [f"{target}: stale (the API models changed)"]
     # Without --peering the peering CRD is a file no model generates.
@@ -160,12 +162,14 @@ def test_adapter_rule_serves_the_metric_the_hpa_names() -> None:
 
 def test_defaults_follow_the_operator(values: dict[str, Any]) -> None:
     assert values["operator"]["tritonImage"] == DEFAULT_TRITON_IMAGE
+    assert values["operator"]["metricsPort"] == values["metrics"]["service"]["port"] == DEFAULT_METRICS_PORT
     assert values["operator"]["healthPort"] != values["operator"]["metricsPort"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert chart["appVersion"] == pyproject["project"]["version"]
     peering = (TEMPLATES / "peering.yaml").read_text()
-    assert re.search(rf"^  name: {re.escape(PEERING_NAME)}$", peering, re.MULTILINE)
+    # Both the cluster-wide and the per-namespace peering object carry the operator's peering name.
+    assert re.findall(r"^  name: (\S+)$", peering, re.MULTILINE) == [PEERING_NAME, PEERING_NAME]
 
 
 TRITON_METRICS = {
@@ -191,4 +195,21 @@ def test_dashboard_covers_operator_and_triton() -> None:
     triton = {m for m in metrics if m.startswith("nv_")}
     assert triton == TRITON_METRICS
     assert any('quantile="0.99"' in q for q in queries) and any('quantile="0.5"' in q for q in queries)
-    assert {"kubemaas_reconciles_total", "kubemaas_reconcile_seconds_bucket"} <= metrics
+    operator = {m for m in metrics if m.startswith("kubemaas_")}
+    assert operator == {
+        "kubemaas_reconcile_total",
+        "kubemaas_reconcile_duration_seconds_bucket",
+        "kubemaas_api_errors_total",
+        "kubemaas_children_applied_total",
+    }
+    assert operator <= exported_operator_series()
+
+
+def exported_operator_series() -> set[str]:
+    """The series names kubemaas.controllers.metrics exports (a counter's family `x` is scraped as `x_total`)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    out = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith("kubemaas_"):
+            out |= {family.name + suffix for suffix in suffixes[family.type]}
+    return out

@@ -97,6 +97,12 @@ namespaces) or one Role per entry of watchNamespaces.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create]
+{{- if and (include "kubemaas.peering" .) .Values.watchNamespaces }}
+# kopf peering (replicas > 1, watched namespaces): the KopfPeering object of each watched namespace.
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end }}
 {{- end -}}
 
 {{/* Cluster-scoped reads every install needs, namespaced or not. */}}
@@ -113,9 +119,9 @@ namespaces) or one Role per entry of watchNamespaces.
   resources: [namespaces]
   verbs: [list, watch]
 {{- end }}
-{{- if include "kubemaas.peering" . }}
-# kopf peering (replicas > 1): replicas announce themselves in the ClusterKopfPeering object and only
-# the one with the highest priority handles objects.
+{{- if and (include "kubemaas.peering" .) (not .Values.watchNamespaces) }}
+# kopf peering (replicas > 1, all namespaces): replicas announce themselves in the ClusterKopfPeering
+# object and only the one with the highest priority handles objects.
 - apiGroups: [kopf.dev]
   resources: [clusterkopfpeerings]
   verbs: [get, list, watch, patch]

@@ -213,21 +213,25 @@ def render(kind: Kind) -> str:
     return GENERATED_HEADER + body
 
 
-# kopf's peering resource (what `kopf` documents for clusterwide peering): replicas of the operator write
-# heartbeats into one ClusterKopfPeering object. Only the Helm chart ships it (for replicas > 1); kopf patches
-# `status` on the object itself, so there is no status subresource.
-PEERING_FILE_NAME = "kopf.dev_clusterkopfpeerings.yaml"
+# kopf's peering resources (as kopf documents them): replicas of the operator write heartbeats into one
+# peering object, a ClusterKopfPeering when the operator watches the whole cluster, a KopfPeering in each
+# watched namespace otherwise. Only the Helm chart ships them (for replicas > 1); kopf patches `status` on
+# the object itself, so there is no status subresource.
+PEERING_KINDS = (
+    ("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
+    ("KopfPeering", "kopfpeerings", "Namespaced"),
+)
 
 
-def peering_crd() -> dict[str, Any]:
+def peering_crd(kind: str, plural: str, scope: str) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": "clusterkopfpeerings.kopf.dev"},
+        "metadata": {"name": f"{plural}.kopf.dev"},
         "spec": {
             "group": "kopf.dev",
-            "scope": "Cluster",
-            "names": {"kind": "ClusterKopfPeering", "plural": "clusterkopfpeerings", "singular": "clusterkopfpeering"},
+            "scope": scope,
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
             "versions": [
                 {
                     "name": "v1",
@@ -248,11 +252,17 @@ def peering_crd() -> dict[str, Any]:
     }
 
 
+def peering_file_name(plural: str) -> str:
+    return f"kopf.dev_{plural}.yaml"
+
+
 def render_all(*, peering: bool = False) -> dict[str, str]:
     """File name -> YAML text, for every kind (and kopf's peering CRD when asked)."""
     out = {kind.file_name: render(kind) for kind in KINDS}
     if peering:
-        out[PEERING_FILE_NAME] = GENERATED_HEADER + yaml.safe_dump(peering_crd(), sort_keys=False, width=120)
+        for kind, plural, scope in PEERING_KINDS:
+            body = yaml.safe_dump(peering_crd(kind, plural, scope), sort_keys=False, width=120)
+            out[peering_file_name(plural)] = GENERATED_HEADER + body
     return out
 
 

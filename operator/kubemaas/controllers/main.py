@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import kopf
-import prometheus_client
 
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
-
-# Importing the modules registers their handlers with kopf's default registry.
-from kubemaas.controllers import settings as _settings  # noqa: F401
+from kubemaas.controllers.apply import Kube
+from kubemaas.controllers.metrics import start_metrics_server
+from kubemaas.controllers.settings import OperatorOptions, apply_settings
 
 
 def run_operator(
@@ -18,18 +18,31 @@ def run_operator(
     namespaces: list[str],
     standalone: bool,
     liveness_endpoint: str | None,
-    metrics_port: int | None = None,
+    metrics_port: int | None,
     triton_image: str = DEFAULT_TRITON_IMAGE,
 ) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if metrics_port is not None:
-        prometheus_client.start_http_server(metrics_port)
-    kopf.run(
-        clusterwide=not namespaces,
-        namespaces=tuple(namespaces),
-        standalone=standalone,
-        liveness_endpoint=liveness_endpoint,
-        # Handlers read operator-wide settings from kopf's memo (kwarg `memo`), not from globals.
-        memo=kopf.Memo(triton_image=triton_image),
-    )
+    # Importing the controller modules registers their handlers with kopf's default registry.
+    import kubemaas.controllers.handlers  # noqa: F401
+
+    options = OperatorOptions(standalone=standalone)
+
+    @kopf.on.startup()
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        apply_settings(settings, options)
+
+    if metrics_port:
+        start_metrics_server(metrics_port)
+    kube = Kube.from_environment()
+    try:
+        kopf.run(
+            clusterwide=not namespaces,
+            namespaces=tuple(namespaces),
+            standalone=standalone,
+            liveness_endpoint=liveness_endpoint,
+            # triton_image: the default for ModelServices without spec.runtime.image (`--triton-image`).
+            memo=kopf.Memo(kube=kube, triton_image=triton_image),
+        )
+    finally:
+        kube.close()
     return 0

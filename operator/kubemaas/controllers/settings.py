@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
 
 import kopf
+
+from kubemaas.controllers.labels import MANAGED_BY_SELECTOR
 
 # Under a structural schema the API server prunes `status.kopf`, so kopf keeps its progress in annotations.
 ANNOTATION_PREFIX = "kubemaas.io"
 PEERING_NAME = "kubemaas"
 
+# Kinds the operator watches only to see its own children. kopf's handler filters run after the watch
+# delivered an object, so without a server-side selector the operator would stream (and hold in memory)
+# every Pod, Job and Secret of the cluster; with it, only what Kubemaas made.
+CHILD_RESOURCES: tuple[tuple[str, str], ...] = (
+    ("", "pods"),
+    ("", "services"),
+    ("", "secrets"),
+    ("batch", "jobs"),
+    ("apps", "deployments"),
+    ("apps", "replicasets"),
+    ("autoscaling", "horizontalpodautoscalers"),
+    ("policy", "poddisruptionbudgets"),
+    ("kubeflow.org", "pytorchjobs"),
+)
 
-def apply_settings(settings: kopf.OperatorSettings) -> None:
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    """What `kubemaas run` was told on its command line, as the startup handler needs it."""
+
+    standalone: bool
+
+
+def apply_settings(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
@@ -22,13 +46,13 @@ def apply_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    for group, plural in CHILD_RESOURCES:
+        settings.watching.label_selectors[group, plural] = MANAGED_BY_SELECTOR
     # Events are for what a user must act on; routine progress stays in logs and conditions.
     settings.posting.level = logging.WARNING
+    # kopf already set peering.clusterwide from `-n` (namespaced peering when namespaces are given) and
+    # peering.standalone from `--standalone`; both stay as the command line said. Without --standalone
+    # peering is mandatory: with the peering CRD missing, two replicas would otherwise both reconcile
+    # the same objects, silently. The chart installs the CRD whenever it runs more than one replica.
     settings.peering.name = PEERING_NAME
-    settings.peering.clusterwide = True
-    settings.peering.mandatory = False
-
-
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    apply_settings(settings)
+    settings.peering.mandatory = not options.standalone

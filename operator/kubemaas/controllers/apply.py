@@ -1,0 +1,304 @@
+"""Every write the controllers make, through one field manager (DESIGN.md §3, cert-manager's apply.go).
+
+Children are written with server-side apply as field manager `kubemaas`, and only when the object the
+operator last observed (from its watch cache) differs from the desired one in a field Kubemaas sets:
+re-applying an unchanged spec sends nothing at all, which is what keeps a cluster with thousands of
+objects at zero writes per minute. Status goes through the status subresource with a merge patch, also
+only when it changed.
+
+The `kubernetes` client is synchronous; calls run on a small thread pool so kopf's event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from kubemaas.controllers.metrics import API_ERRORS
+
+FIELD_MANAGER = "kubemaas"
+# Kubemaas is the controller of its children: when someone else (a `kubectl edit`) took a field Kubemaas
+# sets, the desired state wins, as in every level-triggered controller. Without force that edit would
+# turn every later apply into a 409 Conflict and the child could never converge again.
+FORCE_CONFLICTS = True
+REQUEST_TIMEOUT_SECONDS = 30
+_WORKERS = 16
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An API request failed in a way retrying will not fix (403, 404 where unexpected, 422)."""
+
+    def __init__(self, verb: str, what: str, status: int | None, detail: str) -> None:
+        self.verb, self.what, self.status, self.detail = verb, what, status, detail
+        super().__init__(f"{verb} {what}: {status or ''} {detail}".strip())
+
+
+class TransientApiError(ApiError):
+    """A failure worth retrying with backoff: no connection, 5xx, 429, or a conflict."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where the API serves one kind."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+        base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        if self.namespaced:
+            if namespace is None:
+                raise ValueError(f"{self.kind} is namespaced: a namespace is required")
+            base += f"/namespaces/{namespace}"
+        out = f"{base}/{self.plural}"
+        if name is not None:
+            out += f"/{name}"
+        if subresource is not None:
+            out += f"/{subresource}"
+        return out
+
+
+RESOURCES: dict[tuple[str, str], Resource] = {
+    (r.api_version, r.kind): r
+    for r in (
+        Resource("v1", "Pod", "pods"),
+        Resource("v1", "Service", "services"),
+        Resource("v1", "Secret", "secrets"),
+        Resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        Resource("apps/v1", "Deployment", "deployments"),
+        Resource("apps/v1", "ReplicaSet", "replicasets"),
+        Resource("batch/v1", "Job", "jobs"),
+        Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+        Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+        Resource("kubeflow.org/v1", "PyTorchJob", "pytorchjobs"),
+        Resource("kubemaas.io/v1alpha1", "TrainingJob", "trainingjobs"),
+        Resource("kubemaas.io/v1alpha1", "ModelService", "modelservices"),
+    )
+}
+
+
+def resource_of(obj: Mapping[str, Any]) -> Resource:
+    try:
+        return RESOURCES[(obj["apiVersion"], obj["kind"])]
+    except KeyError:
+        raise ValueError(f"no resource registered for {obj.get('apiVersion')}/{obj.get('kind')}") from None
+
+
+class Kube:
+    """One API client and thread pool for the whole operator."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="kubemaas-api")
+
+    @classmethod
+    def from_environment(cls) -> Kube:
+        """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+        configuration = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        configuration.connection_pool_maxsize = _WORKERS
+        return cls(client.ApiClient(configuration))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.api_client.close()  # type: ignore[no-untyped-call]
+
+    async def _request(
+        self,
+        verb: str,
+        what: str,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> dict[str, Any] | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, self._request_sync, verb, what, method, path, query, body, content_type
+        )
+
+    def _request_sync(
+        self,
+        verb: str,
+        what: str,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None,
+        body: Any,
+        content_type: str | None,
+    ) -> dict[str, Any] | None:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            serialized = self.api_client.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self.api_client.call_api(*serialized, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+            data = response.read()  # type: ignore[no-untyped-call]
+        except ApiException as error:
+            raise _classify(verb, what, error.status, error.reason or str(error)) from None
+        except Exception as error:  # urllib3: refused, reset, timed out; the API server may be restarting
+            raise _classify(verb, what, None, f"{type(error).__name__}: {error}") from None
+        if response.status == 404 and method == "GET":
+            return None
+        if not 200 <= response.status < 300:
+            raise _classify(verb, what, response.status, _status_message(data))
+        return json.loads(data) if data else None
+
+    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        resource = RESOURCES[(api_version, kind)]
+        return await self._request("get", f"{kind} {namespace}/{name}", "GET", resource.path(namespace, name))
+
+    async def apply(self, obj: Mapping[str, Any], observed: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """Server-side apply `obj` unless `observed` already carries every field of it; returns the result
+        (None when nothing was sent)."""
+        if observed is not None and is_subset(obj, observed):
+            return None
+        resource = resource_of(obj)
+        meta = obj["metadata"]
+        query = [("fieldManager", FIELD_MANAGER)]
+        if FORCE_CONFLICTS:
+            query.append(("force", "true"))
+        return await self._request(
+            "apply",
+            f"{obj['kind']} {meta.get('namespace')}/{meta['name']}",
+            "PATCH",
+            resource.path(meta.get("namespace"), meta["name"]),
+            query=query,
+            body=dict(obj),
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def patch_status(
+        self,
+        parent: Mapping[str, Any],
+        status: Mapping[str, Any],
+    ) -> bool:
+        """Merge-patch `status` onto `parent`'s status subresource when it differs; True when written.
+
+        Keys the new status no longer has are sent as null, so a merge patch removes them.
+        """
+        observed = parent.get("status") or {}
+        if _json_equal(status, observed):
+            return False
+        patch = {**{key: None for key in observed if key not in status}, **status}
+        resource = resource_of(parent)
+        meta = parent["metadata"]
+        await self._request(
+            "patch-status",
+            f"{parent['kind']} {meta.get('namespace')}/{meta['name']}",
+            "PATCH",
+            resource.path(meta.get("namespace"), meta["name"], "status"),
+            body={"status": patch},
+            content_type="application/merge-patch+json",
+        )
+        return True
+
+    async def delete(self, obj: Mapping[str, Any], propagation: str = "Background") -> None:
+        """Delete `obj` (already gone is fine); its own children go with it per `propagation`."""
+        resource = resource_of(obj)
+        meta = obj["metadata"]
+        try:
+            await self._request(
+                "delete",
+                f"{obj['kind']} {meta.get('namespace')}/{meta['name']}",
+                "DELETE",
+                resource.path(meta.get("namespace"), meta["name"]),
+                body={"propagationPolicy": propagation},
+                content_type="application/json",
+            )
+        except ApiError as error:
+            if error.status != 404:
+                raise
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create `obj`; None when it already exists (for objects that must never be overwritten, such as
+        a generated key Secret: apply would replace a key that encrypted models depend on)."""
+        resource = resource_of(obj)
+        meta = obj["metadata"]
+        try:
+            return await self._request(
+                "create",
+                f"{obj['kind']} {meta.get('namespace')}/{meta['name']}",
+                "POST",
+                resource.path(meta.get("namespace")),
+                query=[("fieldManager", FIELD_MANAGER)],
+                body=dict(obj),
+                content_type="application/json",
+            )
+        except ApiError as error:
+            if error.status == 409:
+                return None
+            raise
+
+
+def _status_message(data: bytes | None) -> str:
+    try:
+        return str(json.loads(data or b"{}").get("message", ""))[:500]
+    except ValueError:
+        return (data or b"")[:200].decode("utf-8", "replace")
+
+
+def _classify(verb: str, what: str, status: int | None, detail: str) -> ApiError:
+    # 409 on create/update is a race with another writer or an old resourceVersion: the next try reads anew.
+    transient = status is None or status in (409, 429) or status >= 500
+    API_ERRORS.labels(verb, str(transient).lower()).inc()
+    cls = TransientApiError if transient else ApiError
+    return cls(verb, what, status, detail)
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def is_subset(desired: Any, observed: Any) -> bool:
+    """Whether every field set in `desired` has the same value in `observed`.
+
+    The API server adds defaults (imagePullPolicy, terminationMessagePath, clusterIP, ...), so an
+    observed object is a superset of what was applied. Lists match element by element in order (server-side
+    apply keeps the applied order). Integers the server stores as strings (quantities: `cpu: 2` -> "2")
+    compare by their text.
+    """
+    if isinstance(desired, Mapping):
+        return isinstance(observed, Mapping) and all(
+            key in observed and is_subset(value, observed[key]) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(observed, list)
+            and len(desired) == len(observed)
+            and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
+        )
+    if isinstance(desired, bool) or isinstance(observed, bool):
+        return desired is observed
+    if isinstance(desired, int) and isinstance(observed, str):
+        return str(desired) == observed
+    return bool(desired == observed)
