@@ -44,7 +44,7 @@ lint: venv ## ruff and mypy --strict
 	$(BIN)/mypy --strict
 
 # The chart carries its own copy (Helm installs charts/<name>/crds/ before the templates), plus kopf's
-# peering CRD for replicas > 1. Both copies come from the same generator.
+# peering CRDs for replicas > 1. Both copies come from the same generator.
 CHART := charts/kubemaas
 
 .PHONY: crds
