@@ -1,4 +1,4 @@
-"""Argo CD health checks (examples/gitops/argocd/*.lua) run under Lua 5.1, Argo CD's dialect, on sample objects.
+"""The Argo CD health check (examples/gitops/argocd/kubemaas-health.lua) under Lua 5.1, Argo CD's dialect.
 
 Argo CD calls the script with the object as the global `obj` (JSON decoded into Lua tables) and reads the
 returned table's `status` and `message`.
@@ -16,7 +16,7 @@ lupa_lua51 = pytest.importorskip("lupa.lua51", reason="lupa (PyPI) runs the Lua;
 
 REPO = Path(__file__).resolve().parents[2]
 ARGOCD = REPO / "examples" / "gitops" / "argocd"
-SCRIPTS = {"TrainingJob": ARGOCD / "trainingjob-health.lua", "ModelService": ARGOCD / "modelservice-health.lua"}
+SCRIPT = ARGOCD / "kubemaas-health.lua"
 NOW = "2026-11-29T12:00:00Z"
 
 
@@ -33,7 +33,7 @@ def health(obj: dict[str, Any]) -> tuple[str, str]:
     lua = lupa_lua51.LuaRuntime(unpack_returned_tuples=True)
     assert lua.eval("_VERSION") == "Lua 5.1"
     lua.globals().obj = to_lua(lua, obj)
-    result = lua.execute(SCRIPTS[obj["kind"]].read_text())
+    result = lua.execute(SCRIPT.read_text())
     return str(result["status"]), str(result["message"])
 
 
@@ -131,5 +131,10 @@ def test_kustomization_installs_both_scripts_under_argo_cd_keys() -> None:
     assert generator["name"] == "argocd-cm" and kustomization["namespace"] == "argocd"
     entries = dict(entry.split("=", 1) for entry in generator["files"])
     assert entries == {
-        f"resource.customizations.health.kubemaas.io_{kind}": path.name for kind, path in SCRIPTS.items()
+        f"resource.customizations.health.kubemaas.io_{kind}": SCRIPT.name for kind in ("TrainingJob", "ModelService")
     }
+
+
+def test_other_kinds_are_not_judged() -> None:
+    status, message = health({**obj("TrainingJob", [cond("Succeeded", "True")]), "kind": "Other"})
+    assert (status, message) == ("Unknown", "Not a kubemaas.io kind: Other")
