@@ -7,8 +7,7 @@ external cluster (KUBEMAAS_E2E_KUBECONFIG) they are taken from PATH.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
+import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,13 +19,12 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from e2e.conftest import PSS_RESTRICTED, E2ECluster
+from e2e.chart import CHART, Tools, chart_identity, values_file
+from e2e.conftest import PSS_RESTRICTED, E2ECluster, operator_process
 from kubemaas.api.crd import KINDS
 from kubemaas.cli import build_parser
 from kubemaas.controllers.settings import PEERING_NAME
 
-REPO = Path(__file__).resolve().parent.parent
-CHART = REPO / "charts" / "kubemaas"
 KUBE_VERSION = "v1.34.4"
 # Objects of the Prometheus Operator: the local cluster does not serve monitoring.coreos.com, and a
 # stand-in CRD that accepts anything would prove nothing, so dry-run leaves them out (their shape is
@@ -70,52 +68,10 @@ CLUSTER_PEERING_RULES = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "w
 NAMESPACED_PEERING_RULES = {("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
 
 
-@dataclass
-class Tools:
-    helm_bin: Path
-    kubectl_bin: Path
-    kubeconfig: Path
-    home: Path
-
-    def _run(
-        self, command: list[str], stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(self.home),
-            "KUBECONFIG": str(self.kubeconfig),
-            "HELM_CACHE_HOME": str(self.home / "cache"),
-            "HELM_CONFIG_HOME": str(self.home / "config"),
-            "HELM_DATA_HOME": str(self.home / "data"),
-        }
-        result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=180, env=env)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-        return result
-
-    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self._run([str(self.helm_bin), *args], check=check)
-
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self._run([str(self.kubectl_bin), *args], stdin=stdin, check=check)
-
-
 @pytest.fixture(scope="module")
 def tools(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Tools:
-    if cluster.local is not None:
-        helm, kubectl = cluster.local.bin / "helm", cluster.local.bin / "kubectl"
-    else:
-        found_helm, found_kubectl = shutil.which("helm"), shutil.which("kubectl")
-        if not found_helm or not found_kubectl:
-            pytest.skip("helm and kubectl must be on PATH to test the chart against an external cluster")
-        helm, kubectl = Path(found_helm), Path(found_kubectl)
-    return Tools(helm, kubectl, cluster.kubeconfig, tmp_path_factory.mktemp("helm-home"))
-
-
-def values_file(directory: Path, values: dict[str, Any]) -> Path:
-    path = directory / f"values-{uuid.uuid4().hex[:6]}.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
+    local_bin = cluster.local.bin if cluster.local is not None else None
+    return Tools.find(local_bin, cluster.kubeconfig, tmp_path_factory.mktemp("helm-home"))
 
 
 def render(
@@ -446,3 +402,29 @@ def test_service_account_permissions(
     for verb, resource, ns in no:
         assert not can_i(tools, account, verb, resource, ns), f"can {verb} {resource} in {ns or 'the cluster'}"
     assert can_i(tools, account, "create", "deployments.apps", other_ns) is yes_elsewhere
+
+
+# --- the operator under the chart's identity ---------------------------------------------------------
+
+# What kopf and the controllers log when the API server refuses them (kopf logs and carries on, so a
+# missing permission shows up only here).
+PERMISSION_PROBLEMS = ("Forbidden", "forbidden", "Not enough permissions", " 403")
+
+
+def test_operator_runs_with_the_chart_service_account(tools: Tools, namespace: str, tmp_path: Path) -> None:
+    """`kubemaas run` with nothing but the chart's permissions starts, serves liveness and stops cleanly.
+
+    The scenario suites prove the controllers' own requests the same way when their operator runs under
+    `chart_identity` (see e2e/chart.py).
+    """
+    with (
+        chart_identity(tools, namespace, tmp_path) as kubeconfig,
+        operator_process(kubeconfig, namespace, tmp_path) as operator,
+    ):
+        operator.wait_live(timeout=60)
+        operator.process.send_signal(signal.SIGTERM)
+        assert operator.process.wait(timeout=15) == 0, operator.tail()
+        log = operator.tail(400)
+    problems = [line for line in log.splitlines() if any(p in line for p in PERMISSION_PROBLEMS)]
+    assert not problems, "the chart's RBAC refused the operator:\n" + "\n".join(problems)
+    assert "Traceback" not in log, log
