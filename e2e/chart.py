@@ -35,6 +35,7 @@ class Tools:
     @classmethod
     def find(cls, local_bin: Path | None, kubeconfig: Path, home: Path) -> Tools:
         """The local cluster's pinned binaries, or (external cluster) those on PATH; skip without them."""
+        home.mkdir(parents=True, exist_ok=True)
         if local_bin is not None:
             return cls(local_bin / "helm", local_bin / "kubectl", kubeconfig, home)
         helm, kubectl = shutil.which("helm"), shutil.which("kubectl")
