@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := dev,trainer,serving
+EXTRAS := operator,dev,trainer,serving
 # Every wheel the venv needs, downloaded once into a cache outside the repo, keyed by pyproject.toml:
 # a fresh clone then installs offline in about a minute instead of downloading torch again.
 WHEELS_ROOT := $(HOME)/.cache/kubemaas/wheels
@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 .PHONY: venv
-venv: $(VENV)/.installed ## create .venv with the operator, trainer, serving and dev dependencies
+venv: $(VENV)/.installed ## create .venv with the operator, trainer, serving and dev dependencies (all extras)
 
 .PHONY: lint
 lint: venv ## ruff and mypy --strict

@@ -23,6 +23,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from e2e import waits
 from e2e.cluster import control_plane, processes
 from e2e.cluster.processes import ComponentError, free_port, log_tail
 
@@ -40,8 +41,48 @@ class E2ECluster:
         if self.local is not None:
             control_plane.check_alive(self.local)
 
+    def wait_object(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        check: Callable[[dict[str, Any]], T | None],
+        *,
+        what: str,
+        timeout: float = 60.0,
+    ) -> T:
+        """Watch one object until `check(obj)` holds (e2e/waits.py); a dead component ends the wait at once."""
+        return waits.wait_for_object(
+            self.api, api_version, kind, namespace, name, check, what=what, timeout=timeout, alive=self.check_alive
+        )
+
+    def wait_objects(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        check: Callable[[waits.Objects], T | None],
+        *,
+        what: str,
+        timeout: float = 60.0,
+        label_selector: str | None = None,
+    ) -> T:
+        """Watch a set of objects (a kind in a namespace, optionally by label) until `check(objects)` holds."""
+        return waits.wait_for_objects(
+            self.api,
+            api_version,
+            kind,
+            namespace,
+            check,
+            what=what,
+            timeout=timeout,
+            label_selector=label_selector,
+            alive=self.check_alive,
+        )
+
     def wait_for(self, what: str, check: Callable[[], T | None], timeout: float = 60.0) -> T:
-        """Poll `check` until it returns a value other than None/False.
+        """Poll `check` until it returns a value other than None/False (prefer `wait_object`: it watches).
 
         API errors while polling are retried, but if a local component died the
         wait ends at once with that component's name and log tail.
@@ -95,10 +136,8 @@ def namespace(cluster: E2ECluster, request: pytest.FixtureRequest) -> Iterator[s
     name = f"e2e-{''.join(ch for ch in stem if ch.isalnum() or ch == '-')[:40].strip('-')}-{uuid.uuid4().hex[:5]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=PSS_RESTRICTED)))
     # Pods are refused until the service-account controller has made `default`.
-    cluster.wait_for(
-        f"service account default in {name}",
-        lambda: core.read_namespaced_service_account("default", name),
-        timeout=30,
+    cluster.wait_object(
+        "v1", "ServiceAccount", name, "default", lambda sa: True, what=f"service account default in {name}", timeout=30
     )
     try:
         yield name

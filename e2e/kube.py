@@ -47,17 +47,46 @@ def plural_for(api_version: str, kind: str, crds: list[dict[str, Any]]) -> str:
     raise LookupError(f"no CRD in crds/ serves {api_version} {kind}")
 
 
+def _address(obj: dict[str, Any], crds: list[dict[str, Any]]) -> tuple[str, str, str]:
+    """(group, version, plural) of a custom object."""
+    group, version = obj["apiVersion"].split("/")
+    return group, version, plural_for(obj["apiVersion"], obj["kind"], crds)
+
+
 def create_custom_object(
     api: client.ApiClient, namespace: str, obj: dict[str, Any], crds: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    group, version = obj["apiVersion"].split("/")
+    group, version, plural = _address(obj, crds)
     result: Any = client.CustomObjectsApi(api).create_namespaced_custom_object(
+        group, version, namespace, plural, obj, field_validation="Strict"
+    )
+    return dict(result)
+
+
+def merge_patch_custom_object(
+    api: client.ApiClient, namespace: str, obj: dict[str, Any], patch: dict[str, Any], crds: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Apply a JSON merge patch (RFC 7386, `kubectl patch --type merge`) to a custom object."""
+    group, version, plural = _address(obj, crds)
+    result: Any = client.CustomObjectsApi(api).patch_namespaced_custom_object(
         group,
         version,
         namespace,
-        plural_for(obj["apiVersion"], obj["kind"], crds),
-        obj,
+        plural,
+        obj["metadata"]["name"],
+        patch,
         field_validation="Strict",
+        _content_type="application/merge-patch+json",
+    )
+    return dict(result)
+
+
+def get_custom_object(
+    api: client.ApiClient, namespace: str, obj: dict[str, Any], crds: list[dict[str, Any]]
+) -> dict[str, Any]:
+    group, version, plural = _address(obj, crds)
+    result: Any = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        group, version, namespace, plural, obj["metadata"]["name"]
     )
     return dict(result)
 

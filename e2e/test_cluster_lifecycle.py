@@ -94,3 +94,23 @@ def test_down_leaves_no_process_or_port_behind(throwaway: control_plane.Cluster)
     listening = [p for p in ports if processes.port_in_use(p)]
     assert listening == [], f"ports still listening after down: {listening}"
     assert control_plane.load(throwaway.root) is None
+
+
+def test_api_server_and_etcd_restart_in_place_keeping_data(throwaway: control_plane.Cluster) -> None:
+    """The fault hooks the operator's fault tests use: a restarted component serves again on its old ports,
+    and what etcd held survives."""
+    api = config.new_client_from_config(config_file=str(throwaway.kubeconfig))
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="survives-restarts")))
+    old_pids = {name: throwaway.component(name).pid for name in ("kube-apiserver", "etcd")}
+    control_plane.restart_component(throwaway, "kube-apiserver")
+    control_plane.restart_component(throwaway, "etcd", downtime=2)
+    for name, pid in old_pids.items():
+        assert throwaway.component(name).pid != pid and throwaway.component(name).alive()
+    waiting = E2ECluster(throwaway.kubeconfig, api, throwaway)
+    # The API server reconnects to etcd by itself; reads answer again within seconds.
+    assert waiting.wait_for("the namespace to read back", lambda: core.read_namespace("survives-restarts"), 60)
+    # The recorded state names the new pids, so `down` stops the restarted processes.
+    reloaded = control_plane.load(throwaway.root)
+    assert reloaded is not None
+    assert {c.name: c.pid for c in reloaded.components}["etcd"] == throwaway.component("etcd").pid

@@ -11,12 +11,14 @@ import yaml
 from kubernetes import client, utils
 
 from e2e.conftest import E2ECluster
-from e2e.kube import REPO, apply_crd, create_custom_object, load_crds
+from e2e.kube import REPO, apply_crd, create_custom_object, get_custom_object, load_crds, merge_patch_custom_object
 from tests.api.cases import InvalidCase, load_cases
 
 CRDS = load_crds()
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 INVALID = load_cases()
+INVALID_CREATES = [c for c in INVALID if c.update is None]
+INVALID_UPDATES = [c for c in INVALID if c.update is not None]
 
 
 @pytest.fixture(scope="session")
@@ -82,14 +84,57 @@ def test_example_is_accepted(
             utils.create_from_dict(cluster.api, doc, namespace=namespace)
 
 
-@pytest.mark.parametrize("case", INVALID, ids=[c.name for c in INVALID])
+def _assert_refused(error: client.ApiException, case: InvalidCase) -> None:
+    assert error.status in (400, 422), f"{case.description}: unexpected status {error.status}: {error.body}"
+    message = json.loads(error.body)["message"]
+    assert case.field in message, f"{case.description}: {case.field!r} not named in: {message}"
+    assert case.message in message, f"{case.description}: {case.message!r} not in: {message}"
+
+
+@pytest.mark.parametrize("case", INVALID_CREATES, ids=[c.name for c in INVALID_CREATES])
 def test_invalid_spec_is_rejected_by_the_api_server(
     cluster: E2ECluster, installed_crds: dict[str, list[str]], namespace: str, case: InvalidCase
 ) -> None:
     with pytest.raises(client.ApiException) as rejected:
         create_custom_object(cluster.api, namespace, case.object, CRDS)
-    error = rejected.value
-    assert error.status in (400, 422), f"{case.description}: unexpected status {error.status}: {error.body}"
-    message = json.loads(error.body)["message"]
-    assert case.field in message, f"{case.description}: {case.field!r} not named in: {message}"
-    assert case.message in message, f"{case.description}: {case.message!r} not in: {message}"
+    _assert_refused(rejected.value, case)
+
+
+@pytest.mark.parametrize("case", INVALID_UPDATES, ids=[c.name for c in INVALID_UPDATES])
+def test_invalid_update_is_rejected_by_the_api_server(
+    cluster: E2ECluster, installed_crds: dict[str, list[str]], namespace: str, case: InvalidCase
+) -> None:
+    created = create_custom_object(cluster.api, namespace, case.object, CRDS)
+    with pytest.raises(client.ApiException) as rejected:
+        merge_patch_custom_object(cluster.api, namespace, case.object, case.update or {}, CRDS)
+    _assert_refused(rejected.value, case)
+    stored = get_custom_object(cluster.api, namespace, case.object, CRDS)
+    assert stored["spec"] == created["spec"], f"{case.name}: the refused update changed the stored spec"
+
+
+def _example(name: str) -> dict[str, Any]:
+    (doc,) = _documents(REPO / "examples" / name)
+    return doc
+
+
+def test_a_running_job_can_be_suspended_and_requeued(
+    cluster: E2ECluster, installed_crds: dict[str, list[str]], namespace: str
+) -> None:
+    # Immutability covers what defines the run; runPolicy and scheduling stay mutable.
+    job = _example("trainingjob-digits.yaml")
+    create_custom_object(cluster.api, namespace, job, CRDS)
+    patch = {"spec": {"runPolicy": {"suspend": True}, "scheduling": {"queueName": "team-b", "priorityClassName": None}}}
+    updated = merge_patch_custom_object(cluster.api, namespace, job, patch, CRDS)
+    assert updated["spec"]["runPolicy"]["suspend"] is True
+    assert updated["spec"]["scheduling"]["queueName"] == "team-b"
+
+
+def test_triton_image_is_not_persisted_as_a_default(
+    cluster: E2ECluster, installed_crds: dict[str, list[str]], namespace: str
+) -> None:
+    # A schema default would be written into the object and pin Triton across operator upgrades.
+    service = _example("modelservice-digits.yaml")
+    service["spec"]["runtime"].pop("image", None)
+    created = create_custom_object(cluster.api, namespace, service, CRDS)
+    assert "image" not in created["spec"]["runtime"]
+    assert "replicas" not in created["spec"], "replicas must have no default: autoscaling owns the count"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import urllib.request
 
 from e2e.conftest import OperatorProcess
 
@@ -11,6 +12,10 @@ STOP_LIMIT_SECONDS = 15
 
 def test_operator_runs_against_the_cluster_and_stops_cleanly(operator: OperatorProcess) -> None:
     operator.wait_live(timeout=60)
+    with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
+        metrics = response.read().decode()
+    for family in ("kubemaas_reconcile_total", "kubemaas_reconcile_duration_seconds", "kubemaas_api_errors_total"):
+        assert f"# TYPE {family.removesuffix('_total')}" in metrics, f"{family} missing from /metrics"
     operator.process.send_signal(signal.SIGTERM)
     returncode = operator.process.wait(timeout=STOP_LIMIT_SECONDS)
     log = operator.tail()

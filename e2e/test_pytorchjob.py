@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from kubernetes import client
 
 from e2e.conftest import E2ECluster, restricted_container
 from e2e.kube import drive_pod
+from e2e.waits import condition_is
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 
@@ -32,13 +34,6 @@ def pytorchjob_served(cluster: E2ECluster) -> None:
         raise
 
 
-def _condition(job: dict[str, Any], kind: str) -> str | None:
-    for condition in job.get("status", {}).get("conditions", []):
-        if condition["type"] == kind:
-            return str(condition["status"])
-    return None
-
-
 def test_pytorchjob_gets_master_and_worker_pods_and_succeeds(
     cluster: E2ECluster, namespace: str, pytorchjob_served: None
 ) -> None:
@@ -52,16 +47,23 @@ def test_pytorchjob_gets_master_and_worker_pods_and_succeeds(
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
     selector = "training.kubeflow.org/job-name=smoke"
 
-    def running_pods() -> dict[str, str] | None:
-        pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    def running_pods(pods: dict[str, dict[str, Any]]) -> dict[str, str] | None:
         running = {
-            p.metadata.name: p.metadata.labels["training.kubeflow.org/replica-type"]
-            for p in pods
-            if p.status.phase == "Running"
+            name: p["metadata"]["labels"]["training.kubeflow.org/replica-type"]
+            for name, p in pods.items()
+            if p["status"].get("phase") == "Running"
         }
         return running if len(running) == 3 else None
 
-    pods = cluster.wait_for("3 running PyTorchJob pods (1 master, 2 workers)", running_pods, timeout=90)
+    pods = cluster.wait_objects(
+        "v1",
+        "Pod",
+        namespace,
+        running_pods,
+        label_selector=selector,
+        what="3 running PyTorchJob pods (1 master, 2 workers)",
+        timeout=90,
+    )
     assert sorted(pods.values()) == ["master", "worker", "worker"]
     worker = next(name for name, role in pods.items() if role == "worker")
     assert [c.name for c in core.read_namespaced_pod(worker, namespace).spec.init_containers] == ["init-pytorch"]
@@ -72,11 +74,15 @@ def test_pytorchjob_gets_master_and_worker_pods_and_succeeds(
     for name in pods:
         drive_pod(cluster.api, namespace, name, "succeed", report if name == "smoke-master-0" else "")
 
-    def succeeded() -> bool:
-        current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "smoke")
-        return _condition(current, "Succeeded") == "True"
-
-    cluster.wait_for("PyTorchJob smoke to be Succeeded", succeeded, timeout=90)
+    cluster.wait_object(
+        f"{GROUP}/{VERSION}",
+        "PyTorchJob",
+        namespace,
+        "smoke",
+        lambda current: condition_is(current, "Succeeded"),
+        what="PyTorchJob smoke to be Succeeded",
+        timeout=90,
+    )
     terminated = core.read_namespaced_pod("smoke-master-0", namespace).status.container_statuses[0].state.terminated
     assert terminated.exit_code == 0
     assert json.loads(terminated.message) == json.loads(report)
@@ -91,13 +97,13 @@ def test_failed_pod_reports_exit_code_and_message(cluster: E2ECluster, namespace
         "spec": {"restartPolicy": "Never", "containers": [restricted_container()]},
     }
     core.create_namespaced_pod(namespace, pod)
-    cluster.wait_for(
-        "pod doomed to be Running", lambda: core.read_namespaced_pod("doomed", namespace).status.phase == "Running"
-    )
+
+    def phase_is(phase: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda pod: pod["status"].get("phase") == phase
+
+    cluster.wait_object("v1", "Pod", namespace, "doomed", phase_is("Running"), what="pod doomed to be Running")
     drive_pod(cluster.api, namespace, "doomed", "fail", '{"error": "loss is NaN"}')
-    cluster.wait_for(
-        "pod doomed to be Failed", lambda: core.read_namespaced_pod("doomed", namespace).status.phase == "Failed"
-    )
+    cluster.wait_object("v1", "Pod", namespace, "doomed", phase_is("Failed"), what="pod doomed to be Failed")
     terminated = core.read_namespaced_pod("doomed", namespace).status.container_statuses[0].state.terminated
     assert terminated.exit_code == 1
     assert json.loads(terminated.message) == {"error": "loss is NaN"}

@@ -36,11 +36,13 @@ def test_deployment_rolls_out_with_ready_pods(cluster: E2ECluster, namespace: st
     }
     client.AppsV1Api(cluster.api).create_namespaced_deployment(namespace, deployment)
 
-    def rolled_out() -> bool:
-        status = client.AppsV1Api(cluster.api).read_namespaced_deployment_status("web", namespace).status
-        return status.ready_replicas == 3 and status.updated_replicas == 3 and status.available_replicas == 3
+    def rolled_out(deployment: dict[str, Any]) -> bool:
+        status = deployment.get("status") or {}
+        return all(status.get(key) == 3 for key in ("readyReplicas", "updatedReplicas", "availableReplicas"))
 
-    cluster.wait_for("deployment web to have 3 ready, available replicas", rolled_out, timeout=60)
+    cluster.wait_object(
+        "apps/v1", "Deployment", namespace, "web", rolled_out, what="deployment web: 3 ready, available replicas"
+    )
     pods = client.CoreV1Api(cluster.api).list_namespaced_pod(namespace, label_selector="app=web").items
     assert len(pods) == 3
     for pod in pods:
@@ -55,39 +57,52 @@ def test_gpu_pod_is_bound_to_a_gpu_node(cluster: E2ECluster, namespace: str) -> 
         core.create_namespaced_pod(namespace, _pod(name, gpus=1))
     gpu_nodes = {n.name for n in GPU_NODES}
     cpu_nodes = {n.name for n in CPU_NODES}
-    for name in names:
-        node = cluster.wait_for(
-            f"pod {name} to be scheduled", lambda n=name: core.read_namespaced_pod(n, namespace).spec.node_name
-        )
+    running = cluster.wait_objects(
+        "v1",
+        "Pod",
+        namespace,
+        lambda pods: (
+            pods if len(pods) == 4 and all(p["status"].get("phase") == "Running" for p in pods.values()) else None
+        ),
+        what="4 GPU pods Running",
+    )
+    for name, pod in running.items():
+        node = pod["spec"]["nodeName"]
         assert node in gpu_nodes and node not in cpu_nodes, f"{name} landed on {node}"
         labels = core.read_node(node).metadata.labels
         assert labels["nvidia.com/gpu.present"] == "true"
-        cluster.wait_for(
-            f"pod {name} to be Running", lambda n=name: core.read_namespaced_pod(n, namespace).status.phase == "Running"
-        )
 
 
 def test_pod_asking_more_gpus_than_any_node_stays_pending(cluster: E2ECluster, namespace: str) -> None:
     core = client.CoreV1Api(cluster.api)
     core.create_namespaced_pod(namespace, _pod("too-big", gpus=MAX_GPUS_PER_NODE + 1))
 
-    def unschedulable() -> str | None:
-        pod = core.read_namespaced_pod("too-big", namespace)
-        for condition in pod.status.conditions or []:
-            if condition.type == "PodScheduled" and condition.status == "False":
-                return str(condition.message)
+    def unschedulable(pod: dict[str, Any]) -> str | None:
+        for condition in pod["status"].get("conditions") or []:
+            if condition["type"] == "PodScheduled" and condition["status"] == "False":
+                return str(condition["message"])
         return None
 
-    message = cluster.wait_for("the scheduler to mark too-big unschedulable", unschedulable, timeout=60)
+    message = cluster.wait_object(
+        "v1", "Pod", namespace, "too-big", unschedulable, what="the scheduler to mark too-big unschedulable"
+    )
     assert "Insufficient nvidia.com/gpu" in message
     pod = core.read_namespaced_pod("too-big", namespace)
     assert pod.status.phase == "Pending" and not pod.spec.node_name
 
-    def failed_scheduling_event() -> bool:
-        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=too-big").items
-        return any(e.reason == "FailedScheduling" and "nvidia.com/gpu" in e.message for e in events)
-
-    cluster.wait_for("a FailedScheduling event for too-big", failed_scheduling_event, timeout=30)
+    cluster.wait_objects(
+        "v1",
+        "Event",
+        namespace,
+        lambda events: any(
+            e["involvedObject"]["name"] == "too-big"
+            and e["reason"] == "FailedScheduling"
+            and "nvidia.com/gpu" in e["message"]
+            for e in events.values()
+        ),
+        what="a FailedScheduling event for too-big",
+        timeout=30,
+    )
 
 
 def test_gpu_product_label_selects_the_node(cluster: E2ECluster, namespace: str) -> None:
@@ -96,8 +111,8 @@ def test_gpu_product_label_selects_the_node(cluster: E2ECluster, namespace: str)
     core.create_namespaced_pod(
         namespace, _pod("on-h100", gpus=1, nodeSelector={"nvidia.com/gpu.product": h100.gpu_product})
     )
-    node = cluster.wait_for(
-        "pod on-h100 to be scheduled", lambda: core.read_namespaced_pod("on-h100", namespace).spec.node_name
+    node = cluster.wait_object(
+        "v1", "Pod", namespace, "on-h100", lambda pod: pod["spec"].get("nodeName"), what="pod on-h100 to be scheduled"
     )
     assert node == h100.name
 

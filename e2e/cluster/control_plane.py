@@ -398,6 +398,41 @@ def down(root: Path | None = None) -> None:
     log(f"stopped {len(cluster.components)} components")
 
 
+def stop_component(cluster: Cluster, name: str) -> None:
+    """Stop one component (SIGTERM, then SIGKILL): a fault test's way to take the API server or etcd away."""
+    processes.stop(cluster.component(name))
+
+
+def start_component(cluster: Cluster, name: str, timeout: float = READY_TIMEOUT) -> None:
+    """Start a stopped component again with the arguments, environment and ports it had, and wait until it
+    serves (the API server's /readyz, etcd's /health; others: alive)."""
+    old = cluster.component(name)
+    if old.alive():
+        raise ComponentError(f"{name} (pid {old.pid}) is still running")
+    running, process = processes.start(
+        name, Path(old.binary), old.args, cluster.root / "logs", old.ports, old.env or None
+    )
+    cluster.components[cluster.components.index(old)] = running
+    cluster.save()
+    if name == "kube-apiserver":
+        probe = processes.http_probe(
+            f"https://127.0.0.1:{cluster.api_port}/readyz", api_tls(cluster.root / "pki"), b"ok"
+        )
+    elif name == "etcd":
+        probe = processes.http_probe(f"http://127.0.0.1:{old.ports[0]}/health", expect=b'"health":"true"')
+    else:
+        probe = running.alive
+    processes.wait_ready(running, process, probe, timeout)
+    log(f"{name} restarted (pid {running.pid})")
+
+
+def restart_component(cluster: Cluster, name: str, downtime: float = 0.0) -> None:
+    """Stop `name`, keep it down for `downtime` seconds, start it again and wait until it serves."""
+    stop_component(cluster, name)
+    time.sleep(downtime)
+    start_component(cluster, name)
+
+
 def check_alive(cluster: Cluster) -> None:
     """Raise ComponentError naming every dead component, with the tail of its log."""
     dead = [c for c in cluster.components if not c.alive()]

@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 LOG_TAIL_LINES = 30
@@ -46,6 +46,9 @@ class Running:
     binary: str
     log: str
     ports: list[int]
+    # How it was started, so a fault test can stop it and start it again exactly as it was.
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     def alive(self) -> bool:
         return process_matches(self.pid, self.binary)
@@ -77,7 +80,7 @@ def start(
             start_new_session=True,
             env={**os.environ, **(env or {})},
         )
-    return Running(name, process.pid, str(binary), str(log_path), ports), process
+    return Running(name, process.pid, str(binary), str(log_path), ports, list(args), dict(env or {})), process
 
 
 Probe = Callable[[], bool]

@@ -7,12 +7,19 @@ TorchScript model. Run locally as one process:
     KUBEMAAS_MODEL_NAME=digits KUBEMAAS_MODEL_VERSION=v1 KUBEMAAS_OUTPUT_URI=file:///tmp/store \
     KUBEMAAS_KEY_DIR=/tmp/keys KUBEMAAS_TERMINATION_LOG=/tmp/result.json \
     python examples/training/digits_mlp.py --steps 300
+
+or as several processes under torchrun's launcher (what a pod with nprocPerNode > 1 runs):
+
+    python -m kubemaas.runtime.launch --nproc-per-node=2 --no-python python examples/training/digits_mlp.py
+
+How often to checkpoint is the harness's setting (KUBEMAAS_CHECKPOINT_EVERY), not the program's.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Sequence
 
 import torch
 from sklearn.datasets import load_digits
@@ -26,13 +33,17 @@ HOLDOUT_FRACTION = 0.2
 SPLIT_SEED = 1234
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="global optimizer steps")
     parser.add_argument("--batch-size", type=int, default=32, help="per-rank batch size")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--hidden", type=int, default=64)
-    return parser.parse_args()
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def make_model(hidden: int) -> torch.nn.Module:

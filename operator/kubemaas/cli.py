@@ -8,9 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
-
-# prometheus-client only: `kubemaas crds` and `load-model` stay free of kopf.
-from kubemaas.controllers.metrics import DEFAULT_METRICS_PORT
+from kubemaas.controllers import DEFAULT_METRICS_PORT
 
 Command = Callable[[argparse.Namespace], int]
 

@@ -120,10 +120,103 @@ def test_check_fails_naming_the_file_when_a_description_changes(tmp_path: Path) 
 
     source = copy / "kubemaas" / "api" / "modelservice.py"
     text = source.read_text()
-    assert '"Serving pods when autoscaling is absent; ignored otherwise."' in text
-    source.write_text(text.replace("Serving pods when autoscaling is absent", "Pods when autoscaling is absent"))
+    assert 'description="Triton batching."' in text
+    source.write_text(text.replace('description="Triton batching."', 'description="Batching."'))
 
     result = _run_check(copy)
     assert result.returncode == 1
     assert "kubemaas.io_modelservices.yaml: stale" in result.stderr
     assert "trainingjobs" not in result.stderr
+
+
+def _spec(kind: str) -> dict[str, Any]:
+    schema = openapi_schema(next(k for k in KINDS if k.kind == kind))
+    spec: dict[str, Any] = schema["properties"]["spec"]
+    return spec
+
+
+def test_every_immutable_field_is_guarded_when_added_or_removed() -> None:
+    # A rule on the field runs only when the field exists on both sides; its parent must check presence.
+    spec = _spec("TrainingJob")
+    parent_rules = spec["x-kubernetes-validations"]
+    immutable = [
+        name
+        for name, node in spec["properties"].items()
+        if {"rule": "self == oldSelf", "message": f"{name} is immutable"} in node.get("x-kubernetes-validations", ())
+    ]
+    assert {"image", "command", "args", "env", "data", "output", "encryption", "volumes"} <= set(immutable)
+    for name in immutable:
+        node = spec["properties"][name]
+        presence = {
+            "fieldPath": f".{name}",
+            "message": f"{name} is immutable",
+            "rule": f"has(self.{name}) == has(oldSelf.{name})",
+        }
+        if name in spec["required"] or "default" in node:
+            assert presence not in parent_rules, f"{name} cannot vanish: no presence rule needed"
+        else:
+            assert presence in parent_rules, f"spec.{name} can be added or removed unchecked"
+    assert "runPolicy" not in immutable and "scheduling" not in immutable
+
+
+def test_an_immutable_field_under_an_optional_parent_is_refused() -> None:
+    from pydantic import Field
+
+    from kubemaas.api.base import ApiModel, immutable
+    from kubemaas.api.crd import structural
+
+    class Inner(ApiModel):
+        pinned: str = Field(json_schema_extra=immutable(), description="x")
+
+    class Outer(ApiModel):
+        inner: Inner | None = Field(default=None, description="may come and go, taking pinned with it")
+
+    class Items(ApiModel):
+        inners: list[Inner] | None = Field(default=None, description="list items are not correlated")
+
+    for model in (Outer, Items):
+        raw = model.model_json_schema(by_alias=True)
+        with pytest.raises(ValueError, match=r"immutable field .*pinned sits under"):
+            structural(raw, raw.get("$defs", {}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "key"),
+    [
+        ("TrainingJob", ("env",), "name"),
+        ("TrainingJob", ("volumes",), "name"),
+        ("TrainingJob", ("volumeMounts",), "mountPath"),
+        ("TrainingJob", ("imagePullSecrets",), "name"),
+        ("ModelService", ("runtime", "env"), "name"),
+        ("ModelService", ("promotion", "requireMetrics"), "name"),
+    ],
+)
+def test_keyed_lists_are_map_lists(kind: str, path: tuple[str, ...], key: str) -> None:
+    node = _spec(kind)
+    for part in path:
+        node = node["properties"][part]
+    assert node["x-kubernetes-list-type"] == "map" and node["x-kubernetes-list-map-keys"] == [key]
+    assert key in node["items"]["required"], "map-list keys must be required"
+
+
+def test_map_keys_are_checked_by_cel_not_by_unstructural_keywords() -> None:
+    selector = _spec("TrainingJob")["properties"]["scheduling"]["properties"]["nodeSelector"]
+    assert "propertyNames" not in selector and "patternProperties" not in selector
+    (rule,) = selector["x-kubernetes-validations"]
+    assert rule["rule"].startswith("self.all(k, k.matches('^([a-z0-9]")
+    assert "\\\\." in rule["rule"], "backslashes must be escaped inside the CEL string literal"
+
+
+def test_desired_column_shows_the_desired_count() -> None:
+    (version,) = crd(KINDS[1])["spec"]["versions"]
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Desired"] == ".status.desiredReplicas"
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert status["desiredReplicas"]["type"] == "integer"
+
+
+def test_operator_release_defaults_are_not_schema_defaults() -> None:
+    spec = _spec("ModelService")
+    assert "default" not in spec["properties"]["runtime"]["properties"]["image"]
+    assert "image" not in spec["properties"]["runtime"].get("default", {})
+    assert "default" not in spec["properties"]["replicas"]

@@ -34,6 +34,7 @@ def test_training_example() -> None:
     assert job.spec.replicas == 2
     assert job.spec.resources.gpus == 1
     assert job.spec.resources.memory == "8Gi"
+    assert job.spec.resources.shm_size == "1Gi"
     assert job.spec.backend is Backend.Auto
     assert job.spec.output.quantization is Quantization.NONE
     assert job.spec.encryption.generate_key is KeyGeneration.IfMissing
@@ -48,3 +49,16 @@ def test_serving_example() -> None:
     assert svc.spec.autoscaling is not None
     assert (svc.spec.autoscaling.min_replicas, svc.spec.autoscaling.max_replicas) == (1, 4)
     assert svc.spec.autoscaling.metric is ScalingMetric.CPU
+    assert svc.spec.replicas is None, "replicas and autoscaling are exclusive"
+    assert svc.spec.runtime.image is None, "the operator's default Triton image applies"
+    assert svc.spec.promotion is not None
+    (gate,) = svc.spec.promotion.require_metrics
+    assert (gate.name, gate.min, gate.max) == ("heldOutAccuracy", "0.9", None)
+
+
+def test_promotion_gate_names_a_metric_the_training_example_publishes() -> None:
+    svc = ModelService.parse(yaml.safe_load((EXAMPLES_DIR / "modelservice-digits.yaml").read_text()))
+    assert svc.spec.promotion is not None
+    program = (EXAMPLES_DIR / "training" / "digits_mlp.py").read_text()
+    for gate in svc.spec.promotion.require_metrics:
+        assert f'"{gate.name}"' in program, f"digits_mlp.py does not publish {gate.name}"

@@ -22,7 +22,8 @@ from prometheus_client import REGISTRY
 from kubemaas import serving_metrics
 from kubemaas.api import crd
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
-from kubemaas.controllers.metrics import DEFAULT_METRICS_PORT
+from kubemaas.controllers import DEFAULT_METRICS_PORT
+from kubemaas.controllers import metrics as _operator_metrics  # noqa: F401  (registers the operator's metrics)
 from kubemaas.controllers.settings import PEERING_NAME
 
 REPO = Path(__file__).resolve().parents[2]

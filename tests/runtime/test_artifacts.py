@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kubemaas.api.base import MODEL_NAME_PATTERN, VERSION_PATTERN
 from kubemaas.runtime import artifacts
 from kubemaas.runtime.artifacts import (
     LATEST,
@@ -108,26 +111,66 @@ def test_unknown_model_and_version(tmp_path: Path) -> None:
             store.version_dir(MODEL, bad)
 
 
+@pytest.mark.parametrize("name", ["digits", "Digits", "a" * 63, "a" * 64, "-x", "x.", "Latest"])
+def test_store_names_follow_the_apis_rules(tmp_path: Path, name: str) -> None:
+    """One rule: a model name or version the API accepts is one the store accepts, and no other."""
+    store = ArtifactStore(tmp_path)
+    for what, pattern, path in [
+        ("model name", MODEL_NAME_PATTERN, lambda: store.model_dir(name)),
+        ("version", VERSION_PATTERN, lambda: store.version_dir(MODEL, name)),
+    ]:
+        api_accepts = re.fullmatch(pattern, name) is not None and name != LATEST
+        if api_accepts:
+            path()
+        else:
+            with pytest.raises(ArtifactStoreError, match=what):
+                path()
+
+
 def test_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_uri("pvc://models/store/a", mount_root=tmp_path) == tmp_path / "models/store/a"
     assert resolve_uri("pvc://models", mount_root=tmp_path) == tmp_path / "models"
     assert resolve_uri("pvc://models/", mount_root=tmp_path) == tmp_path / "models"
-    assert resolve_uri("file:///var/models") == Path("/var/models")
+    assert resolve_uri("file:///var/models", mount_root=tmp_path) == Path("/var/models")
+    # The mount root is what the caller passes (parsed once by kubemaas.contract), never the process env.
     monkeypatch.setenv("KUBEMAAS_MOUNT_ROOT", str(tmp_path / "m"))
-    assert resolve_uri("pvc://c/p") == tmp_path / "m/c/p"
-    monkeypatch.delenv("KUBEMAAS_MOUNT_ROOT")
-    assert resolve_uri("pvc://c/p") == Path("/mnt/kubemaas/c/p")
+    assert resolve_uri("pvc://c/p", mount_root=artifacts.DEFAULT_MOUNT_ROOT) == Path("/mnt/kubemaas/c/p")
     for bad in ("s3://bucket/x", "pvc://Bad_Claim/x", "pvc://c/../etc", "file://relative", "/abs"):
         with pytest.raises(ArtifactStoreError):
             resolve_uri(bad, mount_root=tmp_path)
     assert ArtifactStore.from_uri("pvc://c/p", mount_root=tmp_path).root == tmp_path / "c/p"
 
 
-def test_point_latest_refuses_incomplete_versions(tmp_path: Path) -> None:
+def test_advance_latest_refuses_incomplete_versions(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     (tmp_path / MODEL / "v3").mkdir(parents=True)
     with pytest.raises(ArtifactStoreError, match="incomplete"):
-        store.point_latest(MODEL, "v3")
+        store.advance_latest(MODEL, "v3")
+
+
+def test_latest_only_moves_forward(tmp_path: Path) -> None:
+    """A late restart of the job that published v1 re-points LATEST at v1: it must stay on v2."""
+    store = ArtifactStore(tmp_path / "store")
+    plain = _plaintexts(tmp_path)
+    first = datetime(2030, 1, 1, tzinfo=UTC)
+    for version, day in (("v1", 1), ("v2", 2)):
+        store.publish(
+            plain[version], model=MODEL, version=version, key=KEY, key_id="k1",
+            inputs=INPUTS, outputs=OUTPUTS, now=first.replace(day=day),
+        )  # fmt: skip
+    assert store.advance_latest(MODEL, "v1") is False
+    assert store.latest_version(MODEL) == "v2"
+    assert store.advance_latest(MODEL, "v2") is True  # idempotent for the current one
+    # An older version published late (its createdAt is older) does not take LATEST either.
+    store.publish(
+        plain["v1"], model=MODEL, version="v0", key=KEY, key_id="k1",
+        inputs=INPUTS, outputs=OUTPUTS, now=first,
+    )  # fmt: skip
+    assert store.latest_version(MODEL) == "v2"
+    # LATEST naming a version that was deleted is replaced by any complete one.
+    shutil.rmtree(store.root / MODEL / "v2")
+    assert store.advance_latest(MODEL, "v1") is True
+    assert store.resolve(MODEL).manifest.version == "v1"
 
 
 # ------------------------------------------------------------------ crash injection
@@ -189,11 +232,11 @@ def _check_after_crash(tmp_path: Path, store: ArtifactStore, plain: dict[str, Pa
         _assert_complete(store, store.resolve(MODEL, version), plain[version], tmp_path)
     store.remove_leftovers(MODEL)
     if store.has_version(MODEL, "v2"):
-        store.point_latest(MODEL, "v2")
+        store.advance_latest(MODEL, "v2")
     else:
         _publish(store, plain["v2"], "v2")
     _assert_complete(store, store.resolve(MODEL), plain["v2"], tmp_path)
-    assert not list((store.root / MODEL).glob(".*"))
+    assert [p.name for p in (store.root / MODEL).glob(".*")] == [artifacts.LATEST_LOCK]
     return current.manifest.version
 
 

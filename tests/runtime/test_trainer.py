@@ -2,49 +2,43 @@
 
 from __future__ import annotations
 
-import json
+import importlib.util
+import re
 import signal
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kubemaas.runtime.artifacts import ArtifactStore
 from kubemaas.runtime.checkpoint import CheckpointStore
-from kubemaas.runtime.crypto import Keyring, decrypt_file
-from kubemaas.runtime.distributed import DistConfigError, batch_for_step, read_dist_env, shard_indices
+from kubemaas.runtime.crypto import MAGIC, Keyring, decrypt_file
+from kubemaas.runtime.distributed import batch_for_step, shard_indices
 from kubemaas.runtime.export import load_torchscript
-from kubemaas.runtime.trainer import (
-    EXIT_CONFIG,
-    EXIT_PREEMPTED,
-    EXIT_RETRYABLE,
-    TERMINATION_MESSAGE_LIMIT,
-    TrainerConfig,
-    TrainerConfigError,
-    write_termination_message,
-)
+from kubemaas.runtime.termination import ExitCode
+from kubemaas.runtime.trainer import run
 
-from .trainer_launch import KEY, Job, log_text, ranks, wait_all, wait_for
+from .trainer_launch import (
+    EXAMPLE,
+    EXAMPLE_JOB,
+    KEY,
+    REPO,
+    Job,
+    example_args,
+    log_text,
+    pods,
+    ranks,
+    wait_all,
+    wait_for,
+)
 
 pytestmark = pytest.mark.torch
 
 
 # ------------------------------------------------------------------ environment and shards
-
-
-def test_rank_from_pytorchjob_or_indexed_job() -> None:
-    pytorchjob = read_dist_env({"MASTER_ADDR": "m-0", "MASTER_PORT": "23456", "WORLD_SIZE": "4", "RANK": "3"})
-    assert (pytorchjob.master_addr, pytorchjob.master_port, pytorchjob.rank, pytorchjob.world_size) == (
-        "m-0", 23456, 3, 4,
-    )  # fmt: skip
-    indexed = read_dist_env({"MASTER_ADDR": "w-0.svc", "WORLD_SIZE": "2", "JOB_COMPLETION_INDEX": "1"})
-    assert (indexed.rank, indexed.master_port, indexed.local_rank) == (1, 29500, 0)
-    assert read_dist_env({}).world_size == 1
-    for bad in ({"WORLD_SIZE": "2"}, {"WORLD_SIZE": "2", "RANK": "2"}, {"RANK": "x"}):
-        with pytest.raises(DistConfigError):
-            read_dist_env(bad)
 
 
 @given(n=st.integers(min_value=1, max_value=3000), world_size=st.integers(min_value=1, max_value=16))
@@ -64,64 +58,65 @@ def test_batches_depend_only_on_the_step() -> None:
     assert len(set(epoch)) == len(epoch)  # no repeats within an epoch
 
 
-def test_config_from_env(tmp_path: Path) -> None:
-    env = {
-        "KUBEMAAS_MODEL_NAME": "digits",
-        "KUBEMAAS_MODEL_VERSION": "v3",
-        "KUBEMAAS_OUTPUT_URI": "pvc://models/store/",
-        "KUBEMAAS_MOUNT_ROOT": str(tmp_path),
-    }
-    import os
-
-    old = os.environ.get("KUBEMAAS_MOUNT_ROOT")
-    os.environ["KUBEMAAS_MOUNT_ROOT"] = str(tmp_path)
-    try:
-        config = TrainerConfig.from_env(env)
-    finally:
-        if old is None:
-            del os.environ["KUBEMAAS_MOUNT_ROOT"]
-        else:
-            os.environ["KUBEMAAS_MOUNT_ROOT"] = old
-    assert config.output_root == tmp_path / "models/store"
-    assert config.checkpoint_dir == tmp_path / "models/store/digits/.checkpoints/v3"
-    assert config.termination_log == Path("/dev/termination-log")
-    assert (config.checkpoint_every, config.quantization) == (100, "None")
-    for key, value in [
-        ("KUBEMAAS_MODEL_VERSION", ""),
-        ("KUBEMAAS_MODEL_VERSION", "../x"),
-        ("KUBEMAAS_OUTPUT_URI", "s3://b/x"),
-        ("KUBEMAAS_QUANTIZATION", "Int4"),
-        ("KUBEMAAS_CHECKPOINT_EVERY", "0"),
-    ]:
-        with pytest.raises(TrainerConfigError):
-            TrainerConfig.from_env({**env, key: value})
+KEYRING = Keyring({"k1": KEY}, "k1")
 
 
-def test_termination_message_fits_the_kubelet_limit(tmp_path: Path) -> None:
-    path = tmp_path / "t"
-    write_termination_message(path, {"reason": "TrainingError", "message": "x" * 10_000})
-    data = path.read_bytes()
-    assert len(data) <= TERMINATION_MESSAGE_LIMIT
-    assert json.loads(data)["reason"] == "TrainingError"
+def checkpoint_store(directory: Path, keyring: Keyring = KEYRING, version: str = "v1") -> CheckpointStore:
+    return CheckpointStore(directory, model="digits", version=version, keyring=keyring, keep=2)
 
 
 def test_checkpoint_store_keeps_newest_complete(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path, keep=2)
+    store = checkpoint_store(tmp_path)
     for step in (10, 20, 30):
         store.save(step, {"w": torch.tensor([float(step)])})
     assert store.steps() == [20, 30]
-    (tmp_path / ".step-000000000040.pt.abc.tmp").write_bytes(b"half written")  # a crashed writer
+    (tmp_path / ".step-000000000040.kmenc.abc.partial").write_bytes(b"half written")  # a crashed writer
     store.path_for(30).write_bytes(b"corrupt")  # a bad disk block
     latest = store.load_latest()
     assert latest is not None and latest.step == 20 and latest.state["w"].item() == 20.0
 
 
+def test_checkpoints_on_the_store_are_encrypted_and_bound(tmp_path: Path) -> None:
+    """Weights never sit in plaintext on the shared store; a checkpoint only decrypts as itself."""
+    weights = torch.arange(1000, dtype=torch.float32)
+    store = checkpoint_store(tmp_path)
+    path = store.save(7, {"model": {"w": weights}})
+    data = path.read_bytes()
+    assert data.startswith(MAGIC)
+    assert weights.numpy().tobytes()[:64] not in data
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch raises, it is not a checkpoint to it
+        torch.load(path, weights_only=True)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no plaintext left beside it
+    # Without the key, with another key, or as another job's version, it does not load.
+    assert checkpoint_store(tmp_path, Keyring({"k1": bytes(32)}, "k1")).load_latest() is None
+    assert checkpoint_store(tmp_path, version="v2").load_latest() is None
+    path.rename(store.path_for(8))  # moved to another step's name
+    assert store.load_latest() is None
+
+
 # ------------------------------------------------------------------ real multi-process runs
 
 
+def test_the_example_args_are_the_programs_own() -> None:
+    """examples/trainingjob-digits.yaml passes flags digits_mlp.py accepts (argparse would exit 2)."""
+    spec = importlib.util.spec_from_file_location("digits_mlp", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    parsed = program.parse_args(example_args())
+    assert parsed.steps > 0 and parsed.batch_size > 0
+
+
+def test_the_example_image_is_the_one_the_dockerfile_builds() -> None:
+    image = yaml.safe_load(EXAMPLE_JOB.read_text())["spec"]["image"]
+    dockerfile = (REPO / "images" / "trainer" / "Dockerfile").read_text()
+    assert re.findall(r"docker build .* -t (\S+) \.", dockerfile) == [image]
+
+
 def test_two_rank_gloo_ddp_trains_and_publishes(tmp_path: Path) -> None:
+    """The shipped example's args, exactly, as two gloo ranks."""
     job = Job(tmp_path)
-    with ranks(job, 2, attempt=0, args=["--steps", "300"], KUBEMAAS_CHECKPOINT_EVERY="100") as procs:
+    with ranks(job, 2, attempt=0, args=example_args(), KUBEMAAS_CHECKPOINT_EVERY="100") as procs:
         codes = wait_all(procs, timeout=240)
     assert codes == [0, 0], log_text(job, 0, 0) + log_text(job, 1, 0)
 
@@ -147,20 +142,22 @@ def test_two_rank_gloo_ddp_trains_and_publishes(tmp_path: Path) -> None:
 
 def test_killed_rank_then_restart_resumes_from_checkpoint(tmp_path: Path) -> None:
     job = Job(tmp_path)
-    store = CheckpointStore(job.checkpoints)
+    store = checkpoint_store(job.checkpoints)
     args = ["--steps", "900"]
-    with ranks(job, 2, attempt=0, args=args, KUBEMAAS_CHECKPOINT_EVERY="25") as procs:
+    # Only rank 0 holds the key: rank 1 resumes from what rank 0 decrypted and sent.
+    no_key = {1: {"KUBEMAAS_KEY_DIR": str(tmp_path / "no-keys-here")}}
+    with ranks(job, 2, attempt=0, args=args, rank_env=no_key, KUBEMAAS_CHECKPOINT_EVERY="25") as procs:
         wait_for(lambda: any(s >= 50 for s in store.steps()), timeout=180, what="a checkpoint at step >= 50")
         assert all(p.poll() is None for p in procs), "training finished before the kill"
         procs[1].send_signal(signal.SIGKILL)
         codes = wait_all(procs, timeout=120)
     assert codes[1] == -signal.SIGKILL
-    assert codes[0] == EXIT_RETRYABLE, log_text(job, 0, 0)
+    assert codes[0] == ExitCode.RETRYABLE, log_text(job, 0, 0)
     assert job.result(0)["reason"] == "Retryable"
     checkpointed = max(store.steps())
     assert 50 <= checkpointed < 900
 
-    with ranks(job, 2, attempt=1, args=args, KUBEMAAS_CHECKPOINT_EVERY="25") as procs:
+    with ranks(job, 2, attempt=1, args=args, rank_env=no_key, KUBEMAAS_CHECKPOINT_EVERY="25") as procs:
         codes = wait_all(procs, timeout=240)
     assert codes == [0, 0], log_text(job, 0, 1) + log_text(job, 1, 1)
     result = job.result(0)
@@ -173,12 +170,12 @@ def test_killed_rank_then_restart_resumes_from_checkpoint(tmp_path: Path) -> Non
 
 def test_sigterm_checkpoints_and_exits_retryable(tmp_path: Path) -> None:
     job = Job(tmp_path)
-    store = CheckpointStore(job.checkpoints)
+    store = checkpoint_store(job.checkpoints)
     with ranks(job, 1, attempt=0, args=["--steps", "100000"], KUBEMAAS_CHECKPOINT_EVERY="1000000") as procs:
         wait_for(lambda: "joined" in log_text(job, 0, 0), timeout=120, what="rank 0 to join")
         procs[0].send_signal(signal.SIGTERM)
         (code,) = wait_all(procs, timeout=60)
-    assert code == EXIT_PREEMPTED, log_text(job, 0, 0)
+    assert code == ExitCode.PREEMPTED, log_text(job, 0, 0)
     result = job.result(0)
     assert result["reason"] == "Preempted"
     assert store.steps() and store.steps()[-1] > 0  # the checkpoint written on SIGTERM
@@ -189,10 +186,62 @@ def test_missing_key_directory_fails_fast_as_config_error(tmp_path: Path) -> Non
     job = Job(tmp_path)
     with ranks(job, 1, attempt=0, args=["--steps", "10"], KUBEMAAS_KEY_DIR=str(tmp_path / "nokeys")) as procs:
         (code,) = wait_all(procs, timeout=120)
-    assert code == EXIT_CONFIG
+    assert code == ExitCode.CONFIG
     assert job.result(0)["reason"] == "ConfigError"
     assert not store_has_checkpoints(job)
 
 
 def store_has_checkpoints(job: Job) -> bool:
     return job.checkpoints.exists() and any(job.checkpoints.iterdir())
+
+
+# ------------------------------------------------------------------ under torchrun (nprocPerNode > 1)
+
+
+def test_two_pods_of_two_processes_under_torchrun_train_and_publish(tmp_path: Path) -> None:
+    """What the operator builds for nprocPerNode 2: each pod's launcher starts two gloo workers."""
+    job = Job(tmp_path)
+    with pods(job, nnodes=2, nproc_per_node=2, attempt=0, args=example_args()) as procs:
+        codes = wait_all(procs, timeout=300)
+    assert codes == [0, 0], log_text(job, 0, 0) + log_text(job, 1, 0)
+    result = job.result(0)
+    assert result["metrics"]["heldOutAccuracy"] >= 0.90, result
+    assert not job.termination(1).exists()  # pod 1 holds ranks 2 and 3: no result from it
+    logs = log_text(job, 0, 0) + log_text(job, 1, 0)
+    for rank in range(4):
+        assert f"rank {rank}/4 joined (gloo)" in logs
+
+
+def test_launcher_keeps_the_workers_exit_code(tmp_path: Path) -> None:
+    """torchrun alone exits 1 (permanent) for any worker failure; the contract's code must survive."""
+    job = Job(tmp_path)
+    no_keys = str(tmp_path / "no-keys-here")
+    with pods(job, nnodes=1, nproc_per_node=2, attempt=0, args=["--steps", "5"], KUBEMAAS_KEY_DIR=no_keys) as procs:
+        (code,) = wait_all(procs, timeout=180)
+    assert code == ExitCode.CONFIG, log_text(job, 0, 0)
+    assert job.result(0)["reason"] == "ConfigError"
+
+
+def test_an_unknown_rank_is_a_config_error_naming_both_variables(tmp_path: Path) -> None:
+    job = Job(tmp_path)
+    env = job.env(0, 2, 29500)
+    del env["RANK"]
+    code = run(lambda harness: None, env)
+    assert code == ExitCode.CONFIG
+    result = job.result(0)
+    assert result["reason"] == "ConfigError" and "rank" not in result  # unknown, not 0
+    assert "RANK" in result["message"] and "JOB_COMPLETION_INDEX" in result["message"]
+
+
+def test_sigterm_to_the_launcher_checkpoints_and_exits_preempted(tmp_path: Path) -> None:
+    """The kubelet signals PID 1, the launcher: its workers must still agree on a step and checkpoint."""
+    job = Job(tmp_path)
+    store = checkpoint_store(job.checkpoints)
+    args = ["--steps", "100000"]
+    with pods(job, nnodes=1, nproc_per_node=2, attempt=0, args=args, KUBEMAAS_CHECKPOINT_EVERY="1000000") as procs:
+        wait_for(lambda: log_text(job, 0, 0).count("joined") == 2, timeout=120, what="both workers to join")
+        procs[0].send_signal(signal.SIGTERM)
+        (code,) = wait_all(procs, timeout=60)
+    assert code == ExitCode.PREEMPTED, log_text(job, 0, 0)
+    assert job.result(0)["reason"] == "Preempted"
+    assert store.steps() and store.steps()[-1] > 0

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kubemaas.runtime.keyring import generate_key, write_keyring_dir
+from kubemaas.runtime.termination import SuccessMessage, parse_termination
 
 from .conftest import IN_FEATURES, KEY_ID, MODEL, PublishedModels, run_loader
 
@@ -38,7 +39,12 @@ def tree(root: Path) -> list[str]:
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_latest_builds_a_complete_python_backend_repository(published: PublishedModels, tmp_path: Path) -> None:
     repository = tmp_path / "models"
-    done = run_loader(loader_args(published.uri, published.key_dir, repository, "--max-batch-size=8"))
+    termination_log = tmp_path / "termination-log"
+    done = run_loader(
+        loader_args(
+            published.uri, published.key_dir, repository, "--max-batch-size=8", f"--termination-log={termination_log}"
+        )
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert f"loaded {MODEL} version v2" in done.stdout
@@ -57,6 +63,11 @@ def test_latest_builds_a_complete_python_backend_repository(published: Published
     assert 'backend: "python"' in config
     assert 'value: { string_value: "v2" }' in config
     assert 'name: "pixels"' in config
+    # The version Latest resolved to, and its checksum, for the operator (a standalone loader's report).
+    result = parse_termination(termination_log.read_bytes())
+    assert isinstance(result, SuccessMessage)
+    assert (result.model, result.version, result.sha256) == (MODEL, "v2", manifest["sha256"])
+    assert result.uri == f"{published.uri}/{MODEL}/v2"
     # The decrypted file is the v2 model: same outputs as its eager module.
     scripted = torch.jit.load(str(repository / MODEL / "1" / "model.pt"))
     x = torch.randn(3, IN_FEATURES)
@@ -120,10 +131,22 @@ def keep(_: Path) -> None:
     pass
 
 
+def delete_the_latest_version(root: Path) -> None:
+    shutil.rmtree(root / MODEL / "v2")  # LATEST still names it
+
+
 @pytest.mark.parametrize(
     ("tamper", "key_choice", "extra", "expected_line", "reason", "exit_code"),
     [
         (keep, "right", ["--version=v9"], "missing version: model 'digits' has no version 'v9'", "MissingVersion", 79),
+        (
+            delete_the_latest_version,
+            "right",
+            [],
+            "missing version: model 'digits' has no version 'v2' (named by LATEST)",
+            "MissingVersion",
+            79,
+        ),
         (
             flip_byte_in_a_chunk,
             "right",
@@ -165,6 +188,7 @@ def keep(_: Path) -> None:
     ],
     ids=[
         "missing-version",
+        "latest-names-a-deleted-version",
         "tampered-chunk",
         "truncated",
         "artifact-of-another-version",

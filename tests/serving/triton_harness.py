@@ -1,6 +1,6 @@
 """Run the real ``tritonserver`` binary shipped in the nvidia-pytriton wheel against a model repository.
 
-How the binary is found and run (see /work/shared/NOTES.md, "Triton on CPU"):
+How the binary is found and run (measured on the build machines; README.md, "Serving path"):
 
 * ``pytriton/tritonserver/`` in site-packages holds ``bin/tritonserver`` and ``backends/python/``;
   the Python-backend stub for the running interpreter is in ``python_backend_stubs/<major.minor>/``.

@@ -15,9 +15,23 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
+
+from kubemaas.api.errors import field_path
 
 
 @dataclass(frozen=True)
@@ -70,128 +84,158 @@ class ApiModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def immutable(name: str) -> dict[str, Any]:
-    """Schema extra for a field that keeps the value it was created with (a CEL transition rule)."""
-    return {"x-kubernetes-validations": [CelRule(rule="self == oldSelf", message=f"{name} is immutable").as_crd()]}
+IMMUTABLE = "x-kubemaas-immutable"
+"""Schema marker of an immutable field; the CRD generator (`crd.structural`) turns it into CEL rules."""
 
 
-# --- Kubernetes quantities --------------------------------------------------------------------------
+def immutable() -> dict[str, Any]:
+    """Schema extra for a field that keeps the value it was created with.
 
-# The non-negative subset of resource.Quantity's grammar (k8s.io/apimachinery/pkg/api/resource).
-QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE]|[eE][+]?[0-9]+)?$"
-_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
-
-
-def _parse_quantity(value: object) -> int | str:
-    if isinstance(value, bool):
-        raise PydanticCustomError("quantity", "must be a Kubernetes quantity such as 500m, 2 or 4Gi")
-    if isinstance(value, int) and value >= 0:
-        return value
-    if isinstance(value, str) and _QUANTITY_RE.match(value):
-        return value
-    raise PydanticCustomError("quantity", "must be a Kubernetes quantity such as 500m, 2 or 4Gi")
+    A transition rule on the field itself (`self == oldSelf`) runs only when the field exists in both
+    the old and the new object, so adding or removing an optional field would slip through. The CRD
+    generator therefore emits two rules from this one marker: `self == oldSelf` on the field, and, for an
+    optional field without a default, `has(self.f) == has(oldSelf.f)` on the object that holds it. A field
+    with a default cannot vanish (the API server re-applies the default), so it needs only the first.
+    `immutable_changes` is the Python twin of both.
+    """
+    return {IMMUTABLE: True}
 
 
-Quantity = Annotated[
-    int | str,
-    PlainValidator(_parse_quantity),
-    WithJsonSchema(
+def immutable_message(name: str) -> str:
+    return f"{name} is immutable"
+
+
+def is_immutable(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get(IMMUTABLE) is True
+
+
+def immutable_changes(old: BaseModel, new: BaseModel, loc: tuple[str, ...] = ()) -> list[str]:
+    """Every immutable field that differs between `old` and `new`, as `<field>: <name> is immutable`.
+
+    The Python twin of the generated transition rules: same fields, same messages. Mutable nested
+    objects are searched for immutable fields of their own.
+    """
+    problems = []
+    for name, field in type(new).model_fields.items():
+        alias = field.alias or name
+        before, after = getattr(old, name), getattr(new, name)
+        if is_immutable(field):
+            if before != after:
+                problems.append(f"{field_path((*loc, alias))}: {immutable_message(alias)}")
+        elif isinstance(before, BaseModel) and isinstance(after, BaseModel):
+            problems.extend(immutable_changes(before, after, (*loc, alias)))
+    return problems
+
+
+# --- Strict scalars -------------------------------------------------------------------------------
+
+# The API server refuses `gpus: "2"` and `suspend: "yes"`; pydantic's lax mode would coerce them. Every
+# integer and boolean of the API is one of these, so the operator and `kubectl apply` agree on what is
+# valid (tests/api/test_models.py checks that no lax int or bool is left).
+Int = StrictInt
+Bool = StrictBool
+
+# --- Integer-or-string values ------------------------------------------------------------------------
+
+
+def _int_or_matching(pattern: str, message: str) -> PlainValidator:
+    """Accepts a non-negative integer or a string matching `pattern` (intstr / resource.Quantity)."""
+    compiled = re.compile(pattern)
+
+    def parse(value: object) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str) and compiled.match(value):
+            return value
+        raise PydanticCustomError("int_or_string", message)
+
+    return PlainValidator(parse)
+
+
+def _int_or_string_schema(pattern: str) -> WithJsonSchema:
+    return WithJsonSchema(
         {
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY_PATTERN,
+            # Each keyword applies to one type only: minimum to integers, pattern to strings.
+            "minimum": 0,
+            "pattern": pattern,
         }
-    ),
+    )
+
+
+# The non-negative subset of resource.Quantity's grammar (k8s.io/apimachinery/pkg/api/resource).
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE]|[eE][+]?[0-9]+)?$"
+Quantity = Annotated[
+    int | str,
+    _int_or_matching(QUANTITY_PATTERN, "must be a Kubernetes quantity such as 500m, 2 or 4Gi"),
+    _int_or_string_schema(QUANTITY_PATTERN),
 ]
+
+# An absolute count or a percentage, as intstr in PodDisruptionBudget and Deployment strategies.
+INT_OR_PERCENT_PATTERN = r"^([0-9]|[1-9][0-9]|100)%$"
+IntOrPercent = Annotated[
+    int | str,
+    _int_or_matching(INT_OR_PERCENT_PATTERN, "must be a count such as 1 or a percentage such as 50%"),
+    _int_or_string_schema(INT_OR_PERCENT_PATTERN),
+]
+
+# Decimal numbers as strings (metrics and thresholds): the API conventions allow no floats in spec.
+DECIMAL_PATTERN = r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+METRIC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
+MetricName = Annotated[str, StringConstraints(pattern=METRIC_NAME_PATTERN, max_length=63)]
+MetricValue = Annotated[str, StringConstraints(pattern=DECIMAL_PATTERN, max_length=64)]
 
 # --- Names ----------------------------------------------------------------------------------------
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Service names (RFC 1035 labels): a letter first. Every child Service is named after its parent.
+DNS_1035_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# Label and annotation keys (a qualified name with an optional DNS-subdomain prefix).
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-PVC_URI_PATTERN = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/]+)*/?$"
-PVC_URI_MESSAGE = "must be a pvc://<claim>/<path> URI"
+# No whitespace anywhere: the kubelet refuses leading or trailing blanks, the registry any inside.
+IMAGE_PATTERN = r"^\S+$"
+
+# pvc://<claim>/<path>. No "." or ".." segment: the runtime would refuse it only when the pod starts.
+_URI_SEGMENT = r"([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)"
+PVC_URI_PATTERN = rf"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/{_URI_SEGMENT})*/?$"
+PVC_URI_MESSAGE = "must be a pvc://<claim>/<path> URI without . or .. segments"
 
 # Children get suffixes such as "-canary" and "-workers", and Services need DNS-1035 names.
 MAX_NAME_LENGTH = 45
-NAME_RULE = CelRule(
-    rule=f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
-    message=f"metadata.name must be at most {MAX_NAME_LENGTH} characters: child objects append suffixes",
-    check=lambda obj: len(obj.metadata.name) <= MAX_NAME_LENGTH,
+NAME_RULES = (
+    CelRule(
+        rule=f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+        message=f"metadata.name must be at most {MAX_NAME_LENGTH} characters: child objects append suffixes",
+        check=lambda obj: len(obj.metadata.name) <= MAX_NAME_LENGTH,
+    ),
+    CelRule(
+        rule=f"self.metadata.name.matches('{DNS_1035_PATTERN}')",
+        message=(
+            "metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter): "
+            "child Services are named after it"
+        ),
+        check=lambda obj: re.match(DNS_1035_PATTERN, obj.metadata.name) is not None,
+    ),
 )
 
+# --- Model store names (shared with kubemaas.runtime.artifacts) ------------------------------------
 
-class SecretRef(ApiModel):
-    """A Secret in the same namespace as the referring object."""
-
-    name: str = Field(description="Name of the Secret.", pattern=DNS_LABEL_PATTERN, max_length=253)
-
-
-class LocalObjectRef(ApiModel):
-    """A reference to another object in the same namespace."""
-
-    name: str = Field(description="Name of the referenced object.", pattern=DNS_LABEL_PATTERN, max_length=253)
-
-
-# --- Resources and scheduling ---------------------------------------------------------------------
-
-
-class Resources(ApiModel):
-    """Compute resources of each pod; requests equal limits so pods get a Guaranteed QoS class."""
-
-    gpus: int = Field(default=0, ge=0, le=64, description="NVIDIA GPUs per pod, requested as nvidia.com/gpu limits.")
-    cpu: Quantity | None = Field(default=None, description="CPU per pod as a Kubernetes quantity, e.g. 4 or 500m.")
-    memory: Quantity | None = Field(default=None, description="Memory per pod as a Kubernetes quantity, e.g. 16Gi.")
-
-
-class TolerationOperator(StrEnum):
-    Exists = "Exists"
-    Equal = "Equal"
-
-
-class TaintEffect(StrEnum):
-    NoSchedule = "NoSchedule"
-    PreferNoSchedule = "PreferNoSchedule"
-    NoExecute = "NoExecute"
-
-
-class Toleration(ApiModel):
-    """A pod toleration, as in core/v1."""
-
-    key: str | None = Field(default=None, description="Taint key the toleration applies to; empty matches all.")
-    operator: TolerationOperator = Field(
-        default=TolerationOperator.Equal, description="How key and value are compared: Exists or Equal."
-    )
-    value: str | None = Field(default=None, description="Taint value to match when operator is Equal.")
-    effect: TaintEffect | None = Field(default=None, description="Taint effect to match; empty matches all.")
-    toleration_seconds: int | None = Field(
-        default=None, ge=0, description="How long a NoExecute taint is tolerated before eviction."
-    )
-
-
-class Scheduling(ApiModel):
-    """Where and how pods are scheduled."""
-
-    node_selector: dict[str, str] | None = Field(
-        default=None, description="Node labels a pod's node must carry (core/v1 nodeSelector)."
-    )
-    tolerations: list[Toleration] | None = Field(default=None, description="Pod tolerations.")
-    priority_class_name: str | None = Field(
-        default=None, pattern=DNS_LABEL_PATTERN, max_length=253, description="PriorityClass of the pods."
-    )
-    queue_name: str | None = Field(
-        default=None,
-        pattern=LABEL_VALUE_PATTERN,
-        max_length=63,
-        description="Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label on the workload.",
-    )
-    scheduler_name: str | None = Field(
-        default=None,
-        pattern=DNS_LABEL_PATTERN,
-        max_length=253,
-        description="Scheduler for the pods, e.g. a gang scheduler such as volcano; default-scheduler if unset.",
-    )
-
+# Model names become directory names in the store and label values on serving pods: lower-case,
+# no separators, no leading dot (hidden names are the store's staging directories).
+MODEL_NAME_MAX_LENGTH = 63
+MODEL_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
+# Versions are directory names too, and the served version is a label value on the pods.
+VERSION_MAX_LENGTH = 63
+VERSION_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
+# The version name that means "the newest published version"; never a published version itself.
+LATEST = "Latest"
 
 # --- Status conditions ----------------------------------------------------------------------------
 
@@ -214,12 +258,37 @@ class Condition(ApiModel):
     )
     message: str = Field(default="", max_length=32768, description="Human-readable details.")
     last_transition_time: datetime = Field(description="When the status last changed.")
-    observed_generation: int | None = Field(
+    observed_generation: Int | None = Field(
         default=None, ge=0, description="metadata.generation the condition was computed from."
     )
 
 
-CONDITIONS_LIST_MARKERS: dict[str, Any] = {
-    "x-kubernetes-list-type": "map",
-    "x-kubernetes-list-map-keys": ["type"],
-}
+def map_list(*keys: str) -> dict[str, Any]:
+    """Schema extra of a list whose items are unique by `keys` (x-kubernetes-list-type: map).
+
+    The API server then refuses duplicates and server-side apply merges the items by key; pair it with
+    `unique_by` so the models refuse the same duplicates.
+    """
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+CONDITIONS_LIST_MARKERS: dict[str, Any] = map_list("type")
+
+
+def unique_by(*keys: str) -> AfterValidator:
+    """The Python twin of `map_list`: a validator refusing two items with the same keys (wire names)."""
+
+    def check(items: list[Any] | None) -> list[Any] | None:
+        seen: set[tuple[Any, ...]] = set()
+        for index, item in enumerate(items or ()):
+            names = {field.alias or name: name for name, field in type(item).model_fields.items()}
+            key = tuple(getattr(item, names[k]) for k in keys)
+            if key in seen:
+                shown = ", ".join(f"{k}={v!r}" for k, v in zip(keys, key, strict=True))
+                raise PydanticCustomError("duplicate", "Duplicate value: [{index}] repeats {key}", {
+                    "index": index, "key": shown,
+                })  # fmt: skip
+            seen.add(key)
+        return items
+
+    return AfterValidator(check)

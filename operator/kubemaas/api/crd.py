@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from kubemaas.api.base import IMMUTABLE, immutable_message
 from kubemaas.api.modelservice import ModelService
 from kubemaas.api.trainingjob import TrainingJob
 
@@ -92,7 +93,7 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn("Ready", _condition("Ready")),
             PrinterColumn("Version", ".status.servedVersion", description="Served model version"),
             PrinterColumn("Replicas", ".status.readyReplicas", "integer", "Ready serving pods"),
-            PrinterColumn("Desired", ".status.replicas", "integer", "Serving pods"),
+            PrinterColumn("Desired", ".status.desiredReplicas", "integer", "Serving pods wanted"),
             PrinterColumn("Canary", ".status.canaryVersion", priority=1, description="Version in canary"),
             PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
         ),
@@ -119,17 +120,29 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """Rewrite one pydantic JSON-schema node (and its children) into a structural schema."""
+def structural(
+    node: dict[str, Any], defs: dict[str, Any], path: str = "", optional_at: str | None = None
+) -> dict[str, Any]:
+    """Rewrite one pydantic JSON-schema node (and its children) into a structural schema.
+
+    `path` names the node in errors; `optional_at` is the nearest ancestor that may be absent (optional
+    without a default, or a list item), under which an immutable field cannot be enforced.
+    """
     node = {k: v for k, v in node.items() if k not in _DROPPED_KEYS}
     if "$ref" in node:
         target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
-        return structural(_merge(target, node), defs)
+        return structural(_merge(target, node), defs, path, optional_at)
     if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
         variants = [v for v in node.pop("anyOf") if v.get("type") != "null"]
         if len(variants) != 1:
             raise ValueError(f"cannot express a union of {len(variants)} types in a structural schema: {variants}")
-        return structural(_merge(variants[0], node), defs)
+        return structural(_merge(variants[0], node), defs, path, optional_at)
+    if node.pop(IMMUTABLE, False):
+        if optional_at is not None:
+            # A transition rule runs only where both objects have the node; an ancestor that can come and go
+            # (or a list item) takes the field with it unchecked: make that ancestor immutable or required.
+            raise ValueError(f"immutable field {path} sits under {optional_at}, which may be absent or replaced")
+        _add_rules(node, [{"rule": "self == oldSelf", "message": immutable_message(path.rsplit(".", 1)[-1])}])
     if "const" in node:
         value = node.pop("const")
         node.setdefault("type", "string")
@@ -141,14 +154,70 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             del node["default"]  # "optional" in pydantic; in a CRD it is simply not required
         else:
             node["default"] = _strip_none(node["default"])
+    if "propertyNames" in node or "patternProperties" in node:
+        # Structural schemas cannot constrain map keys (pydantic's patternProperties/propertyNames); CEL can.
+        key = dict(node.pop("propertyNames", {}))
+        patterns = node.pop("patternProperties", {})
+        if len(patterns) > 1:
+            raise ValueError(f"{path}: a map with {len(patterns)} key patterns")
+        for pattern, value in patterns.items():
+            key["pattern"] = pattern
+            node["additionalProperties"] = value
+        _add_rules(node, [_key_rule(key)])
     if "properties" in node:
         node["type"] = "object"
-        node["properties"] = {k: structural(v, defs) for k, v in node["properties"].items()}
+        required = set(node.get("required", ()))
+        properties = {}
+        for name, child in node["properties"].items():
+            child_path = f"{path}.{name}"
+            may_vanish = name not in required and child.get("default") is None
+            if child.get(IMMUTABLE) and may_vanish:
+                # Adding or removing the field: the field's own rule does not run, this one does.
+                _add_rules(node, [_presence_rule(name)])
+            child_optional = optional_at if optional_at or not may_vanish or child.get(IMMUTABLE) else child_path
+            properties[name] = structural(child, defs, child_path, child_optional)
+        node["properties"] = properties
     if isinstance(node.get("items"), dict):
-        node["items"] = structural(node["items"], defs)
+        node["items"] = structural(node["items"], defs, f"{path}[]", optional_at or f"{path}[]")
     if isinstance(node.get("additionalProperties"), dict):
-        node["additionalProperties"] = structural(node["additionalProperties"], defs)
+        node["additionalProperties"] = structural(
+            node["additionalProperties"], defs, f"{path}{{}}", optional_at or path
+        )
     return _ordered(node)
+
+
+def _add_rules(node: dict[str, Any], rules: list[dict[str, str]]) -> None:
+    # Keys sorted like the rules pydantic emits from the models' own CelRules.
+    node["x-kubernetes-validations"] = [
+        *node.get("x-kubernetes-validations", ()),
+        *(dict(sorted(r.items())) for r in rules),
+    ]
+
+
+def _presence_rule(name: str) -> dict[str, str]:
+    return {
+        "rule": f"has(self.{name}) == has(oldSelf.{name})",
+        "message": immutable_message(name),
+        "fieldPath": f".{name}",
+    }
+
+
+def _key_rule(key: dict[str, Any]) -> dict[str, str]:
+    checks = []
+    if "pattern" in key:
+        checks.append(f"k.matches('{cel_string(key['pattern'])}')")
+    if "maxLength" in key:
+        checks.append(f"size(k) <= {key['maxLength']}")
+    shown = " and ".join(
+        ([f"match {key['pattern']}"] if "pattern" in key else [])
+        + ([f"be at most {key['maxLength']} characters"] if "maxLength" in key else [])
+    )
+    return {"rule": f"self.all(k, {' && '.join(checks)})", "message": f"keys must {shown}"}
+
+
+def cel_string(text: str) -> str:
+    """`text` escaped for a single-quoted CEL string literal."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _ordered(node: dict[str, Any]) -> dict[str, Any]:
@@ -208,8 +277,15 @@ def crd(kind: Kind) -> dict[str, Any]:
     }
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes a shared sub-schema out in full each time, never as a YAML anchor and alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def render(kind: Kind) -> str:
-    body = yaml.safe_dump(crd(kind), sort_keys=False, width=120, allow_unicode=True)
+    body = yaml.dump(crd(kind), Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
     return GENERATED_HEADER + body
 
 

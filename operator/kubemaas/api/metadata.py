@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class ObjectMeta(BaseModel):
@@ -13,6 +13,6 @@ class ObjectMeta(BaseModel):
     name: str = Field(min_length=1, max_length=253, description="Object name.")
     namespace: str | None = Field(default=None, description="Namespace of the object.")
     uid: str | None = Field(default=None, description="UID assigned by the API server.")
-    generation: int | None = Field(default=None, description="Spec generation, bumped on each spec change.")
+    generation: StrictInt | None = Field(default=None, description="Spec generation, bumped on each spec change.")
     labels: dict[str, str] | None = Field(default=None, description="Object labels.")
     annotations: dict[str, str] | None = Field(default=None, description="Object annotations.")

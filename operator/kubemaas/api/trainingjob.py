@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -10,33 +13,61 @@ from pydantic import Field, StringConstraints
 
 from kubemaas.api.base import (
     CONDITIONS_LIST_MARKERS,
-    ENV_NAME_PATTERN,
-    NAME_RULE,
+    DNS_SUBDOMAIN_PATTERN,
+    IMAGE_PATTERN,
+    METRIC_NAME_PATTERN,
+    MODEL_NAME_MAX_LENGTH,
+    MODEL_NAME_PATTERN,
+    NAME_RULES,
     PVC_URI_PATTERN,
+    VERSION_PATTERN,
     ApiModel,
+    Bool,
     CelRule,
     Condition,
+    Int,
+    MetricName,
+    MetricValue,
+    immutable,
+)
+from kubemaas.api.core import (
+    IMAGE_PULL_SECRETS_DESCRIPTION,
+    KUBEMAAS_ENV_PREFIX,
+    MOUNTS_NAME_VOLUMES_RULE,
+    SERVICE_ACCOUNT_DESCRIPTION,
+    EnvFromList,
+    EnvList,
+    ImagePullSecrets,
     Resources,
     Scheduling,
     SecretRef,
-    immutable,
+    VolumeList,
+    VolumeMountList,
+    reserved_env_rules,
 )
 from kubemaas.api.metadata import ObjectMeta
 
-# Set by the operator for every rank (docs/runtime-contract.md); a user value would silently break rendezvous.
-RESERVED_ENV = (
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "WORLD_SIZE",
-    "RANK",
-    "LOCAL_RANK",
-    "PET_NNODES",
-    "PET_NPROC_PER_NODE",
-    "PET_NODE_RANK",
-    "PET_MASTER_ADDR",
-    "PET_MASTER_PORT",
-)
 
+class RendezvousEnv(StrEnum):
+    """The rendezvous variables of every rank (docs/runtime-contract.md §1), set by Kubeflow or the operator."""
+
+    MASTER_ADDR = "MASTER_ADDR"
+    MASTER_PORT = "MASTER_PORT"
+    WORLD_SIZE = "WORLD_SIZE"
+    RANK = "RANK"
+    LOCAL_RANK = "LOCAL_RANK"
+    JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"
+    PET_NNODES = "PET_NNODES"
+    PET_NPROC_PER_NODE = "PET_NPROC_PER_NODE"
+    PET_NODE_RANK = "PET_NODE_RANK"
+    PET_MASTER_ADDR = "PET_MASTER_ADDR"
+    PET_MASTER_PORT = "PET_MASTER_PORT"
+
+
+# A user value for any of these would silently break rendezvous or the harness: spec.env refuses them,
+# every KUBEMAAS_* name (the harness' settings) and every PET_* name (torchrun's settings).
+RESERVED_ENV: tuple[str, ...] = tuple(v.value for v in RendezvousEnv)
+RESERVED_ENV_PREFIXES = (KUBEMAAS_ENV_PREFIX, "PET_")
 
 # Bounded so the API server's CEL cost estimate for the immutability rules stays within its budget.
 Arg = Annotated[str, StringConstraints(max_length=4096)]
@@ -65,17 +96,6 @@ class KeyGeneration(StrEnum):
     Never = "Never"
 
 
-class EnvVar(ApiModel):
-    """An environment variable of the training container."""
-
-    name: str = Field(pattern=ENV_NAME_PATTERN, max_length=256, description="Variable name.")
-    value: str = Field(
-        default="",
-        max_length=32768,
-        description="Variable value. Never put secrets here; mount a Secret instead.",
-    )
-
-
 class DataSource(ApiModel):
     """Training data, mounted read-only into every rank; each rank reads its own shard."""
 
@@ -97,8 +117,8 @@ class Output(ApiModel):
     )
     model_name: str | None = Field(
         default=None,
-        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
-        max_length=63,
+        pattern=MODEL_NAME_PATTERN,
+        max_length=MODEL_NAME_MAX_LENGTH,
         description="Model name in the store; defaults to the TrainingJob's name.",
     )
     format: ModelFormat = Field(default=ModelFormat.TorchScript, description="Exported model format.")
@@ -126,14 +146,14 @@ class Encryption(ApiModel):
 class RunPolicy(ApiModel):
     """Retries, deadlines and clean-up, as in batch/v1 Job and Kubeflow's runPolicy."""
 
-    backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries before the job is Failed.")
-    active_deadline_seconds: int | None = Field(
+    backoff_limit: Int = Field(default=3, ge=0, le=100, description="Retries before the job is Failed.")
+    active_deadline_seconds: Int | None = Field(
         default=None, ge=1, description="Wall-clock limit of the whole job, in seconds."
     )
-    ttl_seconds_after_finished: int | None = Field(
+    ttl_seconds_after_finished: Int | None = Field(
         default=None, ge=0, description="Delete the finished job's pods after this many seconds."
     )
-    suspend: bool = Field(default=False, description="Suspend the job: its pods are deleted until resumed.")
+    suspend: Bool = Field(default=False, description="Suspend the job: its pods are deleted until resumed.")
 
 
 class TrainingJobSpec(ApiModel):
@@ -144,95 +164,144 @@ class TrainingJobSpec(ApiModel):
     """
 
     image: str = Field(
-        json_schema_extra=immutable("image"),
+        json_schema_extra=immutable(),
         min_length=1,
+        max_length=1024,
+        pattern=IMAGE_PATTERN,
         description="Training image; it runs the kubemaas trainer harness.",
     )
     command: list[Arg] | None = Field(
-        json_schema_extra=immutable("command"),
+        json_schema_extra=immutable(),
         default=None,
         max_length=256,
         description="Entrypoint override of the training container.",
     )
     args: list[Arg] | None = Field(
-        json_schema_extra=immutable("args"),
+        json_schema_extra=immutable(),
         default=None,
         max_length=256,
         description="Arguments of the training container.",
     )
-    env: list[EnvVar] | None = Field(
-        json_schema_extra=immutable("env"),
+    env: EnvList | None = Field(
+        json_schema_extra=immutable(),
         default=None,
-        max_length=128,
-        description="Extra environment; the distributed variables (MASTER_ADDR, RANK, ...) are set by Kubemaas.",
+        description=(
+            "Extra environment, unique by name. The rendezvous variables (MASTER_ADDR, RANK, ...), "
+            "JOB_COMPLETION_INDEX and every KUBEMAAS_* and PET_* name are set by Kubemaas and refused here."
+        ),
     )
-    replicas: int = Field(
-        json_schema_extra=immutable("replicas"),
+    env_from: EnvFromList | None = Field(
+        json_schema_extra=immutable(),
+        default=None,
+        description="Secrets and ConfigMaps whose keys become variables; env and Kubemaas' variables win.",
+    )
+    replicas: Int = Field(
+        json_schema_extra=immutable(),
         default=1,
         ge=1,
         le=1024,
         description="Number of pods (nodes), rank 0 included.",
     )
-    nproc_per_node: int = Field(
-        json_schema_extra=immutable("nprocPerNode"),
+    nproc_per_node: Int = Field(
+        json_schema_extra=immutable(),
         default=1,
         ge=1,
         le=64,
         description="Processes per pod, as torchrun's --nproc-per-node.",
     )
     resources: Resources = Field(
-        json_schema_extra=immutable("resources"),
+        json_schema_extra=immutable(),
         default=Resources(),
         description="Resources of each training pod.",
     )
     scheduling: Scheduling | None = Field(default=None, description="Placement of the training pods.")
     data: DataSource | None = Field(
-        json_schema_extra=immutable("data"), default=None, description="Training data, sharded by rank."
+        json_schema_extra=immutable(), default=None, description="Training data, sharded by rank."
     )
-    output: Output = Field(json_schema_extra=immutable("output"), description="Where the trained model is published.")
-    encryption: Encryption = Field(
-        json_schema_extra=immutable("encryption"), description="Encryption key of the published model."
-    )
+    output: Output = Field(json_schema_extra=immutable(), description="Where the trained model is published.")
+    encryption: Encryption = Field(json_schema_extra=immutable(), description="Encryption key of the published model.")
     run_policy: RunPolicy = Field(default=RunPolicy(), description="Retries, deadlines and suspension.")
     backend: Backend = Field(
-        json_schema_extra=immutable("backend"),
+        json_schema_extra=immutable(),
         default=Backend.Auto,
         description=(
             "Auto (a Kubeflow PyTorchJob when that CRD is served, otherwise an Indexed Job), PyTorchJob or Job."
         ),
     )
+    service_account_name: str | None = Field(
+        json_schema_extra=immutable(),
+        default=None,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description=SERVICE_ACCOUNT_DESCRIPTION,
+    )
+    image_pull_secrets: ImagePullSecrets | None = Field(
+        json_schema_extra=immutable(), default=None, description=IMAGE_PULL_SECRETS_DESCRIPTION
+    )
+    volumes: VolumeList | None = Field(
+        json_schema_extra=immutable(),
+        default=None,
+        description="Extra volumes of the training pods: configMap, secret, persistentVolumeClaim or emptyDir.",
+    )
+    volume_mounts: VolumeMountList | None = Field(
+        json_schema_extra=immutable(),
+        default=None,
+        description="Where the extra volumes appear in the training container, unique by mountPath.",
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        CelRule(
-            rule="!has(self.env) || self.env.all(e, !(e.name in " + repr(list(RESERVED_ENV)) + "))",
-            message="env must not set MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK or PET_* variables",
-            field_path=".env",
-            check=lambda s: not any(e.name in RESERVED_ENV for e in s.env or ()),
-        ),
+        *reserved_env_rules(RESERVED_ENV, RESERVED_ENV_PREFIXES),
         CelRule(
             rule="!has(self.resources) || self.resources.gpus == 0 || self.nprocPerNode <= self.resources.gpus",
             message="nprocPerNode must not exceed resources.gpus when GPUs are requested",
             field_path=".nprocPerNode",
             check=lambda s: s.resources.gpus == 0 or s.nproc_per_node <= s.resources.gpus,
         ),
+        MOUNTS_NAME_VOLUMES_RULE,
     )
 
 
 class ReplicaStatus(ApiModel):
     """Pod counts of one replica type."""
 
-    active: int = Field(default=0, ge=0, description="Running pods.")
-    succeeded: int = Field(default=0, ge=0, description="Pods that exited 0.")
-    failed: int = Field(default=0, ge=0, description="Pods that failed.")
+    active: Int = Field(default=0, ge=0, description="Running pods.")
+    succeeded: Int = Field(default=0, ge=0, description="Pods that exited 0.")
+    failed: Int = Field(default=0, ge=0, description="Pods that failed.")
+
+
+MAX_METRICS = 64
+_METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 
 
 class PublishedModel(ApiModel):
     """The model version the job published, read from rank 0's termination message."""
 
     uri: str = Field(description="Artifact store URI of the version directory.")
-    version: str = Field(description="Model version.")
+    version: str = Field(pattern=VERSION_PATTERN, description="Model version.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the plaintext model file.")
     key_id: str = Field(description="Id of the key the model is encrypted with (never the key itself).")
+    metrics: dict[MetricName, MetricValue] | None = Field(
+        default=None,
+        max_length=MAX_METRICS,
+        description=(
+            "Metrics the training program reported for this version (e.g. heldOutAccuracy), as decimal "
+            "strings; ModelService promotion.requireMetrics is checked against them."
+        ),
+    )
+
+    @staticmethod
+    def metrics_from(reported: Mapping[str, float]) -> dict[str, str]:
+        """The runtime's float metrics as status values: decimal strings (the shortest that round-trips).
+
+        What the status cannot hold is left out rather than failing the status write: NaN and infinite
+        values, names that are not metric names, and anything past the first 64 names in sorted order.
+        """
+        out: dict[str, str] = {}
+        for name in sorted(reported):
+            value = reported[name]
+            if len(out) < MAX_METRICS and _METRIC_NAME.fullmatch(name) and len(name) <= 63 and math.isfinite(value):
+                out[name] = repr(float(value))
+        return out
 
 
 class TrainingJobStatus(ApiModel):
@@ -240,7 +309,10 @@ class TrainingJobStatus(ApiModel):
 
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Created, Running, Succeeded, Failed, Suspended.",
+        description=(
+            "Created, Running, Restarting (pods are being recreated after a retriable failure), Succeeded, "
+            "Failed, Suspended."
+        ),
         json_schema_extra=CONDITIONS_LIST_MARKERS,
     )
     backend: Literal["PyTorchJob", "Job"] | None = Field(
@@ -251,8 +323,13 @@ class TrainingJobStatus(ApiModel):
     replica_statuses: dict[str, ReplicaStatus] | None = Field(
         default=None, description="Pod counts per replica type (Master, Worker)."
     )
+    restart_count: Int | None = Field(
+        default=None,
+        ge=0,
+        description="Times the pods were recreated after a retriable failure; past runPolicy.backoffLimit it fails.",
+    )
     model: PublishedModel | None = Field(default=None, description="The published model, once Succeeded.")
-    observed_generation: int | None = Field(
+    observed_generation: Int | None = Field(
         default=None, ge=0, description="metadata.generation this status was computed from."
     )
 
@@ -266,7 +343,7 @@ class TrainingJob(ApiModel):
     spec: TrainingJobSpec = Field(description="Desired state.")
     status: TrainingJobStatus | None = Field(default=None, description="Observed state.")
 
-    cel_rules: ClassVar[tuple[CelRule, ...]] = (NAME_RULE,)
+    cel_rules: ClassVar[tuple[CelRule, ...]] = NAME_RULES
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> TrainingJob:

@@ -77,6 +77,10 @@ class Resource:
 RESOURCES: dict[tuple[str, str], Resource] = {
     (r.api_version, r.kind): r
     for r in (
+        Resource("v1", "Namespace", "namespaces", namespaced=False),
+        Resource("v1", "Event", "events"),
+        Resource("v1", "ServiceAccount", "serviceaccounts"),
+        Resource("v1", "ConfigMap", "configmaps"),
         Resource("v1", "Pod", "pods"),
         Resource("v1", "Service", "services"),
         Resource("v1", "Secret", "secrets"),

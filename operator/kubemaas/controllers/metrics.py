@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-DEFAULT_METRICS_PORT = 8080
+from kubemaas.controllers import DEFAULT_METRICS_PORT
+
+__all__ = ["DEFAULT_METRICS_PORT", "start_metrics_server"]
 
 RECONCILES = Counter(
     "kubemaas_reconcile_total",

@@ -1,4 +1,4 @@
-"""kopf's settings, all in one startup handler (DESIGN.md §4)."""
+"""kopf's settings, all in one startup handler."""
 
 from __future__ import annotations
 

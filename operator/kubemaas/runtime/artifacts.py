@@ -12,17 +12,24 @@ the directory are fsynced, the directory is renamed to ``<version>`` (and the pa
 and only then ``LATEST`` is replaced (temp file, fsync, rename, fsync). A crash at any point
 leaves readers with the previous version or the new one, complete. Versions are immutable.
 
+``LATEST`` only moves forward: it is re-pointed only to a version created later than the one it
+names (compared by the manifests' ``createdAt``, under a lock), so a late restart of an old job
+cannot take it back.
+
 URIs: ``pvc://<claim>/<path>`` is the claim's mount inside the pod, ``<mount root>/<claim>/<path>``
-(mount root ``/mnt/kubemaas`` unless ``KUBEMAAS_MOUNT_ROOT`` says otherwise), and
+(the caller passes the mount root: ``KUBEMAAS_MOUNT_ROOT`` is parsed by kubemaas.contract), and
 ``file:///abs/path`` is a local path.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,20 +38,22 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from kubemaas.api.base import LATEST, MODEL_NAME_PATTERN, VERSION_PATTERN
+from kubemaas.api.modelservice import ServedFormat
+from kubemaas.api.trainingjob import Quantization
 from kubemaas.runtime.crypto import DEFAULT_CHUNK_SIZE, PlaintextDigest, encrypt_file, read_header
 from kubemaas.runtime.fsutil import atomic_write_bytes, fsync_dir, write_new_file
 
 ARTIFACT_FILE = "model.kmenc"
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "LATEST"
-LATEST = "Latest"
+LATEST_LOCK = ".LATEST.lock"
 STAGING_PREFIX = ".staging-"
 DEFAULT_MOUNT_ROOT = Path("/mnt/kubemaas")
-MOUNT_ROOT_ENV = "KUBEMAAS_MOUNT_ROOT"
 MANIFEST_SCHEMA_VERSION = 1
 
-# Names become directory names: no separators, no leading dot (hidden = staging), bounded.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Names become directory names: the API's rules (no separators, no leading dot: hidden = staging, bounded).
+_NAME_RULES = {"model name": re.compile(MODEL_NAME_PATTERN), "version": re.compile(VERSION_PATTERN)}
 _PVC_URI = re.compile(r"pvc://(?P<claim>[a-z0-9]([-a-z0-9]*[a-z0-9])?)(?P<path>(/[^/]+)*)/?")
 
 Datatype = Literal[
@@ -80,8 +89,8 @@ class Manifest(_CamelModel):
     schema_version: int = MANIFEST_SCHEMA_VERSION
     model: str
     version: str
-    format: Literal["TorchScript"] = "TorchScript"
-    quantization: Literal["None", "DynamicInt8"] = "None"
+    format: ServedFormat = ServedFormat.TorchScript
+    quantization: Quantization = Quantization.NONE
     artifact: str = ARTIFACT_FILE
     encryption: str = "AES-256-GCM (KMAASENC v1)"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the plaintext model file.")
@@ -109,13 +118,14 @@ class ModelVersion:
         return self.directory / self.manifest.artifact
 
 
-def validate_name(value: str, what: str) -> str:
-    if not NAME_PATTERN.fullmatch(value) or value == LATEST:
-        raise ArtifactStoreError(f"invalid {what} {value!r}: must match {NAME_PATTERN.pattern}")
+def validate_name(value: str, what: Literal["model name", "version"]) -> str:
+    rule = _NAME_RULES[what]
+    if not rule.fullmatch(value) or value == LATEST:
+        raise ArtifactStoreError(f"invalid {what} {value!r}: must match {rule.pattern} and not be {LATEST}")
     return value
 
 
-def resolve_uri(uri: str, *, mount_root: Path | None = None) -> Path:
+def resolve_uri(uri: str, *, mount_root: Path) -> Path:
     """Map ``pvc://claim/path`` (to the claim's mount) or ``file:///path`` to a local path."""
     if uri.startswith("file://"):
         path = Path(uri.removeprefix("file://"))
@@ -127,8 +137,7 @@ def resolve_uri(uri: str, *, mount_root: Path | None = None) -> Path:
         raise ArtifactStoreError(f"unsupported artifact URI {uri!r}: use pvc://<claim>/<path> or file:///<path>")
     if ".." in match["path"].split("/"):
         raise ArtifactStoreError(f"artifact URI must not contain '..': {uri!r}")
-    root = mount_root or Path(os.environ.get(MOUNT_ROOT_ENV, DEFAULT_MOUNT_ROOT))
-    return root / match["claim"] / match["path"].lstrip("/")
+    return mount_root / match["claim"] / match["path"].lstrip("/")
 
 
 class ArtifactStore:
@@ -138,7 +147,7 @@ class ArtifactStore:
         self.root = Path(root)
 
     @classmethod
-    def from_uri(cls, uri: str, *, mount_root: Path | None = None) -> ArtifactStore:
+    def from_uri(cls, uri: str, *, mount_root: Path) -> ArtifactStore:
         return cls(resolve_uri(uri, mount_root=mount_root))
 
     def model_dir(self, model: str) -> Path:
@@ -206,7 +215,7 @@ class ArtifactStore:
         key_id: str,
         inputs: list[TensorSpec],
         outputs: list[TensorSpec],
-        quantization: Literal["None", "DynamicInt8"] = "None",
+        quantization: Quantization = Quantization.NONE,
         frameworks: dict[str, str] | None = None,
         metrics: dict[str, float] | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -243,7 +252,7 @@ class ArtifactStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         fsync_dir(model_dir)
-        self.point_latest(model, version)
+        self.advance_latest(model, version)
         return ModelVersion(directory=final_dir, manifest=manifest)
 
     @staticmethod
@@ -257,11 +266,39 @@ class ArtifactStore:
         read_header(target)  # parse back what we wrote before anyone can see it
         return digest
 
-    def point_latest(self, model: str, version: str) -> None:
-        """Atomically make ``version`` (which must be complete) the one ``Latest`` resolves to."""
+    def advance_latest(self, model: str, version: str) -> bool:
+        """Point ``Latest`` at ``version`` (which must be complete) unless LATEST already names a
+        version created later; returns whether LATEST names ``version`` now.
+
+        The lock serialises publishers of one model (flock: local file systems and NFSv4 honour it);
+        the pointer itself is replaced atomically, so readers never need the lock.
+        """
+        candidate = self._complete_version(model, version)
+        with self._latest_lock(model):
+            current = self.latest_version(model)
+            if current is not None and current != version:
+                try:
+                    is_newer = self._read_version(model, current).manifest.created_at > candidate.manifest.created_at
+                except (ArtifactStoreError, ValueError, TypeError):
+                    is_newer = False  # LATEST names a deleted or unreadable version: replace it
+                if is_newer:
+                    return False
+            atomic_write_bytes(self.model_dir(model) / LATEST_FILE, f"{version}\n".encode())
+        return True
+
+    def _complete_version(self, model: str, version: str) -> ModelVersion:
         if not self.has_version(model, version):
             raise ArtifactStoreError(f"cannot point LATEST at incomplete version {model!r} {version!r}")
-        atomic_write_bytes(self.model_dir(model) / LATEST_FILE, f"{version}\n".encode())
+        return self._read_version(model, version)
+
+    @contextmanager
+    def _latest_lock(self, model: str) -> Iterator[None]:
+        fd = os.open(self.model_dir(model) / LATEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def remove_leftovers(self, model: str) -> list[Path]:
         """Delete what crashed publishers left (staging dirs, LATEST temp files). Not while publishing."""

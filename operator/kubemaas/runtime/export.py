@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-Quantization = Literal["None", "DynamicInt8"]
+from kubemaas.api.trainingjob import Quantization
 
 
 def export_torchscript(
-    module: torch.nn.Module, example_input: torch.Tensor, dst: Path, *, quantization: Quantization = "None"
+    module: torch.nn.Module, example_input: torch.Tensor, dst: Path, *, quantization: Quantization = Quantization.NONE
 ) -> Path:
     """Trace ``module`` on CPU (optionally dynamic-int8 quantized) and save it to ``dst``."""
     module = module.to("cpu").eval()
@@ -22,7 +21,7 @@ def export_torchscript(
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        if quantization == "DynamicInt8":
+        if quantization is Quantization.DynamicInt8:
             module = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
                 module, {torch.nn.Linear}, dtype=torch.qint8
             )

@@ -22,30 +22,35 @@ Failure contract: ONE line on stderr, ``kubemaas load-model: <cause>: <detail>``
 ``Cause`` value), and a non-zero exit code following docs/runtime-contract.md: 78 the pod is
 misconfigured (key directory, wrong key, settings, format vs backend, store URI), 79 the artifact
 is refused (missing version, bad manifest, tampered, bad checksum), 138 an I/O error worth a retry,
-1 anything unforeseen. The termination-message file gets ``{"exitCode", "message", "reason"}`` as
-one line of JSON, like the trainer's, so the operator can put the CamelCase reason in a condition.
-Never a traceback, never key material.
+1 anything unforeseen. The termination-message file gets a ``FailureMessage`` (``{"exitCode",
+"message", "reason"}``), like the trainer's, so the operator can put the CamelCase reason in a
+condition; on success it gets a ``SuccessMessage`` naming the version it resolved and its sha256
+(kubemaas.runtime.termination). Never a traceback, never key material.
+
+``Latest`` is resolved here only for standalone use: the operator resolves the version itself and
+pins it in the pod template, so every replica of a ModelService serves the same version.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.resources
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from kubemaas.runtime import artifacts
+from kubemaas import contract
+from kubemaas.api.base import LATEST
+from kubemaas.api.modelservice import ServedFormat
+from kubemaas.runtime import artifacts, termination
 from kubemaas.runtime.crypto import PlaintextDigest, decrypt_file
 from kubemaas.runtime.errors import (
     ArtifactIntegrityError,
@@ -59,6 +64,7 @@ from kubemaas.runtime.errors import (
 )
 from kubemaas.runtime.fsutil import fsync_dir
 from kubemaas.runtime.keyring import Keyring
+from kubemaas.runtime.termination import ExitCode, FailureMessage, SuccessMessage
 from kubemaas.runtime.triton_config import (
     BACKEND_FORMATS,
     MODEL_FILE_NAMES,
@@ -72,9 +78,6 @@ from kubemaas.runtime.triton_config import (
 TRITON_VERSION_DIR = "1"
 STAGING_PREFIX = ".kubemaas-staging-"
 PYTHON_MODEL_RESOURCE = "triton_python_model.py"
-DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
-TERMINATION_LOG_ENV = "KUBEMAAS_TERMINATION_LOG"
-TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps
 
 
 class Cause(StrEnum):
@@ -98,24 +101,24 @@ class Cause(StrEnum):
         return _OUTCOMES[self][0]
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         return _OUTCOMES[self][1]
 
 
-# The runtime contract's exit codes (docs/runtime-contract.md): 78 the pod's configuration is wrong,
-# 79 the artifact is refused, 138 a retry may help; 1 for anything unforeseen.
+# The runtime contract's exit codes (docs/runtime-contract.md): the pod's configuration is wrong,
+# the artifact is refused, a retry may help, or the unforeseen.
 _OUTCOMES = {
-    Cause.MISSING_VERSION: ("MissingVersion", 79),
-    Cause.STORE: ("ArtifactStoreError", 78),
-    Cause.BAD_MANIFEST: ("BadManifest", 79),
-    Cause.UNSUPPORTED_FORMAT: ("UnsupportedFormat", 78),
-    Cause.KEYRING: ("KeyDirectoryError", 78),
-    Cause.WRONG_KEY: ("WrongKey", 78),
-    Cause.TAMPERED: ("TamperedArtifact", 79),
-    Cause.CHECKSUM: ("BadChecksum", 79),
-    Cause.INVALID_SETTINGS: ("InvalidSettings", 78),
-    Cause.IO: ("IOError", 138),
-    Cause.INTERNAL: ("InternalError", 1),
+    Cause.MISSING_VERSION: ("MissingVersion", ExitCode.ARTIFACT),
+    Cause.STORE: ("ArtifactStoreError", ExitCode.CONFIG),
+    Cause.BAD_MANIFEST: ("BadManifest", ExitCode.ARTIFACT),
+    Cause.UNSUPPORTED_FORMAT: ("UnsupportedFormat", ExitCode.CONFIG),
+    Cause.KEYRING: ("KeyDirectoryError", ExitCode.CONFIG),
+    Cause.WRONG_KEY: ("WrongKey", ExitCode.CONFIG),
+    Cause.TAMPERED: ("TamperedArtifact", ExitCode.ARTIFACT),
+    Cause.CHECKSUM: ("BadChecksum", ExitCode.ARTIFACT),
+    Cause.INVALID_SETTINGS: ("InvalidSettings", ExitCode.CONFIG),
+    Cause.IO: ("IOError", ExitCode.RETRYABLE),
+    Cause.INTERNAL: ("InternalError", ExitCode.FAILED),
 }
 
 
@@ -135,15 +138,18 @@ class LoadRequest:
     key_dir: Path
     repository: Path
     settings: ServingSettings
+    mount_root: Path = artifacts.DEFAULT_MOUNT_ROOT
 
 
 @dataclass(frozen=True)
 class LoadResult:
     model_dir: Path
-    version: str
-    sha256: str
-    size: int
+    manifest: artifacts.Manifest
     seconds: float
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
 
 
 def load_model(request: LoadRequest) -> LoadResult:
@@ -160,18 +166,12 @@ def load_model(request: LoadRequest) -> LoadResult:
         target = _publish(model_dir, request.repository / request.model, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return LoadResult(
-        model_dir=target,
-        version=resolved.manifest.version,
-        sha256=resolved.manifest.sha256,
-        size=resolved.manifest.size,
-        seconds=time.monotonic() - started,
-    )
+    return LoadResult(model_dir=target, manifest=resolved.manifest, seconds=time.monotonic() - started)
 
 
 def _resolve(request: LoadRequest) -> artifacts.ModelVersion:
     try:
-        store = artifacts.ArtifactStore.from_uri(request.store_uri)
+        store = artifacts.ArtifactStore.from_uri(request.store_uri, mount_root=request.mount_root)
         _require_version(store, request.model, request.version)
         return store.resolve(request.model, request.version)
     except artifacts.ArtifactStoreError as error:
@@ -181,10 +181,17 @@ def _resolve(request: LoadRequest) -> artifacts.ModelVersion:
 
 
 def _require_version(store: artifacts.ArtifactStore, model: str, version: str) -> None:
-    if version == artifacts.LATEST:
-        if store.latest_version(model) is None:
+    """A version that is not there is MissingVersion, whether pinned or named by LATEST."""
+    if version == LATEST:
+        latest = store.latest_version(model)
+        if latest is None:
             raise LoadError(
                 Cause.MISSING_VERSION, f"model {model!r} has no published version (no LATEST) under {store.root}"
+            )
+        if not store.has_version(model, latest):
+            raise LoadError(
+                Cause.MISSING_VERSION,
+                f"model {model!r} has no version {latest!r} (named by LATEST) under {store.root}",
             )
     elif not store.has_version(model, version):
         raise LoadError(Cause.MISSING_VERSION, f"model {model!r} has no version {version!r} under {store.root}")
@@ -194,12 +201,13 @@ def _validation_summary(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in error.errors())
 
 
-def _check_format(artifact_format: str, backend: Backend) -> None:
+def _check_format(artifact_format: ServedFormat, backend: Backend) -> None:
     expected = BACKEND_FORMATS[backend]
-    if artifact_format != expected:
+    if artifact_format is not expected:
         raise LoadError(
             Cause.UNSUPPORTED_FORMAT,
-            f"artifact format {artifact_format!r} cannot be served by backend {backend.value} (it serves {expected})",
+            f"artifact format {artifact_format.value!r} cannot be served by backend {backend.value} "
+            f"(it serves {expected.value})",
         )
 
 
@@ -296,33 +304,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="artifact store root: pvc://<claim>/<path> (mounted) or file:///<path>",
     )
     parser.add_argument("--model", required=True, help="model name in the store")
-    parser.add_argument("--version", default="Latest", help="a version to pin, or Latest (the default)")
+    parser.add_argument(
+        "--version",
+        default=LATEST,
+        help=f"the version to load (the operator pins one); {LATEST}, the default, follows LATEST",
+    )
     parser.add_argument("--key-dir", required=True, type=Path, help="mounted key Secret: key-<id> files (+ active)")
     parser.add_argument("--repository", required=True, type=Path, help="Triton model repository to write (an emptyDir)")
     parser.add_argument(
+        "--mount-root",
+        type=Path,
+        default=artifacts.DEFAULT_MOUNT_ROOT,
+        help=f"where pvc://<claim> is mounted (default: {artifacts.DEFAULT_MOUNT_ROOT})",
+    )
+    parser.add_argument(
         "--termination-log",
         type=Path,
-        default=Path(os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)),
-        help=f"file for the failure JSON (default: ${TERMINATION_LOG_ENV} or {DEFAULT_TERMINATION_LOG})",
+        default=None,
+        help=(f"file for the result JSON (default: ${contract.TERMINATION_LOG} or {contract.DEFAULT_TERMINATION_LOG})"),
     )
     add_serving_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
     """Entry point behind ``kubemaas load-model``: 0 on success, else the cause's exit code and one line."""
+    termination_log: Path = args.termination_log or contract.termination_log(os.environ if environ is None else environ)
     try:
         result = load_model(_request_from_args(args))
     except LoadError as error:
-        return _fail(error, args.termination_log)
+        return _fail(error, termination_log)
     except OSError as error:
-        return _fail(LoadError(Cause.IO, f"{error.strerror or error}: {error.filename}"), args.termination_log)
+        return _fail(LoadError(Cause.IO, f"{error.strerror or error}: {error.filename}"), termination_log)
     except Exception as error:  # one line, not a traceback, whatever went wrong
-        return _fail(LoadError(Cause.INTERNAL, f"{type(error).__name__}: {error}"), args.termination_log)
+        return _fail(LoadError(Cause.INTERNAL, f"{type(error).__name__}: {error}"), termination_log)
+    manifest = result.manifest
     print(
-        f"kubemaas load-model: loaded {args.model} version {result.version} "
-        f"({result.size} bytes, sha256 {result.sha256}) into {result.model_dir} in {result.seconds:.2f}s"
+        f"kubemaas load-model: loaded {args.model} version {manifest.version} "
+        f"({manifest.size} bytes, sha256 {manifest.sha256}) into {result.model_dir} in {result.seconds:.2f}s"
     )
-    return 0
+    if _may_write(termination_log):
+        termination.write(termination_log, SuccessMessage.of(args.store_uri, manifest))
+    return ExitCode.OK
 
 
 def _request_from_args(args: argparse.Namespace) -> LoadRequest:
@@ -337,18 +359,21 @@ def _request_from_args(args: argparse.Namespace) -> LoadRequest:
         key_dir=args.key_dir,
         repository=args.repository,
         settings=settings,
+        mount_root=args.mount_root,
     )
+
+
+def _may_write(termination_log: Path) -> bool:
+    # Kubernetes creates the default file; anywhere else (a developer's machine) it is left alone.
+    return termination_log != contract.DEFAULT_TERMINATION_LOG or termination_log.exists()
 
 
 def _fail(error: LoadError, termination_log: Path) -> int:
     line = f"kubemaas load-model: {error}"
     print(line, file=sys.stderr)
-    # Kubernetes creates the default file; anywhere else (a developer's machine) it is left alone.
-    if termination_log != DEFAULT_TERMINATION_LOG or termination_log.exists():
-        message = {"exitCode": error.cause.exit_code, "message": line, "reason": error.cause.reason}
-        data = json.dumps(message, separators=(",", ":"), sort_keys=True)
-        with contextlib.suppress(OSError):  # the line is on stderr already
-            termination_log.write_text(data[:TERMINATION_MESSAGE_LIMIT], encoding="utf-8")
+    if _may_write(termination_log):
+        message = FailureMessage(reason=error.cause.reason, exit_code=error.cause.exit_code, message=line)
+        termination.write(termination_log, message)
     return error.cause.exit_code
 
 

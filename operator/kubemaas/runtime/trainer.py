@@ -16,73 +16,60 @@ A program hands its training function to :func:`main` (or :func:`run`)::
     if __name__ == "__main__":
         kubemaas.runtime.trainer.main(train)
 
-The environment (see docs/runtime-contract.md) says where to write, with which key, and how
-often to checkpoint. :func:`run` maps every failure to an exit code that tells the operator
-(and Kubeflow's ``ExitCode`` restart policy: 1-127 permanent, 128-255 retryable) whether a
-retry can help, and writes a JSON termination message.
+The environment (docs/runtime-contract.md, parsed once by :func:`kubemaas.contract.parse`) says
+where to write, with which key, and how often to checkpoint. :func:`run` maps every failure to an
+:class:`~kubemaas.runtime.termination.ExitCode` that tells the operator (and Kubeflow's
+``ExitCode`` restart policy: 1-127 permanent, 128-255 retryable) whether a retry can help, and
+writes a JSON termination message (kubemaas.runtime.termination).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal, NoReturn, cast
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from kubemaas import contract
+from kubemaas.contract import ContractError, Environment
+from kubemaas.runtime import termination
 from kubemaas.runtime.artifacts import (
     ArtifactStore,
     ArtifactStoreError,
     Manifest,
     TensorSpec,
     VersionExistsError,
-    resolve_uri,
-    validate_name,
 )
-from kubemaas.runtime.checkpoint import CheckpointStore
-from kubemaas.runtime.distributed import (
-    DistConfigError,
-    DistEnv,
-    init_process_group,
-    pick_device,
-    read_dist_env,
-    shard_indices,
-)
+from kubemaas.runtime.checkpoint import Checkpoint, CheckpointStore
+from kubemaas.runtime.distributed import init_process_group, pick_device, shard_indices
 from kubemaas.runtime.errors import ArtifactIntegrityError, KeyringError
 from kubemaas.runtime.export import export_torchscript
 from kubemaas.runtime.keyring import Keyring
+from kubemaas.runtime.termination import ExitCode, FailureMessage, SuccessMessage
 
 log = logging.getLogger("kubemaas.trainer")
 
-# Exit codes. Kubeflow's `restartPolicy: ExitCode` treats 1-127 as permanent and 128-255 as
-# retryable; the Indexed Job backend maps the permanent ones to FailJob in a podFailurePolicy.
-EXIT_OK = 0
-EXIT_TRAINING_ERROR = 1  # the training program raised: a bug or bad data, retrying will not help
-EXIT_CONFIG = 78  # bad environment, missing key directory or mount (EX_CONFIG)
-EXIT_INTEGRITY = 79  # the artifact store refused the result (version conflict, integrity)
-EXIT_RETRYABLE = 138  # lost a peer, rendezvous or I/O failure: restart all ranks, resume
-EXIT_PREEMPTED = 143  # SIGTERM (128 + 15): a checkpoint was written, restart resumes from it
-
-TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-DEFAULT_KEY_DIR = "/var/run/kubemaas/keys"
-
-Quantization = Literal["None", "DynamicInt8"]
+# The termination message's reason for each exit code (docs/runtime-contract.md §6).
+REASONS = {
+    ExitCode.FAILED: "TrainingError",
+    ExitCode.CONFIG: "ConfigError",
+    ExitCode.ARTIFACT: "ArtifactError",
+    ExitCode.RETRYABLE: "Retryable",
+    ExitCode.PREEMPTED: "Preempted",
+}
 
 
 class TrainerConfigError(ValueError):
-    """A KUBEMAAS_* variable is missing or invalid."""
+    """The pod is not set up as the contract says (e.g. the output store is not mounted)."""
 
 
 class Preempted(Exception):
@@ -93,81 +80,16 @@ class Preempted(Exception):
         self.step = step
 
 
-@dataclass(frozen=True)
-class TrainerConfig:
-    model_name: str
-    version: str
-    output_uri: str
-    output_root: Path
-    key_dir: Path
-    checkpoint_dir: Path
-    checkpoint_every: int
-    checkpoint_keep: int
-    quantization: Quantization
-    termination_log: Path
-    data_path: Path | None
-    dist_timeout: timedelta
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> TrainerConfig:
-        env = os.environ if environ is None else environ
-        model = _require(env, "KUBEMAAS_MODEL_NAME")
-        version = _require(env, "KUBEMAAS_MODEL_VERSION")
-        try:
-            validate_name(model, "model name")
-            validate_name(version, "version")
-            output_uri = _require(env, "KUBEMAAS_OUTPUT_URI")
-            output_root = resolve_uri(output_uri)
-            data_uri = env.get("KUBEMAAS_DATA_URI")
-            data_path = resolve_uri(data_uri) if data_uri else None
-        except ArtifactStoreError as exc:
-            raise TrainerConfigError(str(exc)) from None
-        quantization = env.get("KUBEMAAS_QUANTIZATION", "None")
-        if quantization not in ("None", "DynamicInt8"):
-            raise TrainerConfigError(f"KUBEMAAS_QUANTIZATION={quantization!r}: use None or DynamicInt8")
-        checkpoint_dir = env.get("KUBEMAAS_CHECKPOINT_DIR")
-        return cls(
-            model_name=model,
-            version=version,
-            output_uri=output_uri.rstrip("/"),
-            output_root=output_root,
-            key_dir=Path(env.get("KUBEMAAS_KEY_DIR", DEFAULT_KEY_DIR)),
-            checkpoint_dir=(Path(checkpoint_dir) if checkpoint_dir else output_root / model / ".checkpoints" / version),
-            checkpoint_every=_positive(env, "KUBEMAAS_CHECKPOINT_EVERY", 100),
-            checkpoint_keep=_positive(env, "KUBEMAAS_CHECKPOINT_KEEP", 2),
-            quantization=cast(Quantization, quantization),
-            termination_log=Path(env.get("KUBEMAAS_TERMINATION_LOG", DEFAULT_TERMINATION_LOG)),
-            data_path=data_path,
-            dist_timeout=timedelta(seconds=_positive(env, "KUBEMAAS_DIST_TIMEOUT_SECONDS", 1800)),
-        )
-
-
-def _require(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "")
-    if not value:
-        raise TrainerConfigError(f"environment variable {name} is required")
-    return value
-
-
-def _positive(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "")
-    try:
-        value = int(raw) if raw else default
-    except ValueError:
-        raise TrainerConfigError(f"{name}={raw!r} is not an integer") from None
-    if value < 1:
-        raise TrainerConfigError(f"{name} must be >= 1, got {value}")
-    return value
-
-
 class Harness:
     """One rank's view of the job: process group, shards, checkpoints, publication."""
 
-    def __init__(self, config: TrainerConfig, env: DistEnv) -> None:
-        self.config = config
-        self.env = env
-        self.device = pick_device(env)
-        self.checkpoints = CheckpointStore(config.checkpoint_dir, keep=config.checkpoint_keep)
+    def __init__(self, env: Environment) -> None:
+        self.settings = env.settings
+        self.process = env.process
+        self.device = pick_device(env.process)
+        # Rank 0 only (it alone holds the key): set by start().
+        self.keyring: Keyring | None = None
+        self.checkpoints: CheckpointStore | None = None
         self.resumed_from_step = 0
         self.published: Manifest | None = None
         self._stop_requested = False
@@ -176,26 +98,34 @@ class Harness:
 
     @property
     def rank(self) -> int:
-        return self.env.rank
+        return self.process.rank
 
     @property
     def world_size(self) -> int:
-        return self.env.world_size
+        return self.process.world_size
 
     @property
     def is_primary(self) -> bool:
-        return self.env.is_primary
+        return self.process.is_primary
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         if self.is_primary:
-            # Fail in seconds, not after hours of training, when rank 0 cannot publish.
-            Keyring.from_dir(self.config.key_dir)
-            if not self.config.output_root.is_dir():
-                raise TrainerConfigError(f"output store {self.config.output_root} is not mounted")
+            # Fail in seconds, not after hours of training, when rank 0 cannot checkpoint or publish.
+            settings = self.settings
+            self.keyring = Keyring.from_dir(settings.key_dir)
+            if not settings.output_root.is_dir():
+                raise TrainerConfigError(f"output store {settings.output_root} is not mounted")
+            self.checkpoints = CheckpointStore(
+                settings.checkpoint_path,
+                model=settings.model_name,
+                version=settings.model_version,
+                keyring=self.keyring,
+                keep=settings.checkpoint_keep,
+            )
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        self._backend = init_process_group(self.env, self.config.dist_timeout)
+        self._backend = init_process_group(self.process, self.device, self.settings.dist_timeout)
         log.info("rank %d/%d joined (%s) on %s", self.rank, self.world_size, self._backend, self.device)
 
     def close(self) -> None:
@@ -219,10 +149,18 @@ class Harness:
     # ------------------------------------------------------------------ checkpoints
 
     def resume(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-        """Load the newest complete checkpoint into ``module``/``optimizer``; return its step (or 0)."""
-        checkpoint = self.checkpoints.load_latest(map_location=self.device)
+        """Load the newest complete checkpoint into ``module``/``optimizer``; return its step (or 0).
+
+        Rank 0 decrypts it (only rank 0 holds the key) and sends it to the other ranks.
+        """
+        found: list[Checkpoint | None] = [None]
+        if self.checkpoints is not None:
+            found = [self.checkpoints.load_latest(map_location="cpu")]
+        if self.world_size > 1:
+            dist.broadcast_object_list(found, src=0)
+        checkpoint = found[0]
         if checkpoint is None:
-            log.info("no checkpoint in %s: starting at step 0", self.checkpoints.directory)
+            log.info("no checkpoint to resume from: starting at step 0")
             return 0
         _unwrap(module).load_state_dict(checkpoint.state["model"])
         optimizer.load_state_dict(checkpoint.state["optimizer"])
@@ -235,7 +173,7 @@ class Harness:
         if step == self._last_saved_step:
             return
         self._last_saved_step = step
-        if self.is_primary:
+        if self.checkpoints is not None:
             state = {"model": _unwrap(module).state_dict(), "optimizer": optimizer.state_dict()}
             path = self.checkpoints.save(step, state)
             log.info("checkpoint at step %d: %s", step, path.name)
@@ -246,7 +184,7 @@ class Harness:
         if self._any_rank_stopping():
             self.save_checkpoint(step, module, optimizer)
             raise Preempted(step)
-        if step % self.config.checkpoint_every == 0:
+        if step % self.settings.checkpoint_every == 0:
             self.save_checkpoint(step, module, optimizer)
 
     def _any_rank_stopping(self) -> bool:
@@ -266,52 +204,43 @@ class Harness:
         metrics: Mapping[str, float],
     ) -> Manifest | None:
         """On rank 0: export TorchScript, encrypt, publish, write the termination message."""
-        if not self.is_primary:
+        if self.keyring is None:
             return None
-        config = self.config
-        store = ArtifactStore(config.output_root)
-        if store.has_version(config.model_name, config.version):
-            # A restart after a publication that completed: finish the job with that version.
-            log.info("version %s already published: reusing it", config.version)
-            store.point_latest(config.model_name, config.version)
-            self.published = store.resolve(config.model_name, config.version).manifest
+        settings = self.settings
+        model, version = settings.model_name, settings.model_version
+        store = ArtifactStore(settings.output_root)
+        if store.has_version(model, version):
+            # A restart after a publication that completed: finish the job with that version. LATEST
+            # only moves forward, so a late restart of an old job does not take it back.
+            log.info("version %s already published: reusing it", version)
+            store.advance_latest(model, version)
+            self.published = store.resolve(model, version).manifest
             return self.published
-        keyring = Keyring.from_dir(config.key_dir)
         all_metrics = {**metrics, "resumedFromStep": float(self.resumed_from_step)}
         # Plaintext stays on the pod's scratch disk, never on the shared store.
         with tempfile.TemporaryDirectory(prefix="kubemaas-export-") as scratch:
             plaintext = export_torchscript(
-                _unwrap(module), example_input, Path(scratch) / "model.pt", quantization=config.quantization
+                _unwrap(module), example_input, Path(scratch) / "model.pt", quantization=settings.quantization
             )
-            version = store.publish(
+            published = store.publish(
                 plaintext,
-                model=config.model_name,
-                version=config.version,
-                key=keyring.active_key(),
-                key_id=keyring.active_id,
+                model=model,
+                version=version,
+                key=self.keyring.active_key(),
+                key_id=self.keyring.active_id,
                 inputs=inputs,
                 outputs=outputs,
-                quantization=config.quantization,
+                quantization=settings.quantization,
                 frameworks={"torch": torch.__version__, "python": sys.version.split()[0]},
                 metrics=all_metrics,
             )
-        store.remove_leftovers(config.model_name)
-        log.info("published %s version %s (sha256 %s)", config.model_name, config.version, version.manifest.sha256)
-        self.published = version.manifest
-        return version.manifest
+        store.remove_leftovers(model)
+        log.info("published %s version %s (sha256 %s)", model, version, published.manifest.sha256)
+        self.published = published.manifest
+        return published.manifest
 
-    def result_message(self) -> dict[str, Any] | None:
-        if self.published is None:
-            return None
-        manifest = self.published
-        return {
-            "model": manifest.model,
-            "version": manifest.version,
-            "uri": f"{self.config.output_uri}/{manifest.model}/{manifest.version}",
-            "sha256": manifest.sha256,
-            "keyId": manifest.key_id,
-            "metrics": manifest.metrics,
-        }
+    def result_message(self) -> SuccessMessage | None:
+        return None if self.published is None else SuccessMessage.of(self.settings.output_uri, self.published)
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -323,21 +252,21 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
 # ---------------------------------------------------------------------- entry point
 
 
-def classify(exc: BaseException) -> tuple[int, str]:
-    """Exit code and termination reason for a failure."""
+def classify(exc: BaseException) -> ExitCode:
+    """The exit code of a failure; its termination reason is ``REASONS[code]``."""
     if isinstance(exc, Preempted):
-        return EXIT_PREEMPTED, "Preempted"
-    if isinstance(exc, TrainerConfigError | DistConfigError | KeyringError):
-        return EXIT_CONFIG, "ConfigError"
+        return ExitCode.PREEMPTED
+    if isinstance(exc, ContractError | TrainerConfigError | KeyringError):
+        return ExitCode.CONFIG
     if isinstance(exc, VersionExistsError | ArtifactIntegrityError):
-        return EXIT_INTEGRITY, "ArtifactError"
+        return ExitCode.ARTIFACT
     if isinstance(exc, ArtifactStoreError):
-        return EXIT_CONFIG, "ConfigError"
+        return ExitCode.CONFIG
     if isinstance(exc, dist.DistError | OSError):
-        return EXIT_RETRYABLE, "Retryable"
+        return ExitCode.RETRYABLE
     if isinstance(exc, RuntimeError) and _looks_like_lost_peer(exc):
-        return EXIT_RETRYABLE, "Retryable"
-    return EXIT_TRAINING_ERROR, "TrainingError"
+        return ExitCode.RETRYABLE
+    return ExitCode.FAILED
 
 
 def _looks_like_lost_peer(exc: RuntimeError) -> bool:
@@ -346,54 +275,52 @@ def _looks_like_lost_peer(exc: RuntimeError) -> bool:
     return any(marker in text for marker in ("gloo", "connection reset", "connection closed", "broken pipe"))
 
 
-def write_termination_message(path: Path, message: Mapping[str, Any]) -> None:
-    """JSON on one line, cut to what the kubelet keeps; never fails the process."""
-    data = json.dumps(message, separators=(",", ":"), sort_keys=True).encode("utf-8")
-    if len(data) > TERMINATION_MESSAGE_LIMIT and "message" in message:
-        excess = len(data) - TERMINATION_MESSAGE_LIMIT + 3
-        shortened = {**message, "message": str(message["message"])[:-excess] + "..."}
-        data = json.dumps(shortened, separators=(",", ":"), sort_keys=True).encode("utf-8")
+def _fail(exc: BaseException, termination_log: Path, rank: int | None) -> ExitCode:
+    code = classify(exc)
+    log_fn = log.warning if code.retryable else log.error
+    who = "rank ?" if rank is None else f"rank {rank}"
+    log_fn("%s exits %d (%s): %s", who, code, REASONS[code], exc, exc_info=code is ExitCode.FAILED)
+    message = FailureMessage(reason=REASONS[code], exit_code=code, message=str(exc), rank=rank)
+    termination.write(termination_log, message)
+    return code
+
+
+def run(train: Callable[[Harness], None], environ: Mapping[str, str]) -> int:
+    """Run ``train`` under the harness and return the process exit code.
+
+    ``environ`` is parsed here, once (kubemaas.contract); everything below gets typed values.
+    """
     try:
-        path.write_bytes(data[:TERMINATION_MESSAGE_LIMIT])
-    except OSError as exc:
-        log.warning("cannot write termination message to %s: %s", path, exc)
-
-
-def run(train: Callable[[Harness], None], environ: Mapping[str, str] | None = None) -> int:
-    """Run ``train`` under the harness and return the process exit code."""
-    env_map = os.environ if environ is None else environ
-    termination_log = Path(env_map.get("KUBEMAAS_TERMINATION_LOG", DEFAULT_TERMINATION_LOG))
-    rank = env_map.get("RANK") or env_map.get("JOB_COMPLETION_INDEX") or "0"
+        env = contract.parse(environ)
+    except ContractError as error:
+        _configure_logging(contract.LogLevel.INFO, None)
+        return _fail(error, error.termination_log, error.rank)
+    _configure_logging(env.settings.log_level, env.process.rank)
     harness: Harness | None = None
     try:
-        harness = Harness(TrainerConfig.from_env(env_map), read_dist_env(env_map))
+        harness = Harness(env)
         harness.start()
         train(harness)
         result = harness.result_message()
         if result is not None:
-            write_termination_message(termination_log, result)
-        return EXIT_OK
+            termination.write(env.settings.termination_log, result)
+        return ExitCode.OK
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        code, reason = classify(exc)
-        log_fn = log.warning if code in (EXIT_PREEMPTED, EXIT_RETRYABLE) else log.error
-        log_fn("rank %s exits %d (%s): %s", rank, code, reason, exc, exc_info=code == EXIT_TRAINING_ERROR)
-        write_termination_message(
-            termination_log,
-            {"reason": reason, "exitCode": code, "rank": int(rank) if rank.isdigit() else -1, "message": str(exc)},
-        )
-        return code
+        return _fail(exc, env.settings.termination_log, env.process.rank)
     finally:
         if harness is not None:
             harness.close()
 
 
-def main(train: Callable[[Harness], None]) -> NoReturn:
-    rank = os.environ.get("RANK") or os.environ.get("JOB_COMPLETION_INDEX") or "0"
+def _configure_logging(level: contract.LogLevel, rank: int | None) -> None:
     logging.basicConfig(
-        level=os.environ.get("KUBEMAAS_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
+        level=level.value,
+        format=f"%(asctime)s rank{'?' if rank is None else rank} %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    sys.exit(run(train))
+
+
+def main(train: Callable[[Harness], None]) -> NoReturn:
+    sys.exit(run(train, os.environ))
