@@ -2,8 +2,9 @@
 
 `chart_identity` applies only the chart's ServiceAccount and RBAC (watching one namespace) and writes a
 kubeconfig holding a token of that ServiceAccount (`kubectl create token`): `kubemaas run` started with it
-can do exactly what the installed chart lets the operator do, so every scenario run that way proves the
-chart's RBAC by use. No Deployment is applied: the operator runs as the test's local process.
+can do exactly what the installed chart lets the operator do. The `operator` fixture (e2e/conftest.py)
+always runs that way, so every TrainingJob and ModelService scenario proves the chart's RBAC by use. No
+Deployment is applied: the operator runs as the test's local process.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from e2e import waits
+from e2e.chart import Tools, chart_identity
 from e2e.cluster import control_plane, processes
 from e2e.cluster.processes import ComponentError, free_port, log_tail
 
@@ -207,9 +208,16 @@ def operator(cluster: E2ECluster, namespace: str, tmp_path: Path) -> Iterator[Op
     """`kubemaas run` as a subprocess against the test cluster, stopped after the test.
 
     It watches only the test's namespace, so tests (and developers) sharing one cluster never run two
-    operators over the same objects; one replica, so `--standalone` (no peering).
+    operators over the same objects; one replica, so `--standalone` (no peering). It authenticates as the
+    Helm chart's ServiceAccount with the chart's RBAC for that namespace (e2e/chart.py), never as the
+    admin: every scenario that uses this fixture proves the chart grants what the controllers do.
     """
-    with operator_process(cluster.kubeconfig, namespace, tmp_path) as running:
+    local_bin = cluster.local.bin if cluster.local is not None else None
+    tools = Tools.find(local_bin, cluster.kubeconfig, tmp_path / "helm-home")
+    with (
+        chart_identity(tools, namespace, tmp_path) as kubeconfig,
+        operator_process(kubeconfig, namespace, tmp_path) as running,
+    ):
         yield running
 
 

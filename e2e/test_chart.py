@@ -7,7 +7,6 @@ external cluster (KUBEMAAS_E2E_KUBECONFIG) they are taken from PATH.
 from __future__ import annotations
 
 import json
-import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +18,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from e2e.chart import CHART, Tools, chart_identity, values_file
-from e2e.conftest import PSS_RESTRICTED, E2ECluster, operator_process
+from e2e.chart import CHART, Tools, values_file
+from e2e.conftest import PSS_RESTRICTED, E2ECluster
 from kubemaas.api.crd import KINDS
 from kubemaas.cli import build_parser
 from kubemaas.controllers.settings import PEERING_NAME
@@ -417,29 +416,3 @@ def test_service_account_permissions(
     for verb, resource, ns in no:
         assert not can_i(tools, account, verb, resource, ns), f"can {verb} {resource} in {ns or 'the cluster'}"
     assert can_i(tools, account, "create", "deployments.apps", other_ns) is yes_elsewhere
-
-
-# --- the operator under the chart's identity ---------------------------------------------------------
-
-# What kopf and the controllers log when the API server refuses them (kopf logs and carries on, so a
-# missing permission shows up only here).
-PERMISSION_PROBLEMS = ("Forbidden", "forbidden", "Not enough permissions", " 403")
-
-
-def test_operator_runs_with_the_chart_service_account(tools: Tools, namespace: str, tmp_path: Path) -> None:
-    """`kubemaas run` with nothing but the chart's permissions starts, serves liveness and stops cleanly.
-
-    The scenario suites prove the controllers' own requests the same way when their operator runs under
-    `chart_identity` (see e2e/chart.py).
-    """
-    with (
-        chart_identity(tools, namespace, tmp_path) as kubeconfig,
-        operator_process(kubeconfig, namespace, tmp_path) as operator,
-    ):
-        operator.wait_live(timeout=60)
-        operator.process.send_signal(signal.SIGTERM)
-        assert operator.process.wait(timeout=15) == 0, operator.tail()
-        log = operator.log.read_text(errors="replace")
-    problems = [line for line in log.splitlines() if any(p in line for p in PERMISSION_PROBLEMS)]
-    assert not problems, "the chart's RBAC refused the operator:\n" + "\n".join(problems)
-    assert "Traceback" not in log, log
