@@ -24,6 +24,7 @@ from kubemaas.api import crd
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import DEFAULT_METRICS_PORT
 from kubemaas.controllers import metrics as _operator_metrics  # noqa: F401  (registers the operator's metrics)
+from kubemaas.controllers.labels import MANAGED_BY, parent_label
 from kubemaas.controllers.settings import PEERING_NAME
 
 REPO = Path(__file__).resolve().parents[2]
@@ -214,3 +215,12 @@ def exported_operator_series() -> set[str]:
         if family.name.startswith("kubemaas_"):
             out |= {family.name + suffix for suffix in suffixes[family.type]}
     return out
+
+
+def test_triton_pod_monitor_selects_the_labels_the_operator_sets() -> None:
+    template = (TEMPLATES / "triton-podmonitor.yaml").read_text()
+    parent = parent_label("ModelService")
+    assert f"app.kubernetes.io/managed-by: {MANAGED_BY}\n" in template
+    assert f"- key: {parent}\n" in template
+    # Prometheus exposes a pod label as __meta_kubernetes_pod_label_<name with non-alphanumerics as _>.
+    assert f"__meta_kubernetes_pod_label_{re.sub(r'[^a-zA-Z0-9]', '_', parent)}]" in template
