@@ -707,7 +707,8 @@ def test_without_the_pytorchjob_crd_auto_picks_job_and_pytorchjob_is_refused(
         ),
     )
     bare_jobs = Jobs(bare_cluster, namespace)
-    launcher = OperatorLauncher(bare_cluster, [namespace], tmp_path / "kubemaas-run.log")
+    # The admin's kubeconfig: the chart's identity is proven on the shared cluster; this one is about discovery.
+    launcher = OperatorLauncher(bare_cluster.kubeconfig, [namespace], tmp_path / "kubemaas-run.log")
     try:
         launcher.start()
         for claim in ("datasets", "models"):
