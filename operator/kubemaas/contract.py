@@ -17,37 +17,29 @@ the model loader all import it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kubemaas.api.base import LATEST
-from kubemaas.api.trainingjob import RESERVED_ENV, Quantization
+from kubemaas.api.core import KUBEMAAS_ENV_PREFIX
+from kubemaas.api.trainingjob import Quantization, RendezvousEnv
 from kubemaas.runtime.artifacts import (
     DEFAULT_MOUNT_ROOT,
-    NAME_PATTERN,
     ArtifactStoreError,
     resolve_uri,
+    validate_name,
 )
 
-
-def _reserved(name: str) -> str:
-    # The API's RESERVED_ENV is the one list of rendezvous names; naming one here that the API does
-    # not reserve would let a user's spec.env override it, so it fails at import, not in a pod.
-    if name not in RESERVED_ENV:
-        raise ImportError(f"{name} is used by the runtime contract but not reserved by kubemaas.api.trainingjob")
-    return name
-
-
 # ------------------------------------------------------------------ names
+# The rendezvous names are the API's (RendezvousEnv: what spec.env refuses), as is the prefix every
+# KUBEMAAS_* name shares (spec.env refuses the whole prefix).
 
-PREFIX: Final = "KUBEMAAS_"
+PREFIX: Final = KUBEMAAS_ENV_PREFIX
 MODEL_NAME: Final = PREFIX + "MODEL_NAME"
 MODEL_VERSION: Final = PREFIX + "MODEL_VERSION"
 OUTPUT_URI: Final = PREFIX + "OUTPUT_URI"
@@ -62,19 +54,18 @@ DIST_TIMEOUT_SECONDS: Final = PREFIX + "DIST_TIMEOUT_SECONDS"
 TERMINATION_LOG: Final = PREFIX + "TERMINATION_LOG"
 LOG_LEVEL: Final = PREFIX + "LOG_LEVEL"
 
-MASTER_ADDR: Final = _reserved("MASTER_ADDR")
-MASTER_PORT: Final = _reserved("MASTER_PORT")
-WORLD_SIZE: Final = _reserved("WORLD_SIZE")
-RANK: Final = _reserved("RANK")
-LOCAL_RANK: Final = _reserved("LOCAL_RANK")
-PET_NNODES: Final = _reserved("PET_NNODES")
-PET_NPROC_PER_NODE: Final = _reserved("PET_NPROC_PER_NODE")
-PET_NODE_RANK: Final = _reserved("PET_NODE_RANK")
-PET_MASTER_ADDR: Final = _reserved("PET_MASTER_ADDR")
-PET_MASTER_PORT: Final = _reserved("PET_MASTER_PORT")
-# Set by Kubernetes in every pod of an Indexed Job. TODO(merge): the API branch reserves it in
-# RESERVED_ENV (issue 10 item 4); then this becomes _reserved("JOB_COMPLETION_INDEX").
-JOB_COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
+MASTER_ADDR: Final = RendezvousEnv.MASTER_ADDR.value
+MASTER_PORT: Final = RendezvousEnv.MASTER_PORT.value
+WORLD_SIZE: Final = RendezvousEnv.WORLD_SIZE.value
+RANK: Final = RendezvousEnv.RANK.value
+LOCAL_RANK: Final = RendezvousEnv.LOCAL_RANK.value
+PET_NNODES: Final = RendezvousEnv.PET_NNODES.value
+PET_NPROC_PER_NODE: Final = RendezvousEnv.PET_NPROC_PER_NODE.value
+PET_NODE_RANK: Final = RendezvousEnv.PET_NODE_RANK.value
+PET_MASTER_ADDR: Final = RendezvousEnv.PET_MASTER_ADDR.value
+PET_MASTER_PORT: Final = RendezvousEnv.PET_MASTER_PORT.value
+# Set by Kubernetes in every pod of an Indexed Job (the rank when RANK is not set).
+JOB_COMPLETION_INDEX: Final = RendezvousEnv.JOB_COMPLETION_INDEX.value
 # Where the Job controller writes the completion index; the Job backend's pods read their node rank from it.
 COMPLETION_INDEX_FIELD: Final = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
@@ -88,7 +79,6 @@ DEFAULT_CHECKPOINT_EVERY: Final = 100
 DEFAULT_CHECKPOINT_KEEP: Final = 2
 DEFAULT_DIST_TIMEOUT_SECONDS: Final = 1800
 
-_STORE_NAME = re.compile(NAME_PATTERN.pattern)
 _URI_CHECK_ROOT = Path("/")  # resolve_uri only validates here; the real mount root comes from Settings
 
 
@@ -118,10 +108,11 @@ class _EnvModel(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
 
 
-def _store_name(value: str, what: str) -> str:
-    if not _STORE_NAME.fullmatch(value) or value == LATEST:
-        raise ValueError(f"invalid {what} {value!r}: must match {NAME_PATTERN.pattern} and not be {LATEST}")
-    return value
+def _store_name(value: str, what: Literal["model name", "version"]) -> str:
+    try:
+        return validate_name(value, what)
+    except ArtifactStoreError as error:
+        raise ValueError(str(error)) from None
 
 
 def _check_uri(value: str) -> str:
@@ -138,8 +129,6 @@ Positive = Annotated[int, Field(ge=1)]
 class Settings(_EnvModel):
     """The ``KUBEMAAS_*`` variables of a training pod."""
 
-    # TODO(merge): the model name follows the API's MODEL_NAME_PATTERN once branch `api` exports it;
-    # until then the store's rule (which every API-valid name satisfies) is the one checked here.
     model_name: str = Field(alias=MODEL_NAME)
     model_version: str = Field(alias=MODEL_VERSION)
     output_uri: str = Field(alias=OUTPUT_URI)

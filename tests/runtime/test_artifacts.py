@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kubemaas.api.base import MODEL_NAME_PATTERN, VERSION_PATTERN
 from kubemaas.runtime import artifacts
 from kubemaas.runtime.artifacts import (
     LATEST,
@@ -107,6 +109,22 @@ def test_unknown_model_and_version(tmp_path: Path) -> None:
     for bad in ("../x", ".hidden", "a/b", "Latest", ""):
         with pytest.raises(ArtifactStoreError):
             store.version_dir(MODEL, bad)
+
+
+@pytest.mark.parametrize("name", ["digits", "Digits", "a" * 63, "a" * 64, "-x", "x.", "Latest"])
+def test_store_names_follow_the_apis_rules(tmp_path: Path, name: str) -> None:
+    """One rule: a model name or version the API accepts is one the store accepts, and no other."""
+    store = ArtifactStore(tmp_path)
+    for what, pattern, path in [
+        ("model name", MODEL_NAME_PATTERN, lambda: store.model_dir(name)),
+        ("version", VERSION_PATTERN, lambda: store.version_dir(MODEL, name)),
+    ]:
+        api_accepts = re.fullmatch(pattern, name) is not None and name != LATEST
+        if api_accepts:
+            path()
+        else:
+            with pytest.raises(ArtifactStoreError, match=what):
+                path()
 
 
 def test_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

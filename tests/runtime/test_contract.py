@@ -101,6 +101,7 @@ def test_paths_use_the_mount_root_of_the_environment(tmp_path: Path, monkeypatch
     [
         (contract.MODEL_VERSION, "../x", "KUBEMAAS_MODEL_VERSION"),
         (contract.MODEL_NAME, "Latest", "KUBEMAAS_MODEL_NAME"),
+        (contract.MODEL_NAME, "Digits", "KUBEMAAS_MODEL_NAME"),  # the API's rule: lower-case
         (contract.OUTPUT_URI, "s3://b/x", "KUBEMAAS_OUTPUT_URI"),
         (contract.OUTPUT_URI, "pvc://models/../etc", "KUBEMAAS_OUTPUT_URI"),
         (contract.QUANTIZATION, "Int4", "KUBEMAAS_QUANTIZATION"),

@@ -231,3 +231,17 @@ def test_an_unknown_rank_is_a_config_error_naming_both_variables(tmp_path: Path)
     result = job.result(0)
     assert result["reason"] == "ConfigError" and "rank" not in result  # unknown, not 0
     assert "RANK" in result["message"] and "JOB_COMPLETION_INDEX" in result["message"]
+
+
+def test_sigterm_to_the_launcher_checkpoints_and_exits_preempted(tmp_path: Path) -> None:
+    """The kubelet signals PID 1, the launcher: its workers must still agree on a step and checkpoint."""
+    job = Job(tmp_path)
+    store = checkpoint_store(job.checkpoints)
+    args = ["--steps", "100000"]
+    with pods(job, nnodes=1, nproc_per_node=2, attempt=0, args=args, KUBEMAAS_CHECKPOINT_EVERY="1000000") as procs:
+        wait_for(lambda: log_text(job, 0, 0).count("joined") == 2, timeout=120, what="both workers to join")
+        procs[0].send_signal(signal.SIGTERM)
+        (code,) = wait_all(procs, timeout=60)
+    assert code == ExitCode.PREEMPTED, log_text(job, 0, 0)
+    assert job.result(0)["reason"] == "Preempted"
+    assert store.steps() and store.steps()[-1] > 0

@@ -38,7 +38,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from kubemaas.api.base import LATEST
+from kubemaas.api.base import LATEST, MODEL_NAME_PATTERN, VERSION_PATTERN
+from kubemaas.api.modelservice import ServedFormat
 from kubemaas.api.trainingjob import Quantization
 from kubemaas.runtime.crypto import DEFAULT_CHUNK_SIZE, PlaintextDigest, encrypt_file, read_header
 from kubemaas.runtime.fsutil import atomic_write_bytes, fsync_dir, write_new_file
@@ -51,8 +52,8 @@ STAGING_PREFIX = ".staging-"
 DEFAULT_MOUNT_ROOT = Path("/mnt/kubemaas")
 MANIFEST_SCHEMA_VERSION = 1
 
-# Names become directory names: no separators, no leading dot (hidden = staging), bounded.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Names become directory names: the API's rules (no separators, no leading dot: hidden = staging, bounded).
+_NAME_RULES = {"model name": re.compile(MODEL_NAME_PATTERN), "version": re.compile(VERSION_PATTERN)}
 _PVC_URI = re.compile(r"pvc://(?P<claim>[a-z0-9]([-a-z0-9]*[a-z0-9])?)(?P<path>(/[^/]+)*)/?")
 
 Datatype = Literal[
@@ -88,7 +89,7 @@ class Manifest(_CamelModel):
     schema_version: int = MANIFEST_SCHEMA_VERSION
     model: str
     version: str
-    format: Literal["TorchScript"] = "TorchScript"
+    format: ServedFormat = ServedFormat.TorchScript
     quantization: Quantization = Quantization.NONE
     artifact: str = ARTIFACT_FILE
     encryption: str = "AES-256-GCM (KMAASENC v1)"
@@ -117,9 +118,10 @@ class ModelVersion:
         return self.directory / self.manifest.artifact
 
 
-def validate_name(value: str, what: str) -> str:
-    if not NAME_PATTERN.fullmatch(value) or value == LATEST:
-        raise ArtifactStoreError(f"invalid {what} {value!r}: must match {NAME_PATTERN.pattern}")
+def validate_name(value: str, what: Literal["model name", "version"]) -> str:
+    rule = _NAME_RULES[what]
+    if not rule.fullmatch(value) or value == LATEST:
+        raise ArtifactStoreError(f"invalid {what} {value!r}: must match {rule.pattern} and not be {LATEST}")
     return value
 
 
@@ -276,10 +278,10 @@ class ArtifactStore:
             current = self.latest_version(model)
             if current is not None and current != version:
                 try:
-                    newer = self._read_version(model, current).manifest.created_at
-                except (ArtifactStoreError, ValueError):
-                    newer = None  # LATEST names a deleted or unreadable version: replace it
-                if newer is not None and newer > candidate.manifest.created_at:
+                    is_newer = self._read_version(model, current).manifest.created_at > candidate.manifest.created_at
+                except (ArtifactStoreError, ValueError, TypeError):
+                    is_newer = False  # LATEST names a deleted or unreadable version: replace it
+                if is_newer:
                     return False
             atomic_write_bytes(self.model_dir(model) / LATEST_FILE, f"{version}\n".encode())
         return True

@@ -49,6 +49,7 @@ from pydantic import ValidationError
 
 from kubemaas import contract
 from kubemaas.api.base import LATEST
+from kubemaas.api.modelservice import ServedFormat
 from kubemaas.runtime import artifacts, termination
 from kubemaas.runtime.crypto import PlaintextDigest, decrypt_file
 from kubemaas.runtime.errors import (
@@ -200,12 +201,13 @@ def _validation_summary(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in error.errors())
 
 
-def _check_format(artifact_format: str, backend: Backend) -> None:
+def _check_format(artifact_format: ServedFormat, backend: Backend) -> None:
     expected = BACKEND_FORMATS[backend]
-    if artifact_format != expected:
+    if artifact_format is not expected:
         raise LoadError(
             Cause.UNSUPPORTED_FORMAT,
-            f"artifact format {artifact_format!r} cannot be served by backend {backend.value} (it serves {expected})",
+            f"artifact format {artifact_format.value!r} cannot be served by backend {backend.value} "
+            f"(it serves {expected.value})",
         )
 
 

@@ -23,7 +23,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # One set of enums for the API and the loader: the operator passes ModelService values straight through.
-from kubemaas.api.modelservice import InstanceKind, Toggle
+from kubemaas.api.modelservice import InstanceKind, ServedFormat, Toggle
 from kubemaas.api.modelservice import TritonBackend as Backend
 
 __all__ = [
@@ -89,9 +89,9 @@ MODEL_FILE_NAMES = {
 
 # Artifact format each backend can serve.
 BACKEND_FORMATS = {
-    Backend.PYTORCH_LIBTORCH: "TorchScript",
-    Backend.PYTHON: "TorchScript",
-    Backend.ONNXRUNTIME: "ONNX",
+    Backend.PYTORCH_LIBTORCH: ServedFormat.TorchScript,
+    Backend.PYTHON: ServedFormat.TorchScript,
+    Backend.ONNXRUNTIME: ServedFormat.ONNX,
 }
 
 # Model-config parameter that records the artifact version a repository was built from.
