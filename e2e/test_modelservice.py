@@ -577,3 +577,54 @@ def test_fifty_modelservices_become_ready_and_idle_writes_nothing(
 
 def _apply(cluster: E2ECluster, namespace: str, text: str) -> None:
     kubectl(cluster, "apply", "-n", namespace, "-f", "-", stdin=text)
+
+
+def test_missing_references_are_conditions(
+    cluster: E2ECluster, namespace: str, crds: None, store: str, operator: OperatorProcess
+) -> None:
+    api = custom(cluster)
+    api.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "modelservices", model_service("by-job", {"trainingJobRef": {"name": "later"}})
+    )
+    ready = wait_condition(cluster, namespace, "by-job", "Ready", "False")
+    assert condition(ready, "Ready")["reason"] == "SourceNotFound"
+
+    create_job(cluster, namespace, "later")  # exists, not Succeeded yet
+    waiting = wait_ms(
+        cluster,
+        namespace,
+        "by-job",
+        lambda ms: condition(ms, "Ready").get("reason") == "WaitingForModel",
+        "Ready=False WaitingForModel",
+    )
+    assert "later" in condition(waiting, "Ready")["message"]
+
+    keyless = model_service(
+        "by-uri",
+        {"uri": f"{STORE}/digits", "version": "v1", "encryption": {"keySecretRef": {"name": "no-such-key"}}},
+    )
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", keyless)
+    missing = wait_ms(
+        cluster,
+        namespace,
+        "by-uri",
+        lambda ms: condition(ms, "Ready").get("reason") == "KeySecretNotFound",
+        "Ready=False KeySecretNotFound",
+    )
+    assert "no-such-key" in condition(missing, "Ready")["message"]
+    apps = client.AppsV1Api(cluster.api)
+    assert not apps.list_namespaced_deployment(namespace).items, "a Deployment was made without its source or key"
+
+    # Pointing at an existing key Secret is all it takes: the pinned uri version is served.
+    api.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "modelservices",
+        "by-uri",
+        {"spec": {"model": {"encryption": {"keySecretRef": {"name": "digits-key"}}}}},
+    )
+    ready_now = wait_condition(cluster, namespace, "by-uri", "Ready")
+    assert served(ready_now) == "v1"
+    operator_alive(operator)
+    assert "Traceback" not in operator.tail()
