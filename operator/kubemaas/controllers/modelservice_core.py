@@ -617,11 +617,16 @@ def reconcile(
         and observed.secrets.get(candidate.model.key_secret) is False
     )
 
-    # 4. a failed rollout of the stable Deployment: record it and go back to the last good version
+    # 4. a failed rollout of the stable Deployment: record it and go back to the last good version. A
+    # rollout of the last good version itself (a spec change other than the model) has nothing to go
+    # back to: it is only reported.
+    stuck: Failure | None = None
     if observed.stable is not None and current is not None and current.version != last_good:
         failure = _failure_of(observed.stable, observed.pods, Track.STABLE)
         if failure is not None:
             bad_version = failure.version
+    elif observed.stable is not None and current is not None:
+        stuck = _failure_of(observed.stable, observed.pods, Track.STABLE)
     canary_current = template_ref(observed.canary)
     if failure is None and observed.canary is not None and canary_current is not None:
         failure = _failure_of(observed.canary, observed.pods, Track.CANARY)
@@ -765,6 +770,8 @@ def reconcile(
         degraded_reason = (resolution.problem.reason, f"{resolution.problem.message}; still serving {current.version}")
     elif missing_key and candidate is not None:
         degraded_reason = (Reason.KEY_SECRET_NOT_FOUND, f"key Secret {candidate.model.key_secret!r} not found")
+    elif stuck is not None:
+        degraded_reason = (stuck.reason, f"the rollout of version {stuck.version} does not progress: {stuck.message}")
     if degraded_reason is not None:
         conditions.append(ConditionDecision(Cond.DEGRADED, ConditionStatus.TRUE, *degraded_reason))
     else:
