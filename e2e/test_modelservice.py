@@ -336,7 +336,10 @@ def test_gpu_modelservice_becomes_ready_and_leaves_replicas_to_the_hpa(
 
     # What a user runs: returns once the ModelService is Ready.
     kubectl(cluster, "wait", "-n", namespace, "--for=condition=Ready", "modelservice/digits", "--timeout=90s")
-    status = get_ms(cluster, namespace, "digits")["status"]
+    ms_now = get_ms(cluster, namespace, "digits")
+    # No finalizer: deleting a ModelService never waits for the operator (children go by ownerReference).
+    assert not ms_now["metadata"].get("finalizers"), ms_now["metadata"].get("finalizers")
+    status = ms_now["status"]
     assert status["servedVersion"] == "v1"
     assert status["readyReplicas"] == 2
     assert status["endpoints"] == {"http": f"digits.{namespace}.svc:8000", "grpc": f"digits.{namespace}.svc:8001"}

@@ -1,6 +1,6 @@
 """kopf handlers of the ModelService controller: thin wiring around ``modelservice_core.reconcile``.
 
-Every trigger (create, update, resume, a safety timer, an event of an owned Deployment, ReplicaSet,
+Every trigger (create, update, resume, an event of an owned Deployment, ReplicaSet,
 HPA, PDB, Service or pod, an event of a TrainingJob in the namespace) runs the same level-triggered
 reconcile for the affected ModelService. It reads the ModelService and its children from kopf's
 in-memory indexes (filled by watches that the settings restrict server-side to objects Kubemaas
@@ -34,8 +34,9 @@ KIND = "ModelService"
 GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "modelservices"
 PARENT_LABEL = parent_label(KIND)
 COMPONENT = "server"
-# The safety net for anything a watch missed; a converged ModelService writes nothing on it.
-TIMER_SECONDS = 120.0
+# No kopf timer or daemon: kopf puts a finalizer on every object that has one (a timer needs it to stop
+# cleanly), and a ModelService needs none. What a watch might miss is re-listed when kopf reconnects, which
+# triggers the same handlers, and waits that no event ends (a canary's analysis window) are requeued in memory.
 
 LOOP = ReconcileLoop(KIND)
 log = logging.getLogger(__name__)
@@ -226,8 +227,8 @@ async def reconcile(key: Key, kube: Kube, indexes: Mapping[str, kopf.Index[Any, 
 
 
 def _requeue(key: Key, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]], delay: float) -> None:
-    # Nothing in the cluster changes when a canary's analysis window ends; wake up for it (the safety
-    # timer would too, later). In memory only: after a restart, resume re-derives the same wait.
+    # Nothing in the cluster changes when a canary's analysis window ends; wake up for it. In memory only:
+    # after a restart, resume re-derives the same wait.
     loop = asyncio.get_running_loop()
     loop.call_later(
         max(delay, 1.0),
@@ -293,12 +294,6 @@ async def _run(key: Key, memo: Any, kwargs: Mapping[str, Any], *, retry: bool = 
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 async def on_modelservice(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    if namespace:
-        await _run((namespace, name), memo, kwargs)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
-async def ms_safety_timer(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     if namespace:
         await _run((namespace, name), memo, kwargs)
 
