@@ -24,6 +24,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from e2e import waits
+from e2e.chart import Tools, chart_identity
 from e2e.cluster import control_plane, processes
 from e2e.cluster.processes import ComponentError, free_port, log_tail
 
@@ -166,14 +167,10 @@ class OperatorProcess:
         processes.wait_ready(running, self.process, processes.http_probe(self.liveness_url), timeout)
 
 
-@pytest.fixture
-def operator(cluster: E2ECluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """`kubemaas run` as a subprocess against the test cluster, stopped after the test.
-
-    It watches only the test's namespace, so tests (and developers) sharing one cluster never run two
-    operators over the same objects; one replica, so `--standalone` (no peering).
-    """
-    log_path = tmp_path / "kubemaas-run.log"
+@contextlib.contextmanager
+def operator_process(kubeconfig: Path, namespace: str, workdir: Path) -> Iterator[OperatorProcess]:
+    """`kubemaas run` as a subprocess watching `namespace`, authenticated by `kubeconfig`; stopped on exit."""
+    log_path = workdir / "kubemaas-run.log"
     executable = Path(sys.executable).with_name("kubemaas")
     liveness_url = f"http://127.0.0.1:{free_port()}/healthz"
     metrics_port = free_port()
@@ -189,7 +186,7 @@ def operator(cluster: E2ECluster, namespace: str, tmp_path: Path) -> Iterator[Op
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
             cwd=REPO,
         )
     running = OperatorProcess(process, log_path, liveness_url, f"http://127.0.0.1:{metrics_port}/metrics")
@@ -204,6 +201,24 @@ def operator(cluster: E2ECluster, namespace: str, tmp_path: Path) -> Iterator[Op
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def operator(cluster: E2ECluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """`kubemaas run` as a subprocess against the test cluster, stopped after the test.
+
+    It watches only the test's namespace, so tests (and developers) sharing one cluster never run two
+    operators over the same objects; one replica, so `--standalone` (no peering). It authenticates as the
+    Helm chart's ServiceAccount with the chart's RBAC for that namespace (e2e/chart.py), never as the
+    admin: every scenario that uses this fixture proves the chart grants what the controllers do.
+    """
+    local_bin = cluster.local.bin if cluster.local is not None else None
+    tools = Tools.find(local_bin, cluster.kubeconfig, tmp_path / "helm-home")
+    with (
+        chart_identity(tools, namespace, tmp_path) as kubeconfig,
+        operator_process(kubeconfig, namespace, tmp_path) as running,
+    ):
+        yield running
 
 
 def restricted_container(name: str = "main", **extra: Any) -> dict[str, Any]:
