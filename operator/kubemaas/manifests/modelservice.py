@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from kubemaas import __version__, contract
+from kubemaas.api.core import DEFAULT_GPU_RESOURCE
 from kubemaas.api.modelservice import (
     Autoscaling,
     Batching,
@@ -30,6 +31,7 @@ from kubemaas.api.modelservice import (
 )
 from kubemaas.runtime.artifacts import DEFAULT_MOUNT_ROOT
 from kubemaas.runtime.triton_config import ServingSettings, settings_to_args
+from kubemaas.serving_metrics import QUEUE_TIME_METRIC
 
 # The model-loader image of this operator release (images/model-loader); the chart may override it.
 DEFAULT_LOADER_IMAGE = f"kubemaas/model-loader:{__version__}"
@@ -53,10 +55,6 @@ TRACK_LABEL = "kubemaas.io/track"
 # The source the version was resolved from: a changed source invalidates a pin taken from ``Latest``.
 SOURCE_ANNOTATION = "kubemaas.io/model-source"
 
-# Pods metric served by a metrics adapter (the chart's prometheus-adapter rule):
-# rate(nv_inference_queue_duration_us) / rate(nv_inference_request_success) per pod.
-QUEUE_TIME_METRIC = "nv_inference_queue_duration_us_per_request"
-
 # The UID:GID the images run as (images/model-loader/Dockerfile). Triton's image runs as root by
 # default; it runs fine as any non-root user when everything it writes is a mounted volume.
 RUN_AS_USER = 65532
@@ -65,7 +63,6 @@ STARTUP_PROBE_PERIOD_SECONDS = 10
 # Triton's Python backend and PyTorch DataLoader-style workers use /dev/shm; the runtime's 64 MiB is too small.
 DEFAULT_SHM_SIZE = "1Gi"
 DEFAULT_PDB_MAX_UNAVAILABLE = 1
-DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 
 
 class Track(StrEnum):
@@ -241,6 +238,8 @@ def _triton_container(spec: ModelServiceSpec, options: ServingOptions) -> dict[s
             f"--http-port={HTTP_PORT}",
             f"--grpc-port={GRPC_PORT}",
             f"--metrics-port={METRICS_PORT}",
+            # p50/p99 latency summaries for the chart's dashboard (Triton exports only counters otherwise).
+            "--metrics-config=summary_latencies=true",
             *options.triton_args,
         ],
         "ports": [
