@@ -201,16 +201,17 @@ async def _observe(
     namespace = key[0]
     wanted = manifests.required_claims(job)
     # One round trip, not one per object: these reads sit between a create and its first child.
-    *found, secret = await asyncio.gather(
-        *(kube.get("v1", "PersistentVolumeClaim", namespace, c) for c in wanted),
-        kube.get("v1", "Secret", namespace, job.spec.encryption.key_secret_ref.name),
+    # Metadata only: checking for the key Secret must not pull the key into the operator's memory.
+    *found, secret_exists = await asyncio.gather(
+        *(kube.exists("v1", "PersistentVolumeClaim", namespace, c) for c in wanted),
+        kube.exists("v1", "Secret", namespace, job.spec.encryption.key_secret_ref.name),
     )
-    claims = frozenset(c for c, obj in zip(wanted, found, strict=True) if obj is not None)
+    claims = frozenset(c for c, exists in zip(wanted, found, strict=True) if exists)
     return core.Observed(
         pytorchjob_served=served,
         service=service,
         claims=claims,
-        key_secret_exists=secret is not None,
+        key_secret_exists=secret_exists,
     )
 
 

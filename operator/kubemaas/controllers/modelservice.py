@@ -1,0 +1,357 @@
+"""kopf handlers of the ModelService controller: thin wiring around ``modelservice_core.reconcile``.
+
+Every trigger (create, update, resume, an event of an owned Deployment, ReplicaSet,
+HPA, PDB, Service or pod, an event of a TrainingJob in the namespace) runs the same level-triggered
+reconcile for the affected ModelService. It reads the ModelService and its children from kopf's
+in-memory indexes (filled by watches that the settings restrict server-side to objects Kubemaas
+manages), never by listing, calls the pure core, applies what differs, deletes what is no longer
+wanted and patches the status when it changed. No finalizer: children go with their owner through
+the garbage collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import kopf
+from pydantic import ValidationError
+
+from kubemaas.api import ModelService
+from kubemaas.api.base import Condition, ConditionStatus
+from kubemaas.api.core import DEFAULT_GPU_RESOURCE
+from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
+from kubemaas.controllers import modelservice_core as core
+from kubemaas.controllers.apply import Kube
+from kubemaas.controllers.conditions import set_condition, utc_now
+from kubemaas.controllers.labels import child_labels, owner_reference, parent_label, parent_of
+from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
+from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events
+from kubemaas.manifests import modelservice as m
+
+KIND = "ModelService"
+GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "modelservices"
+PARENT_LABEL = parent_label(KIND)
+COMPONENT = "server"
+# No kopf timer or daemon: kopf puts a finalizer on every object that has one (a timer needs it to stop
+# cleanly), and a ModelService needs none. What a watch might miss is re-listed when kopf reconnects, which
+# triggers the same handlers, and waits that no event ends (a canary's analysis window) are requeued in memory.
+
+LOOP = ReconcileLoop(KIND)
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+# --------------------------------------------------------------------------- indexes
+
+
+def _owner(namespace: str | None, labels: Mapping[str, str] | None) -> Key | None:
+    name = parent_of(KIND, labels)
+    return (namespace, name) if namespace and name else None
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def ms_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]] | None:
+    return {(namespace, name): dict(body)} if namespace else None
+
+
+@kopf.index(GROUP, VERSION, "trainingjobs")
+def ms_training_jobs(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, dict[str, Any]]:
+    return {namespace: dict(body)}
+
+
+def _child_index(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]] | None:
+    key = _owner(namespace, labels)
+    return {key: dict(body)} if key is not None else None
+
+
+# Owned children, indexed by their ModelService (namespace, name): index name -> (group, version, plural).
+CHILD_INDEXES = {
+    "ms_deployments": ("apps", "v1", "deployments"),
+    "ms_replica_sets": ("apps", "v1", "replicasets"),
+    "ms_pods": ("", "v1", "pods"),
+    "ms_services": ("", "v1", "services"),
+    "ms_hpas": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "ms_pdbs": ("policy", "v1", "poddisruptionbudgets"),
+}
+for _index, (_group, _version, _plural) in CHILD_INDEXES.items():
+    kopf.index(_group, _version, _plural, id=_index, labels={PARENT_LABEL: kopf.PRESENT})(_child_index)
+
+
+def _values(index: kopf.Index[Any, Any], key: Any) -> list[dict[str, Any]]:
+    store = index.get(key)
+    return list(store) if store is not None else []
+
+
+def _named(objects: Iterable[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
+    return next((o for o in objects if o.get("metadata", {}).get("name") == name), None)
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def serving_options(ms: ModelService, default_triton_image: str = DEFAULT_TRITON_IMAGE) -> m.ServingOptions:
+    """The spec's serving settings with the operator's defaults applied (`kubemaas run --triton-image`)."""
+    spec = ms.spec
+    runtime, resources, budget = spec.runtime, spec.resources, spec.disruption_budget
+    return m.ServingOptions(
+        triton_image=runtime.image or default_triton_image,
+        progress_deadline_seconds=spec.rollout.progress_deadline_seconds,
+        startup_timeout_seconds=runtime.startup_timeout_seconds,
+        shm_size=str(resources.shm_size or m.DEFAULT_SHM_SIZE),
+        service_account_name=spec.service_account_name,
+        image_pull_secrets=tuple(r.name for r in spec.image_pull_secrets or ()),
+        triton_args=tuple(runtime.args or ()),
+        triton_env=tuple(e.to_wire() for e in runtime.env or ()),
+        triton_env_from=tuple(e.to_wire() for e in runtime.env_from or ()),
+        gpu_resource=resources.gpu_resource or DEFAULT_GPU_RESOURCE,
+        pdb_min_available=budget.min_available if budget is not None else None,
+        pdb_max_unavailable=budget.max_unavailable if budget is not None else None,
+    )
+
+
+def parent_for(body: Mapping[str, Any]) -> m.Parent:
+    meta = body["metadata"]
+    return m.Parent(
+        name=meta["name"],
+        namespace=meta["namespace"],
+        labels=child_labels(KIND, meta["name"], COMPONENT),
+        selector={PARENT_LABEL: meta["name"]},
+        owner_reference=owner_reference(body),
+    )
+
+
+def status_conditions(status: Mapping[str, Any] | None) -> list[Condition]:
+    out = []
+    for raw in (status or {}).get("conditions") or ():
+        try:
+            out.append(Condition.model_validate(raw))
+        except ValidationError:
+            continue  # a condition someone else wrote badly is replaced, not fatal
+    return out
+
+
+def _status_keys() -> frozenset[str]:
+    # Only fields the CRD knows: anything else the API server prunes, and the next reconcile would
+    # find the status "changed" and write it again, forever.
+    from kubemaas.api.modelservice import ModelServiceStatus
+
+    return frozenset(f.alias or n for n, f in ModelServiceStatus.model_fields.items())
+
+
+STATUS_KEYS = _status_keys()
+
+
+def new_status(
+    body: Mapping[str, Any], outcome: core.Outcome, generation: int | None
+) -> tuple[dict[str, Any], list[Condition], list[Condition]]:
+    old = status_conditions(body.get("status"))
+    now = utc_now()
+    conditions = list(old)
+    for decision in outcome.conditions:
+        conditions = set_condition(
+            conditions, decision.type, decision.status, decision.reason, decision.message, generation, now
+        )
+    status = {k: v for k, v in outcome.status.items() if v is not None and k in STATUS_KEYS}
+    status["conditions"] = [c.to_wire() for c in conditions]
+    return status, old, conditions
+
+
+async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+    """`memo` is kopf's: the operator's `Kube` client and the `--triton-image` default."""
+    kube: Kube = memo["kube"]
+    namespace, name = key
+    bodies = _values(indexes["ms_bodies"], key)
+    if not bodies:
+        return  # deleted: the garbage collector takes the children
+    body = _with_written_status(key, bodies[0])
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    generation = body["metadata"].get("generation")
+    try:
+        ms = ModelService.parse(body)
+    except ValidationError as error:
+        await _invalid(kube, body, str(error).replace("\n", " ")[:1024], generation)
+        return
+    jobs = _values(indexes["ms_training_jobs"], namespace)
+    deployments = _values(indexes["ms_deployments"], key)
+    observed = core.Observed(
+        training_jobs=jobs,
+        secrets={n: await _exists(kube, namespace, n) for n in core.required_secrets(ms, jobs)},
+        stable=_named(deployments, m.deployment_name(name, m.Track.STABLE)),
+        canary=_named(deployments, m.deployment_name(name, m.Track.CANARY)),
+        replica_sets=[rs for rs in _values(indexes["ms_replica_sets"], key) if _owned_by(rs, name)],
+        pods=_values(indexes["ms_pods"], key),
+        hpa=_named(_values(indexes["ms_hpas"], key), name),
+        pdb=_named(_values(indexes["ms_pdbs"], key), name),
+    )
+    now = utc_now()
+    outcome = core.reconcile(
+        ms,
+        core.Previous.from_status(body.get("status")),
+        observed,
+        parent_for(body),
+        serving_options(ms, memo["triton_image"]),
+        now,
+    )
+    current: dict[str, Sequence[Mapping[str, Any]]] = {
+        "Deployment": deployments,
+        "Service": _values(indexes["ms_services"], key),
+        "HorizontalPodAutoscaler": [observed.hpa] if observed.hpa else [],
+        "PodDisruptionBudget": [observed.pdb] if observed.pdb else [],
+    }
+    for obj in outcome.apply:
+        seen = _named(current.get(obj["kind"], []), obj["metadata"]["name"])
+        if await kube.apply(obj, seen) is not None:
+            CHILDREN_APPLIED.labels(KIND, obj["kind"]).inc()
+    for child in outcome.delete:
+        await kube.delete(
+            {
+                "apiVersion": child.api_version,
+                "kind": child.kind,
+                "metadata": {"name": child.name, "namespace": namespace},
+            }
+        )
+    status, old, conditions = new_status(body, outcome, generation)
+    if await kube.patch_status(body, status):
+        STATUS_WRITES.labels(KIND).inc()
+    _WRITTEN[key] = (body["metadata"].get("uid"), status)
+    post_transition_events(
+        body,
+        old,
+        conditions,
+        warning_when_true=frozenset({core.Cond.DEGRADED, core.Cond.PROMOTION_BLOCKED}),
+        warning_when_false=frozenset({core.Cond.READY}),
+    )
+    for event in outcome.events:
+        kopf.event(_kopf_body(body), type=event.type, reason=event.reason, message=event.message[:1024])
+    if outcome.requeue_after is not None:
+        _requeue(key, memo, indexes, outcome.requeue_after)
+
+
+def _requeue(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]], delay: float) -> None:
+    # Nothing in the cluster changes when a canary's analysis window ends; wake up for it. In memory only:
+    # after a restart, resume re-derives the same wait.
+    loop = asyncio.get_running_loop()
+    loop.call_later(
+        max(delay, 1.0),
+        lambda: _PENDING.add(loop.create_task(LOOP.run(key, lambda: reconcile(key, memo, indexes), retry=False))),
+    )
+
+
+_PENDING: set[asyncio.Task[None]] = set()
+
+
+# The status this operator last wrote, per ModelService. Only this operator writes it, so it is never older
+# than the copy in the index, which lags behind our own patch until the watch delivers it: a reconcile
+# in that gap must not forget a failure it just recorded (and roll the failed version out again).
+_WRITTEN: dict[Key, tuple[str | None, dict[str, Any]]] = {}
+
+
+def _with_written_status(key: Key, body: dict[str, Any]) -> dict[str, Any]:
+    written = _WRITTEN.get(key)
+    if written is None or written[0] != body.get("metadata", {}).get("uid"):
+        return body
+    return {**body, "status": written[1]}
+
+
+def _owned_by(rs: Mapping[str, Any], name: str) -> bool:
+    # Only the stable Deployment's ReplicaSets hold versions to roll back to.
+    return any(
+        o.get("kind") == "Deployment" and o.get("name") == name
+        for o in rs.get("metadata", {}).get("ownerReferences") or ()
+    )
+
+
+async def _exists(kube: Kube, namespace: str, name: str) -> bool:
+    return await kube.exists("v1", "Secret", namespace, name)
+
+
+async def _invalid(kube: Kube, body: Mapping[str, Any], message: str, generation: int | None) -> None:
+    # The CRD's schema and CEL rules reject almost everything at admission; what slips through (an
+    # object stored by an older CRD) is a condition, not a crash or a retry loop.
+    old = status_conditions(body.get("status"))
+    conditions = set_condition(
+        old, core.Cond.READY, ConditionStatus.FALSE, "InvalidSpec", message, generation, utc_now()
+    )
+    status = {"conditions": [c.to_wire() for c in conditions], "observedGeneration": generation}
+    await kube.patch_status(body, status)
+    post_transition_events(
+        body, old, conditions, warning_when_true=frozenset(), warning_when_false=frozenset({"Ready"})
+    )
+
+
+def _kopf_body(body: Mapping[str, Any]) -> kopf.Body:
+    return kopf.Body(cast(kopf.RawBody, dict(body)))
+
+
+async def _run(key: Key, memo: Any, kwargs: Mapping[str, Any], *, retry: bool = True) -> None:
+    await LOOP.run(key, lambda: reconcile(key, memo, kwargs), retry=retry)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+async def on_modelservice(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    if namespace:
+        await _run((namespace, name), memo, kwargs)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def ms_deleted(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    if type == "DELETED" and namespace:
+        LOOP.forget((namespace, name))
+        _WRITTEN.pop((namespace, name), None)
+
+
+async def _child_event(namespace: str | None, labels: Mapping[str, str], memo: Any, kwargs: Mapping[str, Any]) -> None:
+    key = _owner(namespace, labels)
+    if key is not None and key in kwargs["ms_bodies"]:
+        await _run(key, memo, kwargs, retry=False)
+
+
+async def ms_child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any) -> None:
+    await _child_event(namespace, labels, memo, kwargs)
+
+
+for _group, _version, _plural in CHILD_INDEXES.values():
+    kopf.on.event(_group, _version, _plural, id=f"ms-{_plural}", labels={PARENT_LABEL: kopf.PRESENT})(ms_child_changed)
+
+
+@kopf.on.event(GROUP, VERSION, "trainingjobs")
+async def ms_training_job_changed(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    index: kopf.Index[Key, dict[str, Any]] = kwargs["ms_bodies"]
+    for key in list(index):
+        if key[0] != namespace:
+            continue
+        for body in index.get(key) or ():
+            if _refers_to(body, name, kwargs):
+                await _run(key, memo, kwargs, retry=False)
+
+
+def _refers_to(body: Mapping[str, Any], job_name: str, kwargs: Mapping[str, Any]) -> bool:
+    model = body.get("spec", {}).get("model", {})
+    if (model.get("trainingJobRef") or {}).get("name") == job_name:
+        return True
+    selector = (model.get("trainingJobSelector") or {}).get("matchLabels")
+    if selector is None:
+        return False
+    job = next(
+        (
+            j
+            for j in _values(kwargs["ms_training_jobs"], body["metadata"]["namespace"])
+            if j["metadata"]["name"] == job_name
+        ),
+        None,
+    )
+    labels = (job or {}).get("metadata", {}).get("labels") or {}
+    # A deleted job is gone from the index: reconcile anyway, the newest match may have changed.
+    return job is None or all(labels.get(k) == v for k, v in selector.items())

@@ -1,0 +1,67 @@
+"""The pure parts of the ModelService handlers: status assembly and the parent's identity."""
+
+from __future__ import annotations
+
+from kubemaas.api.base import ConditionStatus
+from kubemaas.controllers import modelservice as handlers
+from kubemaas.controllers import modelservice_core as core
+
+BODY = {
+    "apiVersion": "kubemaas.io/v1alpha1",
+    "kind": "ModelService",
+    "metadata": {"name": "digits", "namespace": "serving", "uid": "u-1", "generation": 3},
+    "status": {
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "RollingOut",
+                "message": "",
+                "lastTransitionTime": "2026-11-29T10:00:00Z",
+                "observedGeneration": 2,
+            }
+        ]
+    },
+}
+
+
+def outcome(**status: object) -> core.Outcome:
+    decision = core.ConditionDecision("Ready", ConditionStatus.TRUE, "Serving", "serving v1")
+    return core.Outcome(apply=[], delete=[], status=dict(status), conditions=[decision], events=[])
+
+
+def test_status_drops_unset_fields_and_fields_the_crd_does_not_know() -> None:
+    status, old, new = handlers.new_status(
+        BODY, outcome(servedVersion="v1", canaryVersion=None, notInTheCrd="x", observedGeneration=3), 3
+    )
+    assert "canaryVersion" not in status
+    assert "notInTheCrd" not in status
+    assert status["servedVersion"] == "v1"
+    assert [c["type"] for c in status["conditions"]] == ["Ready"]
+    assert status["conditions"][0]["status"] == "True"
+    assert status["conditions"][0]["observedGeneration"] == 3
+    assert [c.status for c in old] == [ConditionStatus.FALSE]
+    assert [c.status for c in new] == [ConditionStatus.TRUE]
+
+
+def test_parent_labels_select_every_serving_pod() -> None:
+    parent = handlers.parent_for(BODY)
+    assert parent.selector == {"kubemaas.io/modelservice": "digits"}
+    assert parent.labels["app.kubernetes.io/managed-by"] == "kubemaas"
+    assert parent.labels["kubemaas.io/modelservice"] == "digits"
+    assert parent.owner_reference["uid"] == "u-1"
+
+
+def test_the_operator_default_triton_image_applies_only_when_the_spec_names_none() -> None:
+    from kubemaas.api.modelservice import ModelService
+
+    spec = {
+        "model": {"uri": "pvc://models/store/digits", "encryption": {"keySecretRef": {"name": "k"}}},
+        "replicas": 1,
+    }
+    body = {"apiVersion": "kubemaas.io/v1alpha1", "kind": "ModelService", "metadata": {"name": "d"}, "spec": spec}
+    assert handlers.serving_options(ModelService.parse(body), "mirror.local/triton:1").triton_image == (
+        "mirror.local/triton:1"
+    )
+    pinned = {**body, "spec": {**spec, "runtime": {"image": "own/triton:2"}}}
+    assert handlers.serving_options(ModelService.parse(pinned), "mirror.local/triton:1").triton_image == "own/triton:2"
