@@ -301,17 +301,23 @@ def _json_equal(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
+def _is_zero(value: Any) -> bool:
+    # Go's `omitempty` drops false, "" and empty lists/maps when the API server stores an object, so an
+    # applied `readOnly: false` or `value: ""` never reads back; absent is the same value.
+    return value is False or value == "" or (isinstance(value, list | dict) and not value)
+
+
 def is_subset(desired: Any, observed: Any) -> bool:
     """Whether every field set in `desired` has the same value in `observed`.
 
     The API server adds defaults (imagePullPolicy, terminationMessagePath, clusterIP, ...), so an
     observed object is a superset of what was applied. Lists match element by element in order (server-side
     apply keeps the applied order). Integers the server stores as strings (quantities: `cpu: 2` -> "2")
-    compare by their text.
+    compare by their text, and a desired false, "" or empty list/map matches an absent field (`omitempty`).
     """
     if isinstance(desired, Mapping):
         return isinstance(observed, Mapping) and all(
-            key in observed and is_subset(value, observed[key]) for key, value in desired.items()
+            is_subset(value, observed[key]) if key in observed else _is_zero(value) for key, value in desired.items()
         )
     if isinstance(desired, list):
         return (
