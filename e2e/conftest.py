@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -192,8 +192,9 @@ class OperatorProcess:
 class OperatorLauncher:
     """Starts `kubemaas run --namespace=<ns>... --standalone` with `kubeconfig`, and starts it again."""
 
-    def __init__(self, kubeconfig: Path, namespaces: list[str], log: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespaces: list[str], log: Path, args: Sequence[str] = ()) -> None:
         self.kubeconfig, self.namespaces, self.log = kubeconfig, namespaces, log
+        self.args = list(args)  # more `kubemaas run` flags, e.g. --watch-timeout
         self.current: OperatorProcess | None = None
 
     def start(self, *, wait: bool = True) -> OperatorProcess:
@@ -209,6 +210,7 @@ class OperatorLauncher:
                     *(f"--namespace={ns}" for ns in self.namespaces),
                     f"--liveness={liveness_url}",
                     f"--metrics-port={metrics_port}",
+                    *self.args,
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

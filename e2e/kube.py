@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +138,27 @@ def scrape(url: str, *prefixes: str) -> dict[str, float]:
             series, value = line.rsplit(" ", 1)
             out[series] = float(value)
     return out
+
+
+RequestKey = tuple[str, str, str]  # (verb, resource, subresource) as apiserver_request_total labels them
+
+
+def apiserver_requests(api_port: int, pki: Path) -> Counter[RequestKey]:
+    """The API server's own request counts (apiserver_request_total summed over codes and scopes), read from
+    its /metrics with the admin client cert of a local control plane's run directory."""
+    from e2e.cluster.control_plane import api_tls
+
+    url = f"https://127.0.0.1:{api_port}/metrics"
+    with urllib.request.urlopen(url, context=api_tls(pki), timeout=30) as response:
+        text = response.read().decode()
+    total: Counter[RequestKey] = Counter()
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
+            total[key] += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def requests_between(before: Counter[RequestKey], after: Counter[RequestKey]) -> Counter[RequestKey]:
+    return Counter({k: after[k] - before[k] for k in after if after[k] > before[k]})

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,8 +116,12 @@ def healthy(cluster: Cluster) -> bool:
     return probe()
 
 
-def up(root: Path | None = None, *, training_operator: bool = True) -> Cluster:
-    """Start everything (or reuse a healthy cluster already recorded in the run dir)."""
+def up(root: Path | None = None, *, training_operator: bool = True, apiserver_args: Sequence[str] = ()) -> Cluster:
+    """Start everything (or reuse a healthy cluster already recorded in the run dir).
+
+    `apiserver_args` are appended to kube-apiserver's flags (a later flag wins), e.g. a short
+    `--min-request-timeout` for a fault test; a restarted API server keeps them.
+    """
     started = time.monotonic()
     root = root or run_dir()
     existing = load(root)
@@ -132,7 +137,7 @@ def up(root: Path | None = None, *, training_operator: bool = True) -> Cluster:
         (root / sub).mkdir(parents=True)
     cluster = Cluster(root, bin_dir)
     try:
-        _start_all(cluster, training_operator)
+        _start_all(cluster, training_operator, tuple(apiserver_args))
     except BaseException:
         cluster.save()
         log("start failed; stopping what was started")
@@ -143,7 +148,7 @@ def up(root: Path | None = None, *, training_operator: bool = True) -> Cluster:
     return cluster
 
 
-def _start_all(cluster: Cluster, training_operator: bool) -> None:
+def _start_all(cluster: Cluster, training_operator: bool, apiserver_args: tuple[str, ...]) -> None:
     pki, logs, configs = cluster.root / "pki", cluster.root / "logs", cluster.root / "kubeconfigs"
     ca = CertificateAuthority(pki, "ca")
     sa = service_account_keys(pki)
@@ -151,7 +156,7 @@ def _start_all(cluster: Cluster, training_operator: bool) -> None:
     server = f"https://127.0.0.1:{cluster.api_port}"
 
     etcd_url = _start_etcd(cluster, logs)
-    _start_apiserver(cluster, ca, sa, etcd_url, logs)
+    _start_apiserver(cluster, ca, sa, etcd_url, logs, apiserver_args)
     identities = {
         "admin": ("kubernetes-admin", "system:masters"),
         "kube-controller-manager": ("system:kube-controller-manager", None),
@@ -214,7 +219,9 @@ def _start_etcd(cluster: Cluster, logs: Path) -> str:
     return url
 
 
-def _start_apiserver(cluster: Cluster, ca: CertificateAuthority, sa: KeyPair, etcd_url: str, logs: Path) -> None:
+def _start_apiserver(
+    cluster: Cluster, ca: CertificateAuthority, sa: KeyPair, etcd_url: str, logs: Path, extra: tuple[str, ...]
+) -> None:
     pki = cluster.root / "pki"
     serving = ca.issue(
         "apiserver",
@@ -251,6 +258,7 @@ def _start_apiserver(cluster: Cluster, ca: CertificateAuthority, sa: KeyPair, et
             # No kubelets or kube-proxy reach the loopback-advertised endpoint anyway.
             "--endpoint-reconciler-type=none",
             "--profiling=false",
+            *extra,
         ],
         [cluster.api_port],
     )

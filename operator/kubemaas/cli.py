@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
-from kubemaas.controllers import DEFAULT_METRICS_PORT
+from kubemaas.controllers import DEFAULT_METRICS_PORT, WATCH_SERVER_TIMEOUT
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -38,6 +38,7 @@ def _run(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness,
         metrics_port=args.metrics_port,
         triton_image=args.triton_image,
+        watch_timeout=args.watch_timeout or None,
     )
 
 
@@ -74,6 +75,13 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--triton-image",
         default=DEFAULT_TRITON_IMAGE,
         help=f"Triton image for ModelServices without spec.runtime.image (default {DEFAULT_TRITON_IMAGE})",
+    )
+    p.add_argument(
+        "--watch-timeout",
+        type=int,
+        default=WATCH_SERVER_TIMEOUT,
+        help=f"seconds the API server keeps one watch open (default {WATCH_SERVER_TIMEOUT}); 0 leaves it to the "
+        "API server's --min-request-timeout",
     )
     p.set_defaults(func=_run)
 

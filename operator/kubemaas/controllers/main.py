@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
+from kubemaas.controllers import WATCH_SERVER_TIMEOUT
 from kubemaas.controllers.apply import Kube
 from kubemaas.controllers.metrics import start_metrics_server
 from kubemaas.controllers.settings import OperatorOptions, apply_settings
@@ -20,12 +21,13 @@ def run_operator(
     liveness_endpoint: str | None,
     metrics_port: int | None,
     triton_image: str = DEFAULT_TRITON_IMAGE,
+    watch_timeout: int | None = WATCH_SERVER_TIMEOUT,
 ) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Importing the controller modules registers their handlers with kopf's default registry.
     import kubemaas.controllers.handlers  # noqa: F401
 
-    options = OperatorOptions(standalone=standalone)
+    options = OperatorOptions(standalone=standalone, watch_timeout=watch_timeout)
 
     @kopf.on.startup()
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import kopf
 
+from kubemaas.controllers import WATCH_SERVER_TIMEOUT
 from kubemaas.controllers.labels import MANAGED_BY_SELECTOR
 
 # Under a structural schema the API server prunes `status.kopf`, so kopf keeps its progress in annotations.
@@ -34,6 +35,8 @@ class OperatorOptions:
     """What `kubemaas run` was told on its command line, as the startup handler needs it."""
 
     standalone: bool
+    # None: no timeoutSeconds on watches, the API server ends each after its --min-request-timeout (x1-2).
+    watch_timeout: int | None = WATCH_SERVER_TIMEOUT
 
 
 def apply_settings(settings: kopf.OperatorSettings, options: OperatorOptions) -> None:
@@ -41,8 +44,7 @@ def apply_settings(settings: kopf.OperatorSettings, options: OperatorOptions) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
-    # Ask the API server to end watches before any proxy or load balancer silently drops them.
-    settings.watching.server_timeout = 270
+    settings.watching.server_timeout = options.watch_timeout
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60

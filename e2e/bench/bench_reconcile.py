@@ -1,0 +1,807 @@
+"""Reconcile benchmark: the operator against the API server's own round trips, on the local control plane.
+
+Run from the repository root:  make bench-reconcile   (or .venv/bin/python e2e/bench/bench_reconcile.py
+--n 100 500 --rest-seconds 120). It uses the running local cluster (`python -m e2e.cluster up`) and only
+its own namespaces (`bench-*`, deleted afterwards); the operator it starts watches only those.
+
+For each N, in one run and on the same cluster:
+
+* ModelService: N ModelServices created at once (16 concurrent creates), measured until every child
+  (Deployment, Service) exists and every status is written (status.observedGeneration), from watches.
+* Baseline: the same N ModelServices in another namespace with no operator watching it, and this script
+  writing exactly the children and status the operator would (bodies from the operator's own pure core and
+  `kubemaas.manifests` builders, server-side apply through the operator's own `Kube` client: same library,
+  same 16-thread concurrency), each object's writes starting as soon as its create returned. This is the
+  physical limit: the API round trips without watches, indexes or kopf.
+* TrainingJob -> PyTorchJob through Kubemaas, and the peer: the Kubeflow training operator (Go,
+  controller-runtime) on the same cluster turning the same number of PyTorchJobs (the bodies Kubemaas made)
+  into pods.
+
+Per phase: total seconds, ratio to the baseline, p50/p99 create -> child exists, API requests per object by
+verb and resource (apiserver_request_total deltas, scraped with the admin client cert; the cluster is shared,
+so other clients' requests in the same window are included), operator CPU seconds and peak RSS (psutil).
+Then the objects at rest: the operator's own write counters per minute (target 0), the API server's write
+counts for our resources, and RSS.
+
+ModelServices are created with `replicas: 0`: the benchmark measures the operator's reconcile, not
+controller-manager and kwok running pods (which the shared cluster has no capacity for at N=500).
+Writes e2e/bench/results/reconcile.json and reconcile.png and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from kubernetes import client, config, watch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from e2e.cluster import control_plane  # noqa: E402
+from e2e.cluster.processes import free_port, http_probe, wait_ready  # noqa: E402
+from e2e.conftest import PSS_RESTRICTED  # noqa: E402
+from e2e.kube import apiserver_requests, apply_crd, load_crds, requests_between  # noqa: E402
+from kubemaas.api import ModelService  # noqa: E402
+from kubemaas.controllers import modelservice as ms_controller  # noqa: E402
+from kubemaas.controllers import modelservice_core as ms_core  # noqa: E402
+from kubemaas.controllers.apply import Kube  # noqa: E402
+from kubemaas.controllers.conditions import utc_now  # noqa: E402
+
+RESULTS = REPO_ROOT / "e2e" / "bench" / "results"
+GROUP, VERSION = "kubemaas.io", "v1alpha1"
+CREATE_CONCURRENCY = 16
+STORE = "pvc://models/store"
+PYTORCHJOB_POD_LABEL = "training.kubeflow.org/job-name"
+PHASE_TIMEOUT = 900.0
+# py-spy (not a project dependency: `pip install py-spy` into any venv and pass --py-spy PATH) samples the
+# operator during the Kubemaas ModelService phase into results/<out>-<N>.profile.txt (collapsed stacks).
+PROFILER: dict[str, Any] = {}
+
+
+@dataclass
+class Phase:
+    name: str
+    n: int
+    seconds: float  # first create sent -> last child and status seen
+    p50_ms: float  # create sent -> the primary child (Deployment, PyTorchJob, pods) exists
+    p99_ms: float
+    requests_per_object: dict[str, float]  # "VERB resource[/sub]" -> requests / N, over the phase
+    operator_cpu_seconds: float | None = None
+    operator_peak_rss_mb: float | None = None
+    ratio_to_baseline: float | None = None
+
+
+@dataclass
+class Rest:
+    objects: int
+    seconds: float
+    operator_writes_per_minute: float  # the operator's own counters: children applied + status patches
+    parents_written: int  # ModelServices/TrainingJobs whose resourceVersion changed (kopf's annotations too)
+    apiserver_writes_per_minute: dict[str, float]
+    operator_rss_mb: float
+    watch_reconnects: float
+
+
+@dataclass
+class Run:
+    n: int
+    phases: list[Phase] = field(default_factory=list)
+    rest: Rest | None = None
+
+
+# --------------------------------------------------------------------------- cluster access
+
+
+class Bench:
+    def __init__(self, cluster: control_plane.Cluster) -> None:
+        self.cluster = cluster
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
+        # The creators (16 threads), the baseline's Kube (16) and the watches share one pool: no waiting on it.
+        configuration.connection_pool_maxsize = 48
+        self.api = client.ApiClient(configuration)
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.made_volumes: list[str] = []
+
+    def requests(self) -> Counter[tuple[str, str, str]]:
+        return apiserver_requests(self.cluster.api_port, self.cluster.root / "pki")
+
+    def namespace(self, stem: str) -> str:
+        name = f"bench-{stem}-{uuid.uuid4().hex[:5]}"
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=PSS_RESTRICTED)))
+        return name
+
+    def claim(self, namespace: str, name: str) -> None:
+        pv = f"{namespace}-{name}"
+        self.made_volumes.append(pv)
+        self.core.create_persistent_volume(
+            {
+                "metadata": {"name": pv},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": f"/tmp/kubemaas-bench/{pv}"},
+                    "claimRef": {"namespace": namespace, "name": name},
+                },
+            }
+        )
+        self.core.create_namespaced_persistent_volume_claim(
+            namespace,
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": pv,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        )
+
+    def serving_namespace(self, stem: str) -> tuple[str, dict[str, Any]]:
+        """A namespace with the store claim, a key Secret and a TrainingJob that published v1."""
+        namespace = self.namespace(stem)
+        self.claim(namespace, "models")
+        self.core.create_namespaced_secret(
+            namespace, {"metadata": {"name": "digits-key"}, "stringData": {"active": "k1"}}
+        )
+        job = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "TrainingJob",
+            "metadata": {"name": "digits"},
+            "spec": {
+                "image": "kubemaas/trainer:0.1.0",
+                "resources": {"gpus": 1},
+                "output": {"uri": STORE, "modelName": "digits"},
+                "encryption": {"keySecretRef": {"name": "digits-key"}},
+            },
+        }
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", job)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        status = {
+            "conditions": [
+                {"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "", "lastTransitionTime": now}
+            ],
+            "completionTime": now,
+            "model": {"uri": f"{STORE}/digits/v1", "version": "v1", "sha256": "0" * 64, "keyId": "k1"},
+        }
+        published = self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "trainingjobs", "digits", {"status": status}
+        )
+        return namespace, dict(published)
+
+    def cleanup(self, namespaces: list[str]) -> None:
+        for namespace in namespaces:
+            try:
+                self.core.delete_namespace(namespace)
+            except client.ApiException as error:
+                if error.status != 404:
+                    raise
+        for pv in [v for v in self.made_volumes if v.startswith(tuple(namespaces))]:
+            self.made_volumes.remove(pv)
+            try:
+                self.core.delete_persistent_volume(pv)
+            except client.ApiException as error:
+                if error.status != 404:
+                    raise
+
+
+# --------------------------------------------------------------------------- first-seen times from watches
+
+
+class FirstSeen:
+    """Watches one kind in one namespace and records, per key, the wall time `key_of(obj)` first held."""
+
+    def __init__(
+        self,
+        list_fn: Callable[..., Any],
+        namespace: str,
+        key_of: Callable[[dict[str, Any]], str | None],
+        label_selector: str | None = None,
+    ) -> None:
+        self.list_fn, self.namespace, self.key_of, self.label_selector = list_fn, namespace, key_of, label_selector
+        self.times: dict[str, float] = {}
+        self.counts: Counter[str] = Counter()  # for keys that need several objects (pods of one job)
+        self._seen: set[str] = set()
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> FirstSeen:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            w = watch.Watch()
+            try:
+                kwargs: dict[str, Any] = {"timeout_seconds": 30}
+                if self.label_selector:
+                    kwargs["label_selector"] = self.label_selector
+                for event in w.stream(self.list_fn, self.namespace, **kwargs):
+                    now = time.time()
+                    obj = event["object"]
+                    raw = obj if isinstance(obj, dict) else client.ApiClient().sanitize_for_serialization(obj)
+                    key = self.key_of(raw)
+                    uid = raw["metadata"]["uid"]
+                    if key is not None and uid not in self._seen:
+                        self._seen.add(uid)
+                        self.counts[key] += 1
+                        self.times.setdefault(f"{key}#{self.counts[key]}", now)
+                    with self._changed:
+                        self._changed.notify_all()
+                    if self._stop.is_set():
+                        w.stop()
+            except Exception:  # a watch ended by the server or a reset: watch again
+                time.sleep(0.2)
+
+    def wait(self, want: Callable[[FirstSeen], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not want(self):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"timed out after {timeout:.0f}s; seen {len(self.times)}")
+                self._changed.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def first(self, key: str, count: int = 1) -> float | None:
+        return self.times.get(f"{key}#{count}")
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"]["name"])
+
+
+def _status_written(obj: dict[str, Any]) -> str | None:
+    status = obj.get("status") or {}
+    return _name(obj) if status.get("observedGeneration") or status.get("conditions") else None
+
+
+# --------------------------------------------------------------------------- the operator process
+
+
+@dataclass
+class Operator:
+    process: subprocess.Popen[bytes]
+    metrics_url: str
+    log: Path
+
+    @property
+    def ps(self) -> psutil.Process:
+        return psutil.Process(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def rss_mb(self) -> float:
+        return float(self.ps.memory_info().rss) / 2**20
+
+    def _sum(self, *prefixes: str) -> float:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefixes))
+
+    def writes(self) -> float:
+        return self._sum("kubemaas_children_applied_total{", "kubemaas_status_writes_total{")
+
+    def settle(self, quiet: float = 5.0, limit: float = 120.0) -> None:
+        """Return once the operator ran no reconcile for `quiet` seconds: the tail of a burst (children's
+        status events) must not run into the next phase's measurement."""
+        deadline = time.monotonic() + limit
+        last = self._sum("kubemaas_reconcile_total{")
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self._sum("kubemaas_reconcile_total{")
+            if now == last:
+                return
+            last = now
+
+
+@contextmanager
+def operator(cluster: control_plane.Cluster, namespaces: list[str], log: Path, n: int) -> Iterator[Operator]:
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    metrics_port = free_port()
+    command = [str(Path(sys.executable).with_name("kubemaas"))]
+    if PROFILER.get("tracemalloc"):
+        memory = RESULTS / f"{PROFILER['stem']}-{n}.memory.txt"
+        wrapper = Path(__file__).with_name("traced_operator.py")
+        command = [sys.executable, "-X", "tracemalloc=1", str(wrapper), str(memory)]
+    scope = [f"--namespace={ns}" for ns in namespaces]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                *command,
+                "run",
+                *scope,
+                "--standalone",
+                "--liveness",
+                liveness,
+                "--metrics-port",
+                str(metrics_port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+            cwd=REPO_ROOT,
+        )
+    try:
+        from e2e.cluster.processes import Running
+
+        wait_ready(Running("kubemaas run", process.pid, "kubemaas", str(log), []), process, http_probe(liveness), 120)
+        yield Operator(process, f"http://127.0.0.1:{metrics_port}/metrics", log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def profiling(op: Operator | None, n: int) -> Iterator[None]:
+    if op is None or not PROFILER.get("py_spy"):
+        yield
+        return
+    out = RESULTS / f"{PROFILER['stem']}-{n}.profile.txt"
+    command = [PROFILER["py_spy"], "record", "--pid", str(op.process.pid), "--rate", "50", "--format", "raw"]
+    spy = subprocess.Popen(
+        [*command, "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        spy.send_signal(2)  # SIGINT: py-spy writes the profile and exits
+        spy.wait(timeout=60)
+
+
+@contextmanager
+def sampling_rss(op: Operator | None) -> Iterator[list[float]]:
+    peak: list[float] = [0.0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set() and op is not None:
+            peak[0] = max(peak[0], op.rss_mb())
+            stop.wait(0.2)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def model_service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelService",
+        "metadata": {"name": name},
+        "spec": {"model": {"trainingJobRef": {"name": "digits"}}, "replicas": 0},
+    }
+
+
+def create_all(bodies: list[dict[str, Any]], create: Callable[[dict[str, Any]], Any]) -> dict[str, float]:
+    """Create every body with CREATE_CONCURRENCY threads; returns name -> wall time the create was sent."""
+    sent: dict[str, float] = {}
+
+    def one(body: dict[str, Any]) -> None:
+        sent[body["metadata"]["name"]] = time.time()
+        create(body)
+
+    with ThreadPoolExecutor(CREATE_CONCURRENCY) as pool:
+        list(pool.map(one, bodies))
+    return sent
+
+
+def per_object(window: Counter[tuple[str, str, str]], n: int, resources: set[str]) -> dict[str, float]:
+    out = {
+        f"{verb} {resource}{'/' + sub if sub else ''}": round(count / n, 2)
+        for (verb, resource, sub), count in window.items()
+        if resource in resources
+    }
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def latencies(sent: dict[str, float], seen: FirstSeen, count: int = 1) -> tuple[float, float]:
+    ms = sorted((seen.first(name, count) or 0.0) - t for name, t in sent.items())
+    ms = [1000 * x for x in ms]
+    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+    return statistics.median(ms), p99
+
+
+MS_RESOURCES = {"modelservices", "deployments", "services", "secrets", "events", "trainingjobs"}
+
+
+def phase_modelservices(bench: Bench, namespace: str, n: int, op: Operator | None, baseline_job: Any) -> Phase:
+    """With `op`, the operator reconciles; without, this process writes the same children (the baseline)."""
+    apps = client.AppsV1Api(bench.api)
+    deployments = FirstSeen(apps.list_namespaced_deployment, namespace, _name).start()
+    services = FirstSeen(bench.core.list_namespaced_service, namespace, _name).start()
+    statuses = FirstSeen(
+        lambda ns, **kw: bench.custom.list_namespaced_custom_object(GROUP, VERSION, ns, "modelservices", **kw),
+        namespace,
+        _status_written,
+    ).start()
+    time.sleep(1.0)  # the watches are established
+    bodies = [model_service(f"ms-{i:04d}") for i in range(n)]
+    before, cpu_before = bench.requests(), op.cpu_seconds() if op else 0.0
+    with sampling_rss(op) as peak, profiling(op, n):
+        started = time.time()
+        if op is not None:
+            sent = create_all(
+                bodies,
+                lambda b: bench.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", b),
+            )
+        else:
+            sent = asyncio.run(baseline_modelservices(bench, namespace, bodies, baseline_job))
+        for seen in (deployments, services, statuses):
+            seen.wait(lambda s: len(s.times) >= n, PHASE_TIMEOUT)
+        ended = max(max(s.times.values()) for s in (deployments, services, statuses))
+    window = requests_between(before, bench.requests())
+    for seen in (deployments, services, statuses):
+        seen.stop()
+    p50, p99 = latencies(sent, deployments)
+    return Phase(
+        name="ModelService (Kubemaas)" if op else "ModelService (baseline)",
+        n=n,
+        seconds=round(ended - started, 2),
+        p50_ms=round(p50, 1),
+        p99_ms=round(p99, 1),
+        requests_per_object=per_object(window, n, MS_RESOURCES),
+        operator_cpu_seconds=round(op.cpu_seconds() - cpu_before, 2) if op else None,
+        operator_peak_rss_mb=round(peak[0], 1) if op else None,
+    )
+
+
+async def baseline_modelservices(
+    bench: Bench, namespace: str, bodies: list[dict[str, Any]], job: dict[str, Any]
+) -> dict[str, float]:
+    """Create each ModelService, then write what the operator's reconcile writes for it: children by
+    server-side apply and the status, through the operator's own Kube client."""
+    kube = Kube(bench.api)
+    sent: dict[str, float] = {}
+    gate = asyncio.Semaphore(CREATE_CONCURRENCY)
+
+    async def one(body: dict[str, Any]) -> None:
+        async with gate:
+            sent[body["metadata"]["name"]] = time.time()
+            created = await kube.create({**body, "metadata": {**body["metadata"], "namespace": namespace}})
+        assert created is not None
+        ms = ModelService.parse(created)
+        observed = ms_core.Observed(
+            training_jobs=[job], secrets={name: True for name in ms_core.required_secrets(ms, [job])}
+        )
+        outcome = ms_core.reconcile(
+            ms,
+            ms_core.Previous.from_status(None),
+            observed,
+            ms_controller.parent_for(created),
+            ms_controller.serving_options(ms),
+            utc_now(),
+        )
+        for obj in outcome.apply:
+            await kube.apply(obj, None)
+        status, _, _ = ms_controller.new_status(created, outcome, created["metadata"].get("generation"))
+        await kube.patch_status(created, status)
+
+    try:
+        await asyncio.gather(*(one(b) for b in bodies))
+    finally:
+        kube._pool.shutdown(wait=True)
+    return sent
+
+
+def training_job(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "image": "registry.k8s.io/pause:3.10",
+            "command": ["python", "-m", "train"],
+            "replicas": 1,
+            "backend": "PyTorchJob",
+            "resources": {"cpu": "10m", "memory": "16Mi"},
+            "data": {"uri": "pvc://datasets/digits"},
+            "output": {"uri": STORE},
+            "encryption": {"keySecretRef": {"name": f"{name}-key"}},
+        },
+    }
+
+
+TJ_RESOURCES = {"trainingjobs", "pytorchjobs", "secrets", "events", "pods", "services"}
+
+
+def phase_trainingjobs(bench: Bench, namespace: str, n: int, op: Operator) -> Phase:
+    pytorchjobs = FirstSeen(
+        lambda ns, **kw: bench.custom.list_namespaced_custom_object("kubeflow.org", "v1", ns, "pytorchjobs", **kw),
+        namespace,
+        _name,
+    ).start()
+    statuses = FirstSeen(
+        lambda ns, **kw: bench.custom.list_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", **kw),
+        namespace,
+        _status_written,
+    ).start()
+    time.sleep(1.0)
+    bodies = [training_job(f"tj-{i:04d}") for i in range(n)]
+    before, cpu_before = bench.requests(), op.cpu_seconds()
+    with sampling_rss(op) as peak:
+        started = time.time()
+        sent = create_all(
+            bodies, lambda b: bench.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", b)
+        )
+        for seen in (pytorchjobs, statuses):
+            seen.wait(lambda s: len(s.times) >= n, PHASE_TIMEOUT)
+        ended = max(max(s.times.values()) for s in (pytorchjobs, statuses))
+    window = requests_between(before, bench.requests())
+    for seen in (pytorchjobs, statuses):
+        seen.stop()
+    p50, p99 = latencies(sent, pytorchjobs)
+    return Phase(
+        name="TrainingJob -> PyTorchJob (Kubemaas)",
+        n=n,
+        seconds=round(ended - started, 2),
+        p50_ms=round(p50, 1),
+        p99_ms=round(p99, 1),
+        requests_per_object=per_object(window, n, TJ_RESOURCES),
+        operator_cpu_seconds=round(op.cpu_seconds() - cpu_before, 2),
+        operator_peak_rss_mb=round(peak[0], 1),
+    )
+
+
+def phase_peer(bench: Bench, source_namespace: str, namespace: str, n: int) -> Phase:
+    """The Kubeflow training operator: the PyTorchJobs Kubemaas made, created again without an owner,
+    measured from create to every pod of the job existing."""
+    templates = bench.custom.list_namespaced_custom_object("kubeflow.org", "v1", source_namespace, "pytorchjobs")[
+        "items"
+    ]
+    template = templates[0]
+    pods_per_job = sum(int(r.get("replicas", 1)) for r in template["spec"]["pytorchReplicaSpecs"].values())
+    bodies = []
+    for i in range(n):
+        spec = json.loads(json.dumps(template["spec"]))
+        bodies.append(
+            {
+                "apiVersion": "kubeflow.org/v1",
+                "kind": "PyTorchJob",
+                "metadata": {"name": f"peer-{i:04d}"},
+                "spec": spec,
+            }
+        )
+    pods = FirstSeen(
+        bench.core.list_namespaced_pod,
+        namespace,
+        lambda pod: (pod["metadata"].get("labels") or {}).get(PYTORCHJOB_POD_LABEL),
+        label_selector=PYTORCHJOB_POD_LABEL,
+    ).start()
+    time.sleep(1.0)
+    before = bench.requests()
+    started = time.time()
+    sent = create_all(
+        bodies,
+        lambda b: bench.custom.create_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs", b),
+    )
+    pods.wait(lambda s: sum(1 for k in s.counts if s.counts[k] >= pods_per_job) >= n, PHASE_TIMEOUT)
+    ended = max(pods.times.values())
+    window = requests_between(before, bench.requests())
+    pods.stop()
+    p50, p99 = latencies(sent, pods, pods_per_job)
+    return Phase(
+        name=f"PyTorchJob -> {pods_per_job} pod(s) (Kubeflow, Go)",
+        n=n,
+        seconds=round(ended - started, 2),
+        p50_ms=round(p50, 1),
+        p99_ms=round(p99, 1),
+        requests_per_object=per_object(window, n, {"pytorchjobs", "pods", "services", "events"}),
+    )
+
+
+def parent_versions(bench: Bench, namespaces: list[str]) -> dict[str, str]:
+    """uid -> resourceVersion of every ModelService and TrainingJob in `namespaces`: only Kubemaas (and kopf
+    on its behalf) writes them once created, so a changed version is a write of ours."""
+    out: dict[str, str] = {}
+    for namespace in namespaces:
+        for plural in ("modelservices", "trainingjobs"):
+            for obj in bench.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]:
+                out[obj["metadata"]["uid"]] = obj["metadata"]["resourceVersion"]
+    return out
+
+
+def rest(bench: Bench, op: Operator, namespaces: list[str], seconds: float) -> Rest:
+    time.sleep(10)  # the burst's last status writes and child events land
+    before, writes_before, versions = bench.requests(), op.writes(), parent_versions(bench, namespaces)
+    time.sleep(seconds)
+    window = requests_between(before, bench.requests())
+    versions_after = parent_versions(bench, namespaces)
+    if PROFILER.get("tracemalloc"):
+        op.process.send_signal(signal.SIGUSR1)  # traced_operator.py writes the live allocations
+        time.sleep(20)
+    writes = op.writes() - writes_before
+    ours = MS_RESOURCES | TJ_RESOURCES
+    api_writes = {
+        f"{verb} {resource}{'/' + sub if sub else ''}": round(count * 60 / seconds, 1)
+        for (verb, resource, sub), count in window.items()
+        if verb in ("POST", "PUT", "PATCH", "APPLY") and resource in ours
+    }
+    return Rest(
+        objects=len(versions),
+        seconds=seconds,
+        operator_writes_per_minute=round(writes * 60 / seconds, 2),
+        parents_written=sum(1 for uid, rv in versions.items() if versions_after.get(uid) != rv),
+        apiserver_writes_per_minute=api_writes,
+        operator_rss_mb=round(op.rss_mb(), 1),
+        watch_reconnects=float(sum(c for (verb, _, _), c in window.items() if verb == "WATCH")),
+    )
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run_one(bench: Bench, n: int, tj_n: int, rest_seconds: float, log_dir: Path) -> Run:
+    run = Run(n)
+    ms_ns, job = bench.serving_namespace("ms")
+    base_ns, base_job = bench.serving_namespace("base")
+    tj_ns = bench.namespace("tj")
+    for claim in ("datasets", "models"):
+        bench.claim(tj_ns, claim)
+    peer_ns = bench.namespace("peer")
+    namespaces = [ms_ns, base_ns, tj_ns, peer_ns]
+    try:
+        with operator(bench.cluster, [ms_ns, tj_ns], log_dir / f"operator-{n}.log", n) as op:
+            print(f"[bench] N={n}: operator up (rss {op.rss_mb():.0f} MB)", flush=True)
+            # The baseline first, while the operator (watching other namespaces) is idle; then the operator.
+            baseline = phase_modelservices(bench, base_ns, n, None, base_job)
+            print(f"[bench]   {baseline}", flush=True)
+            time.sleep(5)
+            kubemaas = phase_modelservices(bench, ms_ns, n, op, job)
+            print(f"[bench]   {kubemaas}", flush=True)
+            op.settle()
+            kubemaas.ratio_to_baseline = round(kubemaas.seconds / baseline.seconds, 2)
+            run.phases += [kubemaas, baseline]
+            if tj_n:
+                tj = phase_trainingjobs(bench, tj_ns, tj_n, op)
+                print(f"[bench]   {tj}", flush=True)
+                op.settle()
+                peer = phase_peer(bench, tj_ns, peer_ns, tj_n)
+                print(f"[bench]   {peer}", flush=True)
+                bench.cleanup([peer_ns])  # its pods hold kwok capacity other sessions' tests need
+                run.phases += [tj, peer]
+            if rest_seconds:
+                run.rest = rest(bench, op, [ms_ns, tj_ns], rest_seconds)
+                print(f"[bench]   {run.rest}", flush=True)
+    finally:
+        bench.cleanup(namespaces)
+    return run
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "note": "shared 2-core machine: other sessions' tests ran on the same cluster during the run",
+    }
+
+
+def table(runs: list[Run]) -> str:
+    lines = [
+        "| N | phase | total s | ratio | p50 ms | p99 ms | op CPU s | op peak RSS MB | requests/object (top 4) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        for p in run.phases:
+            top = ", ".join(f"{k} {v}" for k, v in list(p.requests_per_object.items())[:4])
+            lines.append(
+                f"| {p.n} | {p.name} | {p.seconds:.1f} | {p.ratio_to_baseline or ''} | {p.p50_ms:.0f} | {p.p99_ms:.0f}"
+                f" | {p.operator_cpu_seconds if p.operator_cpu_seconds is not None else ''}"
+                f" | {p.operator_peak_rss_mb if p.operator_peak_rss_mb is not None else ''} | {top} |"
+            )
+        if run.rest:
+            r = run.rest
+            lines.append(
+                f"| {run.n} | at rest, {r.objects} parents, {r.seconds:.0f} s | | | | | | {r.operator_rss_mb}"
+                f" | operator writes/min {r.operator_writes_per_minute}, parents written {r.parents_written} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = [r.n for r in runs]
+
+    def series(prefix: str, attr: str) -> list[float]:
+        return [float(next(getattr(p, attr) for p in r.phases if p.name.startswith(prefix))) for r in runs]
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(ns, series("ModelService (Kubemaas)", "seconds"), "o-", label="ModelService, Kubemaas")
+    left.plot(ns, series("ModelService (baseline)", "seconds"), "s--", label="ModelService, baseline (raw API)")
+    if all(any(p.name.startswith("TrainingJob") for p in r.phases) for r in runs):
+        left.plot(ns, series("TrainingJob", "seconds"), "^-", label="TrainingJob -> PyTorchJob, Kubemaas")
+        left.plot(ns, series("PyTorchJob", "seconds"), "v--", label="PyTorchJob -> pods, Kubeflow (Go)")
+    left.set_xlabel("objects created at once (N)")
+    left.set_ylabel("seconds until every child and status exists")
+    left.legend(fontsize=8)
+    right.plot(ns, series("ModelService (Kubemaas)", "ratio_to_baseline"), "o-")
+    right.axhline(1.3, color="grey", linestyle=":", label="target 1.3")
+    right.set_xlabel("N")
+    right.set_ylabel("Kubemaas / baseline")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[100, 500])
+    # Each TrainingJob and each peer PyTorchJob runs a pod on the shared kwok nodes (550 pods in all).
+    parser.add_argument("--tj-max", type=int, default=100, help="at most this many TrainingJobs per N")
+    parser.add_argument("--rest-seconds", type=float, default=120.0, help="the at-rest window after the largest N")
+    parser.add_argument("--out", default="reconcile", help="results file stem in e2e/bench/results")
+    parser.add_argument("--py-spy", default=None, help="py-spy executable: profile the operator's ModelService phase")
+    parser.add_argument("--tracemalloc", action="store_true", help="the operator's live allocations after the rest")
+    args = parser.parse_args()
+    PROFILER.update(py_spy=args.py_spy, stem=args.out, tracemalloc=args.tracemalloc)
+
+    cluster = control_plane.up()
+    bench = Bench(cluster)
+    for crd in load_crds():
+        apply_crd(bench.api, crd)
+    info = machine()
+    log_dir = RESULTS / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for n in args.n:
+        rest_seconds = args.rest_seconds if n == max(args.n) else 0.0
+        runs.append(run_one(bench, n, min(n, args.tj_max), rest_seconds, log_dir))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(
+        json.dumps({"machine": info, "runs": [asdict(r) for r in runs]}, indent=2) + "\n"
+    )
+    plot(runs, RESULTS / f"{args.out}.png")
+    print(table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
