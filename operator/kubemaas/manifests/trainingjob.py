@@ -27,6 +27,12 @@ from kubemaas.api.core import DEFAULT_GPU_RESOURCE, RESERVED_VOLUME_PREFIX
 from kubemaas.api.trainingjob import KeyGeneration, Quantization, TrainingJob
 from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
 from kubemaas.controllers.labels import owner_reference as _owner_reference
+from kubemaas.manifests.pods import (
+    WORKLOAD_UID,
+    claim_name,
+    restricted_container_security_context,
+    restricted_pod_security_context,
+)
 from kubemaas.runtime.artifacts import DEFAULT_MOUNT_ROOT
 from kubemaas.runtime.keyring import ACTIVE_FILE, KEY_BYTES, KEY_FILE_PREFIX
 from kubemaas.runtime.termination import ExitCode
@@ -41,7 +47,6 @@ JOB_CONTAINER = "trainer"
 # Kubeflow reads MASTER_PORT from the container port with this name; naming it keeps both backends on one port.
 PYTORCH_PORT_NAME = "pytorchjob-port"
 MASTER_PORT = contract.DEFAULT_MASTER_PORT
-TRAINER_UID = 65532
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
@@ -65,11 +70,6 @@ class Claim:
     @property
     def mount_path(self) -> str:
         return f"{DEFAULT_MOUNT_ROOT}/{self.name}"
-
-
-def claim_name(uri: str) -> str:
-    """`pvc://<claim>/<path>` -> `<claim>` (the API validated the URI's shape)."""
-    return uri.removeprefix("pvc://").split("/", 1)[0]
 
 
 def claims(job: TrainingJob, *, rank0: bool) -> list[Claim]:
@@ -173,12 +173,9 @@ def _resources(job: TrainingJob) -> dict[str, Any]:
 def container_security_context() -> dict[str, Any]:
     """Pod Security `restricted`, plus a read-only root filesystem (the trainer writes only to /tmp and mounts)."""
     return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "runAsUser": TRAINER_UID,
-        "runAsGroup": TRAINER_UID,
+        **restricted_container_security_context(),
+        "runAsUser": WORKLOAD_UID,
+        "runAsGroup": WORKLOAD_UID,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
@@ -279,13 +276,7 @@ def pod_spec(
         pod["imagePullSecrets"] = [r.to_wire() for r in spec.image_pull_secrets]
     # Service links would add one variable per Service in the namespace to the training environment.
     pod["enableServiceLinks"] = False
-    pod["securityContext"] = {
-        "runAsNonRoot": True,
-        "runAsUser": TRAINER_UID,
-        "runAsGroup": TRAINER_UID,
-        "fsGroup": TRAINER_UID,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    pod["securityContext"] = restricted_pod_security_context()
     pod["containers"] = [main]
     pod["volumes"] = volumes
     scheduling = spec.scheduling
