@@ -39,17 +39,27 @@ venv: $(VENV)/.installed ## create .venv with the operator, trainer, serving and
 
 .PHONY: lint
 lint: venv ## ruff and mypy --strict
-	$(BIN)/ruff check $(wildcard operator tests e2e)
+	$(BIN)/ruff check $(wildcard operator tests e2e charts)
 	$(BIN)/ruff format --check operator
 	$(BIN)/mypy --strict
 
+# The chart carries its own copy (Helm installs charts/<name>/crds/ before the templates), plus kopf's
+# peering CRDs for replicas > 1. Both copies come from the same generator.
+CHART := charts/kubemaas
+
 .PHONY: crds
-crds: venv ## regenerate crds/ from the API models
+crds: venv ## regenerate crds/ and the chart's crds/ from the API models
 	$(BIN)/kubemaas crds --out crds
+	$(BIN)/kubemaas crds --out $(CHART)/crds --peering
 
 .PHONY: crds-check
-crds-check: venv ## fail when crds/ is stale against the API models
+crds-check: venv ## fail when crds/ or the chart's copy is stale against the API models
 	$(BIN)/kubemaas crds --check --out crds
+	$(BIN)/kubemaas crds --check --out $(CHART)/crds --peering
+
+.PHONY: chart-readme
+chart-readme: venv ## regenerate the values table of the chart README from values.schema.json
+	$(BIN)/python charts/values_readme.py $(CHART)
 
 .PHONY: unit
 unit: venv ## unit and integration tests (no cluster)

@@ -24,6 +24,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from e2e import waits
+from e2e.chart import Tools, chart_identity
 from e2e.cluster import control_plane, processes
 from e2e.cluster.processes import ComponentError, free_port, log_tail
 
@@ -148,7 +149,7 @@ def namespace(cluster: E2ECluster, request: pytest.FixtureRequest) -> Iterator[s
 
 @dataclass
 class OperatorProcess:
-    """One `kubemaas run`, scoped to the test's namespaces; its whole log is kept for greps."""
+    """One `kubemaas run`; its whole log is kept for greps (restarts of a launcher append to it)."""
 
     process: subprocess.Popen[bytes]
     log: Path
@@ -159,7 +160,7 @@ class OperatorProcess:
         return log_tail(self.log)
 
     def text(self) -> str:
-        """The whole log, every start of this operator included (restarts append)."""
+        """The whole log, every start of the launcher included."""
         return self.log.read_text(errors="replace")
 
     def wait_live(self, timeout: float = 60.0) -> None:
@@ -189,10 +190,10 @@ class OperatorProcess:
 
 
 class OperatorLauncher:
-    """Starts `kubemaas run -n <ns>... --standalone` against the test cluster, and restarts it."""
+    """Starts `kubemaas run --namespace=<ns>... --standalone` with `kubeconfig`, and starts it again."""
 
-    def __init__(self, cluster: E2ECluster, namespaces: list[str], log: Path, args: Sequence[str] = ()) -> None:
-        self.cluster, self.namespaces, self.log = cluster, namespaces, log
+    def __init__(self, kubeconfig: Path, namespaces: list[str], log: Path, args: Sequence[str] = ()) -> None:
+        self.kubeconfig, self.namespaces, self.log = kubeconfig, namespaces, log
         self.args = list(args)  # more `kubemaas run` flags, e.g. --watch-timeout
         self.current: OperatorProcess | None = None
 
@@ -200,27 +201,23 @@ class OperatorLauncher:
         executable = Path(sys.executable).with_name("kubemaas")
         liveness_url = f"http://127.0.0.1:{free_port()}/healthz"
         metrics_port = free_port()
-        scope = [f"--namespace={ns}" for ns in self.namespaces]
         with self.log.open("ab") as log_file:
             process = subprocess.Popen(
                 [
                     str(executable),
                     "run",
-                    *scope,
                     "--standalone",
-                    "--liveness",
-                    liveness_url,
-                    "--metrics-port",
-                    str(metrics_port),
+                    *(f"--namespace={ns}" for ns in self.namespaces),
+                    f"--liveness={liveness_url}",
+                    f"--metrics-port={metrics_port}",
                     *self.args,
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)},
+                env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
                 cwd=REPO,
             )
-        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        self.current = OperatorProcess(process, self.log, liveness_url, metrics_url)
+        self.current = OperatorProcess(process, self.log, liveness_url, f"http://127.0.0.1:{metrics_port}/metrics")
         if wait:
             self.current.wait_live()
         return self.current
@@ -230,27 +227,49 @@ class OperatorLauncher:
             self.current.stop()
 
 
-@pytest.fixture
-def operator_launcher(cluster: E2ECluster, namespace: str, tmp_path: Path) -> Iterator[OperatorLauncher]:
-    """Not started: for tests that start (and kill, and restart) the operator themselves."""
-    launcher = OperatorLauncher(cluster, [namespace], tmp_path / "kubemaas-run.log")
+@contextlib.contextmanager
+def operator_process(kubeconfig: Path, namespace: str, workdir: Path) -> Iterator[OperatorProcess]:
+    """`kubemaas run` as a subprocess watching `namespace`, authenticated by `kubeconfig`; stopped on exit."""
+    launcher = OperatorLauncher(kubeconfig, [namespace], workdir / "kubemaas-run.log")
+    running = launcher.start(wait=False)
     try:
-        yield launcher
+        yield running
+        if running.process.poll() is not None and running.process.returncode != 0:
+            raise ComponentError(f"kubemaas run exited early with {running.process.returncode}:\n{running.tail()}")
     finally:
         launcher.stop()
 
 
 @pytest.fixture
-def operator(operator_launcher: OperatorLauncher) -> Iterator[OperatorProcess]:
+def chart_kubeconfig(cluster: E2ECluster, namespace: str, tmp_path: Path) -> Iterator[Path]:
+    """A kubeconfig for the Helm chart's ServiceAccount with the chart's RBAC for the test's namespace."""
+    local_bin = cluster.local.bin if cluster.local is not None else None
+    tools = Tools.find(local_bin, cluster.kubeconfig, tmp_path / "helm-home")
+    with chart_identity(tools, namespace, tmp_path) as kubeconfig:
+        yield kubeconfig
+
+
+@pytest.fixture
+def operator(chart_kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
     """`kubemaas run` as a subprocess against the test cluster, stopped after the test.
 
     It watches only the test's namespace, so tests (and developers) sharing one cluster never run two
-    operators over the same objects; one replica, so `--standalone` (no peering).
+    operators over the same objects; one replica, so `--standalone` (no peering). It authenticates as the
+    Helm chart's ServiceAccount with the chart's RBAC for that namespace (e2e/chart.py), never as the
+    admin: every scenario that uses this fixture proves the chart grants what the controllers do.
     """
-    running = operator_launcher.start(wait=False)
-    yield running
-    if running.process.poll() is not None and running.process.returncode != 0:
-        raise ComponentError(f"kubemaas run exited early with {running.process.returncode}:\n{running.tail()}")
+    with operator_process(chart_kubeconfig, namespace, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def operator_launcher(chart_kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorLauncher]:
+    """Not started: for tests that start, kill and restart the operator themselves (as the chart's identity)."""
+    launcher = OperatorLauncher(chart_kubeconfig, [namespace], tmp_path / "kubemaas-run.log")
+    try:
+        yield launcher
+    finally:
+        launcher.stop()
 
 
 def restricted_container(name: str = "main", **extra: Any) -> dict[str, Any]:

@@ -105,6 +105,41 @@ def drive_pod(api: client.ApiClient, namespace: str, pod: str, outcome: str, ter
     client.CoreV1Api(api).patch_namespaced_pod(pod, namespace, patch)
 
 
+TRAININGJOB_API = ("kubemaas.io", "v1alpha1", "trainingjobs")
+
+
+def training_job(name: str, **spec: Any) -> dict[str, Any]:
+    """A TrainingJob the kwok cluster can run (pause image, 4 GPU pods); `spec` overrides fields."""
+    return {
+        "apiVersion": f"{TRAININGJOB_API[0]}/{TRAININGJOB_API[1]}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "image": "registry.k8s.io/pause:3.10",
+            "command": ["python", "-m", "train"],
+            "replicas": 4,
+            "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
+            "scheduling": {"nodeSelector": {"nvidia.com/gpu.present": "true"}},
+            "data": {"uri": "pvc://datasets/digits"},
+            "output": {"uri": "pvc://models/store"},
+            "encryption": {"keySecretRef": {"name": f"{name}-key"}},
+            **spec,
+        },
+    }
+
+
+def scrape(url: str, *prefixes: str) -> dict[str, float]:
+    """The series of a Prometheus text endpoint whose lines start with one of `prefixes`."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(prefixes):
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
+
+
 RequestKey = tuple[str, str, str]  # (verb, resource, subresource) as apiserver_request_total labels them
 
 

@@ -292,7 +292,7 @@ WATCH_WINDOW = 30.0
 
 def test_watches_the_api_server_ends_are_resumed_without_a_hot_loop(throwaway: E2ECluster, tmp_path: Path) -> None:
     namespace = serving_namespace(throwaway, "watch-closed")
-    launcher = OperatorLauncher(throwaway, [namespace], tmp_path / "kubemaas-run.log", ["--watch-timeout=0"])
+    launcher = OperatorLauncher(throwaway.kubeconfig, [namespace], tmp_path / "kubemaas-run.log", ["--watch-timeout=0"])
     assert throwaway.local is not None
     local = throwaway.local
     try:
@@ -343,7 +343,7 @@ def test_control_plane_restart_while_reconciling_loses_nothing(
     throwaway: E2ECluster, tmp_path: Path, component: str, downtime: float
 ) -> None:
     namespace = serving_namespace(throwaway, f"restart-{component}")
-    launcher = OperatorLauncher(throwaway, [namespace], tmp_path / "kubemaas-run.log")
+    launcher = OperatorLauncher(throwaway.kubeconfig, [namespace], tmp_path / "kubemaas-run.log")
     assert throwaway.local is not None
     try:
         launcher.start()

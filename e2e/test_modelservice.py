@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,8 @@ from e2e.conftest import E2ECluster, OperatorProcess
 from e2e.kube import apply_crd, load_crds
 
 GROUP, VERSION = "kubemaas.io", "v1alpha1"
+MS_API = f"{GROUP}/{VERSION}"
+VERSION_LABEL = "kubemaas.io/model-version"
 STORE = "pvc://models/store"
 SHA = "0" * 64
 READY_TIMEOUT = 90.0
@@ -92,9 +94,13 @@ def store(cluster: E2ECluster, namespace: str) -> Iterator[str]:
         namespace,
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "digits-key"}, "stringData": {"active": "k1"}},
     )
-    cluster.wait_for(
-        "claim models to be Bound",
-        lambda: core.read_namespaced_persistent_volume_claim("models", namespace).status.phase == "Bound",
+    cluster.wait_object(
+        "v1",
+        "PersistentVolumeClaim",
+        namespace,
+        "models",
+        lambda pvc: (pvc.get("status") or {}).get("phase") == "Bound",
+        what="claim models to be Bound",
         timeout=30,
     )
     try:
@@ -163,6 +169,10 @@ def serve_digits(cluster: E2ECluster, namespace: str, **spec: Any) -> None:
     wait_condition(cluster, namespace, "digits", "Ready")
 
 
+def served(ms: dict[str, Any]) -> str | None:
+    return (ms.get("status") or {}).get("servedVersion")
+
+
 def get_ms(cluster: E2ECluster, namespace: str, name: str) -> dict[str, Any]:
     return dict(custom(cluster).get_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", name))
 
@@ -171,14 +181,43 @@ def condition(ms: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in (ms.get("status") or {}).get("conditions") or () if c["type"] == type_), {})
 
 
+def wait_ms(
+    cluster: E2ECluster,
+    namespace: str,
+    name: str,
+    check: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float = READY_TIMEOUT,
+) -> dict[str, Any]:
+    """Follow the ModelService's watch until `check` holds; returns the object."""
+    return cluster.wait_object(
+        MS_API, "ModelService", namespace, name, lambda ms: ms if check(ms) else None, what=what, timeout=timeout
+    )
+
+
 def wait_condition(
     cluster: E2ECluster, namespace: str, name: str, type_: str, status: str = "True", timeout: float = READY_TIMEOUT
 ) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        ms = get_ms(cluster, namespace, name)
-        return ms if condition(ms, type_).get("status") == status else None
+    return wait_ms(
+        cluster,
+        namespace,
+        name,
+        lambda ms: condition(ms, type_).get("status") == status,
+        f"ModelService {name} {type_}={status}",
+        timeout,
+    )
 
-    return cluster.wait_for(f"ModelService {name} {type_}={status}", check, timeout=timeout)
+
+def wait_deployment_version(cluster: E2ECluster, namespace: str, name: str, version: str, timeout: float = 30) -> None:
+    cluster.wait_object(
+        "apps/v1",
+        "Deployment",
+        namespace,
+        name,
+        lambda d: d["spec"]["template"]["metadata"]["labels"].get(VERSION_LABEL) == version,
+        what=f"Deployment {name} on {version}",
+        timeout=timeout,
+    )
 
 
 def kubectl_command(cluster: E2ECluster) -> list[str]:
@@ -197,7 +236,7 @@ def kubectl(cluster: E2ECluster, *args: str, stdin: str | None = None, timeout: 
 
 
 def template_version(deployment: Any) -> str:
-    return str(deployment.spec.template.metadata.labels["kubemaas.io/model-version"])
+    return str(deployment.spec.template.metadata.labels[VERSION_LABEL])
 
 
 @dataclass
@@ -208,6 +247,7 @@ class DeploymentWatch:
     namespace: str
     name: str
     statuses: list[tuple[int, int, int]] = field(default_factory=list)  # (available, unavailable, replicas)
+    spec_replicas: list[int] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -228,6 +268,7 @@ class DeploymentWatch:
             ):
                 s = event["object"].status
                 self.statuses.append((s.available_replicas or 0, s.unavailable_replicas or 0, s.replicas or 0))
+                self.spec_replicas.append(event["object"].spec.replicas)
                 if self._stop.is_set():
                     w.stop()
 
@@ -295,7 +336,10 @@ def test_gpu_modelservice_becomes_ready_and_leaves_replicas_to_the_hpa(
 
     # What a user runs: returns once the ModelService is Ready.
     kubectl(cluster, "wait", "-n", namespace, "--for=condition=Ready", "modelservice/digits", "--timeout=90s")
-    status = get_ms(cluster, namespace, "digits")["status"]
+    ms_now = get_ms(cluster, namespace, "digits")
+    # No finalizer: deleting a ModelService never waits for the operator (children go by ownerReference).
+    assert not ms_now["metadata"].get("finalizers"), ms_now["metadata"].get("finalizers")
+    status = ms_now["status"]
     assert status["servedVersion"] == "v1"
     assert status["readyReplicas"] == 2
     assert status["endpoints"] == {"http": f"digits.{namespace}.svc:8000", "grpc": f"digits.{namespace}.svc:8001"}
@@ -326,20 +370,23 @@ def test_gpu_modelservice_becomes_ready_and_leaves_replicas_to_the_hpa(
         assert "model-key" in {m.name for m in loader.volume_mounts}
 
     # The real HPA controller processes the HPA: its conditions appear.
-    autoscaling = client.AutoscalingV2Api(cluster.api)
-    cluster.wait_for(
-        "HPA conditions from the HPA controller",
-        lambda: autoscaling.read_namespaced_horizontal_pod_autoscaler_status("digits", namespace).status.conditions,
+    conditions = cluster.wait_object(
+        "autoscaling/v2",
+        "HorizontalPodAutoscaler",
+        namespace,
+        "digits",
+        lambda hpa: (hpa.get("status") or {}).get("conditions"),
+        what="HPA conditions from the HPA controller",
         timeout=60,
     )
+    assert {c["type"] for c in conditions} >= {"AbleToScale"}
 
-    # Scale as the HPA would; the operator must leave spec.replicas alone.
+    # Scale as the HPA would; for 60 s every version of the Deployment keeps spec.replicas 3.
     apps.patch_namespaced_deployment_scale("digits", namespace, {"spec": {"replicas": 3}})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert apps.read_namespaced_deployment("digits", namespace).spec.replicas == 3, "replicas were reverted"
-        operator_alive(operator)
-        time.sleep(2)
+    with DeploymentWatch(cluster, namespace, "digits") as seen:
+        time.sleep(60)
+    operator_alive(operator)
+    assert seen.spec_replicas and set(seen.spec_replicas) == {3}, f"replicas were changed: {seen.spec_replicas}"
 
 
 def operator_alive(operator: OperatorProcess) -> None:
@@ -355,11 +402,13 @@ def test_new_version_rolls_out_with_zero_unavailable_and_deletion_collects_child
     with DeploymentWatch(cluster, namespace, "digits") as seen:
         publish(cluster, namespace, "digits", "v2")
 
-        def served_v2() -> bool:
-            ms = get_ms(cluster, namespace, "digits")
-            return ms["status"].get("servedVersion") == "v2" and condition(ms, "Ready").get("status") == "True"
-
-        cluster.wait_for("servedVersion v2", served_v2, timeout=READY_TIMEOUT)
+        wait_ms(
+            cluster,
+            namespace,
+            "digits",
+            lambda ms: served(ms) == "v2" and condition(ms, "Ready").get("status") == "True",
+            "servedVersion v2 and Ready",
+        )
     assert template_version(apps.read_namespaced_deployment("digits", namespace)) == "v2"
     assert seen.statuses, "the watch saw no Deployment status"
     # status.unavailableReplicas counts the surge pod that is not ready yet; what clients see is how many
@@ -368,16 +417,22 @@ def test_new_version_rolls_out_with_zero_unavailable_and_deletion_collects_child
     assert max(r for _, _, r in seen.statuses) > 3, "no surge: the rollout was not observed"
 
     custom(cluster).delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", "digits")
-    core = client.CoreV1Api(cluster.api)
-
-    def children_gone() -> bool:
-        return (
-            not apps.list_namespaced_deployment(namespace, label_selector="kubemaas.io/modelservice=digits").items
-            and not core.list_namespaced_service(namespace, label_selector="kubemaas.io/modelservice=digits").items
-            and not core.list_namespaced_pod(namespace, label_selector="kubemaas.io/modelservice=digits").items
+    for api_version, kind in (
+        ("apps/v1", "Deployment"),
+        ("apps/v1", "ReplicaSet"),
+        ("v1", "Pod"),
+        ("v1", "Service"),
+        ("policy/v1", "PodDisruptionBudget"),
+    ):
+        cluster.wait_objects(
+            api_version,
+            kind,
+            namespace,
+            lambda objects: not objects,
+            what=f"the garbage collector to remove every {kind} of digits",
+            label_selector="kubemaas.io/modelservice=digits",
+            timeout=60,
         )
-
-    cluster.wait_for("the garbage collector to remove every child", children_gone, timeout=60)
 
 
 def test_selector_promotes_a_better_job_and_blocks_one_failing_the_gate(
@@ -399,11 +454,7 @@ def test_selector_promotes_a_better_job_and_blocks_one_failing_the_gate(
     with DeploymentWatch(cluster, namespace, "digits") as seen:
         create_job(cluster, namespace, "digits-2", labels)
         publish(cluster, namespace, "digits-2", "v2", heldOutAccuracy="0.97")
-        cluster.wait_for(
-            "servedVersion v2",
-            lambda: get_ms(cluster, namespace, "digits")["status"].get("servedVersion") == "v2",
-            timeout=READY_TIMEOUT,
-        )
+        wait_ms(cluster, namespace, "digits", lambda ms: served(ms) == "v2", "servedVersion v2")
     assert min(a for a, _, _ in seen.statuses) >= 2, f"fewer than 2 available during the rollout: {seen.statuses}"
 
     create_job(cluster, namespace, "digits-3", labels)
@@ -436,21 +487,12 @@ def test_version_that_never_gets_ready_is_rolled_back(
             }
         },
     )
-    apps = client.AppsV1Api(cluster.api)
     with DeploymentWatch(cluster, namespace, "digits") as seen:
-        cluster.wait_for(
-            "the Deployment to try v2",
-            lambda: template_version(apps.read_namespaced_deployment("digits", namespace)) == "v2",
-            timeout=30,
-        )
+        wait_deployment_version(cluster, namespace, "digits", "v2")
         degraded = wait_condition(cluster, namespace, "digits", "Degraded", timeout=120)
         assert condition(degraded, "Degraded")["reason"] == "ProgressDeadlineExceeded"
         assert degraded["status"]["lastFailure"]["version"] == "v2"
-        cluster.wait_for(
-            "the Deployment back on v1",
-            lambda: template_version(apps.read_namespaced_deployment("digits", namespace)) == "v1",
-            timeout=30,
-        )
+        wait_deployment_version(cluster, namespace, "digits", "v1")
         wait_condition(cluster, namespace, "digits", "Ready")
     assert min(a for a, _, _ in seen.statuses) >= 2, f"the old version stopped serving: {seen.statuses}"
     final = get_ms(cluster, namespace, "digits")
@@ -465,22 +507,24 @@ def test_canary_runs_beside_stable_and_is_folded_in(
 
     apps = client.AppsV1Api(cluster.api)
     publish(cluster, namespace, "digits", "v2")
-    canary = cluster.wait_for(
-        "the canary Deployment",
-        lambda: apps.list_namespaced_deployment(namespace, field_selector="metadata.name=digits-canary").items or None,
-        timeout=30,
-    )[0]
-    assert canary.spec.replicas == 1
-    assert template_version(canary) == "v2"
+    canary = cluster.wait_objects(
+        "apps/v1", "Deployment", namespace, lambda objects: objects.get("digits-canary"), what="the canary Deployment"
+    )
+    assert canary["spec"]["replicas"] == 1
+    pod_labels = canary["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels[VERSION_LABEL] == "v2"
     service = client.CoreV1Api(cluster.api).read_namespaced_service("digits", namespace)
-    assert set(service.spec.selector.items()) <= set(canary.spec.template.metadata.labels.items())
+    assert set(service.spec.selector.items()) <= set(pod_labels.items())
 
-    def folded() -> bool:
-        ms = get_ms(cluster, namespace, "digits")
-        gone = not apps.list_namespaced_deployment(namespace, field_selector="metadata.name=digits-canary").items
-        return gone and ms["status"].get("servedVersion") == "v2"
-
-    cluster.wait_for("the canary folded into the stable Deployment", folded, timeout=READY_TIMEOUT)
+    cluster.wait_objects(
+        "apps/v1",
+        "Deployment",
+        namespace,
+        lambda objects: "digits-canary" not in objects,
+        what="the canary folded into the stable Deployment",
+        timeout=READY_TIMEOUT,
+    )
+    wait_ms(cluster, namespace, "digits", lambda ms: served(ms) == "v2", "servedVersion v2")
     assert template_version(apps.read_namespaced_deployment("digits", namespace)) == "v2"
 
 
@@ -497,11 +541,16 @@ def test_fifty_modelservices_become_ready_and_idle_writes_nothing(
     started = time.monotonic()
     _apply(cluster, namespace, text)
 
-    def all_ready() -> bool:
-        items = custom(cluster).list_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices")["items"]
-        return len(items) == SCALE and all(condition(i, "Ready").get("status") == "True" for i in items)
-
-    cluster.wait_for(f"{SCALE} ModelServices Ready", all_ready, timeout=300)
+    cluster.wait_objects(
+        MS_API,
+        "ModelService",
+        namespace,
+        lambda items: (
+            len(items) == SCALE and all(condition(i, "Ready").get("status") == "True" for i in items.values())
+        ),
+        what=f"{SCALE} ModelServices Ready",
+        timeout=300,
+    )
     ready_seconds = time.monotonic() - started
 
     # Let the last status writes and child events settle, then re-apply the same manifests.
@@ -531,3 +580,54 @@ def test_fifty_modelservices_become_ready_and_idle_writes_nothing(
 
 def _apply(cluster: E2ECluster, namespace: str, text: str) -> None:
     kubectl(cluster, "apply", "-n", namespace, "-f", "-", stdin=text)
+
+
+def test_missing_references_are_conditions(
+    cluster: E2ECluster, namespace: str, crds: None, store: str, operator: OperatorProcess
+) -> None:
+    api = custom(cluster)
+    api.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "modelservices", model_service("by-job", {"trainingJobRef": {"name": "later"}})
+    )
+    ready = wait_condition(cluster, namespace, "by-job", "Ready", "False")
+    assert condition(ready, "Ready")["reason"] == "SourceNotFound"
+
+    create_job(cluster, namespace, "later")  # exists, not Succeeded yet
+    waiting = wait_ms(
+        cluster,
+        namespace,
+        "by-job",
+        lambda ms: condition(ms, "Ready").get("reason") == "WaitingForModel",
+        "Ready=False WaitingForModel",
+    )
+    assert "later" in condition(waiting, "Ready")["message"]
+
+    keyless = model_service(
+        "by-uri",
+        {"uri": f"{STORE}/digits", "version": "v1", "encryption": {"keySecretRef": {"name": "no-such-key"}}},
+    )
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", keyless)
+    missing = wait_ms(
+        cluster,
+        namespace,
+        "by-uri",
+        lambda ms: condition(ms, "Ready").get("reason") == "KeySecretNotFound",
+        "Ready=False KeySecretNotFound",
+    )
+    assert "no-such-key" in condition(missing, "Ready")["message"]
+    apps = client.AppsV1Api(cluster.api)
+    assert not apps.list_namespaced_deployment(namespace).items, "a Deployment was made without its source or key"
+
+    # Pointing at an existing key Secret is all it takes: the pinned uri version is served.
+    api.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "modelservices",
+        "by-uri",
+        {"spec": {"model": {"encryption": {"keySecretRef": {"name": "digits-key"}}}}},
+    )
+    ready_now = wait_condition(cluster, namespace, "by-uri", "Ready")
+    assert served(ready_now) == "v1"
+    operator_alive(operator)
+    assert "Traceback" not in operator.tail()

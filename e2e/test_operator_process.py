@@ -8,6 +8,7 @@ import urllib.request
 from e2e.conftest import OperatorProcess
 
 STOP_LIMIT_SECONDS = 15
+PERMISSION_PROBLEMS = ("Forbidden", "forbidden", "Not enough permissions", " 403")
 
 
 def test_operator_runs_against_the_cluster_and_stops_cleanly(operator: OperatorProcess) -> None:
@@ -21,3 +22,6 @@ def test_operator_runs_against_the_cluster_and_stops_cleanly(operator: OperatorP
     log = operator.tail()
     assert returncode == 0, f"kubemaas run exited with {returncode} on SIGTERM:\n{log}"
     assert "Traceback" not in log, f"kubemaas run logged a traceback:\n{log}"
+    # The fixture runs the operator as the chart's ServiceAccount: kopf logs refused requests and carries on.
+    refused = [line for line in log.splitlines() if any(p in line for p in PERMISSION_PROBLEMS)]
+    assert not refused, "the chart's RBAC refused the operator:\n" + "\n".join(refused)

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,18 @@ from e2e import waits
 from e2e.cluster import control_plane
 from e2e.cluster.nodes import GPU_NODES
 from e2e.conftest import PSS_RESTRICTED, E2ECluster, OperatorLauncher, OperatorProcess
-from e2e.kube import OUTCOME_LABEL, TERMINATION_MESSAGE_ANNOTATION, apply_crd, load_crds
+from e2e.kube import (
+    OUTCOME_LABEL,
+    TERMINATION_MESSAGE_ANNOTATION,
+    TRAININGJOB_API,
+    apply_crd,
+    load_crds,
+    scrape,
+    training_job,
+)
 from kubemaas.controllers.trainingjob_core import RECHECK_SECONDS
 
-GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
+GROUP, VERSION, PLURAL = TRAININGJOB_API
 EXIT_CODE_ANNOTATION = "kwok.kubemaas.io/exit-code"
 SHA = "5e" * 32
 
@@ -99,25 +106,6 @@ def claims(cluster: E2ECluster, namespace: str) -> Iterator[Claims]:
         except client.ApiException as error:
             if error.status != 404:
                 raise
-
-
-def training_job(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "registry.k8s.io/pause:3.10",
-            "command": ["python", "-m", "train"],
-            "replicas": 4,
-            "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
-            "scheduling": {"nodeSelector": {"nvidia.com/gpu.present": "true"}},
-            "data": {"uri": "pvc://datasets/digits"},
-            "output": {"uri": "pvc://models/store"},
-            "encryption": {"keySecretRef": {"name": f"{name}-key"}},
-            **spec,
-        },
-    }
 
 
 Pod = dict[str, Any]  # a pod as the API serves it (camelCase JSON), from a watch or a list
@@ -305,6 +293,7 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
     assert_restricted_and_tokenless(pods)
     assert jobs.get("digits")["status"]["backend"] == "PyTorchJob"
     jobs.wait_condition("digits", "Running")
+    assert_unchanged_world_writes_nothing(jobs, operator, ranks[1])
 
     for rank, pod in ranks.items():
         jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")
@@ -341,6 +330,17 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
     jobs.wait_gone("kubeflow.org/v1", "PyTorchJob", "digits", "the PyTorchJob to be garbage-collected", timeout=90)
     jobs.wait_pods("digits", lambda pods: not pods, "the pods to be garbage-collected")
     assert jobs.core.read_namespaced_secret("digits-key", jobs.namespace).data == secret.data
+
+
+def assert_unchanged_world_writes_nothing(jobs: Jobs, operator: OperatorProcess, pod: Pod) -> None:
+    """A pod event re-runs the reconcile; with nothing changed it applies no child and writes no status."""
+    writes, reconciles = operator_writes(operator), operator_reconciles(operator)
+    poke = {"metadata": {"annotations": {"e2e.kubemaas.io/poke": str(time.time())}}}
+    jobs.core.patch_namespaced_pod(name_of(pod), jobs.namespace, poke)
+    jobs.cluster.wait_for(
+        "the operator to reconcile after the pod event", lambda: operator_reconciles(operator) > reconciles, timeout=30
+    )
+    assert operator_writes(operator) == writes, "an unchanged child or status was written again"
 
 
 def assert_key_never_leaked(key: bytes, operator_log: str, jobs: Jobs) -> None:
@@ -414,6 +414,8 @@ def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
         return hosts.get("indexed-workers-0") == name_of(ranks[0])
 
     cluster.wait_for("rank 0 published as indexed-workers-0 by the headless Service", rank0_published, timeout=60)
+    jobs.wait_condition("indexed", "Running")
+    assert_unchanged_world_writes_nothing(jobs, operator, ranks[1])
 
     for rank, pod in ranks.items():
         jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")
@@ -421,6 +423,13 @@ def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
     status = jobs.get("indexed")["status"]
     assert status["backend"] == "Job"
     assert status["model"]["version"] == env_of(ranks[0])["KUBEMAAS_MODEL_VERSION"]
+
+    # Deleting the job: the garbage collector removes the Job, the headless Service and the pods.
+    jobs.custom.delete_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL, "indexed")
+    jobs.wait_gone("batch/v1", "Job", "indexed-workers", "the Job to be garbage-collected", timeout=90)
+    jobs.wait_gone("v1", "Service", "indexed-workers", "the Service to be garbage-collected", timeout=90)
+    jobs.wait_pods("indexed", lambda pods: not pods, "the pods to be garbage-collected")
+    assert jobs.core.read_namespaced_secret("indexed-key", jobs.namespace).metadata.owner_references is None
 
 
 # --- suspend, resume, ttlSecondsAfterFinished ---------------------------------------------------------
@@ -597,24 +606,13 @@ KILL_JOBS = 20
 # --- steady state -----------------------------------------------------------------------------------
 
 
-def _metrics(operator: OperatorProcess, *prefixes: str) -> dict[str, float]:
-    with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(prefixes):
-            series, value = line.rsplit(" ", 1)
-            out[series] = float(value)
-    return out
-
-
 def operator_writes(operator: OperatorProcess) -> dict[str, float]:
     """The operator's own count of what it wrote (children applied, status patches)."""
-    return _metrics(operator, "kubemaas_children_applied_total{", "kubemaas_status_writes_total{")
+    return scrape(operator.metrics_url, "kubemaas_children_applied_total{", "kubemaas_status_writes_total{")
 
 
 def operator_reconciles(operator: OperatorProcess) -> float:
-    return sum(_metrics(operator, 'kubemaas_reconcile_total{kind="TrainingJob"').values())
+    return sum(scrape(operator.metrics_url, 'kubemaas_reconcile_total{kind="TrainingJob"').values())
 
 
 STEADY_JOBS = 100
@@ -709,7 +707,8 @@ def test_without_the_pytorchjob_crd_auto_picks_job_and_pytorchjob_is_refused(
         ),
     )
     bare_jobs = Jobs(bare_cluster, namespace)
-    launcher = OperatorLauncher(bare_cluster, [namespace], tmp_path / "kubemaas-run.log")
+    # The admin's kubeconfig: the chart's identity is proven on the shared cluster; this one is about discovery.
+    launcher = OperatorLauncher(bare_cluster.kubeconfig, [namespace], tmp_path / "kubemaas-run.log")
     try:
         launcher.start()
         for claim in ("datasets", "models"):

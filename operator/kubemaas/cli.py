@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import DEFAULT_METRICS_PORT, WATCH_SERVER_TIMEOUT
 
 Command = Callable[[argparse.Namespace], int]
@@ -17,13 +18,13 @@ def _crds(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.check:
-        problems = crd.stale(out)
+        problems = crd.stale(out, peering=args.peering)
         for line in problems:
             print(f"kubemaas crds --check: {line}", file=sys.stderr)
         if problems:
             print("kubemaas crds --check: run `make crds` and commit the result", file=sys.stderr)
         return 1 if problems else 0
-    for path in crd.write(out):
+    for path in crd.write(out, peering=args.peering):
         print(f"wrote {path}")
     return 0
 
@@ -36,6 +37,7 @@ def _run(args: argparse.Namespace) -> int:
         standalone=args.standalone,
         liveness_endpoint=args.liveness,
         metrics_port=args.metrics_port,
+        triton_image=args.triton_image,
         watch_timeout=args.watch_timeout or None,
     )
 
@@ -44,6 +46,11 @@ def _add_crds(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("crds", help="write the CRDs generated from the API models")
     p.add_argument("--out", default="crds", help="directory to write (default: crds)")
     p.add_argument("--check", action="store_true", help="exit non-zero, naming the file, when a CRD is stale")
+    p.add_argument(
+        "--peering",
+        action="store_true",
+        help="also kopf's peering CRDs (the Helm chart ships them for replicas > 1)",
+    )
     p.set_defaults(func=_crds)
 
 
@@ -63,6 +70,11 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=DEFAULT_METRICS_PORT,
         help=f"serve Prometheus metrics at :PORT/metrics (default {DEFAULT_METRICS_PORT}; 0 turns them off)",
+    )
+    p.add_argument(
+        "--triton-image",
+        default=DEFAULT_TRITON_IMAGE,
+        help=f"Triton image for ModelServices without spec.runtime.image (default {DEFAULT_TRITON_IMAGE})",
     )
     p.add_argument(
         "--watch-timeout",

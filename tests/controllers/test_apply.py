@@ -68,6 +68,17 @@ def test_a_changed_field_needs_a_write(path: tuple[object, ...], value: str) -> 
     assert not is_subset(DESIRED, current)
 
 
+def test_zero_values_the_server_omits_match_absent_fields() -> None:
+    desired = {
+        "volumeMounts": [{"name": "v", "mountPath": "/m", "readOnly": False}],
+        "env": [{"name": "A", "value": ""}],
+    }
+    stored = {"volumeMounts": [{"name": "v", "mountPath": "/m"}], "env": [{"name": "A"}]}
+    assert is_subset(desired, stored)
+    assert not is_subset({"readOnly": True}, {})
+    assert not is_subset({"replicas": 0}, {})  # a pointer field: absent means the default, not zero
+
+
 def test_lists_compare_in_order_and_length() -> None:
     assert not is_subset({"l": [1, 2]}, {"l": [2, 1]})
     assert not is_subset({"l": [1]}, {"l": [1, 2]})

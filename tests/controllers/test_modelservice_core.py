@@ -466,3 +466,12 @@ def test_previous_reads_the_raw_status() -> None:
     )
     assert previous == Previous("v1", "v1", core.Failure("v2", "WrongKey", "x", 78), degraded=True)
     assert Previous.from_status(None) == Previous()
+
+
+def test_stuck_rollout_of_the_served_version_is_degraded_without_rollback() -> None:
+    ms = make_ms()
+    stuck = deployment(ms, ref("v1"), complete=False, deadline_exceeded=True)
+    out = run(ms, Observed(training_jobs=[job("digits", "v1")], stable=stuck), Previous("v1", "v1"))
+    assert served_version(out.apply[0]) == "v1"
+    assert conditions(out)[Cond.DEGRADED][:2] == ("True", Reason.PROGRESS_DEADLINE)
+    assert out.status["lastFailure"] is None  # nothing to remember: the version itself is good

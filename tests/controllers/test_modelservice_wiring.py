@@ -50,3 +50,18 @@ def test_parent_labels_select_every_serving_pod() -> None:
     assert parent.labels["app.kubernetes.io/managed-by"] == "kubemaas"
     assert parent.labels["kubemaas.io/modelservice"] == "digits"
     assert parent.owner_reference["uid"] == "u-1"
+
+
+def test_the_operator_default_triton_image_applies_only_when_the_spec_names_none() -> None:
+    from kubemaas.api.modelservice import ModelService
+
+    spec = {
+        "model": {"uri": "pvc://models/store/digits", "encryption": {"keySecretRef": {"name": "k"}}},
+        "replicas": 1,
+    }
+    body = {"apiVersion": "kubemaas.io/v1alpha1", "kind": "ModelService", "metadata": {"name": "d"}, "spec": spec}
+    assert handlers.serving_options(ModelService.parse(body), "mirror.local/triton:1").triton_image == (
+        "mirror.local/triton:1"
+    )
+    pinned = {**body, "spec": {**spec, "runtime": {"image": "own/triton:2"}}}
+    assert handlers.serving_options(ModelService.parse(pinned), "mirror.local/triton:1").triton_image == "own/triton:2"

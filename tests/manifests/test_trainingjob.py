@@ -74,7 +74,8 @@ KEY_MOUNT = {"name": "kubemaas-keys", "mountPath": "/var/run/kubemaas/keys", "re
 TMP_VOLUME = {"name": "kubemaas-tmp", "emptyDir": {}}
 TMP_MOUNT = {"name": "kubemaas-tmp", "mountPath": "/tmp"}
 OUTPUT_VOLUME = {"name": "kubemaas-output", "persistentVolumeClaim": {"claimName": "models"}}
-OUTPUT_MOUNT = {"name": "kubemaas-output", "mountPath": "/mnt/kubemaas/models", "readOnly": False}
+# No `readOnly: false`: the API server drops it, and the apply helper compares against what it stores.
+OUTPUT_MOUNT = {"name": "kubemaas-output", "mountPath": "/mnt/kubemaas/models"}
 DATA_VOLUME = {"name": "kubemaas-data", "persistentVolumeClaim": {"claimName": "datasets"}}
 DATA_MOUNT = {"name": "kubemaas-data", "mountPath": "/mnt/kubemaas/datasets", "readOnly": True}
 
@@ -428,3 +429,15 @@ def test_new_keys_are_random_32_bytes_with_a_valid_id_and_a_repr_without_bytes()
     assert KEY_ID_PATTERN.fullmatch(a.key_id)
     assert a.key.hex() not in repr(a) and str(list(a.key)) not in repr(a)
     assert re.fullmatch(r"NewKey\(key_id='k[0-9a-f]{12}'\)", repr(a))
+
+
+def test_user_objects_are_rendered_without_the_zero_values_the_api_server_drops() -> None:
+    job = make_job(
+        env=[{"name": "EMPTY", "value": ""}],
+        volumes=[{"name": "cache", "persistentVolumeClaim": {"claimName": "cache", "readOnly": False}}],
+        volumeMounts=[{"name": "cache", "mountPath": "/cache", "readOnly": False}],
+    )
+    pod = m.indexed_job(job, VERSION)["spec"]["template"]["spec"]
+    assert {"name": "EMPTY"} in pod["containers"][0]["env"]
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "cache"}} in pod["volumes"]
+    assert {"name": "cache", "mountPath": "/cache"} in pod["containers"][0]["volumeMounts"]

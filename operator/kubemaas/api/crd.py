@@ -289,15 +289,63 @@ def render(kind: Kind) -> str:
     return GENERATED_HEADER + body
 
 
-def render_all() -> dict[str, str]:
-    """File name -> YAML text, for every kind."""
-    return {kind.file_name: render(kind) for kind in KINDS}
+# kopf's peering resources (as kopf documents them): replicas of the operator write heartbeats into one
+# peering object, a ClusterKopfPeering when the operator watches the whole cluster, a KopfPeering in each
+# watched namespace otherwise. Only the Helm chart ships them (for replicas > 1); kopf patches `status` on
+# the object itself, so there is no status subresource.
+PEERING_KINDS = (
+    ("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
+    ("KopfPeering", "kopfpeerings", "Namespaced"),
+)
 
 
-def write(out_dir: Path) -> list[Path]:
+def peering_crd(kind: str, plural: str, scope: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.kopf.dev"},
+        "spec": {
+            "group": "kopf.dev",
+            "scope": scope,
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "kopf peering: heartbeats of the operator replicas, keyed by identity.",
+                            "properties": {
+                                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def peering_file_name(plural: str) -> str:
+    return f"kopf.dev_{plural}.yaml"
+
+
+def render_all(*, peering: bool = False) -> dict[str, str]:
+    """File name -> YAML text, for every kind (and kopf's peering CRD when asked)."""
+    out = {kind.file_name: render(kind) for kind in KINDS}
+    if peering:
+        for kind, plural, scope in PEERING_KINDS:
+            body = yaml.safe_dump(peering_crd(kind, plural, scope), sort_keys=False, width=120)
+            out[peering_file_name(plural)] = GENERATED_HEADER + body
+    return out
+
+
+def write(out_dir: Path, *, peering: bool = False) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in render_all().items():
+    for name, text in render_all(peering=peering).items():
         path = out_dir / name
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
@@ -305,10 +353,10 @@ def write(out_dir: Path) -> list[Path]:
     return written
 
 
-def stale(out_dir: Path) -> list[str]:
+def stale(out_dir: Path, *, peering: bool = False) -> list[str]:
     """Why each file in out_dir differs from what the models generate; empty when all is fresh."""
     problems = []
-    expected = render_all()
+    expected = render_all(peering=peering)
     for name, text in expected.items():
         path = out_dir / name
         if not path.exists():

@@ -30,6 +30,8 @@ FIELD_MANAGER = "kubemaas"
 # turn every later apply into a 409 Conflict and the child could never converge again.
 FORCE_CONFLICTS = True
 REQUEST_TIMEOUT_SECONDS = 30
+# The API server answers with metadata only (no `data` of a Secret, no spec) for this media type.
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 _WORKERS = 16
 
 log = logging.getLogger(__name__)
@@ -137,10 +139,11 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         body: Any = None,
         content_type: str | None = None,
+        accept: str = "application/json",
     ) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._pool, self._request_sync, verb, what, method, path, query, body, content_type
+            self._pool, self._request_sync, verb, what, method, path, query, body, content_type, accept
         )
 
     def _request_sync(
@@ -152,8 +155,9 @@ class Kube:
         query: list[tuple[str, str]] | None,
         body: Any,
         content_type: str | None,
+        accept: str,
     ) -> dict[str, Any] | None:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         try:
@@ -181,6 +185,19 @@ class Kube:
         """The object, or None when it does not exist."""
         resource = RESOURCES[(api_version, kind)]
         return await self._request("get", f"{kind} {namespace}/{name}", "GET", resource.path(namespace, name))
+
+    async def exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        """Whether the object exists, reading only its metadata: checking for a key Secret must not pull
+        the key into the operator's memory."""
+        resource = RESOURCES[(api_version, kind)]
+        found = await self._request(
+            "get",
+            f"{kind} {namespace}/{name}",
+            "GET",
+            resource.path(namespace, name),
+            accept=PARTIAL_METADATA,
+        )
+        return found is not None
 
     async def apply(self, obj: Mapping[str, Any], observed: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """Server-side apply `obj` unless `observed` already carries every field of it; returns the result
@@ -284,17 +301,23 @@ def _json_equal(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
+def _is_zero(value: Any) -> bool:
+    # Go's `omitempty` drops false, "" and empty lists/maps when the API server stores an object, so an
+    # applied `readOnly: false` or `value: ""` never reads back; absent is the same value.
+    return value is False or value == "" or (isinstance(value, list | dict) and not value)
+
+
 def is_subset(desired: Any, observed: Any) -> bool:
     """Whether every field set in `desired` has the same value in `observed`.
 
     The API server adds defaults (imagePullPolicy, terminationMessagePath, clusterIP, ...), so an
     observed object is a superset of what was applied. Lists match element by element in order (server-side
     apply keeps the applied order). Integers the server stores as strings (quantities: `cpu: 2` -> "2")
-    compare by their text.
+    compare by their text, and a desired false, "" or empty list/map matches an absent field (`omitempty`).
     """
     if isinstance(desired, Mapping):
         return isinstance(observed, Mapping) and all(
-            key in observed and is_subset(value, observed[key]) for key, value in desired.items()
+            is_subset(value, observed[key]) if key in observed else _is_zero(value) for key, value in desired.items()
         )
     if isinstance(desired, list):
         return (

@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 
+from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import WATCH_SERVER_TIMEOUT
 from kubemaas.controllers.apply import Kube
 from kubemaas.controllers.metrics import start_metrics_server
@@ -19,6 +20,7 @@ def run_operator(
     standalone: bool,
     liveness_endpoint: str | None,
     metrics_port: int | None,
+    triton_image: str = DEFAULT_TRITON_IMAGE,
     watch_timeout: int | None = WATCH_SERVER_TIMEOUT,
 ) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -40,7 +42,8 @@ def run_operator(
             namespaces=tuple(namespaces),
             standalone=standalone,
             liveness_endpoint=liveness_endpoint,
-            memo=kopf.Memo(kube=kube),
+            # triton_image: the default for ModelServices without spec.runtime.image (`--triton-image`).
+            memo=kopf.Memo(kube=kube, triton_image=triton_image),
         )
     finally:
         kube.close()

@@ -1,6 +1,6 @@
 """kopf handlers of the ModelService controller: thin wiring around ``modelservice_core.reconcile``.
 
-Every trigger (create, update, resume, a safety timer, an event of an owned Deployment, ReplicaSet,
+Every trigger (create, update, resume, an event of an owned Deployment, ReplicaSet,
 HPA, PDB, Service or pod, an event of a TrainingJob in the namespace) runs the same level-triggered
 reconcile for the affected ModelService. It reads the ModelService and its children from kopf's
 in-memory indexes (filled by watches that the settings restrict server-side to objects Kubemaas
@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from kubemaas.api import ModelService
 from kubemaas.api.base import Condition, ConditionStatus
+from kubemaas.api.core import DEFAULT_GPU_RESOURCE
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.apply import Kube
@@ -34,8 +35,9 @@ KIND = "ModelService"
 GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "modelservices"
 PARENT_LABEL = parent_label(KIND)
 COMPONENT = "server"
-# The safety net for anything a watch missed; a converged ModelService writes nothing on it.
-TIMER_SECONDS = 120.0
+# No kopf timer or daemon: kopf puts a finalizer on every object that has one (a timer needs it to stop
+# cleanly), and a ModelService needs none. What a watch might miss is re-listed when kopf reconnects, which
+# triggers the same handlers, and waits that no event ends (a canary's analysis window) are requeued in memory.
 
 LOOP = ReconcileLoop(KIND)
 log = logging.getLogger(__name__)
@@ -93,12 +95,12 @@ def _named(objects: Iterable[Mapping[str, Any]], name: str) -> Mapping[str, Any]
 # --------------------------------------------------------------------------- reconcile
 
 
-def serving_options(ms: ModelService) -> m.ServingOptions:
-    """The spec's serving settings with the operator's defaults applied."""
+def serving_options(ms: ModelService, default_triton_image: str = DEFAULT_TRITON_IMAGE) -> m.ServingOptions:
+    """The spec's serving settings with the operator's defaults applied (`kubemaas run --triton-image`)."""
     spec = ms.spec
     runtime, resources, budget = spec.runtime, spec.resources, spec.disruption_budget
     return m.ServingOptions(
-        triton_image=runtime.image or DEFAULT_TRITON_IMAGE,
+        triton_image=runtime.image or default_triton_image,
         progress_deadline_seconds=spec.rollout.progress_deadline_seconds,
         startup_timeout_seconds=runtime.startup_timeout_seconds,
         shm_size=str(resources.shm_size or m.DEFAULT_SHM_SIZE),
@@ -107,7 +109,7 @@ def serving_options(ms: ModelService) -> m.ServingOptions:
         triton_args=tuple(runtime.args or ()),
         triton_env=tuple(e.to_wire() for e in runtime.env or ()),
         triton_env_from=tuple(e.to_wire() for e in runtime.env_from or ()),
-        gpu_resource=resources.gpu_resource or m.DEFAULT_GPU_RESOURCE,
+        gpu_resource=resources.gpu_resource or DEFAULT_GPU_RESOURCE,
         pdb_min_available=budget.min_available if budget is not None else None,
         pdb_max_unavailable=budget.max_unavailable if budget is not None else None,
     )
@@ -160,7 +162,9 @@ def new_status(
     return status, old, conditions
 
 
-async def reconcile(key: Key, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+    """`memo` is kopf's: the operator's `Kube` client and the `--triton-image` default."""
+    kube: Kube = memo["kube"]
     namespace, name = key
     bodies = _values(indexes["ms_bodies"], key)
     if not bodies:
@@ -188,7 +192,12 @@ async def reconcile(key: Key, kube: Kube, indexes: Mapping[str, kopf.Index[Any, 
     )
     now = utc_now()
     outcome = core.reconcile(
-        ms, core.Previous.from_status(body.get("status")), observed, parent_for(body), serving_options(ms), now
+        ms,
+        core.Previous.from_status(body.get("status")),
+        observed,
+        parent_for(body),
+        serving_options(ms, memo["triton_image"]),
+        now,
     )
     current: dict[str, Sequence[Mapping[str, Any]]] = {
         "Deployment": deployments,
@@ -222,16 +231,16 @@ async def reconcile(key: Key, kube: Kube, indexes: Mapping[str, kopf.Index[Any, 
     for event in outcome.events:
         kopf.event(_kopf_body(body), type=event.type, reason=event.reason, message=event.message[:1024])
     if outcome.requeue_after is not None:
-        _requeue(key, kube, indexes, outcome.requeue_after)
+        _requeue(key, memo, indexes, outcome.requeue_after)
 
 
-def _requeue(key: Key, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]], delay: float) -> None:
-    # Nothing in the cluster changes when a canary's analysis window ends; wake up for it (the safety
-    # timer would too, later). In memory only: after a restart, resume re-derives the same wait.
+def _requeue(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]], delay: float) -> None:
+    # Nothing in the cluster changes when a canary's analysis window ends; wake up for it. In memory only:
+    # after a restart, resume re-derives the same wait.
     loop = asyncio.get_running_loop()
     loop.call_later(
         max(delay, 1.0),
-        lambda: _PENDING.add(loop.create_task(LOOP.run(key, lambda: reconcile(key, kube, indexes), retry=False))),
+        lambda: _PENDING.add(loop.create_task(LOOP.run(key, lambda: reconcile(key, memo, indexes), retry=False))),
     )
 
 
@@ -260,7 +269,7 @@ def _owned_by(rs: Mapping[str, Any], name: str) -> bool:
 
 
 async def _exists(kube: Kube, namespace: str, name: str) -> bool:
-    return await kube.get("v1", "Secret", namespace, name) is not None
+    return await kube.exists("v1", "Secret", namespace, name)
 
 
 async def _invalid(kube: Kube, body: Mapping[str, Any], message: str, generation: int | None) -> None:
@@ -282,8 +291,7 @@ def _kopf_body(body: Mapping[str, Any]) -> kopf.Body:
 
 
 async def _run(key: Key, memo: Any, kwargs: Mapping[str, Any], *, retry: bool = True) -> None:
-    kube: Kube = memo["kube"]
-    await LOOP.run(key, lambda: reconcile(key, kube, kwargs), retry=retry)
+    await LOOP.run(key, lambda: reconcile(key, memo, kwargs), retry=retry)
 
 
 # --------------------------------------------------------------------------- handlers
@@ -293,12 +301,6 @@ async def _run(key: Key, memo: Any, kwargs: Mapping[str, Any], *, retry: bool = 
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 async def on_modelservice(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    if namespace:
-        await _run((namespace, name), memo, kwargs)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
-async def ms_safety_timer(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     if namespace:
         await _run((namespace, name), memo, kwargs)
 

@@ -550,6 +550,25 @@ class Previous:
         )
 
 
+@dataclass
+class _Plan:
+    """What one reconcile decided, step by step (see the module docstring)."""
+
+    resolution: Resolution
+    current: ModelRef | None  # what the stable Deployment's template serves now
+    canary_current: ModelRef | None
+    candidate: Candidate | None = None
+    thresholds: list[Threshold] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)  # gate failures of the candidate
+    missing_key: bool = False
+    failure: Failure | None = None  # a rollout that failed now
+    stuck: Failure | None = None  # a rollout of the served version itself that does not progress
+    bad_version: str | None = None
+    target: ModelRef | None = None  # what the stable Deployment should serve
+    canary_target: ModelRef | None = None
+    requeue_after: float | None = None
+
+
 def reconcile(
     ms: ModelService,
     previous: Previous,
@@ -558,37 +577,173 @@ def reconcile(
     options: ServingOptions,
     now: datetime,
 ) -> Outcome:
-    spec = ms.spec
-    analysis_seconds = spec.rollout.canary_analysis_seconds
-    requeue_after: float | None = None
-    resolution = resolve_source(ms, observed.training_jobs)
-    thresholds = spec_thresholds(ms)
-    previous_failure = previous.last_failure
-    bad_version = previous_failure.version if previous_failure is not None and previous.degraded else None
-    last_good = previous.last_good_version
-    served = previous.served_version
+    plan = _Plan(
+        resolution=resolve_source(ms, observed.training_jobs),
+        current=template_ref(observed.stable),
+        canary_current=template_ref(observed.canary),
+        thresholds=spec_thresholds(ms),
+    )
+    plan.bad_version = (
+        previous.last_failure.version if previous.last_failure is not None and previous.degraded else None
+    )
+    _choose_candidate(plan, observed)
+    _detect_failures(plan, ms, observed, previous)
+    _choose_target(plan, observed, previous)
+    _plan_canary(plan, ms, observed, now)
+    apply, delete = _children(plan, ms, observed, parent, options)
+    return _report(plan, ms, previous, observed, parent, apply, delete)
 
-    current = template_ref(observed.stable)
-    conditions: list[ConditionDecision] = []
-    events: list[Event] = []
-    failure: Failure | None = None
-    degraded_reason: tuple[str, str] | None = None
 
-    # 1. the candidate, pinned where the source is Latest
-    candidate = resolution.candidates[0] if resolution.candidates else None
+def _choose_candidate(plan: _Plan, observed: Observed) -> None:
+    """The newest source version, pinned where the source says Latest, checked against gate and key."""
+    candidate = plan.resolution.candidates[0] if plan.resolution.candidates else None
+    current = plan.current
     if candidate is not None and candidate.model.version == LATEST:
-        pin = None
         if current is not None and current.source == candidate.model.source and current.version != LATEST:
-            pin = current.version
+            pin: str | None = current.version
         else:
             pin = resolved_version(observed.pods, candidate.model.source)
         if pin is not None:
             candidate = replace(candidate, model=replace(candidate.model, version=pin))
-
-    # 2. the promotion gate
-    blocked: list[str] = []
+    plan.candidate = candidate
     if candidate is not None:
-        blocked = gate_failures(candidate, thresholds)
+        plan.blocked = gate_failures(candidate, plan.thresholds)
+        # The key Secret of a version not yet rolled out.
+        plan.missing_key = (
+            candidate.model.key_secret != "" and observed.secrets.get(candidate.model.key_secret) is False
+        )
+
+
+def _detect_failures(plan: _Plan, ms: ModelService, observed: Observed, previous: Previous) -> None:
+    """A failed rollout of the stable or canary Deployment. A rollout of the last good version itself (a
+    spec change other than the model) has nothing to go back to: it is only reported (``stuck``)."""
+    current, canary_current = plan.current, plan.canary_current
+    if observed.stable is not None and current is not None:
+        found = _failure_of(observed.stable, observed.pods, Track.STABLE)
+        if current.version != previous.last_good_version:
+            plan.failure = found
+        else:
+            plan.stuck = found
+    if plan.failure is None and observed.canary is not None and canary_current is not None:
+        plan.failure = _failure_of(observed.canary, observed.pods, Track.CANARY)
+        if plan.failure is None and ms.spec.rollout.canary_analysis_seconds is not None:
+            plan.failure = _restarted(
+                _pods_of(observed.pods, Track.CANARY, canary_current.version), canary_current.version
+            )
+    if plan.failure is not None:
+        plan.bad_version = plan.failure.version
+
+
+def _choose_target(plan: _Plan, observed: Observed, previous: Previous) -> None:
+    """What the stable Deployment serves: the candidate when it may be, else what serves now, else the last
+    good version (a rollback), else, with nothing served yet, the newest candidate that passes the gate."""
+    candidate, current, bad = plan.candidate, plan.current, plan.bad_version
+    last_good = previous.last_good_version
+    if candidate is not None and not plan.blocked and not plan.missing_key and candidate.model.version != bad:
+        plan.target = candidate.model
+    elif current is not None and current.version != bad:
+        plan.target = current
+    else:
+        if last_good is not None and last_good != bad:
+            # The old ReplicaSet's exact template; else the source still lists that version.
+            plan.target = _ref_for_version(observed, last_good) or next(
+                (c.model for c in plan.resolution.candidates if c.model.version == last_good), None
+            )
+        if plan.target is None and current is None and candidate is not None and plan.blocked:
+            older = next((c for c in plan.resolution.candidates[1:] if not gate_failures(c, plan.thresholds)), None)
+            plan.target = older.model if older is not None else None
+
+
+def _plan_canary(plan: _Plan, ms: ModelService, observed: Observed, now: datetime) -> None:
+    """With strategy Canary a new version first runs in the canary Deployment; the stable one moves to it
+    once the canary is available (and served its analysis window), and the canary stays until then."""
+    if ms.spec.rollout.strategy is not RolloutStrategy.Canary:
+        return
+    target, current, canary_current = plan.target, plan.current, plan.canary_current
+    if target is None or current is None:
+        return  # nothing serves yet: the first version goes straight to the stable Deployment
+    analysis_seconds = ms.spec.rollout.canary_analysis_seconds
+    new_version = (
+        target.version != current.version
+        and current.version != plan.bad_version
+        and plan.candidate is not None
+        and target == plan.candidate.model
+    )
+    if new_version:
+        canary_ready = (
+            observed.canary is not None
+            and canary_current is not None
+            and canary_current.version == target.version
+            and rollout_state(observed.canary) is RolloutState.COMPLETE
+        )
+        if canary_ready and analysis_seconds is not None and observed.canary is not None:
+            # Promote only after the canary served the whole window (restarts fail it, see above).
+            since = available_since(observed.canary)
+            waited = (now - since).total_seconds() if since is not None else 0.0
+            if waited < analysis_seconds:
+                canary_ready = False
+                plan.requeue_after = analysis_seconds - waited
+        plan.canary_target = target
+        if not canary_ready:
+            plan.target = current
+    elif (
+        observed.stable is not None
+        and canary_current is not None
+        and canary_current.version == target.version
+        and current.version == target.version
+        and rollout_state(observed.stable) is not RolloutState.COMPLETE
+    ):
+        plan.canary_target = target  # promoted: the canary serves until the stable rollout completed
+
+
+def _children(
+    plan: _Plan, ms: ModelService, observed: Observed, parent: Parent, options: ServingOptions
+) -> tuple[list[dict[str, Any]], list[ChildKey]]:
+    spec = ms.spec
+    apply: list[dict[str, Any]] = []
+    delete: list[ChildKey] = []
+    autoscaling = spec.autoscaling
+    replicas = spec.fixed_replicas
+    if plan.target is not None:
+        apply.append(m.deployment(spec, parent, plan.target, options, track=Track.STABLE, replicas=replicas))
+    if plan.target is not None or plan.current is not None:
+        apply.append(m.service(parent))
+        if autoscaling is not None:
+            apply.append(m.horizontal_pod_autoscaler(parent, autoscaling))
+        most = autoscaling.max_replicas if autoscaling is not None else replicas or 0
+        if most > 1:
+            apply.append(m.pod_disruption_budget(parent, options))
+    if plan.canary_target is not None:
+        canary_replicas = spec.rollout.canary_replicas or 1
+        apply.append(
+            m.deployment(spec, parent, plan.canary_target, options, track=Track.CANARY, replicas=canary_replicas)
+        )
+    elif observed.canary is not None:
+        delete.append(ChildKey("apps/v1", "Deployment", m.deployment_name(parent.name, Track.CANARY)))
+    if autoscaling is None and observed.hpa is not None:
+        delete.append(ChildKey("autoscaling/v2", "HorizontalPodAutoscaler", parent.name))
+    if observed.pdb is not None and not any(o["kind"] == "PodDisruptionBudget" for o in apply):
+        delete.append(ChildKey("policy/v1", "PodDisruptionBudget", parent.name))
+    return apply, delete
+
+
+def _report(
+    plan: _Plan,
+    ms: ModelService,
+    previous: Previous,
+    observed: Observed,
+    parent: Parent,
+    apply: list[dict[str, Any]],
+    delete: list[ChildKey],
+) -> Outcome:
+    """Conditions, events and status of what was decided."""
+    spec = ms.spec
+    candidate, current, target, failure = plan.candidate, plan.current, plan.target, plan.failure
+    resolution, blocked = plan.resolution, plan.blocked
+    served, last_good = previous.served_version, previous.last_good_version
+    conditions: list[ConditionDecision] = []
+    events: list[Event] = []
+
     if blocked and candidate is not None:
         what = (
             f"TrainingJob {candidate.job!r} version {candidate.model.version}"
@@ -605,121 +760,12 @@ def reconcile(
             ConditionDecision(
                 Cond.PROMOTION_BLOCKED,
                 ConditionStatus.FALSE,
-                Reason.GATE_PASSED if thresholds else Reason.NO_GATE,
-                "the candidate passed the promotion gate" if thresholds else "no promotion gate",
+                Reason.GATE_PASSED if plan.thresholds else Reason.NO_GATE,
+                "the candidate passed the promotion gate" if plan.thresholds else "no promotion gate",
             )
         )
 
-    # 3. the key Secret of a version not yet rolled out
-    missing_key = (
-        candidate is not None
-        and candidate.model.key_secret != ""
-        and observed.secrets.get(candidate.model.key_secret) is False
-    )
-
-    # 4. a failed rollout of the stable Deployment: record it and go back to the last good version
-    if observed.stable is not None and current is not None and current.version != last_good:
-        failure = _failure_of(observed.stable, observed.pods, Track.STABLE)
-        if failure is not None:
-            bad_version = failure.version
-    canary_current = template_ref(observed.canary)
-    if failure is None and observed.canary is not None and canary_current is not None:
-        failure = _failure_of(observed.canary, observed.pods, Track.CANARY)
-        if failure is None and analysis_seconds is not None:
-            failure = _restarted(_pods_of(observed.pods, Track.CANARY, canary_current.version), canary_current.version)
-        if failure is not None:
-            bad_version = failure.version
-
-    usable = candidate is not None and not blocked and not missing_key and candidate.model.version != bad_version
-    # What the stable Deployment should serve.
-    target: ModelRef | None
-    canary_target: ModelRef | None = None
-    if usable and candidate is not None:
-        target = candidate.model
-    elif current is not None and current.version != bad_version:
-        target = current
-    else:
-        target = None
-        if last_good is not None and last_good != bad_version:
-            # The old ReplicaSet's exact template; else the source still lists that version.
-            target = _ref_for_version(observed, last_good) or next(
-                (c.model for c in resolution.candidates if c.model.version == last_good), None
-            )
-        if target is None and current is None and candidate is not None and blocked:
-            # Nothing serves yet: the newest candidate that passes the gate, if an older one does.
-            older = next((c for c in resolution.candidates[1:] if not gate_failures(c, thresholds)), None)
-            target = older.model if older is not None else None
-
-    # 5. canary: a new version first runs beside the stable one
-    strategy = spec.rollout.strategy
-    if (
-        strategy is RolloutStrategy.Canary
-        and target is not None
-        and current is not None
-        and target.version != current.version
-        and current.version != bad_version
-        and candidate is not None
-        and target == candidate.model
-    ):
-        canary_ready = (
-            observed.canary is not None
-            and canary_current is not None
-            and canary_current.version == target.version
-            and rollout_state(observed.canary) is RolloutState.COMPLETE
-        )
-        if canary_ready and analysis_seconds is not None and observed.canary is not None:
-            # Promote only after the canary served the whole window (restarts fail it, see above).
-            since = available_since(observed.canary)
-            waited = (now - since).total_seconds() if since is not None else 0.0
-            if waited < analysis_seconds:
-                canary_ready = False
-                requeue_after = analysis_seconds - waited
-        # Ready canary: promote (the stable Deployment moves to the version, the canary keeps serving
-        # until that rollout completed). Otherwise the stable Deployment stays where it is.
-        canary_target = target
-        if not canary_ready:
-            target = current
-    elif (
-        strategy is RolloutStrategy.Canary
-        and observed.stable is not None
-        and target is not None
-        and canary_current is not None
-        and canary_current.version == target.version
-        and current is not None
-        and current.version == target.version
-        and rollout_state(observed.stable) is not RolloutState.COMPLETE
-    ):
-        canary_target = target  # promoted: the canary serves until the stable rollout completed
-
-    # 6. children
-    apply: list[dict[str, Any]] = []
-    delete: list[ChildKey] = []
     autoscaling = spec.autoscaling
-    replicas = spec.fixed_replicas
-    stable_target = target if target is not None else current
-    if target is not None:
-        apply.append(m.deployment(spec, parent, target, options, track=Track.STABLE, replicas=replicas))
-    if stable_target is not None:
-        apply.append(m.service(parent))
-        if autoscaling is not None:
-            apply.append(m.horizontal_pod_autoscaler(parent, autoscaling))
-        most = autoscaling.max_replicas if autoscaling is not None else replicas or 0
-        if most > 1:
-            apply.append(m.pod_disruption_budget(parent, options))
-    if canary_target is not None:
-        apply.append(
-            m.deployment(
-                spec, parent, canary_target, options, track=Track.CANARY, replicas=spec.rollout.canary_replicas or 1
-            )
-        )
-    elif observed.canary is not None:
-        delete.append(ChildKey("apps/v1", "Deployment", m.deployment_name(parent.name, Track.CANARY)))
-    if autoscaling is None and observed.hpa is not None:
-        delete.append(ChildKey("autoscaling/v2", "HorizontalPodAutoscaler", parent.name))
-    if observed.pdb is not None and not any(o["kind"] == "PodDisruptionBudget" for o in apply):
-        delete.append(ChildKey("policy/v1", "PodDisruptionBudget", parent.name))
-
-    # 7. status
     stable_state = rollout_state(observed.stable) if observed.stable is not None else None
     up_to_date = (
         observed.stable is not None
@@ -746,38 +792,41 @@ def reconcile(
         # Unresolved Latest: what the loaders reported is what serves.
         served = resolved_version(observed.pods, current.source) or served
 
+    previous_failure = previous.last_failure
     new_failure = failure if failure is not None else previous_failure
-    if failure is not None and (previous_failure is None or previous_failure != failure):
+    if failure is not None and previous_failure != failure:
         back = f"; rolling back to {target.version}" if target is not None and target.version != failure.version else ""
         events.append(
             Event("Warning", "RolloutFailed", f"version {failure.version}: {failure.reason}: {failure.message}{back}")
         )
 
     # Degraded: the version the source asks for is not what serves, for a reason the user must see.
-    if failure is not None or (
-        bad_version is not None and candidate is not None and candidate.model.version == bad_version
-    ):
+    degraded_reason: tuple[str, str] | None = None
+    bad = plan.bad_version
+    if failure is not None or (bad is not None and candidate is not None and candidate.model.version == bad):
         f = failure or previous_failure
         assert f is not None
         tail = f"; serving {target.version}" if target is not None and target.version != f.version else ""
         degraded_reason = (f.reason, f"version {f.version} failed: {f.message}{tail}")
     elif resolution.problem is not None and current is not None:
         degraded_reason = (resolution.problem.reason, f"{resolution.problem.message}; still serving {current.version}")
-    elif missing_key and candidate is not None:
+    elif plan.missing_key and candidate is not None:
         degraded_reason = (Reason.KEY_SECRET_NOT_FOUND, f"key Secret {candidate.model.key_secret!r} not found")
+    elif plan.stuck is not None:
+        stuck = plan.stuck
+        degraded_reason = (stuck.reason, f"the rollout of version {stuck.version} does not progress: {stuck.message}")
     if degraded_reason is not None:
         conditions.append(ConditionDecision(Cond.DEGRADED, ConditionStatus.TRUE, *degraded_reason))
     else:
         conditions.append(ConditionDecision(Cond.DEGRADED, ConditionStatus.FALSE, Reason.AS_EXPECTED, ""))
 
-    rolling = (
-        target is not None
-        and (current is None or current.version != target.version or stable_state is not RolloutState.COMPLETE)
-    ) or canary_target is not None
-    if canary_target is not None:
+    rolling = target is not None and (
+        current is None or current.version != target.version or stable_state is not RolloutState.COMPLETE
+    )
+    if plan.canary_target is not None:
         conditions.append(
             ConditionDecision(
-                Cond.PROGRESSING, ConditionStatus.TRUE, Reason.CANARY, f"canary serves {canary_target.version}"
+                Cond.PROGRESSING, ConditionStatus.TRUE, Reason.CANARY, f"canary serves {plan.canary_target.version}"
             )
         )
     elif rolling and target is not None:
@@ -788,55 +837,52 @@ def reconcile(
     else:
         conditions.append(ConditionDecision(Cond.PROGRESSING, ConditionStatus.FALSE, Reason.ROLLOUT_COMPLETE, ""))
 
-    if up_to_date:
-        conditions.append(ConditionDecision(Cond.READY, ConditionStatus.TRUE, Reason.SERVING, f"serving {served}"))
-    elif resolution.problem is not None and current is None:
-        conditions.append(resolution.problem)
-    elif missing_key and current is None and candidate is not None:
-        conditions.append(
-            ConditionDecision(
-                Cond.READY,
-                ConditionStatus.FALSE,
-                Reason.KEY_SECRET_NOT_FOUND,
-                f"key Secret {candidate.model.key_secret!r} not found",
-            )
-        )
-    elif target is None and current is None:
-        conditions.append(
-            ConditionDecision(
-                Cond.READY,
-                ConditionStatus.FALSE,
-                Reason.PROMOTION_BLOCKED if blocked else Reason.NO_MODEL,
-                "no version may be served",
-            )
-        )
-    elif degraded_reason is not None and target is None:
-        conditions.append(ConditionDecision(Cond.READY, ConditionStatus.FALSE, degraded_reason[0], degraded_reason[1]))
-    else:
-        conditions.append(
-            ConditionDecision(
-                Cond.READY,
-                ConditionStatus.FALSE,
-                Reason.ROLLING_OUT,
-                f"rolling out {target.version if target else current.version if current else ''}",
-            )
-        )
+    conditions.append(_ready(plan, up_to_date, served, degraded_reason))
 
-    desired = replicas if replicas is not None else _get(observed.stable, "spec", "replicas")
+    replicas = spec.fixed_replicas
+    deployments = [d for d in (observed.stable, observed.canary) if d]
+    serving = target is not None or current is not None
     status: dict[str, Any] = {
-        "desiredReplicas": desired,
-        "replicas": sum(int(_get(d, "status", "replicas") or 0) for d in (observed.stable, observed.canary) if d),
-        "readyReplicas": sum(
-            int(_get(d, "status", "readyReplicas") or 0) for d in (observed.stable, observed.canary) if d
-        ),
+        "desiredReplicas": replicas if replicas is not None else _get(observed.stable, "spec", "replicas"),
+        "replicas": sum(int(_get(d, "status", "replicas") or 0) for d in deployments),
+        "readyReplicas": sum(int(_get(d, "status", "readyReplicas") or 0) for d in deployments),
         "servedVersion": served,
-        "canaryVersion": canary_target.version if canary_target is not None else None,
+        "canaryVersion": plan.canary_target.version if plan.canary_target is not None else None,
         "lastGoodVersion": last_good,
         "lastFailure": new_failure.to_wire() if new_failure is not None else None,
-        "endpoints": m.endpoints(parent) if stable_target is not None else None,
-        "url": m.url(parent) if stable_target is not None else None,
+        "endpoints": m.endpoints(parent) if serving else None,
+        "url": m.url(parent) if serving else None,
         "observedGeneration": ms.metadata.generation,
     }
     return Outcome(
-        apply=apply, delete=delete, status=status, conditions=conditions, events=events, requeue_after=requeue_after
+        apply=apply,
+        delete=delete,
+        status=status,
+        conditions=conditions,
+        events=events,
+        requeue_after=plan.requeue_after,
     )
+
+
+def _ready(
+    plan: _Plan, up_to_date: bool, served: str | None, degraded_reason: tuple[str, str] | None
+) -> ConditionDecision:
+    candidate, current, target = plan.candidate, plan.current, plan.target
+    if up_to_date:
+        return ConditionDecision(Cond.READY, ConditionStatus.TRUE, Reason.SERVING, f"serving {served}")
+    if plan.resolution.problem is not None and current is None:
+        return plan.resolution.problem
+    if plan.missing_key and current is None and candidate is not None:
+        return ConditionDecision(
+            Cond.READY,
+            ConditionStatus.FALSE,
+            Reason.KEY_SECRET_NOT_FOUND,
+            f"key Secret {candidate.model.key_secret!r} not found",
+        )
+    if target is None and current is None:
+        reason = Reason.PROMOTION_BLOCKED if plan.blocked else Reason.NO_MODEL
+        return ConditionDecision(Cond.READY, ConditionStatus.FALSE, reason, "no version may be served")
+    if degraded_reason is not None and target is None:
+        return ConditionDecision(Cond.READY, ConditionStatus.FALSE, degraded_reason[0], degraded_reason[1])
+    rolling = target.version if target is not None else current.version if current is not None else ""
+    return ConditionDecision(Cond.READY, ConditionStatus.FALSE, Reason.ROLLING_OUT, f"rolling out {rolling}")

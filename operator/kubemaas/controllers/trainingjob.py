@@ -199,15 +199,19 @@ async def _observe(
         # The pre-flight answers are not consulted once the workload exists: no reads in steady state.
         return core.Observed(pytorchjob_served=served, workload=workload, service=service, pods=pods)
     namespace = key[0]
-    claims = frozenset(
-        [c for c in manifests.required_claims(job) if await kube.get("v1", "PersistentVolumeClaim", namespace, c)]
+    wanted = manifests.required_claims(job)
+    # One round trip, not one per object: these reads sit between a create and its first child.
+    # Metadata only: checking for the key Secret must not pull the key into the operator's memory.
+    *found, secret_exists = await asyncio.gather(
+        *(kube.exists("v1", "PersistentVolumeClaim", namespace, c) for c in wanted),
+        kube.exists("v1", "Secret", namespace, job.spec.encryption.key_secret_ref.name),
     )
-    secret = await kube.get("v1", "Secret", namespace, job.spec.encryption.key_secret_ref.name)
+    claims = frozenset(c for c, exists in zip(wanted, found, strict=True) if exists)
     return core.Observed(
         pytorchjob_served=served,
         service=service,
         claims=claims,
-        key_secret_exists=secret is not None,
+        key_secret_exists=secret_exists,
     )
 
 
@@ -264,9 +268,14 @@ async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Inde
         if secret is not None and await kube.create(secret) is not None:
             log.info("%s %s/%s: created key Secret %s", KIND, *key, secret["metadata"]["name"])
             CHILDREN_APPLIED.labels(KIND, "Secret").inc()
-    for child in desired.apply:
-        current = observed.workload if child["kind"] in ("PyTorchJob", "Job") else observed.service
-        if await kube.apply(child, current) is not None:
+    applied = await asyncio.gather(
+        *(
+            kube.apply(child, observed.workload if child["kind"] in ("PyTorchJob", "Job") else observed.service)
+            for child in desired.apply
+        )
+    )
+    for child, result in zip(desired.apply, applied, strict=True):
+        if result is not None:
             CHILDREN_APPLIED.labels(KIND, child["kind"]).inc()
     for gone in desired.delete:
         log.info("%s %s/%s: ttlSecondsAfterFinished passed, deleting %s", KIND, *key, gone["kind"])

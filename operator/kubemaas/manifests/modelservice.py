@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from kubemaas import __version__, contract
+from kubemaas.api.core import DEFAULT_GPU_RESOURCE
 from kubemaas.api.modelservice import (
     Autoscaling,
     Batching,
@@ -28,8 +29,14 @@ from kubemaas.api.modelservice import (
     Runtime,
     ScalingMetric,
 )
+from kubemaas.manifests.pods import (
+    claim_name,
+    restricted_container_security_context,
+    restricted_pod_security_context,
+)
 from kubemaas.runtime.artifacts import DEFAULT_MOUNT_ROOT
 from kubemaas.runtime.triton_config import ServingSettings, settings_to_args
+from kubemaas.serving_metrics import QUEUE_TIME_METRIC
 
 # The model-loader image of this operator release (images/model-loader); the chart may override it.
 DEFAULT_LOADER_IMAGE = f"kubemaas/model-loader:{__version__}"
@@ -53,19 +60,10 @@ TRACK_LABEL = "kubemaas.io/track"
 # The source the version was resolved from: a changed source invalidates a pin taken from ``Latest``.
 SOURCE_ANNOTATION = "kubemaas.io/model-source"
 
-# Pods metric served by a metrics adapter (the chart's prometheus-adapter rule):
-# rate(nv_inference_queue_duration_us) / rate(nv_inference_request_success) per pod.
-QUEUE_TIME_METRIC = "nv_inference_queue_duration_us_per_request"
-
-# The UID:GID the images run as (images/model-loader/Dockerfile). Triton's image runs as root by
-# default; it runs fine as any non-root user when everything it writes is a mounted volume.
-RUN_AS_USER = 65532
-
 STARTUP_PROBE_PERIOD_SECONDS = 10
 # Triton's Python backend and PyTorch DataLoader-style workers use /dev/shm; the runtime's 64 MiB is too small.
 DEFAULT_SHM_SIZE = "1Gi"
 DEFAULT_PDB_MAX_UNAVAILABLE = 1
-DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 
 
 class Track(StrEnum):
@@ -88,8 +86,7 @@ class ModelRef:
 
     @property
     def claim(self) -> str:
-        # The API validated the URI (pvc://<claim>/<path>); the claim is its first segment.
-        return self.store_uri.removeprefix("pvc://").split("/", 1)[0]
+        return claim_name(self.store_uri)
 
 
 @dataclass(frozen=True)
@@ -167,16 +164,6 @@ def track_selector(parent: Parent, track: Track) -> dict[str, str]:
 # --------------------------------------------------------------------------- Deployment
 
 
-def _restricted_container() -> dict[str, Any]:
-    # A fresh dict per container: callers (and apply) may mutate what they get.
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-    }
-
-
 def _resources(spec: ModelServiceSpec, gpu_resource: str) -> dict[str, Any]:
     limits: dict[str, Any] = {}
     if spec.resources.cpu is not None:
@@ -213,7 +200,7 @@ def _loader_container(spec: ModelServiceSpec, model: ModelRef, options: ServingO
         # the controller reads it from initContainerStatuses[].state.terminated.message.
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
-        "securityContext": _restricted_container(),
+        "securityContext": restricted_container_security_context(),
         "volumeMounts": [
             {"name": "model-store", "mountPath": f"{DEFAULT_MOUNT_ROOT}/{model.claim}", "readOnly": True},
             {"name": "model-key", "mountPath": KEY_PATH, "readOnly": True},
@@ -241,6 +228,8 @@ def _triton_container(spec: ModelServiceSpec, options: ServingOptions) -> dict[s
             f"--http-port={HTTP_PORT}",
             f"--grpc-port={GRPC_PORT}",
             f"--metrics-port={METRICS_PORT}",
+            # p50/p99 latency summaries for the chart's dashboard (Triton exports only counters otherwise).
+            "--metrics-config=summary_latencies=true",
             *options.triton_args,
         ],
         "ports": [
@@ -260,7 +249,7 @@ def _triton_container(spec: ModelServiceSpec, options: ServingOptions) -> dict[s
             "failureThreshold": 3,
             "timeoutSeconds": 5,
         },
-        "securityContext": _restricted_container(),
+        "securityContext": restricted_container_security_context(),
         "volumeMounts": [
             {"name": "model-repository", "mountPath": REPOSITORY_PATH, "readOnly": True},
             # readOnlyRootFilesystem needs these: backends and torch write caches and temporary files
@@ -285,14 +274,7 @@ def pod_template(
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            # Secret files keep their 0400 mode but get this group: the non-root loader can read them.
-            "fsGroup": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_pod_security_context(),
         "initContainers": [_loader_container(spec, model, options)],
         "containers": [_triton_container(spec, options)],
         "volumes": [

@@ -22,10 +22,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubemaas import contract
+from kubemaas.api.base import ApiModel
 from kubemaas.api.core import DEFAULT_GPU_RESOURCE, RESERVED_VOLUME_PREFIX
 from kubemaas.api.trainingjob import KeyGeneration, Quantization, TrainingJob
 from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
 from kubemaas.controllers.labels import owner_reference as _owner_reference
+from kubemaas.manifests.pods import (
+    WORKLOAD_UID,
+    claim_name,
+    restricted_container_security_context,
+    restricted_pod_security_context,
+)
 from kubemaas.runtime.artifacts import DEFAULT_MOUNT_ROOT
 from kubemaas.runtime.keyring import ACTIVE_FILE, KEY_BYTES, KEY_FILE_PREFIX
 from kubemaas.runtime.termination import ExitCode
@@ -40,7 +47,6 @@ JOB_CONTAINER = "trainer"
 # Kubeflow reads MASTER_PORT from the container port with this name; naming it keeps both backends on one port.
 PYTORCH_PORT_NAME = "pytorchjob-port"
 MASTER_PORT = contract.DEFAULT_MASTER_PORT
-TRAINER_UID = 65532
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
@@ -64,11 +70,6 @@ class Claim:
     @property
     def mount_path(self) -> str:
         return f"{DEFAULT_MOUNT_ROOT}/{self.name}"
-
-
-def claim_name(uri: str) -> str:
-    """`pvc://<claim>/<path>` -> `<claim>` (the API validated the URI's shape)."""
-    return uri.removeprefix("pvc://").split("/", 1)[0]
 
 
 def claims(job: TrainingJob, *, rank0: bool) -> list[Claim]:
@@ -172,14 +173,31 @@ def _resources(job: TrainingJob) -> dict[str, Any]:
 def container_security_context() -> dict[str, Any]:
     """Pod Security `restricted`, plus a read-only root filesystem (the trainer writes only to /tmp and mounts)."""
     return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "runAsUser": TRAINER_UID,
-        "runAsGroup": TRAINER_UID,
+        **restricted_container_security_context(),
+        "runAsUser": WORKLOAD_UID,
+        "runAsGroup": WORKLOAD_UID,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def _as_served(model: ApiModel) -> dict[str, Any]:
+    """A core/v1 sub-object as the API server stores it: without false and empty values.
+
+    The server drops `readOnly: false`, `value: ""` and the like (omitempty), so a child that carried
+    them would never equal what the watch shows, and every reconcile would apply it again. Leaving them
+    out means the same: false and "" are those fields' defaults.
+    """
+    pruned = _prune(model.model_dump(mode="json", by_alias=True, exclude_none=True))
+    assert isinstance(pruned, dict)
+    return pruned
+
+
+def _prune(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _prune(v) for k, v in value.items() if v is not False and v != ""}
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
 
 
 def _command(job: TrainingJob) -> dict[str, Any]:
@@ -207,7 +225,7 @@ def pod_spec(
         {"name": c.volume, "persistentVolumeClaim": {"claimName": c.name}} for c in pod_claims
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": c.volume, "mountPath": c.mount_path, "readOnly": not c.writable} for c in pod_claims
+        {"name": c.volume, "mountPath": c.mount_path, **({} if c.writable else {"readOnly": True})} for c in pod_claims
     ]
     volumes.append({"name": _volume("tmp"), "emptyDir": {}})
     mounts.append({"name": _volume("tmp"), "mountPath": "/tmp"})
@@ -225,18 +243,18 @@ def pod_spec(
             }
         )
         mounts.append({"name": _volume("keys"), "mountPath": str(contract.DEFAULT_KEY_DIR), "readOnly": True})
-    volumes += [v.to_wire() for v in spec.volumes or ()]
-    mounts += [m.to_wire() for m in spec.volume_mounts or ()]
+    volumes += [_as_served(v) for v in spec.volumes or ()]
+    mounts += [_as_served(m) for m in spec.volume_mounts or ()]
 
     # HOME=/tmp: torch and pip caches need a writable home under a read-only root filesystem. The user's
     # env comes before the contract's, so Kubemaas' values win (the API refuses the names anyway).
     env = [{"name": "HOME", "value": "/tmp"}]
-    env += [e.to_wire() for e in spec.env or ()]
+    env += [_as_served(e) for e in spec.env or ()]
     env += contract.render(settings(job, version, rank0=rank0), rendezvous)
 
     main: dict[str, Any] = {"name": container, "image": spec.image, **_command(job), "env": env}
     if spec.env_from:
-        main["envFrom"] = [e.to_wire() for e in spec.env_from]
+        main["envFrom"] = [_as_served(e) for e in spec.env_from]
     main["ports"] = [{"name": PYTORCH_PORT_NAME, "containerPort": MASTER_PORT, "protocol": "TCP"}]
     resources = _resources(job)
     if resources:
@@ -258,13 +276,7 @@ def pod_spec(
         pod["imagePullSecrets"] = [r.to_wire() for r in spec.image_pull_secrets]
     # Service links would add one variable per Service in the namespace to the training environment.
     pod["enableServiceLinks"] = False
-    pod["securityContext"] = {
-        "runAsNonRoot": True,
-        "runAsUser": TRAINER_UID,
-        "runAsGroup": TRAINER_UID,
-        "fsGroup": TRAINER_UID,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    pod["securityContext"] = restricted_pod_security_context()
     pod["containers"] = [main]
     pod["volumes"] = volumes
     scheduling = spec.scheduling
@@ -272,7 +284,7 @@ def pod_spec(
         if scheduling.node_selector:
             pod["nodeSelector"] = dict(scheduling.node_selector)
         if scheduling.tolerations:
-            pod["tolerations"] = [t.to_wire() for t in scheduling.tolerations]
+            pod["tolerations"] = [_as_served(t) for t in scheduling.tolerations]
         if scheduling.priority_class_name:
             pod["priorityClassName"] = scheduling.priority_class_name
         if scheduling.scheduler_name:
