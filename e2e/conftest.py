@@ -27,6 +27,7 @@ from e2e import waits
 from e2e.chart import Tools, chart_identity
 from e2e.cluster import control_plane, processes
 from e2e.cluster.processes import ComponentError, free_port, log_tail
+from e2e.kube import apply_crd, load_crds
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -37,6 +38,25 @@ class E2ECluster:
     kubeconfig: Path
     api: client.ApiClient
     local: control_plane.Cluster | None  # None when the suite runs against someone else's cluster
+
+    def install_crds(self) -> dict[str, list[str]]:
+        """Apply every CRD in crds/ and wait until each is Established; name -> the API server's Warning headers.
+
+        Tests that share a cluster call it before they create objects: another checkout may have applied
+        an older schema in between."""
+        crds = load_crds()
+        warnings = {crd["metadata"]["name"]: apply_crd(self.api, crd) for crd in crds}
+        for name in warnings:
+            self.wait_object(
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                None,
+                name,
+                lambda crd: waits.condition_is(crd, "Established"),
+                what=f"CRD {name} to be Established",
+                timeout=30,
+            )
+        return warnings
 
     def check_alive(self) -> None:
         if self.local is not None:

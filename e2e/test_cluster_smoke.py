@@ -11,7 +11,7 @@ import yaml
 from kubernetes import client, utils
 
 from e2e.conftest import E2ECluster
-from e2e.kube import REPO, apply_crd, create_custom_object, get_custom_object, load_crds, merge_patch_custom_object
+from e2e.kube import REPO, create_custom_object, get_custom_object, load_crds, merge_patch_custom_object
 from tests.api.cases import InvalidCase, load_cases
 
 CRDS = load_crds()
@@ -24,19 +24,7 @@ INVALID_UPDATES = [c for c in INVALID if c.update is not None]
 @pytest.fixture(scope="session")
 def installed_crds(cluster: E2ECluster) -> dict[str, list[str]]:
     """Every CRD in crds/ applied once per session; name -> Warning headers."""
-    warnings = {crd["metadata"]["name"]: apply_crd(cluster.api, crd) for crd in CRDS}
-    ext = client.ApiextensionsV1Api(cluster.api)
-
-    def established() -> bool:
-        for crd in CRDS:
-            status = ext.read_custom_resource_definition(crd["metadata"]["name"]).status
-            conditions = {c.type: c.status for c in (status.conditions or [])}
-            if conditions.get("Established") != "True":
-                return False
-        return True
-
-    cluster.wait_for("CRDs in crds/ to be Established", established, timeout=30)
-    return warnings
+    return cluster.install_crds()
 
 
 def test_crds_directory_is_not_empty() -> None:

@@ -29,7 +29,7 @@ from kubernetes import client, config
 
 from e2e.cluster import control_plane
 from e2e.conftest import PSS_RESTRICTED, E2ECluster, OperatorLauncher
-from e2e.kube import apiserver_requests, apply_crd, load_crds, requests_between
+from e2e.kube import apiserver_requests, requests_between
 from e2e.test_modelservice import (  # noqa: F401  (crds and store are fixtures)
     GROUP,
     VERSION,
@@ -205,18 +205,7 @@ def throwaway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
     )
     try:
         cluster = E2ECluster(local.kubeconfig, config.new_client_from_config(config_file=str(local.kubeconfig)), local)
-        for crd in load_crds():
-            apply_crd(cluster.api, crd)
-        ext = client.ApiextensionsV1Api(cluster.api)
-
-        def established() -> bool:
-            for crd in load_crds():
-                status = ext.read_custom_resource_definition(crd["metadata"]["name"]).status
-                if {c.type: c.status for c in status.conditions or ()}.get("Established") != "True":
-                    return False
-            return True
-
-        cluster.wait_for("CRDs Established", established, timeout=30)
+        cluster.install_crds()
         yield cluster
     finally:
         control_plane.down(root)

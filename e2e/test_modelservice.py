@@ -26,7 +26,6 @@ from kubernetes import client, watch
 
 from e2e.cluster.nodes import GPU_NODES
 from e2e.conftest import E2ECluster, OperatorProcess
-from e2e.kube import apply_crd, load_crds
 
 GROUP, VERSION = "kubemaas.io", "v1alpha1"
 MS_API = f"{GROUP}/{VERSION}"
@@ -42,18 +41,7 @@ READY_TIMEOUT = 90.0
 @pytest.fixture
 def crds(cluster: E2ECluster) -> None:
     """This checkout's CRDs, applied before every test: helpers sharing the cluster apply their own."""
-    for crd in load_crds():
-        apply_crd(cluster.api, crd)
-    ext = client.ApiextensionsV1Api(cluster.api)
-
-    def established() -> bool:
-        for crd in load_crds():
-            status = ext.read_custom_resource_definition(crd["metadata"]["name"]).status
-            if {c.type: c.status for c in status.conditions or ()}.get("Established") != "True":
-                return False
-        return True
-
-    cluster.wait_for("CRDs Established", established, timeout=30)
+    cluster.install_crds()
 
 
 @pytest.fixture
