@@ -76,6 +76,10 @@ CLUSTER := $(BIN)/python -m e2e.cluster
 cluster-build: venv ## build etcd, Kubernetes, kwok, the training operator and helm (cached)
 	$(CLUSTER) build
 
+.PHONY: images
+images: venv ## build the real node's images (pause, ...) as OCI archives, cached (e2e/cluster/images.py)
+	$(CLUSTER) images
+
 .PHONY: cluster-up
 cluster-up: venv ## start the local control plane; prints its kubeconfig
 	$(CLUSTER) up
