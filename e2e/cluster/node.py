@@ -56,6 +56,14 @@ KUBE_PROXY_METRICS_PORT = 10249
 READY_TIMEOUT = 90.0
 
 
+def pod_placement() -> dict[str, Any]:
+    """Pod spec fields that put a pod on the real node and nowhere else."""
+    return {
+        "nodeSelector": {REAL_NODE_LABEL: "true"},
+        "tolerations": [{"key": REAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
+    }
+
+
 class NodeError(RuntimeError):
     """The real node could not start; the message names the step."""
 
