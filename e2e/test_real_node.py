@@ -8,6 +8,7 @@ of the suite (marker `host_restore`); one real node per machine (fixed ports, th
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from kubernetes import client
 
 from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
+from e2e.cluster.images import BASE_IMAGE
 from e2e.conftest import E2ECluster, RealNode
 
 PAUSE_IMAGE = "localhost/kubemaas/pause:1.0"
@@ -115,3 +117,101 @@ def test_restricted_pod_runs_as_a_real_container(cluster: E2ECluster, namespace:
     assert container["cpu"]["usageCoreNanoSeconds"] >= 0, container
     core.delete_namespaced_pod("pause", namespace, grace_period_seconds=0)
     cluster.wait_objects("v1", "Pod", namespace, lambda pods: "pause" not in pods, what="pause pod gone", timeout=60)
+
+
+# Run inside the pod: what a trainer or Triton pod relies on (cluster DNS for Services and for a pod behind
+# a headless Service, the API server through the `kubernetes` Service with the cluster CA).
+NETWORK_PROBE = """
+import json, socket, ssl, sys, urllib.request
+names = sys.argv[1:]
+found = {n: socket.getaddrinfo(n, 443, socket.AF_INET)[0][4][0] for n in names}
+context = ssl.create_default_context(cafile="/ca/ca.crt")
+with urllib.request.urlopen("https://kubernetes.default.svc/version", context=context, timeout=10) as r:
+    found["version"] = json.load(r)["gitVersion"]
+print(json.dumps(found))
+"""
+
+
+def python_pod(name: str, placement: dict[str, Any], command: list[str], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            **placement,
+            **spec,
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": BASE_IMAGE,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": command,
+                    "securityContext": RESTRICTED_CONTAINER,
+                    "resources": {"limits": {"cpu": "200m", "memory": "128Mi"}},
+                    "volumeMounts": [{"name": "ca", "mountPath": "/ca", "readOnly": True}],
+                }
+            ],
+            "volumes": [{"name": "ca", "configMap": {"name": "kube-root-ca.crt"}}],
+        },
+    }
+
+
+@pytest.mark.real_node
+def test_pod_dns_services_and_kubelet_streams(
+    cluster: E2ECluster, namespace: str, real_node: RealNode, node_images: None
+) -> None:
+    """Cluster DNS resolves a Service and a pod behind a headless Service (`<host>.<subdomain>`, how rank 0
+    is found); the API server answers through the `kubernetes` Service with a certificate the cluster CA
+    signed; `kubectl logs`, `exec` and `port-forward` reach the container through the kubelet."""
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespaced_service(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "workers"},
+            "spec": {"clusterIP": "None", "selector": {"app": "server"}, "ports": [{"port": 8080}]},
+        },
+    )
+    server = python_pod(
+        "server",
+        real_node.placement(),
+        ["python", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", "/ca"],
+        hostname="rank-0",
+        subdomain="workers",
+    )
+    core.create_namespaced_pod(namespace, server)
+    cluster.wait_object("v1", "Pod", namespace, "server", pod_ready, what="http server pod Ready", timeout=90)
+    server_ip = core.read_namespaced_pod("server", namespace).status.pod_ip
+    rank0 = f"rank-0.workers.{namespace}.svc.cluster.local"
+    probe = python_pod(
+        "probe",
+        real_node.placement(),
+        ["python", "-c", NETWORK_PROBE, "kubernetes.default.svc.cluster.local", rank0],
+        restartPolicy="Never",
+    )
+    core.create_namespaced_pod(namespace, probe)
+    cluster.wait_object(
+        "v1",
+        "Pod",
+        namespace,
+        "probe",
+        lambda pod: pod.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+        what="network probe pod to finish",
+        timeout=90,
+    )
+    log = core.read_namespaced_pod_log("probe", namespace)
+    found = json.loads(log.strip().splitlines()[-1])
+    assert found["kubernetes.default.svc.cluster.local"] == "198.19.0.1", log
+    assert found[rank0] == server_ip, log
+    assert found["version"] == "v1.34.4", log
+
+    exec_out = cluster.kubectl("-n", namespace, "exec", "server", "--", "python", "-c", "import os; print(os.getuid())")
+    assert exec_out.strip() == "65532"
+    with (
+        cluster.port_forward(namespace, "pod/server", 8080) as local_port,
+        urllib.request.urlopen(f"http://127.0.0.1:{local_port}/ca.crt", timeout=10) as response,
+    ):
+        assert b"BEGIN CERTIFICATE" in response.read()

@@ -394,6 +394,12 @@ def start(cluster: Cluster, ca: CertificateAuthority, ip: str, server: str, pod_
     cluster.kubectl("wait", "--for=condition=Ready", f"--timeout={READY_TIMEOUT:.0f}s", f"node/{NODE_NAME}")
 
 
+def load_images(cluster: Cluster, names: list[str]) -> list[str]:
+    """Import the named images (images.BUILDERS; built first where the cache lacks them) into the node's
+    containerd; returns their references."""
+    return import_images([ensure_image(name) for name in names], ctr_command(NodePaths(cluster.root)))
+
+
 def _launch(
     cluster: Cluster, name: str, args: list[str], ports: list[int], binary: Path | None = None
 ) -> tuple[processes.Running, Any]:
