@@ -173,3 +173,117 @@ def test_pause_image_runs_in_containerd_and_stops_on_sigterm(ctr: list[str]) -> 
         if run.poll() is None:
             subprocess.run([*k8s, "task", "kill", "--signal", "SIGKILL", "pause-test"], capture_output=True)
             run.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The images built from images/*/Dockerfile: their contract, run as the node runs them
+
+
+_imported: set[tuple[str, Path]] = set()
+
+
+def run_image(
+    ctr: list[str],
+    name: str,
+    args: list[str],
+    *,
+    entrypoint: list[str] | None = None,
+    mounts: tuple[str, ...] = (),
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run the built image `name` like a restricted pod: its own user, read-only root, /tmp a tmpfs.
+
+    args replace the image's CMD and keep its ENTRYPOINT (unless `entrypoint` replaces it), as a container's
+    `args` and `command` do in Kubernetes.
+    """
+    archive = images.ensure_image(name)
+    (ref,) = images.archive_refs(archive)
+    if (ctr[-1], archive) not in _imported:
+        images.import_images([archive], ctr)
+        _imported.add((ctr[-1], archive))
+    if entrypoint is None:
+        entrypoint = images.archive_config(archive)["config"].get("Entrypoint", [])
+    tmpfs = "type=tmpfs,src=tmpfs,dst=/tmp,options=rw:nosuid:nodev:mode=1777"
+    mount_flags = [flag for m in (tmpfs, *mounts) for flag in ("--mount", m)]
+    command = [*ctr, "-n", images.CRI_NAMESPACE, "run", "--rm", "--read-only", *mount_flags, ref]
+    return subprocess.run(
+        [*command, f"contract-{name}", *entrypoint, *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("name", list(images.DOCKERFILE_IMAGES))
+def test_image_config_is_what_the_chart_and_pod_security_expect(name: str) -> None:
+    image = images.DOCKERFILE_IMAGES[name]
+    archive = images.ensure_image(name)
+    assert images.archive_refs(archive) == [images.normalize_ref(image.ref)]
+    config = images.archive_config(archive)["config"]
+    assert config["User"] == "65532:65532", "numeric non-root user: runAsNonRoot can check it without /etc/passwd"
+    assert config["WorkingDir"] == "/tmp"
+    assert "HOME=/tmp" in config["Env"] and "PYTHONDONTWRITEBYTECODE=1" in config["Env"]
+    # Every image starts from the same base layer, stored once by containerd.
+    base_layer = images.archive_layers(images.ensure_image("base"))[0]
+    assert images.archive_layers(archive)[0] == base_layer
+
+
+def test_operator_image_runs_its_cli_read_only_as_65532(ctr: list[str]) -> None:
+    done = run_image(ctr, "operator", ["run", "--help"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "--standalone" in done.stdout
+    # The controllers import (kopf, kubernetes, aiohttp) with no bytecode written to the read-only root.
+    probe = "import os, kopf, kubernetes, kubemaas.controllers; print(os.getuid(), os.getgid())"
+    done = run_image(ctr, "operator", ["-c", probe], entrypoint=["python"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["65532", "65532"]
+
+
+def test_model_loader_image_decrypts_a_real_artifact_read_only(ctr: list[str], tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    from kubemaas.runtime.artifacts import ArtifactStore, TensorSpec
+    from kubemaas.runtime.keyring import generate_key, write_keyring_dir
+    from kubemaas.runtime.termination import SuccessMessage, parse_termination
+
+    plaintext = tmp_path / "model.pt"
+    plaintext.write_bytes(os.urandom(3 * 1024 * 1024 + 17))  # not a multiple of any chunk size
+    key = generate_key()
+    store = ArtifactStore(tmp_path / "store")
+    spec = [TensorSpec(name="pixels", datatype="FP32", dims=[64])]
+    store.publish(plaintext, model="digits", version="v1", key=key, key_id="k1", inputs=spec, outputs=spec)
+    keys = write_keyring_dir(tmp_path / "keys", {"k1": key}, "k1")
+    models = tmp_path / "models"
+    models.mkdir()
+    termination = tmp_path / "termination-log"
+    termination.touch()
+    # What a pod gets: a store the trainer (the same uid) wrote, the key Secret readable by the pod's user
+    # (fsGroup), an emptyDir it owns.
+    for path in (*store.root.rglob("*"), store.root, keys, *keys.iterdir(), models, termination):
+        os.chown(path, 65532, 65532)
+    done = run_image(
+        ctr,
+        "model-loader",
+        [
+            "--store-uri=file:///store",
+            "--model=digits",
+            "--key-dir=/keys",
+            "--repository=/models",
+            "--termination-log=/termination-log",
+            "--backend=python",
+            "--instance-kind=CPU",
+        ],
+        mounts=(
+            f"type=bind,src={store.root},dst=/store,options=rbind:ro",
+            f"type=bind,src={keys},dst=/keys,options=rbind:ro",
+            f"type=bind,src={models},dst=/models,options=rbind:rw",
+            f"type=bind,src={termination},dst=/termination-log,options=rbind:rw",
+        ),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = json.loads((store.root / "digits" / "v1" / "manifest.json").read_text())
+    loaded = (models / "digits" / "1" / "model.pt").read_bytes()
+    assert (
+        hashlib.sha256(loaded).hexdigest() == manifest["sha256"] == hashlib.sha256(plaintext.read_bytes()).hexdigest()
+    )
+    assert (models / "digits" / "1" / "model.pt").stat().st_uid == 65532
+    result = parse_termination(termination.read_bytes())
+    assert isinstance(result, SuccessMessage) and result.version == "v1"

@@ -141,3 +141,78 @@ def test_archive_refs_names_what_is_wrong(tmp_path: Path) -> None:
 def test_unknown_image_names_the_known_ones() -> None:
     with pytest.raises(ImageError, match=r"unknown image 'nope'; known: .*pause"):
         images.ensure_image("nope")
+
+
+def test_wheelhouse_is_the_makefiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    makefile = (images.REPO / "Makefile").read_text()
+    # The formula this module repeats: WHEELS_ROOT/<first 16 hex digits of sha256(pyproject.toml)>.
+    assert "WHEELS_ROOT := $(HOME)/.cache/kubemaas/wheels" in makefile
+    assert "WHEELHOUSE := $(WHEELS_ROOT)/$(shell sha256sum pyproject.toml | cut -c1-16)" in makefile
+    monkeypatch.setattr(images, "WHEELS_ROOT", tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    expected = tmp_path / hashlib.sha256(b"[project]\n").hexdigest()[:16]
+    with pytest.raises(ImageError, match="`make venv` downloads it"):
+        images.wheelhouse(tmp_path)
+    expected.mkdir()
+    (expected / ".complete").touch()
+    assert images.wheelhouse(tmp_path) == expected
+
+
+def test_dockerfile_key_follows_what_goes_into_the_image(tmp_path: Path) -> None:
+    (tmp_path / "images" / "x").mkdir(parents=True)
+    (tmp_path / "images" / "x" / "Dockerfile").write_text("FROM b\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("a = 1\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "w-1.0-py3-none-any.whl").touch()
+    image = images.DockerfileImage("x", "kubemaas/x:1", "images/x/Dockerfile", ".", ("pyproject.toml", "src"))
+
+    def key(base: str = "b1") -> str:
+        return images.dockerfile_key(image, base, wheels, tmp_path)
+
+    first = key()
+    (tmp_path / "src" / "__pycache__").mkdir()
+    (tmp_path / "src" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / "unrelated.txt").write_text("not copied by the Dockerfile")
+    assert key() == first, "bytecode and files the Dockerfile does not copy leave the key alone"
+    changes = [
+        (tmp_path / "src" / "a.py", "a = 2\n"),
+        (tmp_path / "images" / "x" / "Dockerfile", "FROM b\nUSER 1:1\n"),
+        (tmp_path / "pyproject.toml", "[project]\nname = 'x'\n"),
+        (wheels / "w-1.1-py3-none-any.whl", ""),
+    ]
+    seen = {first, key("b2")}
+    for path, text in changes:
+        path.write_text(text)
+        seen.add(key())
+    assert len(seen) == len(changes) + 2
+
+
+def test_buildah_dir_output_becomes_a_named_oci_archive(tmp_path: Path) -> None:
+    source = tmp_path / "dir"
+    source.mkdir()
+    layer_bytes = images.layer_tar([FileEntry("x", b"1")])
+    config = images.canonical_json(images.image_config([], entrypoint=["/x"]))
+    digests = {}
+    for name, data in (("layer", layer_bytes), ("config", config)):
+        digests[name] = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        (source / digests[name][7:]).write_bytes(data)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": images.MEDIA_MANIFEST,
+        "config": {"mediaType": images.MEDIA_CONFIG, "digest": digests["config"], "size": len(config)},
+        "layers": [{"mediaType": images.MEDIA_LAYER, "digest": digests["layer"], "size": len(layer_bytes)}],
+    }
+    (source / "manifest.json").write_text(json.dumps(manifest))
+    archive = tmp_path / "x.tar"
+    digest = images.pack_dir_image(source, archive, "kubemaas/x:0.1.0")
+    assert digest == f"sha256:{hashlib.sha256((source / 'manifest.json').read_bytes()).hexdigest()}"
+    assert images.archive_refs(archive) == ["docker.io/kubemaas/x:0.1.0"]
+    assert images.archive_layers(archive) == [(digests["layer"], len(layer_bytes))]
+    assert images.archive_config(archive)["config"]["Entrypoint"] == ["/x"]
+    manifest["mediaType"] = "application/vnd.docker.distribution.manifest.v2+json"
+    (source / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ImageError, match="expected an OCI manifest"):
+        images.pack_dir_image(source, archive, "kubemaas/x:0.1.0")
