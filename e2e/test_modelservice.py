@@ -149,6 +149,16 @@ def model_service(name: str, model: dict[str, Any], **spec: Any) -> dict[str, An
 def serve_digits(cluster: E2ECluster, namespace: str, **spec: Any) -> None:
     """TrainingJob `digits` published v1, and a ModelService `digits` serving it, Ready."""
     create_job(cluster, namespace, "digits")
+    # The operator's first status write replaces the conditions list: let it land before the fake publish,
+    # or it can erase Succeeded (an operator slower to start, as one running in a pod, loses the race).
+    cluster.wait_object(
+        f"{GROUP}/{VERSION}",
+        "TrainingJob",
+        namespace,
+        "digits",
+        lambda tj: (tj.get("status") or {}).get("conditions"),
+        what="the operator's first status of TrainingJob digits",
+    )
     publish(cluster, namespace, "digits", "v1")
     ms = model_service("digits", {"trainingJobRef": {"name": "digits"}}, **spec)
     custom(cluster).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
