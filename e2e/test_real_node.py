@@ -7,8 +7,11 @@ of the suite (marker `host_restore`); one real node per machine (fixed ports, th
 
 from __future__ import annotations
 
+import base64
 import json
+import shutil
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,15 @@ from kubernetes import client
 
 from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
-from e2e.cluster.images import BASE_IMAGE
-from e2e.conftest import E2ECluster, RealNode
+from e2e.cluster.images import BASE_IMAGE, PAUSE_IMAGE
+from e2e.conftest import E2ECluster, OperatorProcess, RealNode
+from e2e.test_modelservice import GROUP, VERSION, condition, model_service, wait_ms
+from kubemaas.runtime.artifacts import ArtifactStore
+from kubemaas.runtime.keyring import generate_key
+from tests.serving.conftest import KEY_ID, MODEL, publish
 
-PAUSE_IMAGE = "localhost/kubemaas/pause:1.0"
+# The real node's local PersistentVolumes: directories of this machine, one per test namespace.
+STORE_ROOT = Path("/tmp/kubemaas-e2e-real")
 RESTRICTED_CONTAINER = {
     "runAsNonRoot": True,
     "runAsUser": 65532,
@@ -215,3 +223,129 @@ def test_pod_dns_services_and_kubelet_streams(
         urllib.request.urlopen(f"http://127.0.0.1:{local_port}/ca.crt", timeout=10) as response,
     ):
         assert b"BEGIN CERTIFICATE" in response.read()
+
+
+@pytest.fixture
+def node_store(cluster: E2ECluster, namespace: str, real_node: RealNode) -> Iterator[Path]:
+    """Claim `models` bound to a local PersistentVolume on the real node (a directory of this machine),
+    and the key Secret `digits-key` of a fresh keyring; yields the directory (the claim's root)."""
+    root = STORE_ROOT / namespace
+    root.mkdir(parents=True)
+    core = client.CoreV1Api(cluster.api)
+    pv = f"{namespace}-models"
+    core.create_persistent_volume(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany", "ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "local": {"path": str(root)},
+                "nodeAffinity": {
+                    "required": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [real_node.name]}
+                                ]
+                            }
+                        ]
+                    }
+                },
+                "claimRef": {"namespace": namespace, "name": "models"},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models"},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    try:
+        yield root
+    finally:
+        core.delete_persistent_volume(pv)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def publish_digits(root: Path, workdir: Path, versions: dict[str, int]) -> bytes:
+    """Publish TorchScript MLPs as the trainer does (encrypted, LATEST updated) under `root`/store; returns
+    the key. Files are world-readable: the pods read them as 65532."""
+    key = generate_key()
+    store = ArtifactStore(root / "store")
+    for version, seed in versions.items():
+        publish(store, workdir, model=MODEL, version=version, seed=seed, key=key)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return key
+
+
+def key_secret(key: bytes) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "digits-key"},
+        "data": {f"key-{KEY_ID}": base64.b64encode(key).decode(), "active": base64.b64encode(KEY_ID.encode()).decode()},
+    }
+
+
+@pytest.mark.real_node
+def test_tampered_artifact_fails_the_real_loader_and_degrades_the_model_service(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    node_store: Path,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    """The operator's pod on the real node: the loader init container (the model-loader image) reads the
+    artifact from the claim and the key from the Secret mounted as files, refuses a flipped byte, and writes
+    its reason to the termination log; the kubelet reports it and the ModelService is Degraded with it."""
+    key = publish_digits(node_store, tmp_path, {"v1": 1})
+    client.CoreV1Api(cluster.api).create_namespaced_secret(namespace, key_secret(key))
+    artifact = node_store / "store" / MODEL / "v1" / "model.kmenc"
+    data = bytearray(artifact.read_bytes())
+    data[-100] ^= 0x01  # inside the last chunk's ciphertext
+    artifact.write_bytes(bytes(data))
+
+    ms = model_service(
+        "digits",
+        {"uri": "pvc://models/store/digits", "version": "v1", "encryption": {"keySecretRef": {"name": "digits-key"}}},
+        replicas=1,
+        scheduling=real_node.placement(),
+    )
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
+    degraded = wait_ms(
+        cluster,
+        namespace,
+        "digits",
+        lambda obj: condition(obj, "Degraded").get("reason") == "TamperedArtifact",
+        "ModelService digits Degraded=TamperedArtifact",
+        timeout=120,
+    )
+    assert condition(degraded, "Degraded")["status"] == "True"
+    assert "tampered artifact" in condition(degraded, "Degraded")["message"], degraded["status"]
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
+        namespace, label_selector="kubemaas.io/modelservice=digits"
+    )
+    (pod,) = pods.items
+    assert pod.spec.node_name == real_node.name
+    (loader,) = pod.status.init_container_statuses
+    terminated = loader.last_state.terminated or loader.state.terminated
+    assert terminated.exit_code == 79, loader
+    assert "tampered artifact" in terminated.message, terminated.message
+    for leak in (base64.b64encode(key).decode(), key.hex()):
+        assert leak not in terminated.message and leak not in operator.text()
