@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import urllib.request
 from collections.abc import Iterator
@@ -17,12 +18,14 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
 from e2e.cluster.images import BASE_IMAGE, PAUSE_IMAGE
 from e2e.conftest import E2ECluster, OperatorProcess, RealNode
 from e2e.test_modelservice import GROUP, VERSION, condition, model_service, wait_ms
+from kubemaas.manifests.pods import WORKLOAD_UID
 from kubemaas.runtime.artifacts import ArtifactStore
 from kubemaas.runtime.keyring import generate_key
 from tests.serving.conftest import KEY_ID, MODEL, publish
@@ -231,6 +234,8 @@ def node_store(cluster: E2ECluster, namespace: str, real_node: RealNode) -> Iter
     and the key Secret `digits-key` of a fresh keyring; yields the directory (the claim's root)."""
     root = STORE_ROOT / namespace
     root.mkdir(parents=True)
+    # A local volume keeps the directory's owner: the trainer's rank 0 writes as the workload uid.
+    os.chown(root, WORKLOAD_UID, WORKLOAD_UID)
     core = client.CoreV1Api(cluster.api)
     pv = f"{namespace}-models"
     core.create_persistent_volume(
@@ -266,7 +271,7 @@ def node_store(cluster: E2ECluster, namespace: str, real_node: RealNode) -> Iter
             "kind": "PersistentVolumeClaim",
             "metadata": {"name": "models"},
             "spec": {
-                "accessModes": ["ReadOnlyMany"],
+                "accessModes": ["ReadWriteMany"],
                 "storageClassName": "",
                 "volumeName": pv,
                 "resources": {"requests": {"storage": "1Gi"}},
@@ -349,3 +354,80 @@ def test_tampered_artifact_fails_the_real_loader_and_degrades_the_model_service(
     assert "tampered artifact" in terminated.message, terminated.message
     for leak in (base64.b64encode(key).decode(), key.hex()):
         assert leak not in terminated.message and leak not in operator.text()
+
+
+TRAINER_IMAGE = "kubemaas/trainer:0.1.0"
+
+
+def training_job(name: str, backend: str, placement: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "image": TRAINER_IMAGE,
+            "args": ["--steps", "300", "--batch-size", "32"],
+            "replicas": 2,
+            "nprocPerNode": 1,
+            # Two ranks on a 2-core node, beside the node's own processes.
+            "resources": {"cpu": "600m", "memory": "1536Mi"},
+            "scheduling": placement,
+            "output": {"uri": "pvc://models/store", "modelName": MODEL},
+            "encryption": {"keySecretRef": {"name": "digits-key"}, "generateKey": "IfMissing"},
+            "runPolicy": {"backoffLimit": 2, "activeDeadlineSeconds": 900},
+            "backend": backend,
+        },
+    }
+
+
+@pytest.mark.real_node
+@pytest.mark.parametrize("backend", ["Job", "PyTorchJob"])
+def test_two_ranks_train_on_the_real_node_and_publish_an_encrypted_model(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    node_store: Path,
+    operator: OperatorProcess,
+    backend: str,
+) -> None:
+    """The trainer image as two gloo ranks on CPU, found by each other through cluster DNS (the PyTorchJob's
+    master Service, or the Indexed Job's `<job>-workers-0.<job>-workers`); rank 0 publishes the encrypted
+    model to the claim and its termination message becomes status.model with the held-out accuracy."""
+    if backend == "PyTorchJob":
+        try:
+            client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
+        except ApiException:
+            pytest.skip("the cluster does not serve PyTorchJob (no Kubeflow training operator)")
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "trainingjobs", training_job("digits", backend, real_node.placement())
+    )
+    done = cluster.wait_object(
+        f"{GROUP}/{VERSION}",
+        "TrainingJob",
+        namespace,
+        "digits",
+        lambda tj: (
+            tj
+            if any(
+                c["type"] in ("Succeeded", "Failed") and c["status"] == "True"
+                for c in tj.get("status", {}).get("conditions", [])
+            )
+            else None
+        ),
+        what=f"TrainingJob digits ({backend}) to finish",
+        timeout=600,
+    )
+    conditions = {c["type"]: c for c in done["status"]["conditions"]}
+    assert conditions.get("Succeeded", {}).get("status") == "True", done["status"]
+    model = done["status"]["model"]
+    assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(namespace).items
+    assert {p.spec.node_name for p in pods if p.metadata.name.startswith("digits")} == {real_node.name}
+    # What rank 0 wrote is ciphertext: no TorchScript (a zip archive) and no key on the shared volume.
+    artifact = node_store / "store" / MODEL / model["version"] / "model.kmenc"
+    data = artifact.read_bytes()
+    assert len(data) > 10_000 and b"PK\x03\x04" not in data[:4096]
+    secret = client.CoreV1Api(cluster.api).read_namespaced_secret("digits-key", namespace)
+    keys = [base64.b64decode(v) for k, v in secret.data.items() if k.startswith("key-")]
+    assert keys and all(key not in data for key in keys)
