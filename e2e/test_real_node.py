@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from kubernetes.utils import parse_quantity
 
 from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
@@ -431,3 +432,90 @@ def test_two_ranks_train_on_the_real_node_and_publish_an_encrypted_model(
     secret = client.CoreV1Api(cluster.api).read_namespaced_secret("digits-key", namespace)
     keys = [base64.b64decode(v) for k, v in secret.data.items() if k.startswith("key-")]
     assert keys and all(key not in data for key in keys)
+
+
+BURN = "import os, time\nwhile os.environ.get('LOAD') == '1':\n    pass\ntime.sleep(10**9)"
+
+
+def burner(placement: dict[str, Any], load: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "burn"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "burn"}},
+            "template": {
+                "metadata": {"labels": {"app": "burn"}},
+                "spec": {
+                    **placement,
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "burn",
+                            "image": BASE_IMAGE,
+                            "command": ["python", "-c", BURN],
+                            "env": [{"name": "LOAD", "value": load}],
+                            "securityContext": RESTRICTED_CONTAINER,
+                            # A busy loop is throttled at the limit: 200% of the request, bounded on 2 cores.
+                            "resources": {"requests": {"cpu": "50m"}, "limits": {"cpu": "100m", "memory": "64Mi"}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+@pytest.mark.real_node
+def test_hpa_scales_on_real_cpu_metrics(
+    cluster: E2ECluster, namespace: str, real_node: RealNode, node_images: None
+) -> None:
+    """kubelet -> metrics-server -> the aggregated metrics.k8s.io API -> the HPA controller: busy pods make it
+    scale the Deployment up to its maximum, idle ones back down to one."""
+    apps = client.AppsV1Api(cluster.api)
+    apps.create_namespaced_deployment(namespace, burner(real_node.placement(), "1"))
+    client.AutoscalingV2Api(cluster.api).create_namespaced_horizontal_pod_autoscaler(
+        namespace,
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "burn"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burn"},
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}},
+                    }
+                ],
+                "behavior": {
+                    "scaleUp": {"stabilizationWindowSeconds": 0},
+                    "scaleDown": {"stabilizationWindowSeconds": 0},
+                },
+            },
+        },
+    )
+
+    def replicas(want: int) -> Any:
+        return lambda d: (
+            d if (d.get("status") or {}).get("readyReplicas") == want and d["spec"]["replicas"] == want else None
+        )
+
+    cluster.wait_object(
+        "apps/v1", "Deployment", namespace, "burn", replicas(3), what="HPA to scale burn to 3", timeout=240
+    )
+    usage = json.loads(cluster.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods"))
+    millicores = [float(parse_quantity(c["usage"]["cpu"])) * 1000 for p in usage["items"] for c in p["containers"]]
+    assert millicores and max(millicores) > 50, usage  # above the request: the busy loop really ran
+    apps.patch_namespaced_deployment(
+        "burn",
+        namespace,
+        {"spec": {"template": {"spec": {"containers": [{"name": "burn", "env": [{"name": "LOAD", "value": "0"}]}]}}}},
+    )
+    cluster.wait_object(
+        "apps/v1", "Deployment", namespace, "burn", replicas(1), what="HPA to scale burn back to 1", timeout=300
+    )
