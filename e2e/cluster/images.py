@@ -3,13 +3,15 @@
 Nothing can be pulled on these machines, so every image the node runs is made here and imported into
 its containerd with `ctr images import`:
 
-* ``pause``: the sandbox image, a tiny static Go program (modules/pause) packed as a one-layer OCI
-  image archive by this module (tar + JSON, no tools needed).
+* ``pause``: the sandbox image, a tiny static Go program (modules/pause) in one layer (tar + JSON here).
+* ``base``: Debian bookworm's python3 from debootstrap --variant=minbase, one layer; buildah builds on it.
+* ``operator``, ``model-loader``, ``trainer``, ``triton-python``: the repo's Dockerfiles built by buildah
+  (no network, pip offline from the Makefile's wheel cache), named as the chart and examples name them.
 
-Each image is cached under ``<cache>/images/<key>/`` where the key hashes everything that decides its
-bytes, so a second build is a lookup. The archives are OCI image layouts in a tar (what `ctr images
-import`, `skopeo` and `buildah pull oci-archive:` read); their index names the image both with
-containerd's full-name annotation and with the OCI tag annotation.
+Each image is cached as an OCI image layout directory, ``<cache>/images/<key>/oci/``, where the key hashes
+everything that decides its bytes, so a second build is a lookup. Blobs that several images share (the base,
+torch) are hard links to one file. `import_images` streams a layout into `ctr images import` through a pipe;
+the index names the image both with containerd's full-name annotation and the OCI tag annotation.
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ from .versions import CLUSTER_DIR, cache_root
 PAUSE_IMAGE = "localhost/kubemaas/pause:1.0"
 # Debian packages the image build needs (the node code installs them with its own apt function).
 IMAGE_BUILD_PACKAGES = ("buildah", "debootstrap")
-# Bump when the packing below changes the archives' bytes, so old cache entries are not reused.
+# Bump when the packing below changes the images' bytes or layout, so old cache entries are not reused.
 PACKING_VERSION = "1"
 PAUSE_MODULE = CLUSTER_DIR / "modules" / "pause"
-ARCHIVE_NAME = "image.oci.tar"
+LAYOUT_NAME = "oci"  # each cache entry: <key>/oci/, an OCI image layout directory
 COMPLETE_MARKER = ".complete"
 TAIL_LINES = 40
 
@@ -229,8 +231,11 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def write_oci_archive(dest: Path, ref: str, config: dict[str, Any], layers: Sequence[Layer]) -> str:
-    """Write an OCI image layout as a tar at dest naming the image `ref`; returns the manifest digest."""
+def write_oci_layout(dest: Path, ref: str, config: dict[str, Any], layers: Sequence[Layer]) -> str:
+    """Write an OCI image layout directory at dest naming the image `ref`; returns the manifest digest.
+
+    The layers' files are moved into the layout (they are staging files of the caller).
+    """
     config_bytes = canonical_json(config)
     config_blob = Blob(MEDIA_CONFIG, f"sha256:{hashlib.sha256(config_bytes).hexdigest()}", len(config_bytes))
     manifest = {
@@ -241,15 +246,15 @@ def write_oci_archive(dest: Path, ref: str, config: dict[str, Any], layers: Sequ
     }
     blobs: list[tuple[str, bytes | Path]] = [(config_blob.digest, config_bytes)]
     blobs += [(layer.blob.digest, layer.path) for layer in layers]
-    return write_layout_tar(dest, ref, canonical_json(manifest), blobs)
+    return write_layout(dest, ref, canonical_json(manifest), blobs)
 
 
-def write_layout_tar(dest: Path, ref: str, manifest_bytes: bytes, blobs: Sequence[tuple[str, bytes | Path]]) -> str:
-    """Tar an OCI image layout: oci-layout, an index naming the one manifest `ref`, and the blobs.
+def write_layout(dest: Path, ref: str, manifest_bytes: bytes, blobs: Sequence[tuple[str, bytes | Path]]) -> str:
+    """An OCI image layout directory: oci-layout, an index naming the one manifest `ref`, and the blobs.
 
     The index names the image both ways: containerd's annotation with the full name (what `ctr images import`
-    uses) and the OCI tag annotation. Written to a temporary name and renamed, so an interrupted build never
-    leaves a half archive. Returns the manifest digest.
+    uses) and the OCI tag annotation. Blobs given as files are moved in (renamed, not copied: GBs of torch).
+    Returns the manifest digest.
     """
     full = normalize_ref(ref)
     manifest_blob = Blob(MEDIA_MANIFEST, f"sha256:{hashlib.sha256(manifest_bytes).hexdigest()}", len(manifest_bytes))
@@ -263,46 +268,69 @@ def write_layout_tar(dest: Path, ref: str, manifest_bytes: bytes, blobs: Sequenc
             )
         ],
     }
-    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
-    with tarfile.open(partial, mode="w", format=tarfile.PAX_FORMAT) as tar:
-
-        def add(name: str, data: bytes | Path) -> None:
-            info = tarfile.TarInfo(name)
-            info.mode = 0o644
-            if isinstance(data, Path):
-                info.size = data.stat().st_size
-                with data.open("rb") as f:
-                    tar.addfile(info, f)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-        add("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
-        add("index.json", canonical_json(index))
-        add(f"blobs/sha256/{manifest_blob.digest[7:]}", manifest_bytes)
-        seen = {manifest_blob.digest}
-        for digest, data in blobs:
-            if digest not in seen:  # an image may list the same (e.g. empty) layer twice; store it once
-                seen.add(digest)
-                add(f"blobs/sha256/{digest.removeprefix('sha256:')}", data)
-    partial.rename(dest)
+    blob_dir = dest / "blobs" / "sha256"
+    blob_dir.mkdir(parents=True)
+    (dest / "oci-layout").write_bytes(canonical_json({"imageLayoutVersion": "1.0.0"}))
+    (dest / "index.json").write_bytes(canonical_json(index))
+    (blob_dir / manifest_blob.digest[7:]).write_bytes(manifest_bytes)
+    for digest, data in blobs:
+        target = blob_dir / digest.removeprefix("sha256:")
+        if target.exists():  # an image may list the same (e.g. empty) layer twice; store it once
+            continue
+        if isinstance(data, Path):
+            data.rename(target)
+        else:
+            target.write_bytes(data)
     return manifest_blob.digest
 
 
-def archive_refs(archive: Path) -> list[str]:
-    """The image names an OCI archive's index carries (containerd's annotation)."""
+def _read_json(layout: Path, name: str) -> Any:
     try:
-        with tarfile.open(archive) as tar:
-            member = tar.extractfile("index.json")
-            if member is None:
-                raise ImageError(f"{archive}: index.json is not a file")
-            index = json.load(member)
-    except (OSError, KeyError, tarfile.TarError, json.JSONDecodeError) as error:
-        raise ImageError(f"{archive} is not an OCI image archive: {error}") from error
+        return json.loads((layout / name).read_bytes())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ImageError(f"{layout} is not an OCI image layout: {error}") from error
+
+
+def layout_refs(layout: Path) -> list[str]:
+    """The image names an OCI layout's index carries (containerd's annotation)."""
+    index = _read_json(layout, "index.json")
     refs = [m.get("annotations", {}).get(ANNOTATION_CONTAINERD_NAME) for m in index.get("manifests", [])]
     if not refs or None in refs:
-        raise ImageError(f"{archive}: every manifest in index.json needs the {ANNOTATION_CONTAINERD_NAME} annotation")
+        raise ImageError(f"{layout}: every manifest in index.json needs the {ANNOTATION_CONTAINERD_NAME} annotation")
     return [str(r) for r in refs]
+
+
+def layout_manifest(layout: Path) -> dict[str, Any]:
+    """The manifest of a layout's (single) image."""
+    (entry,) = _read_json(layout, "index.json")["manifests"]
+    manifest: dict[str, Any] = _read_json(layout, f"blobs/sha256/{entry['digest'][7:]}")
+    return manifest
+
+
+def layout_config(layout: Path) -> dict[str, Any]:
+    """The OCI image config of a layout's (single) image: user, entrypoint, env, layers' diff_ids."""
+    config: dict[str, Any] = _read_json(layout, f"blobs/sha256/{layout_manifest(layout)['config']['digest'][7:]}")
+    return config
+
+
+def layout_layers(layout: Path) -> list[tuple[str, int]]:
+    """(digest, size) of a layout's layers, in order."""
+    return [(layer["digest"], layer["size"]) for layer in layout_manifest(layout)["layers"]]
+
+
+def layout_blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
+def write_layout_tar(layout: Path, out: io.BufferedIOBase | Any) -> None:
+    """Stream a layout as the tar `ctr images import` reads (to a pipe or a file): no copy on disk."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(layout.rglob("*")):
+            if path.is_file():
+                info = tarfile.TarInfo(str(path.relative_to(layout)))
+                info.size, info.mode = path.stat().st_size, 0o644
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,16 +343,47 @@ def images_root() -> Path:
 
 def _cached(key: str) -> Path | None:
     directory = images_root() / key
-    return directory / ARCHIVE_NAME if (directory / COMPLETE_MARKER).exists() else None
+    if not (directory / COMPLETE_MARKER).exists():
+        return None
+    layout = directory / LAYOUT_NAME
+    legacy = directory / "image.oci.tar"  # what the first version of this module cached: the same blobs in a tar
+    if not layout.exists() and legacy.exists():
+        unpacked = directory / f".{LAYOUT_NAME}.partial-{os.getpid()}"
+        shutil.rmtree(unpacked, ignore_errors=True)
+        with tarfile.open(legacy) as tar:
+            tar.extractall(unpacked, filter="data")
+        unpacked.rename(layout)
+    return layout if (layout / "index.json").exists() else None
+
+
+def _dedupe(layout: Path) -> int:
+    """Hard-link blobs other cached images already hold (torch's GBs, the base): stored once on disk.
+
+    Returns the bytes saved. Each entry stays self-contained: removing one never breaks another.
+    """
+    saved = 0
+    others = [entry / LAYOUT_NAME / "blobs" / "sha256" for entry in images_root().iterdir() if entry.is_dir()]
+    for blob in (layout / "blobs" / "sha256").iterdir():
+        for other_dir in others:
+            other = other_dir / blob.name
+            if other_dir == blob.parent or not other.exists() or other.stat().st_ino == blob.stat().st_ino:
+                continue
+            link = blob.with_name(f".{blob.name}.link")
+            os.link(other, link)
+            saved += blob.stat().st_size
+            link.replace(blob)
+            break
+    return saved
 
 
 def _finish(key: str, staging: Path, note: str) -> Path:
-    """Move a staging directory holding ARCHIVE_NAME into the cache under key (atomically)."""
-    (staging / COMPLETE_MARKER).write_text(note + "\n")
+    """Move a staging directory holding the LAYOUT_NAME layout into the cache under key (atomically)."""
+    saved = _dedupe(staging / LAYOUT_NAME)
+    (staging / COMPLETE_MARKER).write_text(f"{note}; {saved} bytes shared with other images by hard links\n")
     target = images_root() / key
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-    return target / ARCHIVE_NAME
+    return target / LAYOUT_NAME
 
 
 def _staging() -> Path:
@@ -345,7 +404,7 @@ def pause_key(toolchain: str) -> str:
 
 
 def ensure_pause() -> Path:
-    """The pause image archive: `go build` of modules/pause (static, stripped) in one layer at /pause."""
+    """The pause image: `go build` of modules/pause (static, stripped) in one layer at /pause."""
     key = pause_key(go_env_version())
     if (cached := _cached(key)) is not None:
         return cached
@@ -365,8 +424,7 @@ def ensure_pause() -> Path:
         binary.unlink()
         # 65535: the uid of the upstream pause image; the kubelet overrides it with the pod's runAsUser.
         config = image_config([layer.diff_id], entrypoint=["/pause"], user="65535:65535", env=())
-        write_oci_archive(staging / ARCHIVE_NAME, PAUSE_IMAGE, config, [layer])
-        layer.path.unlink()
+        write_oci_layout(staging / LAYOUT_NAME, PAUSE_IMAGE, config, [layer])
         archive = _finish(key, staging, f"built in {time.monotonic() - started:.1f}s")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -385,8 +443,10 @@ def ensure_pause() -> Path:
 BASE_IMAGE = "localhost/kubemaas/python:3.11-bookworm"
 BASE_SUITE = "bookworm"
 BASE_MIRROR = "http://deb.debian.org/debian"
-# python-is-python3: the Dockerfiles run `python`; python3-venv: `python -m venv` (ensurepip's wheels).
-BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3")
+# python-is-python3: the Dockerfiles run `python`; python3-venv: `python -m venv` (ensurepip's wheels);
+# libpython3.11: the Triton Python backend stub links libpython3.11.so.1.0 (images/triton-python/Dockerfile.cpu).
+# Builds are offline, so whatever a Dockerfile needs from Debian must already be in the base.
+BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "libpython3.11")
 BASE_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8")
 
 
@@ -402,17 +462,25 @@ def base_key() -> str:
     )
 
 
-def _run(what: str, command: Sequence[str], log_path: Path | None = None, **kwargs: Any) -> str:
-    """Run a build step; on failure raise ImageError naming the step with the output's tail."""
-    result = subprocess.run(list(command), capture_output=True, text=True, **kwargs)
-    output = result.stdout + result.stderr
-    if log_path is not None:
+def _run(what: str, command: Sequence[str], log_path: Path | None = None) -> str:
+    """Run a build step; on failure raise ImageError naming the step with the output's tail.
+
+    With log_path the output streams into that file as it comes (a long build can be followed there) and the
+    return value is empty; without it the step's stdout is returned.
+    """
+    if log_path is None:
+        result = subprocess.run(list(command), capture_output=True, text=True)
+        output, returncode = result.stdout + result.stderr, result.returncode
+    else:
         with log_path.open("a") as log_file:
-            log_file.write(f"$ {' '.join(command)}\n{output}\n")
-    if result.returncode != 0:
+            log_file.write(f"$ {' '.join(command)}\n")
+            log_file.flush()
+            returncode = subprocess.run(list(command), stdout=log_file, stderr=subprocess.STDOUT).returncode
+        output = log_path.read_text(errors="replace")
+    if returncode != 0:
         tail = "\n".join(output.splitlines()[-TAIL_LINES:])
-        raise ImageError(f"{what} failed: `{' '.join(command)}` exited {result.returncode}:\n{tail}")
-    return str(result.stdout)
+        raise ImageError(f"{what} failed: `{' '.join(command)}` exited {returncode}:\n{tail}")
+    return result.stdout if log_path is None else ""
 
 
 def file_layer(path: Path) -> Layer:
@@ -441,7 +509,7 @@ def tar_rootfs(root: Path, dest: Path) -> Layer:
 
 
 def ensure_base() -> Path:
-    """The Python base image archive: debootstrap --variant=minbase with BASE_PACKAGES, one layer."""
+    """The Python base image: debootstrap --variant=minbase with BASE_PACKAGES, one layer."""
     key = base_key()
     if (cached := _cached(key)) is not None:
         return cached
@@ -481,8 +549,7 @@ def ensure_base() -> Path:
             env=BASE_ENV,
             created_by=f"debootstrap --variant=minbase --include={','.join(BASE_PACKAGES)} {BASE_SUITE}",
         )
-        write_oci_archive(staging / ARCHIVE_NAME, BASE_IMAGE, config, [layer])
-        layer.path.unlink()
+        write_oci_layout(staging / LAYOUT_NAME, BASE_IMAGE, config, [layer])
         archive = _finish(key, staging, f"built in {time.monotonic() - started:.1f}s")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -491,48 +558,20 @@ def ensure_base() -> Path:
     return archive
 
 
-def _archive_manifest(tar: tarfile.TarFile) -> dict[str, Any]:
-    def read(name: str) -> Any:
-        member = tar.extractfile(name)
-        if member is None:
-            raise ImageError(f"{tar.name!r}: {name} is not a file")
-        return json.load(member)
-
-    (entry,) = read("index.json")["manifests"]
-    manifest: dict[str, Any] = read(f"blobs/sha256/{entry['digest'][7:]}")
-    manifest["config"]["content"] = read(f"blobs/sha256/{manifest['config']['digest'][7:]}")
-    return manifest
-
-
-def archive_config_digest(archive: Path) -> str:
-    """The config digest of an archive's (single) image: containers-storage uses it as the image ID."""
-    with tarfile.open(archive) as tar:
-        return str(_archive_manifest(tar)["config"]["digest"])
-
-
-def archive_config(archive: Path) -> dict[str, Any]:
-    """The OCI image config of an archive's (single) image: user, entrypoint, env, layers' diff_ids."""
-    with tarfile.open(archive) as tar:
-        config: dict[str, Any] = _archive_manifest(tar)["config"]["content"]
-    return config
-
-
-def archive_layers(archive: Path) -> list[tuple[str, int]]:
-    """(digest, size) of an archive's layers, in order."""
-    with tarfile.open(archive) as tar:
-        return [(layer["digest"], layer["size"]) for layer in _archive_manifest(tar)["layers"]]
-
-
 def load_into_buildah(archive: Path, name: str) -> None:
-    """Make `name` in buildah's local storage the image of this archive (skipped when it already is)."""
-    image_id = archive_config_digest(archive).removeprefix("sha256:")
+    """Make `name` in buildah's local storage the image of this layout (skipped when it already is)."""
+    image_id = layout_manifest(archive)["config"]["digest"].removeprefix("sha256:")
     current = subprocess.run(
         ["buildah", "inspect", "--type", "image", "--format", "{{.FromImageID}}", name], capture_output=True, text=True
     )
     if current.returncode == 0 and current.stdout.strip() == image_id:
         return
-    pulled = _run(f"loading {name} into buildah", ["buildah", "pull", "--quiet", f"oci-archive:{archive}"]).strip()
-    _run(f"naming {name} in buildah", ["buildah", "tag", pulled.splitlines()[-1], name])
+    # Through a temporary archive: `buildah pull oci:DIR` names the image after DIR, and a path with a dot
+    # component (~/.cache) is not a valid name; `oci-archive:` does not.
+    with tempfile.TemporaryDirectory(prefix=".partial-", dir=images_root()) as scratch:
+        tarball = write_archive(archive, Path(scratch) / "image.tar")
+        pulled = _run(f"loading {name} into buildah", ["buildah", "pull", "--quiet", f"oci-archive:{tarball}"]).strip()
+        _run(f"naming {name} in buildah", ["buildah", "tag", pulled.splitlines()[-1], name])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -577,6 +616,21 @@ DOCKERFILE_IMAGES = {
             ".",
             ("pyproject.toml", "README.md", "operator"),
         ),
+        DockerfileImage(
+            "trainer",
+            "kubemaas/trainer:0.1.0",
+            "images/trainer/Dockerfile",
+            ".",
+            ("pyproject.toml", "README.md", "operator", "examples/training"),
+        ),
+        # The CPU variant: ./Dockerfile starts FROM nvcr.io's Triton, which these machines cannot pull.
+        DockerfileImage(
+            "triton-python",
+            "kubemaas/triton-python:24.10",
+            "images/triton-python/Dockerfile.cpu",
+            "images/triton-python",
+            (),
+        ),
     )
 }
 
@@ -605,17 +659,20 @@ def dockerfile_key(image: DockerfileImage, base: str, wheels: Path, repo: Path =
 
 
 def pack_dir_image(source: Path, dest: Path, ref: str) -> str:
-    """Turn `buildah push dir:` output (manifest.json and blobs named by hex digest) into an OCI archive."""
+    """Turn `buildah push dir:` output (manifest.json, blobs named by hex digest) into an OCI layout at dest.
+
+    The blobs are moved, not copied.
+    """
     manifest_bytes = (source / "manifest.json").read_bytes()
     manifest = json.loads(manifest_bytes)
     if manifest.get("mediaType", MEDIA_MANIFEST) != MEDIA_MANIFEST:
         raise ImageError(f"{source}: expected an OCI manifest, got {manifest.get('mediaType')}")
     digests = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
-    return write_layout_tar(dest, ref, manifest_bytes, [(d, source / d.removeprefix("sha256:")) for d in digests])
+    return write_layout(dest, ref, manifest_bytes, [(d, source / d.removeprefix("sha256:")) for d in digests])
 
 
 def build_dockerfile(image: DockerfileImage) -> Path:
-    """`buildah build` of one Dockerfile on the local base, offline (no network), packed as an OCI archive.
+    """`buildah build` of one Dockerfile on the local base, offline (no network), as an OCI layout.
 
     The wheel cache is bind-mounted at /wheels and a pip.conf pointing at it at /etc/pip.conf, for RUN steps
     only. `--layers` keeps buildah's step cache, so images whose first steps agree share those layers.
@@ -628,28 +685,29 @@ def build_dockerfile(image: DockerfileImage) -> Path:
     for tool in IMAGE_BUILD_PACKAGES:
         if shutil.which(tool) is None:
             raise ImageError(f"building {image.ref} needs {tool} (Debian packages: {' '.join(IMAGE_BUILD_PACKAGES)})")
-    load_into_buildah(base_archive, BASE_IMAGE)
+    # The base's name in buildah carries its key: two checkouts building at once (with different bases) never
+    # retag each other's base between loading it and `FROM`, and buildah's step cache follows the content.
+    base_name = f"{BASE_IMAGE}-{base_archive.parent.name}"
+    load_into_buildah(base_archive, base_name)
     started = time.monotonic()
     staging = _staging()
     build_log = staging / "build.log"
     tag = f"{BUILD_TAG_PREFIX}/{image.name}:{key}"
     try:
         (staging / "pip.conf").write_text(PIP_OFFLINE_CONF)
-        args = [
-            arg for k, v in (("PYTHON_IMAGE", BASE_IMAGE), *image.build_args) for arg in ("--build-arg", f"{k}={v}")
-        ]
+        args = [arg for k, v in (("PYTHON_IMAGE", base_name), *image.build_args) for arg in ("--build-arg", f"{k}={v}")]
         command = [
             "buildah", "build", "--pull=never", "--network=none", "--layers", "--format=oci",
             "-f", str(REPO / image.dockerfile), *args,
             "-v", f"{wheels}:/wheels:ro", "-v", f"{staging / 'pip.conf'}:/etc/pip.conf:ro",
             "-t", tag, str(REPO / image.context),
         ]  # fmt: skip
-        log(f"building {image.ref} from {image.dockerfile} ...")
+        log(f"building {image.ref} from {image.dockerfile} (follow: {build_log}) ...")
         _run(f"building {image.ref} from {image.dockerfile}", command, build_log)
         # `dir:` with -D keeps the layers uncompressed: no gzip of GBs on two cores, and equal layers keep
         # equal digests, so containerd stores a layer two images share once.
         _run(f"exporting {image.ref}", ["buildah", "push", "--quiet", "-D", tag, f"dir:{staging / 'dir'}"], build_log)
-        pack_dir_image(staging / "dir", staging / ARCHIVE_NAME, image.ref)
+        pack_dir_image(staging / "dir", staging / LAYOUT_NAME, image.ref)
         shutil.rmtree(staging / "dir")
         archive = _finish(key, staging, f"built in {time.monotonic() - started:.1f}s")
     except BaseException:
@@ -663,12 +721,30 @@ def build_dockerfile(image: DockerfileImage) -> Path:
     return archive
 
 
+def prune_cache(keep: Iterable[Path]) -> list[Path]:
+    """Remove cached images (and failed-build logs) other than `keep`; returns what was removed.
+
+    Each source change makes a new cache entry; `python -m e2e.cluster images` (all images) prunes the rest.
+    """
+    kept = {path.parent.resolve() for path in keep}
+    removed = []
+    for entry in sorted(images_root().iterdir()) if images_root().exists() else []:
+        if entry.resolve() in kept or entry.name.startswith(".partial-"):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry)
+    return removed
+
+
 BUILDERS: dict[str, Callable[[], Path]] = {"pause": ensure_pause, "base": ensure_base}
 BUILDERS.update({name: functools.partial(build_dockerfile, image) for name, image in DOCKERFILE_IMAGES.items()})
 
 
 def ensure_image(name: str) -> Path:
-    """The OCI archive of one image (built when the cache lacks it). Names: see BUILDERS."""
+    """The OCI layout directory of one image (built when the cache lacks it). Names: see BUILDERS."""
     try:
         builder = BUILDERS[name]
     except KeyError:
@@ -680,25 +756,38 @@ def ensure_image(name: str) -> Path:
 # Importing into the node's containerd
 
 
-def import_images(archives: Sequence[Path], ctr: Sequence[str]) -> list[str]:
-    """`ctr -n k8s.io images import` each archive, then check containerd lists every name; returns the names.
+def import_images(layouts: Sequence[Path], ctr: Sequence[str]) -> list[str]:
+    """`ctr -n k8s.io images import` each image, then check containerd lists every name; returns the names.
 
-    ctr: the command prefix with the node's socket, e.g. ["ctr", "--address", "/run/.../containerd.sock"].
-    Importing an image that is already there only re-reads the archive (containerd dedups blobs).
+    layouts: what ensure_image returns (OCI layout directories, streamed to ctr as a tar through a pipe, so no
+    archive is written to disk), or OCI archive files. ctr: the command prefix with the node's socket, e.g.
+    ["ctr", "--address", "/run/.../containerd.sock"]. Importing an image that is already there only re-reads
+    it (containerd stores each blob once).
     """
     expected: list[str] = []
-    for archive in archives:
-        refs = archive_refs(archive)
-        command = [*ctr, "-n", CRI_NAMESPACE, "images", "import", str(archive)]
+    for layout in layouts:
+        refs = layout_refs(layout) if layout.is_dir() else [str(layout)]
+        command = [*ctr, "-n", CRI_NAMESPACE, "images", "import", "-" if layout.is_dir() else str(layout)]
         started = time.monotonic()
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
+        with tempfile.TemporaryFile() as output:
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT)
+            assert process.stdin is not None
+            try:
+                if layout.is_dir():
+                    write_layout_tar(layout, process.stdin)
+                process.stdin.close()
+            except BrokenPipeError:
+                pass  # ctr stopped reading: its exit status and output say why
+            returncode = process.wait()
+            output.seek(0)
+            said = output.read().decode(errors="replace").strip()
+        if returncode != 0:
             raise ImageError(
-                f"importing {archive} ({', '.join(refs)}) failed: `{' '.join(command)}` exited "
-                f"{result.returncode}: {(result.stdout + result.stderr).strip()}"
+                f"importing {layout} ({', '.join(refs)}) failed: `{' '.join(command)}` exited {returncode}: {said}"
             )
         log(f"imported {', '.join(refs)} in {time.monotonic() - started:.1f}s")
-        expected += refs
+        if layout.is_dir():
+            expected += refs
     listed = subprocess.run([*ctr, "-n", CRI_NAMESPACE, "images", "ls", "-q"], capture_output=True, text=True)
     if listed.returncode != 0:
         raise ImageError(f"listing containerd's images failed: {(listed.stdout + listed.stderr).strip()}")
@@ -706,3 +795,12 @@ def import_images(archives: Sequence[Path], ctr: Sequence[str]) -> list[str]:
     if missing:
         raise ImageError(f"containerd does not list {', '.join(missing)} after the import")
     return expected
+
+
+def write_archive(layout: Path, dest: Path) -> Path:
+    """An image as one OCI archive file (to copy to another machine, or `ctr images import FILE` by hand)."""
+    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    with partial.open("wb") as f:
+        write_layout_tar(layout, f)
+    partial.rename(dest)
+    return dest
