@@ -23,8 +23,8 @@ from kubernetes.utils import parse_quantity
 
 from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
-from e2e.cluster.images import BASE_IMAGE, PAUSE_IMAGE
-from e2e.conftest import E2ECluster, OperatorProcess, RealNode
+from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES, PAUSE_IMAGE
+from e2e.conftest import REPO, E2ECluster, OperatorProcess, RealNode
 from e2e.test_modelservice import GROUP, VERSION, condition, model_service, wait_ms
 from kubemaas.manifests.pods import WORKLOAD_UID
 from kubemaas.runtime.artifacts import ArtifactStore
@@ -357,7 +357,9 @@ def test_tampered_artifact_fails_the_real_loader_and_degrades_the_model_service(
         assert leak not in terminated.message and leak not in operator.text()
 
 
-TRAINER_IMAGE = "kubemaas/trainer:0.1.0"
+TRAINER_IMAGE = DOCKERFILE_IMAGES["trainer"].ref
+TRITON_IMAGE = DOCKERFILE_IMAGES["triton-python"].ref
+INFER_BATCH = 8
 
 
 def training_job(name: str, backend: str, placement: dict[str, Any]) -> dict[str, Any]:
@@ -381,57 +383,130 @@ def training_job(name: str, backend: str, placement: dict[str, Any]) -> dict[str
     }
 
 
+def train_on_the_node(cluster: E2ECluster, namespace: str, placement: dict[str, Any], backend: str) -> dict[str, Any]:
+    """Run TrainingJob `digits` to its end; return its status.model."""
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "trainingjobs", training_job("digits", backend, placement)
+    )
+
+    def finished(tj: dict[str, Any]) -> dict[str, Any] | None:
+        conditions = (tj.get("status") or {}).get("conditions") or []
+        return tj if any(c["type"] in ("Succeeded", "Failed") and c["status"] == "True" for c in conditions) else None
+
+    done = cluster.wait_object(
+        f"{GROUP}/{VERSION}", "TrainingJob", namespace, "digits", finished,
+        what=f"TrainingJob digits ({backend}) to finish", timeout=600,
+    )  # fmt: skip
+    conditions = {c["type"]: c for c in done["status"]["conditions"]}
+    assert conditions.get("Succeeded", {}).get("status") == "True", done["status"]
+    model: dict[str, Any] = done["status"]["model"]
+    assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
+    return model
+
+
+def assert_published_ciphertext(cluster: E2ECluster, namespace: str, node_store: Path, model: dict[str, Any]) -> None:
+    """What rank 0 wrote is ciphertext: no TorchScript (a zip archive) and no key on the shared volume."""
+    data = (node_store / "store" / MODEL / model["version"] / "model.kmenc").read_bytes()
+    assert len(data) > 10_000 and b"PK\x03\x04" not in data[:4096]
+    secret = client.CoreV1Api(cluster.api).read_namespaced_secret("digits-key", namespace)
+    keys = [base64.b64decode(v) for k, v in secret.data.items() if k.startswith("key-")]
+    assert keys and all(key not in data for key in keys)
+
+
+def assert_ran_on(cluster: E2ECluster, namespace: str, prefix: str, node_name: str) -> None:
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(namespace).items
+    placed = {p.spec.node_name for p in pods if p.metadata.name.startswith(prefix)}
+    assert placed == {node_name}, placed
+
+
 @pytest.mark.real_node
-@pytest.mark.parametrize("backend", ["Job", "PyTorchJob"])
-def test_two_ranks_train_on_the_real_node_and_publish_an_encrypted_model(
+def test_pytorchjob_trains_two_ranks_on_the_real_node(
     cluster: E2ECluster,
     namespace: str,
     real_node: RealNode,
     node_images: None,
     node_store: Path,
     operator: OperatorProcess,
-    backend: str,
 ) -> None:
-    """The trainer image as two gloo ranks on CPU, found by each other through cluster DNS (the PyTorchJob's
-    master Service, or the Indexed Job's `<job>-workers-0.<job>-workers`); rank 0 publishes the encrypted
-    model to the claim and its termination message becomes status.model with the held-out accuracy."""
-    if backend == "PyTorchJob":
-        try:
-            client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
-        except ApiException:
-            pytest.skip("the cluster does not serve PyTorchJob (no Kubeflow training operator)")
-    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "trainingjobs", training_job("digits", backend, real_node.placement())
-    )
-    done = cluster.wait_object(
-        f"{GROUP}/{VERSION}",
-        "TrainingJob",
-        namespace,
+    """The trainer image as two gloo ranks on CPU through the real training operator: the worker's init
+    container waits for the master's Service name, the ranks meet at MASTER_ADDR, rank 0 publishes the
+    encrypted model to the claim and its termination message becomes status.model."""
+    try:
+        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
+    except ApiException:
+        pytest.skip("the cluster does not serve PyTorchJob (no Kubeflow training operator)")
+    model = train_on_the_node(cluster, namespace, real_node.placement(), "PyTorchJob")
+    assert_ran_on(cluster, namespace, "digits", real_node.name)
+    assert_published_ciphertext(cluster, namespace, node_store, model)
+
+
+def held_out_digits() -> tuple[Any, Any]:
+    """The held-out split digits_mlp.py evaluates on (its own split function, loaded from the example)."""
+    import importlib.util
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    spec = importlib.util.spec_from_file_location("digits_mlp", REPO / "examples" / "training" / "digits_mlp.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    images, labels = load_digits(return_X_y=True)
+    _, holdout = example.split(len(images))
+    return (images[holdout] / 16.0).astype(np.float32), labels[holdout]
+
+
+@pytest.mark.real_node
+def test_indexed_job_trains_and_triton_serves_it_on_the_real_node(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    node_store: Path,
+    operator: OperatorProcess,
+) -> None:
+    """The lifecycle in real containers: two ranks of an Indexed Job find rank 0 by its DNS name, train and
+    publish; a ModelService serves that version (the loader decrypts into the emptyDir, tritonserver's python
+    backend loads it); KServe v2 over HTTP and gRPC through the Service answers the held-out split with the
+    accuracy the trainer reported."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    model = train_on_the_node(cluster, namespace, real_node.placement(), "Job")
+    assert_ran_on(cluster, namespace, "digits", real_node.name)
+    assert_published_ciphertext(cluster, namespace, node_store, model)
+
+    ms = model_service(
         "digits",
-        lambda tj: (
-            tj
-            if any(
-                c["type"] in ("Succeeded", "Failed") and c["status"] == "True"
-                for c in tj.get("status", {}).get("conditions", [])
-            )
-            else None
-        ),
-        what=f"TrainingJob digits ({backend}) to finish",
-        timeout=600,
+        {"trainingJobRef": {"name": "digits"}},
+        replicas=1,
+        scheduling=real_node.placement(),
+        runtime={"image": TRITON_IMAGE},
     )
-    conditions = {c["type"]: c for c in done["status"]["conditions"]}
-    assert conditions.get("Succeeded", {}).get("status") == "True", done["status"]
-    model = done["status"]["model"]
-    assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
-    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(namespace).items
-    assert {p.spec.node_name for p in pods if p.metadata.name.startswith("digits")} == {real_node.name}
-    # What rank 0 wrote is ciphertext: no TorchScript (a zip archive) and no key on the shared volume.
-    artifact = node_store / "store" / MODEL / model["version"] / "model.kmenc"
-    data = artifact.read_bytes()
-    assert len(data) > 10_000 and b"PK\x03\x04" not in data[:4096]
-    secret = client.CoreV1Api(cluster.api).read_namespaced_secret("digits-key", namespace)
-    keys = [base64.b64decode(v) for k, v in secret.data.items() if k.startswith("key-")]
-    assert keys and all(key not in data for key in keys)
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
+    ready = wait_ms(cluster, namespace, "digits", lambda o: condition(o, "Ready").get("status") == "True",
+                    "ModelService digits Ready on the real node", timeout=300)  # fmt: skip
+    assert ready["status"]["servedVersion"] == model["version"]
+    assert_ran_on(cluster, namespace, "digits-", real_node.name)
+
+    x, y = held_out_digits()
+    with cluster.port_forward(namespace, "svc/digits", 8000) as http_port:
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        batches = []
+        for start in range(0, len(x), INFER_BATCH):  # within the model config's maxBatchSize
+            request = httpclient.InferInput("pixels", [len(x[start : start + INFER_BATCH]), x.shape[1]], "FP32")
+            request.set_data_from_numpy(x[start : start + INFER_BATCH])
+            batches.append(http.infer(MODEL, [request]).as_numpy("logits"))
+        logits = np.concatenate(batches)
+    accuracy = float((np.argmax(logits, axis=1) == y).mean())
+    assert accuracy >= 0.9, accuracy
+    assert abs(accuracy - float(model["metrics"]["heldOutAccuracy"])) < 1e-6, (accuracy, model)
+    with cluster.port_forward(namespace, "svc/digits", 8001) as grpc_port:
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        request_g = grpcclient.InferInput("pixels", [1, x.shape[1]], "FP32")
+        request_g.set_data_from_numpy(x[:1])
+        assert np.allclose(grpc.infer(MODEL, [request_g]).as_numpy("logits"), logits[:1], atol=1e-5)
 
 
 BURN = "import os, time\nwhile os.environ.get('LOAD') == '1':\n    pass\ntime.sleep(10**9)"
