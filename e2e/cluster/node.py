@@ -235,7 +235,10 @@ def kubelet_config(paths: NodePaths, ip: str, ca: Path, serving: KeyPair) -> dic
         # Images are imported, never pulled: the kubelet must not garbage-collect them.
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "200Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
+        # Absolute and small: under disk pressure the eviction manager deletes unused images first, and a
+        # deleted image cannot be pulled back here (containerd 1.6 does not pin the sandbox image either).
+        # The image builds beside the node fill the disk for minutes at a time.
+        "evictionHard": {"memory.available": "200Mi", "nodefs.available": "512Mi", "imagefs.available": "512Mi"},
         "staticPodPath": "",
     }
 
