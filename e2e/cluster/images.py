@@ -322,11 +322,14 @@ def layout_blob(layout: Path, digest: str) -> Path:
     return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
 
 
-def write_layout_tar(layout: Path, out: io.BufferedIOBase | Any) -> None:
-    """Stream a layout as the tar `ctr images import` reads (to a pipe or a file): no copy on disk."""
+def write_layout_tar(layout: Path, out: io.BufferedIOBase | Any, skip: frozenset[str] = frozenset()) -> None:
+    """Stream a layout as the tar `ctr images import` reads (to a pipe or a file): no copy on disk.
+
+    skip: digests of blobs to leave out (the importer's content store has them already).
+    """
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(layout.rglob("*")):
-            if path.is_file():
+            if path.is_file() and f"sha256:{path.name}" not in skip:
                 info = tarfile.TarInfo(str(path.relative_to(layout)))
                 info.size, info.mode = path.stat().st_size, 0o644
                 with path.open("rb") as f:
@@ -765,16 +768,21 @@ def import_images(layouts: Sequence[Path], ctr: Sequence[str]) -> list[str]:
     it (containerd stores each blob once).
     """
     expected: list[str] = []
+    k8s = [*ctr, "-n", CRI_NAMESPACE]
     for layout in layouts:
+        # Layers containerd holds already (torch, shared by two images; a re-import) are not sent again: the
+        # importer reads them from its content store. Manifests and configs always travel.
+        layers = {digest for digest, _ in layout_layers(layout)} if layout.is_dir() else set()
+        held = frozenset(layers & _content_digests(k8s)) if layers else frozenset()
         refs = layout_refs(layout) if layout.is_dir() else [str(layout)]
-        command = [*ctr, "-n", CRI_NAMESPACE, "images", "import", "-" if layout.is_dir() else str(layout)]
+        command = [*k8s, "images", "import", "-" if layout.is_dir() else str(layout)]
         started = time.monotonic()
         with tempfile.TemporaryFile() as output:
             process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT)
             assert process.stdin is not None
             try:
                 if layout.is_dir():
-                    write_layout_tar(layout, process.stdin)
+                    write_layout_tar(layout, process.stdin, held)
                 process.stdin.close()
             except BrokenPipeError:
                 pass  # ctr stopped reading: its exit status and output say why
@@ -785,16 +793,24 @@ def import_images(layouts: Sequence[Path], ctr: Sequence[str]) -> list[str]:
             raise ImageError(
                 f"importing {layout} ({', '.join(refs)}) failed: `{' '.join(command)}` exited {returncode}: {said}"
             )
-        log(f"imported {', '.join(refs)} in {time.monotonic() - started:.1f}s")
+        reused = f", {len(held)} layers already held" if held else ""
+        log(f"imported {', '.join(refs)} in {time.monotonic() - started:.1f}s{reused}")
         if layout.is_dir():
             expected += refs
-    listed = subprocess.run([*ctr, "-n", CRI_NAMESPACE, "images", "ls", "-q"], capture_output=True, text=True)
+    listed = subprocess.run([*k8s, "images", "ls", "-q"], capture_output=True, text=True)
     if listed.returncode != 0:
         raise ImageError(f"listing containerd's images failed: {(listed.stdout + listed.stderr).strip()}")
     missing = sorted(set(expected) - set(listed.stdout.split()))
     if missing:
         raise ImageError(f"containerd does not list {', '.join(missing)} after the import")
     return expected
+
+
+def _content_digests(k8s: Sequence[str]) -> set[str]:
+    listed = subprocess.run([*k8s, "content", "ls", "-q"], capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise ImageError(f"listing containerd's content failed: {(listed.stdout + listed.stderr).strip()}")
+    return set(listed.stdout.split())
 
 
 def write_archive(layout: Path, dest: Path) -> Path:
