@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import control_plane, images
+from . import control_plane, host, images, node
 from .build import BuildError, ensure_built
 from .processes import ComponentError
 from .versions import run_dir
@@ -15,6 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
     parser.add_argument("command", choices=["build", "up", "down", "status", "kubeconfig", "apply-crds", "images"])
     parser.add_argument("names", nargs="*", help="images: which to build (default: all)")
+    parser.add_argument(
+        "--real-node",
+        action="store_true",
+        help="up: add a real node (containerd, kubelet, kube-proxy, CoreDNS) beside the kwok nodes; needs root",
+    )
     arguments = parser.parse_args(argv)
     command = arguments.command
     try:
@@ -28,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                 for stale in images.prune_cache(built.values()):
                     print(f"removed stale {stale}", file=sys.stderr)
         elif command == "up":
-            print(control_plane.up().kubeconfig)
+            print(control_plane.up(real_node=arguments.real_node).kubeconfig)
         elif command == "down":
             control_plane.down()
         elif command == "apply-crds":
@@ -37,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             print(run_dir() / "kubeconfig")
         else:
             return _status()
-    except (BuildError, ComponentError, images.ImageError) as error:
+    except (BuildError, ComponentError, images.ImageError, node.NodeError, host.HostRestoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
