@@ -356,7 +356,10 @@ def _cached(key: str) -> Path | None:
         with tarfile.open(legacy) as tar:
             tar.extractall(unpacked, filter="data")
         unpacked.rename(layout)
-    return layout if (layout / "index.json").exists() else None
+    if not (layout / "index.json").exists():
+        return None
+    os.utime(directory / COMPLETE_MARKER)  # last use, for prune_cache
+    return layout
 
 
 def _dedupe(layout: Path) -> int:
@@ -712,6 +715,7 @@ def build_dockerfile(image: DockerfileImage) -> Path:
         _run(f"exporting {image.ref}", ["buildah", "push", "--quiet", "-D", tag, f"dir:{staging / 'dir'}"], build_log)
         pack_dir_image(staging / "dir", staging / LAYOUT_NAME, image.ref)
         shutil.rmtree(staging / "dir")
+        (staging / "pip.conf").unlink()
         archive = _finish(key, staging, f"built in {time.monotonic() - started:.1f}s")
     except BaseException:
         if build_log.exists():  # keep the whole log of a failed build; the error carries only its tail
@@ -724,15 +728,25 @@ def build_dockerfile(image: DockerfileImage) -> Path:
     return archive
 
 
-def prune_cache(keep: Iterable[Path]) -> list[Path]:
-    """Remove cached images (and failed-build logs) other than `keep`; returns what was removed.
+# Entries another checkout may still use (other sources, same cache) are kept this long after their last use.
+PRUNE_UNUSED_SECONDS = 24 * 3600
 
-    Each source change makes a new cache entry; `python -m e2e.cluster images` (all images) prunes the rest.
+
+def prune_cache(keep: Iterable[Path], unused_seconds: float = PRUNE_UNUSED_SECONDS) -> list[Path]:
+    """Remove cached images (and failed-build logs) other than `keep` unused for unused_seconds; returns them.
+
+    Each source change makes a new cache entry; `python -m e2e.cluster images` (all images) prunes the old
+    ones. Several checkouts share the cache (worktrees of one repo), so an entry goes only when no build has
+    used it for a day: one checkout's prune never takes what another is about to import.
     """
     kept = {path.parent.resolve() for path in keep}
+    cutoff = time.time() - unused_seconds
     removed = []
     for entry in sorted(images_root().iterdir()) if images_root().exists() else []:
         if entry.resolve() in kept or entry.name.startswith(".partial-"):
+            continue
+        marker = entry / COMPLETE_MARKER if entry.is_dir() else entry
+        if marker.exists() and marker.stat().st_mtime > cutoff:
             continue
         if entry.is_dir():
             shutil.rmtree(entry)
