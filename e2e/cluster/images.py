@@ -474,9 +474,10 @@ def _run(what: str, command: Sequence[str], log_path: Path | None = None) -> str
     With log_path the output streams into that file as it comes (a long build can be followed there) and the
     return value is empty; without it the step's stdout is returned.
     """
+    stdout = ""
     if log_path is None:
         result = subprocess.run(list(command), capture_output=True, text=True)
-        output, returncode = result.stdout + result.stderr, result.returncode
+        stdout, output, returncode = result.stdout, result.stdout + result.stderr, result.returncode
     else:
         with log_path.open("a") as log_file:
             log_file.write(f"$ {' '.join(command)}\n")
@@ -486,7 +487,7 @@ def _run(what: str, command: Sequence[str], log_path: Path | None = None) -> str
     if returncode != 0:
         tail = "\n".join(output.splitlines()[-TAIL_LINES:])
         raise ImageError(f"{what} failed: `{' '.join(command)}` exited {returncode}:\n{tail}")
-    return result.stdout if log_path is None else ""
+    return stdout
 
 
 def file_layer(path: Path) -> Layer:
