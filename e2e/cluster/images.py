@@ -322,11 +322,14 @@ def layout_blob(layout: Path, digest: str) -> Path:
     return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
 
 
-def write_layout_tar(layout: Path, out: io.BufferedIOBase | Any) -> None:
-    """Stream a layout as the tar `ctr images import` reads (to a pipe or a file): no copy on disk."""
+def write_layout_tar(layout: Path, out: io.BufferedIOBase | Any, skip: frozenset[str] = frozenset()) -> None:
+    """Stream a layout as the tar `ctr images import` reads (to a pipe or a file): no copy on disk.
+
+    skip: digests of blobs to leave out (the importer's content store has them already).
+    """
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(layout.rglob("*")):
-            if path.is_file():
+            if path.is_file() and f"sha256:{path.name}" not in skip:
                 info = tarfile.TarInfo(str(path.relative_to(layout)))
                 info.size, info.mode = path.stat().st_size, 0o644
                 with path.open("rb") as f:
@@ -353,7 +356,10 @@ def _cached(key: str) -> Path | None:
         with tarfile.open(legacy) as tar:
             tar.extractall(unpacked, filter="data")
         unpacked.rename(layout)
-    return layout if (layout / "index.json").exists() else None
+    if not (layout / "index.json").exists():
+        return None
+    os.utime(directory / COMPLETE_MARKER)  # last use, for prune_cache
+    return layout
 
 
 def _dedupe(layout: Path) -> int:
@@ -468,9 +474,10 @@ def _run(what: str, command: Sequence[str], log_path: Path | None = None) -> str
     With log_path the output streams into that file as it comes (a long build can be followed there) and the
     return value is empty; without it the step's stdout is returned.
     """
+    stdout = ""
     if log_path is None:
         result = subprocess.run(list(command), capture_output=True, text=True)
-        output, returncode = result.stdout + result.stderr, result.returncode
+        stdout, output, returncode = result.stdout, result.stdout + result.stderr, result.returncode
     else:
         with log_path.open("a") as log_file:
             log_file.write(f"$ {' '.join(command)}\n")
@@ -480,7 +487,7 @@ def _run(what: str, command: Sequence[str], log_path: Path | None = None) -> str
     if returncode != 0:
         tail = "\n".join(output.splitlines()[-TAIL_LINES:])
         raise ImageError(f"{what} failed: `{' '.join(command)}` exited {returncode}:\n{tail}")
-    return result.stdout if log_path is None else ""
+    return stdout
 
 
 def file_layer(path: Path) -> Layer:
@@ -709,6 +716,7 @@ def build_dockerfile(image: DockerfileImage) -> Path:
         _run(f"exporting {image.ref}", ["buildah", "push", "--quiet", "-D", tag, f"dir:{staging / 'dir'}"], build_log)
         pack_dir_image(staging / "dir", staging / LAYOUT_NAME, image.ref)
         shutil.rmtree(staging / "dir")
+        (staging / "pip.conf").unlink()
         archive = _finish(key, staging, f"built in {time.monotonic() - started:.1f}s")
     except BaseException:
         if build_log.exists():  # keep the whole log of a failed build; the error carries only its tail
@@ -721,15 +729,25 @@ def build_dockerfile(image: DockerfileImage) -> Path:
     return archive
 
 
-def prune_cache(keep: Iterable[Path]) -> list[Path]:
-    """Remove cached images (and failed-build logs) other than `keep`; returns what was removed.
+# Entries another checkout may still use (other sources, same cache) are kept this long after their last use.
+PRUNE_UNUSED_SECONDS = 24 * 3600
 
-    Each source change makes a new cache entry; `python -m e2e.cluster images` (all images) prunes the rest.
+
+def prune_cache(keep: Iterable[Path], unused_seconds: float = PRUNE_UNUSED_SECONDS) -> list[Path]:
+    """Remove cached images (and failed-build logs) other than `keep` unused for unused_seconds; returns them.
+
+    Each source change makes a new cache entry; `python -m e2e.cluster images` (all images) prunes the old
+    ones. Several checkouts share the cache (worktrees of one repo), so an entry goes only when no build has
+    used it for a day: one checkout's prune never takes what another is about to import.
     """
     kept = {path.parent.resolve() for path in keep}
+    cutoff = time.time() - unused_seconds
     removed = []
     for entry in sorted(images_root().iterdir()) if images_root().exists() else []:
         if entry.resolve() in kept or entry.name.startswith(".partial-"):
+            continue
+        marker = entry / COMPLETE_MARKER if entry.is_dir() else entry
+        if marker.exists() and marker.stat().st_mtime > cutoff:
             continue
         if entry.is_dir():
             shutil.rmtree(entry)
@@ -765,16 +783,21 @@ def import_images(layouts: Sequence[Path], ctr: Sequence[str]) -> list[str]:
     it (containerd stores each blob once).
     """
     expected: list[str] = []
+    k8s = [*ctr, "-n", CRI_NAMESPACE]
     for layout in layouts:
+        # Layers containerd holds already (torch, shared by two images; a re-import) are not sent again: the
+        # importer reads them from its content store. Manifests and configs always travel.
+        layers = {digest for digest, _ in layout_layers(layout)} if layout.is_dir() else set()
+        held = frozenset(layers & _content_digests(k8s)) if layers else frozenset()
         refs = layout_refs(layout) if layout.is_dir() else [str(layout)]
-        command = [*ctr, "-n", CRI_NAMESPACE, "images", "import", "-" if layout.is_dir() else str(layout)]
+        command = [*k8s, "images", "import", "-" if layout.is_dir() else str(layout)]
         started = time.monotonic()
         with tempfile.TemporaryFile() as output:
             process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT)
             assert process.stdin is not None
             try:
                 if layout.is_dir():
-                    write_layout_tar(layout, process.stdin)
+                    write_layout_tar(layout, process.stdin, held)
                 process.stdin.close()
             except BrokenPipeError:
                 pass  # ctr stopped reading: its exit status and output say why
@@ -785,16 +808,24 @@ def import_images(layouts: Sequence[Path], ctr: Sequence[str]) -> list[str]:
             raise ImageError(
                 f"importing {layout} ({', '.join(refs)}) failed: `{' '.join(command)}` exited {returncode}: {said}"
             )
-        log(f"imported {', '.join(refs)} in {time.monotonic() - started:.1f}s")
+        reused = f", {len(held)} layers already held" if held else ""
+        log(f"imported {', '.join(refs)} in {time.monotonic() - started:.1f}s{reused}")
         if layout.is_dir():
             expected += refs
-    listed = subprocess.run([*ctr, "-n", CRI_NAMESPACE, "images", "ls", "-q"], capture_output=True, text=True)
+    listed = subprocess.run([*k8s, "images", "ls", "-q"], capture_output=True, text=True)
     if listed.returncode != 0:
         raise ImageError(f"listing containerd's images failed: {(listed.stdout + listed.stderr).strip()}")
     missing = sorted(set(expected) - set(listed.stdout.split()))
     if missing:
         raise ImageError(f"containerd does not list {', '.join(missing)} after the import")
     return expected
+
+
+def _content_digests(k8s: Sequence[str]) -> set[str]:
+    listed = subprocess.run([*k8s, "content", "ls", "-q"], capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise ImageError(f"listing containerd's content failed: {(listed.stdout + listed.stderr).strip()}")
+    return set(listed.stdout.split())
 
 
 def write_archive(layout: Path, dest: Path) -> Path:

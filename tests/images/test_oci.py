@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -247,7 +249,24 @@ def test_prune_keeps_current_archives_and_builds_in_progress(tmp_path: Path, mon
     for name in ("current", "stale", ".partial-123"):
         (root / name).mkdir(parents=True)
         (root / name / images.LAYOUT_NAME).mkdir()
+        (root / name / images.COMPLETE_MARKER).touch()
     (root / "trainer-abc.failed.log").touch()
+    (root / "recent").mkdir()
+    (root / "recent" / images.COMPLETE_MARKER).touch()
+    day_ago = time.time() - images.PRUNE_UNUSED_SECONDS - 60
+    for path in (root / "stale" / images.COMPLETE_MARKER, root / "trainer-abc.failed.log"):
+        os.utime(path, (day_ago, day_ago))
     removed = images.prune_cache([root / "current" / images.LAYOUT_NAME])
     assert sorted(p.name for p in removed) == ["stale", "trainer-abc.failed.log"]
-    assert sorted(p.name for p in root.iterdir()) == [".partial-123", "current"]
+    assert sorted(p.name for p in root.iterdir()) == [".partial-123", "current", "recent"], "used within a day"
+
+
+def test_layout_tar_leaves_out_blobs_the_importer_holds(tmp_path: Path) -> None:
+    layer = images.write_layer(images.layer_tar([FileEntry("a", b"1")]), tmp_path)
+    images.write_oci_layout(tmp_path / "oci", "x:1", images.image_config([layer.diff_id], entrypoint=["/a"]), [layer])
+    buffer = io.BytesIO()
+    images.write_layout_tar(tmp_path / "oci", buffer, frozenset({layer.blob.digest}))
+    with tarfile.open(fileobj=io.BytesIO(buffer.getvalue())) as tar:
+        names = tar.getnames()
+    assert f"blobs/sha256/{layer.blob.digest[7:]}" not in names
+    assert "index.json" in names and len(names) == 4  # oci-layout, index, manifest, config
