@@ -28,7 +28,7 @@ import yaml
 
 from . import host, metrics_server, processes
 from .debian import ensure_packages
-from .images import ANNOTATION_CONTAINERD_NAME, CRI_NAMESPACE, PAUSE_IMAGE, ensure_image, import_images
+from .images import CRI_NAMESPACE, PAUSE_IMAGE, ensure_image, import_images
 from .kubeconfig import write_kubeconfig
 from .pki import CertificateAuthority, KeyPair
 from .versions import cache_root
@@ -434,23 +434,8 @@ def _start_metrics_server(cluster: Cluster, ca: CertificateAuthority, ip: str, s
 
 def load_images(cluster: Cluster, names: list[str]) -> list[str]:
     """Import the named images (images.BUILDERS; built first where the cache lacks them) into the node's
-    containerd, skipping those it already holds with the same manifest digest (containerd's root outlives
-    the cluster: re-reading a 6 GB trainer image costs a minute); returns their references."""
-    ctr = ctr_command(NodePaths(cluster.root))
-    listed = subprocess.run([*ctr, "-n", CRI_NAMESPACE, "images", "ls"], capture_output=True, text=True, check=True)
-    present = {line.split()[0]: line.split()[2] for line in listed.stdout.splitlines()[1:] if line.strip()}
-    layouts = [ensure_image(name) for name in names]
-    missing = [
-        layout for layout in layouts if any(present.get(ref) != digest for ref, digest in layout_digests(layout))
-    ]
-    import_images(missing, ctr)
-    return [ref for layout in layouts for ref, _ in layout_digests(layout)]
-
-
-def layout_digests(layout: Path) -> list[tuple[str, str]]:
-    """(image name, manifest digest) of each image in an OCI layout."""
-    index = json.loads((layout / "index.json").read_text())
-    return [(m["annotations"][ANNOTATION_CONTAINERD_NAME], m["digest"]) for m in index["manifests"]]
+    containerd (only the layers it lacks travel); returns their references."""
+    return import_images([ensure_image(name) for name in names], ctr_command(NodePaths(cluster.root)))
 
 
 def _launch(
