@@ -398,7 +398,7 @@ def train_on_the_node(cluster: E2ECluster, namespace: str, placement: dict[str, 
         what=f"TrainingJob digits ({backend}) to finish", timeout=600,
     )  # fmt: skip
     conditions = {c["type"]: c for c in done["status"]["conditions"]}
-    assert conditions.get("Succeeded", {}).get("status") == "True", done["status"]
+    assert conditions.get("Succeeded", {}).get("status") == "True", json.dumps(done["status"], indent=1)[:4000]
     model: dict[str, Any] = done["status"]["model"]
     assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
     return model
