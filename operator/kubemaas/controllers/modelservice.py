@@ -1,17 +1,16 @@
 """kopf handlers of the ModelService controller: thin wiring around ``modelservice_core.reconcile``.
 
-Every trigger (create, update, resume, an event of an owned Deployment, ReplicaSet,
-HPA, PDB, Service or pod, an event of a TrainingJob in the namespace) runs the same level-triggered
-reconcile for the affected ModelService. It reads the ModelService and its children from kopf's
-in-memory indexes (filled by watches that the settings restrict server-side to objects Kubemaas
-manages), never by listing, calls the pure core, applies what differs, deletes what is no longer
+Every trigger (an event of the ModelService itself or the initial listing at start, an event of an owned
+Deployment, ReplicaSet, HPA, PDB, Service or pod, an event of a TrainingJob in the namespace) runs the
+same level-triggered reconcile for the affected ModelService. It reads the ModelService and its
+children from kopf's in-memory indexes (filled by watches that the settings restrict server-side to
+objects Kubemaas manages), never by listing, calls the pure core, applies what differs, deletes what is no longer
 wanted and patches the status when it changed. No finalizer: children go with their owner through
 the garbage collector.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
@@ -225,26 +224,14 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
         body,
         old,
         conditions,
-        warning_when_true=frozenset({core.Cond.DEGRADED, core.Cond.PROMOTION_BLOCKED}),
-        warning_when_false=frozenset({core.Cond.READY}),
+        core.WARNINGS,
     )
     for event in outcome.events:
         kopf.event(_kopf_body(body), type=event.type, reason=event.reason, message=event.message[:1024])
     if outcome.requeue_after is not None:
-        _requeue(key, memo, indexes, outcome.requeue_after)
-
-
-def _requeue(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]], delay: float) -> None:
-    # Nothing in the cluster changes when a canary's analysis window ends; wake up for it. In memory only:
-    # after a restart, resume re-derives the same wait.
-    loop = asyncio.get_running_loop()
-    loop.call_later(
-        max(delay, 1.0),
-        lambda: _PENDING.add(loop.create_task(LOOP.run(key, lambda: reconcile(key, memo, indexes), retry=False))),
-    )
-
-
-_PENDING: set[asyncio.Task[None]] = set()
+        # Nothing in the cluster changes when a canary's analysis window ends; wake up for it. In memory
+        # only: after a restart the initial listing re-derives the same wait.
+        LOOP.run_later(key, max(outcome.requeue_after, 1.0), lambda: reconcile(key, memo, indexes))
 
 
 # The status this operator last wrote, per ModelService. Only this operator writes it, so it is never older
@@ -281,41 +268,37 @@ async def _invalid(kube: Kube, body: Mapping[str, Any], message: str, generation
     )
     status = {"conditions": [c.to_wire() for c in conditions], "observedGeneration": generation}
     await kube.patch_status(body, status)
-    post_transition_events(
-        body, old, conditions, warning_when_true=frozenset(), warning_when_false=frozenset({"Ready"})
-    )
+    post_transition_events(body, old, conditions, core.WARNINGS)
 
 
 def _kopf_body(body: Mapping[str, Any]) -> kopf.Body:
     return kopf.Body(cast(kopf.RawBody, dict(body)))
 
 
-async def _run(key: Key, memo: Any, kwargs: Mapping[str, Any], *, retry: bool = True) -> None:
-    await LOOP.run(key, lambda: reconcile(key, memo, kwargs), retry=retry)
+async def _run(key: Key, memo: Any, kwargs: Mapping[str, Any]) -> None:
+    await LOOP.run(key, lambda: reconcile(key, memo, kwargs))
 
 
 # --------------------------------------------------------------------------- handlers
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-async def on_modelservice(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    if namespace:
-        await _run((namespace, name), memo, kwargs)
-
-
+# Every event of a ModelService, including the initial listing (type None) after a start: no kopf
+# create/update/resume handler, so kopf writes no annotations on the object (reconciler.py).
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def ms_deleted(type: str, namespace: str | None, name: str, **_: Any) -> None:
-    if type == "DELETED" and namespace:
+async def on_modelservice(type: str | None, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    if not namespace:
+        return
+    if type == "DELETED":
         LOOP.forget((namespace, name))
         _WRITTEN.pop((namespace, name), None)
+        return
+    await _run((namespace, name), memo, kwargs)
 
 
 async def _child_event(namespace: str | None, labels: Mapping[str, str], memo: Any, kwargs: Mapping[str, Any]) -> None:
     key = _owner(namespace, labels)
     if key is not None and key in kwargs["ms_bodies"]:
-        await _run(key, memo, kwargs, retry=False)
+        await _run(key, memo, kwargs)
 
 
 async def ms_child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any) -> None:
@@ -334,7 +317,7 @@ async def ms_training_job_changed(namespace: str | None, name: str, memo: Any, *
             continue
         for body in index.get(key) or ():
             if _refers_to(body, name, kwargs):
-                await _run(key, memo, kwargs, retry=False)
+                await _run(key, memo, kwargs)
 
 
 def _refers_to(body: Mapping[str, Any], job_name: str, kwargs: Mapping[str, Any]) -> bool:
