@@ -76,6 +76,10 @@ CLUSTER := $(BIN)/python -m e2e.cluster
 cluster-build: venv ## build etcd, Kubernetes, kwok, the training operator and helm (cached)
 	$(CLUSTER) build
 
+.PHONY: images
+images: venv ## build the real node's images (pause, ...) as OCI archives, cached (e2e/cluster/images.py)
+	$(CLUSTER) images
+
 .PHONY: cluster-up
 cluster-up: venv ## start the local control plane; prints its kubeconfig
 	$(CLUSTER) up
@@ -84,12 +88,18 @@ cluster-up: venv ## start the local control plane; prints its kubeconfig
 cluster-down: venv ## stop the local control plane
 	$(CLUSTER) down
 
+# The real node (containerd, kubelet, kube-proxy, CoreDNS) needs root; on by default where make runs as root.
+REAL_NODE ?= $(if $(filter 0,$(shell id -u)),1,0)
+
 .PHONY: e2e
-e2e: venv ## end-to-end suite (local cluster unless KUBEMAAS_E2E_KUBECONFIG names one)
-	@# Build the components before pytest starts: a cold build's progress shows as it happens, and no
-	@# test ever times it.
+e2e: venv ## end-to-end suite (local cluster unless KUBEMAAS_E2E_KUBECONFIG names one; REAL_NODE=0: kwok only)
+	@# Build the components and images before pytest starts: a cold build's progress shows as it happens,
+	@# and no test ever times it.
 	@if [ -z "$${KUBEMAAS_E2E_KUBECONFIG:-}" ]; then $(CLUSTER) build; fi
-	$(call pytest,e2e)
+	@if [ -z "$${KUBEMAAS_E2E_KUBECONFIG:-}" ] && [ "$(REAL_NODE)" = 1 ]; then $(CLUSTER) images; fi
+	@# A node of its own that must leave the host as it found it: alone, before the suite's cluster starts.
+	@if [ -z "$${KUBEMAAS_E2E_KUBECONFIG:-}" ] && [ "$(REAL_NODE)" = 1 ]; then $(call pytest,-m host_restore e2e); fi
+	KUBEMAAS_E2E_REAL_NODE=$(REAL_NODE) $(call pytest,-m "not host_restore" e2e)
 
 .PHONY: bench-reconcile
 bench-reconcile: venv ## operator vs raw-API baseline vs Kubeflow, N=100,500 (local cluster; minutes; not in make test)

@@ -3,7 +3,8 @@
 The suite needs nothing but a kubeconfig. With KUBEMAAS_E2E_KUBECONFIG set it
 uses that cluster as is; otherwise it starts the local control plane from
 e2e/cluster (reusing one that `make cluster-up` already started, and leaving
-that one running afterwards).
+that one running afterwards). KUBEMAAS_E2E_REAL_NODE=1 (what `make e2e` sets
+unless REAL_NODE=0) adds the real node; tests marked `real_node` skip without one.
 """
 
 from __future__ import annotations
@@ -26,11 +27,19 @@ from kubernetes.client.rest import ApiException
 from e2e import waits
 from e2e.chart import Tools, chart_identity
 from e2e.cluster import control_plane, processes
+from e2e.cluster.node import REAL_NODE_LABEL, pod_placement
 from e2e.cluster.processes import ComponentError, free_port, log_tail
 from e2e.kube import apply_crd, load_crds
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_node: runs real containers on the cluster's real node (skips without one)")
+    config.addinivalue_line(
+        "markers", "host_restore: starts and stops a real node of its own; `make e2e` runs these alone, first"
+    )
 
 
 @dataclass
@@ -132,14 +141,34 @@ def cluster() -> Iterator[E2ECluster]:
     if external:
         yield E2ECluster(Path(external), config.new_client_from_config(config_file=external), None)
         return
+    real_node = os.environ.get("KUBEMAAS_E2E_REAL_NODE", "0") == "1"
     existing = control_plane.load()
-    reused = existing is not None and control_plane.healthy(existing)
-    local = control_plane.up()
+    reused = existing is not None and control_plane.healthy(existing) and (bool(existing.node_ip) or not real_node)
+    local = control_plane.up(real_node=real_node)
     try:
         yield E2ECluster(local.kubeconfig, config.new_client_from_config(config_file=str(local.kubeconfig)), local)
     finally:
         if not reused:
             control_plane.down()
+
+
+@dataclass(frozen=True)
+class RealNode:
+    """The cluster's real node (node.py locally; any node labelled REAL_NODE_LABEL elsewhere)."""
+
+    name: str
+
+    def placement(self) -> dict[str, Any]:
+        """Pod spec fields that put a pod on this node and nowhere else."""
+        return pod_placement()
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: E2ECluster) -> RealNode:
+    nodes = client.CoreV1Api(cluster.api).list_node(label_selector=f"{REAL_NODE_LABEL}=true").items
+    if not nodes:
+        pytest.skip(f"no node labelled {REAL_NODE_LABEL}=true (make e2e starts one; REAL_NODE=0 turns it off)")
+    return RealNode(nodes[0].metadata.name)
 
 
 PSS_RESTRICTED = {

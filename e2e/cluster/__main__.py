@@ -1,11 +1,11 @@
-"""`python -m e2e.cluster build|up|down|status|kubeconfig|apply-crds`."""
+"""`python -m e2e.cluster build|up|down|status|kubeconfig|apply-crds|images [NAME...]`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import control_plane
+from . import control_plane, host, images, node
 from .build import BuildError, ensure_built
 from .processes import ComponentError
 from .versions import run_dir
@@ -13,13 +13,23 @@ from .versions import run_dir
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
-    parser.add_argument("command", choices=["build", "up", "down", "status", "kubeconfig", "apply-crds"])
-    command = parser.parse_args(argv).command
+    parser.add_argument("command", choices=["build", "up", "down", "status", "kubeconfig", "apply-crds", "images"])
+    parser.add_argument("names", nargs="*", help="images: which to build (default: all)")
+    parser.add_argument(
+        "--real-node",
+        action="store_true",
+        help="up: add a real node (containerd, kubelet, kube-proxy, CoreDNS) beside the kwok nodes; needs root",
+    )
+    arguments = parser.parse_args(argv)
+    command = arguments.command
     try:
         if command == "build":
             print(ensure_built())
+        elif command == "images":
+            for name in arguments.names or list(images.BUILDERS):
+                print(f"{name}: {images.ensure_image(name)}")
         elif command == "up":
-            print(control_plane.up().kubeconfig)
+            print(control_plane.up(real_node=arguments.real_node).kubeconfig)
         elif command == "down":
             control_plane.down()
         elif command == "apply-crds":
@@ -28,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             print(run_dir() / "kubeconfig")
         else:
             return _status()
-    except (BuildError, ComponentError) as error:
+    except (BuildError, ComponentError, images.ImageError, node.NodeError, host.HostRestoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

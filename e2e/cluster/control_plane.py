@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from . import processes
+from . import node, processes
 from .build import ensure_built, module_source_dir
 from .kubeconfig import write_kubeconfig
 from .nodes import ALL_NODES, node_manifest
@@ -37,6 +37,8 @@ from .versions import CLUSTER_DIR, load_components, run_dir
 # All test traffic stays on this machine, in addresses that resemble no other network: pod and Service
 # ranges come from the benchmarking block 198.18.0.0/15 (RFC 2544), never from 10/8, 172.16/12 or 192.168/16.
 POD_CIDR = "198.18.0.0/16"
+# kwok hands out pod IPs from the lower half; the real node's bridge takes node.NODE_POD_SUBNET in the upper.
+KWOK_POD_CIDR = "198.18.0.0/17"
 SERVICE_CIDR = "198.19.0.0/16"
 SERVICE_IP = "198.19.0.1"
 READY_TIMEOUT = 90.0
@@ -71,6 +73,8 @@ class Cluster:
     bin: Path
     components: list[Running] = field(default_factory=list)
     api_port: int = 0
+    # The address the API server advertises and a real node's kubelet uses; empty without a real node.
+    node_ip: str = ""
 
     @property
     def kubeconfig(self) -> Path:
@@ -91,7 +95,8 @@ class Cluster:
         return result.stdout
 
     def save(self) -> None:
-        processes.save_state(self.state_file, self.components, {"bin": str(self.bin), "api_port": self.api_port})
+        extra = {"bin": str(self.bin), "api_port": self.api_port, "node_ip": self.node_ip}
+        processes.save_state(self.state_file, self.components, extra)
 
 
 def load(root: Path | None = None) -> Cluster | None:
@@ -100,7 +105,9 @@ def load(root: Path | None = None) -> Cluster | None:
     if not state.exists():
         return None
     components, extra = processes.load_state(state)
-    return Cluster(root, Path(str(extra["bin"])), components, int(str(extra["api_port"])))
+    return Cluster(
+        root, Path(str(extra["bin"])), components, int(str(extra["api_port"])), str(extra.get("node_ip") or "")
+    )
 
 
 def api_tls(pki: Path) -> ssl.SSLContext:
@@ -116,26 +123,34 @@ def healthy(cluster: Cluster) -> bool:
     return probe()
 
 
-def up(root: Path | None = None, *, training_operator: bool = True, apiserver_args: Sequence[str] = ()) -> Cluster:
+def up(
+    root: Path | None = None,
+    *,
+    training_operator: bool = True,
+    apiserver_args: Sequence[str] = (),
+    real_node: bool = False,
+) -> Cluster:
     """Start everything (or reuse a healthy cluster already recorded in the run dir).
 
     `apiserver_args` are appended to kube-apiserver's flags (a later flag wins), e.g. a short
-    `--min-request-timeout` for a fault test; a restarted API server keeps them.
+    `--min-request-timeout` for a fault test; a restarted API server keeps them. `real_node` adds a
+    kubelet with containerd, kube-proxy and CoreDNS (node.py); a running cluster without one is
+    restarted to get it.
     """
     started = time.monotonic()
     root = root or run_dir()
     existing = load(root)
     if existing is not None:
-        if healthy(existing):
+        if healthy(existing) and (existing.node_ip or not real_node):
             log(f"cluster already running; kubeconfig: {existing.kubeconfig}")
             return existing
-        log("found a stale or broken cluster in the run directory; stopping it first")
+        log("found a stale or broken cluster (or one without the real node asked for); stopping it first")
         down(root)
     bin_dir = ensure_built()
     shutil.rmtree(root, ignore_errors=True)
     for sub in ("pki", "kubeconfigs", "logs"):
         (root / sub).mkdir(parents=True)
-    cluster = Cluster(root, bin_dir)
+    cluster = Cluster(root, bin_dir, node_ip=node.node_ip() if real_node else "")
     try:
         _start_all(cluster, training_operator, tuple(apiserver_args))
     except BaseException:
@@ -181,6 +196,10 @@ def _start_all(cluster: Cluster, training_operator: bool, apiserver_args: tuple[
         log(f"{running.name} ready")
     cluster.save()
     _create_nodes(cluster)
+    if cluster.node_ip:
+        started = time.monotonic()
+        node.start(cluster, ca, cluster.node_ip, server, POD_CIDR)
+        log(f"real node {node.NODE_NAME} Ready ({cluster.node_ip}) in {time.monotonic() - started:.1f}s")
     if training_operator:
         _start_training_operator(cluster, configs, logs)
     cluster.save()
@@ -233,15 +252,21 @@ def _start_apiserver(
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ),
-        server_ips=("127.0.0.1", SERVICE_IP),
+        server_ips=("127.0.0.1", SERVICE_IP, *([cluster.node_ip] if cluster.node_ip else [])),
     )
+    if cluster.node_ip:
+        # Pods reach the API server through the `kubernetes` Service, whose endpoint is the advertised address.
+        addresses = ["--bind-address=0.0.0.0", f"--advertise-address={cluster.node_ip}"]
+        addresses += node.apiserver_args(ca, pki)
+    else:
+        # No kubelet or kube-proxy would reach a loopback-advertised endpoint anyway.
+        addresses = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
     running, process = _launch(
         cluster,
         "kube-apiserver",
         [
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            *addresses,
             f"--secure-port={cluster.api_port}",
             f"--tls-cert-file={serving.cert}",
             f"--tls-private-key-file={serving.key}",
@@ -255,8 +280,6 @@ def _start_apiserver(
             f"--enable-admission-plugins={ADMISSION_PLUGINS}",
             # Privileged pods are allowed cluster-wide; Pod Security decides per namespace.
             "--allow-privileged=true",
-            # No kubelets or kube-proxy reach the loopback-advertised endpoint anyway.
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
             *extra,
         ],
@@ -331,7 +354,7 @@ def _start_kwok(cluster: Cluster, configs: Path, logs: Path) -> Wait:
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             # kwok takes the range as gateway/prefix; its default is 10.0.0.1/24.
-            f"--cidr={_gateway_cidr(POD_CIDR)}",
+            f"--cidr={_gateway_cidr(KWOK_POD_CIDR)}",
             f"--server-address=127.0.0.1:{port}",
             "--node-lease-duration-seconds=40",
         ],
@@ -397,6 +420,9 @@ def down(root: Path | None = None) -> None:
     if cluster is None:
         log("no cluster recorded; nothing to stop")
         return
+    if cluster.node_ip:
+        # Containers first, then the node's processes; the host is put back before the control plane goes.
+        node.stop(cluster)
     for running in reversed(cluster.components):
         processes.stop(running)
     busy = [p for c in cluster.components for p in c.ports if processes.port_in_use(p)]
