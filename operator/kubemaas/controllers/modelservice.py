@@ -27,7 +27,7 @@ from kubemaas.controllers.apply import Kube
 from kubemaas.controllers.conditions import set_condition, utc_now
 from kubemaas.controllers.labels import child_labels, owner_reference, parent_label, parent_of
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
-from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events
+from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events, without_managed_fields
 from kubemaas.manifests import modelservice as m
 
 KIND = "ModelService"
@@ -54,19 +54,43 @@ def _owner(namespace: str | None, labels: Mapping[str, str] | None) -> Key | Non
 
 @kopf.index(GROUP, VERSION, PLURAL)
 def ms_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]] | None:
-    return {(namespace, name): dict(body)} if namespace else None
+    return {(namespace, name): without_managed_fields(body)} if namespace else None
 
 
 @kopf.index(GROUP, VERSION, "trainingjobs")
 def ms_training_jobs(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, dict[str, Any]]:
-    return {namespace: dict(body)}
+    return {namespace: without_managed_fields(body)}
 
 
 def _child_index(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]] | None:
     key = _owner(namespace, labels)
-    return {key: dict(body)} if key is not None else None
+    return {key: without_managed_fields(body)} if key is not None else None
+
+
+def _slim_replica_set(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the reconcile reads of a ReplicaSet (its owner, revision and the template's model reference:
+    `m.model_ref_from_template`); a whole ReplicaSet is as large as its Deployment."""
+    meta = body.get("metadata") or {}
+    template = (body.get("spec") or {}).get("template") or {}
+    pod = template.get("spec") or {}
+    return {
+        "metadata": {k: meta[k] for k in ("name", "labels", "annotations", "ownerReferences") if k in meta},
+        "spec": {
+            "template": {
+                "metadata": {"annotations": (template.get("metadata") or {}).get("annotations") or {}},
+                "spec": {k: pod[k] for k in ("initContainers", "volumes") if k in pod},
+            }
+        },
+    }
+
+
+def _replica_set_index(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]] | None:
+    key = _owner(namespace, labels)
+    return {key: _slim_replica_set(body)} if key is not None else None
 
 
 # Owned children, indexed by their ModelService (namespace, name): index name -> (group, version, plural).
@@ -79,7 +103,8 @@ CHILD_INDEXES = {
     "ms_pdbs": ("policy", "v1", "poddisruptionbudgets"),
 }
 for _index, (_group, _version, _plural) in CHILD_INDEXES.items():
-    kopf.index(_group, _version, _plural, id=_index, labels={PARENT_LABEL: kopf.PRESENT})(_child_index)
+    _indexer = _replica_set_index if _index == "ms_replica_sets" else _child_index
+    kopf.index(_group, _version, _plural, id=_index, labels={PARENT_LABEL: kopf.PRESENT})(_indexer)
 
 
 def _values(index: kopf.Index[Any, Any], key: Any) -> list[dict[str, Any]]:

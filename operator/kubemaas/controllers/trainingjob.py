@@ -36,7 +36,7 @@ from kubemaas.controllers.apply import Kube
 from kubemaas.controllers.conditions import utc_now
 from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
-from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events
+from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events, without_managed_fields
 from kubemaas.manifests import trainingjob as manifests
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
 
 @kopf.index(GROUP, VERSION, PLURAL)
 def trainingjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[ObjectKey, Any] | None:
-    return {(namespace, name): body} if namespace else None
+    return {(namespace, name): without_managed_fields(body)} if namespace else None
 
 
 def _by_parent(namespace: str | None, labels: Mapping[str, str], value: Any) -> dict[ObjectKey, Any] | None:
@@ -132,7 +132,7 @@ def _child_indexer(index: str) -> Callable[..., dict[ObjectKey, Any] | None]:
     def indexer(
         namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
     ) -> dict[ObjectKey, Any] | None:
-        return _by_parent(namespace, labels, _slim_pod(body) if slim else body)
+        return _by_parent(namespace, labels, _slim_pod(body) if slim else without_managed_fields(body))
 
     return indexer
 
