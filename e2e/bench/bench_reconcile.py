@@ -93,6 +93,7 @@ class Phase:
     operator_cpu_seconds: float | None = None
     operator_peak_rss_mb: float | None = None
     ratio_to_baseline: float | None = None
+    load_average: float = field(default_factory=lambda: round(os.getloadavg()[0], 2))  # 1 min, at the phase's end
 
 
 @dataclass
@@ -773,14 +774,14 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "note": "shared 2-core machine: other sessions' tests ran on the same cluster during the run",
+        "note": "shared 2-core machine: other sessions' builds and tests (on their own clusters) ran beside it",
     }
 
 
 def table(runs: list[Run]) -> str:
     lines = [
-        "| N | phase | total s | ratio | p50 ms | p99 ms | op CPU s | op peak RSS MB | requests/object (top 4) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| N | phase | total s | ratio | p50 ms | p99 ms | op CPU s | op peak RSS MB | load | requests/object (top 4)|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         for p in run.phases:
@@ -788,13 +789,16 @@ def table(runs: list[Run]) -> str:
             lines.append(
                 f"| {p.n} | {p.name} | {p.seconds:.1f} | {p.ratio_to_baseline or ''} | {p.p50_ms:.0f} | {p.p99_ms:.0f}"
                 f" | {p.operator_cpu_seconds if p.operator_cpu_seconds is not None else ''}"
-                f" | {p.operator_peak_rss_mb if p.operator_peak_rss_mb is not None else ''} | {top} |"
+                f" | {p.operator_peak_rss_mb if p.operator_peak_rss_mb is not None else ''} | {p.load_average}"
+                f" | {top} |"
             )
         if run.rest:
             r = run.rest
+            parents = {k: v for k, v in r.watch_requests.items() if k in ("modelservices", "trainingjobs")}
             lines.append(
-                f"| {run.n} | at rest, {r.objects} parents, {r.seconds:.0f} s | | | | | | {r.operator_rss_mb}"
-                f" | operator writes/min {r.operator_writes_per_minute}, parents written {r.parents_written} |"
+                f"| {run.n} | at rest, {r.objects} parents, {r.seconds:.0f} s | | | | | | {r.operator_rss_mb} |"
+                f" | operator writes/min {r.operator_writes_per_minute}, parents written {r.parents_written},"
+                f" WATCH requests of the parents {parents} |"
             )
     return "\n".join(lines)
 
