@@ -854,13 +854,15 @@ def main() -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     PROFILER["log_dir"] = log_dir
     runs = []
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for n in args.n:
         rest_seconds = args.rest_seconds if n == max(args.n) else 0.0
         runs.append(run_one(bench, n, min(n, args.tj_max), rest_seconds, log_dir))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(
-        json.dumps({"machine": info, "runs": [asdict(r) for r in runs]}, indent=2) + "\n"
-    )
+        # After each N: a run stopped later still leaves what it measured.
+        info["load_average_now"] = [round(x, 2) for x in os.getloadavg()]
+        (RESULTS / f"{args.out}.json").write_text(
+            json.dumps({"machine": info, "runs": [asdict(r) for r in runs]}, indent=2) + "\n"
+        )
     plot(runs, RESULTS / f"{args.out}.png")
     print(table(runs))
     return 0
