@@ -482,7 +482,8 @@ def test_indexed_job_trains_and_triton_serves_it_on_the_real_node(
         {"trainingJobRef": {"name": "digits"}},
         replicas=1,
         scheduling=real_node.placement(),
-        runtime={"image": TRITON_IMAGE},
+        # The CPU Triton image (images/triton-python/Dockerfile.cpu) has the python backend, not libtorch.
+        runtime={"image": TRITON_IMAGE, "backend": "python"},
     )
     client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
     ready = wait_ms(cluster, namespace, "digits", lambda o: condition(o, "Ready").get("status") == "True",
