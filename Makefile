@@ -77,7 +77,7 @@ cluster-build: venv ## build etcd, Kubernetes, kwok, the training operator and h
 	$(CLUSTER) build
 
 .PHONY: images
-images: venv ## build the real node's images (pause, ...) as OCI archives, cached (e2e/cluster/images.py)
+images: venv ## build the real node's images (pause, base, operator, model-loader, trainer, triton-python), cached (e2e/cluster/images.py)
 	$(CLUSTER) images
 
 .PHONY: cluster-up

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from kubernetes.client.rest import ApiException
 
 from e2e import waits
 from e2e.chart import Tools, chart_identity
-from e2e.cluster import control_plane, processes
+from e2e.cluster import control_plane, images, node, processes
 from e2e.cluster.node import REAL_NODE_LABEL, pod_placement
 from e2e.cluster.processes import ComponentError, free_port, log_tail
 from e2e.kube import apply_crd, load_crds
@@ -66,6 +67,37 @@ class E2ECluster:
                 timeout=30,
             )
         return warnings
+
+    def kubectl_command(self) -> list[str]:
+        # The local cluster's own kubectl (its pinned version), else the one on PATH.
+        binary = str(self.local.bin / "kubectl") if self.local is not None else shutil.which("kubectl")
+        assert binary, "kubectl not found"
+        return [binary, "--kubeconfig", str(self.kubeconfig)]
+
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
+        result = subprocess.run(
+            [*self.kubectl_command(), *args], input=stdin, text=True, capture_output=True, timeout=timeout
+        )
+        assert result.returncode == 0, f"kubectl {' '.join(args)} failed: {result.stderr}"
+        return result.stdout
+
+    @contextlib.contextmanager
+    def port_forward(self, namespace: str, target: str, port: int, timeout: float = 30) -> Iterator[int]:
+        """`kubectl port-forward` to a free local port for the duration of the block; yields that port once
+        the tunnel forwards (kubectl prints `Forwarding from` then)."""
+        local = free_port()
+        command = [*self.kubectl_command(), "-n", namespace, "port-forward", target, f"{local}:{port}"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert process.stdout is not None
+            first = process.stdout.readline()  # blocks until kubectl forwards or fails
+            if "Forwarding from" not in first:
+                process.kill()
+                raise AssertionError(f"kubectl port-forward {target} failed: {first}{process.stdout.read()}")
+            yield local
+        finally:
+            process.terminate()
+            process.wait(timeout=timeout)
 
     def check_alive(self) -> None:
         if self.local is not None:
@@ -169,6 +201,14 @@ def real_node(cluster: E2ECluster) -> RealNode:
     if not nodes:
         pytest.skip(f"no node labelled {REAL_NODE_LABEL}=true (make e2e starts one; REAL_NODE=0 turns it off)")
     return RealNode(nodes[0].metadata.name)
+
+
+@pytest.fixture(scope="session")
+def node_images(cluster: E2ECluster, real_node: RealNode) -> None:
+    """Every image of e2e/cluster/images.py in the local real node's containerd (`make e2e` builds them
+    before pytest starts); another cluster's node must have them already."""
+    if cluster.local is not None:
+        node.load_images(cluster.local, list(images.BUILDERS))
 
 
 PSS_RESTRICTED = {

@@ -7,6 +7,8 @@ external cluster (KUBEMAAS_E2E_KUBECONFIG) they are taken from PATH.
 from __future__ import annotations
 
 import json
+import re
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +21,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from e2e.chart import CHART, Tools, values_file
-from e2e.conftest import PSS_RESTRICTED, E2ECluster
+from e2e.conftest import PSS_RESTRICTED, E2ECluster, RealNode
+from e2e.test_modelservice import serve_digits, store  # noqa: F401  (store: a fixture)
 from kubemaas.api.crd import KINDS
 from kubemaas.cli import build_parser
 from kubemaas.controllers.settings import PEERING_NAME
@@ -416,3 +419,47 @@ def test_service_account_permissions(
     for verb, resource, ns in no:
         assert not can_i(tools, account, verb, resource, ns), f"can {verb} {resource} in {ns or 'the cluster'}"
     assert can_i(tools, account, "create", "deployments.apps", other_ns) is yes_elsewhere
+
+
+@pytest.mark.real_node
+@pytest.mark.usefixtures("store")
+def test_operator_image_reconciles_from_inside_the_cluster(
+    cluster: E2ECluster, release: Release, real_node: RealNode, node_images: None, tmp_path: Path
+) -> None:
+    """The chart's operator, as the image built from images/operator, runs on the real node: admitted under
+    `restricted`, its kopf probes pass through the kubelet, it reaches the API server through the
+    `kubernetes` Service with its ServiceAccount token, reconciles a ModelService to Ready and serves
+    its metrics."""
+    cluster.install_crds()
+    release.helm("install", {**real_node.placement(), "watchNamespaces": [release.namespace]}, tmp_path)
+    try:
+        cluster.wait_for("the operator Deployment to be Available on the real node",
+                         lambda: available(cluster, release.namespace, release.fullname), timeout=120)  # fmt: skip
+    except TimeoutError as error:
+        logs = cluster.kubectl("-n", release.namespace, "logs", f"deploy/{release.fullname}", "--tail=40")
+        raise AssertionError(f"{error}\nthe operator container's log:\n{logs}") from error
+    core = client.CoreV1Api(cluster.api)
+    (pod,) = core.list_namespaced_pod(
+        release.namespace, label_selector=f"app.kubernetes.io/instance={release.name}"
+    ).items
+    assert pod.spec.node_name == real_node.name
+    assert pod.status.container_statuses[0].ready
+
+    serve_digits(cluster, release.namespace, replicas=1)
+    log = cluster.kubectl("-n", release.namespace, "logs", pod.metadata.name)
+    assert "Traceback" not in log, log[-3000:]
+    port = deployment_port(cluster, release, "metrics")
+    with (
+        cluster.port_forward(release.namespace, f"pod/{pod.metadata.name}", port) as local,
+        urllib.request.urlopen(f"http://127.0.0.1:{local}/metrics", timeout=10) as response,
+    ):
+        metrics = response.read().decode()
+    assert re.search(r'kubemaas_reconcile_total\{kind="ModelService",outcome="success"\} [1-9]', metrics), metrics[
+        :2000
+    ]
+
+
+def deployment_port(cluster: E2ECluster, release: Release, name: str) -> int:
+    found: Any = client.AppsV1Api(cluster.api).read_namespaced_deployment(release.fullname, release.namespace)
+    (container,) = found.spec.template.spec.containers
+    return int(next(p.container_port for p in container.ports if p.name == name))

@@ -1,6 +1,6 @@
 """The node's images without a cluster: each built image's contract, in a private containerd.
 
-A containerd of the test's own (its own root, state and socket; CRI disabled) imports the archives that
+A containerd of the test's own (its own root, state and socket; CRI disabled) imports the images that
 e2e/cluster/images.py builds, exactly as the node does, and runs them with `ctr`. Needs root and
 Debian's containerd and runc (the node's packages); skips, saying so, without them.
 """
@@ -13,6 +13,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,12 @@ def ctr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
         processes.wait_ready(running, process, answers, timeout=30)
         yield prefix
     finally:
+        # A container a failed test left running keeps a shim process alive after containerd stops: end them.
+        k8s = [*prefix, "-n", images.CRI_NAMESPACE]
+        tasks = subprocess.run([*k8s, "task", "ls", "-q"], capture_output=True, text=True).stdout.split()
+        for task in tasks:
+            subprocess.run([*k8s, "task", "delete", "--force", task], capture_output=True)
+            subprocess.run([*k8s, "container", "delete", task], capture_output=True)
         processes.stop(running)
         # A container a failed test left behind keeps its rootfs mounted; a lazy unmount frees the directory.
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
@@ -95,14 +102,11 @@ def _pause_binary(tmp_path: Path) -> Path:
     """The /pause program out of the built image's layer."""
     import tarfile
 
-    archive = images.ensure_image("pause")
-    with tarfile.open(archive) as tar:
-        layers = [m for m in tar.getmembers() if m.name.startswith("blobs/") and m.size > 100_000]
-        assert len(layers) == 1, "the pause image is one layer holding one static binary"
-        layer = tar.extractfile(layers[0])
-        assert layer is not None
-        with tarfile.open(fileobj=layer) as inner:
-            inner.extract("pause", tmp_path, filter="data")
+    layout = images.ensure_image("pause")
+    (layer,) = images.layout_layers(layout)
+    with tarfile.open(images.layout_blob(layout, layer[0])) as tar:
+        assert tar.getnames() == ["pause"], "the pause image is one layer holding one static binary"
+        tar.extract("pause", tmp_path, filter="data")
     return tmp_path / "pause"
 
 
@@ -173,3 +177,313 @@ def test_pause_image_runs_in_containerd_and_stops_on_sigterm(ctr: list[str]) -> 
         if run.poll() is None:
             subprocess.run([*k8s, "task", "kill", "--signal", "SIGKILL", "pause-test"], capture_output=True)
             run.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The images built from images/*/Dockerfile: their contract, run as the node runs them
+
+
+_imported: set[tuple[str, Path]] = set()
+
+
+def run_image(
+    ctr: list[str],
+    name: str,
+    args: list[str],
+    *,
+    entrypoint: list[str] | None = None,
+    mounts: tuple[str, ...] = (),
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run the built image `name` like a restricted pod: its own user, read-only root, /tmp a tmpfs.
+
+    args replace the image's CMD and keep its ENTRYPOINT (unless `entrypoint` replaces it), as a container's
+    `args` and `command` do in Kubernetes.
+    """
+    layout = images.ensure_image(name)
+    (ref,) = images.layout_refs(layout)
+    if (ctr[-1], layout) not in _imported:
+        images.import_images([layout], ctr)
+        _imported.add((ctr[-1], layout))
+    if entrypoint is None:
+        entrypoint = images.layout_config(layout)["config"].get("Entrypoint", [])
+    tmpfs = "type=tmpfs,src=tmpfs,dst=/tmp,options=rw:nosuid:nodev:mode=1777"
+    mount_flags = [flag for m in (tmpfs, *mounts) for flag in ("--mount", m)]
+    command = [*ctr, "-n", images.CRI_NAMESPACE, "run", "--rm", "--read-only", *mount_flags, ref]
+    return subprocess.run(
+        [*command, f"contract-{name}", *entrypoint, *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("name", list(images.DOCKERFILE_IMAGES))
+def test_image_config_is_what_the_chart_and_pod_security_expect(name: str) -> None:
+    image = images.DOCKERFILE_IMAGES[name]
+    layout = images.ensure_image(name)
+    assert images.layout_refs(layout) == [images.normalize_ref(image.ref)]
+    config = images.layout_config(layout)["config"]
+    assert config["User"] == "65532:65532", "numeric non-root user: runAsNonRoot can check it without /etc/passwd"
+    assert config["WorkingDir"] == "/tmp"
+    assert "HOME=/tmp" in config["Env"] and "PYTHONDONTWRITEBYTECODE=1" in config["Env"]
+    # Every image starts from the same base layer, stored once by containerd.
+    base_layer = images.layout_layers(images.ensure_image("base"))[0]
+    assert images.layout_layers(layout)[0] == base_layer
+
+
+def test_operator_image_runs_its_cli_read_only_as_65532(ctr: list[str]) -> None:
+    done = run_image(ctr, "operator", ["run", "--help"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "--standalone" in done.stdout
+    # The controllers import (kopf, kubernetes, aiohttp) with no bytecode written to the read-only root.
+    probe = "import os, kopf, kubernetes, kubemaas.controllers; print(os.getuid(), os.getgid())"
+    done = run_image(ctr, "operator", ["-c", probe], entrypoint=["python"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["65532", "65532"]
+
+
+def test_model_loader_image_decrypts_a_real_artifact_read_only(ctr: list[str], tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    from kubemaas.runtime.artifacts import ArtifactStore, TensorSpec
+    from kubemaas.runtime.keyring import generate_key, write_keyring_dir
+    from kubemaas.runtime.termination import SuccessMessage, parse_termination
+
+    plaintext = tmp_path / "model.pt"
+    plaintext.write_bytes(os.urandom(3 * 1024 * 1024 + 17))  # not a multiple of any chunk size
+    key = generate_key()
+    store = ArtifactStore(tmp_path / "store")
+    spec = [TensorSpec(name="pixels", datatype="FP32", dims=[64])]
+    store.publish(plaintext, model="digits", version="v1", key=key, key_id="k1", inputs=spec, outputs=spec)
+    keys = write_keyring_dir(tmp_path / "keys", {"k1": key}, "k1")
+    models = tmp_path / "models"
+    models.mkdir()
+    termination = tmp_path / "termination-log"
+    termination.touch()
+    # What a pod gets: a store the trainer (the same uid) wrote, the key Secret readable by the pod's user
+    # (fsGroup), an emptyDir it owns.
+    for path in (*store.root.rglob("*"), store.root, keys, *keys.iterdir(), models, termination):
+        os.chown(path, 65532, 65532)
+    done = run_image(
+        ctr,
+        "model-loader",
+        [
+            "--store-uri=file:///store",
+            "--model=digits",
+            "--key-dir=/keys",
+            "--repository=/models",
+            "--termination-log=/termination-log",
+            "--backend=python",
+            "--instance-kind=CPU",
+        ],
+        mounts=(
+            f"type=bind,src={store.root},dst=/store,options=rbind:ro",
+            f"type=bind,src={keys},dst=/keys,options=rbind:ro",
+            f"type=bind,src={models},dst=/models,options=rbind:rw",
+            f"type=bind,src={termination},dst=/termination-log,options=rbind:rw",
+        ),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = json.loads((store.root / "digits" / "v1" / "manifest.json").read_text())
+    loaded = (models / "digits" / "1" / "model.pt").read_bytes()
+    assert (
+        hashlib.sha256(loaded).hexdigest() == manifest["sha256"] == hashlib.sha256(plaintext.read_bytes()).hexdigest()
+    )
+    assert (models / "digits" / "1" / "model.pt").stat().st_uid == 65532
+    result = parse_termination(termination.read_bytes())
+    assert isinstance(result, SuccessMessage) and result.version == "v1"
+
+
+def test_trainer_image_trains_two_gloo_ranks_and_publishes_read_only(ctr: list[str], tmp_path: Path) -> None:
+    """The example as the Job backend runs it: 2 pods x 1 process, the operator's env, read-only root."""
+    import json
+
+    from kubemaas.contract import Rendezvous, Settings, render
+    from kubemaas.runtime.keyring import write_keyring_dir
+    from tests.runtime.trainer_launch import KEY, example_args, free_port, kubelet_env
+
+    store = tmp_path / "store"
+    store.mkdir()
+    keys = write_keyring_dir(tmp_path / "keys", {"k1": KEY}, "k1")
+    terminations = [tmp_path / f"termination-{rank}" for rank in range(2)]
+    for path in terminations:
+        path.touch()  # the kubelet's per-container termination-message file
+    # The pods' uid owns the store (a PVC the trainer writes) and reads the key Secret (fsGroup).
+    for path in (store, keys, *keys.iterdir(), *terminations):
+        os.chown(path, 65532, 65532)
+    settings = Settings(
+        model_name="digits",
+        model_version="v1",
+        output_uri="file:///store",
+        key_dir=Path("/keys"),
+        termination_log=Path("/termination-log"),
+        dist_timeout_seconds=120,
+    )
+    rendezvous = Rendezvous(master_addr="127.0.0.1", master_port=free_port(), nnodes=2, nproc_per_node=1)
+    layout = images.ensure_image("trainer")
+    (ref,) = images.layout_refs(layout)
+    images.import_images([layout], ctr)
+    entrypoint = images.layout_config(layout)["config"]["Entrypoint"]
+    tmpfs = "type=tmpfs,src=tmpfs,dst=/tmp,options=rw:nosuid:nodev:mode=1777"
+    procs = []
+    try:
+        for rank in range(2):
+            env = kubelet_env(render(settings, rendezvous), rank)
+            env["OMP_NUM_THREADS"] = "1"
+            mounts = [
+                tmpfs,
+                f"type=bind,src={store},dst=/store,options=rbind:rw",
+                f"type=bind,src={keys},dst=/keys,options=rbind:ro",
+                f"type=bind,src={terminations[rank]},dst=/termination-log,options=rbind:rw",
+            ]
+            command = [*ctr, "-n", images.CRI_NAMESPACE, "run", "--rm", "--read-only", "--net-host"]
+            command += [flag for m in mounts for flag in ("--mount", m)]
+            command += [flag for k, v in sorted(env.items()) for flag in ("--env", f"{k}={v}")]
+            command += [ref, f"trainer-rank-{rank}", *entrypoint, *example_args()]
+            procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    finally:
+        for rank, proc in enumerate(procs):
+            if proc.poll() is None:
+                kill = [*ctr, "-n", images.CRI_NAMESPACE, "task", "kill", "--signal", "SIGKILL", f"trainer-rank-{rank}"]
+                subprocess.run(kill, capture_output=True)
+                proc.wait(timeout=60)
+    assert [proc.returncode for proc in procs] == [0, 0], "\n\n".join(outputs)
+    result = json.loads(terminations[0].read_text())
+    assert result["metrics"]["heldOutAccuracy"] >= 0.90, result
+    assert (store / "digits" / "v1" / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Serving: the operator's own pod template, run container by container as a kubelet would
+
+
+def _kubelet_argv(container: dict[str, Any], image_config: dict[str, Any]) -> list[str]:
+    """Kubernetes' rule: `command` replaces ENTRYPOINT, `args` replace CMD (and CMD goes when command is set)."""
+    command = container.get("command") or image_config.get("Entrypoint") or []
+    args = container.get("args") if "args" in container or "command" in container else image_config.get("Cmd")
+    return [*command, *(args or [])]
+
+
+def _pod_container_command(
+    ctr: list[str], pod: dict[str, Any], container: dict[str, Any], volumes: dict[str, Path], task: str
+) -> list[str]:
+    """`ctr run` for one container of a pod template: its image, argv, env, volume mounts and read-only root.
+
+    volumes: host directories for the pod's volumes by name; the others (emptyDirs) become tmpfs mounts.
+    """
+    layout = images.ensure_image(next(n for n, i in images.DOCKERFILE_IMAGES.items() if i.ref == container["image"]))
+    (ref,) = images.layout_refs(layout)
+    if (ctr[-1], layout) not in _imported:
+        images.import_images([layout], ctr)
+        _imported.add((ctr[-1], layout))
+    config = images.layout_config(layout)["config"]
+    # ctr runs the image's USER; the pod's runAsUser must be that user for this to be the pod's process.
+    security = pod["spec"]["securityContext"]
+    assert config["User"] == f"{security['runAsUser']}:{security['runAsGroup']}", "image user != pod user"
+    command = [*ctr, "-n", images.CRI_NAMESPACE, "run", "--rm"]
+    if container["securityContext"].get("readOnlyRootFilesystem"):
+        command.append("--read-only")
+    for mount in container.get("volumeMounts", []):
+        options = "rbind:ro" if mount.get("readOnly") else "rbind:rw"
+        if mount["name"] in volumes:
+            command += ["--mount", f"type=bind,src={volumes[mount['name']]},dst={mount['mountPath']},options={options}"]
+        else:
+            command += ["--mount", f"type=tmpfs,src=tmpfs,dst={mount['mountPath']},options=rw:nosuid:nodev:mode=1777"]
+    for entry in container.get("env", []):
+        command += ["--env", f"{entry['name']}={entry['value']}"]
+    return [*command, ref, task, *_kubelet_argv(container, config)]
+
+
+def test_serving_pod_loads_and_triton_python_answers_kserve_v2(ctr: list[str], tmp_path: Path) -> None:
+    """The operator's ModelService pod on CPU: the loader decrypts, tritonserver (python backend) answers."""
+    import json
+
+    import torch
+    import yaml
+
+    from kubemaas.api import ModelService
+    from kubemaas.controllers.modelservice import parent_for, serving_options
+    from kubemaas.manifests import modelservice as m
+    from kubemaas.runtime.artifacts import ArtifactStore
+    from kubemaas.runtime.keyring import generate_key, write_keyring_dir
+    from tests.serving.conftest import INPUTS, OUTPUTS, make_mlp, save_torchscript
+
+    # A real TorchScript model (the digits signature), encrypted into a store as the trainer publishes it.
+    model = make_mlp(seed=0)
+    plaintext = save_torchscript(model, tmp_path / "model.pt")
+    key = generate_key()
+    store = ArtifactStore(tmp_path / "claim" / "store")
+    store.publish(plaintext, model="digits", version="v1", key=key, key_id="k1", inputs=INPUTS, outputs=OUTPUTS)
+    keys = write_keyring_dir(tmp_path / "keys", {"k1": key}, "k1")
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    for path in (*(tmp_path / "claim").rglob("*"), tmp_path / "claim", keys, *keys.iterdir(), repository):
+        os.chown(path, 65532, 65532)
+
+    # The pod template the operator builds for the example, served on CPU by the python backend.
+    body = yaml.safe_load((images.REPO / "examples" / "modelservice-digits.yaml").read_text())
+    body["metadata"].update(namespace="default", uid="uid-1")
+    body["spec"]["runtime"] = {"backend": "python", "image": "kubemaas/triton-python:24.10",
+                               "instanceGroup": {"count": 1, "kind": "CPU"}}  # fmt: skip
+    body["spec"]["resources"] = {"cpu": "1", "memory": "2Gi"}
+    ms = ModelService.parse(body)
+    ref = m.ModelRef(store_uri="pvc://models/store", model="digits", version="v1", key_secret="k", source="s")
+    pod = m.pod_template(ms.spec, parent_for(body), ref, serving_options(ms), m.Track.STABLE)
+    volumes = {"model-store": tmp_path / "claim", "model-key": keys, "model-repository": repository}
+    (loader,) = pod["spec"]["initContainers"]
+    (server,) = pod["spec"]["containers"]
+
+    done = subprocess.run(
+        _pod_container_command(ctr, pod, loader, volumes, "serving-loader"), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (repository / "digits" / "1" / "model.pt").read_bytes() == plaintext.read_bytes()
+
+    k8s = [*ctr, "-n", images.CRI_NAMESPACE]
+    triton = subprocess.Popen(
+        _pod_container_command(ctr, pod, server, volumes, "serving-triton"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    probes = iter(range(1_000_000))
+
+    def in_pod(code: str) -> subprocess.CompletedProcess[str]:
+        """Run Python in the server's container (its network namespace: the pod's localhost)."""
+        exec_id = f"probe-{next(probes)}"
+        return subprocess.run(
+            [*k8s, "task", "exec", "--exec-id", exec_id, "serving-triton", "python", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    ready = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{m.HTTP_PORT}/v2/health/ready')"
+    try:
+        running = processes.Running("ctr run triton", triton.pid, "ctr", "/dev/null", [])
+        try:
+            processes.wait_ready(running, triton, lambda: in_pod(ready).returncode == 0, timeout=240)
+        except processes.ComponentError as error:
+            output = triton.stdout.read() if triton.stdout and triton.poll() is not None else b""
+            pytest.fail(f"{error}\n{output.decode(errors='replace')}")
+        x = torch.rand(3, 64)
+        request = {"inputs": [{"name": "pixels", "shape": [3, 64], "datatype": "FP32", "data": x.flatten().tolist()}]}
+        infer = (
+            "import json, sys, urllib.request; "
+            f"r = urllib.request.Request('http://127.0.0.1:{m.HTTP_PORT}/v2/models/digits/infer', "
+            f"data={json.dumps(request)!r}.encode(), headers={{'Content-Type': 'application/json'}}); "
+            "print(urllib.request.urlopen(r).read().decode())"
+        )
+        answer = in_pod(infer)
+        assert answer.returncode == 0, answer.stderr
+        (output,) = json.loads(answer.stdout)["outputs"]
+        assert output["name"] == "logits" and output["shape"] == [3, 10]
+        with torch.no_grad():
+            expected = model(x)
+        torch.testing.assert_close(torch.tensor(output["data"]).reshape(3, 10), expected, rtol=1e-4, atol=1e-5)
+    finally:
+        subprocess.run([*k8s, "task", "kill", "--signal", "SIGTERM", "serving-triton"], capture_output=True)
+        try:
+            triton.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            subprocess.run([*k8s, "task", "kill", "--signal", "SIGKILL", "serving-triton"], capture_output=True)
+            triton.wait(timeout=60)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import threading
 import time
 import urllib.request
@@ -151,6 +149,16 @@ def model_service(name: str, model: dict[str, Any], **spec: Any) -> dict[str, An
 def serve_digits(cluster: E2ECluster, namespace: str, **spec: Any) -> None:
     """TrainingJob `digits` published v1, and a ModelService `digits` serving it, Ready."""
     create_job(cluster, namespace, "digits")
+    # The operator's first status write replaces the conditions list: let it land before the fake publish,
+    # or it can erase Succeeded (an operator slower to start, as one running in a pod, loses the race).
+    cluster.wait_object(
+        f"{GROUP}/{VERSION}",
+        "TrainingJob",
+        namespace,
+        "digits",
+        lambda tj: (tj.get("status") or {}).get("conditions"),
+        what="the operator's first status of TrainingJob digits",
+    )
     publish(cluster, namespace, "digits", "v1")
     ms = model_service("digits", {"trainingJobRef": {"name": "digits"}}, **spec)
     custom(cluster).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
@@ -208,21 +216,6 @@ def wait_deployment_version(cluster: E2ECluster, namespace: str, name: str, vers
     )
 
 
-def kubectl_command(cluster: E2ECluster) -> list[str]:
-    # The local cluster's own kubectl (its pinned version), else the one on PATH.
-    binary = str(cluster.local.bin / "kubectl") if cluster.local is not None else shutil.which("kubectl")
-    assert binary, "kubectl not found"
-    return [binary, "--kubeconfig", str(cluster.kubeconfig)]
-
-
-def kubectl(cluster: E2ECluster, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
-    result = subprocess.run(
-        [*kubectl_command(cluster), *args], input=stdin, text=True, capture_output=True, timeout=timeout
-    )
-    assert result.returncode == 0, f"kubectl {' '.join(args)} failed: {result.stderr}"
-    return result.stdout
-
-
 def template_version(deployment: Any) -> str:
     return str(deployment.spec.template.metadata.labels[VERSION_LABEL])
 
@@ -269,7 +262,7 @@ class DeploymentWatch:
 def apiserver_writes(cluster: E2ECluster, resources: tuple[str, ...]) -> Counter[str]:
     """Mutating requests the API server counted for these resources (apiserver_request_total), by
     resource/subresource/verb."""
-    text = kubectl(cluster, "get", "--raw", "/metrics")
+    text = cluster.kubectl("get", "--raw", "/metrics")
     total: Counter[str] = Counter()
     for line in text.splitlines():
         if not line.startswith("apiserver_request_total{"):
@@ -323,7 +316,7 @@ def test_gpu_modelservice_becomes_ready_and_leaves_replicas_to_the_hpa(
     custom(cluster).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
 
     # What a user runs: returns once the ModelService is Ready.
-    kubectl(cluster, "wait", "-n", namespace, "--for=condition=Ready", "modelservice/digits", "--timeout=90s")
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "modelservice/digits", "--timeout=90s")
     ms_now = get_ms(cluster, namespace, "digits")
     # No finalizer: deleting a ModelService never waits for the operator (children go by ownerReference).
     assert not ms_now["metadata"].get("finalizers"), ms_now["metadata"].get("finalizers")
@@ -567,7 +560,7 @@ def test_fifty_modelservices_become_ready_and_idle_writes_nothing(
 
 
 def _apply(cluster: E2ECluster, namespace: str, text: str) -> None:
-    kubectl(cluster, "apply", "-n", namespace, "-f", "-", stdin=text)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=text)
 
 
 def test_missing_references_are_conditions(

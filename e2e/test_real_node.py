@@ -7,18 +7,32 @@ of the suite (marker `host_restore`); one real node per machine (fixed ports, th
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import shutil
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
+from kubernetes.utils import parse_quantity
 
 from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
-from e2e.conftest import E2ECluster, RealNode
+from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES, PAUSE_IMAGE
+from e2e.conftest import REPO, E2ECluster, OperatorProcess, RealNode
+from e2e.test_modelservice import GROUP, VERSION, condition, model_service, wait_ms
+from kubemaas.manifests.pods import WORKLOAD_UID
+from kubemaas.runtime.artifacts import ArtifactStore
+from kubemaas.runtime.keyring import generate_key
+from tests.serving.conftest import KEY_ID, MODEL, publish
 
-PAUSE_IMAGE = "localhost/kubemaas/pause:1.0"
+# The real node's local PersistentVolumes: directories of this machine, one per test namespace.
+STORE_ROOT = Path("/tmp/kubemaas-e2e-real")
 RESTRICTED_CONTAINER = {
     "runAsNonRoot": True,
     "runAsUser": 65532,
@@ -115,3 +129,468 @@ def test_restricted_pod_runs_as_a_real_container(cluster: E2ECluster, namespace:
     assert container["cpu"]["usageCoreNanoSeconds"] >= 0, container
     core.delete_namespaced_pod("pause", namespace, grace_period_seconds=0)
     cluster.wait_objects("v1", "Pod", namespace, lambda pods: "pause" not in pods, what="pause pod gone", timeout=60)
+
+
+# Run inside the pod: what a trainer or Triton pod relies on (cluster DNS for Services and for a pod behind
+# a headless Service, the API server through the `kubernetes` Service with the cluster CA).
+NETWORK_PROBE = """
+import json, socket, ssl, sys, urllib.request
+names = sys.argv[1:]
+found = {n: socket.getaddrinfo(n, 443, socket.AF_INET)[0][4][0] for n in names}
+context = ssl.create_default_context(cafile="/ca/ca.crt")
+with urllib.request.urlopen("https://kubernetes.default.svc/version", context=context, timeout=10) as r:
+    found["version"] = json.load(r)["gitVersion"]
+print(json.dumps(found))
+"""
+
+
+def python_pod(name: str, placement: dict[str, Any], command: list[str], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            **placement,
+            **spec,
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": BASE_IMAGE,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": command,
+                    "securityContext": RESTRICTED_CONTAINER,
+                    "resources": {"limits": {"cpu": "200m", "memory": "128Mi"}},
+                    "volumeMounts": [{"name": "ca", "mountPath": "/ca", "readOnly": True}],
+                }
+            ],
+            "volumes": [{"name": "ca", "configMap": {"name": "kube-root-ca.crt"}}],
+        },
+    }
+
+
+@pytest.mark.real_node
+def test_pod_dns_services_and_kubelet_streams(
+    cluster: E2ECluster, namespace: str, real_node: RealNode, node_images: None
+) -> None:
+    """Cluster DNS resolves a Service and a pod behind a headless Service (`<host>.<subdomain>`, how rank 0
+    is found); the API server answers through the `kubernetes` Service with a certificate the cluster CA
+    signed; `kubectl logs`, `exec` and `port-forward` reach the container through the kubelet."""
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespaced_service(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "workers"},
+            "spec": {"clusterIP": "None", "selector": {"app": "server"}, "ports": [{"port": 8080}]},
+        },
+    )
+    server = python_pod(
+        "server",
+        real_node.placement(),
+        ["python", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", "/ca"],
+        hostname="rank-0",
+        subdomain="workers",
+    )
+    core.create_namespaced_pod(namespace, server)
+    cluster.wait_object("v1", "Pod", namespace, "server", pod_ready, what="http server pod Ready", timeout=90)
+    server_ip = core.read_namespaced_pod("server", namespace).status.pod_ip
+    rank0 = f"rank-0.workers.{namespace}.svc.cluster.local"
+    probe = python_pod(
+        "probe",
+        real_node.placement(),
+        ["python", "-c", NETWORK_PROBE, "kubernetes.default.svc.cluster.local", rank0],
+        restartPolicy="Never",
+    )
+    core.create_namespaced_pod(namespace, probe)
+    cluster.wait_object(
+        "v1",
+        "Pod",
+        namespace,
+        "probe",
+        lambda pod: pod.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+        what="network probe pod to finish",
+        timeout=90,
+    )
+    log = core.read_namespaced_pod_log("probe", namespace)
+    found = json.loads(log.strip().splitlines()[-1])
+    assert found["kubernetes.default.svc.cluster.local"] == "198.19.0.1", log
+    assert found[rank0] == server_ip, log
+    assert found["version"] == "v1.34.4", log
+
+    exec_out = cluster.kubectl("-n", namespace, "exec", "server", "--", "python", "-c", "import os; print(os.getuid())")
+    assert exec_out.strip() == "65532"
+    with (
+        cluster.port_forward(namespace, "pod/server", 8080) as local_port,
+        urllib.request.urlopen(f"http://127.0.0.1:{local_port}/ca.crt", timeout=10) as response,
+    ):
+        assert b"BEGIN CERTIFICATE" in response.read()
+
+
+@pytest.fixture
+def node_store(cluster: E2ECluster, namespace: str, real_node: RealNode) -> Iterator[Path]:
+    """Claim `models` bound to a local PersistentVolume on the real node (a directory of this machine),
+    and the key Secret `digits-key` of a fresh keyring; yields the directory (the claim's root)."""
+    root = STORE_ROOT / namespace
+    root.mkdir(parents=True)
+    # A local volume keeps the directory's owner: the trainer's rank 0 writes as the workload uid.
+    os.chown(root, WORKLOAD_UID, WORKLOAD_UID)
+    core = client.CoreV1Api(cluster.api)
+    pv = f"{namespace}-models"
+    core.create_persistent_volume(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany", "ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "local": {"path": str(root)},
+                "nodeAffinity": {
+                    "required": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [real_node.name]}
+                                ]
+                            }
+                        ]
+                    }
+                },
+                "claimRef": {"namespace": namespace, "name": "models"},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models"},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    try:
+        yield root
+    finally:
+        core.delete_persistent_volume(pv)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def publish_digits(root: Path, workdir: Path, versions: dict[str, int]) -> bytes:
+    """Publish TorchScript MLPs as the trainer does (encrypted, LATEST updated) under `root`/store; returns
+    the key. Files are world-readable: the pods read them as 65532."""
+    key = generate_key()
+    store = ArtifactStore(root / "store")
+    for version, seed in versions.items():
+        publish(store, workdir, model=MODEL, version=version, seed=seed, key=key)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return key
+
+
+def key_secret(key: bytes) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "digits-key"},
+        "data": {f"key-{KEY_ID}": base64.b64encode(key).decode(), "active": base64.b64encode(KEY_ID.encode()).decode()},
+    }
+
+
+@pytest.mark.real_node
+def test_tampered_artifact_fails_the_real_loader_and_degrades_the_model_service(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    node_store: Path,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    """The operator's pod on the real node: the loader init container (the model-loader image) reads the
+    artifact from the claim and the key from the Secret mounted as files, refuses a flipped byte, and writes
+    its reason to the termination log; the kubelet reports it and the ModelService is Degraded with it."""
+    key = publish_digits(node_store, tmp_path, {"v1": 1})
+    client.CoreV1Api(cluster.api).create_namespaced_secret(namespace, key_secret(key))
+    artifact = node_store / "store" / MODEL / "v1" / "model.kmenc"
+    data = bytearray(artifact.read_bytes())
+    data[-100] ^= 0x01  # inside the last chunk's ciphertext
+    artifact.write_bytes(bytes(data))
+
+    ms = model_service(
+        "digits",
+        {"uri": "pvc://models/store/digits", "version": "v1", "encryption": {"keySecretRef": {"name": "digits-key"}}},
+        replicas=1,
+        scheduling=real_node.placement(),
+    )
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
+    degraded = wait_ms(
+        cluster,
+        namespace,
+        "digits",
+        lambda obj: condition(obj, "Degraded").get("reason") == "TamperedArtifact",
+        "ModelService digits Degraded=TamperedArtifact",
+        timeout=120,
+    )
+    assert condition(degraded, "Degraded")["status"] == "True"
+    assert "tampered artifact" in condition(degraded, "Degraded")["message"], degraded["status"]
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
+        namespace, label_selector="kubemaas.io/modelservice=digits"
+    )
+    (pod,) = pods.items
+    assert pod.spec.node_name == real_node.name
+    (loader,) = pod.status.init_container_statuses
+    terminated = loader.last_state.terminated or loader.state.terminated
+    assert terminated.exit_code == 79, loader
+    assert "tampered artifact" in terminated.message, terminated.message
+    for leak in (base64.b64encode(key).decode(), key.hex()):
+        assert leak not in terminated.message and leak not in operator.text()
+
+
+TRAINER_IMAGE = DOCKERFILE_IMAGES["trainer"].ref
+TRITON_IMAGE = DOCKERFILE_IMAGES["triton-python"].ref
+INFER_BATCH = 8
+
+
+def training_job(name: str, backend: str, placement: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "image": TRAINER_IMAGE,
+            "args": ["--steps", "300", "--batch-size", "32"],
+            "replicas": 2,
+            "nprocPerNode": 1,
+            # Two ranks on a 2-core node, beside the node's own processes.
+            "resources": {"cpu": "600m", "memory": "1536Mi"},
+            "scheduling": placement,
+            "output": {"uri": "pvc://models/store", "modelName": MODEL},
+            "encryption": {"keySecretRef": {"name": "digits-key"}, "generateKey": "IfMissing"},
+            "runPolicy": {"backoffLimit": 2, "activeDeadlineSeconds": 900},
+            "backend": backend,
+        },
+    }
+
+
+def train_on_the_node(cluster: E2ECluster, namespace: str, placement: dict[str, Any], backend: str) -> dict[str, Any]:
+    """Run TrainingJob `digits` to its end; return its status.model."""
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "trainingjobs", training_job("digits", backend, placement)
+    )
+
+    def finished(tj: dict[str, Any]) -> dict[str, Any] | None:
+        conditions = (tj.get("status") or {}).get("conditions") or []
+        return tj if any(c["type"] in ("Succeeded", "Failed") and c["status"] == "True" for c in conditions) else None
+
+    done = cluster.wait_object(
+        f"{GROUP}/{VERSION}", "TrainingJob", namespace, "digits", finished,
+        what=f"TrainingJob digits ({backend}) to finish", timeout=600,
+    )  # fmt: skip
+    conditions = {c["type"]: c for c in done["status"]["conditions"]}
+    assert conditions.get("Succeeded", {}).get("status") == "True", json.dumps(done["status"], indent=1)[:4000]
+    model: dict[str, Any] = done["status"]["model"]
+    assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
+    return model
+
+
+def assert_published_ciphertext(cluster: E2ECluster, namespace: str, node_store: Path, model: dict[str, Any]) -> None:
+    """What rank 0 wrote is ciphertext: no TorchScript (a zip archive) and no key on the shared volume."""
+    data = (node_store / "store" / MODEL / model["version"] / "model.kmenc").read_bytes()
+    assert len(data) > 10_000 and b"PK\x03\x04" not in data[:4096]
+    secret = client.CoreV1Api(cluster.api).read_namespaced_secret("digits-key", namespace)
+    keys = [base64.b64decode(v) for k, v in secret.data.items() if k.startswith("key-")]
+    assert keys and all(key not in data for key in keys)
+
+
+def assert_ran_on(cluster: E2ECluster, namespace: str, prefix: str, node_name: str) -> None:
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(namespace).items
+    placed = {p.spec.node_name for p in pods if p.metadata.name.startswith(prefix)}
+    assert placed == {node_name}, placed
+
+
+@pytest.mark.real_node
+def test_pytorchjob_trains_two_ranks_on_the_real_node(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    node_store: Path,
+    operator: OperatorProcess,
+) -> None:
+    """The trainer image as two gloo ranks on CPU through the real training operator: the worker's init
+    container waits for the master's Service name, the ranks meet at MASTER_ADDR, rank 0 publishes the
+    encrypted model to the claim and its termination message becomes status.model."""
+    try:
+        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
+    except ApiException:
+        pytest.skip("the cluster does not serve PyTorchJob (no Kubeflow training operator)")
+    model = train_on_the_node(cluster, namespace, real_node.placement(), "PyTorchJob")
+    assert_ran_on(cluster, namespace, "digits", real_node.name)
+    assert_published_ciphertext(cluster, namespace, node_store, model)
+
+
+def held_out_digits() -> tuple[Any, Any]:
+    """The held-out split digits_mlp.py evaluates on (its own split function, loaded from the example)."""
+    import importlib.util
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    spec = importlib.util.spec_from_file_location("digits_mlp", REPO / "examples" / "training" / "digits_mlp.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    images, labels = load_digits(return_X_y=True)
+    _, holdout = example.split(len(images))
+    return (images[holdout] / 16.0).astype(np.float32), labels[holdout]
+
+
+@pytest.mark.real_node
+def test_indexed_job_trains_and_triton_serves_it_on_the_real_node(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    node_store: Path,
+    operator: OperatorProcess,
+) -> None:
+    """The lifecycle in real containers: two ranks of an Indexed Job find rank 0 by its DNS name, train and
+    publish; a ModelService serves that version (the loader decrypts into the emptyDir, tritonserver's python
+    backend loads it); KServe v2 over HTTP and gRPC through the Service answers the held-out split with the
+    accuracy the trainer reported."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    model = train_on_the_node(cluster, namespace, real_node.placement(), "Job")
+    assert_ran_on(cluster, namespace, "digits", real_node.name)
+    assert_published_ciphertext(cluster, namespace, node_store, model)
+
+    ms = model_service(
+        "digits",
+        {"trainingJobRef": {"name": "digits"}},
+        replicas=1,
+        scheduling=real_node.placement(),
+        runtime={"image": TRITON_IMAGE},
+    )
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
+    ready = wait_ms(cluster, namespace, "digits", lambda o: condition(o, "Ready").get("status") == "True",
+                    "ModelService digits Ready on the real node", timeout=300)  # fmt: skip
+    assert ready["status"]["servedVersion"] == model["version"]
+    assert_ran_on(cluster, namespace, "digits-", real_node.name)
+
+    x, y = held_out_digits()
+    with cluster.port_forward(namespace, "svc/digits", 8000) as http_port:
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        batches = []
+        for start in range(0, len(x), INFER_BATCH):  # within the model config's maxBatchSize
+            request = httpclient.InferInput("pixels", [len(x[start : start + INFER_BATCH]), x.shape[1]], "FP32")
+            request.set_data_from_numpy(x[start : start + INFER_BATCH])
+            batches.append(http.infer(MODEL, [request]).as_numpy("logits"))
+        logits = np.concatenate(batches)
+    accuracy = float((np.argmax(logits, axis=1) == y).mean())
+    assert accuracy >= 0.9, accuracy
+    assert abs(accuracy - float(model["metrics"]["heldOutAccuracy"])) < 1e-6, (accuracy, model)
+    with cluster.port_forward(namespace, "svc/digits", 8001) as grpc_port:
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        request_g = grpcclient.InferInput("pixels", [1, x.shape[1]], "FP32")
+        request_g.set_data_from_numpy(x[:1])
+        assert np.allclose(grpc.infer(MODEL, [request_g]).as_numpy("logits"), logits[:1], atol=1e-5)
+
+
+BURN = "import os, time\nwhile os.environ.get('LOAD') == '1':\n    pass\ntime.sleep(10**9)"
+
+
+def burner(placement: dict[str, Any], load: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "burn"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "burn"}},
+            "template": {
+                "metadata": {"labels": {"app": "burn"}},
+                "spec": {
+                    **placement,
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "burn",
+                            "image": BASE_IMAGE,
+                            "command": ["python", "-c", BURN],
+                            "env": [{"name": "LOAD", "value": load}],
+                            "securityContext": RESTRICTED_CONTAINER,
+                            # A busy loop is throttled at the limit: 200% of the request, bounded on 2 cores.
+                            "resources": {"requests": {"cpu": "50m"}, "limits": {"cpu": "100m", "memory": "64Mi"}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+@pytest.mark.real_node
+def test_hpa_scales_on_real_cpu_metrics(
+    cluster: E2ECluster, namespace: str, real_node: RealNode, node_images: None
+) -> None:
+    """kubelet -> metrics-server -> the aggregated metrics.k8s.io API -> the HPA controller: busy pods make it
+    scale the Deployment up to its maximum, idle ones back down to one."""
+    apps = client.AppsV1Api(cluster.api)
+    apps.create_namespaced_deployment(namespace, burner(real_node.placement(), "1"))
+    client.AutoscalingV2Api(cluster.api).create_namespaced_horizontal_pod_autoscaler(
+        namespace,
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "burn"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burn"},
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}},
+                    }
+                ],
+                "behavior": {
+                    "scaleUp": {"stabilizationWindowSeconds": 0},
+                    "scaleDown": {"stabilizationWindowSeconds": 0},
+                },
+            },
+        },
+    )
+
+    def replicas(want: int) -> Any:
+        return lambda d: (
+            d if (d.get("status") or {}).get("readyReplicas") == want and d["spec"]["replicas"] == want else None
+        )
+
+    cluster.wait_object(
+        "apps/v1", "Deployment", namespace, "burn", replicas(3), what="HPA to scale burn to 3", timeout=240
+    )
+    usage = json.loads(cluster.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods"))
+    millicores = [float(parse_quantity(c["usage"]["cpu"])) * 1000 for p in usage["items"] for c in p["containers"]]
+    assert millicores and max(millicores) > 50, usage  # above the request: the busy loop really ran
+    apps.patch_namespaced_deployment(
+        "burn",
+        namespace,
+        {"spec": {"template": {"spec": {"containers": [{"name": "burn", "env": [{"name": "LOAD", "value": "0"}]}]}}}},
+    )
+    cluster.wait_object(
+        "apps/v1", "Deployment", namespace, "burn", replicas(1), what="HPA to scale burn back to 1", timeout=300
+    )

@@ -26,8 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         if command == "build":
             print(ensure_built())
         elif command == "images":
-            for name in arguments.names or list(images.BUILDERS):
-                print(f"{name}: {images.ensure_image(name)}")
+            built = {name: images.ensure_image(name) for name in arguments.names or images.BUILDERS}
+            for name, archive in built.items():
+                print(f"{name}: {archive}")
+            if not arguments.names:  # every current image is in hand: older cache entries can go
+                for stale in images.prune_cache(built.values()):
+                    print(f"removed stale {stale}", file=sys.stderr)
         elif command == "up":
             print(control_plane.up(real_node=arguments.real_node).kubeconfig)
         elif command == "down":

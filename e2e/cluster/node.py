@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from . import host, processes
+from . import host, metrics_server, processes
 from .debian import ensure_packages
 from .images import CRI_NAMESPACE, PAUSE_IMAGE, ensure_image, import_images
 from .kubeconfig import write_kubeconfig
@@ -235,7 +235,10 @@ def kubelet_config(paths: NodePaths, ip: str, ca: Path, serving: KeyPair) -> dic
         # Images are imported, never pulled: the kubelet must not garbage-collect them.
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "200Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
+        # Absolute and small: under disk pressure the eviction manager deletes unused images first, and a
+        # deleted image cannot be pulled back here (containerd 1.6 does not pin the sandbox image either).
+        # The image builds beside the node fill the disk for minutes at a time.
+        "evictionHard": {"memory.available": "200Mi", "nodefs.available": "512Mi", "imagefs.available": "512Mi"},
         "staticPodPath": "",
     }
 
@@ -307,9 +310,10 @@ def dns_objects(ip: str) -> list[dict[str, Any]]:
 
 def apiserver_args(ca: CertificateAuthority, pki: Path) -> list[str]:
     """What the API server needs for a real node: a client cert for the kubelet API (logs, exec,
-    port-forward) and verification of the kubelet's serving cert."""
+    port-forward), verification of the kubelet's serving cert, and the aggregation layer for metrics-server."""
     client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
     return [
+        *metrics_server.apiserver_args(pki),
         f"--kubelet-client-certificate={client.cert}",
         f"--kubelet-client-key={client.key}",
         f"--kubelet-certificate-authority={ca.pair.cert}",
@@ -318,7 +322,8 @@ def apiserver_args(ca: CertificateAuthority, pki: Path) -> list[str]:
 
 
 def start(cluster: Cluster, ca: CertificateAuthority, ip: str, server: str, pod_cidr: str) -> None:
-    """Start containerd, the kubelet, kube-proxy and CoreDNS; return when the node is Ready and DNS answers."""
+    """Start containerd, the kubelet, kube-proxy, CoreDNS and metrics-server; return when the node is Ready,
+    DNS answers and the resource metrics API is Available."""
     ensure_packages(NODE_PACKAGES)
     paths = NodePaths(cluster.root)
     for directory in (paths.containerd / "state", paths.kubelet, paths.cni / "net.d", paths.coredns, paths.images):
@@ -392,6 +397,45 @@ def start(cluster: Cluster, ca: CertificateAuthority, ip: str, server: str, pod_
     dns, process = _launch(cluster, "coredns", ["-conf", str(paths.coredns / "Corefile")], [health, ready])
     processes.wait_ready(dns, process, processes.http_probe(f"http://127.0.0.1:{ready}/ready"), READY_TIMEOUT)
     cluster.kubectl("wait", "--for=condition=Ready", f"--timeout={READY_TIMEOUT:.0f}s", f"node/{NODE_NAME}")
+    _start_metrics_server(cluster, ca, ip, server, configs)
+
+
+def _start_metrics_server(cluster: Cluster, ca: CertificateAuthority, ip: str, server: str, configs: Path) -> None:
+    user = metrics_server.USER
+    write_kubeconfig(
+        configs / "metrics-server.kubeconfig",
+        server,
+        ca.pair.cert,
+        ca.issue("metrics-server", user),
+        user,
+    )
+    serving = ca.issue(
+        "metrics-server-serving", metrics_server.NAME, server_names=metrics_server.serving_names(), server_ips=(ip,)
+    )
+    port = processes.free_port()
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump_all(metrics_server.objects(ip, port, ca.pair.cert)),
+    )
+    args = metrics_server.args(
+        configs / "metrics-server.kubeconfig", ip, port, serving.cert, serving.key, ca.pair.cert, REAL_NODE_LABEL
+    )
+    running, process = _launch(cluster, "metrics-server", args, [port])
+    probe = processes.http_probe(f"https://{ip}:{port}/livez", processes.insecure_tls())
+    processes.wait_ready(running, process, probe, READY_TIMEOUT)
+    cluster.kubectl(
+        "wait", "--for=condition=Available", f"--timeout={READY_TIMEOUT:.0f}s", "apiservice/v1beta1.metrics.k8s.io"
+    )
+
+
+def load_images(cluster: Cluster, names: list[str]) -> list[str]:
+    """Import the named images (images.BUILDERS; built first where the cache lacks them) into the node's
+    containerd (only the layers it lacks travel); returns their references."""
+    return import_images([ensure_image(name) for name in names], ctr_command(NodePaths(cluster.root)))
 
 
 def _launch(
@@ -439,7 +483,7 @@ def stop(cluster: Cluster) -> None:
     """Stop the node's processes (the caller stops the rest) and put the host back as `start` found it."""
     paths = NodePaths(cluster.root)
     by_name = {c.name: c for c in cluster.components}
-    for name in ("coredns", "kube-proxy", "kubelet"):
+    for name in ("metrics-server", "coredns", "kube-proxy", "kubelet"):
         if name in by_name:
             processes.stop(by_name[name])
     if "containerd" in by_name and by_name["containerd"].alive():

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import processes
+from .images import BASE_IMAGE
 
 # Hard-coded in training-operator v1.8.1 pkg/cert (and controller-runtime's default).
 WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
@@ -35,6 +36,8 @@ def training_operator_args(
         f"--webhook-server-port={webhook}",
         "--leader-elect=false",
         f"--pytorch-init-container-template-file={INIT_CONTAINER_TEMPLATE}",
+        # Upstream's default (alpine:3.10) cannot be pulled here; on the real node the local Debian base runs it.
+        f"--pytorch-init-container-image={BASE_IMAGE}",
     ]
     env = {"MY_POD_NAMESPACE": namespace, "KUBECONFIG": str(kubeconfig), "TMPDIR": "/tmp"}
     probe = processes.http_probe(f"http://127.0.0.1:{health}/readyz")

@@ -164,6 +164,14 @@ class Settings(_EnvModel):
         return resolve_uri(self.output_uri, mount_root=self.mount_root)
 
     @property
+    def output_mount(self) -> Path:
+        """What must exist before rank 0 writes: the claim's mount for ``pvc://`` (the store directory under it
+        is created, as a fresh claim is empty), the store directory itself for ``file://``."""
+        if self.output_uri.startswith("pvc://"):
+            return self.mount_root / self.output_uri.removeprefix("pvc://").split("/", 1)[0]
+        return self.output_root
+
+    @property
     def data_path(self) -> Path | None:
         return None if self.data_uri is None else resolve_uri(self.data_uri, mount_root=self.mount_root)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -69,35 +71,32 @@ def test_layer_tar_is_reproducible_with_parents_and_modes() -> None:
     assert all(m.uid == 0 and m.gid == 0 and m.mtime == 0 for m in members.values())
 
 
-def _blob(tar: tarfile.TarFile, digest: str) -> bytes:
-    member = tar.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
-    assert member is not None
-    data = member.read()
+def _blob(layout: Path, digest: str) -> bytes:
+    data = images.layout_blob(layout, digest).read_bytes()
     assert f"sha256:{hashlib.sha256(data).hexdigest()}" == digest, "blob stored under another digest"
     return data
 
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_archive_is_an_oci_layout_naming_the_image(tmp_path: Path, compress: bool) -> None:
+def test_layout_is_an_oci_image_naming_the_image(tmp_path: Path, compress: bool) -> None:
     layer_bytes = images.layer_tar([FileEntry("hello", b"world", 0o755)])
     layer = images.write_layer(layer_bytes, tmp_path, compress=compress)
     config = images.image_config([layer.diff_id], entrypoint=["/hello"], user="65532:65532", workdir="/tmp")
-    archive = tmp_path / "image.oci.tar"
-    digest = images.write_oci_archive(archive, "kubemaas/hello:0.1.0", config, [layer])
+    layout = tmp_path / "oci"
+    digest = images.write_oci_layout(layout, "kubemaas/hello:0.1.0", config, [layer])
 
-    with tarfile.open(archive) as tar:
-        assert json.loads(tar.extractfile("oci-layout").read()) == {"imageLayoutVersion": "1.0.0"}  # type: ignore[union-attr]
-        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
-        (entry,) = index["manifests"]
-        assert entry["digest"] == digest and entry["platform"] == {"architecture": "amd64", "os": "linux"}
-        assert entry["annotations"] == {
-            "io.containerd.image.name": "docker.io/kubemaas/hello:0.1.0",
-            "org.opencontainers.image.ref.name": "0.1.0",
-        }
-        manifest = json.loads(_blob(tar, digest))
-        stored_config = json.loads(_blob(tar, manifest["config"]["digest"]))
-        (layer_descriptor,) = manifest["layers"]
-        blob = _blob(tar, layer_descriptor["digest"])
+    assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((layout / "index.json").read_text())
+    (entry,) = index["manifests"]
+    assert entry["digest"] == digest and entry["platform"] == {"architecture": "amd64", "os": "linux"}
+    assert entry["annotations"] == {
+        "io.containerd.image.name": "docker.io/kubemaas/hello:0.1.0",
+        "org.opencontainers.image.ref.name": "0.1.0",
+    }
+    manifest = json.loads(_blob(layout, digest))
+    stored_config = json.loads(_blob(layout, manifest["config"]["digest"]))
+    (layer_descriptor,) = manifest["layers"]
+    blob = _blob(layout, layer_descriptor["digest"])
     assert layer_descriptor["mediaType"].endswith("+gzip") == compress
     assert layer_descriptor["size"] == len(blob)
     # The config lists the uncompressed tar's digest, whatever the blob's compression.
@@ -108,36 +107,166 @@ def test_archive_is_an_oci_layout_naming_the_image(tmp_path: Path, compress: boo
         "User": "65532:65532",
         "WorkingDir": "/tmp",
     }
-    assert images.archive_refs(archive) == ["docker.io/kubemaas/hello:0.1.0"]
-    assert not list(tmp_path.glob(".*partial*")), "the temporary archive was left behind"
+    assert images.layout_refs(layout) == ["docker.io/kubemaas/hello:0.1.0"]
+    assert images.layout_config(layout) == stored_config
+    assert not layer.path.exists(), "the staging layer file was moved into the layout"
+
+    # The same image as the tar `ctr images import` reads: the layout's files, nothing else.
+    archive = images.write_archive(layout, tmp_path / "hello.tar")
+    with tarfile.open(archive) as tar:
+        names = sorted(tar.getnames())
+        assert tar.extractfile("index.json").read() == (layout / "index.json").read_bytes()  # type: ignore[union-attr]
+    assert names == sorted(str(p.relative_to(layout)) for p in layout.rglob("*") if p.is_file())
 
 
-def test_same_inputs_give_the_same_archive_bytes(tmp_path: Path) -> None:
+def test_same_inputs_give_the_same_image_bytes(tmp_path: Path) -> None:
     def build(directory: Path) -> bytes:
         directory.mkdir()
         layer = images.write_layer(images.layer_tar([FileEntry("a", b"1")]), directory, compress=True)
         config = images.image_config([layer.diff_id], entrypoint=["/a"])
-        images.write_oci_archive(directory / "x.tar", "x:1", config, [layer])
-        return (directory / "x.tar").read_bytes()
+        images.write_oci_layout(directory / "oci", "x:1", config, [layer])
+        return images.write_archive(directory / "oci", directory / "x.tar").read_bytes()
 
     assert build(tmp_path / "one") == build(tmp_path / "two")
 
 
-def test_archive_refs_names_what_is_wrong(tmp_path: Path) -> None:
-    not_a_tar = tmp_path / "x.tar"
-    not_a_tar.write_text("hello")
-    with pytest.raises(ImageError, match="is not an OCI image archive"):
-        images.archive_refs(not_a_tar)
-    unnamed = tmp_path / "unnamed.tar"
-    with tarfile.open(unnamed, "w") as tar:
-        data = json.dumps({"manifests": [{"digest": "sha256:00"}]}).encode()
-        info = tarfile.TarInfo("index.json")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+def test_layout_refs_names_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="is not an OCI image layout"):
+        images.layout_refs(tmp_path)
+    (tmp_path / "index.json").write_text(json.dumps({"manifests": [{"digest": "sha256:00"}]}))
     with pytest.raises(ImageError, match=r"io\.containerd\.image\.name"):
-        images.archive_refs(unnamed)
+        images.layout_refs(tmp_path)
+
+
+def test_shared_blobs_are_stored_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBEMAAS_CACHE_DIR", str(tmp_path))
+    shared = images.layer_tar([FileEntry("big", b"x" * 10_000)])
+
+    def build(key: str, own: bytes) -> Path:
+        staging = images._staging()
+        layers = [
+            images.write_layer(shared, staging),
+            images.write_layer(images.layer_tar([FileEntry("o", own)]), staging),
+        ]
+        config = images.image_config([layer.diff_id for layer in layers], entrypoint=["/o"])
+        images.write_oci_layout(staging / images.LAYOUT_NAME, f"x/{key}:1", config, layers)
+        return images._finish(key, staging, "test")
+
+    one, two = build("one", b"1"), build("two", b"2")
+    (shared_digest, _), (own_one, _) = images.layout_layers(one)
+    (shared_again, _), (own_two, _) = images.layout_layers(two)
+    assert shared_digest == shared_again and own_one != own_two
+    assert images.layout_blob(one, shared_digest).stat().st_ino == images.layout_blob(two, shared_digest).stat().st_ino
+    assert images.layout_blob(one, own_one).stat().st_nlink == 1
+    assert f"{len(shared)} bytes shared" in (two.parent / images.COMPLETE_MARKER).read_text()
+    images.prune_cache([two])
+    assert images.layout_blob(two, shared_digest).read_bytes() == shared, "the other entry keeps its link"
 
 
 def test_unknown_image_names_the_known_ones() -> None:
     with pytest.raises(ImageError, match=r"unknown image 'nope'; known: .*pause"):
         images.ensure_image("nope")
+
+
+def test_wheelhouse_is_the_makefiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    makefile = (images.REPO / "Makefile").read_text()
+    # The formula this module repeats: WHEELS_ROOT/<first 16 hex digits of sha256(pyproject.toml)>.
+    assert "WHEELS_ROOT := $(HOME)/.cache/kubemaas/wheels" in makefile
+    assert "WHEELHOUSE := $(WHEELS_ROOT)/$(shell sha256sum pyproject.toml | cut -c1-16)" in makefile
+    monkeypatch.setattr(images, "WHEELS_ROOT", tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    expected = tmp_path / hashlib.sha256(b"[project]\n").hexdigest()[:16]
+    with pytest.raises(ImageError, match="`make venv` downloads it"):
+        images.wheelhouse(tmp_path)
+    expected.mkdir()
+    (expected / ".complete").touch()
+    assert images.wheelhouse(tmp_path) == expected
+
+
+def test_dockerfile_key_follows_what_goes_into_the_image(tmp_path: Path) -> None:
+    (tmp_path / "images" / "x").mkdir(parents=True)
+    (tmp_path / "images" / "x" / "Dockerfile").write_text("FROM b\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("a = 1\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "w-1.0-py3-none-any.whl").touch()
+    image = images.DockerfileImage("x", "kubemaas/x:1", "images/x/Dockerfile", ".", ("pyproject.toml", "src"))
+
+    def key(base: str = "b1") -> str:
+        return images.dockerfile_key(image, base, wheels, tmp_path)
+
+    first = key()
+    (tmp_path / "src" / "__pycache__").mkdir()
+    (tmp_path / "src" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / "unrelated.txt").write_text("not copied by the Dockerfile")
+    assert key() == first, "bytecode and files the Dockerfile does not copy leave the key alone"
+    changes = [
+        (tmp_path / "src" / "a.py", "a = 2\n"),
+        (tmp_path / "images" / "x" / "Dockerfile", "FROM b\nUSER 1:1\n"),
+        (tmp_path / "pyproject.toml", "[project]\nname = 'x'\n"),
+        (wheels / "w-1.1-py3-none-any.whl", ""),
+    ]
+    seen = {first, key("b2")}
+    for path, text in changes:
+        path.write_text(text)
+        seen.add(key())
+    assert len(seen) == len(changes) + 2
+
+
+def test_buildah_dir_output_becomes_a_named_oci_layout(tmp_path: Path) -> None:
+    source = tmp_path / "dir"
+    source.mkdir()
+    layer_bytes = images.layer_tar([FileEntry("x", b"1")])
+    config = images.canonical_json(images.image_config([], entrypoint=["/x"]))
+    digests = {}
+    for name, data in (("layer", layer_bytes), ("config", config)):
+        digests[name] = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        (source / digests[name][7:]).write_bytes(data)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": images.MEDIA_MANIFEST,
+        "config": {"mediaType": images.MEDIA_CONFIG, "digest": digests["config"], "size": len(config)},
+        "layers": [{"mediaType": images.MEDIA_LAYER, "digest": digests["layer"], "size": len(layer_bytes)}],
+    }
+    (source / "manifest.json").write_text(json.dumps(manifest))
+    layout = tmp_path / "oci"
+    digest = images.pack_dir_image(source, layout, "kubemaas/x:0.1.0")
+    assert digest == f"sha256:{hashlib.sha256((source / 'manifest.json').read_bytes()).hexdigest()}"
+    assert images.layout_refs(layout) == ["docker.io/kubemaas/x:0.1.0"]
+    assert images.layout_layers(layout) == [(digests["layer"], len(layer_bytes))]
+    assert images.layout_config(layout)["config"]["Entrypoint"] == ["/x"]
+    manifest["mediaType"] = "application/vnd.docker.distribution.manifest.v2+json"
+    (source / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ImageError, match="expected an OCI manifest"):
+        images.pack_dir_image(source, tmp_path / "again", "kubemaas/x:0.1.0")
+
+
+def test_prune_keeps_current_archives_and_builds_in_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBEMAAS_CACHE_DIR", str(tmp_path))
+    root = images.images_root()
+    for name in ("current", "stale", ".partial-123"):
+        (root / name).mkdir(parents=True)
+        (root / name / images.LAYOUT_NAME).mkdir()
+        (root / name / images.COMPLETE_MARKER).touch()
+    (root / "trainer-abc.failed.log").touch()
+    (root / "recent").mkdir()
+    (root / "recent" / images.COMPLETE_MARKER).touch()
+    day_ago = time.time() - images.PRUNE_UNUSED_SECONDS - 60
+    for path in (root / "stale" / images.COMPLETE_MARKER, root / "trainer-abc.failed.log"):
+        os.utime(path, (day_ago, day_ago))
+    removed = images.prune_cache([root / "current" / images.LAYOUT_NAME])
+    assert sorted(p.name for p in removed) == ["stale", "trainer-abc.failed.log"]
+    assert sorted(p.name for p in root.iterdir()) == [".partial-123", "current", "recent"], "used within a day"
+
+
+def test_layout_tar_leaves_out_blobs_the_importer_holds(tmp_path: Path) -> None:
+    layer = images.write_layer(images.layer_tar([FileEntry("a", b"1")]), tmp_path)
+    images.write_oci_layout(tmp_path / "oci", "x:1", images.image_config([layer.diff_id], entrypoint=["/a"]), [layer])
+    buffer = io.BytesIO()
+    images.write_layout_tar(tmp_path / "oci", buffer, frozenset({layer.blob.digest}))
+    with tarfile.open(fileobj=io.BytesIO(buffer.getvalue())) as tar:
+        names = tar.getnames()
+    assert f"blobs/sha256/{layer.blob.digest[7:]}" not in names
+    assert "index.json" in names and len(names) == 4  # oci-layout, index, manifest, config

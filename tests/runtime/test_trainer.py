@@ -13,6 +13,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kubemaas import contract
 from kubemaas.runtime.artifacts import ArtifactStore
 from kubemaas.runtime.checkpoint import CheckpointStore
 from kubemaas.runtime.crypto import MAGIC, Keyring, decrypt_file
@@ -189,6 +190,29 @@ def test_missing_key_directory_fails_fast_as_config_error(tmp_path: Path) -> Non
     assert code == ExitCode.CONFIG
     assert job.result(0)["reason"] == "ConfigError"
     assert not store_has_checkpoints(job)
+
+
+@pytest.mark.parametrize("claim_mounted", [True, False])
+def test_a_fresh_claim_gets_its_store_and_a_missing_claim_is_a_config_error(
+    tmp_path: Path, claim_mounted: bool
+) -> None:
+    """pvc://models/store on a new, empty claim: rank 0 creates `store/` under the claim's mount (found by the
+    real-node e2e: a fresh local PersistentVolume failed with "not mounted"); no claim mounted at all stays
+    ConfigError, before any training."""
+    job = Job(tmp_path)
+    mounts = tmp_path / "mnt"
+    if claim_mounted:
+        (mounts / "models").mkdir(parents=True)
+    env = {contract.OUTPUT_URI: "pvc://models/store", contract.MOUNT_ROOT: str(mounts)}
+    with ranks(job, 1, attempt=0, args=["--steps", "10"], **env) as procs:
+        (code,) = wait_all(procs, timeout=120)
+    if claim_mounted:
+        assert code == 0, log_text(job, 0, 0)
+        assert ArtifactStore(mounts / "models" / "store").versions("digits")
+    else:
+        assert code == ExitCode.CONFIG
+        assert job.result(0)["reason"] == "ConfigError"
+        assert "not mounted" in job.result(0)["message"]
 
 
 def store_has_checkpoints(job: Job) -> bool:

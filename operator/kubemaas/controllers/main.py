@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import logging
+import secrets
+import socket
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+
+# kopf.run() types its `identity` argument with this NewType but does not export it.
+from kopf._core.engines.peering import Identity
 
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import WATCH_SERVER_TIMEOUT
 from kubemaas.controllers.apply import Kube
 from kubemaas.controllers.metrics import start_metrics_server
 from kubemaas.controllers.settings import OperatorOptions, apply_settings
+
+
+def own_identity() -> Identity:
+    """This process's kopf peering identity, in kopf's own format (user@host/time/random) but without
+    `getpass.getuser()`: that raises KeyError under a UID with no passwd entry, which is how the image
+    runs (65532) and how OpenShift assigns UIDs."""
+    return Identity(f"kubemaas@{socket.gethostname()}/{datetime.now(UTC):%Y%m%d%H%M%S}/{secrets.token_hex(3)}")
 
 
 def run_operator(
@@ -42,6 +55,7 @@ def run_operator(
             namespaces=tuple(namespaces),
             standalone=standalone,
             liveness_endpoint=liveness_endpoint,
+            identity=own_identity(),
             # triton_image: the default for ModelServices without spec.runtime.image (`--triton-image`).
             memo=kopf.Memo(kube=kube, triton_image=triton_image),
         )

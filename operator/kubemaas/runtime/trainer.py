@@ -115,8 +115,9 @@ class Harness:
             # Fail in seconds, not after hours of training, when rank 0 cannot checkpoint or publish.
             settings = self.settings
             self.keyring = Keyring.from_dir(settings.key_dir)
-            if not settings.output_root.is_dir():
-                raise TrainerConfigError(f"output store {settings.output_root} is not mounted")
+            if not settings.output_mount.is_dir():
+                raise TrainerConfigError(f"output store {settings.output_mount} is not mounted")
+            settings.output_root.mkdir(parents=True, exist_ok=True)
             self.checkpoints = CheckpointStore(
                 settings.checkpoint_path,
                 model=settings.model_name,
