@@ -64,7 +64,7 @@ from e2e.cluster.processes import free_port, http_probe, wait_ready  # noqa: E40
 from e2e.conftest import PSS_RESTRICTED  # noqa: E402
 from e2e.kube import apiserver_requests, apply_crd, load_crds, requests_between  # noqa: E402
 from e2e.test_trainingjob import training_job as e2e_training_job  # noqa: E402
-from e2e.waits import condition_is, wait_for_objects  # noqa: E402
+from e2e.waits import wait_for_objects  # noqa: E402
 from kubemaas.api import ModelService  # noqa: E402
 from kubemaas.controllers import modelservice as ms_controller  # noqa: E402
 from kubemaas.controllers import modelservice_core as ms_core  # noqa: E402
@@ -691,19 +691,9 @@ def parent_versions(bench: Bench, namespaces: list[str]) -> dict[str, str]:
     return out
 
 
-def rest(bench: Bench, op: Operator, namespaces: list[str], seconds: float, ms_namespace: str) -> Rest:
-    # The tail of the burst lands first. kube-controller-manager (20 requests/s) may be minutes behind on
-    # the Deployments' status after 1000 ModelServices, and each ModelService turns Ready only then: "at
-    # rest" starts once every ModelService is Ready and the operator ran no reconcile for 10 s.
-    wait_for_objects(
-        bench.api,
-        f"{GROUP}/{VERSION}",
-        "ModelService",
-        ms_namespace,
-        lambda found: all(condition_is(o, "Ready") for o in found.values()),
-        what=f"every ModelService in {ms_namespace} to be Ready",
-        timeout=PHASE_TIMEOUT,
-    )
+def rest(bench: Bench, op: Operator, namespaces: list[str], seconds: float) -> Rest:
+    # The tail of the burst (Deployments' status from the controller-manager, the statuses that follow) lands
+    # first: "at rest" starts once the operator ran no reconcile for 10 s.
     op.settle(quiet=10.0, limit=300.0)
     before, writes_before, versions = bench.requests(), op.writes(), parent_versions(bench, namespaces)
     time.sleep(seconds)
@@ -770,7 +760,7 @@ def run_one(bench: Bench, n: int, tj_n: int, rest_seconds: float, log_dir: Path)
                 bench.cleanup([peer_ns])  # its pods hold kwok capacity other sessions' tests need
                 run.phases += [tj, peer]
             if rest_seconds:
-                run.rest = rest(bench, op, [ms_ns, tj_ns], rest_seconds, ms_ns)
+                run.rest = rest(bench, op, [ms_ns, tj_ns], rest_seconds)
                 print(f"[bench]   {run.rest}", flush=True)
     finally:
         bench.cleanup(namespaces)
