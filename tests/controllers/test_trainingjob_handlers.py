@@ -6,14 +6,13 @@ import asyncio
 from typing import Any
 
 from kubemaas.controllers import trainingjob as handlers
-from kubemaas.controllers.reconciler import Requeue
 
 
 def test_requeue_keeps_one_pending_run_per_object() -> None:
     runs: list[str] = []
 
     async def main() -> None:
-        requeue = Requeue()
+        requeue = handlers.Requeue()
 
         def runner(label: str) -> Any:
             async def run() -> None:
