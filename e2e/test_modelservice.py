@@ -114,7 +114,18 @@ def training_job(name: str, labels: dict[str, str] | None = None) -> dict[str, A
 
 
 def publish(cluster: E2ECluster, namespace: str, job: str, version: str, **metrics: str) -> None:
-    """Write what the TrainingJob controller writes when rank 0 published `version`."""
+    """Write what the TrainingJob controller writes when rank 0 published `version`.
+
+    The operator's first status write replaces the conditions list: it must land before this fake publish,
+    or it can erase Succeeded (an operator slower to start, as one running in a pod, loses the race)."""
+    cluster.wait_object(
+        f"{GROUP}/{VERSION}",
+        "TrainingJob",
+        namespace,
+        job,
+        lambda tj: (tj.get("status") or {}).get("conditions"),
+        what=f"the operator's first status of TrainingJob {job}",
+    )
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     model: dict[str, Any] = {"uri": f"{STORE}/digits/{version}", "version": version, "sha256": SHA, "keyId": "k1"}
     if metrics:
@@ -149,16 +160,6 @@ def model_service(name: str, model: dict[str, Any], **spec: Any) -> dict[str, An
 def serve_digits(cluster: E2ECluster, namespace: str, **spec: Any) -> None:
     """TrainingJob `digits` published v1, and a ModelService `digits` serving it, Ready."""
     create_job(cluster, namespace, "digits")
-    # The operator's first status write replaces the conditions list: let it land before the fake publish,
-    # or it can erase Succeeded (an operator slower to start, as one running in a pod, loses the race).
-    cluster.wait_object(
-        f"{GROUP}/{VERSION}",
-        "TrainingJob",
-        namespace,
-        "digits",
-        lambda tj: (tj.get("status") or {}).get("conditions"),
-        what="the operator's first status of TrainingJob digits",
-    )
     publish(cluster, namespace, "digits", "v1")
     ms = model_service("digits", {"trainingJobRef": {"name": "digits"}}, **spec)
     custom(cluster).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
