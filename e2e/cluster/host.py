@@ -44,6 +44,7 @@ FIXED_PATHS = (
     "/etc/cni",
 )
 IPTABLES = ("iptables", "ip6tables")
+BUILTIN_CHAINS = ("INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KUBEPODS = "kubepods"
 
@@ -171,7 +172,7 @@ def differences(before: HostState, after: HostState) -> list[str]:
 def _effective(rules: list[str]) -> list[str]:
     """A table's rules that change anything: iptables cannot unload a table once a tool touched it, and a
     loaded table holding only built-in chains with the ACCEPT policy filters nothing, as an absent one."""
-    builtin_accept = {f":{chain} ACCEPT" for chain in ("INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING")}
+    builtin_accept = {f":{chain} ACCEPT" for chain in BUILTIN_CHAINS}
     return [] if set(rules) <= builtin_accept else rules
 
 
@@ -249,9 +250,10 @@ def _restore_iptables(before: HostState, problems: list[str]) -> None:
 
 
 def _builtin_chains(rules: list[str]) -> list[str]:
-    builtin = {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
     return [
-        f":{line[1:].split()[0]} ACCEPT" for line in rules if line.startswith(":") and line[1:].split()[0] in builtin
+        f":{line[1:].split()[0]} ACCEPT"
+        for line in rules
+        if line.startswith(":") and line[1:].split()[0] in BUILTIN_CHAINS
     ]
 
 

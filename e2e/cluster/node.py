@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -448,10 +449,10 @@ def _launch(
 
 
 def _which(binary: str) -> str:
-    for directory in ("/usr/bin", "/usr/sbin", "/usr/local/bin"):
-        if (Path(directory) / binary).exists():
-            return str(Path(directory) / binary)
-    raise NodeError(f"{binary} not found (Debian package missing?)")
+    found = shutil.which(binary)
+    if found is None:
+        raise NodeError(f"{binary} not found on PATH (Debian package missing?)")
+    return found
 
 
 def _start_containerd(cluster: Cluster, paths: NodePaths) -> None:
