@@ -10,9 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
+import subprocess
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,8 @@ from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
 from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES, PAUSE_IMAGE
 from e2e.conftest import REPO, E2ECluster, OperatorProcess, RealNode
-from e2e.test_modelservice import GROUP, VERSION, condition, model_service, wait_ms
+from e2e.test_modelservice import GROUP, VERSION, condition, crds, model_service, wait_ms  # noqa: F401 (crds: a fixture)
+from kubemaas.manifests.modelservice import VERSION_LABEL
 from kubemaas.manifests.pods import WORKLOAD_UID
 from kubemaas.runtime.artifacts import ArtifactStore
 from kubemaas.runtime.keyring import generate_key
@@ -307,69 +311,21 @@ def key_secret(key: bytes) -> dict[str, Any]:
     }
 
 
-@pytest.mark.real_node
-def test_tampered_artifact_fails_the_real_loader_and_degrades_the_model_service(
-    cluster: E2ECluster,
-    namespace: str,
-    real_node: RealNode,
-    node_images: None,
-    node_store: Path,
-    operator: OperatorProcess,
-    tmp_path: Path,
-) -> None:
-    """The operator's pod on the real node: the loader init container (the model-loader image) reads the
-    artifact from the claim and the key from the Secret mounted as files, refuses a flipped byte, and writes
-    its reason to the termination log; the kubelet reports it and the ModelService is Degraded with it."""
-    key = publish_digits(node_store, tmp_path, {"v1": 1})
-    client.CoreV1Api(cluster.api).create_namespaced_secret(namespace, key_secret(key))
-    artifact = node_store / "store" / MODEL / "v1" / "model.kmenc"
-    data = bytearray(artifact.read_bytes())
-    data[-100] ^= 0x01  # inside the last chunk's ciphertext
-    artifact.write_bytes(bytes(data))
-
-    ms = model_service(
-        "digits",
-        {"uri": "pvc://models/store/digits", "version": "v1", "encryption": {"keySecretRef": {"name": "digits-key"}}},
-        replicas=1,
-        scheduling=real_node.placement(),
-    )
-    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
-    degraded = wait_ms(
-        cluster,
-        namespace,
-        "digits",
-        lambda obj: condition(obj, "Degraded").get("reason") == "TamperedArtifact",
-        "ModelService digits Degraded=TamperedArtifact",
-        timeout=120,
-    )
-    assert condition(degraded, "Degraded")["status"] == "True"
-    assert "tampered artifact" in condition(degraded, "Degraded")["message"], degraded["status"]
-    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
-        namespace, label_selector="kubemaas.io/modelservice=digits"
-    )
-    (pod,) = pods.items
-    assert pod.spec.node_name == real_node.name
-    (loader,) = pod.status.init_container_statuses
-    terminated = loader.last_state.terminated or loader.state.terminated
-    assert terminated.exit_code == 79, loader
-    assert "tampered artifact" in terminated.message, terminated.message
-    for leak in (base64.b64encode(key).decode(), key.hex()):
-        assert leak not in terminated.message and leak not in operator.text()
-
-
 TRAINER_IMAGE = DOCKERFILE_IMAGES["trainer"].ref
 TRITON_IMAGE = DOCKERFILE_IMAGES["triton-python"].ref
 INFER_BATCH = 8
 
 
-def training_job(name: str, backend: str, placement: dict[str, Any]) -> dict[str, Any]:
+def training_job(
+    name: str, backend: str, placement: dict[str, Any], *, steps: int = 300, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TrainingJob",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": labels or {}},
         "spec": {
             "image": TRAINER_IMAGE,
-            "args": ["--steps", "300", "--batch-size", "32"],
+            "args": ["--steps", str(steps), "--batch-size", "32"],
             "replicas": 2,
             "nprocPerNode": 1,
             # Two ranks on a 2-core node, beside the node's own processes.
@@ -383,23 +339,31 @@ def training_job(name: str, backend: str, placement: dict[str, Any]) -> dict[str
     }
 
 
-def train_on_the_node(cluster: E2ECluster, namespace: str, placement: dict[str, Any], backend: str) -> dict[str, Any]:
-    """Run TrainingJob `digits` to its end; return its status.model."""
-    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "trainingjobs", training_job("digits", backend, placement)
-    )
+def create_training_job(cluster: E2ECluster, namespace: str, job: dict[str, Any]) -> None:
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", job)
+
+
+def wait_trained(cluster: E2ECluster, namespace: str, name: str = "digits") -> dict[str, Any]:
+    """Wait for TrainingJob `name` to end; assert it succeeded with a good model; return its status.model."""
 
     def finished(tj: dict[str, Any]) -> dict[str, Any] | None:
         conditions = (tj.get("status") or {}).get("conditions") or []
         return tj if any(c["type"] in ("Succeeded", "Failed") and c["status"] == "True" for c in conditions) else None
 
     done = cluster.wait_object(
-        f"{GROUP}/{VERSION}", "TrainingJob", namespace, "digits", finished,
-        what=f"TrainingJob digits ({backend}) to finish", timeout=600,
+        f"{GROUP}/{VERSION}", "TrainingJob", namespace, name, finished,
+        what=f"TrainingJob {name} to finish", timeout=600,
     )  # fmt: skip
     conditions = {c["type"]: c for c in done["status"]["conditions"]}
     assert conditions.get("Succeeded", {}).get("status") == "True", json.dumps(done["status"], indent=1)[:4000]
     model: dict[str, Any] = done["status"]["model"]
+    return model
+
+
+def train_on_the_node(cluster: E2ECluster, namespace: str, placement: dict[str, Any], backend: str) -> dict[str, Any]:
+    """Run TrainingJob `digits` to its end; return its status.model."""
+    create_training_job(cluster, namespace, training_job("digits", backend, placement))
+    model = wait_trained(cluster, namespace)
     assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
     return model
 
@@ -420,6 +384,7 @@ def assert_ran_on(cluster: E2ECluster, namespace: str, prefix: str, node_name: s
 
 
 @pytest.mark.real_node
+@pytest.mark.usefixtures("crds")
 def test_pytorchjob_trains_two_ranks_on_the_real_node(
     cluster: E2ECluster,
     namespace: str,
@@ -457,6 +422,7 @@ def held_out_digits() -> tuple[Any, Any]:
 
 
 @pytest.mark.real_node
+@pytest.mark.usefixtures("crds")
 def test_indexed_job_trains_and_triton_serves_it_on_the_real_node(
     cluster: E2ECluster,
     namespace: str,
@@ -595,3 +561,260 @@ def test_hpa_scales_on_real_cpu_metrics(
     cluster.wait_object(
         "apps/v1", "Deployment", namespace, "burn", replicas(1), what="HPA to scale burn back to 1", timeout=300
     )
+
+
+# --- serving under traffic: promotion, a tampered version, autoscaling -----------------------------------------
+
+# Run inside a client pod: KServe v2 requests through the Service, one JSON line per request. A new connection
+# each time, so every request goes through kube-proxy's rules as they are at that moment.
+TRAFFIC = """
+import json, sys, time, urllib.request
+url, pixels, pause = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+body = json.dumps({"inputs": [{"name": "pixels", "shape": [1, len(pixels)], "datatype": "FP32", "data": pixels}]})
+while True:
+    started = time.time()
+    try:
+        request = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            logits = json.load(response)["outputs"][0]["data"]
+        print(json.dumps({"t": started, "out": [round(v, 3) for v in logits]}), flush=True)
+    except Exception as error:
+        print(json.dumps({"t": started, "error": repr(error)}), flush=True)
+    time.sleep(pause)
+"""
+
+
+def traffic_pod(namespace: str, placement: dict[str, Any], *, pause: float, cpu: str = "200m") -> dict[str, Any]:
+    """A pod sending requests to ModelService `digits` continuously (one held-out digit each time)."""
+    x, _ = held_out_digits()
+    url = f"http://digits.{namespace}.svc:8000/v2/models/{MODEL}/infer"
+    pod = python_pod("traffic", placement, ["python", "-c", TRAFFIC, url, json.dumps(x[0].tolist()), str(pause)])
+    pod["spec"]["containers"][0]["resources"] = {"limits": {"cpu": cpu, "memory": "128Mi"}}
+    return pod
+
+
+def answers(cluster: E2ECluster, namespace: str) -> list[dict[str, Any]]:
+    log = client.CoreV1Api(cluster.api).read_namespaced_pod_log("traffic", namespace, container="main")
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
+def start_traffic(cluster: E2ECluster, namespace: str, placement: dict[str, Any], **kwargs: Any) -> None:
+    client.CoreV1Api(cluster.api).create_namespaced_pod(namespace, traffic_pod(namespace, placement, **kwargs))
+    cluster.wait_object("v1", "Pod", namespace, "traffic", pod_ready, what="traffic pod Ready", timeout=90)
+    cluster.wait_for("the first answer through the Service", lambda: bool(answers(cluster, namespace)), timeout=60)
+
+
+def serving_pods(cluster: E2ECluster, namespace: str) -> dict[str, str]:
+    """Serving pods of ModelService `digits` that are not terminating -> the version each serves."""
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
+        namespace, label_selector="kubemaas.io/modelservice=digits"
+    )
+    return {
+        p.metadata.name: p.metadata.labels.get(VERSION_LABEL, "")
+        for p in pods.items
+        if p.metadata.deletion_timestamp is None
+    }
+
+
+def triton_model_service(placement: dict[str, Any], model: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    # The CPU Triton image (images/triton-python/Dockerfile.cpu) has the python backend, not libtorch.
+    return model_service(
+        "digits", model, scheduling=placement, runtime={"image": TRITON_IMAGE, "backend": "python"}, **spec
+    )
+
+
+def wait_serving(cluster: E2ECluster, namespace: str, version: str) -> dict[str, Any]:
+    return wait_ms(
+        cluster,
+        namespace,
+        "digits",
+        lambda o: (
+            (o.get("status") or {}).get("servedVersion") == version and condition(o, "Ready").get("status") == "True"
+        ),
+        f"ModelService digits Ready serving {version}",
+        timeout=300,
+    )
+
+
+@pytest.mark.real_node
+@pytest.mark.usefixtures("crds")
+def test_promotion_under_live_traffic_loses_no_request(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    node_store: Path,
+    operator: OperatorProcess,
+) -> None:
+    """While a client pod sends requests through the Service, a second TrainingJob publishes a better model and
+    the ModelService rolls it out: no request fails, and the answers switch from the old model's to the new
+    one's (each told apart by its logits: the same digit, two sets of weights)."""
+    labels = {"team": "digits"}
+    placement = real_node.placement()
+    create_training_job(cluster, namespace, training_job("digits-a", "Job", placement, steps=40, labels=labels))
+    first = wait_trained(cluster, namespace, "digits-a")
+    ms = triton_model_service(
+        placement,
+        {"trainingJobSelector": {"matchLabels": labels}},
+        replicas=1,
+        promotion={"requireMetrics": [{"name": "heldOutAccuracy", "min": "0.3"}]},
+    )
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
+    wait_serving(cluster, namespace, first["version"])
+    start_traffic(cluster, namespace, placement, pause=0.05)
+
+    create_training_job(cluster, namespace, training_job("digits-b", "Job", placement, labels=labels))
+    second = wait_trained(cluster, namespace, "digits-b")
+    assert float(second["metrics"]["heldOutAccuracy"]) > float(first["metrics"]["heldOutAccuracy"]), (first, second)
+    wait_serving(cluster, namespace, second["version"])
+    cluster.wait_for(
+        "only the new version's pods serving",
+        lambda: set(serving_pods(cluster, namespace).values()) == {second["version"]},
+        timeout=120,
+    )
+    settled = time.time() + 3  # the old pod's endpoint is gone: every answer after this is the new model's
+    cluster.wait_for("answers after the rollout", lambda: answers(cluster, namespace)[-1]["t"] > settled, timeout=60)
+
+    seen = answers(cluster, namespace)
+    failed = [a for a in seen if "error" in a]
+    assert not failed, f"{len(failed)} of {len(seen)} requests failed during the rollout: {failed[:5]}"
+    old, new = seen[0]["out"], seen[-1]["out"]
+    assert old != new, "the two models answer alike: the switch cannot be told"
+    assert all(a["out"] in (old, new) for a in seen), {tuple(a["out"]) for a in seen}
+    switched = next(i for i, a in enumerate(seen) if a["out"] == new)
+    assert switched > 0 and all(a["out"] == new for a in seen if a["t"] > settled), "old answers after the rollout"
+    print(f"\n{len(seen)} requests, none failed; answers switched at request {switched}")
+
+
+def deployment_replicas(want: int) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    return lambda d: (
+        d if (d.get("status") or {}).get("readyReplicas") == want and d["spec"].get("replicas") == want else None
+    )
+
+
+@pytest.mark.real_node
+@pytest.mark.usefixtures("crds")
+def test_model_service_autoscales_on_triton_cpu_and_a_tampered_version_leaves_the_old_one_serving(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    node_store: Path,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    """Load on the Service makes the ModelService's HPA (kubelet -> metrics-server -> HPA) add a Triton pod and,
+    once the load stops, remove it. Then a new version whose artifact was tampered with (a flipped byte): the
+    loader init container (the model-loader image, the key Secret mounted as files) refuses it with exit 79 and
+    its reason in the termination log, the ModelService turns Degraded with that reason (no key in the message
+    or the operator's log), and the old version answers every request meanwhile."""
+    key = publish_digits(node_store, tmp_path, {"v1": 1, "v2": 2})
+    client.CoreV1Api(cluster.api).create_namespaced_secret(namespace, key_secret(key))
+    artifact = node_store / "store" / MODEL / "v2" / "model.kmenc"
+    data = bytearray(artifact.read_bytes())
+    data[-100] ^= 0x01
+    artifact.write_bytes(bytes(data))
+    placement = real_node.placement()
+    source = {
+        "uri": "pvc://models/store/digits",
+        "version": "v1",
+        "encryption": {"keySecretRef": {"name": "digits-key"}},
+    }
+    ms = triton_model_service(
+        placement,
+        source,
+        resources={"cpu": "250m", "memory": "2Gi"},
+        autoscaling={
+            "minReplicas": 1,
+            "maxReplicas": 2,
+            "metric": "CPU",
+            "target": 50,
+            "behavior": {"scaleDownStabilizationSeconds": 0},
+        },
+    )
+    custom = client.CustomObjectsApi(cluster.api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
+    wait_serving(cluster, namespace, "v1")
+
+    start_traffic(cluster, namespace, placement, pause=0.0, cpu="500m")  # back to back: Triton's CPU is the limit
+    cluster.wait_object("apps/v1", "Deployment", namespace, "digits", deployment_replicas(2),
+                        what="the HPA to add a serving pod under load", timeout=300)  # fmt: skip
+    core = client.CoreV1Api(cluster.api)
+    core.delete_namespaced_pod("traffic", namespace, grace_period_seconds=0)
+    cluster.wait_objects("v1", "Pod", namespace, lambda pods: "traffic" not in pods, what="load gone", timeout=60)
+    cluster.wait_object("apps/v1", "Deployment", namespace, "digits", deployment_replicas(1),
+                        what="the HPA to remove it once idle", timeout=300)  # fmt: skip
+
+    start_traffic(cluster, namespace, placement, pause=0.05)
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "modelservices", "digits", {"spec": {"model": {"version": "v2"}}}
+    )
+    degraded = wait_ms(
+        cluster,
+        namespace,
+        "digits",
+        lambda o: condition(o, "Degraded").get("reason") == "TamperedArtifact",
+        "ModelService digits Degraded=TamperedArtifact",
+        timeout=180,
+    )
+    assert condition(degraded, "Degraded")["status"] == "True"
+    assert "tampered artifact" in condition(degraded, "Degraded")["message"], degraded["status"]
+    assert degraded["status"]["servedVersion"] == "v1"
+    (refused,) = core.list_namespaced_pod(namespace, label_selector=f"{VERSION_LABEL}=v2").items
+    assert refused.spec.node_name == real_node.name
+    (loader,) = refused.status.init_container_statuses
+    terminated = loader.last_state.terminated or loader.state.terminated
+    assert terminated.exit_code == 79, loader
+    assert "tampered artifact" in terminated.message, terminated.message
+    for leak in (base64.b64encode(key).decode(), key.hex()):
+        assert leak not in terminated.message and leak not in operator.text()
+    after = time.time() + 5
+    cluster.wait_for("answers after the refusal", lambda: answers(cluster, namespace)[-1]["t"] > after, timeout=60)
+    seen = answers(cluster, namespace)
+    failed = [a for a in seen if "error" in a]
+    assert not failed, f"{len(failed)} of {len(seen)} requests failed: {failed[:5]}"
+    assert all(a["out"] == seen[0]["out"] for a in seen), "an answer came from something other than v1"
+    assert "v1" in serving_pods(cluster, namespace).values()
+
+
+@pytest.mark.real_node
+@pytest.mark.usefixtures("crds")
+def test_a_rank_killed_mid_training_restarts_the_job_which_resumes_from_its_checkpoint(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    node_store: Path,
+    operator: OperatorProcess,
+) -> None:
+    """SIGKILL one rank's container after rank 0's first checkpoint: the peer exits retryable (138), the Indexed
+    Job recreates the failed pods, the ranks meet again and resume from the checkpoint, and the job succeeds."""
+    if cluster.local is None:
+        pytest.skip("killing a container needs the local node's containerd")
+    job = training_job("digits", "Job", real_node.placement(), steps=1000)
+    job["spec"]["runPolicy"]["backoffLimit"] = 4
+    create_training_job(cluster, namespace, job)
+    checkpoints = node_store / "store" / MODEL / ".checkpoints"
+
+    def first_checkpoint() -> int | None:
+        steps = [int(m[1]) for p in checkpoints.glob("*/*") if (m := re.fullmatch(r"step-(\d+)\.kmenc", p.name))]
+        return min(steps) if steps else None
+
+    checkpointed = cluster.wait_for("rank 0's first checkpoint", first_checkpoint, timeout=300)
+    core = client.CoreV1Api(cluster.api)
+    (rank1,) = core.list_namespaced_pod(
+        namespace, label_selector="batch.kubernetes.io/job-completion-index=1", field_selector="status.phase=Running"
+    ).items
+    container_id = rank1.status.container_statuses[0].container_id.removeprefix("containerd://")
+    ctr = [*node.ctr_command(node.NodePaths(cluster.local.root)), "-n", "k8s.io"]
+    subprocess.run([*ctr, "task", "kill", "--signal", "SIGKILL", container_id], check=True, capture_output=True)
+
+    model = wait_trained(cluster, namespace)
+    assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
+    workers = client.BatchV1Api(cluster.api).read_namespaced_job("digits-workers", namespace)
+    assert (workers.status.failed or 0) >= 1, workers.status
+    pods = core.list_namespaced_pod(namespace, label_selector="batch.kubernetes.io/job-completion-index=0").items
+    (rank0,) = [p for p in pods if p.status.phase == "Succeeded"]
+    log = core.read_namespaced_pod_log(rank0.metadata.name, namespace)
+    resumed = re.search(r"resumed from checkpoint at step (\d+)", log)
+    assert resumed and int(resumed[1]) >= checkpointed, log[-3000:]

@@ -55,6 +55,7 @@ TERMINATION_LOG = str(contract.DEFAULT_TERMINATION_LOG)
 
 # Labels/annotations the controller reads back from the pod template and pods.
 VERSION_LABEL = "kubemaas.io/model-version"
+PRE_STOP_SECONDS = 5
 VERSION_ANNOTATION = "kubemaas.io/model-version"
 TRACK_LABEL = "kubemaas.io/track"
 # The source the version was resolved from: a changed source invalidates a pin taken from ``Latest``.
@@ -249,6 +250,10 @@ def _triton_container(spec: ModelServiceSpec, options: ServingOptions) -> dict[s
             "failureThreshold": 3,
             "timeoutSeconds": 5,
         },
+        # A pod being replaced leaves the Service's endpoints when it is deleted, but kube-proxy (and any
+        # mesh or load balancer) takes a moment to stop sending to it: keep serving through that moment
+        # before Triton gets SIGTERM, so a rollout drops no request (the kubelet's own sleep, no binary).
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "securityContext": restricted_container_security_context(),
         "volumeMounts": [
             {"name": "model-repository", "mountPath": REPOSITORY_PATH, "readOnly": True},
