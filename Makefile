@@ -105,6 +105,10 @@ e2e: venv ## end-to-end suite (local cluster unless KUBEMAAS_E2E_KUBECONFIG name
 bench-reconcile: venv ## operator vs raw-API baseline vs Kubeflow, N=100,500 (local cluster; minutes; not in make test)
 	$(BIN)/python e2e/bench/bench_reconcile.py $(BENCH_ARGS)
 
+.PHONY: bench-lifecycle
+bench-lifecycle: venv images ## ModelService apply -> first answer by stage, beside each stage's floor (real node, root)
+	$(BIN)/python e2e/bench/bench_lifecycle.py $(BENCH_ARGS)
+
 .PHONY: run
 run: venv ## run the operator; starts the local cluster when no kubeconfig is configured
 	@if [ -z "$${KUBECONFIG:-}" ] && [ ! -f "$$HOME/.kube/config" ]; then \

@@ -162,3 +162,68 @@ def apiserver_requests(api_port: int, pki: Path) -> Counter[RequestKey]:
 
 def requests_between(before: Counter[RequestKey], after: Counter[RequestKey]) -> Counter[RequestKey]:
     return Counter({k: after[k] - before[k] for k in after if after[k] > before[k]})
+
+
+def bound_claim(
+    api: client.ApiClient,
+    namespace: str,
+    claim: str,
+    volume_source: dict[str, Any],
+    *,
+    access_modes: tuple[str, ...] = ("ReadWriteMany",),
+    node: str | None = None,
+) -> str:
+    """A PersistentVolume reserved for claim `claim` (claimRef, no storage class) and the claim bound to it;
+    returns the volume's name (cluster-scoped: the caller deletes it). volume_source: e.g. {"local": {"path":
+    ...}}; `node` pins it there (a local volume needs it)."""
+    core = client.CoreV1Api(api)
+    volume = f"{namespace}-{claim}"
+    spec: dict[str, Any] = {
+        "capacity": {"storage": "1Gi"},
+        "accessModes": ["ReadWriteMany", "ReadOnlyMany"],
+        "persistentVolumeReclaimPolicy": "Retain",
+        "storageClassName": "",
+        **volume_source,
+        "claimRef": {"namespace": namespace, "name": claim},
+    }
+    if node is not None:
+        term = {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}
+        spec["nodeAffinity"] = {"required": {"nodeSelectorTerms": [term]}}
+    core.create_persistent_volume(
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume}, "spec": spec}
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim},
+            "spec": {
+                "accessModes": list(access_modes),
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    return volume
+
+
+# Run inside a client pod (python only, no packages): KServe v2 requests through a Service, one JSON line per
+# request with the time it was sent. A new connection each time, so every request goes through kube-proxy's
+# rules as they are at that moment. argv: url, the input row as JSON, the pause between requests in seconds.
+KSERVE_CLIENT = """
+import json, sys, time, urllib.request
+url, pixels, pause = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+body = json.dumps({"inputs": [{"name": "pixels", "shape": [1, len(pixels)], "datatype": "FP32", "data": pixels}]})
+while True:
+    started = time.time()
+    try:
+        request = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            logits = json.load(response)["outputs"][0]["data"]
+        print(json.dumps({"t": started, "out": logits}), flush=True)
+    except Exception as error:
+        print(json.dumps({"t": started, "error": repr(error)}), flush=True)
+    time.sleep(pause)
+"""

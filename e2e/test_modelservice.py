@@ -24,6 +24,7 @@ from kubernetes import client, watch
 
 from e2e.cluster.nodes import GPU_NODES
 from e2e.conftest import E2ECluster, OperatorProcess
+from e2e.kube import bound_claim
 
 GROUP, VERSION = "kubemaas.io", "v1alpha1"
 MS_API = f"{GROUP}/{VERSION}"
@@ -46,36 +47,8 @@ def crds(cluster: E2ECluster) -> None:
 def store(cluster: E2ECluster, namespace: str) -> Iterator[str]:
     """The artifact store's claim (`models`), bound to a PV reserved for it, and a key Secret."""
     core = client.CoreV1Api(cluster.api)
-    pv_name = f"{namespace}-models"
-    core.create_persistent_volume(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv_name},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadOnlyMany", "ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": f"/tmp/kubemaas-e2e/{namespace}"},
-                "claimRef": {"namespace": namespace, "name": "models"},
-            },
-        }
-    )
-    core.create_namespaced_persistent_volume_claim(
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "models"},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "volumeName": pv_name,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
+    host_path = {"hostPath": {"path": f"/tmp/kubemaas-e2e/{namespace}"}}
+    pv_name = bound_claim(cluster.api, namespace, "models", host_path, access_modes=("ReadOnlyMany",))
     core.create_namespaced_secret(
         namespace,
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "digits-key"}, "stringData": {"active": "k1"}},

@@ -28,6 +28,7 @@ from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
 from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES, PAUSE_IMAGE
 from e2e.conftest import REPO, E2ECluster, OperatorProcess, RealNode
+from e2e.kube import KSERVE_CLIENT, bound_claim
 from e2e.test_modelservice import GROUP, VERSION, condition, crds, model_service, wait_ms  # noqa: F401 (crds: a fixture)
 from kubemaas.manifests.modelservice import VERSION_LABEL
 from kubemaas.manifests.pods import WORKLOAD_UID
@@ -235,58 +236,18 @@ def test_pod_dns_services_and_kubelet_streams(
 
 @pytest.fixture
 def node_store(cluster: E2ECluster, namespace: str, real_node: RealNode) -> Iterator[Path]:
-    """Claim `models` bound to a local PersistentVolume on the real node (a directory of this machine),
-    and the key Secret `digits-key` of a fresh keyring; yields the directory (the claim's root)."""
+    """Claim `models` bound to a local PersistentVolume on the real node (a directory of this machine);
+    yields the directory (the claim's root)."""
     root = STORE_ROOT / namespace
     root.mkdir(parents=True)
     # A local volume keeps the directory's owner: the trainer's rank 0 writes as the workload uid.
     os.chown(root, WORKLOAD_UID, WORKLOAD_UID)
-    core = client.CoreV1Api(cluster.api)
-    pv = f"{namespace}-models"
-    core.create_persistent_volume(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteMany", "ReadOnlyMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "local": {"path": str(root)},
-                "nodeAffinity": {
-                    "required": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [real_node.name]}
-                                ]
-                            }
-                        ]
-                    }
-                },
-                "claimRef": {"namespace": namespace, "name": "models"},
-            },
-        }
-    )
-    core.create_namespaced_persistent_volume_claim(
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "models"},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": "",
-                "volumeName": pv,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
+    local = {"local": {"path": str(root)}}
+    pv = bound_claim(cluster.api, namespace, "models", local, node=real_node.name)
     try:
         yield root
     finally:
-        core.delete_persistent_volume(pv)
+        client.CoreV1Api(cluster.api).delete_persistent_volume(pv)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -565,37 +526,21 @@ def test_hpa_scales_on_real_cpu_metrics(
 
 # --- serving under traffic: promotion, a tampered version, autoscaling -----------------------------------------
 
-# Run inside a client pod: KServe v2 requests through the Service, one JSON line per request. A new connection
-# each time, so every request goes through kube-proxy's rules as they are at that moment.
-TRAFFIC = """
-import json, sys, time, urllib.request
-url, pixels, pause = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
-body = json.dumps({"inputs": [{"name": "pixels", "shape": [1, len(pixels)], "datatype": "FP32", "data": pixels}]})
-while True:
-    started = time.time()
-    try:
-        request = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            logits = json.load(response)["outputs"][0]["data"]
-        print(json.dumps({"t": started, "out": [round(v, 3) for v in logits]}), flush=True)
-    except Exception as error:
-        print(json.dumps({"t": started, "error": repr(error)}), flush=True)
-    time.sleep(pause)
-"""
-
 
 def traffic_pod(namespace: str, placement: dict[str, Any], *, pause: float, cpu: str = "200m") -> dict[str, Any]:
     """A pod sending requests to ModelService `digits` continuously (one held-out digit each time)."""
     x, _ = held_out_digits()
     url = f"http://digits.{namespace}.svc:8000/v2/models/{MODEL}/infer"
-    pod = python_pod("traffic", placement, ["python", "-c", TRAFFIC, url, json.dumps(x[0].tolist()), str(pause)])
+    pod = python_pod("traffic", placement, ["python", "-c", KSERVE_CLIENT, url, json.dumps(x[0].tolist()), str(pause)])
     pod["spec"]["containers"][0]["resources"] = {"limits": {"cpu": cpu, "memory": "128Mi"}}
     return pod
 
 
 def answers(cluster: E2ECluster, namespace: str) -> list[dict[str, Any]]:
+    """The traffic pod's requests so far; answers rounded, so two pods of one version answer alike."""
     log = client.CoreV1Api(cluster.api).read_namespaced_pod_log("traffic", namespace, container="main")
-    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    seen = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return [{**a, "out": [round(v, 4) for v in a["out"]]} if "out" in a else a for a in seen]
 
 
 def start_traffic(cluster: E2ECluster, namespace: str, placement: dict[str, Any], **kwargs: Any) -> None:
