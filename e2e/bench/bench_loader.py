@@ -10,7 +10,10 @@ What it measures, on one file system (a temp dir under ``--workdir``, default ``
   artifact (open, authenticate, decrypt every chunk, write, fsync, render the config, rename), timed
   around the call; the artifact is in the page cache, as it is after the first read from a PVC.
 * ``plain copy``: ``shutil.copyfile`` of the same artifact file next to it, then fsync (the loader
-  fsyncs too): the floor for moving those bytes on this machine at this moment.
+  fsyncs too): the floor for moving those bytes on this machine at this moment. On Linux it copies
+  inside the kernel (copy_file_range/sendfile): the bytes never reach user space.
+* ``read/write loop``: the same bytes read into one reused 4 MiB buffer and written out, then fsync: the
+  floor for any program that transforms the bytes on their way (they cross into user space and back).
 
 Both run in the same process, one after the other (the order alternates per round), and the ratio
 is taken between them in that process: best of the rounds over best of the rounds (interference on
@@ -125,12 +128,19 @@ def worker_measure(store_root: Path, loader_first: bool) -> dict[str, Any]:
         shutil.copyfile(artifact, copy)
         _fsync(copy)
 
+    def read_write_loop() -> None:
+        buffer = memoryview(bytearray(4 << 20))
+        with artifact.open("rb", buffering=0) as source, copy.open("wb", buffering=0) as sink:
+            while got := source.readinto(buffer):
+                sink.write(buffer[:got])
+            os.fsync(sink.fileno())
+
     with artifact.open("rb") as stream:  # into the page cache, as after the first read from the claim
         while stream.read(16 << 20):
             pass
     results: dict[str, Any] = {}
-    steps = [("loader", load), ("copy", plain_copy)]
-    for name, action in steps if loader_first else reversed(steps):
+    steps = [("loader", load), ("copy", plain_copy), ("read_write", read_write_loop)]
+    for name, action in steps if loader_first else steps[::-1]:
         results[name] = _timed(action)
         shutil.rmtree(repository, ignore_errors=True)
         copy.unlink(missing_ok=True)
@@ -225,6 +235,7 @@ def run(work: Path, sizes_mib: list[int], rounds: int, baseline_ref: str) -> dic
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     loader = [r["loader"]["seconds"] for r in runs]
     copy = [r["copy"]["seconds"] for r in runs]
+    loop = [r["read_write"]["seconds"] for r in runs]
     size = runs[0]["artifact_bytes"]
     return {
         "artifact_bytes": size,
@@ -235,9 +246,15 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "ratio_best": min(loader) / min(copy),
         "ratio_median": statistics.median(loader) / statistics.median(copy),
         "ratio_per_round": [lo / co for lo, co in zip(loader, copy, strict=True)],
+        "read_write_best_s": min(loop),
+        "read_write_median_s": statistics.median(loop),
+        "ratio_to_read_write_best": min(loader) / min(loop),
+        "ratio_to_read_write_median": statistics.median(loader) / statistics.median(loop),
         "loader_best_mib_per_s": size / 2**20 / min(loader),
         "copy_best_mib_per_s": size / 2**20 / min(copy),
         "machine_busy_median": statistics.median(r[k]["machine_busy"] for r in runs for k in ("loader", "copy")),
+        "loader_own_cpu_median_s": statistics.median(r["loader"]["own_cpu_seconds"] for r in runs),
+        "copy_own_cpu_median_s": statistics.median(r["copy"]["own_cpu_seconds"] for r in runs),
     }
 
 
@@ -256,15 +273,18 @@ def _file_system(path: Path) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| artifact | code | plain copy best s | load-model best s | ratio best (median) | machine busy |",
-        "|---|---|---:|---:|---:|---:|",
+        "| artifact | code | plain copy best s | read/write loop best s | load-model best s "
+        "| ratio to copy best (median) | ratio to loop best (median) | machine busy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for size in result["config"]["sizes_mib"]:
         for label, tree in result["config"]["trees"].items():
             s = result["results"][label][str(size)]
             lines.append(
-                f"| {size} MiB | {label} ({tree[:20]}) | {s['copy_best_s']:.3f} | {s['loader_best_s']:.3f} "
-                f"| {s['ratio_best']:.2f} ({s['ratio_median']:.2f}) | {100 * s['machine_busy_median']:.0f}% |"
+                f"| {size} MiB | {label} ({tree[:20]}) | {s['copy_best_s']:.3f} | {s['read_write_best_s']:.3f} "
+                f"| {s['loader_best_s']:.3f} | {s['ratio_best']:.2f} ({s['ratio_median']:.2f}) "
+                f"| {s['ratio_to_read_write_best']:.2f} ({s['ratio_to_read_write_median']:.2f}) "
+                f"| {100 * s['machine_busy_median']:.0f}% |"
             )
     loads = result["machine"]["load_average_1min_before_each_round"]
     lines += [
@@ -287,9 +307,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax, size in zip(axes if len(sizes) > 1 else [axes], sizes, strict=True):
         names, values, colors = [], [], []
         copy = min(result["results"][label][str(size)]["copy_best_s"] for label in labels)
-        names.append("plain copy\n(+fsync)")
-        values.append(copy)
-        colors.append("tab:gray")
+        loop = min(result["results"][label][str(size)]["read_write_best_s"] for label in labels)
+        names += ["plain copy\n(+fsync)", "read/write loop\n(+fsync)"]
+        values += [copy, loop]
+        colors += ["tab:gray", "silver"]
         for label, color in zip(labels, ("tab:orange", "tab:blue"), strict=False):
             s = result["results"][label][str(size)]
             names.append(f"load-model\n{label}\n({s['ratio_best']:.2f}x its copy)")
