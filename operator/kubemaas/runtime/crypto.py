@@ -12,7 +12,7 @@ Public API (stable; the model loader codes against it)::
     manifest_mac(artifact, document, *, key) -> bytes    # binds a manifest to the artifact
     with open_artifact(src, *, keyring, model, version) as artifact:   # header checked, file kept open
         artifact.verify_manifest(document, mac)          # ManifestTamperedError
-        artifact.decrypt_to(dst)                         # or artifact.verify()
+        artifact.decrypt_to(dst)                         # or .decrypt_into(fd), .verify()
 
 ``encrypt_file`` returns a :class:`PlaintextDigest` (sha256 and size of the plaintext, for the
 manifest); ``decrypt_file`` and ``verify_file`` return the verified :class:`ArtifactHeader`.
@@ -598,6 +598,15 @@ class OpenedArtifact:
     def decrypt_to(self, dst: Path | str, *, expect: PlaintextDigest | None = None) -> ArtifactHeader:
         """Decrypt into ``dst`` (atomically: it appears only after every chunk verified)."""
         return atomic_write(Path(dst), lambda out_fd: self._decrypt(out_fd, expect), suffix=".partial")
+
+    def decrypt_into(self, out_fd: int) -> ArtifactHeader:
+        """Decrypt into the open file ``out_fd`` at offsets ``0..plaintext_size``, without a temp file.
+
+        Only authenticated chunks are written, but a refusal can leave the chunks before it in the
+        file: for callers that discard the whole file on error (the loader's staging directory).
+        No fsync: the caller makes it durable with everything else it writes.
+        """
+        return self._decrypt(out_fd, None)
 
     def verify(self, *, expect: PlaintextDigest | None = None) -> ArtifactHeader:
         """Every check of :meth:`decrypt_to`, without writing plaintext anywhere."""

@@ -232,7 +232,13 @@ def _build_model_dir(
     version_dir.mkdir(parents=True)
     backend = request.settings.backend
     model_file = version_dir / MODEL_FILE_NAMES[backend]
-    artifact.decrypt_to(model_file)  # one streaming pass: read, open and check each chunk, write
+    # One streaming pass: read, open and check each chunk, write. No temp file and rename: the whole
+    # staging directory is the unit that appears or not, and _publish fsyncs the tree once.
+    fd = os.open(model_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        artifact.decrypt_into(fd)
+    finally:
+        os.close(fd)
     if backend is Backend.PYTHON:
         source = importlib.resources.files("kubemaas.runtime").joinpath(PYTHON_MODEL_RESOURCE)
         (version_dir / "model.py").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
