@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from kubernetes import client, utils
 
 from e2e.conftest import E2ECluster
 from e2e.kube import REPO, create_custom_object, get_custom_object, load_crds, merge_patch_custom_object
+from kubemaas.controllers.apply import Conflict, Kube
 from tests.api.cases import InvalidCase, load_cases
 
 CRDS = load_crds()
@@ -126,3 +128,30 @@ def test_triton_image_is_not_persisted_as_a_default(
     created = create_custom_object(cluster.api, namespace, service, CRDS)
     assert "image" not in created["spec"]["runtime"]
     assert "replicas" not in created["spec"], "replicas must have no default: autoscaling owns the count"
+
+
+def test_a_status_computed_from_an_old_copy_is_refused_not_written(
+    cluster: E2ECluster, installed_crds: dict[str, list[str]], namespace: str
+) -> None:
+    """The operator's status writes are conditional on the resourceVersion they were computed from: a
+    write racing another writer's is a `Conflict` (and the operator computes again), never a lost update."""
+    job = _example("trainingjob-digits.yaml")
+    read = create_custom_object(cluster.api, namespace, job, CRDS)
+    kube = Kube(cluster.api)
+
+    async def write(body: dict[str, Any], status: dict[str, Any]) -> str | None:
+        return await kube.patch_status(body, status, resource_version=body["metadata"]["resourceVersion"])
+
+    first = asyncio.run(write(read, {"backend": "Job"}))
+    assert first and first != read["metadata"]["resourceVersion"]
+    # Another writer's status lands; a write computed from the first copy must not erase it.
+    other = get_custom_object(cluster.api, namespace, read, CRDS)
+    theirs = {"backend": "Job", "completionTime": "2026-01-01T00:00:00Z"}
+    custom = client.CustomObjectsApi(cluster.api)
+    custom.patch_namespaced_custom_object_status(
+        "kubemaas.io", "v1alpha1", namespace, "trainingjobs", read["metadata"]["name"], {"status": theirs}
+    )
+    with pytest.raises(Conflict):
+        asyncio.run(write(other, {"backend": "PyTorchJob"}))
+    assert get_custom_object(cluster.api, namespace, read, CRDS)["status"] == theirs
+    assert asyncio.run(write(get_custom_object(cluster.api, namespace, read, CRDS), {"backend": "PyTorchJob"}))

@@ -1,8 +1,10 @@
-"""The node's images without a cluster: each built image's contract, in a private containerd.
+"""The node's images without Kubernetes: each built image's contract, run with `ctr`.
 
-A containerd of the test's own (its own root, state and socket; CRI disabled) imports the images that
-e2e/cluster/images.py builds, exactly as the node does, and runs them with `ctr`. Needs root and
-Debian's containerd and runc (the node's packages); skips, saying so, without them.
+The containers run in the local real node's containerd when the run has one (`make e2e`: its images are
+imported there already, and a second containerd would hold a second copy of ~13 GB), else in a containerd of
+the test's own (its own root, state and socket; CRI disabled) that imports the images e2e/cluster/images.py
+builds, exactly as the node does. Needs root and Debian's containerd and runc (the node's packages); skips,
+saying so, without them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster import images, processes
+from e2e.cluster import control_plane, images, node, processes
 
 CONTAINERD_CONFIG = """version = 2
 root = "{root}/root"
@@ -42,10 +44,43 @@ def _need(*tools: str) -> None:
         pytest.skip(f"{', '.join(missing)} not installed (Debian packages; the real node installs them)")
 
 
+# The names this module's containers run under, so that cleaning up in the node's containerd ends only these
+# and never a pod's container.
+TEST_CONTAINERS = ("pause-test", "contract-", "trainer-rank-", "serving-")
+
+
+def _end_test_containers(prefix: list[str]) -> None:
+    """End the containers a failed test left running (each keeps a shim process alive)."""
+    k8s = [*prefix, "-n", images.CRI_NAMESPACE]
+    tasks = subprocess.run([*k8s, "task", "ls", "-q"], capture_output=True, text=True).stdout.split()
+    for task in (t for t in tasks if t.startswith(TEST_CONTAINERS)):
+        subprocess.run([*k8s, "task", "delete", "--force", task], capture_output=True)
+        subprocess.run([*k8s, "container", "delete", task], capture_output=True)
+
+
+def _local_node_ctr() -> list[str] | None:
+    """`ctr` against the local real node's containerd, when this run started one and it answers."""
+    cluster = control_plane.load()
+    if cluster is None or not cluster.node_ip:
+        return None
+    prefix = node.ctr_command(node.NodePaths(cluster.root))
+    return prefix if subprocess.run([*prefix, "version"], capture_output=True).returncode == 0 else None
+
+
 @pytest.fixture(scope="module")
-def ctr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """`ctr` talking to a private containerd; yields the command prefix the node code passes too."""
+def ctr(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """`ctr` talking to the real node's containerd or a private one; yields the command prefix the node code
+    passes too."""
     _need("containerd", "ctr", "runc")
+    if os.environ.get("KUBEMAAS_E2E_REAL_NODE") == "1":
+        request.getfixturevalue("node_images")  # the session's cluster with its node, images imported
+    shared = _local_node_ctr()
+    if shared is not None:
+        try:
+            yield shared
+        finally:
+            _end_test_containers(shared)
+        return
     root = tmp_path_factory.mktemp("containerd")
     (root / "config.toml").write_text(CONTAINERD_CONFIG.format(root=root))
     prefix = ["ctr", "--address", str(root / "containerd.sock")]
@@ -62,12 +97,7 @@ def ctr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
         processes.wait_ready(running, process, answers, timeout=30)
         yield prefix
     finally:
-        # A container a failed test left running keeps a shim process alive after containerd stops: end them.
-        k8s = [*prefix, "-n", images.CRI_NAMESPACE]
-        tasks = subprocess.run([*k8s, "task", "ls", "-q"], capture_output=True, text=True).stdout.split()
-        for task in tasks:
-            subprocess.run([*k8s, "task", "delete", "--force", task], capture_output=True)
-            subprocess.run([*k8s, "container", "delete", task], capture_output=True)
+        _end_test_containers(prefix)
         processes.stop(running)
         # A container a failed test left behind keeps its rootfs mounted; a lazy unmount frees the directory.
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]

@@ -236,10 +236,11 @@ def kubelet_config(paths: NodePaths, ip: str, ca: Path, serving: KeyPair) -> dic
         # Images are imported, never pulled: the kubelet must not garbage-collect them.
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
-        # Absolute and small: under disk pressure the eviction manager deletes unused images first, and a
-        # deleted image cannot be pulled back here (containerd 1.6 does not pin the sandbox image either).
-        # The image builds beside the node fill the disk for minutes at a time.
-        "evictionHard": {"memory.available": "200Mi", "nodefs.available": "512Mi", "imagefs.available": "512Mi"},
+        # No disk thresholds ("0%" turns a signal off): under disk pressure the eviction manager deletes every
+        # image no running container uses, pause included, and an imported image cannot be pulled back here;
+        # every later pod then fails "failed to get sandbox image" (a CI run lost all real-node tests so).
+        # A full disk should fail as ENOSPC where it happens, not as missing images minutes later.
+        "evictionHard": {"memory.available": "200Mi", "nodefs.available": "0%", "imagefs.available": "0%"},
         "staticPodPath": "",
     }
 

@@ -44,14 +44,16 @@ def test_pytorchjob_served_needs_an_established_crd_serving_v1() -> None:
     assert not handlers._serves_v1(crd("True", False))
 
 
-def test_a_stale_index_body_gets_the_status_last_written() -> None:
+def test_a_stale_index_body_gets_the_status_last_written_and_the_version_it_made() -> None:
     key = ("ns", "j")
-    handlers._WRITTEN[key] = handlers._Written("41", {"backend": "Job"})
+    handlers._WRITTEN[key] = handlers._Written("41", {"backend": "Job"}, "42")
     try:
         stale = {"metadata": {"name": "j", "resourceVersion": "41"}, "status": {}}
-        fresh = {"metadata": {"name": "j", "resourceVersion": "42"}, "status": {"backend": "PyTorchJob"}}
-        assert handlers._current_body(key, stale)["status"] == {"backend": "Job"}
-        assert handlers._current_body(key, fresh)["status"] == {"backend": "PyTorchJob"}
+        fresh = {"metadata": {"name": "j", "resourceVersion": "43"}, "status": {"backend": "PyTorchJob"}}
+        # The next write is conditional on the version the operator's own write produced: if anyone
+        # wrote after it (43), the write is refused rather than computed from the stale copy.
+        assert handlers._current_body(key, stale) == ({**stale, "status": {"backend": "Job"}}, "42")
+        assert handlers._current_body(key, fresh) == (fresh, "43")
     finally:
         handlers._WRITTEN.pop(key)
 

@@ -49,6 +49,10 @@ class TransientApiError(ApiError):
     """A failure worth retrying with backoff: no connection, 5xx, 429, or a conflict."""
 
 
+class Conflict(TransientApiError):
+    """409: the object changed since the resourceVersion the write was computed from (or already exists)."""
+
+
 @dataclass(frozen=True)
 class Resource:
     """Where the API serves one kind."""
@@ -223,26 +227,33 @@ class Kube:
         self,
         parent: Mapping[str, Any],
         status: Mapping[str, Any],
-    ) -> bool:
-        """Merge-patch `status` onto `parent`'s status subresource when it differs; True when written.
+        *,
+        resource_version: str | None = None,
+    ) -> str | None:
+        """Merge-patch `status` onto `parent`'s status subresource when it differs.
 
-        Keys the new status no longer has are sent as null, so a merge patch removes them.
+        Returns the resourceVersion the write produced, or None when nothing was written. Keys the new
+        status no longer has are sent as null, so a merge patch removes them. With `resource_version`
+        the write is optimistic: the API server answers 409 (`Conflict`) when the object changed since,
+        so a status computed from an old copy never overwrites what another writer put there.
         """
         observed = parent.get("status") or {}
         if _json_equal(status, observed):
-            return False
-        patch = {**{key: None for key in observed if key not in status}, **status}
+            return None
+        patch: dict[str, Any] = {"status": {**{key: None for key in observed if key not in status}, **status}}
+        if resource_version is not None:
+            patch["metadata"] = {"resourceVersion": resource_version}
         resource = resource_of(parent)
         meta = parent["metadata"]
-        await self._request(
+        written = await self._request(
             "patch-status",
             f"{parent['kind']} {meta.get('namespace')}/{meta['name']}",
             "PATCH",
             resource.path(meta.get("namespace"), meta["name"], "status"),
-            body={"status": patch},
+            body=patch,
             content_type="application/merge-patch+json",
         )
-        return True
+        return str(((written or {}).get("metadata") or {}).get("resourceVersion") or "")
 
     async def delete(self, obj: Mapping[str, Any], propagation: str = "Background") -> None:
         """Delete `obj` (already gone is fine); its own children go with it per `propagation`."""
@@ -293,7 +304,7 @@ def _classify(verb: str, what: str, status: int | None, detail: str) -> ApiError
     # 409 on create/update is a race with another writer or an old resourceVersion: the next try reads anew.
     transient = status is None or status in (409, 429) or status >= 500
     API_ERRORS.labels(verb, str(transient).lower()).inc()
-    cls = TransientApiError if transient else ApiError
+    cls = (Conflict if status == 409 else TransientApiError) if transient else ApiError
     return cls(verb, what, status, detail)
 
 

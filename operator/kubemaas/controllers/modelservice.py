@@ -218,7 +218,7 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
             }
         )
     status, old, conditions = new_status(body, outcome, generation)
-    if await kube.patch_status(body, status):
+    if await kube.patch_status(body, status) is not None:
         STATUS_WRITES.labels(KIND).inc()
     _WRITTEN[key] = (body["metadata"].get("uid"), status)
     post_transition_events(

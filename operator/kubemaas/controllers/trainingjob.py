@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from kubemaas.api.base import Condition
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers import trainingjob_core as core
-from kubemaas.controllers.apply import Kube
+from kubemaas.controllers.apply import Conflict, Kube
 from kubemaas.controllers.conditions import utc_now
 from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
@@ -45,6 +45,8 @@ KIND = "TrainingJob"
 GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
 # After a reconcile that failed (a transient API error after a child's event, which kopf never retries).
 FAILURE_REQUEUE_SECONDS = 30.0
+# After a conflicting status write: by then the watch has delivered the newer TrainingJob to the index.
+CONFLICT_REQUEUE_SECONDS = 1.0
 # How long the answer "is the PyTorchJob CRD served?" is trusted before it is asked again.
 DISCOVERY_SECONDS = 60.0
 PYTORCHJOB_CRD = "pytorchjobs.kubeflow.org"
@@ -108,7 +110,7 @@ REQUEUE = Requeue()
 
 @dataclass
 class _Written:
-    """The status this operator last wrote, and the resourceVersion it was computed from.
+    """The status this operator last wrote, the resourceVersion it was computed from, and the one it made.
 
     A child's event can arrive before the watch delivers the TrainingJob with that status; the index
     then still holds the older body. Reconciling from it would compute the same transitions again and
@@ -117,6 +119,7 @@ class _Written:
 
     computed_from: str
     status: dict[str, Any]
+    resource_version: str
 
 
 _WRITTEN: dict[ObjectKey, _Written] = {}
@@ -218,13 +221,16 @@ async def _observe(
 # --- the reconcile ----------------------------------------------------------------------------------
 
 
-def _current_body(key: ObjectKey, body: Mapping[str, Any]) -> dict[str, Any]:
-    """`body`, with the status this operator wrote last if the watch has not delivered it yet."""
+def _current_body(key: ObjectKey, body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """`body`, with the status this operator wrote last if the watch has not delivered it yet, and the
+    resourceVersion that pair stands for: a status written from it must be conditional on that version."""
     current: dict[str, Any] = dict(body)
+    version = current["metadata"].get("resourceVersion")
     written = _WRITTEN.get(key)
-    if written is not None and written.computed_from == current["metadata"].get("resourceVersion"):
+    if written is not None and written.computed_from == version:
         current["status"] = written.status
-    return current
+        version = written.resource_version
+    return current, version
 
 
 async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
@@ -252,14 +258,13 @@ async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Inde
         LOOP.forget(key)
         _WRITTEN.pop(key, None)
         return None
-    body = _current_body(key, bodies[0])
+    body, version = _current_body(key, bodies[0])
     if body["metadata"].get("deletionTimestamp"):
         return None
     try:
         job = TrainingJob.parse(body)
     except ValidationError as error:
-        await _report_invalid(key, body, str(error), kube)
-        return None
+        return await _report_invalid(key, body, version, str(error), kube)
     observed = await _observe(job, key, kube, indexes)
     desired = core.reconcile(job, observed, utc_now())
 
@@ -282,9 +287,16 @@ async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Inde
         await kube.delete(gone)
 
     status = desired.status.to_wire()
-    if await kube.patch_status(body, status):
+    try:
+        written = await kube.patch_status(body, status, resource_version=version)
+    except Conflict:
+        # Another writer changed the TrainingJob since this copy was read; its change is on the way
+        # through the watch. Compute again from it instead of overwriting it.
+        log.debug("%s %s/%s: changed since read, reconciling again", KIND, *key)
+        return CONFLICT_REQUEUE_SECONDS
+    if written is not None:
         STATUS_WRITES.labels(KIND).inc()
-        _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), status)
+        _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), status, written)
         old = job.status.conditions if job.status is not None else None
         post_transition_events(
             body,
@@ -296,13 +308,19 @@ async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Inde
     return desired.requeue_after
 
 
-async def _report_invalid(key: ObjectKey, body: Mapping[str, Any], error: str, kube: Kube) -> None:
+async def _report_invalid(
+    key: ObjectKey, body: Mapping[str, Any], version: str | None, error: str, kube: Kube
+) -> float | None:
     generation = body["metadata"].get("generation")
     status = core.invalid_spec(body.get("status"), generation, error, utc_now())
     wire = status.to_wire()
-    if await kube.patch_status(body, wire):
+    try:
+        written = await kube.patch_status(body, wire, resource_version=version)
+    except Conflict:
+        return CONFLICT_REQUEUE_SECONDS
+    if written is not None:
         STATUS_WRITES.labels(KIND).inc()
-        _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), wire)
+        _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), wire, written)
         old = (body.get("status") or {}).get("conditions")
         post_transition_events(
             body,
@@ -311,6 +329,7 @@ async def _report_invalid(key: ObjectKey, body: Mapping[str, Any], error: str, k
             warning_when_true=frozenset({core.FAILED}),
             warning_when_false=frozenset({core.READY, core.CREATED}),
         )
+    return None
 
 
 # --- handlers ---------------------------------------------------------------------------------------
