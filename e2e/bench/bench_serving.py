@@ -9,8 +9,9 @@ What it measures, all on this machine and in this process's lifetime:
   - Triton with the dynamic batcher on, and with it off (two models in one tritonserver),
   each Triton model built by ``kubemaas load-model`` from an encrypted artifact. The client is the
   gRPC tritonclient, one client per concurrent caller thread.
-* Model preparation for a large artifact: ``load_model`` (resolve, decrypt with authentication,
-  sha256 against the manifest in the same pass, write, rename) beside a plain copy (+fsync) of a file of the same size.
+* Model preparation for a large artifact: ``load_model`` (resolve, authenticate the manifest, decrypt
+  with every chunk authenticated, write, rename) beside a plain copy (+fsync) of a file of the same size
+  (bench_loader.py measures this alone, against a baseline tree).
 
 Writes e2e/bench/results/serving.json and serving.png and prints a markdown table.
 """

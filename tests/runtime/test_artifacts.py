@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import os
 import re
 import shutil
@@ -24,7 +26,8 @@ from kubemaas.runtime.artifacts import (
     VersionExistsError,
     resolve_uri,
 )
-from kubemaas.runtime.crypto import Keyring, decrypt_file
+from kubemaas.runtime.crypto import Keyring, decrypt_file, manifest_mac
+from kubemaas.runtime.errors import ManifestTamperedError, UnauthenticatedManifestError, WrongKeyError
 
 KEY = bytes(range(32))
 KEYRING = Keyring({"k1": KEY}, "k1")
@@ -86,8 +89,6 @@ def test_publish_and_resolve(tmp_path: Path) -> None:
 def test_manifest_is_camel_case_json_with_signature(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     _publish(store, _plaintexts(tmp_path)["v1"], "v1")
-    import json
-
     raw = json.loads((tmp_path / MODEL / "v1" / "manifest.json").read_text())
     assert raw["keyId"] == "k1" and raw["format"] == "TorchScript" and raw["quantization"] == "None"
     assert raw["inputs"] == [{"name": "pixels", "datatype": "FP32", "dims": [64]}]
@@ -97,6 +98,138 @@ def test_manifest_is_camel_case_json_with_signature(tmp_path: Path) -> None:
     # Readers tolerate fields a newer writer added.
     raw["somethingNew"] = 1
     assert Manifest.model_validate(raw).key_id == "k1"
+
+
+def _authenticate(store: ArtifactStore, version: str = "v1", keyring: Keyring = KEYRING) -> int:
+    with artifacts.open_authenticated(store.resolve(MODEL, version), keyring) as artifact:
+        return artifact.header.plaintext_size
+
+
+def _rewrite(path: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def test_published_manifest_is_authenticated_and_decrypts_through_the_same_open_file(tmp_path: Path) -> None:
+    plain = _plaintexts(tmp_path)
+    store = ArtifactStore(tmp_path / "store")
+    published = _publish(store, plain["v1"], "v1")
+    raw = json.loads((published.directory / "manifest.json").read_text())
+    assert re.fullmatch(r"[0-9a-f]{64}", raw["mac"])
+    assert raw["sha256"] == hashlib.sha256(plain["v1"].read_bytes()).hexdigest()  # kept for provenance
+    resolved = store.resolve(MODEL, "v1")
+    assert resolved == published
+    with artifacts.open_authenticated(resolved, KEYRING) as artifact:
+        # The path is replaced after the check: the open file is what gets decrypted.
+        os.replace(_publish(store, plain["v2"], "v2").artifact, published.artifact)
+        artifact.decrypt_to(tmp_path / "out.pt")
+    assert (tmp_path / "out.pt").read_bytes() == plain["v1"].read_bytes()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.update(sha256="0" * 64),
+        lambda m: m.update(size=m["size"] + 1),
+        lambda m: m["inputs"][0].update(dims=[65]),
+        lambda m: m["outputs"].append({"name": "extra", "datatype": "FP32", "dims": [1]}),
+        lambda m: m.update(createdAt="2020-01-01T00:00:00Z"),
+        lambda m: m["metrics"].update(accuracy=0.99),
+        lambda m: m.update(keyId="k2"),
+        lambda m: m.update(quantization="DynamicInt8"),
+        lambda m: m.update(format="ONNX"),
+        lambda m: m.update(schemaVersion=0),
+        lambda m: m.update(somethingNew=1),
+        lambda m: m.pop("frameworks"),
+        lambda m: m.update(mac=m["mac"][:-1] + ("0" if m["mac"][-1] != "0" else "1")),
+    ],
+    ids=[
+        "sha256", "size", "input-dims", "extra-output", "created-at", "metrics", "key-id", "quantization", "format",
+        "schema-version", "added-field", "removed-field", "mac",
+    ],
+)  # fmt: skip
+def test_any_change_to_the_manifest_is_detected(tmp_path: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    _publish(store, _plaintexts(tmp_path)["v1"], "v1")
+    assert _authenticate(store) == 5000
+    _rewrite(tmp_path / "store" / MODEL / "v1" / "manifest.json", change)
+    with pytest.raises(ManifestTamperedError, match="manifest authentication failed"):
+        _authenticate(store)
+
+
+def test_manifests_cannot_be_swapped_between_versions_models_or_publications(tmp_path: Path) -> None:
+    plain = _plaintexts(tmp_path)
+    store, twin = ArtifactStore(tmp_path / "store"), ArtifactStore(tmp_path / "twin")
+    v1, v2 = _publish(store, plain["v1"], "v1"), _publish(store, plain["v2"], "v2")
+    other_model = store.publish(
+        plain["v1"], model="other", version="v1", key=KEY, key_id="k1", inputs=INPUTS, outputs=OUTPUTS
+    )
+    twin_v1 = _publish(twin, plain["v1"], "v1")  # same model, version, key and plaintext; another file
+    for source in (v2, twin_v1):
+        shutil.copy(source.directory / "manifest.json", v1.directory / "manifest.json")
+        if source is v2:  # the directory check would refuse it as is: rename it to v1 as an attacker would
+            _rewrite(v1.directory / "manifest.json", lambda m: m.update(version="v1"))
+        with pytest.raises(ManifestTamperedError):
+            _authenticate(store)
+    shutil.copy(other_model.directory / "manifest.json", v1.directory / "manifest.json")
+    with pytest.raises(artifacts.MisplacedManifestError, match="manifest describes 'other' 'v1', not 'digits' 'v1'"):
+        store.resolve(MODEL, "v1")
+    _rewrite(v1.directory / "manifest.json", lambda m: m.update(model=MODEL))
+    with pytest.raises(ManifestTamperedError):
+        _authenticate(store)
+
+
+def test_a_manifest_without_mac_is_refused(tmp_path: Path) -> None:
+    """A manifest as published before manifests were authenticated (or with its MAC removed)."""
+    store = ArtifactStore(tmp_path / "store")
+    published = _publish(store, _plaintexts(tmp_path)["v1"], "v1")
+    old = published.manifest.model_dump_json(by_alias=True, indent=2)  # exactly what the old writer wrote
+    (published.directory / "manifest.json").write_text(old + "\n")
+    assert store.resolve(MODEL, "v1").manifest == published.manifest  # key-less readers still read it
+    with pytest.raises(UnauthenticatedManifestError, match="has no 'mac': it was written before manifests were"):
+        _authenticate(store)
+
+
+def test_the_mac_needs_the_key_and_refuses_a_wrong_one_as_such(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    published = _publish(store, _plaintexts(tmp_path)["v1"], "v1")
+    with pytest.raises(WrongKeyError):
+        _authenticate(store, keyring=Keyring({"k1": bytes(32)}, "k1"))
+    with pytest.raises(WrongKeyError):
+        manifest_mac(published.artifact, b"{}", key=bytes(32))
+    # Forging needs the key: a MAC made with another key over the same document does not verify.
+    document = dict(published.document)
+    forged = hmac.new(bytes(32), artifacts.canonical_manifest(document), hashlib.sha256).hexdigest()
+    _rewrite(published.directory / "manifest.json", lambda m: m.update(mac=forged))
+    with pytest.raises(ManifestTamperedError) as info:
+        _authenticate(store)
+    assert KEY.hex() not in str(info.value) and repr(KEY) not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]", "not a JSON object"),
+        ("{", "not valid JSON"),
+        ('{"sha256": "a", "sha256": "b"}', "duplicate keys \\['sha256'\\]"),
+        ('{"size": NaN}', "NaN is not a JSON number"),
+        ('{"mac": "ABC"}', "'mac' must be 64 lower-case hex digits"),
+    ],
+)
+def test_manifests_two_parsers_could_read_differently_are_refused(text: str, message: str) -> None:
+    with pytest.raises(artifacts.InvalidManifestError, match=message):
+        artifacts.parse_manifest(text.encode())
+
+
+def test_canonical_bytes_ignore_layout_and_key_order_but_not_values() -> None:
+    document = {"b": [1, 2.5, None], "a": {"y": "é", "x": True}, "mac": "ignored"}
+    reordered = json.loads(json.dumps(dict(reversed(list(document.items()))), indent=4))
+    assert artifacts.canonical_manifest(reordered) == artifacts.canonical_manifest(document)
+    assert artifacts.canonical_manifest(document) == b'{"a":{"x":true,"y":"\\u00e9"},"b":[1,2.5,null]}'
+    assert artifacts.canonical_manifest({**document, "b": [1, 2.5000001, None]}) != artifacts.canonical_manifest(
+        document
+    )
 
 
 def test_unknown_model_and_version(tmp_path: Path) -> None:

@@ -426,3 +426,37 @@ def test_tampered_chunk_wins_over_digest_mismatch(tmp_path: Path, keyring: Keyri
         verify_file(artifact, keyring=keyring, model=MODEL, version=VERSION, expect=wrong)
     assert info.value.index == 4
     assert _crypto_threads() == []
+
+
+def test_manifest_mac_binds_a_document_to_one_artifact_file(tmp_path: Path, keyring: Keyring) -> None:
+    plaintext = os.urandom(5 * CHUNK + 3)
+    artifact = _encrypt(tmp_path, plaintext)
+    twin = tmp_path / "twin.kmenc"  # the same plaintext, model, version and key: another file
+    encrypt_file(tmp_path / "plain.bin", twin, key=KEY, key_id="k1", model=MODEL, version=VERSION, chunk_size=CHUNK)
+    document = b'{"sha256":"x"}'
+    mac = crypto.manifest_mac(artifact, document, key=KEY)
+    assert len(mac) == 32 and mac != crypto.manifest_mac(twin, document, key=KEY)
+    with crypto.open_artifact(artifact, keyring=keyring, model=MODEL, version=VERSION) as opened:
+        opened.verify_manifest(document, mac)
+        for other_document, other_mac in ((b'{"sha256":"y"}', mac), (document, mac[:-1] + bytes([mac[-1] ^ 1]))):
+            with pytest.raises(crypto.ManifestTamperedError, match="manifest authentication failed"):
+                opened.verify_manifest(other_document, other_mac)
+        fd = os.open(tmp_path / "direct.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            assert opened.decrypt_into(fd).plaintext_size == len(plaintext)
+        finally:
+            os.close(fd)
+    assert (tmp_path / "direct.bin").read_bytes() == plaintext
+    with (
+        crypto.open_artifact(twin, keyring=keyring, model=MODEL, version=VERSION) as opened,
+        pytest.raises(crypto.ManifestTamperedError),
+    ):
+        opened.verify_manifest(document, mac)
+    with pytest.raises(WrongKeyError):
+        crypto.manifest_mac(artifact, document, key=OTHER_KEY)
+    # Checked when opening, before any MAC or chunk.
+    with (
+        pytest.raises(BindingMismatchError),
+        crypto.open_artifact(artifact, keyring=keyring, model=MODEL, version="v2"),
+    ):
+        pass

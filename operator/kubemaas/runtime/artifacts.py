@@ -19,18 +19,25 @@ cannot take it back.
 URIs: ``pvc://<claim>/<path>`` is the claim's mount inside the pod, ``<mount root>/<claim>/<path>``
 (the caller passes the mount root: ``KUBEMAAS_MOUNT_ROOT`` is parsed by kubemaas.contract), and
 ``file:///abs/path`` is a local path.
+
+Manifests are authenticated: ``manifest.json`` carries ``mac``, the hex HMAC that
+:func:`kubemaas.runtime.crypto.manifest_mac` computes over the manifest's canonical bytes (every
+other field, unknown ones included: :func:`canonical_manifest`) under the model's key, bound to the
+artifact's header. :func:`open_authenticated` checks it before a reader trusts any field; the
+store's own key-less readers (listing, ``LATEST`` ordering) read manifests unauthenticated.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -41,8 +48,18 @@ from pydantic.alias_generators import to_camel
 from kubemaas.api.base import LATEST, MODEL_NAME_PATTERN, VERSION_PATTERN
 from kubemaas.api.modelservice import ServedFormat
 from kubemaas.api.trainingjob import Quantization
-from kubemaas.runtime.crypto import DEFAULT_CHUNK_SIZE, PlaintextDigest, encrypt_file, read_header
+from kubemaas.runtime.crypto import (
+    DEFAULT_CHUNK_SIZE,
+    OpenedArtifact,
+    PlaintextDigest,
+    encrypt_file,
+    manifest_mac,
+    open_artifact,
+    read_header,
+)
+from kubemaas.runtime.errors import UnauthenticatedManifestError
 from kubemaas.runtime.fsutil import atomic_write_bytes, fsync_dir, write_new_file
+from kubemaas.runtime.keyring import Keyring
 
 ARTIFACT_FILE = "model.kmenc"
 MANIFEST_FILE = "manifest.json"
@@ -51,6 +68,8 @@ LATEST_LOCK = ".LATEST.lock"
 STAGING_PREFIX = ".staging-"
 DEFAULT_MOUNT_ROOT = Path("/mnt/kubemaas")
 MANIFEST_SCHEMA_VERSION = 1
+MAC_FIELD = "mac"
+_MAC_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 # Names become directory names: the API's rules (no separators, no leading dot: hidden = staging, bounded).
 _NAME_RULES = {"model name": re.compile(MODEL_NAME_PATTERN), "version": re.compile(VERSION_PATTERN)}
@@ -68,6 +87,14 @@ class ArtifactStoreError(Exception):
 
 class VersionExistsError(ArtifactStoreError):
     """Versions are immutable: this one is already published."""
+
+
+class MisplacedManifestError(ArtifactStoreError):
+    """A manifest names another model or version than the directory it lies in (moved or copied there)."""
+
+
+class InvalidManifestError(ValueError):
+    """``manifest.json`` is not a JSON object this reader can authenticate (syntax, duplicate keys, NaN, mac)."""
 
 
 class _CamelModel(BaseModel):
@@ -91,7 +118,7 @@ class Manifest(_CamelModel):
     version: str
     format: ServedFormat = ServedFormat.TorchScript
     quantization: Quantization = Quantization.NONE
-    artifact: str = ARTIFACT_FILE
+    artifact: str = Field(default=ARTIFACT_FILE, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     encryption: str = "AES-256-GCM (KMAASENC v1)"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the plaintext model file.")
     size: int = Field(ge=0, description="Plaintext size in bytes.")
@@ -102,20 +129,91 @@ class Manifest(_CamelModel):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
-    def to_json(self) -> bytes:
-        return (self.model_dump_json(by_alias=True, indent=2) + "\n").encode("utf-8")
+    def document(self) -> dict[str, object]:
+        """The JSON object ``manifest.json`` holds, without its MAC."""
+        document: dict[str, object] = json.loads(self.model_dump_json(by_alias=True))
+        return document
+
+
+def canonical_manifest(document: dict[str, object]) -> bytes:
+    """The bytes a manifest's MAC covers: the JSON object without ``mac``, keys sorted, no spaces, ASCII.
+
+    Computed from the parsed object, so a reader that ignores a field still authenticates it, and
+    whitespace or key order in the file does not matter. Python's json round-trips every value it
+    writes (floats by their shortest repr), so writer and reader get the same bytes.
+    """
+    unsigned = {name: value for name, value in document.items() if name != MAC_FIELD}
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def render_manifest(document: dict[str, object], mac: bytes) -> bytes:
+    """``manifest.json``'s bytes: the document and its hex MAC, indented for people."""
+    return (json.dumps({**document, MAC_FIELD: mac.hex()}, indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+
+def parse_manifest(raw: bytes) -> tuple[dict[str, object], Manifest]:
+    """Parse ``manifest.json`` into its JSON object and the :class:`Manifest` validated from that same object.
+
+    Refuses (:class:`InvalidManifestError`) what two JSON parsers could read differently (duplicate
+    keys, NaN/Infinity) and a ``mac`` that is not 64 hex digits; a schema error is pydantic's
+    ``ValidationError``.
+    """
+    try:
+        document = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidManifestError(f"not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise InvalidManifestError(f"not a JSON object but {type(document).__name__}")
+    mac = document.get(MAC_FIELD)
+    if mac is not None and not (isinstance(mac, str) and _MAC_PATTERN.fullmatch(mac)):
+        raise InvalidManifestError(f"{MAC_FIELD!r} must be 64 lower-case hex digits")
+    return document, Manifest.model_validate(document)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        raise InvalidManifestError(f"duplicate keys {duplicated}")
+    return dict(pairs)
+
+
+def _refuse_constant(name: str) -> object:
+    raise InvalidManifestError(f"{name} is not a JSON number")
 
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """A complete published version, as a reader resolved it."""
+    """A complete published version, as a reader resolved it (not yet authenticated)."""
 
     directory: Path
     manifest: Manifest
+    # The JSON object manifest.json holds, unknown fields and ``mac`` included: what the MAC covers.
+    document: dict[str, object] = field(hash=False)
 
     @property
     def artifact(self) -> Path:
         return self.directory / self.manifest.artifact
+
+
+@contextmanager
+def open_authenticated(resolved: ModelVersion, keyring: Keyring) -> Iterator[OpenedArtifact]:
+    """Open the version's artifact (header checked under ``keyring``, bound to its model and version)
+    and check the manifest's MAC against it: inside the block every manifest field is the publisher's.
+
+    A manifest without a MAC is refused (:class:`UnauthenticatedManifestError`): a reader cannot tell
+    one written before manifests were authenticated from one whose MAC an attacker removed.
+    """
+    mac = resolved.document.get(MAC_FIELD)
+    manifest = resolved.manifest
+    if not isinstance(mac, str):
+        raise UnauthenticatedManifestError(
+            f"manifest of {manifest.model!r} {manifest.version!r} has no {MAC_FIELD!r}: it was written before "
+            "manifests were authenticated, or its MAC was removed; republish the version"
+        )
+    with open_artifact(resolved.artifact, keyring=keyring, model=manifest.model, version=manifest.version) as artifact:
+        artifact.verify_manifest(canonical_manifest(resolved.document), bytes.fromhex(mac))
+        yield artifact
 
 
 def validate_name(value: str, what: Literal["model name", "version"]) -> str:
@@ -191,17 +289,17 @@ class ArtifactStore:
     def _read_version(self, model: str, version: str) -> ModelVersion:
         directory = self.version_dir(model, version)
         try:
-            manifest = Manifest.model_validate_json((directory / MANIFEST_FILE).read_bytes())
+            document, manifest = parse_manifest((directory / MANIFEST_FILE).read_bytes())
         except FileNotFoundError:
             raise ArtifactStoreError(f"model {model!r} has no version {version!r} under {self.root}") from None
         if (manifest.model, manifest.version) != (model, version):
-            raise ArtifactStoreError(
-                f"{directory / MANIFEST_FILE} describes {manifest.model!r} {manifest.version!r}, "
-                f"not {model!r} {version!r}"
+            raise MisplacedManifestError(
+                f"manifest describes {manifest.model!r} {manifest.version!r}, not {model!r} {version!r} "
+                f"({directory / MANIFEST_FILE})"
             )
         if manifest.schema_version > MANIFEST_SCHEMA_VERSION:
             raise ArtifactStoreError(f"manifest schema {manifest.schema_version} is newer than this reader")
-        return ModelVersion(directory=directory, manifest=manifest)
+        return ModelVersion(directory=directory, manifest=manifest, document=document)
 
     # ------------------------------------------------------------------ writer
 
@@ -244,7 +342,9 @@ class ArtifactStore:
                 inputs=inputs,
                 outputs=outputs,
             )
-            write_new_file(staging / MANIFEST_FILE, manifest.to_json())
+            document = manifest.document()
+            mac = manifest_mac(staging / ARTIFACT_FILE, canonical_manifest(document), key=key)
+            write_new_file(staging / MANIFEST_FILE, render_manifest(document, mac))
             fsync_dir(staging)
             # rename(2) onto an existing non-empty directory fails: a racing publisher cannot clobber us.
             os.rename(staging, final_dir)
@@ -253,7 +353,7 @@ class ArtifactStore:
             raise
         fsync_dir(model_dir)
         self.advance_latest(model, version)
-        return ModelVersion(directory=final_dir, manifest=manifest)
+        return ModelVersion(directory=final_dir, manifest=manifest, document={**document, MAC_FIELD: mac.hex()})
 
     @staticmethod
     def _encrypt_into(

@@ -9,12 +9,19 @@ Public API (stable; the model loader codes against it)::
     decrypt_file(src, dst, *, keyring, model, version, expect=None)  # key id comes from the header
     verify_file(src, *, keyring, model, version, expect=None)        # decrypt_file without output
     read_header(path) -> ArtifactHeader                  # structural parse + checksum, no key
+    manifest_mac(artifact, document, *, key) -> bytes    # binds a manifest to the artifact
+    with open_artifact(src, *, keyring, model, version) as artifact:   # header checked, file kept open
+        artifact.verify_manifest(document, mac)          # ManifestTamperedError
+        artifact.decrypt_to(dst)                         # or .decrypt_into(fd), .verify()
 
 ``encrypt_file`` returns a :class:`PlaintextDigest` (sha256 and size of the plaintext, for the
 manifest); ``decrypt_file`` and ``verify_file`` return the verified :class:`ArtifactHeader`.
 Callers may ignore both. Given ``expect`` (a manifest's :class:`PlaintextDigest`), decryption also
-hashes the plaintext as it streams by and refuses a mismatch with ``PlaintextMismatchError``, so
-a reader checks the manifest without a second pass over the file.
+hashes the plaintext as it streams by and refuses a mismatch with ``PlaintextMismatchError``. The
+model loader does not need that hash: it checks the manifest's MAC instead (``manifest_mac``:
+HMAC-SHA256 under a key derived from the artifact's key and salt, over the header checksum and the
+manifest's bytes), which proves every manifest field, sha256 included, is the publisher's record of
+this very file, and the chunks' GCM tags prove the plaintext is the one encrypted (docs/runtime-contract.md).
 
 Both write ``dst`` atomically: output goes to a temporary file in ``dst``'s directory, is
 fsynced, and is renamed onto ``dst`` only after the whole stream was processed and, for
@@ -48,12 +55,15 @@ File layout (all integers big-endian)::
 master key with the per-file salt, so each file has its own data key and GCM nonces can
 never repeat across files. Model name, version and key id are bound into every chunk
 through the header checksum in the associated data, and into the header through the MAC.
+The manifest MAC key is a separate HKDF-SHA256 output (same key and salt, info
+``KMAASENC/v1 manifest-mac``); the MAC is HMAC-SHA256 over ``"KMAASENC/manifest/v1" ||
+checksum || document``.
 
 Error classes (all :class:`ArtifactIntegrityError`): ``BadHeaderError`` (not an artifact,
 corrupted header, ``UnsupportedFormatError``, ``HeaderTamperedError``), ``UnknownKeyError``,
 ``WrongKeyError``, ``BindingMismatchError``, ``TruncatedArtifactError``,
 ``ExtendedArtifactError``, ``TamperedChunkError`` (``.index``), ``ChunkOrderError``
-(``.index``, ``.found``) and ``PlaintextMismatchError`` (``.actual``).
+(``.index``, ``.found``), ``ManifestTamperedError`` and ``PlaintextMismatchError`` (``.actual``).
 """
 
 from __future__ import annotations
@@ -65,7 +75,7 @@ import mmap
 import os
 import queue
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +95,7 @@ from kubemaas.runtime.errors import (
     ExtendedArtifactError,
     HeaderTamperedError,
     KeyringError,
+    ManifestTamperedError,
     PlaintextMismatchError,
     TamperedChunkError,
     TruncatedArtifactError,
@@ -107,6 +118,8 @@ __all__ = [
     "HeaderTamperedError",
     "Keyring",
     "KeyringError",
+    "ManifestTamperedError",
+    "OpenedArtifact",
     "PlaintextDigest",
     "PlaintextMismatchError",
     "TamperedChunkError",
@@ -116,6 +129,8 @@ __all__ = [
     "WrongKeyError",
     "decrypt_file",
     "encrypt_file",
+    "manifest_mac",
+    "open_artifact",
     "read_header",
     "verify_file",
 ]
@@ -135,6 +150,8 @@ _FIXED_TAIL = struct.Struct(">IQ8s16s32s")  # chunk_size, plaintext_size, nonce_
 _DIGEST_BYTES = 32
 _HKDF_INFO = b"KMAASENC/v1 enc-key mac-key commitment"
 _CHUNK_AAD_LABEL = b"KMAASENC/chunk/v1"
+_HKDF_MANIFEST_INFO = b"KMAASENC/v1 manifest-mac"
+_MANIFEST_MAC_LABEL = b"KMAASENC/manifest/v1"
 _MIN_HEADER_LEN = _PREFIX.size + 1 + 1 + 2 + 1 + 2 + 1 + _FIXED_TAIL.size + 2 * _DIGEST_BYTES
 
 
@@ -307,8 +324,8 @@ def read_header(path: Path | str) -> ArtifactHeader:
         return _parse_header(_read_exact_header(stream, os.fstat(stream.fileno()).st_size))
 
 
-def _verify_header(header: ArtifactHeader, raw: bytes, keyring: Keyring) -> _FileKeys:
-    keys = _derive(keyring.key(header.key_id), header.salt)
+def _verify_header(header: ArtifactHeader, raw: bytes, key: bytes) -> _FileKeys:
+    keys = _derive(key, header.salt)
     if not hmac.compare_digest(keys.commitment, header.commitment):
         raise WrongKeyError(
             f"the keyring's key {header.key_id!r} is not the key this artifact was encrypted with "
@@ -544,41 +561,110 @@ def decrypt_file(
     Returns the verified header. GCM authenticates every byte, so no separate hash is needed to
     trust the plaintext; ``expect`` additionally ties it to a manifest's sha256 and size.
     """
-
-    def write(out_fd: int) -> ArtifactHeader:
-        return _decrypt_into(Path(src), out_fd, keyring=keyring, model=model, version=version, expect=expect)
-
-    return atomic_write(Path(dst), write, suffix=".partial")
+    with open_artifact(src, keyring=keyring, model=model, version=version) as artifact:
+        return artifact.decrypt_to(dst, expect=expect)
 
 
 def verify_file(
     src: Path | str, *, keyring: Keyring, model: str, version: str, expect: PlaintextDigest | None = None
 ) -> ArtifactHeader:
     """Run every check of :func:`decrypt_file` without writing plaintext anywhere."""
-    return _decrypt_into(Path(src), None, keyring=keyring, model=model, version=version, expect=expect)
+    with open_artifact(src, keyring=keyring, model=model, version=version) as artifact:
+        return artifact.verify(expect=expect)
 
 
-def _decrypt_into(
-    src: Path, out_fd: int | None, *, keyring: Keyring, model: str, version: str, expect: PlaintextDigest | None
-) -> ArtifactHeader:
-    with open(src, "rb") as stream:
-        file_size = os.fstat(stream.fileno()).st_size
-        raw = _read_exact_header(stream, file_size)
-        header = _parse_header(raw)
-        keys = _verify_header(header, raw, keyring)
-        _check_binding(header, model, version)
-        _check_size(header, file_size)
+class OpenedArtifact:
+    """An open artifact whose header passed every check that needs no chunk (see :func:`open_artifact`).
+
+    Its methods read the same open file, so what :meth:`verify_manifest` vouched for is what
+    :meth:`decrypt_to` decrypts, even if the path is replaced in between.
+    """
+
+    def __init__(self, stream: BinaryIO, header: ArtifactHeader, keys: _FileKeys, manifest_key: bytes) -> None:
+        self._stream, self.header, self._keys, self._manifest_key = stream, header, keys, manifest_key
+
+    def verify_manifest(self, document: bytes, mac: bytes) -> None:
+        """Check that ``document`` (a manifest's canonical bytes) is the one published with this artifact.
+
+        ``mac`` is :func:`manifest_mac`'s value; it covers the header checksum, so a manifest of
+        another artifact (another model, version, key or publication) fails like an edited one.
+        """
+        expected = _manifest_mac(self._manifest_key, self.header, document)
+        if not hmac.compare_digest(expected, mac):
+            raise ManifestTamperedError(
+                "manifest authentication failed: the manifest was altered, or belongs to another artifact"
+            )
+
+    def decrypt_to(self, dst: Path | str, *, expect: PlaintextDigest | None = None) -> ArtifactHeader:
+        """Decrypt into ``dst`` (atomically: it appears only after every chunk verified)."""
+        return atomic_write(Path(dst), lambda out_fd: self._decrypt(out_fd, expect), suffix=".partial")
+
+    def decrypt_into(self, out_fd: int) -> ArtifactHeader:
+        """Decrypt into the open file ``out_fd`` at offsets ``0..plaintext_size``, without a temp file.
+
+        Only authenticated chunks are written, but a refusal can leave the chunks before it in the
+        file: for callers that discard the whole file on error (the loader's staging directory).
+        No fsync: the caller makes it durable with everything else it writes.
+        """
+        return self._decrypt(out_fd, None)
+
+    def verify(self, *, expect: PlaintextDigest | None = None) -> ArtifactHeader:
+        """Every check of :meth:`decrypt_to`, without writing plaintext anywhere."""
+        return self._decrypt(None, expect)
+
+    def _decrypt(self, out_fd: int | None, expect: PlaintextDigest | None) -> ArtifactHeader:
+        header, fd = self.header, self._stream.fileno()
         if expect is not None and expect.size != header.plaintext_size:
             # Known from the authenticated header: refuse before decrypting anything.
             raise PlaintextMismatchError(
                 None, f"artifact holds {header.plaintext_size} bytes of plaintext, the manifest says {expect.size}"
             )
-        sha256 = _decrypt_chunks(stream.fileno(), header, keys.enc, out_fd, hashed=expect is not None)
-        if os.pread(stream.fileno(), 1, header.encrypted_size):  # the file grew after the size check
+        sha256 = _decrypt_chunks(fd, header, self._keys.enc, out_fd, hashed=expect is not None)
+        if os.pread(fd, 1, header.encrypted_size):  # the file grew after the size check
             raise ExtendedArtifactError("artifact has unexpected bytes after its final chunk")
-    if expect is not None and not hmac.compare_digest(sha256, expect.sha256):
-        raise PlaintextMismatchError(sha256, f"decrypted model has sha256 {sha256}, the manifest says {expect.sha256}")
-    return header
+        if expect is not None and not hmac.compare_digest(sha256, expect.sha256):
+            raise PlaintextMismatchError(
+                sha256, f"decrypted model has sha256 {sha256}, the manifest says {expect.sha256}"
+            )
+        return header
+
+
+@contextlib.contextmanager
+def open_artifact(src: Path | str, *, keyring: Keyring, model: str, version: str) -> Iterator[OpenedArtifact]:
+    """Open ``src`` and check its header: checksum, key (commitment), header MAC, model/version binding,
+    and the file size it promises. Chunks are checked as :meth:`OpenedArtifact.decrypt_to` reads them."""
+    with open(src, "rb") as stream:
+        file_size = os.fstat(stream.fileno()).st_size
+        raw = _read_exact_header(stream, file_size)
+        header = _parse_header(raw)
+        key = keyring.key(header.key_id)
+        keys = _verify_header(header, raw, key)
+        _check_binding(header, model, version)
+        _check_size(header, file_size)
+        yield OpenedArtifact(stream, header, keys, _derive_manifest_key(key, header.salt))
+
+
+def manifest_mac(artifact: Path | str, document: bytes, *, key: bytes) -> bytes:
+    """The MAC that binds ``document`` (a manifest's canonical bytes) to the artifact at ``artifact``.
+
+    Computed by the publisher right after :func:`encrypt_file`, with the same key; checked by
+    :meth:`OpenedArtifact.verify_manifest`.
+    """
+    header = read_header(artifact)
+    keys = _derive(key, header.salt)
+    if not hmac.compare_digest(keys.commitment, header.commitment):
+        raise WrongKeyError(f"the key given for {header.key_id!r} is not the key this artifact was encrypted with")
+    return _manifest_mac(_derive_manifest_key(key, header.salt), header, document)
+
+
+def _derive_manifest_key(key: bytes, salt: bytes) -> bytes:
+    # Its own HKDF label: never equal to the chunk, header-MAC or commitment keys of any file.
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_HKDF_MANIFEST_INFO).derive(key)
+
+
+def _manifest_mac(manifest_key: bytes, header: ArtifactHeader, document: bytes) -> bytes:
+    # Label and header checksum have fixed lengths, so the input splits one way only.
+    return _mac(manifest_key, _MANIFEST_MAC_LABEL + header.checksum + document)
 
 
 def _decrypt_chunks(src_fd: int, header: ArtifactHeader, aead: AESGCM, out_fd: int | None, *, hashed: bool) -> str:

@@ -65,6 +65,14 @@ class ChunkOrderError(ArtifactIntegrityError):
         self.found = found
 
 
+class ManifestTamperedError(ArtifactIntegrityError):
+    """The manifest's MAC does not verify: it was edited, or it belongs to another artifact."""
+
+
+class UnauthenticatedManifestError(ArtifactIntegrityError):
+    """The manifest carries no MAC (written before manifests were authenticated, or the MAC was removed)."""
+
+
 class PlaintextMismatchError(ArtifactIntegrityError):
     """The artifact is authentic, but its plaintext is not the one the manifest describes.
 

@@ -6,12 +6,16 @@ It turns one encrypted model version from the artifact store into a Triton model
     <repository>/<model>/1/model.pt        (model.onnx for onnxruntime)
     <repository>/<model>/1/model.py        (python backend only: serves model.pt with torch)
 
-Steps: resolve the version (a pin, or ``Latest``), read its manifest, check that the format suits the
-backend, decrypt with streaming (every chunk authenticated) into a staging directory inside the
-repository while hashing it against the manifest's sha256 and size (one pass), render ``config.pbtxt``,
-then rename the model directory into place. Triton starts only after this container succeeded, and
-it never sees a partial repository: until the final rename everything lives under a hidden
-``.kubemaas-staging-*`` directory, which is removed on failure and swept on the next start.
+Steps: resolve the version (a pin, or ``Latest``), read its manifest, open the artifact and check
+its header under the key and the manifest's MAC against it (nothing in the manifest is trusted
+before), check that the format suits the backend, decrypt with streaming (every chunk authenticated
+by GCM, bound to model, version, key and position) into a staging directory inside the repository,
+render ``config.pbtxt``, then rename the model directory into place. The plaintext is not hashed
+again: the authenticated manifest and the chunk tags together already prove it is the file whose
+sha256 the manifest records (docs/runtime-contract.md, "Why the loader does not hash the model").
+Triton starts only after this container succeeded, and it never sees a partial repository: until the
+final rename everything lives under a hidden ``.kubemaas-staging-*`` directory, which is removed on
+failure and swept on the next start.
 
 Triton version directory: always ``1``. One serving pod serves exactly one model version (a new
 version is a new pod template, rolled out by the Deployment), so the directory number carries no
@@ -21,7 +25,7 @@ information; the artifact's own version string is recorded in ``config.pbtxt`` a
 Failure contract: ONE line on stderr, ``kubemaas load-model: <cause>: <detail>`` (cause is a
 ``Cause`` value), and a non-zero exit code following docs/runtime-contract.md: 78 the pod is
 misconfigured (key directory, wrong key, settings, format vs backend, store URI), 79 the artifact
-is refused (missing version, bad manifest, tampered, bad checksum), 138 an I/O error worth a retry,
+is refused (missing version, bad manifest, tampered artifact or manifest), 138 an I/O error worth a retry,
 1 anything unforeseen. The termination-message file gets a ``FailureMessage`` (``{"exitCode",
 "message", "reason"}``), like the trainer's, so the operator can put the CamelCase reason in a
 condition; on success it gets a ``SuccessMessage`` naming the version it resolved and its sha256
@@ -40,7 +44,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -51,13 +56,10 @@ from kubemaas import contract
 from kubemaas.api.base import LATEST
 from kubemaas.api.modelservice import ServedFormat
 from kubemaas.runtime import artifacts, termination
-from kubemaas.runtime.crypto import PlaintextDigest, decrypt_file
+from kubemaas.runtime.crypto import OpenedArtifact
 from kubemaas.runtime.errors import (
     ArtifactIntegrityError,
-    BadHeaderError,
-    BindingMismatchError,
     KeyringError,
-    PlaintextMismatchError,
     UnknownKeyError,
     UnsupportedFormatError,
     WrongKeyError,
@@ -90,7 +92,6 @@ class Cause(StrEnum):
     KEYRING = "key directory"
     WRONG_KEY = "wrong key"
     TAMPERED = "tampered artifact"
-    CHECKSUM = "bad checksum"
     INVALID_SETTINGS = "invalid settings"
     IO = "i/o error"
     INTERNAL = "internal error"
@@ -115,7 +116,6 @@ _OUTCOMES = {
     Cause.KEYRING: ("KeyDirectoryError", ExitCode.CONFIG),
     Cause.WRONG_KEY: ("WrongKey", ExitCode.CONFIG),
     Cause.TAMPERED: ("TamperedArtifact", ExitCode.ARTIFACT),
-    Cause.CHECKSUM: ("BadChecksum", ExitCode.ARTIFACT),
     Cause.INVALID_SETTINGS: ("InvalidSettings", ExitCode.CONFIG),
     Cause.IO: ("IOError", ExitCode.RETRYABLE),
     Cause.INTERNAL: ("InternalError", ExitCode.FAILED),
@@ -156,16 +156,18 @@ def load_model(request: LoadRequest) -> LoadResult:
     """Build ``<repository>/<model>`` from the artifact store; raises :class:`LoadError` on any refusal."""
     started = time.monotonic()
     resolved = _resolve(request)
-    _check_format(resolved.manifest.format, request.settings.backend)
     keyring = _open_keyring(request.key_dir)
-    request.repository.mkdir(parents=True, exist_ok=True)
-    _sweep_stale_staging(request.repository)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=request.repository))
-    try:
-        model_dir = _build_model_dir(staging, request, resolved, keyring)
-        target = _publish(model_dir, request.repository / request.model, staging)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _refusals(), artifacts.open_authenticated(resolved, keyring) as artifact:
+        # From here on the manifest is the publisher's: its format, tensors and version can be used.
+        _check_format(resolved.manifest.format, request.settings.backend)
+        request.repository.mkdir(parents=True, exist_ok=True)
+        _sweep_stale_staging(request.repository)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=request.repository))
+        try:
+            model_dir = _build_model_dir(staging, request, resolved, artifact)
+            target = _publish(model_dir, request.repository / request.model, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return LoadResult(model_dir=target, manifest=resolved.manifest, seconds=time.monotonic() - started)
 
 
@@ -174,10 +176,14 @@ def _resolve(request: LoadRequest) -> artifacts.ModelVersion:
         store = artifacts.ArtifactStore.from_uri(request.store_uri, mount_root=request.mount_root)
         _require_version(store, request.model, request.version)
         return store.resolve(request.model, request.version)
+    except artifacts.MisplacedManifestError as error:  # a manifest swapped in from another model or version
+        raise LoadError(Cause.TAMPERED, str(error)) from None
     except artifacts.ArtifactStoreError as error:
         raise LoadError(Cause.STORE, str(error)) from None
     except ValidationError as error:
         raise LoadError(Cause.BAD_MANIFEST, _validation_summary(error)) from None
+    except artifacts.InvalidManifestError as error:
+        raise LoadError(Cause.BAD_MANIFEST, f"manifest.json: {error}") from None
 
 
 def _require_version(store: artifacts.ArtifactStore, model: str, version: str) -> None:
@@ -218,13 +224,21 @@ def _open_keyring(key_dir: Path) -> Keyring:
         raise LoadError(Cause.KEYRING, str(error)) from None
 
 
-def _build_model_dir(staging: Path, request: LoadRequest, resolved: artifacts.ModelVersion, keyring: Keyring) -> Path:
+def _build_model_dir(
+    staging: Path, request: LoadRequest, resolved: artifacts.ModelVersion, artifact: OpenedArtifact
+) -> Path:
     model_dir = staging / request.model
     version_dir = model_dir / TRITON_VERSION_DIR
     version_dir.mkdir(parents=True)
     backend = request.settings.backend
     model_file = version_dir / MODEL_FILE_NAMES[backend]
-    _decrypt(resolved, model_file, keyring, request.model)
+    # One streaming pass: read, open and check each chunk, write. No temp file and rename: the whole
+    # staging directory is the unit that appears or not, and _publish fsyncs the tree once.
+    fd = os.open(model_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        artifact.decrypt_into(fd)
+    finally:
+        os.close(fd)
     if backend is Backend.PYTHON:
         source = importlib.resources.files("kubemaas.runtime").joinpath(PYTHON_MODEL_RESOURCE)
         (version_dir / "model.py").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
@@ -242,27 +256,16 @@ def _build_model_dir(staging: Path, request: LoadRequest, resolved: artifacts.Mo
     return model_dir
 
 
-def _decrypt(resolved: artifacts.ModelVersion, dst: Path, keyring: Keyring, model: str) -> None:
-    # GCM proves the bytes are the ones encrypted; ``expect`` proves they are the ones the manifest
-    # (the trainer's record) describes, so a swapped artifact under the same key is refused. The
-    # hash is taken while decrypting, not in a second pass over the model file.
-    manifest = resolved.manifest
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """Turn the artifact's refusals (header, key, manifest MAC, chunks) into the loader's causes."""
     try:
-        decrypt_file(
-            resolved.artifact,
-            dst,
-            keyring=keyring,
-            model=model,
-            version=manifest.version,
-            expect=PlaintextDigest(sha256=manifest.sha256, size=manifest.size),
-        )
-    except PlaintextMismatchError as error:
-        raise LoadError(Cause.CHECKSUM, str(error)) from None
+        yield
     except (WrongKeyError, UnknownKeyError) as error:
         raise LoadError(Cause.WRONG_KEY, str(error)) from None
     except UnsupportedFormatError as error:
         raise LoadError(Cause.UNSUPPORTED_FORMAT, str(error)) from None
-    except (BadHeaderError, BindingMismatchError, ArtifactIntegrityError) as error:
+    except ArtifactIntegrityError as error:  # header, binding, size, manifest MAC, chunks
         raise LoadError(Cause.TAMPERED, str(error)) from None
 
 
