@@ -61,7 +61,11 @@ from e2e.cluster.node import REAL_NODE_LABEL  # noqa: E402
 from e2e.kube import KSERVE_CLIENT, apply_crd, bound_claim, load_crds  # noqa: E402
 from e2e.waits import wait_for_object  # noqa: E402
 from kubemaas.manifests.modelservice import VERSION_LABEL  # noqa: E402
-from kubemaas.manifests.pods import WORKLOAD_UID, restricted_container_security_context  # noqa: E402
+from kubemaas.manifests.pods import (  # noqa: E402
+    WORKLOAD_UID,
+    restricted_container_security_context,
+    restricted_pod_security_context,
+)
 from kubemaas.runtime.artifacts import ArtifactStore  # noqa: E402
 from kubemaas.runtime.keyring import generate_key, write_keyring_dir  # noqa: E402
 from kubemaas.runtime.loader import LoadRequest, load_model  # noqa: E402
@@ -149,6 +153,7 @@ def client_pod(namespace: str, placement: dict[str, Any], pixels: list[float]) -
         "spec": {
             **placement,
             "automountServiceAccountToken": False,
+            "securityContext": restricted_pod_security_context(),
             "terminationGracePeriodSeconds": 1,
             "containers": [
                 {
@@ -262,6 +267,7 @@ class Bench:
                 **self.placement,
                 "restartPolicy": "Never",
                 "automountServiceAccountToken": False,
+                "securityContext": restricted_pod_security_context(),
                 "containers": [
                     {
                         "name": "main",
