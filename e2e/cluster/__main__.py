@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, archive in built.items():
                 print(f"{name}: {archive}")
             if not arguments.names:  # every current image is in hand: older cache entries can go
-                for stale in images.prune_cache(built.values()):
-                    print(f"removed stale {stale}", file=sys.stderr)
+                stale = images.prune_cache(built.values())
+                for entry in stale:
+                    print(f"removed stale {entry}", file=sys.stderr)
+                images.forget_builds(stale)
         elif command == "up":
             print(control_plane.up(real_node=arguments.real_node).kubeconfig)
         elif command == "down":

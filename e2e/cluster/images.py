@@ -730,7 +730,9 @@ def build_dockerfile(image: DockerfileImage) -> Path:
 
 
 # Entries another checkout may still use (other sources, same cache) are kept this long after their last use.
-PRUNE_UNUSED_SECONDS = 24 * 3600
+# An hour, not a day: every change under operator/ makes a new trainer variant, and a day of them (eleven, with
+# buildah's copies) filled this machine's disk in the middle of a CI run. A pruned entry is only rebuilt.
+PRUNE_UNUSED_SECONDS = 3600
 
 
 def prune_cache(keep: Iterable[Path], unused_seconds: float = PRUNE_UNUSED_SECONDS) -> list[Path]:
@@ -755,6 +757,19 @@ def prune_cache(keep: Iterable[Path], unused_seconds: float = PRUNE_UNUSED_SECON
             entry.unlink()
         removed.append(entry)
     return removed
+
+
+def forget_builds(pruned: Iterable[Path]) -> None:
+    """Drop buildah's own copies of pruned cache entries (the build tags named by their keys), then the
+    untagged images only those held: buildah's storage otherwise keeps every variant ever built."""
+    if shutil.which("buildah") is None:
+        return
+    keys = [entry.name for entry in pruned if not entry.name.endswith(".log")]
+    tags = [f"{BUILD_TAG_PREFIX}/{name}:{key}" for key in keys for name in DOCKERFILE_IMAGES]
+    for tag in tags:
+        subprocess.run(["buildah", "rmi", tag], capture_output=True)
+    if keys:
+        subprocess.run(["buildah", "rmi", "--prune"], capture_output=True)
 
 
 BUILDERS: dict[str, Callable[[], Path]] = {"pause": ensure_pause, "base": ensure_base}

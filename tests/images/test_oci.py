@@ -258,7 +258,7 @@ def test_prune_keeps_current_archives_and_builds_in_progress(tmp_path: Path, mon
         os.utime(path, (day_ago, day_ago))
     removed = images.prune_cache([root / "current" / images.LAYOUT_NAME])
     assert sorted(p.name for p in removed) == ["stale", "trainer-abc.failed.log"]
-    assert sorted(p.name for p in root.iterdir()) == [".partial-123", "current", "recent"], "used within a day"
+    assert sorted(p.name for p in root.iterdir()) == [".partial-123", "current", "recent"], "used within the hour"
 
 
 def test_layout_tar_leaves_out_blobs_the_importer_holds(tmp_path: Path) -> None:
