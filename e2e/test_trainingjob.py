@@ -619,6 +619,19 @@ STEADY_JOBS = 100
 STEADY_SECONDS = 120
 
 
+def quiet_for(read: Callable[[], object], seconds: float) -> Callable[[], bool]:
+    """A check for `cluster.wait_for`: true once `read()` has returned the same value for `seconds`."""
+    last: list[tuple[object, float]] = []
+
+    def check() -> bool:
+        value, now = read(), time.monotonic()
+        if not last or last[0][0] != value:
+            last[:] = [(value, now)]
+        return now - last[0][1] >= seconds
+
+    return check
+
+
 def test_finished_jobs_cause_zero_writes(
     jobs: Jobs, claims: Claims, operator: OperatorProcess, cluster: E2ECluster
 ) -> None:
@@ -648,17 +661,22 @@ def test_finished_jobs_cause_zero_writes(
         label_selector="kubemaas.io/trainingjob",
     )
     jobs.wait_all(names, "Succeeded", timeout=300)
-    time.sleep(5)  # the last Events and status patches of the burst land
 
     batch = client.BatchV1Api(cluster.api)
+
+    def events() -> int:
+        return sum(e.count or 1 for e in jobs.core.list_namespaced_event(jobs.namespace).items)
+
+    # The burst's last Events (kopf posts them from a queue, the Job controller its own) land before the
+    # window opens; an operator that kept posting at rest would never go quiet and fail here instead.
+    cluster.wait_for("the burst's Events to stop", quiet_for(events, seconds=10), timeout=120)
 
     def snapshot() -> tuple[dict[str, str], dict[str, str], int, dict[str, float]]:
         trainingjobs = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in _all_jobs(jobs)}
         workloads = {
             j.metadata.name: j.metadata.resource_version for j in batch.list_namespaced_job(jobs.namespace).items
         }
-        events = sum(e.count or 1 for e in jobs.core.list_namespaced_event(jobs.namespace).items)
-        return trainingjobs, workloads, events, operator_writes(operator)
+        return trainingjobs, workloads, events(), operator_writes(operator)
 
     before = snapshot()
     started = time.monotonic()
