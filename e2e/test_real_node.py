@@ -437,6 +437,12 @@ def test_indexed_job_trains_and_triton_serves_it_on_the_real_node(
         assert np.allclose(grpc.infer(MODEL, [request_g]).as_numpy("logits"), logits[:1], atol=1e-5)
 
 
+def deployment_replicas(want: int) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    return lambda d: (
+        d if (d.get("status") or {}).get("readyReplicas") == want and d["spec"].get("replicas") == want else None
+    )
+
+
 BURN = "import os, time\nwhile os.environ.get('LOAD') == '1':\n    pass\ntime.sleep(10**9)"
 
 
@@ -503,13 +509,8 @@ def test_hpa_scales_on_real_cpu_metrics(
         },
     )
 
-    def replicas(want: int) -> Any:
-        return lambda d: (
-            d if (d.get("status") or {}).get("readyReplicas") == want and d["spec"]["replicas"] == want else None
-        )
-
     cluster.wait_object(
-        "apps/v1", "Deployment", namespace, "burn", replicas(3), what="HPA to scale burn to 3", timeout=240
+        "apps/v1", "Deployment", namespace, "burn", deployment_replicas(3), what="HPA to scale burn to 3", timeout=240
     )
     usage = json.loads(cluster.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods"))
     millicores = [float(parse_quantity(c["usage"]["cpu"])) * 1000 for p in usage["items"] for c in p["containers"]]
@@ -520,7 +521,13 @@ def test_hpa_scales_on_real_cpu_metrics(
         {"spec": {"template": {"spec": {"containers": [{"name": "burn", "env": [{"name": "LOAD", "value": "0"}]}]}}}},
     )
     cluster.wait_object(
-        "apps/v1", "Deployment", namespace, "burn", replicas(1), what="HPA to scale burn back to 1", timeout=300
+        "apps/v1",
+        "Deployment",
+        namespace,
+        "burn",
+        deployment_replicas(1),
+        what="HPA to scale burn back to 1",
+        timeout=300,
     )
 
 
@@ -629,12 +636,6 @@ def test_promotion_under_live_traffic_loses_no_request(
     switched = next(i for i, a in enumerate(seen) if a["out"] == new)
     assert switched > 0 and all(a["out"] == new for a in seen if a["t"] > settled), "old answers after the rollout"
     print(f"\n{len(seen)} requests, none failed; answers switched at request {switched}")
-
-
-def deployment_replicas(want: int) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
-    return lambda d: (
-        d if (d.get("status") or {}).get("readyReplicas") == want and d["spec"].get("replicas") == want else None
-    )
 
 
 @pytest.mark.real_node

@@ -60,8 +60,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from e2e.bench.bench_reconcile import machine, operator  # noqa: E402
 from e2e.cluster import control_plane, images, node  # noqa: E402
 from e2e.cluster.node import REAL_NODE_LABEL  # noqa: E402
+from e2e.conftest import E2ECluster  # noqa: E402
 from e2e.kube import KSERVE_CLIENT, apply_crd, bound_claim, load_crds  # noqa: E402
-from e2e.waits import wait_for_object  # noqa: E402
 from kubemaas.manifests.modelservice import VERSION_LABEL  # noqa: E402
 from kubemaas.manifests.pods import (  # noqa: E402
     WORKLOAD_UID,
@@ -182,21 +182,12 @@ def matches(out: list[float], expected: list[float]) -> bool:
     )
 
 
-def wait(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    """The benchmark's one polling wait: a pod's log is not watchable."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 class Bench:
     def __init__(self, cluster: control_plane.Cluster, work: Path, mib: int) -> None:
         self.cluster = cluster
         self.api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        # The e2e suite's waits: watches for objects, its one polling wait for what cannot be watched (logs).
+        self.e2e = E2ECluster(cluster.kubeconfig, self.api, cluster)
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.work = work
@@ -211,7 +202,7 @@ class Bench:
             self.expected = {v: m(row)[0].tolist() for v, m in self.models.items()}
 
     def wait_object(self, api_version: str, kind: str, namespace: str, name: str, check: Any, what: str) -> Any:
-        return wait_for_object(self.api, api_version, kind, namespace, name, check, what=what, timeout=600)
+        return self.e2e.wait_object(api_version, kind, namespace, name, check, what=what, timeout=600)
 
     def namespace(self) -> str:
         name = f"bench-lifecycle-{uuid.uuid4().hex[:6]}"
@@ -349,7 +340,7 @@ class Bench:
         }
         applied = time.time()
         self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
-        first = wait("the first correct answer", lambda: self.first_answer(namespace, "v1"), timeout=600)
+        first = self.e2e.wait_for("the first correct answer", lambda: self.first_answer(namespace, "v1"), timeout=600)
         t = seen.times
         marks = [
             applied,
@@ -384,7 +375,7 @@ class Bench:
             # Settled: v2 answered for 3 s after the last v1 answer.
             return last_v1 if later and later[-1]["t"] - last_v1 > 3 else None
 
-        last_v1 = wait("answers only from v2", only_v2_since, timeout=600)
+        last_v1 = self.e2e.wait_for("answers only from v2", only_v2_since, timeout=600)
         answers = [a for a in client_answers(self.core, namespace) if a["t"] >= patched]
         switched = min(
             a["t"] for a in answers if "out" in a and a["t"] > last_v1 and matches(a["out"], self.expected["v2"])
