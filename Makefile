@@ -102,7 +102,7 @@ e2e: venv ## end-to-end suite (local cluster unless KUBEMAAS_E2E_KUBECONFIG name
 	KUBEMAAS_E2E_REAL_NODE=$(REAL_NODE) $(call pytest,-m "not host_restore" e2e)
 
 .PHONY: bench-reconcile
-bench-reconcile: venv ## operator vs raw-API baseline vs Kubeflow, N=100,500 (local cluster; minutes; not in make test)
+bench-reconcile: venv ## operator vs raw-API baseline vs Kubeflow, N=100,500,1000, 10 min at rest (local cluster; ~45 min; not in make test)
 	$(BIN)/python e2e/bench/bench_reconcile.py $(BENCH_ARGS)
 
 .PHONY: bench-lifecycle

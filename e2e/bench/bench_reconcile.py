@@ -1,8 +1,9 @@
 """Reconcile benchmark: the operator against the API server's own round trips, on the local control plane.
 
 Run from the repository root:  make bench-reconcile   (or .venv/bin/python e2e/bench/bench_reconcile.py
---n 100 500 --rest-seconds 120). It uses the running local cluster (`python -m e2e.cluster up`) and only
-its own namespaces (`bench-*`, deleted afterwards); the operator it starts watches only those.
+--n 100 500 1000 --rest-seconds 600; a quick look: --n 300 --tj-max 100 --rest-seconds 60). It uses the
+running local cluster (`python -m e2e.cluster up`) and only its own namespaces (`bench-*`, deleted
+afterwards); the operator it starts watches only those.
 
 For each N, in one run and on the same cluster:
 
@@ -63,6 +64,7 @@ from e2e.cluster.processes import free_port, http_probe, wait_ready  # noqa: E40
 from e2e.conftest import PSS_RESTRICTED  # noqa: E402
 from e2e.kube import apiserver_requests, apply_crd, load_crds, requests_between  # noqa: E402
 from e2e.test_trainingjob import training_job as e2e_training_job  # noqa: E402
+from e2e.waits import condition_is, wait_for_objects  # noqa: E402
 from kubemaas.api import ModelService  # noqa: E402
 from kubemaas.controllers import modelservice as ms_controller  # noqa: E402
 from kubemaas.controllers import modelservice_core as ms_core  # noqa: E402
@@ -91,6 +93,7 @@ class Phase:
     operator_cpu_seconds: float | None = None
     operator_peak_rss_mb: float | None = None
     ratio_to_baseline: float | None = None
+    load_average: float = field(default_factory=lambda: round(os.getloadavg()[0], 2))  # 1 min, at the phase's end
 
 
 @dataclass
@@ -101,7 +104,9 @@ class Rest:
     parents_written: int  # ModelServices/TrainingJobs whose resourceVersion changed (kopf's annotations too)
     apiserver_writes_per_minute: dict[str, float]
     operator_rss_mb: float
-    watch_reconnects: float
+    # WATCH requests in the window for the kinds the operator watches: for the parents (only this operator
+    # watches kubemaas.io kinds) that is its watch reconnects; the children's include other clients'.
+    watch_requests: dict[str, int]
 
 
 @dataclass
@@ -202,6 +207,17 @@ class Bench:
             except client.ApiException as error:
                 if error.status != 404:
                     raise
+        # The garbage collector deletes a namespace's objects one by one: the next phase must not be timed
+        # while the API server is still busy with the last one's N ModelServices and their children.
+        wait_for_objects(
+            self.api,
+            "v1",
+            "Namespace",
+            None,
+            lambda found: not any(ns in found for ns in namespaces),
+            what=f"namespaces {', '.join(namespaces)} to be deleted",
+            timeout=PHASE_TIMEOUT,
+        )
         for pv in [v for v in self.made_volumes if v.startswith(tuple(namespaces))]:
             self.made_volumes.remove(pv)
             try:
@@ -331,7 +347,7 @@ def operator(cluster: control_plane.Cluster, namespaces: list[str], log: Path, n
     metrics_port = free_port()
     command = [str(Path(sys.executable).with_name("kubemaas"))]
     if PROFILER.get("tracemalloc"):
-        memory = RESULTS / f"{PROFILER['stem']}-{n}.memory.txt"
+        memory = PROFILER["memory"] = RESULTS / f"{PROFILER['stem']}-{n}.memory.txt"
         wrapper = Path(__file__).with_name("traced_operator.py")
         command = [sys.executable, "-X", "tracemalloc=1", str(wrapper), str(memory)]
     scope = [f"--namespace={ns}" for ns in namespaces]
@@ -366,12 +382,53 @@ def operator(cluster: control_plane.Cluster, namespaces: list[str], log: Path, n
             process.wait()
 
 
+# Where a sample's innermost frames put it, first match wins: (label, substrings of a frame).
+PROFILE_BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("idle: event loop waiting (epoll)", ("EpollSelector.select", "_PollLikeSelector.select")),
+    ("request threads: waiting on the API server (SSL, HTTP)", ("kubernetes/client/", "urllib3/", "http/client.py")),
+    ("request threads: idle or handing over work", ("concurrent/futures/thread.py",)),
+    ("Kubemaas: reconcile, builders, apply diff, JSON", ("kubemaas/controllers/", "kubemaas/manifests/")),
+    ("kopf: watch streams and JSON decoding", ("kopf/_cogs/clients/watching.py", "kopf/_cogs/clients/api.py")),
+    ("kopf: indexing", ("kopf/_core/engines/indexing.py",)),
+    ("kopf: event processing and its own requests (patches, Events)", ("kopf/",)),
+)
+
+
+def summarize_profile(raw: Path) -> str:
+    """A py-spy `--format raw` profile (collapsed stacks) as text: samples by bucket, then the top self frames."""
+    total = 0
+    buckets: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        leaves[frames[-1]] += samples
+        # The innermost frame decides, except that a reconcile's own API calls count as waiting.
+        label = "other (asyncio, threading, logging)"
+        for frame in reversed(frames):
+            found = next((name for name, keys in PROFILE_BUCKETS if any(k in frame for k in keys)), None)
+            if found is not None:
+                label = found
+                break
+        buckets[label] += samples
+    lines = [f"{total} samples at 50 Hz ({total / 50:.0f} thread-seconds), by where the innermost known frame is:"]
+    lines += [f"{n / total:6.1%}  {label}" for label, n in buckets.most_common()]
+    lines.append("top 15 frames by own samples:")
+    lines += [f"{n / total:6.1%}  {frame}" for frame, n in leaves.most_common(15)]
+    return "\n".join(lines) + "\n"
+
+
 @contextmanager
 def profiling(op: Operator | None, n: int) -> Iterator[None]:
     if op is None or not PROFILER.get("py_spy"):
         yield
         return
-    out = RESULTS / f"{PROFILER['stem']}-{n}.profile.txt"
+    # The raw collapsed stacks are megabytes: kept beside the operator's logs; results get the summary.
+    out = PROFILER["log_dir"] / f"{PROFILER['stem']}-{n}.profile.raw"
     command = [PROFILER["py_spy"], "record", "--pid", str(op.process.pid), "--rate", "50", "--format", "raw"]
     spy = subprocess.Popen(
         [*command, "--output", str(out), "--nonblocking"],
@@ -383,6 +440,8 @@ def profiling(op: Operator | None, n: int) -> Iterator[None]:
     finally:
         spy.send_signal(2)  # SIGINT: py-spy writes the profile and exits
         spy.wait(timeout=60)
+        if out.exists():
+            (RESULTS / f"{PROFILER['stem']}-{n}.profile.txt").write_text(summarize_profile(out))
 
 
 @contextmanager
@@ -632,15 +691,32 @@ def parent_versions(bench: Bench, namespaces: list[str]) -> dict[str, str]:
     return out
 
 
-def rest(bench: Bench, op: Operator, namespaces: list[str], seconds: float) -> Rest:
-    time.sleep(10)  # the burst's last status writes and child events land
+def rest(bench: Bench, op: Operator, namespaces: list[str], seconds: float, ms_namespace: str) -> Rest:
+    # The tail of the burst lands first. kube-controller-manager (20 requests/s) may be minutes behind on
+    # the Deployments' status after 1000 ModelServices, and each ModelService turns Ready only then: "at
+    # rest" starts once every ModelService is Ready and the operator ran no reconcile for 10 s.
+    wait_for_objects(
+        bench.api,
+        f"{GROUP}/{VERSION}",
+        "ModelService",
+        ms_namespace,
+        lambda found: all(condition_is(o, "Ready") for o in found.values()),
+        what=f"every ModelService in {ms_namespace} to be Ready",
+        timeout=PHASE_TIMEOUT,
+    )
+    op.settle(quiet=10.0, limit=300.0)
     before, writes_before, versions = bench.requests(), op.writes(), parent_versions(bench, namespaces)
     time.sleep(seconds)
     window = requests_between(before, bench.requests())
     versions_after = parent_versions(bench, namespaces)
     if PROFILER.get("tracemalloc"):
-        op.process.send_signal(signal.SIGUSR1)  # traced_operator.py writes the live allocations
-        time.sleep(20)
+        # traced_operator.py writes the live allocations; a snapshot of a large heap takes minutes.
+        memory: Path = PROFILER["memory"]
+        memory.unlink(missing_ok=True)
+        op.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 600
+        while not memory.exists() and time.monotonic() < deadline:
+            time.sleep(5)
     writes = op.writes() - writes_before
     ours = MS_RESOURCES | TJ_RESOURCES
     api_writes = {
@@ -655,7 +731,9 @@ def rest(bench: Bench, op: Operator, namespaces: list[str], seconds: float) -> R
         parents_written=sum(1 for uid, rv in versions.items() if versions_after.get(uid) != rv),
         apiserver_writes_per_minute=api_writes,
         operator_rss_mb=round(op.rss_mb(), 1),
-        watch_reconnects=float(sum(c for (verb, _, _), c in window.items() if verb == "WATCH")),
+        watch_requests={
+            resource: count for (verb, resource, _), count in window.items() if verb == "WATCH" and resource in ours
+        },
     )
 
 
@@ -692,7 +770,7 @@ def run_one(bench: Bench, n: int, tj_n: int, rest_seconds: float, log_dir: Path)
                 bench.cleanup([peer_ns])  # its pods hold kwok capacity other sessions' tests need
                 run.phases += [tj, peer]
             if rest_seconds:
-                run.rest = rest(bench, op, [ms_ns, tj_ns], rest_seconds)
+                run.rest = rest(bench, op, [ms_ns, tj_ns], rest_seconds, ms_ns)
                 print(f"[bench]   {run.rest}", flush=True)
     finally:
         bench.cleanup(namespaces)
@@ -706,14 +784,14 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "note": "shared 2-core machine: other sessions' tests ran on the same cluster during the run",
+        "note": "shared 2-core machine: other sessions' builds and tests (on their own clusters) ran beside it",
     }
 
 
 def table(runs: list[Run]) -> str:
     lines = [
-        "| N | phase | total s | ratio | p50 ms | p99 ms | op CPU s | op peak RSS MB | requests/object (top 4) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| N | phase | total s | ratio | p50 ms | p99 ms | op CPU s | op peak RSS MB | load | requests/object (top 4)|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         for p in run.phases:
@@ -721,13 +799,16 @@ def table(runs: list[Run]) -> str:
             lines.append(
                 f"| {p.n} | {p.name} | {p.seconds:.1f} | {p.ratio_to_baseline or ''} | {p.p50_ms:.0f} | {p.p99_ms:.0f}"
                 f" | {p.operator_cpu_seconds if p.operator_cpu_seconds is not None else ''}"
-                f" | {p.operator_peak_rss_mb if p.operator_peak_rss_mb is not None else ''} | {top} |"
+                f" | {p.operator_peak_rss_mb if p.operator_peak_rss_mb is not None else ''} | {p.load_average}"
+                f" | {top} |"
             )
         if run.rest:
             r = run.rest
+            parents = {k: v for k, v in r.watch_requests.items() if k in ("modelservices", "trainingjobs")}
             lines.append(
-                f"| {run.n} | at rest, {r.objects} parents, {r.seconds:.0f} s | | | | | | {r.operator_rss_mb}"
-                f" | operator writes/min {r.operator_writes_per_minute}, parents written {r.parents_written} |"
+                f"| {run.n} | at rest, {r.objects} parents, {r.seconds:.0f} s | | | | | | {r.operator_rss_mb} |"
+                f" | operator writes/min {r.operator_writes_per_minute}, parents written {r.parents_written},"
+                f" WATCH requests of the parents {parents} |"
             )
     return "\n".join(lines)
 
@@ -763,10 +844,11 @@ def plot(runs: list[Run], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[100, 500])
-    # Each TrainingJob and each peer PyTorchJob runs a pod on the shared kwok nodes (550 pods in all).
-    parser.add_argument("--tj-max", type=int, default=100, help="at most this many TrainingJobs per N")
-    parser.add_argument("--rest-seconds", type=float, default=120.0, help="the at-rest window after the largest N")
+    parser.add_argument("--n", type=int, nargs="+", default=[100, 500, 1000])
+    # Each TrainingJob and each peer PyTorchJob makes a pod; the kwok nodes have 550 pod slots, so from N=300
+    # on some stay Pending (they exist, which is what the phases time). A shared cluster may want fewer.
+    parser.add_argument("--tj-max", type=int, default=1000, help="at most this many TrainingJobs per N")
+    parser.add_argument("--rest-seconds", type=float, default=600.0, help="the at-rest window after the largest N")
     parser.add_argument("--out", default="reconcile", help="results file stem in e2e/bench/results")
     parser.add_argument("--py-spy", default=None, help="py-spy executable: profile the operator's ModelService phase")
     parser.add_argument("--tracemalloc", action="store_true", help="the operator's live allocations after the rest")
@@ -780,14 +862,17 @@ def main() -> int:
     info = machine()
     log_dir = Path(tempfile.gettempdir()) / "kubemaas-bench-logs"  # the operator's logs: large, not results
     log_dir.mkdir(parents=True, exist_ok=True)
+    PROFILER["log_dir"] = log_dir
     runs = []
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for n in args.n:
         rest_seconds = args.rest_seconds if n == max(args.n) else 0.0
         runs.append(run_one(bench, n, min(n, args.tj_max), rest_seconds, log_dir))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(
-        json.dumps({"machine": info, "runs": [asdict(r) for r in runs]}, indent=2) + "\n"
-    )
+        # After each N: a run stopped later still leaves what it measured.
+        info["load_average_now"] = [round(x, 2) for x in os.getloadavg()]
+        (RESULTS / f"{args.out}.json").write_text(
+            json.dumps({"machine": info, "runs": [asdict(r) for r in runs]}, indent=2) + "\n"
+        )
     plot(runs, RESULTS / f"{args.out}.png")
     print(table(runs))
     return 0

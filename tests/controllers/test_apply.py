@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
-from kubemaas.controllers.apply import RESOURCES, is_subset, resource_of
+import pytest
+from kubernetes import client
+
+from kubemaas.controllers import apply
+from kubemaas.controllers.apply import RESOURCES, Kube, TransientApiError, is_subset, resource_of
 
 DESIRED = {
     "apiVersion": "apps/v1",
@@ -94,3 +98,55 @@ def test_resource_paths() -> None:
     assert tj.path("ns", "x", "status") == "/apis/kubemaas.io/v1alpha1/namespaces/ns/trainingjobs/x/status"
     with pytest.raises(ValueError, match="no resource registered"):
         resource_of({"apiVersion": "v1", "kind": "Nope"})
+
+
+class CountingKube(Kube):
+    """Kube whose metadata GET is a counter: what exists is `self.present`, each GET takes 10 ms."""
+
+    def __init__(self) -> None:
+        super().__init__(client.ApiClient(client.Configuration()))
+        self.present: set[str] = set()
+        self.gets = 0
+        self.fail = False
+
+    async def _exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        self.gets += 1
+        await asyncio.sleep(0.01)
+        if self.fail:
+            raise TransientApiError("get", name, 503, "unavailable")
+        return name in self.present
+
+
+def test_existence_is_one_get_for_a_burst_and_a_yes_is_trusted_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    kube = CountingKube()
+    kube.present.add("key")
+
+    async def burst(name: str) -> list[bool]:
+        return list(await asyncio.gather(*(kube.exists("v1", "Secret", "ns", name) for _ in range(50))))
+
+    async def main() -> None:
+        assert await burst("key") == [True] * 50
+        assert kube.gets == 1
+        assert await burst("key") == [True] * 50
+        assert kube.gets == 1  # trusted
+        # A missing Secret is asked again every time (one GET per burst), so its creation is seen at once.
+        assert await burst("other") == [False] * 50
+        assert await burst("other") == [False] * 50
+        assert kube.gets == 3
+        kube.present.add("other")
+        assert await kube.exists("v1", "Secret", "ns", "other")
+        # A failed read is not remembered; a "yes" older than the limit is asked again.
+        kube.fail = True
+        with pytest.raises(TransientApiError):
+            await kube.exists("v1", "Secret", "ns", "failing")
+        kube.fail = False
+        assert not await kube.exists("v1", "Secret", "ns", "failing")
+        monkeypatch.setattr(apply, "EXISTS_MAX_AGE_SECONDS", 0.0)
+        kube.present.discard("key")
+        assert not await kube.exists("v1", "Secret", "ns", "key")
+
+    try:
+        asyncio.run(main())
+    finally:
+        kube.close()
+    assert kube.gets == 7

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from kubemaas.api.base import Condition, ConditionStatus
-from kubemaas.controllers.conditions import find_condition, is_true, set_condition, transitions, utc_now
+from kubemaas.controllers.conditions import (
+    WarningPolicy,
+    find_condition,
+    is_true,
+    set_condition,
+    transitions,
+    utc_now,
+)
 
 T0 = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
@@ -54,15 +61,49 @@ def test_order_is_kept_and_other_conditions_untouched() -> None:
     assert conditions[1].reason == "B"
 
 
-def test_transitions_report_flips_and_reason_changes_not_first_unknowns() -> None:
-    old = set_condition(None, "Ready", FALSE, "Waiting", "", 1, T0)
+BAD = WarningPolicy(
+    when_true=frozenset({"Degraded"}), when_false=frozenset({"Ready"}), progress_reasons=frozenset({"RollingOut"})
+)
+
+
+def _events(old: list[Condition] | None, new: list[Condition]) -> list[tuple[str, str, bool]]:
+    return [(c.type, c.status.value, warning) for c, warning in transitions(old, new, BAD)]
+
+
+def test_a_first_status_posts_only_what_is_bad() -> None:
+    routine = set_condition(None, "Ready", FALSE, "RollingOut", "", 1, T0)
+    routine = set_condition(routine, "Progressing", TRUE, "RollingOut", "", 1, T0)
+    routine = set_condition(routine, "Degraded", FALSE, "AsExpected", "", 1, T0)
+    assert _events(None, routine) == []
+    assert _events([], routine) == []
+    blocked = set_condition(None, "Ready", FALSE, "KeySecretNotFound", "", 1, T0)
+    assert _events(None, blocked) == [("Ready", "False", True)]
+
+
+def test_known_status_flips_are_normal_events_unknown_steps_and_reasons_are_not() -> None:
+    old = set_condition(None, "Ready", FALSE, "RollingOut", "", 1, T0)
     old = set_condition(old, "Degraded", FALSE, "Fine", "", 1, T0)
-    new = set_condition(old, "Ready", TRUE, "Available", "", 1, T1)
-    new = set_condition(new, "Degraded", FALSE, "Fine", "message only", 1, T1)
+    old = set_condition(old, "Created", UNKNOWN, "Creating", "", 1, T0)
+    new = set_condition(old, "Ready", TRUE, "Serving", "", 1, T1)
+    new = set_condition(new, "Degraded", FALSE, "OtherReason", "message too", 1, T1)
+    new = set_condition(new, "Created", TRUE, "Created", "", 1, T1)
     new = set_condition(new, "Progressing", UNKNOWN, "Starting", "", 1, T1)
-    assert [c.type for c in transitions(old, new)] == ["Ready"]
-    reason_only = set_condition(new, "Degraded", FALSE, "OtherReason", "", 1, T1)
-    assert [c.type for c in transitions(new, reason_only)] == ["Degraded"]
+    assert _events(old, new) == [("Ready", "True", False)]
+    assert _events(new, new) == []
+
+
+def test_a_bad_condition_is_a_warning_once_per_reason() -> None:
+    serving = set_condition(None, "Ready", TRUE, "Serving", "", 1, T0)
+    failed = set_condition(serving, "Ready", FALSE, "Unavailable", "", 1, T1)
+    assert _events(serving, failed) == [("Ready", "False", True)]
+    assert _events(failed, failed) == []
+    other = set_condition(failed, "Ready", FALSE, "CrashLoopBackOff", "", 1, T1)
+    assert _events(failed, other) == [("Ready", "False", True)]
+    # Back to routine progress after a failure: no Event until the status flips.
+    rolling = set_condition(other, "Ready", FALSE, "RollingOut", "", 1, T1)
+    assert _events(other, rolling) == []
+    degraded = set_condition(rolling, "Degraded", TRUE, "CrashLoopBackOff", "", 1, T1)
+    assert _events(rolling, degraded) == [("Degraded", "True", True)]
 
 
 def test_now_has_whole_seconds_in_utc() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from kubemaas.api.base import ConditionStatus
 from kubemaas.controllers import modelservice as handlers
 from kubemaas.controllers import modelservice_core as core
+from kubemaas.controllers.labels import child_labels
 
 BODY = {
     "apiVersion": "kubemaas.io/v1alpha1",
@@ -65,3 +66,39 @@ def test_the_operator_default_triton_image_applies_only_when_the_spec_names_none
     )
     pinned = {**body, "spec": {**spec, "runtime": {"image": "own/triton:2"}}}
     assert handlers.serving_options(ModelService.parse(pinned), "mirror.local/triton:1").triton_image == "own/triton:2"
+
+
+def test_a_slim_replica_set_still_names_its_model_and_owner() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from kubemaas.manifests import modelservice as m
+
+    case = Path(__file__).parents[1] / "manifests" / "cases"
+    deployment = yaml.safe_load(next(case.glob("*deployment*.yaml")).read_text())["expected"]
+    replica_set = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": "digits-abc",
+            "annotations": {"deployment.kubernetes.io/revision": "3"},
+            "ownerReferences": [{"kind": "Deployment", "name": "digits", "uid": "d-1", "controller": True}],
+            "managedFields": [{"manager": "kube-controller-manager", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": {"replicas": 1, "selector": {}, "template": deployment["spec"]["template"]},
+        "status": {"replicas": 1},
+    }
+    slim = handlers._slim_replica_set(replica_set)
+    template = slim["spec"]["template"]
+    assert m.model_ref_from_template(template) == m.model_ref_from_template(replica_set["spec"]["template"])
+    assert m.model_ref_from_template(template) is not None
+    assert handlers._owned_by(slim, "digits")
+    assert slim["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "3"}
+    assert "managedFields" not in slim["metadata"] and "containers" not in template["spec"]
+    assert (
+        "managedFields"
+        not in handlers._child_index("ns", child_labels("ModelService", "digits", "server"), replica_set)[
+            ("ns", "digits")
+        ]["metadata"]
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import kopf
 import pytest
@@ -53,30 +54,70 @@ def count(outcome: str) -> float:
     return RECONCILES.labels("Test", outcome)._value.get()
 
 
-def test_transient_errors_become_temporary_errors_with_growing_delay() -> None:
+def test_transient_errors_are_rerun_in_memory_with_growing_delay() -> None:
     loop = ReconcileLoop("Test")
+    key = ("ns", "a")
+    calls = 0
 
-    async def failing() -> None:
-        raise TransientApiError("get", "x", 503, "unavailable")
+    async def failing_twice() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise TransientApiError("get", "x", 503, "unavailable")
 
-    delays = []
-    for _ in range(3):
-        with pytest.raises(kopf.TemporaryError) as raised:
-            asyncio.run(loop.run(("ns", "a"), failing))
-        delays.append(raised.value.delay)
-    assert delays == list(BACKOFF_SECONDS[:3])
+    async def main() -> list[tuple[bool, float]]:
+        seen = []
+        await loop.run(key, failing_twice)
+        seen.append((loop.requeue.pending(key), loop.backoff(key)))
+        await asyncio.sleep(BACKOFF_SECONDS[0] + 0.2)  # the re-run fails again, the delay grows
+        seen.append((loop.requeue.pending(key), loop.backoff(key)))
+        await asyncio.sleep(BACKOFF_SECONDS[1] + 0.2)  # the second re-run succeeds: nothing pending
+        seen.append((loop.requeue.pending(key), loop.backoff(key)))
+        return seen
+
+    assert asyncio.run(main()) == [(True, BACKOFF_SECONDS[0]), (True, BACKOFF_SECONDS[1]), (False, BACKOFF_SECONDS[0])]
+    assert calls == 3
 
 
-def test_without_retry_failures_are_counted_not_raised() -> None:
+def test_bugs_are_counted_and_rerun_after_the_longest_backoff() -> None:
     loop = ReconcileLoop("Test")
+    key = ("ns", "b")
     before = count("error")
 
     async def broken() -> None:
         raise ApiError("apply", "x", 422, "invalid")
 
-    asyncio.run(loop.run(("ns", "b"), broken, retry=False))
+    async def main() -> float:
+        await loop.run(key, broken)
+        handle = loop.requeue._pending[key]
+        delay = handle.when() - asyncio.get_running_loop().time()
+        loop.forget(key)  # a deleted object's re-run is dropped
+        assert not loop.requeue.pending(key)
+        return delay
+
+    delay = asyncio.run(main())
+    assert BACKOFF_SECONDS[-1] - 1 < delay <= BACKOFF_SECONDS[-1]
     assert count("error") == before + 1
-    assert loop.backoff(("ns", "b")) == BACKOFF_SECONDS[-1]
+
+
+def test_a_run_supersedes_a_pending_rerun() -> None:
+    loop = ReconcileLoop("Test")
+    key = ("ns", "c")
+    runs: list[str] = []
+
+    def labelled(label: str) -> Any:
+        async def run() -> None:
+            runs.append(label)
+
+        return run
+
+    async def main() -> None:
+        loop.run_later(key, 0.05, labelled("later"))
+        await loop.run(key, labelled("now"))
+        await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert runs == ["now"]
 
 
 def test_reconciles_of_one_object_never_overlap() -> None:

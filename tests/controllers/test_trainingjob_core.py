@@ -410,14 +410,14 @@ def test_unchanged_world_gives_an_unchanged_status() -> None:
 def test_blocking_is_one_transition_then_nothing() -> None:
     job = make_job(encryption={"keySecretRef": {"name": "digits-key"}, "generateKey": "Never"})
     blocked = core.reconcile(job, core.Observed(pytorchjob_served=True, claims=ALL_CLAIMS), T0)
-    events = transitions(None, blocked.status.conditions or [])
-    assert [(c.type, c.status.value, c.reason) for c in events] == [
-        ("Ready", "False", "KeySecretNotFound"),
-        ("Created", "False", "KeySecretNotFound"),
+    events = transitions(None, blocked.status.conditions or [], core.WARNINGS)
+    assert [(c.type, c.status.value, c.reason, warning) for c, warning in events] == [
+        ("Ready", "False", "KeySecretNotFound", True),
+        ("Created", "False", "KeySecretNotFound", True),
     ]
     later = T0 + timedelta(minutes=1)
     again = core.reconcile(advance(job, blocked), core.Observed(pytorchjob_served=True, claims=ALL_CLAIMS), later)
-    assert transitions(blocked.status.conditions, again.status.conditions or []) == []
+    assert transitions(blocked.status.conditions, again.status.conditions or [], core.WARNINGS) == []
     assert again.status.to_wire() == blocked.status.to_wire()
 
 

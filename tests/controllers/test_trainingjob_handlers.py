@@ -6,13 +6,14 @@ import asyncio
 from typing import Any
 
 from kubemaas.controllers import trainingjob as handlers
+from kubemaas.controllers.reconciler import Requeue
 
 
 def test_requeue_keeps_one_pending_run_per_object() -> None:
     runs: list[str] = []
 
     async def main() -> None:
-        requeue = handlers.Requeue()
+        requeue = Requeue()
 
         def runner(label: str) -> Any:
             async def run() -> None:

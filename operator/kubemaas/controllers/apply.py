@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,13 @@ REQUEST_TIMEOUT_SECONDS = 30
 # The API server answers with metadata only (no `data` of a Secret, no spec) for this media type.
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 _WORKERS = 16
+# How long a "yes, it exists" from `Kube.exists` is trusted. A user's key Secret or claim carries no Kubemaas
+# label, so no watch of the operator sees it; one read per object per reconcile was 2-4 GETs per new
+# ModelService (README, Benchmarks). A deleted Secret is noticed this much later; a missing one is asked
+# again every time, so a Secret created after its object is seen at the next reconcile.
+EXISTS_MAX_AGE_SECONDS = 30.0
+# Beyond this many remembered answers, the expired ones are dropped (one per key Secret and claim in use).
+_EXISTS_MEMORY = 4096
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +125,8 @@ class Kube:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
         self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="kubemaas-api")
+        # (apiVersion, kind, namespace, name) -> (when asked, the answer): concurrent askers share one GET.
+        self._existence: dict[tuple[str, str, str | None, str], tuple[float, asyncio.Future[bool]]] = {}
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -192,7 +202,32 @@ class Kube:
 
     async def exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         """Whether the object exists, reading only its metadata: checking for a key Secret must not pull
-        the key into the operator's memory."""
+        the key into the operator's memory. A GET in flight is shared, and a "yes" is trusted for
+        EXISTS_MAX_AGE_SECONDS: a burst of objects that use one key Secret costs one GET."""
+        key = (api_version, kind, namespace, name)
+        now = time.monotonic()
+        known = self._existence.get(key)
+        if known is not None:
+            asked, answer = known
+            if not answer.done():
+                return await asyncio.shield(answer)
+            trusted = now - asked <= EXISTS_MAX_AGE_SECONDS
+            if trusted and not answer.cancelled() and answer.exception() is None and answer.result():
+                return True
+        if len(self._existence) >= _EXISTS_MEMORY:
+            self._existence = {
+                k: (t, a) for k, (t, a) in self._existence.items() if not a.done() or now - t <= EXISTS_MAX_AGE_SECONDS
+            }
+        answer = asyncio.ensure_future(self._exists(api_version, kind, namespace, name))
+        self._existence[key] = (now, answer)
+        try:
+            return await asyncio.shield(answer)
+        except Exception:
+            if self._existence.get(key, (0.0, None))[1] is answer:
+                del self._existence[key]  # a failed read is not an answer
+            raise
+
+    async def _exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         resource = RESOURCES[(api_version, kind)]
         found = await self._request(
             "get",

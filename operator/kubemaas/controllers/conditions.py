@@ -1,12 +1,13 @@
 """The one place that writes status conditions (the Kubernetes API conventions, as cert-manager does it).
 
 Pure functions over the API's `Condition` model: the controllers compute a whole new condition list from
-the old one, and `transitions` tells them which changes deserve an Event.
+the old one, and `transitions` tells them which changes deserve an Event (and which are Warnings).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from kubemaas.api.base import Condition, ConditionStatus
@@ -60,14 +61,38 @@ def set_condition(
     return out
 
 
-def transitions(old: Sequence[Condition] | None, new: Sequence[Condition]) -> list[Condition]:
-    """Conditions of `new` whose status differs from `old` (or that are new, unless Unknown)."""
+@dataclass(frozen=True)
+class WarningPolicy:
+    """Which conditions are bad, i.e. Warnings: a type in `when_true` (Failed, Degraded) when True, one in
+    `when_false` (Ready) when False, unless the reason is in `progress_reasons` (a rollout under way)."""
+
+    when_true: frozenset[str]
+    when_false: frozenset[str] = frozenset()
+    progress_reasons: frozenset[str] = frozenset()
+
+    def __call__(self, condition: Condition) -> bool:
+        if condition.reason in self.progress_reasons:
+            return False
+        return (condition.type in self.when_true and condition.status == ConditionStatus.TRUE) or (
+            condition.type in self.when_false and condition.status == ConditionStatus.FALSE
+        )
+
+
+def transitions(
+    old: Sequence[Condition] | None, new: Sequence[Condition], bad: Callable[[Condition], bool]
+) -> list[tuple[Condition, bool]]:
+    """The conditions of `new` worth an Event, each with whether it is a Warning (`bad(condition)`).
+
+    A bad condition is reported when it is new or its status or reason changed (each new failure is news).
+    Any other condition only when its status flipped from a known one (True <-> False): the first status
+    of an object and its Unknown -> known steps are routine progress, which the conditions already show.
+    """
     out = []
     for condition in new:
         before = find_condition(old, condition.type)
-        if before is None:
-            if condition.status != ConditionStatus.UNKNOWN:
-                out.append(condition)
-        elif before.status != condition.status or before.reason != condition.reason:
-            out.append(condition)
+        if bad(condition):
+            if before is None or before.status != condition.status or before.reason != condition.reason:
+                out.append((condition, True))
+        elif before is not None and before.status != ConditionStatus.UNKNOWN and before.status != condition.status:
+            out.append((condition, False))
     return out

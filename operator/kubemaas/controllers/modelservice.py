@@ -1,17 +1,16 @@
 """kopf handlers of the ModelService controller: thin wiring around ``modelservice_core.reconcile``.
 
-Every trigger (create, update, resume, an event of an owned Deployment, ReplicaSet,
-HPA, PDB, Service or pod, an event of a TrainingJob in the namespace) runs the same level-triggered
-reconcile for the affected ModelService. It reads the ModelService and its children from kopf's
-in-memory indexes (filled by watches that the settings restrict server-side to objects Kubemaas
-manages), never by listing, calls the pure core, applies what differs, deletes what is no longer
+Every trigger (an event of the ModelService itself or the initial listing at start, an event of an owned
+Deployment, ReplicaSet, HPA, PDB, Service or pod, an event of a TrainingJob in the namespace) runs the
+same level-triggered reconcile for the affected ModelService. It reads the ModelService and its
+children from kopf's in-memory indexes (filled by watches that the settings restrict server-side to
+objects Kubemaas manages), never by listing, calls the pure core, applies what differs, deletes what is no longer
 wanted and patches the status when it changed. No finalizer: children go with their owner through
 the garbage collector.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
@@ -28,7 +27,7 @@ from kubemaas.controllers.apply import Kube
 from kubemaas.controllers.conditions import set_condition, utc_now
 from kubemaas.controllers.labels import child_labels, owner_reference, parent_label, parent_of
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
-from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events
+from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events, without_managed_fields
 from kubemaas.manifests import modelservice as m
 
 KIND = "ModelService"
@@ -55,19 +54,43 @@ def _owner(namespace: str | None, labels: Mapping[str, str] | None) -> Key | Non
 
 @kopf.index(GROUP, VERSION, PLURAL)
 def ms_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]] | None:
-    return {(namespace, name): dict(body)} if namespace else None
+    return {(namespace, name): without_managed_fields(body)} if namespace else None
 
 
 @kopf.index(GROUP, VERSION, "trainingjobs")
 def ms_training_jobs(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, dict[str, Any]]:
-    return {namespace: dict(body)}
+    return {namespace: without_managed_fields(body)}
 
 
 def _child_index(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]] | None:
     key = _owner(namespace, labels)
-    return {key: dict(body)} if key is not None else None
+    return {key: without_managed_fields(body)} if key is not None else None
+
+
+def _slim_replica_set(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the reconcile reads of a ReplicaSet (its owner, revision and the template's model reference:
+    `m.model_ref_from_template`); a whole ReplicaSet is as large as its Deployment."""
+    meta = body.get("metadata") or {}
+    template = (body.get("spec") or {}).get("template") or {}
+    pod = template.get("spec") or {}
+    return {
+        "metadata": {k: meta[k] for k in ("name", "labels", "annotations", "ownerReferences") if k in meta},
+        "spec": {
+            "template": {
+                "metadata": {"annotations": (template.get("metadata") or {}).get("annotations") or {}},
+                "spec": {k: pod[k] for k in ("initContainers", "volumes") if k in pod},
+            }
+        },
+    }
+
+
+def _replica_set_index(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]] | None:
+    key = _owner(namespace, labels)
+    return {key: _slim_replica_set(body)} if key is not None else None
 
 
 # Owned children, indexed by their ModelService (namespace, name): index name -> (group, version, plural).
@@ -80,7 +103,8 @@ CHILD_INDEXES = {
     "ms_pdbs": ("policy", "v1", "poddisruptionbudgets"),
 }
 for _index, (_group, _version, _plural) in CHILD_INDEXES.items():
-    kopf.index(_group, _version, _plural, id=_index, labels={PARENT_LABEL: kopf.PRESENT})(_child_index)
+    _indexer = _replica_set_index if _index == "ms_replica_sets" else _child_index
+    kopf.index(_group, _version, _plural, id=_index, labels={PARENT_LABEL: kopf.PRESENT})(_indexer)
 
 
 def _values(index: kopf.Index[Any, Any], key: Any) -> list[dict[str, Any]]:
@@ -225,26 +249,14 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
         body,
         old,
         conditions,
-        warning_when_true=frozenset({core.Cond.DEGRADED, core.Cond.PROMOTION_BLOCKED}),
-        warning_when_false=frozenset({core.Cond.READY}),
+        core.WARNINGS,
     )
     for event in outcome.events:
         kopf.event(_kopf_body(body), type=event.type, reason=event.reason, message=event.message[:1024])
     if outcome.requeue_after is not None:
-        _requeue(key, memo, indexes, outcome.requeue_after)
-
-
-def _requeue(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]], delay: float) -> None:
-    # Nothing in the cluster changes when a canary's analysis window ends; wake up for it. In memory only:
-    # after a restart, resume re-derives the same wait.
-    loop = asyncio.get_running_loop()
-    loop.call_later(
-        max(delay, 1.0),
-        lambda: _PENDING.add(loop.create_task(LOOP.run(key, lambda: reconcile(key, memo, indexes), retry=False))),
-    )
-
-
-_PENDING: set[asyncio.Task[None]] = set()
+        # Nothing in the cluster changes when a canary's analysis window ends; wake up for it. In memory
+        # only: after a restart the initial listing re-derives the same wait.
+        LOOP.run_later(key, max(outcome.requeue_after, 1.0), lambda: reconcile(key, memo, indexes))
 
 
 # The status this operator last wrote, per ModelService. Only this operator writes it, so it is never older
@@ -281,41 +293,37 @@ async def _invalid(kube: Kube, body: Mapping[str, Any], message: str, generation
     )
     status = {"conditions": [c.to_wire() for c in conditions], "observedGeneration": generation}
     await kube.patch_status(body, status)
-    post_transition_events(
-        body, old, conditions, warning_when_true=frozenset(), warning_when_false=frozenset({"Ready"})
-    )
+    post_transition_events(body, old, conditions, core.WARNINGS)
 
 
 def _kopf_body(body: Mapping[str, Any]) -> kopf.Body:
     return kopf.Body(cast(kopf.RawBody, dict(body)))
 
 
-async def _run(key: Key, memo: Any, kwargs: Mapping[str, Any], *, retry: bool = True) -> None:
-    await LOOP.run(key, lambda: reconcile(key, memo, kwargs), retry=retry)
+async def _run(key: Key, memo: Any, kwargs: Mapping[str, Any]) -> None:
+    await LOOP.run(key, lambda: reconcile(key, memo, kwargs))
 
 
 # --------------------------------------------------------------------------- handlers
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-async def on_modelservice(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    if namespace:
-        await _run((namespace, name), memo, kwargs)
-
-
+# Every event of a ModelService, including the initial listing (type None) after a start: no kopf
+# create/update/resume handler, so kopf writes no annotations on the object (reconciler.py).
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def ms_deleted(type: str, namespace: str | None, name: str, **_: Any) -> None:
-    if type == "DELETED" and namespace:
+async def on_modelservice(type: str | None, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    if not namespace:
+        return
+    if type == "DELETED":
         LOOP.forget((namespace, name))
         _WRITTEN.pop((namespace, name), None)
+        return
+    await _run((namespace, name), memo, kwargs)
 
 
 async def _child_event(namespace: str | None, labels: Mapping[str, str], memo: Any, kwargs: Mapping[str, Any]) -> None:
     key = _owner(namespace, labels)
     if key is not None and key in kwargs["ms_bodies"]:
-        await _run(key, memo, kwargs, retry=False)
+        await _run(key, memo, kwargs)
 
 
 async def ms_child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any) -> None:
@@ -334,7 +342,7 @@ async def ms_training_job_changed(namespace: str | None, name: str, memo: Any, *
             continue
         for body in index.get(key) or ():
             if _refers_to(body, name, kwargs):
-                await _run(key, memo, kwargs, retry=False)
+                await _run(key, memo, kwargs)
 
 
 def _refers_to(body: Mapping[str, Any], job_name: str, kwargs: Mapping[str, Any]) -> bool:

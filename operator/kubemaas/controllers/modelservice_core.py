@@ -39,6 +39,7 @@ from typing import Any
 
 from kubemaas.api.base import LATEST, ConditionStatus
 from kubemaas.api.modelservice import ModelService, RolloutStrategy
+from kubemaas.controllers.conditions import WarningPolicy
 from kubemaas.manifests import modelservice as m
 from kubemaas.manifests.modelservice import ModelRef, Parent, ServingOptions, Track
 from kubemaas.runtime.termination import (
@@ -77,6 +78,15 @@ class Reason(StrEnum):
     AS_EXPECTED = "AsExpected"
     UNAVAILABLE = "Unavailable"
     NO_MODEL = "NoModel"
+
+
+# Which conditions are Warnings: Degraded, a blocked promotion, and not Ready for any reason but a rollout
+# under way (every new ModelService starts there). Everything else posts an Event only when its status flips.
+WARNINGS = WarningPolicy(
+    when_true=frozenset({Cond.DEGRADED, Cond.PROMOTION_BLOCKED}),
+    when_false=frozenset({Cond.READY}),
+    progress_reasons=frozenset({Reason.ROLLING_OUT}),
+)
 
 
 @dataclass(frozen=True)

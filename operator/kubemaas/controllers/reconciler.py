@@ -2,13 +2,18 @@
 
 Each kind has one `reconcile` coroutine that reads the parent and its children from kopf's in-memory
 indexes, computes the desired children and status with pure functions, and writes only differences. The
-thin kopf handlers (create, update, resume, a safety timer, and events of owned children) all call it
-through `ReconcileLoop.run`, which serialises reconciles of one object (a child event and the parent's own
-handler may arrive together), counts them, and turns failures into kopf's retry semantics:
+thin kopf handlers (`kopf.on.event` of the parent, which also sees every object once when kopf lists them
+at start, and of what it owns) all call it through `ReconcileLoop.run`, which serialises reconciles of one
+object (a child event and the parent's own may arrive together), counts them, and re-runs failures:
 
-- a transient API failure -> `kopf.TemporaryError(delay=...)`, growing with each consecutive failure;
+- a transient API failure -> a re-run after a delay that grows with each consecutive failure;
 - anything else escaping a reconcile is a bug in Kubemaas: logged with the object, counted as `error`,
-  and retried after the longest backoff, never in a hot loop.
+  and re-run after the longest backoff, never in a hot loop.
+
+Why `on.event` and not kopf's create/update/resume handlers: those make kopf store its progress and the
+last-handled spec in annotations of every object (two PATCHes per new object, and kopf's own retries). A
+level-triggered reconcile needs neither: it recomputes everything from what the watches show. The re-runs
+are in memory (`Requeue`); after a restart the initial listing reconciles every object again.
 
 Invalid specs are not failures: the reconcile turns them into a condition and an Event and returns.
 """
@@ -23,9 +28,9 @@ from typing import Any, cast
 
 import kopf
 
-from kubemaas.api.base import Condition, ConditionStatus
+from kubemaas.api.base import Condition
 from kubemaas.controllers.apply import TransientApiError
-from kubemaas.controllers.conditions import transitions
+from kubemaas.controllers.conditions import WarningPolicy, transitions
 from kubemaas.controllers.metrics import PENDING, RECONCILE_SECONDS, RECONCILES
 
 log = logging.getLogger(__name__)
@@ -35,16 +40,52 @@ ObjectKey = tuple[str, str]  # (namespace, name)
 BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
+def without_managed_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the indexes keep of an object: all of it but `metadata.managedFields`, which no reconcile reads
+    and which repeats the shape of every field each manager set (about a third of a Deployment's JSON)."""
+    meta = body.get("metadata") or {}
+    return {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
+class Requeue:
+    """At most one pending re-run per object (controller-runtime's RequeueAfter), held in memory."""
+
+    def __init__(self) -> None:
+        self._pending: dict[ObjectKey, asyncio.TimerHandle] = {}
+        self._running: set[asyncio.Task[None]] = set()
+
+    def schedule(self, key: ObjectKey, delay: float, run: Callable[[], Awaitable[None]]) -> None:
+        self.cancel(key)
+
+        def fire() -> None:
+            self._pending.pop(key, None)
+            task = asyncio.ensure_future(run())
+            self._running.add(task)  # a reference, or the task may be garbage-collected mid-run
+            task.add_done_callback(self._running.discard)
+
+        self._pending[key] = asyncio.get_running_loop().call_later(max(delay, 0.0), fire)
+
+    def cancel(self, key: ObjectKey) -> None:
+        handle = self._pending.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+    def pending(self, key: ObjectKey) -> bool:
+        return key in self._pending
+
+
 class ReconcileLoop:
-    """Per-object serialisation, metrics and retry policy for one kind."""
+    """Per-object serialisation, metrics, re-runs and retry policy for one kind."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.requeue = Requeue()
         self._locks: dict[ObjectKey, asyncio.Lock] = {}
         self._failures: dict[ObjectKey, int] = {}
 
     def forget(self, key: ObjectKey) -> None:
         """Drop the bookkeeping of a deleted object."""
+        self.requeue.cancel(key)
         self._locks.pop(key, None)
         self._failures.pop(key, None)
 
@@ -52,18 +93,20 @@ class ReconcileLoop:
         count = self._failures.get(key, 0)
         return BACKOFF_SECONDS[min(count, len(BACKOFF_SECONDS)) - 1] if count else BACKOFF_SECONDS[0]
 
-    async def run(self, key: ObjectKey, reconcile: Callable[[], Awaitable[None]], *, retry: bool = True) -> None:
-        """Run `reconcile` for `key` under its lock.
+    def run_later(self, key: ObjectKey, delay: float, reconcile: Callable[[], Awaitable[None]]) -> None:
+        """Run `reconcile` for `key` after `delay` seconds, unless another run of it comes first."""
+        self.requeue.schedule(key, delay, lambda: self.run(key, reconcile))
 
-        With `retry` (kopf change handlers and timers), failures raise `kopf.TemporaryError` so kopf
-        retries with backoff. Without it (events of children, which kopf never retries) failures are
-        logged and counted; the parent's safety timer picks the object up again.
-        """
+    async def run(self, key: ObjectKey, reconcile: Callable[[], Awaitable[None]]) -> None:
+        """Run `reconcile` for `key` under its lock; a failure schedules a re-run with backoff."""
         lock = self._locks.setdefault(key, asyncio.Lock())
         gauge = PENDING.labels(self.kind)
         gauge.inc()
         try:
             async with lock:
+                # This run sees the newest state: a re-run pending from before is superseded. The
+                # reconcile (or a failure below) schedules the next one it needs.
+                self.requeue.cancel(key)
                 started = time.monotonic()
                 outcome = "success"
                 try:
@@ -74,19 +117,12 @@ class ReconcileLoop:
                     self._failures[key] = self._failures.get(key, 0) + 1
                     delay = self.backoff(key)
                     log.warning("%s %s/%s: %s; retrying in %.0fs", self.kind, *key, error, delay)
-                    if retry:
-                        raise kopf.TemporaryError(str(error), delay=delay) from error
-                except kopf.TemporaryError:
-                    outcome = "retry"
-                    raise
-                except Exception as error:
+                    self.run_later(key, delay, reconcile)
+                except Exception:
                     outcome = "error"
                     self._failures[key] = len(BACKOFF_SECONDS)
                     log.exception("%s %s/%s: reconcile failed", self.kind, *key)
-                    if retry:
-                        raise kopf.TemporaryError(
-                            f"{type(error).__name__}: {error}", delay=BACKOFF_SECONDS[-1]
-                        ) from error
+                    self.run_later(key, BACKOFF_SECONDS[-1], reconcile)
                 finally:
                     RECONCILES.labels(self.kind, outcome).inc()
                     RECONCILE_SECONDS.labels(self.kind).observe(time.monotonic() - started)
@@ -95,22 +131,11 @@ class ReconcileLoop:
 
 
 def post_transition_events(
-    body: Mapping[str, Any],
-    old: Sequence[Condition] | None,
-    new: Sequence[Condition],
-    *,
-    warning_when_true: frozenset[str],
-    warning_when_false: frozenset[str] = frozenset(),
+    body: Mapping[str, Any], old: Sequence[Condition] | None, new: Sequence[Condition], bad: WarningPolicy
 ) -> None:
-    """One Event per condition that changed status or reason: what a user watching `kubectl describe` needs.
-
-    A condition named in `warning_when_true` (Failed, Degraded, ...) is a Warning when it turns True; one in
-    `warning_when_false` (Ready) is a Warning when it turns False. Everything else is Normal.
-    """
-    for condition in transitions(old, new):
-        warning = (condition.type in warning_when_true and condition.status == ConditionStatus.TRUE) or (
-            condition.type in warning_when_false and condition.status == ConditionStatus.FALSE
-        )
+    """The Events a user watching `kubectl describe` needs (`conditions.transitions`): Warnings for bad
+    conditions, Normal Events for flips of a known status."""
+    for condition, warning in transitions(old, new, bad):
         message = condition.message or f"{condition.type} is {condition.status.value}"
         kopf.event(
             kopf.Body(cast(kopf.RawBody, dict(body))),

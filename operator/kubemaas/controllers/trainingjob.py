@@ -1,14 +1,14 @@
 """kopf handlers of the TrainingJob controller: thin wiring around `trainingjob_core.reconcile`.
 
-Every trigger ends in `reconcile(key)`: the TrainingJob's create/update/resume handlers, the events of
-what it owns (PyTorchJob, Job, Service, pods), and a requeue the reconcile itself asks for (a blocked
-job's re-check, ttlSecondsAfterFinished, a late pod, a failed attempt). The parent and its children are
-read from kopf indexes (filled by the watches, which `settings.CHILD_RESOURCES` restricts server-side to
-objects labelled managed-by kubemaas), never by listing.
+Every trigger ends in `reconcile(key)`: the TrainingJob's own events (and the initial listing at start),
+the events of what it owns (PyTorchJob, Job, Service, pods), and a requeue the reconcile itself asks for
+(a blocked job's re-check, ttlSecondsAfterFinished, a late pod) or a failed attempt's re-run. The parent
+and its children are read from kopf indexes (filled by the watches, which `settings.CHILD_RESOURCES`
+restricts server-side to objects labelled managed-by kubemaas), never by listing.
 
 Why a requeue and not `@kopf.timer`: kopf puts a finalizer on every object a timer serves (kopf 1.45
 hard-codes it), so each TrainingJob would need a running operator to be deleted, and DESIGN.md §3
-wants no finalizer. The requeue is in memory; after a restart the resume handlers start over.
+wants no finalizer. The requeue is in memory; after a restart kopf's initial listing reconciles every object again.
 
 API reads happen only where the watches cannot help, and only before the workload exists: the
 claims and the key Secret of the pre-flight check (one GET each). A user's key Secret (generateKey:
@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,15 +36,13 @@ from kubemaas.controllers.apply import Conflict, Kube
 from kubemaas.controllers.conditions import utc_now
 from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
-from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events
+from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events, without_managed_fields
 from kubemaas.manifests import trainingjob as manifests
 
 log = logging.getLogger(__name__)
 
 KIND = "TrainingJob"
 GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
-# After a reconcile that failed (a transient API error after a child's event, which kopf never retries).
-FAILURE_REQUEUE_SECONDS = 30.0
 # After a conflicting status write: by then the watch has delivered the newer TrainingJob to the index.
 CONFLICT_REQUEUE_SECONDS = 1.0
 # How long the answer "is the PyTorchJob CRD served?" is trusted before it is asked again.
@@ -81,33 +79,6 @@ def _serves_v1(crd: Mapping[str, Any]) -> bool:
 DISCOVERY = Discovery()
 
 
-class Requeue:
-    """At most one pending re-run per object (controller-runtime's RequeueAfter), held in memory."""
-
-    def __init__(self) -> None:
-        self._pending: dict[ObjectKey, asyncio.TimerHandle] = {}
-        self._running: set[asyncio.Task[None]] = set()
-
-    def schedule(self, key: ObjectKey, delay: float, run: Callable[[], Awaitable[None]]) -> None:
-        self.cancel(key)
-
-        def fire() -> None:
-            self._pending.pop(key, None)
-            task = asyncio.ensure_future(run())
-            self._running.add(task)  # a reference, or the task may be garbage-collected mid-run
-            task.add_done_callback(self._running.discard)
-
-        self._pending[key] = asyncio.get_running_loop().call_later(max(delay, 0.0), fire)
-
-    def cancel(self, key: ObjectKey) -> None:
-        handle = self._pending.pop(key, None)
-        if handle is not None:
-            handle.cancel()
-
-
-REQUEUE = Requeue()
-
-
 @dataclass
 class _Written:
     """The status this operator last wrote, the resourceVersion it was computed from, and the one it made.
@@ -141,7 +112,7 @@ def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
 
 @kopf.index(GROUP, VERSION, PLURAL)
 def trainingjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[ObjectKey, Any] | None:
-    return {(namespace, name): body} if namespace else None
+    return {(namespace, name): without_managed_fields(body)} if namespace else None
 
 
 def _by_parent(namespace: str | None, labels: Mapping[str, str], value: Any) -> dict[ObjectKey, Any] | None:
@@ -164,7 +135,7 @@ def _child_indexer(index: str) -> Callable[..., dict[ObjectKey, Any] | None]:
     def indexer(
         namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
     ) -> dict[ObjectKey, Any] | None:
-        return _by_parent(namespace, labels, _slim_pod(body) if slim else body)
+        return _by_parent(namespace, labels, _slim_pod(body) if slim else without_managed_fields(body))
 
     return indexer
 
@@ -234,30 +205,15 @@ def _current_body(key: ObjectKey, body: Mapping[str, Any]) -> tuple[dict[str, An
 
 
 async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
-    again = _runner(key, kube, indexes)
-    REQUEUE.cancel(key)
-    try:
-        requeue_after = await _reconcile(key, kube, indexes)
-    except Exception:
-        REQUEUE.schedule(key, FAILURE_REQUEUE_SECONDS, again)
-        raise
+    requeue_after = await _reconcile(key, kube, indexes)
     if requeue_after is not None:
-        REQUEUE.schedule(key, requeue_after, again)
-
-
-def _runner(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        await LOOP.run(key, lambda: reconcile(key, kube, indexes), retry=False)
-
-    return run
+        LOOP.run_later(key, requeue_after, lambda: reconcile(key, kube, indexes))
 
 
 async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> float | None:
     bodies = list(indexes["trainingjobs"].get(key, []))
     if not bodies:
-        LOOP.forget(key)
-        _WRITTEN.pop(key, None)
-        return None
+        return None  # deleted (the parent's DELETED event drops the bookkeeping)
     body, version = _current_body(key, bodies[0])
     if body["metadata"].get("deletionTimestamp"):
         return None
@@ -298,13 +254,7 @@ async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Inde
         STATUS_WRITES.labels(KIND).inc()
         _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), status, written)
         old = job.status.conditions if job.status is not None else None
-        post_transition_events(
-            body,
-            old,
-            desired.status.conditions or [],
-            warning_when_true=frozenset({core.FAILED}),
-            warning_when_false=frozenset({core.READY, core.CREATED}),
-        )
+        post_transition_events(body, old, desired.status.conditions or [], core.WARNINGS)
     return desired.requeue_after
 
 
@@ -323,11 +273,7 @@ async def _report_invalid(
         _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), wire, written)
         old = (body.get("status") or {}).get("conditions")
         post_transition_events(
-            body,
-            [Condition.model_validate(c) for c in old or ()],
-            status.conditions or [],
-            warning_when_true=frozenset({core.FAILED}),
-            warning_when_false=frozenset({core.READY, core.CREATED}),
+            body, [Condition.model_validate(c) for c in old or ()], status.conditions or [], core.WARNINGS
         )
     return None
 
@@ -335,27 +281,33 @@ async def _report_invalid(
 # --- handlers ---------------------------------------------------------------------------------------
 
 
-async def _run(key: ObjectKey, memo: kopf.Memo, indexes: Mapping[str, kopf.Index[Any, Any]], retry: bool) -> None:
+async def _run(key: ObjectKey, memo: kopf.Memo, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
     kube: Kube = memo["kube"]
-    await LOOP.run(key, lambda: reconcile(key, kube, indexes), retry=retry)
+    await LOOP.run(key, lambda: reconcile(key, kube, indexes))
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
     return {n: kwargs[n] for n in ("trainingjobs", *CHILD_INDEXES)}
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-async def trainingjob_changed(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    if namespace:
-        await _run((namespace, name), memo, _indexes(kwargs), retry=True)
+# Every event of a TrainingJob, including the initial listing (type None) after a start: no kopf
+# create/update/resume handler, so kopf writes no annotations on the object (reconciler.py).
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def trainingjob_event(type: str | None, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    if not namespace:
+        return
+    key = (namespace, name)
+    if type == "DELETED":
+        LOOP.forget(key)
+        _WRITTEN.pop(key, None)
+        return
+    await _run(key, memo, _indexes(kwargs))
 
 
 async def _child_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **kwargs: Any) -> None:
     parent = parent_of(KIND, labels)
     if parent is not None and namespace:
-        await _run((namespace, parent), memo, _indexes(kwargs), retry=False)
+        await _run((namespace, parent), memo, _indexes(kwargs))
 
 
 for _index, (_group, _version, _plural) in CHILD_INDEXES.items():

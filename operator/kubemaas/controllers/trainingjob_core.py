@@ -35,7 +35,7 @@ from kubemaas.api.trainingjob import (
     TrainingJob,
     TrainingJobStatus,
 )
-from kubemaas.controllers.conditions import find_condition, is_true, set_condition
+from kubemaas.controllers.conditions import WarningPolicy, find_condition, is_true, set_condition
 from kubemaas.manifests import trainingjob as manifests
 from kubemaas.runtime import termination
 
@@ -51,6 +51,9 @@ READY, CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED = (
     "Suspended",
 )
 CONDITION_TYPES = (READY, CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
+# Which conditions are Warnings (a failed job, a job blocked before its workload); everything else posts an
+# Event only when its status flips from a known one.
+WARNINGS = WarningPolicy(when_true=frozenset({FAILED}), when_false=frozenset({READY, CREATED}))
 
 # A condition message stays readable in `kubectl describe` and small in etcd.
 MESSAGE_LIMIT = 1024
