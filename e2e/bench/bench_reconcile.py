@@ -62,8 +62,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from e2e.cluster import control_plane  # noqa: E402
 from e2e.cluster.processes import free_port, http_probe, wait_ready  # noqa: E402
 from e2e.conftest import PSS_RESTRICTED  # noqa: E402
-from e2e.kube import apiserver_requests, apply_crd, load_crds, requests_between  # noqa: E402
-from e2e.test_trainingjob import training_job as e2e_training_job  # noqa: E402
+from e2e.kube import apiserver_requests, apply_crd, bound_claim, load_crds, requests_between  # noqa: E402
+from e2e.kube import training_job as e2e_training_job  # noqa: E402
 from e2e.waits import condition_is, wait_for_objects  # noqa: E402
 from kubemaas.api import ModelService  # noqa: E402
 from kubemaas.controllers import modelservice as ms_controller  # noqa: E402
@@ -140,33 +140,8 @@ class Bench:
         return name
 
     def claim(self, namespace: str, name: str) -> None:
-        pv = f"{namespace}-{name}"
-        self.made_volumes.append(pv)
-        self.core.create_persistent_volume(
-            {
-                "metadata": {"name": pv},
-                "spec": {
-                    "capacity": {"storage": "1Gi"},
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "hostPath": {"path": f"/tmp/kubemaas-bench/{pv}"},
-                    "claimRef": {"namespace": namespace, "name": name},
-                },
-            }
-        )
-        self.core.create_namespaced_persistent_volume_claim(
-            namespace,
-            {
-                "metadata": {"name": name},
-                "spec": {
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "volumeName": pv,
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            },
-        )
+        volume = {"hostPath": {"path": f"/tmp/kubemaas-bench/{namespace}-{name}"}}
+        self.made_volumes.append(bound_claim(self.api, namespace, name, volume))
 
     def serving_namespace(self, stem: str) -> tuple[str, dict[str, Any]]:
         """A namespace with the store claim, a key Secret and a TrainingJob that published v1."""
