@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from kubemaas.api.base import ConditionStatus
 from kubemaas.controllers import modelservice as handlers
 from kubemaas.controllers import modelservice_core as core
@@ -96,9 +98,5 @@ def test_a_slim_replica_set_still_names_its_model_and_owner() -> None:
     assert handlers._owned_by(slim, "digits")
     assert slim["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "3"}
     assert "managedFields" not in slim["metadata"] and "containers" not in template["spec"]
-    assert (
-        "managedFields"
-        not in handlers._child_index("ns", child_labels("ModelService", "digits", "server"), replica_set)[
-            ("ns", "digits")
-        ]["metadata"]
-    )
+    indexed = asyncio.run(handlers._child_index("ns", child_labels("ModelService", "digits", "server"), replica_set))
+    assert indexed is not None and "managedFields" not in indexed[("ns", "digits")]["metadata"]

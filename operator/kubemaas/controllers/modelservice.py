@@ -53,16 +53,16 @@ def _owner(namespace: str | None, labels: Mapping[str, str] | None) -> Key | Non
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def ms_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]] | None:
+async def ms_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]] | None:
     return {(namespace, name): without_managed_fields(body)} if namespace else None
 
 
 @kopf.index(GROUP, VERSION, "trainingjobs")
-def ms_training_jobs(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, dict[str, Any]]:
+async def ms_training_jobs(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, dict[str, Any]]:
     return {namespace: without_managed_fields(body)}
 
 
-def _child_index(
+async def _child_index(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]] | None:
     key = _owner(namespace, labels)
@@ -86,7 +86,7 @@ def _slim_replica_set(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _replica_set_index(
+async def _replica_set_index(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]] | None:
     key = _owner(namespace, labels)

@@ -16,6 +16,9 @@ level-triggered reconcile needs neither: it recomputes everything from what the 
 are in memory (`Requeue`); after a restart the initial listing reconciles every object again.
 
 Invalid specs are not failures: the reconcile turns them into a condition and an Event and returns.
+
+Indexers and handlers are `async def`: kopf runs a plain `def` handler on its executor thread, one
+thread hop per event and index, which at 1,000 objects is a measurable share of the operator's time.
 """
 
 from __future__ import annotations

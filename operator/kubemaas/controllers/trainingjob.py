@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +111,7 @@ def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def trainingjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[ObjectKey, Any] | None:
+async def trainingjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[ObjectKey, Any] | None:
     return {(namespace, name): without_managed_fields(body)} if namespace else None
 
 
@@ -129,10 +129,10 @@ CHILD_INDEXES: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _child_indexer(index: str) -> Callable[..., dict[ObjectKey, Any] | None]:
+def _child_indexer(index: str) -> Callable[..., Awaitable[dict[ObjectKey, Any] | None]]:
     slim = index == "trainingjob_pods"
 
-    def indexer(
+    async def indexer(
         namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
     ) -> dict[ObjectKey, Any] | None:
         return _by_parent(namespace, labels, _slim_pod(body) if slim else without_managed_fields(body))
