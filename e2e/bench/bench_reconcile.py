@@ -759,7 +759,7 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "note": "shared 2-core machine: other sessions' builds and tests (on their own clusters) ran beside it",
+        "note": "the load averages (at start, now, and per phase) show what else ran on the machine",
     }
 
 
