@@ -76,6 +76,10 @@ CLUSTER := $(BIN)/python -m e2e.cluster
 cluster-build: venv ## build etcd, Kubernetes, kwok, the training operator and helm (cached)
 	$(CLUSTER) build
 
+.PHONY: packages
+packages: venv ## install every Debian package the project needs (e2e/cluster/debian.py; root); each step also installs its own
+	$(CLUSTER) packages
+
 .PHONY: images
 images: venv ## build the real node's images (pause, base, operator, model-loader, trainer, triton-python), cached (e2e/cluster/images.py)
 	$(CLUSTER) images

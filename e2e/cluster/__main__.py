@@ -1,11 +1,11 @@
-"""`python -m e2e.cluster build|up|down|status|kubeconfig|apply-crds|images [NAME...]`."""
+"""`python -m e2e.cluster build|up|down|status|kubeconfig|apply-crds|packages|images [NAME...]`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import control_plane, host, images, node
+from . import control_plane, debian, host, images, node
 from .build import BuildError, ensure_built
 from .processes import ComponentError
 from .versions import run_dir
@@ -13,7 +13,9 @@ from .versions import run_dir
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
-    parser.add_argument("command", choices=["build", "up", "down", "status", "kubeconfig", "apply-crds", "images"])
+    parser.add_argument(
+        "command", choices=["build", "up", "down", "status", "kubeconfig", "apply-crds", "packages", "images"]
+    )
     parser.add_argument("names", nargs="*", help="images: which to build (default: all)")
     parser.add_argument(
         "--real-node",
@@ -25,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "build":
             print(ensure_built())
+        elif command == "packages":  # every step's Debian packages at once (each step also installs its own)
+            for step in debian.PACKAGES:
+                debian.ensure(step)
         elif command == "images":
             built = {name: images.ensure_image(name) for name in arguments.names or images.BUILDERS}
             for name, archive in built.items():
@@ -44,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
             print(run_dir() / "kubeconfig")
         else:
             return _status()
-    except (BuildError, ComponentError, images.ImageError, node.NodeError, host.HostRestoreError) as error:
+    except (
+        BuildError,
+        ComponentError,
+        debian.PackageError,
+        images.ImageError,
+        node.NodeError,
+        host.HostRestoreError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -34,12 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import debian
 from .versions import CLUSTER_DIR, cache_root
 
 # The node's sandbox image (containerd's `sandbox_image`); the name is ours, nothing pulls it.
 PAUSE_IMAGE = "localhost/kubemaas/pause:1.0"
-# Debian packages the image build needs (the node code installs them with its own apt function).
-IMAGE_BUILD_PACKAGES = ("buildah", "debootstrap")
 # Bump when the packing below changes the images' bytes or layout, so old cache entries are not reused.
 PACKING_VERSION = "1"
 PAUSE_MODULE = CLUSTER_DIR / "modules" / "pause"
@@ -515,13 +514,23 @@ def tar_rootfs(root: Path, dest: Path) -> Layer:
     return file_layer(dest)
 
 
+def _need_build_tools(ref: str) -> None:
+    """Install the image build's Debian packages (e2e/cluster/debian.py) before the first build step runs."""
+    try:
+        debian.ensure("images")
+    except debian.PackageError as error:
+        raise ImageError(f"building {ref}: {error}") from None
+    for program, package in debian.programs_of("images").items():
+        if shutil.which(program) is None:
+            raise ImageError(f"building {ref} needs {program} (Debian package {package}), which is not on PATH")
+
+
 def ensure_base() -> Path:
     """The Python base image: debootstrap --variant=minbase with BASE_PACKAGES, one layer."""
     key = base_key()
     if (cached := _cached(key)) is not None:
         return cached
-    if shutil.which("debootstrap") is None:
-        raise ImageError(f"the base image needs debootstrap (Debian packages: {' '.join(IMAGE_BUILD_PACKAGES)})")
+    _need_build_tools(BASE_IMAGE)
     started = time.monotonic()
     staging = _staging()
     build_log = staging / "build.log"
@@ -689,9 +698,7 @@ def build_dockerfile(image: DockerfileImage) -> Path:
     key = dockerfile_key(image, base_archive.parent.name, wheels)
     if (cached := _cached(key)) is not None:
         return cached
-    for tool in IMAGE_BUILD_PACKAGES:
-        if shutil.which(tool) is None:
-            raise ImageError(f"building {image.ref} needs {tool} (Debian packages: {' '.join(IMAGE_BUILD_PACKAGES)})")
+    _need_build_tools(image.ref)
     # The base's name in buildah carries its key: two checkouts building at once (with different bases) never
     # retag each other's base between loading it and `FROM`, and buildah's step cache follows the content.
     base_name = f"{BASE_IMAGE}-{base_archive.parent.name}"

@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from . import host, metrics_server, processes
-from .debian import ensure_packages
+from . import debian, host, metrics_server, processes
 from .images import CRI_NAMESPACE, PAUSE_IMAGE, ensure_image, import_images
 from .kubeconfig import write_kubeconfig
 from .pki import CertificateAuthority, KeyPair
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
 NODE_NAME = "kubemaas-node"
 REAL_NODE_LABEL = "kubemaas.io/real-node"
 REAL_NODE_TAINT = {"key": REAL_NODE_LABEL, "value": "true", "effect": "NoSchedule"}
-# containerd 1.6 speaks CRI v1, which kubelet 1.34 needs; runc and the CNI plugins come with it.
-NODE_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "conntrack")
 CNI_BIN_DIR = "/usr/lib/cni"
 BRIDGE = "kubemaas0"
 # Inside POD_CIDR (control_plane.py), beside kwok's half: the real node's pods get 198.18.128.0/24.
@@ -326,7 +323,7 @@ def apiserver_args(ca: CertificateAuthority, pki: Path) -> list[str]:
 def start(cluster: Cluster, ca: CertificateAuthority, ip: str, server: str, pod_cidr: str) -> None:
     """Start containerd, the kubelet, kube-proxy, CoreDNS and metrics-server; return when the node is Ready,
     DNS answers and the resource metrics API is Available."""
-    ensure_packages(NODE_PACKAGES)
+    debian.ensure("node")
     paths = NodePaths(cluster.root)
     for directory in (paths.containerd / "state", paths.kubelet, paths.cni / "net.d", paths.coredns, paths.images):
         directory.mkdir(parents=True, exist_ok=True)
