@@ -92,6 +92,10 @@ cluster-up: venv ## start the local control plane; prints its kubeconfig
 cluster-down: venv ## stop the local control plane
 	$(CLUSTER) down
 
+# The e2e suite's xdist workers: most of a scenario is waiting on the API server and on pods, so more workers
+# than cores; tests that must not overlap share an xdist_group (e2e/conftest.py).
+E2E_WORKERS ?= 4
+
 # The real node (containerd, kubelet, kube-proxy, CoreDNS) needs root; on by default where make runs as root.
 REAL_NODE ?= $(if $(filter 0,$(shell id -u)),1,0)
 
@@ -103,7 +107,7 @@ e2e: venv ## end-to-end suite (local cluster unless KUBEMAAS_E2E_KUBECONFIG name
 	@if [ -z "$${KUBEMAAS_E2E_KUBECONFIG:-}" ] && [ "$(REAL_NODE)" = 1 ]; then $(CLUSTER) images; fi
 	@# A node of its own that must leave the host as it found it: alone, before the suite's cluster starts.
 	@if [ -z "$${KUBEMAAS_E2E_KUBECONFIG:-}" ] && [ "$(REAL_NODE)" = 1 ]; then $(call pytest,-m host_restore e2e); fi
-	KUBEMAAS_E2E_REAL_NODE=$(REAL_NODE) $(call pytest,-m "not host_restore" e2e)
+	KUBEMAAS_E2E_REAL_NODE=$(REAL_NODE) $(call pytest,-n $(E2E_WORKERS) --dist loadgroup --durations=10 -m "not host_restore" e2e)
 
 .PHONY: bench-reconcile
 bench-reconcile: venv ## operator vs raw-API baseline vs Kubeflow, N=100,500,1000, 10 min at rest (local cluster; ~45 min; not in make test)

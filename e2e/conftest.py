@@ -1,15 +1,23 @@
-"""pytest wiring for the end-to-end suite: one cluster per session, one namespace per test.
+"""pytest wiring for the end-to-end suite: one cluster per run, one namespace per test.
 
 The suite needs nothing but a kubeconfig. With KUBEMAAS_E2E_KUBECONFIG set it
 uses that cluster as is; otherwise it starts the local control plane from
 e2e/cluster (reusing one that `make cluster-up` already started, and leaving
 that one running afterwards). KUBEMAAS_E2E_REAL_NODE=1 (what `make e2e` sets
 unless REAL_NODE=0) adds the real node; tests marked `real_node` skip without one.
+
+`make e2e` runs the suite on pytest-xdist workers (most of it is waiting on the API server and on pods): each
+test has its own namespace and its own operator, so tests share nothing but the cluster. The first worker that
+needs the cluster starts it under a file lock, the others find it running, and the controller process stops it
+when the whole run ends (a worker's session ends while others still use it). Tests that must not overlap each
+other share an `xdist_group` (one worker runs a group in order): the real node's containerd tests, the real
+node's heavy scenarios, and the throwaway control planes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -30,10 +38,21 @@ from e2e.chart import Tools, chart_identity
 from e2e.cluster import control_plane, images, node, processes
 from e2e.cluster.node import REAL_NODE_LABEL, pod_placement
 from e2e.cluster.processes import ComponentError, free_port, log_tail
+from e2e.cluster.versions import run_dir
 from e2e.kube import apply_crd, load_crds
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+# Groups of tests that one xdist worker runs in order (`--dist loadgroup`), beside the rest of the suite.
+SERIAL_THROWAWAY = pytest.mark.xdist_group("throwaway-control-planes")  # a second API server + etcd each
+SERIAL_NODE_CONTAINERS = pytest.mark.xdist_group("node-containerd")  # containers in the node's containerd
+SERIAL_NODE_SCENARIOS = pytest.mark.xdist_group("real-node-scenarios")  # CPU training and Triton on the node
+# Names this pytest run; xdist's workers inherit it. The worker that starts the local cluster writes it
+# beside the cluster's state, and the controller stops the cluster at the end only if this run started it.
+RUN_ID_VARIABLE = "KUBEMAAS_E2E_RUN_ID"
+STARTED_BY = "started-by-run"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,6 +60,31 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "host_restore: starts and stops a real node of its own; `make e2e` runs these alone, first"
     )
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist): before workers start
+        os.environ[RUN_ID_VARIABLE] = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The controller stops the local cluster once every worker is done, if this run started it."""
+    if hasattr(session.config, "workerinput"):
+        return
+    marker = run_dir() / STARTED_BY
+    if marker.is_file() and marker.read_text() == os.environ.get(RUN_ID_VARIABLE):
+        marker.unlink()
+        control_plane.down()
+
+
+@contextlib.contextmanager
+def _worker_lock(name: str) -> Iterator[None]:
+    """One xdist worker at a time in the block (starting or finding the cluster, importing the node's images)."""
+    lock = run_dir().parent / f"{name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -174,14 +218,13 @@ def cluster() -> Iterator[E2ECluster]:
         yield E2ECluster(Path(external), config.new_client_from_config(config_file=external), None)
         return
     real_node = os.environ.get("KUBEMAAS_E2E_REAL_NODE", "0") == "1"
-    existing = control_plane.load()
-    reused = existing is not None and control_plane.healthy(existing) and (bool(existing.node_ip) or not real_node)
-    local = control_plane.up(real_node=real_node)
-    try:
-        yield E2ECluster(local.kubeconfig, config.new_client_from_config(config_file=str(local.kubeconfig)), local)
-    finally:
-        if not reused:
-            control_plane.down()
+    with _worker_lock("run"):
+        existing = control_plane.load()
+        reused = existing is not None and control_plane.healthy(existing) and (bool(existing.node_ip) or not real_node)
+        local = control_plane.up(real_node=real_node)
+        if not reused:  # stopped by pytest_sessionfinish once every worker is done
+            (run_dir() / STARTED_BY).write_text(os.environ.get(RUN_ID_VARIABLE, ""))
+    yield E2ECluster(local.kubeconfig, config.new_client_from_config(config_file=str(local.kubeconfig)), local)
 
 
 @dataclass(frozen=True)
@@ -208,7 +251,8 @@ def node_images(cluster: E2ECluster, real_node: RealNode) -> None:
     """Every image of e2e/cluster/images.py in the local real node's containerd (`make e2e` builds them
     before pytest starts); another cluster's node must have them already."""
     if cluster.local is not None:
-        node.load_images(cluster.local, list(images.BUILDERS))
+        with _worker_lock("node-images"):  # the first worker imports; the next finds every layer held
+            node.load_images(cluster.local, list(images.BUILDERS))
 
 
 PSS_RESTRICTED = {

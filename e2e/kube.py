@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 CRDS_DIR = REPO / "crds"
 OUTCOME_LABEL = "kwok.kubemaas.io/outcome"
 TERMINATION_MESSAGE_ANNOTATION = "kwok.kubemaas.io/termination-message"
+CRD_APPLY_ATTEMPTS = 5  # xdist workers apply the same CRDs at once: 409s are expected, retried
 
 
 def load_crds(directory: Path = CRDS_DIR) -> list[dict[str, Any]]:
@@ -27,9 +28,22 @@ def load_crds(directory: Path = CRDS_DIR) -> list[dict[str, Any]]:
 
 
 def apply_crd(api: client.ApiClient, crd: dict[str, Any]) -> list[str]:
-    """Create or replace a CRD; returns the API server's Warning headers (e.g. pruning warnings)."""
+    """Create or replace a CRD; returns the API server's Warning headers (e.g. pruning warnings).
+
+    The suite's xdist workers apply the same CRDs at once: a create that finds it exists, or a replace that
+    lost to another's, reads again and replaces (the content is the same generated file)."""
     ext = client.ApiextensionsV1Api(api)
     name = crd["metadata"]["name"]
+    for _ in range(CRD_APPLY_ATTEMPTS - 1):
+        try:
+            return _create_or_replace_crd(ext, name, crd)
+        except client.ApiException as error:
+            if error.status != 409:
+                raise
+    return _create_or_replace_crd(ext, name, crd)
+
+
+def _create_or_replace_crd(ext: client.ApiextensionsV1Api, name: str, crd: dict[str, Any]) -> list[str]:
     try:
         current: Any = ext.read_custom_resource_definition(name)
     except client.ApiException as error:

@@ -20,11 +20,14 @@ from kubernetes import client, config
 from e2e.cluster import control_plane, processes
 from e2e.cluster.build import ensure_built
 from e2e.cluster.processes import ComponentError
-from e2e.conftest import E2ECluster
+from e2e.conftest import SERIAL_THROWAWAY, E2ECluster
 
-pytestmark = pytest.mark.skipif(
-    bool(os.environ.get("KUBEMAAS_E2E_KUBECONFIG")), reason="exercises the local control plane only"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        bool(os.environ.get("KUBEMAAS_E2E_KUBECONFIG")), reason="exercises the local control plane only"
+    ),
+    SERIAL_THROWAWAY,
+]
 
 
 # Issue 3's promise for a warm `make cluster-up` (binaries already built by the session's cluster).

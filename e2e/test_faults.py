@@ -28,7 +28,7 @@ import pytest
 from kubernetes import client, config
 
 from e2e.cluster import control_plane
-from e2e.conftest import PSS_RESTRICTED, E2ECluster, OperatorLauncher
+from e2e.conftest import PSS_RESTRICTED, SERIAL_THROWAWAY, E2ECluster, OperatorLauncher
 from e2e.kube import apiserver_requests, requests_between
 from e2e.test_modelservice import (  # noqa: F401  (crds and store are fixtures)
     GROUP,
@@ -41,6 +41,9 @@ from e2e.test_modelservice import (  # noqa: F401  (crds and store are fixtures)
     store,
 )
 from kubemaas.controllers.labels import parent_label
+
+# A throwaway control plane each, whose API server and etcd these tests stop: one at a time.
+pytestmark = SERIAL_THROWAWAY
 
 PARENT = parent_label("ModelService")
 MIN_REQUEST_TIMEOUT = 4  # seconds; the API server ends a watch without timeoutSeconds after 4-8 s

@@ -20,6 +20,10 @@ from typing import Any
 import pytest
 
 from e2e.cluster import control_plane, images, node, processes
+from e2e.conftest import SERIAL_NODE_CONTAINERS
+
+# Containers by fixed names in the node's containerd, and one module-scoped `ctr`: one worker runs them all.
+pytestmark = SERIAL_NODE_CONTAINERS
 
 CONTAINERD_CONFIG = """version = 2
 root = "{root}/root"

@@ -27,7 +27,7 @@ from kubernetes.utils import parse_quantity
 from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
 from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES, PAUSE_IMAGE
-from e2e.conftest import REPO, E2ECluster, OperatorProcess, RealNode
+from e2e.conftest import REPO, SERIAL_NODE_SCENARIOS, E2ECluster, OperatorProcess, RealNode
 from e2e.kube import KSERVE_CLIENT, bound_claim
 from e2e.test_modelservice import GROUP, VERSION, condition, crds, model_service, wait_ms  # noqa: F401 (crds: a fixture)
 from kubemaas.manifests.modelservice import VERSION_LABEL
@@ -35,6 +35,9 @@ from kubemaas.manifests.pods import WORKLOAD_UID
 from kubemaas.runtime.artifacts import ArtifactStore
 from kubemaas.runtime.keyring import generate_key
 from tests.serving.conftest import KEY_ID, MODEL, publish
+
+# CPU training with torch.distributed and Triton on the one real node: one scenario at a time.
+pytestmark = SERIAL_NODE_SCENARIOS
 
 # The real node's local PersistentVolumes: directories of this machine, one per test namespace.
 STORE_ROOT = Path("/tmp/kubemaas-e2e-real")

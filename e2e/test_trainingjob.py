@@ -13,6 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from kubernetes import client, config
 from e2e import waits
 from e2e.cluster import control_plane
 from e2e.cluster.nodes import GPU_NODES
-from e2e.conftest import PSS_RESTRICTED, E2ECluster, OperatorLauncher, OperatorProcess
+from e2e.conftest import PSS_RESTRICTED, SERIAL_THROWAWAY, E2ECluster, OperatorLauncher, OperatorProcess
 from e2e.kube import (
     OUTCOME_LABEL,
     TERMINATION_MESSAGE_ANNOTATION,
@@ -450,16 +451,20 @@ def test_ttl_after_finished_deletes_the_children_and_keeps_the_job(
     for rank, pod in pods.items():
         jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")
     jobs.wait_condition("brief", "Succeeded")
-    finished = time.monotonic()
     jobs.wait_gone(
         "batch/v1", "Job", "brief-workers", "the finished Job to be deleted after ttlSecondsAfterFinished", timeout=60
     )
-    waited = time.monotonic() - finished
+    # From the completion time the API server recorded (the Job's, mirrored into the status; whole seconds, so
+    # at most a second early), not from when this test saw Succeeded: on a busy machine the watch can deliver
+    # Succeeded late, and the Job's deletion seemed to follow it in 1.3 s although it came 3 s after completion.
+    deleted = time.time()
     jobs.wait_gone("v1", "Service", "brief-workers", "the headless Service to be deleted", timeout=30)
     jobs.wait_pods("brief", lambda pods: not pods, "the pods to be garbage-collected")
     kept = jobs.get("brief")
     assert _cond_status(kept, "Succeeded") == "True" and kept["status"]["model"]["version"]
-    assert 2 <= waited <= 30, f"children deleted {waited:.1f}s after Succeeded, ttl 3s"
+    completed = datetime.fromisoformat(kept["status"]["completionTime"]).timestamp()
+    waited = deleted - completed
+    assert 2 <= waited <= 30, f"children deleted {waited:.1f}s after the job completed, ttl 3s"
 
 
 # --- restarts ---------------------------------------------------------------------------------------
@@ -669,6 +674,7 @@ def bare_cluster(tmp_path: Path) -> Iterator[E2ECluster]:
         control_plane.down(root)
 
 
+@SERIAL_THROWAWAY
 def test_without_the_pytorchjob_crd_auto_picks_job_and_pytorchjob_is_refused(
     bare_cluster: E2ECluster, tmp_path: Path
 ) -> None:
