@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from kubemaas.api import ModelService
 from kubemaas.api.base import Condition, ConditionStatus
-from kubemaas.api.core import DEFAULT_GPU_RESOURCE
+from kubemaas.api.core import DEFAULT_GPU_RESOURCE, LabelSelector
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.apply import Kube
@@ -349,9 +349,13 @@ def _refers_to(body: Mapping[str, Any], job_name: str, kwargs: Mapping[str, Any]
     model = body.get("spec", {}).get("model", {})
     if (model.get("trainingJobRef") or {}).get("name") == job_name:
         return True
-    selector = (model.get("trainingJobSelector") or {}).get("matchLabels")
-    if selector is None:
+    raw_selector = model.get("trainingJobSelector")
+    if raw_selector is None:
         return False
+    try:
+        selector = LabelSelector.model_validate(raw_selector)
+    except ValidationError:
+        return True  # the reconcile reports the invalid spec
     job = next(
         (
             j
@@ -362,4 +366,4 @@ def _refers_to(body: Mapping[str, Any], job_name: str, kwargs: Mapping[str, Any]
     )
     labels = (job or {}).get("metadata", {}).get("labels") or {}
     # A deleted job is gone from the index: reconcile anyway, the newest match may have changed.
-    return job is None or all(labels.get(k) == v for k, v in selector.items())
+    return job is None or selector.matches(labels)

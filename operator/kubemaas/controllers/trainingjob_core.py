@@ -18,7 +18,6 @@ Rules:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -183,11 +182,6 @@ def replica_statuses(pods: Sequence[Mapping[str, Any]]) -> dict[str, ReplicaStat
     return {kind: ReplicaStatus(**c) for kind, c in sorted(counts.items())}
 
 
-def _metric(value: float) -> str | None:
-    """A metric as the API's decimal string; NaN and infinities have no decimal form and are left out."""
-    return repr(float(value)) if math.isfinite(value) else None
-
-
 def parse_published_model(message: str, version: str) -> PublishedModel:
     """Rank 0's success message -> status.model; anything else is BadTerminationMessage."""
     if not message.strip():
@@ -200,7 +194,7 @@ def parse_published_model(message: str, version: str) -> PublishedModel:
         raise BadTerminationMessage(f"rank 0 exited 0 but reported a failure ({parsed.reason})")
     if parsed.version != version:
         raise BadTerminationMessage(f"rank 0 published version {parsed.version!r}, expected {version!r}")
-    metrics = {name: text for name, value in parsed.metrics.items() if (text := _metric(value)) is not None}
+    metrics = PublishedModel.metrics_from(parsed.metrics)
     try:
         return PublishedModel(
             uri=parsed.uri, version=parsed.version, sha256=parsed.sha256, key_id=parsed.key_id, metrics=metrics or None
