@@ -9,10 +9,10 @@ from decimal import Decimal
 from typing import Any
 
 from kubemaas.api import ModelService
+from kubemaas.contract.termination import SuccessMessage, encode
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.modelservice_core import ChildKey, Cond, Observed, Previous, Reason, Threshold
 from kubemaas.manifests import modelservice as m
-from kubemaas.runtime.termination import SuccessMessage, encode
 from tests.manifests.test_modelservice_manifests import parent_of
 
 NS = "serving"

@@ -7,7 +7,7 @@ import asyncio
 from kubemaas.api.base import ConditionStatus
 from kubemaas.controllers import modelservice as handlers
 from kubemaas.controllers import modelservice_core as core
-from kubemaas.controllers.labels import child_labels
+from kubemaas.manifests.labels import child_labels
 
 BODY = {
     "apiVersion": "kubemaas.io/v1alpha1",

@@ -25,10 +25,10 @@ from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.apply import Kube
 from kubemaas.controllers.conditions import set_condition, utc_now
-from kubemaas.controllers.labels import child_labels, owner_reference, parent_label, parent_of
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
 from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events, without_managed_fields
 from kubemaas.manifests import modelservice as m
+from kubemaas.manifests.labels import child_labels, owner_reference, parent_label, parent_of
 
 KIND = "ModelService"
 GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "modelservices"

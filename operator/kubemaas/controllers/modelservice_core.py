@@ -39,16 +39,16 @@ from typing import Any
 
 from kubemaas.api.base import LATEST, ConditionStatus
 from kubemaas.api.modelservice import ModelService, RolloutStrategy
-from kubemaas.controllers.conditions import WarningPolicy
-from kubemaas.manifests import modelservice as m
-from kubemaas.manifests.modelservice import ModelRef, Parent, ServingOptions, Track
-from kubemaas.runtime.termination import (
+from kubemaas.contract.termination import (
     FailureMessage,
     InvalidTerminationMessage,
     SuccessMessage,
     TerminationMessage,
     parse_termination,
 )
+from kubemaas.controllers.conditions import WarningPolicy
+from kubemaas.manifests import modelservice as m
+from kubemaas.manifests.modelservice import ModelRef, Parent, ServingOptions, Track
 
 # A serving container restarted this often (or in CrashLoopBackOff) marks its version as failed.
 CRASH_RESTARTS = 3

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import kopf
 
 from kubemaas.controllers import WATCH_SERVER_TIMEOUT
-from kubemaas.controllers.labels import MANAGED_BY_SELECTOR
+from kubemaas.manifests.labels import MANAGED_BY_SELECTOR
 
 # Under a structural schema the API server prunes `status.kopf`, so kopf keeps its progress in annotations.
 ANNOTATION_PREFIX = "kubemaas.io"

@@ -34,10 +34,10 @@ from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers import trainingjob_core as core
 from kubemaas.controllers.apply import Conflict, Kube
 from kubemaas.controllers.conditions import utc_now
-from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
 from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events, without_managed_fields
 from kubemaas.manifests import trainingjob as manifests
+from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
 
 log = logging.getLogger(__name__)
 

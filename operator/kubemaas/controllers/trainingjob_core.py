@@ -34,9 +34,9 @@ from kubemaas.api.trainingjob import (
     TrainingJob,
     TrainingJobStatus,
 )
+from kubemaas.contract import termination
 from kubemaas.controllers.conditions import WarningPolicy, find_condition, is_true, set_condition
 from kubemaas.manifests import trainingjob as manifests
-from kubemaas.runtime import termination
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 

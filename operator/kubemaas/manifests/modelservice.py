@@ -29,13 +29,12 @@ from kubemaas.api.modelservice import (
     Runtime,
     ScalingMetric,
 )
+from kubemaas.contract.serving import ServingSettings, settings_to_args
+from kubemaas.contract.store import DEFAULT_MOUNT_ROOT, claim_of
 from kubemaas.manifests.pods import (
-    claim_name,
     restricted_container_security_context,
     restricted_pod_security_context,
 )
-from kubemaas.runtime.artifacts import DEFAULT_MOUNT_ROOT
-from kubemaas.runtime.triton_config import ServingSettings, settings_to_args
 from kubemaas.serving_metrics import QUEUE_TIME_METRIC
 
 # The model-loader image of this operator release (images/model-loader); the chart may override it.
@@ -92,7 +91,7 @@ class ModelRef:
 
     @property
     def claim(self) -> str:
-        return claim_name(self.store_uri)
+        return claim_of(self.store_uri)
 
 
 @dataclass(frozen=True)

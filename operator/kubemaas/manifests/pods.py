@@ -31,8 +31,3 @@ def restricted_container_security_context() -> dict[str, Any]:
         "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
     }
-
-
-def claim_name(uri: str) -> str:
-    """`pvc://<claim>/<path>` -> `<claim>` (the API validated the URI's shape)."""
-    return uri.removeprefix("pvc://").split("/", 1)[0]

@@ -25,17 +25,16 @@ from kubemaas import contract
 from kubemaas.api.base import ApiModel
 from kubemaas.api.core import DEFAULT_GPU_RESOURCE, RESERVED_VOLUME_PREFIX
 from kubemaas.api.trainingjob import KeyGeneration, Quantization, TrainingJob
-from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
-from kubemaas.controllers.labels import owner_reference as _owner_reference
+from kubemaas.contract.keys import ACTIVE_FILE, KEY_BYTES, KEY_FILE_PREFIX
+from kubemaas.contract.store import DEFAULT_MOUNT_ROOT, claim_of
+from kubemaas.contract.termination import ExitCode
+from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
+from kubemaas.manifests.labels import owner_reference as _owner_reference
 from kubemaas.manifests.pods import (
     WORKLOAD_UID,
-    claim_name,
     restricted_container_security_context,
     restricted_pod_security_context,
 )
-from kubemaas.runtime.artifacts import DEFAULT_MOUNT_ROOT
-from kubemaas.runtime.keyring import ACTIVE_FILE, KEY_BYTES, KEY_FILE_PREFIX
-from kubemaas.runtime.termination import ExitCode
 
 KIND = "TrainingJob"
 KIND_LABEL = parent_label(KIND)
@@ -76,9 +75,9 @@ def claims(job: TrainingJob, *, rank0: bool) -> list[Claim]:
     """Each distinct claim once (docs/runtime-contract.md §2): the output claim read-write, on rank 0 only
     (it alone writes the model and the checkpoints), and the data claim read-only on every rank."""
     spec = job.spec
-    out = [Claim(claim_name(spec.output.uri), _volume("output"), writable=True)] if rank0 else []
-    if spec.data is not None and claim_name(spec.data.uri) not in {c.name for c in out}:
-        out.append(Claim(claim_name(spec.data.uri), _volume("data"), writable=False))
+    out = [Claim(claim_of(spec.output.uri), _volume("output"), writable=True)] if rank0 else []
+    if spec.data is not None and claim_of(spec.data.uri) not in {c.name for c in out}:
+        out.append(Claim(claim_of(spec.data.uri), _volume("data"), writable=False))
     return out
 
 
