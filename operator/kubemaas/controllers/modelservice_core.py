@@ -46,7 +46,7 @@ from kubemaas.contract.termination import (
     TerminationMessage,
     parse_termination,
 )
-from kubemaas.controllers.conditions import WarningPolicy
+from kubemaas.controllers.conditions import WarningPolicy, condition_of, true_condition
 from kubemaas.manifests import modelservice as m
 from kubemaas.manifests.modelservice import ModelRef, Parent, ServingOptions, Track
 
@@ -250,8 +250,7 @@ def _get(obj: Mapping[str, Any] | None, *path: str) -> Any:
 
 
 def _succeeded(job: Mapping[str, Any]) -> bool:
-    conditions = _get(job, "status", "conditions") or ()
-    ok = any(c.get("type") == "Succeeded" and c.get("status") == "True" for c in conditions)
+    ok = true_condition(job, "Succeeded") is not None
     return ok and bool(_get(job, "status", "model", "uri")) and bool(_get(job, "status", "model", "version"))
 
 
@@ -370,13 +369,9 @@ def rollout_state(deployment: Mapping[str, Any]) -> RolloutState:
     generation = _get(deployment, "metadata", "generation") or 0
     if (status.get("observedGeneration") or 0) < generation:
         return RolloutState.PROGRESSING
-    for c in status.get("conditions") or ():
-        if (
-            c.get("type") == "Progressing"
-            and c.get("status") == "False"
-            and c.get("reason") == Reason.PROGRESS_DEADLINE
-        ):
-            return RolloutState.FAILED
+    progressing = condition_of(deployment, "Progressing") or {}
+    if progressing.get("status") == "False" and progressing.get("reason") == Reason.PROGRESS_DEADLINE:
+        return RolloutState.FAILED
     desired = _get(deployment, "spec", "replicas")
     desired = 1 if desired is None else desired
     if (
@@ -450,13 +445,13 @@ def crash_failure(pods: Sequence[Mapping[str, Any]], version: str) -> Failure | 
 
 def available_since(deployment: Mapping[str, Any]) -> datetime | None:
     """When the Deployment last became Available (its condition's lastTransitionTime)."""
-    for c in _get(deployment, "status", "conditions") or ():
-        if c.get("type") == "Available" and c.get("status") == "True" and c.get("lastTransitionTime"):
-            try:
-                return datetime.fromisoformat(str(c["lastTransitionTime"]).replace("Z", "+00:00"))
-            except ValueError:
-                return None
-    return None
+    available = true_condition(deployment, "Available")
+    if available is None or not available.get("lastTransitionTime"):
+        return None
+    try:
+        return datetime.fromisoformat(str(available["lastTransitionTime"]).replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _restarted(pods: Sequence[Mapping[str, Any]], version: str) -> Failure | None:
@@ -491,14 +486,7 @@ def _failure_of(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
     if crashed is not None:
         return crashed
     if rollout_state(deployment) is RolloutState.FAILED:
-        message = next(
-            (
-                str(c.get("message", ""))
-                for c in _get(deployment, "status", "conditions") or ()
-                if c.get("type") == "Progressing"
-            ),
-            "",
-        )
+        message = str((condition_of(deployment, "Progressing") or {}).get("message", ""))
         return Failure(
             version=ref.version,
             reason=Reason.PROGRESS_DEADLINE,
@@ -549,9 +537,7 @@ class Previous:
                 message=str(raw.get("message", "")),
                 exit_code=exit_code if isinstance(exit_code, int) else None,
             )
-        degraded = any(
-            c.get("type") == Cond.DEGRADED and c.get("status") == "True" for c in status.get("conditions") or ()
-        )
+        degraded = true_condition({"status": status}, Cond.DEGRADED) is not None
         return cls(
             served_version=status.get("servedVersion"),
             last_good_version=status.get("lastGoodVersion"),

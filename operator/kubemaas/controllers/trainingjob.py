@@ -33,7 +33,7 @@ from kubemaas.api.base import Condition
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers import trainingjob_core as core
 from kubemaas.controllers.apply import Conflict, Kube
-from kubemaas.controllers.conditions import utc_now
+from kubemaas.controllers.conditions import true_condition, utc_now
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
 from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events, without_managed_fields
 from kubemaas.manifests import trainingjob as manifests
@@ -69,10 +69,7 @@ class Discovery:
 
 
 def _serves_v1(crd: Mapping[str, Any]) -> bool:
-    established = any(
-        c.get("type") == "Established" and c.get("status") == "True"
-        for c in (crd.get("status") or {}).get("conditions") or ()
-    )
+    established = true_condition(crd, "Established") is not None
     return established and any(v.get("name") == "v1" and v.get("served") for v in crd["spec"].get("versions") or ())
 
 

@@ -35,7 +35,7 @@ from kubemaas.api.trainingjob import (
     TrainingJobStatus,
 )
 from kubemaas.contract import termination
-from kubemaas.controllers.conditions import WarningPolicy, find_condition, is_true, set_condition
+from kubemaas.controllers.conditions import WarningPolicy, find_condition, is_true, set_condition, true_condition
 from kubemaas.manifests import trainingjob as manifests
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
@@ -122,17 +122,6 @@ def desired_children(job: TrainingJob, backend: BackendName) -> list[dict[str, A
 
 
 # --- reading what the workload and its pods report ------------------------------------------------
-
-
-def _conditions_of(obj: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
-    if obj is None:
-        return {}
-    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or ()}
-
-
-def _true(conds: Mapping[str, Mapping[str, Any]], type: str) -> Mapping[str, Any] | None:
-    found = conds.get(type)
-    return found if found is not None and found.get("status") == "True" else None
 
 
 def _time(value: Any) -> datetime | None:
@@ -319,8 +308,8 @@ def _preflight(job: TrainingJob, observed: Observed, out: _Status) -> bool:
     return True
 
 
-def _mirror_suspend(job: TrainingJob, conds: Mapping[str, Mapping[str, Any]], out: _Status) -> bool:
-    workload_suspended = _true(conds, "Suspended")
+def _mirror_suspend(job: TrainingJob, workload: Mapping[str, Any] | None, out: _Status) -> bool:
+    workload_suspended = true_condition(workload, "Suspended")
     if job.spec.run_policy.suspend:
         out.set(SUSPENDED, TRUE, "Suspended", "runPolicy.suspend is true: the pods are deleted until it is false")
         return True
@@ -365,13 +354,13 @@ def _restarts(backend: BackendName, wl_status: Mapping[str, Any]) -> int:
 def _restarting(
     job: TrainingJob,
     backend: BackendName,
-    conds: Mapping[str, Mapping[str, Any]],
+    workload: Mapping[str, Any],
     wl_status: Mapping[str, Any],
     restarts: int,
 ) -> tuple[str, str] | None:
     """(reason, message) while the pods are being recreated after a retriable failure, else None."""
     if backend == "PyTorchJob":
-        mirrored = _true(conds, "Restarting")
+        mirrored = true_condition(workload, "Restarting")
         return (str(mirrored.get("reason") or "Restarting"), str(mirrored.get("message") or "")) if mirrored else None
     active = int(wl_status.get("active") or 0)
     if restarts and active < job.spec.replicas:
@@ -404,19 +393,18 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
         # Only before the workload exists: the handlers look the Secret up only then (no reads in steady state).
         create_key = not observed.key_secret_exists and job.spec.encryption.generate_key == KeyGeneration.IfMissing
         out.set(CREATED, UNKNOWN, "Creating", f"creating the {backend}")
-        _mirror_suspend(job, {}, out)
+        _mirror_suspend(job, None, out)
         out.set(RUNNING, FALSE, "Pending", "")
         return Desired(status=out.status, apply=children, create_key_secret=create_key)
 
     out.set(CREATED, TRUE, f"{backend}Created", f"{backend} {workload['metadata']['name']} created")
-    conds = _conditions_of(workload)
     wl_status = workload.get("status") or {}
     out.status.start_time = _time(wl_status.get("startTime")) or out.status.start_time
     out.status.replica_statuses = replica_statuses(observed.pods) or None
-    suspended = _mirror_suspend(job, conds, out)
+    suspended = _mirror_suspend(job, workload, out)
 
-    succeeded = _true(conds, "Succeeded" if backend == "PyTorchJob" else "Complete")
-    failed = _true(conds, "Failed")
+    succeeded = true_condition(workload, "Succeeded" if backend == "PyTorchJob" else "Complete")
+    failed = true_condition(workload, "Failed")
     if succeeded is not None or failed is not None:
         decided = succeeded if succeeded is not None else failed
         assert decided is not None
@@ -446,12 +434,12 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     out.set(FAILED, FALSE, "NotFinished", "")
     restarts = _restarts(backend, wl_status)
     out.status.restart_count = restarts
-    restarting = _restarting(job, backend, conds, wl_status, restarts) if not suspended else None
+    restarting = _restarting(job, backend, workload, wl_status, restarts) if not suspended else None
     if restarting is not None:
         out.set(RESTARTING, TRUE, *restarting)
     else:
         out.set(RESTARTING, FALSE, "NotRestarting", "")
-    running = _true(conds, "Running") if backend == "PyTorchJob" else None
+    running = true_condition(workload, "Running") if backend == "PyTorchJob" else None
     if suspended:
         out.set(RUNNING, FALSE, "Suspended", "")
     elif restarting is not None:
