@@ -38,7 +38,7 @@ def succeeded_job(name: str, labels: dict[str, str]) -> dict[str, Any]:
 
 
 def indexes(ms: dict[str, Any], *jobs: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {name: index() for name in handlers.CHILD_INDEXES}
+    out: dict[str, Any] = {name: index() for name in handlers.INDEXERS}
     out["ms_bodies"] = index(((NS, "digits"), ms))
     out["ms_training_jobs"] = index(*((NS, j) for j in jobs))
     return out

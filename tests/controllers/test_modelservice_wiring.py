@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from kubemaas.api.base import ConditionStatus
+from kubemaas.controllers import children
 from kubemaas.controllers import modelservice as handlers
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.manifests.labels import child_labels
@@ -91,12 +92,13 @@ def test_a_slim_replica_set_still_names_its_model_and_owner() -> None:
         "spec": {"replicas": 1, "selector": {}, "template": deployment["spec"]["template"]},
         "status": {"replicas": 1},
     }
-    slim = handlers._slim_replica_set(replica_set)
+    slim = children.slim_replica_set(replica_set)
     template = slim["spec"]["template"]
     assert m.model_ref_from_template(template) == m.model_ref_from_template(replica_set["spec"]["template"])
     assert m.model_ref_from_template(template) is not None
     assert handlers._owned_by(slim, "digits")
     assert slim["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "3"}
     assert "managedFields" not in slim["metadata"] and "containers" not in template["spec"]
-    indexed = asyncio.run(handlers._child_index("ns", child_labels("ModelService", "digits", "server"), replica_set))
+    labels = child_labels("ModelService", "digits", "server")
+    indexed = asyncio.run(handlers.INDEXERS["ms_replica_sets"]("ns", labels, replica_set))
     assert indexed is not None and "managedFields" not in indexed[("ns", "digits")]["metadata"]

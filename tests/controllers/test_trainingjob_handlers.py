@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from kubemaas.controllers import children
 from kubemaas.controllers import trainingjob as handlers
 from kubemaas.controllers.reconciler import Requeue
 
@@ -65,7 +66,7 @@ def test_pods_are_kept_slim() -> None:
         "spec": {"containers": [{"name": "pytorch"}]},
         "status": {"phase": "Running", "containerStatuses": [], "podIP": "198.18.0.1"},
     }
-    assert handlers._slim_pod(pod) == {
+    assert children.slim_pod(pod) == {
         "metadata": {"name": "p", "labels": {"a": "b"}},
         "status": {"phase": "Running", "containerStatuses": []},
     }

@@ -24,9 +24,10 @@ from kubemaas.api.core import DEFAULT_GPU_RESOURCE, LabelSelector
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.apply import Kube
+from kubemaas.controllers.children import MODELSERVICE_CHILDREN, child_indexer, without_managed_fields
 from kubemaas.controllers.conditions import set_condition, utc_now
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
-from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events, without_managed_fields
+from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events
 from kubemaas.manifests import modelservice as m
 from kubemaas.manifests.labels import child_labels, owner_reference, parent_label, parent_of
 
@@ -62,49 +63,13 @@ async def ms_training_jobs(namespace: str | None, body: kopf.Body, **_: Any) -> 
     return {namespace: without_managed_fields(body)}
 
 
-async def _child_index(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[Key, dict[str, Any]] | None:
-    key = _owner(namespace, labels)
-    return {key: without_managed_fields(body)} if key is not None else None
-
-
-def _slim_replica_set(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the reconcile reads of a ReplicaSet (its owner, revision and the template's model reference:
-    `m.model_ref_from_template`); a whole ReplicaSet is as large as its Deployment."""
-    meta = body.get("metadata") or {}
-    template = (body.get("spec") or {}).get("template") or {}
-    pod = template.get("spec") or {}
-    return {
-        "metadata": {k: meta[k] for k in ("name", "labels", "annotations", "ownerReferences") if k in meta},
-        "spec": {
-            "template": {
-                "metadata": {"annotations": (template.get("metadata") or {}).get("annotations") or {}},
-                "spec": {k: pod[k] for k in ("initContainers", "volumes") if k in pod},
-            }
-        },
-    }
-
-
-async def _replica_set_index(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[Key, dict[str, Any]] | None:
-    key = _owner(namespace, labels)
-    return {key: _slim_replica_set(body)} if key is not None else None
-
-
-# Owned children, indexed by their ModelService (namespace, name): index name -> (group, version, plural).
-CHILD_INDEXES = {
-    "ms_deployments": ("apps", "v1", "deployments"),
-    "ms_replica_sets": ("apps", "v1", "replicasets"),
-    "ms_pods": ("", "v1", "pods"),
-    "ms_services": ("", "v1", "services"),
-    "ms_hpas": ("autoscaling", "v2", "horizontalpodautoscalers"),
-    "ms_pdbs": ("policy", "v1", "poddisruptionbudgets"),
-}
-for _index, (_group, _version, _plural) in CHILD_INDEXES.items():
-    _indexer = _replica_set_index if _index == "ms_replica_sets" else _child_index
-    kopf.index(_group, _version, _plural, id=_index, labels={PARENT_LABEL: kopf.PRESENT})(_indexer)
+# Owned children, indexed by their ModelService (namespace, name).
+INDEXERS = {child.index: child_indexer(KIND, child) for child in MODELSERVICE_CHILDREN}
+for _child in MODELSERVICE_CHILDREN:
+    _r = _child.resource
+    kopf.index(_r.group, _r.version, _r.plural, id=_child.index, labels={PARENT_LABEL: kopf.PRESENT})(
+        INDEXERS[_child.index]
+    )
 
 
 def _values(index: kopf.Index[Any, Any], key: Any) -> list[dict[str, Any]]:
@@ -330,8 +295,11 @@ async def ms_child_changed(namespace: str | None, labels: Mapping[str, str], mem
     await _child_event(namespace, labels, memo, kwargs)
 
 
-for _group, _version, _plural in CHILD_INDEXES.values():
-    kopf.on.event(_group, _version, _plural, id=f"ms-{_plural}", labels={PARENT_LABEL: kopf.PRESENT})(ms_child_changed)
+for _child in MODELSERVICE_CHILDREN:
+    _r = _child.resource
+    kopf.on.event(_r.group, _r.version, _r.plural, id=f"ms-{_r.plural}", labels={PARENT_LABEL: kopf.PRESENT})(
+        ms_child_changed
+    )
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")

@@ -43,13 +43,6 @@ ObjectKey = tuple[str, str]  # (namespace, name)
 BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
-def without_managed_fields(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the indexes keep of an object: all of it but `metadata.managedFields`, which no reconcile reads
-    and which repeats the shape of every field each manager set (about a third of a Deployment's JSON)."""
-    meta = body.get("metadata") or {}
-    return {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
-
-
 class Requeue:
     """At most one pending re-run per object (controller-runtime's RequeueAfter), held in memory."""
 

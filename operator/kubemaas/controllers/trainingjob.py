@@ -3,8 +3,8 @@
 Every trigger ends in `reconcile(key)`: the TrainingJob's own events (and the initial listing at start),
 the events of what it owns (PyTorchJob, Job, Service, pods), and a requeue the reconcile itself asks for
 (a blocked job's re-check, ttlSecondsAfterFinished, a late pod) or a failed attempt's re-run. The parent
-and its children are read from kopf indexes (filled by the watches, which `settings.CHILD_RESOURCES`
-restricts server-side to objects labelled managed-by kubemaas), never by listing.
+and its children are read from kopf indexes (filled by the watches, which the settings
+restrict server-side to objects labelled managed-by kubemaas: children.watched()), never by listing.
 
 Why a requeue and not `@kopf.timer`: kopf puts a finalizer on every object a timer serves (kopf 1.45
 hard-codes it), so each TrainingJob would need a running operator to be deleted, and DESIGN.md §3
@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +33,10 @@ from kubemaas.api.base import Condition
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers import trainingjob_core as core
 from kubemaas.controllers.apply import Conflict, Kube
+from kubemaas.controllers.children import TRAININGJOB_CHILDREN, child_indexer, without_managed_fields
 from kubemaas.controllers.conditions import true_condition, utc_now
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
-from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events, without_managed_fields
+from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events
 from kubemaas.manifests import trainingjob as manifests
 from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
 
@@ -96,45 +97,13 @@ _WRITTEN: dict[ObjectKey, _Written] = {}
 # --- indexes: the parent and its children, keyed by (namespace, TrainingJob name) -------------------
 
 
-def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the reconcile reads of a pod; the rest of a pod body is not worth keeping in memory."""
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
-    return {
-        "metadata": {
-            k: meta[k] for k in ("name", "labels", "annotations", "ownerReferences", "deletionTimestamp") if k in meta
-        },
-        "status": {k: status[k] for k in ("phase", "containerStatuses") if k in status},
-    }
-
-
 @kopf.index(GROUP, VERSION, PLURAL)
 async def trainingjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[ObjectKey, Any] | None:
     return {(namespace, name): without_managed_fields(body)} if namespace else None
 
 
-def _by_parent(namespace: str | None, labels: Mapping[str, str], value: Any) -> dict[ObjectKey, Any] | None:
-    parent = parent_of(KIND, labels)
-    return {(namespace, parent): value} if parent and namespace else None
-
-
-# The children whose events re-run the parent's reconcile, by index name. Pods are kept slim.
-CHILD_INDEXES: dict[str, tuple[str, str, str]] = {
-    "trainingjob_pytorchjobs": ("kubeflow.org", "v1", "pytorchjobs"),
-    "trainingjob_jobs": ("batch", "v1", "jobs"),
-    "trainingjob_services": ("", "v1", "services"),
-    "trainingjob_pods": ("", "v1", "pods"),
-}
-
-
-def _child_indexer(index: str) -> Callable[..., Awaitable[dict[ObjectKey, Any] | None]]:
-    slim = index == "trainingjob_pods"
-
-    async def indexer(
-        namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-    ) -> dict[ObjectKey, Any] | None:
-        return _by_parent(namespace, labels, _slim_pod(body) if slim else without_managed_fields(body))
-
-    return indexer
+# The children whose events re-run the parent's reconcile.
+INDEXERS = {child.index: child_indexer(KIND, child) for child in TRAININGJOB_CHILDREN}
 
 
 # --- gathering Observed ---------------------------------------------------------------------------
@@ -284,7 +253,7 @@ async def _run(key: ObjectKey, memo: kopf.Memo, indexes: Mapping[str, kopf.Index
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
-    return {n: kwargs[n] for n in ("trainingjobs", *CHILD_INDEXES)}
+    return {n: kwargs[n] for n in ("trainingjobs", *INDEXERS)}
 
 
 # Every event of a TrainingJob, including the initial listing (type None) after a start: no kopf
@@ -307,6 +276,7 @@ async def _child_event(namespace: str | None, labels: Mapping[str, str], memo: k
         await _run((namespace, parent), memo, _indexes(kwargs))
 
 
-for _index, (_group, _version, _plural) in CHILD_INDEXES.items():
-    kopf.index(_group, _version, _plural, labels=MANAGED, id=_index)(_child_indexer(_index))
-    kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"{_index}_event")(_child_event)
+for _child in TRAININGJOB_CHILDREN:
+    _r = _child.resource
+    kopf.index(_r.group, _r.version, _r.plural, labels=MANAGED, id=_child.index)(INDEXERS[_child.index])
+    kopf.on.event(_r.group, _r.version, _r.plural, labels=MANAGED, id=f"{_child.index}_event")(_child_event)

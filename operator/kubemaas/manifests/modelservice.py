@@ -15,7 +15,7 @@ Serving pod (one model version per pod, never ``Latest`` once the controller pin
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -466,16 +466,6 @@ def pod_disruption_budget(parent: Parent, options: ServingOptions) -> dict[str, 
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
-
-
-def child_kinds() -> Sequence[tuple[str, str]]:
-    """(apiVersion, kind) of every child a ModelService may own."""
-    return (
-        ("apps/v1", "Deployment"),
-        ("v1", "Service"),
-        ("autoscaling/v2", "HorizontalPodAutoscaler"),
-        ("policy/v1", "PodDisruptionBudget"),
-    )
 
 
 def model_ref_from_template(template: Mapping[str, Any]) -> ModelRef | None:
