@@ -9,9 +9,11 @@ from decimal import Decimal
 from typing import Any
 
 from kubemaas.api import ModelService
+from kubemaas.api.core import LabelSelector
+from kubemaas.api.modelservice import MetricThreshold
 from kubemaas.contract.termination import SuccessMessage, encode
 from kubemaas.controllers import modelservice_core as core
-from kubemaas.controllers.modelservice_core import ChildKey, Cond, Observed, Previous, Reason, Threshold
+from kubemaas.controllers.modelservice_core import ChildKey, Cond, Observed, Previous, Reason
 from kubemaas.manifests import modelservice as m
 from tests.manifests.test_modelservice_manifests import parent_of
 
@@ -246,18 +248,23 @@ def test_unresolved_latest_is_not_ready() -> None:
 
 def test_gate_failures_name_metric_value_and_threshold() -> None:
     cand = core.Candidate(model=ref("v2"), job="b", metrics={"heldOutAccuracy": Decimal("0.91")})
-    gate = [Threshold("heldOutAccuracy", min=Decimal("0.95")), Threshold("loss", max=Decimal("0.2"))]
+    gate = [MetricThreshold(name="heldOutAccuracy", min="0.95"), MetricThreshold(name="loss", max="0.2")]
     assert core.gate_failures(cand, gate) == [
         "heldOutAccuracy 0.91 < min 0.95",
         "loss missing (required max 0.2)",
     ]
-    assert core.gate_failures(cand, [Threshold("heldOutAccuracy", min=Decimal("0.9"))]) == []
+    assert core.gate_failures(cand, [MetricThreshold(name="heldOutAccuracy", min="0.9")]) == []
 
 
 def test_selector_expressions() -> None:
-    selector = core.Selector(
-        {"team": "digits"},
-        (("stage", "In", frozenset({"prod", "canary"})), ("experimental", "DoesNotExist", frozenset())),
+    selector = LabelSelector.model_validate(
+        {
+            "matchLabels": {"team": "digits"},
+            "matchExpressions": [
+                {"key": "stage", "operator": "In", "values": ["prod", "canary"]},
+                {"key": "experimental", "operator": "DoesNotExist"},
+            ],
+        }
     )
     assert selector.matches({"team": "digits", "stage": "prod"})
     assert not selector.matches({"team": "digits", "stage": "dev"})

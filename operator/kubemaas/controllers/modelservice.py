@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from kubemaas.api import ModelService
 from kubemaas.api.base import Condition, ConditionStatus
 from kubemaas.api.core import DEFAULT_GPU_RESOURCE, LabelSelector
+from kubemaas.api.errors import summary
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.apply import Kube
@@ -165,7 +166,7 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
     try:
         ms = ModelService.parse(body)
     except ValidationError as error:
-        await _invalid(kube, body, str(error).replace("\n", " ")[:1024], generation)
+        await _invalid(kube, body, summary(error)[:1024], generation)
         return
     jobs = _values(indexes["ms_training_jobs"], namespace)
     deployments = _values(indexes["ms_deployments"], key)

@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import Any
 
 from kubemaas.api.base import LATEST, ConditionStatus
-from kubemaas.api.modelservice import ModelService, RolloutStrategy
+from kubemaas.api.modelservice import MetricThreshold, ModelService, RolloutStrategy
 from kubemaas.contract.termination import (
     FailureMessage,
     InvalidTerminationMessage,
@@ -114,15 +114,6 @@ class ChildKey:
 
 
 @dataclass(frozen=True)
-class Threshold:
-    """One promotion requirement: the candidate's metric must be >= min and/or <= max."""
-
-    name: str
-    min: Decimal | None = None
-    max: Decimal | None = None
-
-
-@dataclass(frozen=True)
 class Candidate:
     model: ModelRef
     job: str | None = None
@@ -175,49 +166,9 @@ class Outcome:
 # --------------------------------------------------------------------------- the spec, as the core reads it
 
 
-def spec_thresholds(ms: ModelService) -> list[Threshold]:
+def spec_thresholds(ms: ModelService) -> list[MetricThreshold]:
     promotion = ms.spec.promotion
-    return [
-        Threshold(name=t.name, min=parse_metric(t.min), max=parse_metric(t.max))
-        for t in (promotion.require_metrics if promotion is not None else ())
-    ]
-
-
-@dataclass(frozen=True)
-class Selector:
-    """metav1.LabelSelector semantics: every matchLabels pair and every expression must hold."""
-
-    match_labels: Mapping[str, str]
-    expressions: tuple[tuple[str, str, frozenset[str]], ...] = ()
-
-    def matches(self, labels: Mapping[str, str] | None) -> bool:
-        labels = labels or {}
-        if any(labels.get(k) != v for k, v in self.match_labels.items()):
-            return False
-        for key, operator, values in self.expressions:
-            present = key in labels
-            ok = {
-                "In": present and labels.get(key) in values,
-                "NotIn": not present or labels.get(key) not in values,
-                "Exists": present,
-                "DoesNotExist": not present,
-            }.get(operator, False)
-            if not ok:
-                return False
-        return True
-
-    def describe(self) -> str:
-        parts = [f"{k}={v}" for k, v in sorted(self.match_labels.items())]
-        parts += [f"{k} {op} ({','.join(sorted(v))})" if v else f"{k} {op}" for k, op, v in self.expressions]
-        return ",".join(parts)
-
-
-def spec_selector(ms: ModelService) -> Selector | None:
-    selector = ms.spec.model.training_job_selector
-    if selector is None:
-        return None
-    expressions = tuple((e.key, str(e.operator), frozenset(e.values or ())) for e in selector.match_expressions or ())
-    return Selector(dict(selector.match_labels or {}), expressions)
+    return list(promotion.require_metrics) if promotion is not None else []
 
 
 def parse_metric(value: object) -> Decimal | None:
@@ -300,7 +251,7 @@ def resolve_source(ms: ModelService, jobs: Sequence[Mapping[str, Any]]) -> Resol
         if not _succeeded(job):
             return Resolution([], _problem(Reason.WAITING_FOR_MODEL, f"TrainingJob {name!r} has not succeeded yet"))
         return Resolution([_candidate_from_job(job)])
-    selector = spec_selector(ms)
+    selector = source.training_job_selector
     if selector is not None:
         matching = [j for j in jobs if selector.matches(_get(j, "metadata", "labels"))]
         text = selector.describe()
@@ -328,24 +279,28 @@ def required_secrets(ms: ModelService, jobs: Sequence[Mapping[str, Any]]) -> lis
 # --------------------------------------------------------------------------- promotion gate
 
 
-def gate_failures(candidate: Candidate, thresholds: Sequence[Threshold]) -> list[str]:
-    """Human-readable failures of the gate ("heldOutAccuracy 0.91 < min 0.95"); empty when it passes."""
+def gate_failures(candidate: Candidate, thresholds: Sequence[MetricThreshold]) -> list[str]:
+    """Human-readable failures of the gate ("heldOutAccuracy 0.91 < min 0.95"); empty when it passes.
+    Whether a value passes is the API's `MetricThreshold.admits`; this only says why it did not."""
     if not thresholds or candidate.metrics is None:
         return []
     failures = []
     for t in thresholds:
         value = candidate.metrics.get(t.name)
+        low, high = parse_metric(t.min), parse_metric(t.max)
         if value is None:
-            failures.append(f"{t.name} missing (required {_describe(t)})")
-        elif t.min is not None and value < t.min:
-            failures.append(f"{t.name} {value} < min {t.min}")
-        elif t.max is not None and value > t.max:
-            failures.append(f"{t.name} {value} > max {t.max}")
+            failures.append(f"{t.name} missing (required {_describe(low, high)})")
+        elif t.admits(str(value)):
+            continue
+        elif low is not None and value < low:
+            failures.append(f"{t.name} {value} < min {low}")
+        else:
+            failures.append(f"{t.name} {value} > max {high}")
     return failures
 
 
-def _describe(t: Threshold) -> str:
-    parts = ([f"min {t.min}"] if t.min is not None else []) + ([f"max {t.max}"] if t.max is not None else [])
+def _describe(low: Decimal | None, high: Decimal | None) -> str:
+    parts = ([f"min {low}"] if low is not None else []) + ([f"max {high}"] if high is not None else [])
     return " and ".join(parts) or "present"
 
 
@@ -554,7 +509,7 @@ class _Plan:
     current: ModelRef | None  # what the stable Deployment's template serves now
     canary_current: ModelRef | None
     candidate: Candidate | None = None
-    thresholds: list[Threshold] = field(default_factory=list)
+    thresholds: list[MetricThreshold] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)  # gate failures of the candidate
     missing_key: bool = False
     failure: Failure | None = None  # a rollout that failed now

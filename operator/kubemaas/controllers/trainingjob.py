@@ -30,6 +30,7 @@ import kopf
 from pydantic import ValidationError
 
 from kubemaas.api.base import Condition
+from kubemaas.api.errors import summary
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers import trainingjob_core as core
 from kubemaas.controllers.apply import Conflict, Kube
@@ -186,7 +187,7 @@ async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Inde
     try:
         job = TrainingJob.parse(body)
     except ValidationError as error:
-        return await _report_invalid(key, body, version, str(error), kube)
+        return await _report_invalid(key, body, version, summary(error), kube)
     observed = await _observe(job, key, kube, indexes)
     desired = core.reconcile(job, observed, utc_now())
 

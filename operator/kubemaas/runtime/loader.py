@@ -54,6 +54,7 @@ from pydantic import ValidationError
 
 from kubemaas import contract
 from kubemaas.api.base import LATEST
+from kubemaas.api.errors import summary
 from kubemaas.api.modelservice import ServedFormat
 from kubemaas.contract import termination
 from kubemaas.contract.store import DEFAULT_MOUNT_ROOT
@@ -183,7 +184,7 @@ def _resolve(request: LoadRequest) -> artifacts.ModelVersion:
     except artifacts.ArtifactStoreError as error:
         raise LoadError(Cause.STORE, str(error)) from None
     except ValidationError as error:
-        raise LoadError(Cause.BAD_MANIFEST, _validation_summary(error)) from None
+        raise LoadError(Cause.BAD_MANIFEST, summary(error)) from None
     except artifacts.InvalidManifestError as error:
         raise LoadError(Cause.BAD_MANIFEST, f"manifest.json: {error}") from None
 
@@ -203,10 +204,6 @@ def _require_version(store: artifacts.ArtifactStore, model: str, version: str) -
             )
     elif not store.has_version(model, version):
         raise LoadError(Cause.MISSING_VERSION, f"model {model!r} has no version {version!r} under {store.root}")
-
-
-def _validation_summary(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in error.errors())
 
 
 def _check_format(artifact_format: ServedFormat, backend: Backend) -> None:
@@ -360,7 +357,7 @@ def _request_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     try:
         settings = settings_from_args(args)
     except ValidationError as error:
-        raise LoadError(Cause.INVALID_SETTINGS, _validation_summary(error)) from None
+        raise LoadError(Cause.INVALID_SETTINGS, summary(error)) from None
     return LoadRequest(
         store_uri=args.store_uri,
         model=args.model,
