@@ -15,3 +15,13 @@ def no_events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     posted: list[dict[str, Any]] = []
     monkeypatch.setattr(kopf, "event", lambda body, **kwargs: posted.append(kwargs))
     return posted
+
+
+@pytest.fixture(autouse=True)
+def fresh_loops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no status memory and no pending re-run of either controller."""
+    from kubemaas.controllers import modelservice, trainingjob
+    from kubemaas.controllers.reconciler import ReconcileLoop
+
+    monkeypatch.setattr(modelservice, "LOOP", ReconcileLoop(modelservice.KIND))
+    monkeypatch.setattr(trainingjob, "LOOP", ReconcileLoop(trainingjob.KIND))

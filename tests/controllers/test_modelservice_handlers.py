@@ -75,3 +75,36 @@ def test_a_training_job_the_selector_does_not_match_triggers_nothing(no_events: 
     kube = FakeKube()
     training_job_event(kube, indexes(modelservice(selector), job), "train-1")
     assert kube.applied == [] and kube.statuses == []
+
+
+def test_the_status_write_is_conditional_and_a_stale_index_reuses_what_was_written(
+    no_events: list[dict[str, Any]],
+) -> None:
+    ms = modelservice({"matchLabels": {"team": "digits"}})
+    kwargs = indexes(ms, succeeded_job("train-1", {"team": "digits"}))
+    kube = FakeKube()
+    key = (NS, "digits")
+    memo = {"kube": kube, "triton_image": "triton:1"}
+    asyncio.run(handlers.reconcile(key, memo, kwargs))
+    (_, first, version), *_ = kube.statuses
+    assert version == "7"  # conditional on the resourceVersion the status was computed from
+    # The index still holds resourceVersion 7: the next pass starts from the status just written, and its
+    # write (if any) is conditional on the version that write produced.
+    body, current = handlers.LOOP.status.current(key, ms)
+    assert body["status"] == first and current == "101"
+    handlers.LOOP.forget(key)
+    assert handlers.LOOP.status.current(key, ms) == (ms, "7")
+
+
+def test_a_conflicting_status_write_is_computed_again_soon(no_events: list[dict[str, Any]]) -> None:
+    from kubemaas.controllers.apply import Conflict
+
+    class Conflicting(FakeKube):
+        async def patch_status(self, *args: Any, **kwargs: Any) -> str | None:
+            raise Conflict("patch-status", "ModelService serving/digits", 409, "changed")
+
+    ms = modelservice({"matchLabels": {"team": "digits"}})
+    memo = {"kube": Conflicting(), "triton_image": "triton:1"}
+    requeue = asyncio.run(handlers.reconcile((NS, "digits"), memo, indexes(ms)))
+    assert requeue == handlers.CONFLICT_REQUEUE_SECONDS
+    assert no_events == []  # Events are posted by the pass whose write lands

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
 
 from kubemaas.api.base import ConditionStatus
+from kubemaas.api.modelservice import ModelServiceStatus
 from kubemaas.controllers import children
 from kubemaas.controllers import modelservice as handlers
 from kubemaas.controllers import modelservice_core as core
+from kubemaas.controllers.conditions import set_condition
 from kubemaas.manifests.labels import child_labels
 
 BODY = {
@@ -30,16 +36,20 @@ BODY = {
 
 
 def outcome(**status: object) -> core.Outcome:
-    decision = core.ConditionDecision("Ready", ConditionStatus.TRUE, "Serving", "serving v1")
-    return core.Outcome(apply=[], delete=[], status=dict(status), conditions=[decision], events=[])
+    now = datetime(2026, 11, 29, 11, 0, tzinfo=UTC)
+    conditions = set_condition(None, "Ready", ConditionStatus.TRUE, "Serving", "serving v1", 3, now)
+    typed = ModelServiceStatus.model_validate({**status, "conditions": [c.to_wire() for c in conditions]})
+    return core.Outcome(apply=[], delete=[], status=typed, events=[])
 
 
 def test_status_drops_unset_fields_and_fields_the_crd_does_not_know() -> None:
     status, old, new = handlers.new_status(
-        BODY, outcome(servedVersion="v1", canaryVersion=None, notInTheCrd="x", observedGeneration=3), 3
+        BODY, outcome(servedVersion="v1", canaryVersion=None, observedGeneration=3), 3
     )
     assert "canaryVersion" not in status
-    assert "notInTheCrd" not in status
+    # A field the CRD does not know cannot reach the status at all: the core returns the API's own model.
+    with pytest.raises(ValidationError):
+        outcome(servedVersion="v1", notInTheCrd="x")
     assert status["servedVersion"] == "v1"
     assert [c["type"] for c in status["conditions"]] == ["Ready"]
     assert status["conditions"][0]["status"] == "True"

@@ -12,7 +12,7 @@ the garbage collector.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import kopf
@@ -24,11 +24,11 @@ from kubemaas.api.core import DEFAULT_GPU_RESOURCE, LabelSelector
 from kubemaas.api.errors import summary
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import modelservice_core as core
-from kubemaas.controllers.apply import Kube
+from kubemaas.controllers.apply import Conflict, Kube
 from kubemaas.controllers.children import MODELSERVICE_CHILDREN, child_indexer, without_managed_fields
 from kubemaas.controllers.conditions import set_condition, utc_now
-from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
-from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events
+from kubemaas.controllers.metrics import STATUS_WRITES
+from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events, sync
 from kubemaas.manifests import modelservice as m
 from kubemaas.manifests.labels import child_labels, owner_reference, parent_label, parent_of
 
@@ -39,6 +39,9 @@ COMPONENT = "server"
 # No kopf timer or daemon: kopf puts a finalizer on every object that has one (a timer needs it to stop
 # cleanly), and a ModelService needs none. What a watch might miss is re-listed when kopf reconnects, which
 # triggers the same handlers, and waits that no event ends (a canary's analysis window) are requeued in memory.
+
+# After a conflicting status write: by then the watch has delivered the newer ModelService to the index.
+CONFLICT_REQUEUE_SECONDS = 1.0
 
 LOOP = ReconcileLoop(KIND)
 log = logging.getLogger(__name__)
@@ -116,7 +119,16 @@ def parent_for(body: Mapping[str, Any]) -> m.Parent:
     )
 
 
-def status_conditions(status: Mapping[str, Any] | None) -> list[Condition]:
+def new_status(
+    body: Mapping[str, Any], outcome: core.Outcome, generation: int | None
+) -> tuple[dict[str, Any], list[Condition], list[Condition]]:
+    """The status to write, the conditions it replaces and its own (for e2e/bench/bench_reconcile.py, which
+    writes what the reconcile writes without the operator)."""
+    old = _conditions_of(body.get("status"))
+    return outcome.status.to_wire(), old, list(outcome.status.conditions or ())
+
+
+def _conditions_of(status: Mapping[str, Any] | None) -> list[Condition]:
     out = []
     for raw in (status or {}).get("conditions") or ():
         try:
@@ -126,48 +138,20 @@ def status_conditions(status: Mapping[str, Any] | None) -> list[Condition]:
     return out
 
 
-def _status_keys() -> frozenset[str]:
-    # Only fields the CRD knows: anything else the API server prunes, and the next reconcile would
-    # find the status "changed" and write it again, forever.
-    from kubemaas.api.modelservice import ModelServiceStatus
-
-    return frozenset(f.alias or n for n, f in ModelServiceStatus.model_fields.items())
-
-
-STATUS_KEYS = _status_keys()
-
-
-def new_status(
-    body: Mapping[str, Any], outcome: core.Outcome, generation: int | None
-) -> tuple[dict[str, Any], list[Condition], list[Condition]]:
-    old = status_conditions(body.get("status"))
-    now = utc_now()
-    conditions = list(old)
-    for decision in outcome.conditions:
-        conditions = set_condition(
-            conditions, decision.type, decision.status, decision.reason, decision.message, generation, now
-        )
-    status = {k: v for k, v in outcome.status.items() if v is not None and k in STATUS_KEYS}
-    status["conditions"] = [c.to_wire() for c in conditions]
-    return status, old, conditions
-
-
-async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> float | None:
     """`memo` is kopf's: the operator's `Kube` client and the `--triton-image` default."""
     kube: Kube = memo["kube"]
     namespace, name = key
     bodies = _values(indexes["ms_bodies"], key)
     if not bodies:
-        return  # deleted: the garbage collector takes the children
-    body = _with_written_status(key, bodies[0])
+        return None  # deleted: the garbage collector takes the children
+    body, version = LOOP.status.current(key, bodies[0])
     if body.get("metadata", {}).get("deletionTimestamp"):
-        return
-    generation = body["metadata"].get("generation")
+        return None
     try:
         ms = ModelService.parse(body)
     except ValidationError as error:
-        await _invalid(kube, body, summary(error)[:1024], generation)
-        return
+        return await _invalid(kube, key, body, version, summary(error)[:1024])
     jobs = _values(indexes["ms_training_jobs"], namespace)
     deployments = _values(indexes["ms_deployments"], key)
     observed = core.Observed(
@@ -180,62 +164,34 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
         hpa=_named(_values(indexes["ms_hpas"], key), name),
         pdb=_named(_values(indexes["ms_pdbs"], key), name),
     )
-    now = utc_now()
     outcome = core.reconcile(
         ms,
         core.Previous.from_status(body.get("status")),
         observed,
         parent_for(body),
         serving_options(ms, memo["triton_image"]),
-        now,
+        utc_now(),
     )
-    current: dict[str, Sequence[Mapping[str, Any]]] = {
-        "Deployment": deployments,
-        "Service": _values(indexes["ms_services"], key),
-        "HorizontalPodAutoscaler": [observed.hpa] if observed.hpa else [],
-        "PodDisruptionBudget": [observed.pdb] if observed.pdb else [],
-    }
-    for obj in outcome.apply:
-        seen = _named(current.get(obj["kind"], []), obj["metadata"]["name"])
-        if await kube.apply(obj, seen) is not None:
-            CHILDREN_APPLIED.labels(KIND, obj["kind"]).inc()
-    for child in outcome.delete:
-        await kube.delete(
-            {
-                "apiVersion": child.api_version,
-                "kind": child.kind,
-                "metadata": {"name": child.name, "namespace": namespace},
-            }
-        )
-    status, old, conditions = new_status(body, outcome, generation)
-    if await kube.patch_status(body, status) is not None:
+    children = [*deployments, *_values(indexes["ms_services"], key), *(c for c in (observed.hpa, observed.pdb) if c)]
+    unwanted = [
+        {"apiVersion": c.api_version, "kind": c.kind, "metadata": {"name": c.name, "namespace": namespace}}
+        for c in outcome.delete
+    ]
+    await sync(kube, KIND, outcome.apply, children, unwanted)
+    try:
+        written = await LOOP.status.write(kube, key, body, version, outcome.status.to_wire())
+    except Conflict:
+        # Another writer changed the ModelService since this copy was read; its change is on the way
+        # through the watch. Compute again from it instead of overwriting it (and post no Event twice).
+        return CONFLICT_REQUEUE_SECONDS
+    if written:
         STATUS_WRITES.labels(KIND).inc()
-    _WRITTEN[key] = (body["metadata"].get("uid"), status)
-    post_transition_events(
-        body,
-        old,
-        conditions,
-        core.WARNINGS,
-    )
+        old = ms.status.conditions if ms.status is not None else None
+        post_transition_events(body, old, outcome.status.conditions or [], core.WARNINGS)
     for event in outcome.events:
         kopf.event(_kopf_body(body), type=event.type, reason=event.reason, message=event.message[:1024])
-    if outcome.requeue_after is not None:
-        # Nothing in the cluster changes when a canary's analysis window ends; wake up for it. In memory
-        # only: after a restart the initial listing re-derives the same wait.
-        LOOP.run_later(key, max(outcome.requeue_after, 1.0), lambda: reconcile(key, memo, indexes))
-
-
-# The status this operator last wrote, per ModelService. Only this operator writes it, so it is never older
-# than the copy in the index, which lags behind our own patch until the watch delivers it: a reconcile
-# in that gap must not forget a failure it just recorded (and roll the failed version out again).
-_WRITTEN: dict[Key, tuple[str | None, dict[str, Any]]] = {}
-
-
-def _with_written_status(key: Key, body: dict[str, Any]) -> dict[str, Any]:
-    written = _WRITTEN.get(key)
-    if written is None or written[0] != body.get("metadata", {}).get("uid"):
-        return body
-    return {**body, "status": written[1]}
+    # Nothing in the cluster changes when a canary's analysis window ends: wake up for it.
+    return max(outcome.requeue_after, 1.0) if outcome.requeue_after is not None else None
 
 
 def _owned_by(rs: Mapping[str, Any], name: str) -> bool:
@@ -250,16 +206,22 @@ async def _exists(kube: Kube, namespace: str, name: str) -> bool:
     return await kube.exists("v1", "Secret", namespace, name)
 
 
-async def _invalid(kube: Kube, body: Mapping[str, Any], message: str, generation: int | None) -> None:
+async def _invalid(kube: Kube, key: Key, body: Mapping[str, Any], version: str | None, message: str) -> float | None:
     # The CRD's schema and CEL rules reject almost everything at admission; what slips through (an
     # object stored by an older CRD) is a condition, not a crash or a retry loop.
-    old = status_conditions(body.get("status"))
+    generation = body["metadata"].get("generation")
+    old = _conditions_of(body.get("status"))
     conditions = set_condition(
         old, core.Cond.READY, ConditionStatus.FALSE, "InvalidSpec", message, generation, utc_now()
     )
     status = {"conditions": [c.to_wire() for c in conditions], "observedGeneration": generation}
-    await kube.patch_status(body, status)
-    post_transition_events(body, old, conditions, core.WARNINGS)
+    try:
+        written = await LOOP.status.write(kube, key, body, version, status)
+    except Conflict:
+        return CONFLICT_REQUEUE_SECONDS
+    if written:
+        post_transition_events(body, old, conditions, core.WARNINGS)
+    return None
 
 
 def _kopf_body(body: Mapping[str, Any]) -> kopf.Body:
@@ -281,7 +243,6 @@ async def on_modelservice(type: str | None, namespace: str | None, name: str, me
         return
     if type == "DELETED":
         LOOP.forget((namespace, name))
-        _WRITTEN.pop((namespace, name), None)
         return
     await _run((namespace, name), memo, kwargs)
 

@@ -37,8 +37,17 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-from kubemaas.api.base import LATEST, ConditionStatus
-from kubemaas.api.modelservice import MetricThreshold, ModelService, RolloutStrategy
+from pydantic import ValidationError
+
+from kubemaas.api.base import LATEST, Condition, ConditionStatus
+from kubemaas.api.modelservice import (
+    Endpoints,
+    LastFailure,
+    MetricThreshold,
+    ModelService,
+    ModelServiceStatus,
+    RolloutStrategy,
+)
 from kubemaas.contract.termination import (
     FailureMessage,
     InvalidTerminationMessage,
@@ -46,10 +55,12 @@ from kubemaas.contract.termination import (
     TerminationMessage,
     parse_termination,
 )
-from kubemaas.controllers.conditions import WarningPolicy, condition_of, true_condition
+from kubemaas.controllers.conditions import WarningPolicy, condition_of, set_condition, true_condition
 from kubemaas.manifests import modelservice as m
 from kubemaas.manifests.modelservice import ModelRef, Parent, ServingOptions, Track
 
+# status.lastFailure.message's bound in the CRD.
+FAILURE_MESSAGE_LIMIT = 4096
 # A serving container restarted this often (or in CrashLoopBackOff) marks its version as failed.
 CRASH_RESTARTS = 3
 
@@ -121,22 +132,6 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Failure:
-    """What status.lastFailure records: which version failed and why (from the loader, when it said)."""
-
-    version: str
-    reason: str
-    message: str
-    exit_code: int | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"version": self.version, "reason": self.reason, "message": self.message}
-        if self.exit_code is not None:
-            out["exitCode"] = self.exit_code
-        return out
-
-
-@dataclass(frozen=True)
 class Observed:
     """Everything the core reads besides the ModelService itself."""
 
@@ -156,8 +151,7 @@ class Observed:
 class Outcome:
     apply: list[dict[str, Any]]
     delete: list[ChildKey]
-    status: dict[str, Any]
-    conditions: list[ConditionDecision]
+    status: ModelServiceStatus  # conditions included
     events: list[Event]
     # Reconcile again after this many seconds even if nothing changes (a canary analysis window ends).
     requeue_after: float | None = None
@@ -368,7 +362,7 @@ def loader_report(pod: Mapping[str, Any]) -> TerminationMessage | None:
     return None
 
 
-def crash_failure(pods: Sequence[Mapping[str, Any]], version: str) -> Failure | None:
+def crash_failure(pods: Sequence[Mapping[str, Any]], version: str) -> LastFailure | None:
     """A crash-looping loader or server among these pods, with the loader's reason when it gave one."""
     for pod in pods:
         statuses = [
@@ -381,14 +375,14 @@ def crash_failure(pods: Sequence[Mapping[str, Any]], version: str) -> Failure | 
                 continue
             report = _termination(status) if status.get("name") == m.LOADER_CONTAINER else None
             if isinstance(report, FailureMessage):
-                return Failure(
+                return LastFailure(
                     version=version,
                     reason=report.reason,
                     message=report.message[:1024],
                     exit_code=int(report.exit_code),
                 )
             terminated = _get(status, "lastState", "terminated") or {}
-            return Failure(
+            return LastFailure(
                 version=version,
                 reason=Reason.CRASH_LOOP,
                 message=f"container {status.get('name')} of pod {_get(pod, 'metadata', 'name')} keeps restarting"
@@ -409,11 +403,11 @@ def available_since(deployment: Mapping[str, Any]) -> datetime | None:
         return None
 
 
-def _restarted(pods: Sequence[Mapping[str, Any]], version: str) -> Failure | None:
+def _restarted(pods: Sequence[Mapping[str, Any]], version: str) -> LastFailure | None:
     for pod in pods:
         for status in _get(pod, "status", "containerStatuses") or ():
             if (status.get("restartCount") or 0) > 0:
-                return Failure(
+                return LastFailure(
                     version=version,
                     reason="CanaryRestarted",
                     message=f"container {status.get('name')} of canary pod {_get(pod, 'metadata', 'name')} restarted "
@@ -433,7 +427,7 @@ def resolved_version(pods: Sequence[Mapping[str, Any]], source: str) -> str | No
     return None
 
 
-def _failure_of(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], track: Track) -> Failure | None:
+def _failure_of(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], track: Track) -> LastFailure | None:
     ref = template_ref(deployment)
     if ref is None:
         return None
@@ -442,11 +436,11 @@ def _failure_of(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
         return crashed
     if rollout_state(deployment) is RolloutState.FAILED:
         message = str((condition_of(deployment, "Progressing") or {}).get("message", ""))
-        return Failure(
+        return LastFailure(
             version=ref.version,
             reason=Reason.PROGRESS_DEADLINE,
             message=f"version {ref.version} not ready within {_get(deployment, 'spec', 'progressDeadlineSeconds')}s: "
-            f"{message}",
+            f"{message}"[:FAILURE_MESSAGE_LIMIT],
         )
     return None
 
@@ -476,28 +470,25 @@ class Previous:
 
     served_version: str | None = None
     last_good_version: str | None = None
-    last_failure: Failure | None = None
+    last_failure: LastFailure | None = None
     degraded: bool = False
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any] | None) -> Previous:
+        """From the status as the API server (or this operator's memory of its last write) holds it."""
         status = status or {}
-        raw = status.get("lastFailure") or {}
         failure = None
+        raw = status.get("lastFailure") or {}
         if raw.get("version"):
-            exit_code = raw.get("exitCode")
-            failure = Failure(
-                version=str(raw["version"]),
-                reason=str(raw.get("reason", "")),
-                message=str(raw.get("message", "")),
-                exit_code=exit_code if isinstance(exit_code, int) else None,
-            )
-        degraded = true_condition({"status": status}, Cond.DEGRADED) is not None
+            try:
+                failure = LastFailure.model_validate(raw)
+            except ValidationError:
+                failure = None  # written by someone else, badly: forgotten, not fatal
         return cls(
             served_version=status.get("servedVersion"),
             last_good_version=status.get("lastGoodVersion"),
             last_failure=failure,
-            degraded=degraded,
+            degraded=true_condition({"status": status}, Cond.DEGRADED) is not None,
         )
 
 
@@ -512,8 +503,8 @@ class _Plan:
     thresholds: list[MetricThreshold] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)  # gate failures of the candidate
     missing_key: bool = False
-    failure: Failure | None = None  # a rollout that failed now
-    stuck: Failure | None = None  # a rollout of the served version itself that does not progress
+    failure: LastFailure | None = None  # a rollout that failed now
+    stuck: LastFailure | None = None  # a rollout of the served version itself that does not progress
     bad_version: str | None = None
     target: ModelRef | None = None  # what the stable Deployment should serve
     canary_target: ModelRef | None = None
@@ -542,7 +533,7 @@ def reconcile(
     _choose_target(plan, observed, previous)
     _plan_canary(plan, ms, observed, now)
     apply, delete = _children(plan, ms, observed, parent, options)
-    return _report(plan, ms, previous, observed, parent, apply, delete)
+    return _report(plan, ms, previous, observed, parent, apply, delete, now)
 
 
 def _choose_candidate(plan: _Plan, observed: Observed) -> None:
@@ -686,6 +677,7 @@ def _report(
     parent: Parent,
     apply: list[dict[str, Any]],
     delete: list[ChildKey],
+    now: datetime,
 ) -> Outcome:
     """Conditions, events and status of what was decided."""
     spec = ms.spec
@@ -793,26 +785,28 @@ def _report(
     replicas = spec.fixed_replicas
     deployments = [d for d in (observed.stable, observed.canary) if d]
     serving = target is not None or current is not None
-    status: dict[str, Any] = {
-        "desiredReplicas": replicas if replicas is not None else _get(observed.stable, "spec", "replicas"),
-        "replicas": sum(int(_get(d, "status", "replicas") or 0) for d in deployments),
-        "readyReplicas": sum(int(_get(d, "status", "readyReplicas") or 0) for d in deployments),
-        "servedVersion": served,
-        "canaryVersion": plan.canary_target.version if plan.canary_target is not None else None,
-        "lastGoodVersion": last_good,
-        "lastFailure": new_failure.to_wire() if new_failure is not None else None,
-        "endpoints": m.endpoints(parent) if serving else None,
-        "url": m.url(parent) if serving else None,
-        "observedGeneration": ms.metadata.generation,
-    }
-    return Outcome(
-        apply=apply,
-        delete=delete,
-        status=status,
-        conditions=conditions,
-        events=events,
-        requeue_after=plan.requeue_after,
+    status = ModelServiceStatus(
+        conditions=_set_all(ms, conditions, now),
+        desired_replicas=replicas if replicas is not None else _get(observed.stable, "spec", "replicas"),
+        replicas=sum(int(_get(d, "status", "replicas") or 0) for d in deployments),
+        ready_replicas=sum(int(_get(d, "status", "readyReplicas") or 0) for d in deployments),
+        served_version=served,
+        canary_version=plan.canary_target.version if plan.canary_target is not None else None,
+        last_good_version=last_good,
+        last_failure=new_failure,
+        endpoints=Endpoints.model_validate(m.endpoints(parent)) if serving else None,
+        url=m.url(parent) if serving else None,
+        observed_generation=ms.metadata.generation,
     )
+    return Outcome(apply=apply, delete=delete, status=status, events=events, requeue_after=plan.requeue_after)
+
+
+def _set_all(ms: ModelService, decisions: Sequence[ConditionDecision], now: datetime) -> list[Condition]:
+    """The last status's conditions with every decision set (lastTransitionTime kept unless the status flips)."""
+    conditions = list(ms.status.conditions or ()) if ms.status is not None else []
+    for d in decisions:
+        conditions = set_condition(conditions, d.type, d.status, d.reason, d.message, ms.metadata.generation, now)
+    return conditions
 
 
 def _ready(

@@ -23,7 +23,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -37,7 +36,7 @@ from kubemaas.controllers.apply import Conflict, Kube
 from kubemaas.controllers.children import TRAININGJOB_CHILDREN, child_indexer, without_managed_fields
 from kubemaas.controllers.conditions import true_condition, utc_now
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
-from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events
+from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events, sync
 from kubemaas.manifests import trainingjob as manifests
 from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
 
@@ -76,23 +75,6 @@ def _serves_v1(crd: Mapping[str, Any]) -> bool:
 
 
 DISCOVERY = Discovery()
-
-
-@dataclass
-class _Written:
-    """The status this operator last wrote, the resourceVersion it was computed from, and the one it made.
-
-    A child's event can arrive before the watch delivers the TrainingJob with that status; the index
-    then still holds the older body. Reconciling from it would compute the same transitions again and
-    post every Event twice.
-    """
-
-    computed_from: str
-    status: dict[str, Any]
-    resource_version: str
-
-
-_WRITTEN: dict[ObjectKey, _Written] = {}
 
 
 # --- indexes: the parent and its children, keyed by (namespace, TrainingJob name) -------------------
@@ -159,29 +141,12 @@ async def _observe(
 # --- the reconcile ----------------------------------------------------------------------------------
 
 
-def _current_body(key: ObjectKey, body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """`body`, with the status this operator wrote last if the watch has not delivered it yet, and the
-    resourceVersion that pair stands for: a status written from it must be conditional on that version."""
-    current: dict[str, Any] = dict(body)
-    version = current["metadata"].get("resourceVersion")
-    written = _WRITTEN.get(key)
-    if written is not None and written.computed_from == version:
-        current["status"] = written.status
-        version = written.resource_version
-    return current, version
-
-
-async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
-    requeue_after = await _reconcile(key, kube, indexes)
-    if requeue_after is not None:
-        LOOP.run_later(key, requeue_after, lambda: reconcile(key, kube, indexes))
-
-
-async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> float | None:
+async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> float | None:
+    """One level-triggered pass; returns the seconds until the next one is due (a re-check, a TTL), or None."""
     bodies = list(indexes["trainingjobs"].get(key, []))
     if not bodies:
         return None  # deleted (the parent's DELETED event drops the bookkeeping)
-    body, version = _current_body(key, bodies[0])
+    body, version = LOOP.status.current(key, bodies[0])
     if body["metadata"].get("deletionTimestamp"):
         return None
     try:
@@ -196,30 +161,21 @@ async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Inde
         if secret is not None and await kube.create(secret) is not None:
             log.info("%s %s/%s: created key Secret %s", KIND, *key, secret["metadata"]["name"])
             CHILDREN_APPLIED.labels(KIND, "Secret").inc()
-    applied = await asyncio.gather(
-        *(
-            kube.apply(child, observed.workload if child["kind"] in ("PyTorchJob", "Job") else observed.service)
-            for child in desired.apply
-        )
-    )
-    for child, result in zip(desired.apply, applied, strict=True):
-        if result is not None:
-            CHILDREN_APPLIED.labels(KIND, child["kind"]).inc()
-    for gone in desired.delete:
-        log.info("%s %s/%s: ttlSecondsAfterFinished passed, deleting %s", KIND, *key, gone["kind"])
-        await kube.delete(gone)
+    unwanted = desired.delete
+    if unwanted:
+        log.info("%s %s/%s: ttlSecondsAfterFinished passed", KIND, *key)
+    observed_children = [c for c in (observed.workload, observed.service) if c is not None]
+    await sync(kube, KIND, desired.apply, observed_children, unwanted)
 
-    status = desired.status.to_wire()
     try:
-        written = await kube.patch_status(body, status, resource_version=version)
+        written = await LOOP.status.write(kube, key, body, version, desired.status.to_wire())
     except Conflict:
         # Another writer changed the TrainingJob since this copy was read; its change is on the way
         # through the watch. Compute again from it instead of overwriting it.
         log.debug("%s %s/%s: changed since read, reconciling again", KIND, *key)
         return CONFLICT_REQUEUE_SECONDS
-    if written is not None:
+    if written:
         STATUS_WRITES.labels(KIND).inc()
-        _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), status, written)
         old = job.status.conditions if job.status is not None else None
         post_transition_events(body, old, desired.status.conditions or [], core.WARNINGS)
     return desired.requeue_after
@@ -230,14 +186,12 @@ async def _report_invalid(
 ) -> float | None:
     generation = body["metadata"].get("generation")
     status = core.invalid_spec(body.get("status"), generation, error, utc_now())
-    wire = status.to_wire()
     try:
-        written = await kube.patch_status(body, wire, resource_version=version)
+        written = await LOOP.status.write(kube, key, body, version, status.to_wire())
     except Conflict:
         return CONFLICT_REQUEUE_SECONDS
-    if written is not None:
+    if written:
         STATUS_WRITES.labels(KIND).inc()
-        _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), wire, written)
         old = (body.get("status") or {}).get("conditions")
         post_transition_events(
             body, [Condition.model_validate(c) for c in old or ()], status.conditions or [], core.WARNINGS
@@ -266,7 +220,6 @@ async def trainingjob_event(type: str | None, namespace: str | None, name: str, 
     key = (namespace, name)
     if type == "DELETED":
         LOOP.forget(key)
-        _WRITTEN.pop(key, None)
         return
     await _run(key, memo, _indexes(kwargs))
 
