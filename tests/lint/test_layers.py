@@ -47,3 +47,19 @@ def test_an_upward_import_fails_the_lint(tmp_path: Path, module: str, upward: st
     result = lint_imports(tmp_path)
     assert result.returncode != 0, result.stdout
     assert "BROKEN" in result.stdout and upward.split()[1] in result.stdout
+
+
+def test_pre_commit_runs_what_make_lint_runs() -> None:
+    """Every command of `make lint` is a local hook of .pre-commit-config.yaml (and nothing is fetched)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())
+    assert [r["repo"] for r in config["repos"]] == ["local"]
+    entries = [hook["entry"] for hook in config["repos"][0]["hooks"]]
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    commands = [line.strip().split(" $(")[0] for line in recipe.splitlines()[1:] if line.startswith("\t")]
+    for command in commands:
+        # The hooks pass the changed files instead of the folders the recipe names.
+        tool = command.replace("$(BIN)/", ".venv/bin/").removesuffix(" operator")
+        assert any(entry.startswith(tool) for entry in entries), f"make lint runs {tool!r}; no hook does"
