@@ -38,10 +38,11 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed ## create .venv with the operator, trainer, serving and dev dependencies (all extras)
 
 .PHONY: lint
-lint: venv ## ruff and mypy --strict
+lint: venv ## ruff, mypy --strict and the import layers (.importlinter)
 	$(BIN)/ruff check $(wildcard operator tests e2e charts)
 	$(BIN)/ruff format --check operator
 	$(BIN)/mypy --strict
+	$(BIN)/lint-imports --no-cache
 
 # The chart carries its own copy (Helm installs charts/<name>/crds/ before the templates), plus kopf's
 # peering CRDs for replicas > 1. Both copies come from the same generator.

@@ -24,8 +24,8 @@ from kubemaas.api import crd
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import DEFAULT_METRICS_PORT
 from kubemaas.controllers import metrics as _operator_metrics  # noqa: F401  (registers the operator's metrics)
-from kubemaas.controllers.labels import MANAGED_BY, parent_label
 from kubemaas.controllers.settings import PEERING_NAME
+from kubemaas.manifests.labels import MANAGED_BY, parent_label
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubemaas"

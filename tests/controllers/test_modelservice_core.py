@@ -9,10 +9,12 @@ from decimal import Decimal
 from typing import Any
 
 from kubemaas.api import ModelService
+from kubemaas.api.core import LabelSelector
+from kubemaas.api.modelservice import LastFailure, MetricThreshold
+from kubemaas.contract.termination import SuccessMessage, encode
 from kubemaas.controllers import modelservice_core as core
-from kubemaas.controllers.modelservice_core import ChildKey, Cond, Observed, Previous, Reason, Threshold
+from kubemaas.controllers.modelservice_core import ChildKey, Cond, Observed, Previous, Reason
 from kubemaas.manifests import modelservice as m
-from kubemaas.runtime.termination import SuccessMessage, encode
 from tests.manifests.test_modelservice_manifests import parent_of
 
 NS = "serving"
@@ -114,7 +116,7 @@ def run(ms: ModelService, observed: Observed, previous: Previous | None = None) 
 
 
 def conditions(outcome: core.Outcome) -> dict[str, tuple[str, str, str]]:
-    return {c.type: (c.status.value, c.reason, c.message) for c in outcome.conditions}
+    return {c.type: (c.status.value, c.reason, c.message) for c in outcome.status.conditions or ()}
 
 
 def kinds(outcome: core.Outcome) -> list[tuple[str, str]]:
@@ -136,7 +138,7 @@ def test_pinned_uri_creates_deployment_and_service_and_waits_for_rollout() -> No
     assert out.apply[0]["spec"]["replicas"] == 1
     assert conditions(out)[Cond.READY][:2] == ("False", Reason.ROLLING_OUT)
     assert conditions(out)[Cond.PROGRESSING][:2] == ("True", Reason.ROLLING_OUT)
-    assert out.status["servedVersion"] is None
+    assert out.status.served_version is None
 
 
 def test_complete_rollout_is_ready_with_endpoints() -> None:
@@ -147,7 +149,7 @@ def test_complete_rollout_is_ready_with_endpoints() -> None:
     assert conditions(out)[Cond.READY] == ("True", Reason.SERVING, "serving v3")
     assert conditions(out)[Cond.PROGRESSING][:2] == ("False", Reason.ROLLOUT_COMPLETE)
     assert conditions(out)[Cond.DEGRADED][:2] == ("False", Reason.AS_EXPECTED)
-    assert out.status == {
+    assert out.status.model_dump(by_alias=True, mode="json", exclude={"conditions"}) == {
         "desiredReplicas": 2,
         "replicas": 2,
         "readyReplicas": 2,
@@ -225,7 +227,7 @@ def test_latest_is_pinned_to_the_version_the_loader_reported() -> None:
     report = {"state": {"terminated": {"exitCode": 0, "message": encode(success).decode()}}}
     out = run(ms, Observed(stable=stable, pods=[pod("Latest", loader=report, source=source)]))
     assert served_version(out.apply[0]) == "v9"
-    assert out.status["servedVersion"] == "v9"
+    assert out.status.served_version == "v9"
     # Pinned once, the template keeps the pin without asking the pods again.
     pinned = deployment(ms, ref("v9", source=source))
     again = run(ms, Observed(stable=pinned))
@@ -246,18 +248,23 @@ def test_unresolved_latest_is_not_ready() -> None:
 
 def test_gate_failures_name_metric_value_and_threshold() -> None:
     cand = core.Candidate(model=ref("v2"), job="b", metrics={"heldOutAccuracy": Decimal("0.91")})
-    gate = [Threshold("heldOutAccuracy", min=Decimal("0.95")), Threshold("loss", max=Decimal("0.2"))]
+    gate = [MetricThreshold(name="heldOutAccuracy", min="0.95"), MetricThreshold(name="loss", max="0.2")]
     assert core.gate_failures(cand, gate) == [
         "heldOutAccuracy 0.91 < min 0.95",
         "loss missing (required max 0.2)",
     ]
-    assert core.gate_failures(cand, [Threshold("heldOutAccuracy", min=Decimal("0.9"))]) == []
+    assert core.gate_failures(cand, [MetricThreshold(name="heldOutAccuracy", min="0.9")]) == []
 
 
 def test_selector_expressions() -> None:
-    selector = core.Selector(
-        {"team": "digits"},
-        (("stage", "In", frozenset({"prod", "canary"})), ("experimental", "DoesNotExist", frozenset())),
+    selector = LabelSelector.model_validate(
+        {
+            "matchLabels": {"team": "digits"},
+            "matchExpressions": [
+                {"key": "stage", "operator": "In", "values": ["prod", "canary"]},
+                {"key": "experimental", "operator": "DoesNotExist"},
+            ],
+        }
     )
     assert selector.matches({"team": "digits", "stage": "prod"})
     assert not selector.matches({"team": "digits", "stage": "dev"})
@@ -295,7 +302,7 @@ def test_passing_candidate_is_rolled_out() -> None:
     assert served_version(out.apply[0]) == "v2"
     assert conditions(out)[Cond.PROMOTION_BLOCKED][:2] == ("False", Reason.GATE_PASSED)
     assert conditions(out)[Cond.READY][:2] == ("False", Reason.ROLLING_OUT)
-    assert out.status["servedVersion"] == "v1"  # the old version serves until the rollout completed
+    assert out.status.served_version == "v1"  # the old version serves until the rollout completed
 
 
 # --------------------------------------------------------------------------- safe rollout
@@ -314,9 +321,9 @@ def test_deadline_exceeded_rolls_back_to_last_good_template() -> None:
     assert served_version(rolled_back) == "v1"
     assert rolled_back["spec"]["template"] == replica_set(ms, ref("v1"), 1)["spec"]["template"]
     assert conditions(out)[Cond.DEGRADED][:2] == ("True", Reason.PROGRESS_DEADLINE)
-    assert out.status["lastFailure"]["version"] == "v2"
-    assert out.status["lastFailure"]["reason"] == Reason.PROGRESS_DEADLINE
-    assert out.status["servedVersion"] == "v1"
+    assert out.status.last_failure.version == "v2"
+    assert out.status.last_failure.reason == Reason.PROGRESS_DEADLINE
+    assert out.status.served_version == "v1"
     assert [e.reason for e in out.events] == ["RolloutFailed"]
 
 
@@ -325,7 +332,7 @@ def test_failed_version_is_not_retried_until_the_source_changes() -> None:
     previous = Previous(
         served_version="v1",
         last_good_version="v1",
-        last_failure=core.Failure("v2", Reason.PROGRESS_DEADLINE, "timed out"),
+        last_failure=LastFailure(version="v2", reason=Reason.PROGRESS_DEADLINE, message="timed out"),
         degraded=True,
     )
     stable = deployment(ms, ref("v1"))
@@ -338,7 +345,7 @@ def test_failed_version_is_not_retried_until_the_source_changes() -> None:
     newer = run(ms, Observed(training_jobs=[job("digits", "v3")], stable=stable), previous)
     assert served_version(newer.apply[0]) == "v3"
     assert conditions(newer)[Cond.DEGRADED][:2] == ("False", Reason.AS_EXPECTED)
-    assert newer.status["lastFailure"]["version"] == "v2"
+    assert newer.status.last_failure.version == "v2"
 
 
 def test_crash_looping_loader_reports_its_reason() -> None:
@@ -358,7 +365,7 @@ def test_crash_looping_loader_reports_its_reason() -> None:
     )
     out = run(ms, observed, Previous(served_version="v1", last_good_version="v1"))
     assert served_version(out.apply[0]) == "v1"
-    assert out.status["lastFailure"] == {
+    assert out.status.last_failure is not None and out.status.last_failure.to_wire() == {
         "version": "v2",
         "reason": "WrongKey",
         "message": "kubemaas load-model: wrong key: ...",
@@ -384,9 +391,9 @@ def test_autoscaling_owns_replicas() -> None:
     out = run(ms, Observed())
     dep = out.apply[0]
     assert "replicas" not in dep["spec"]
-    assert out.status["desiredReplicas"] is None  # no Deployment yet; then the autoscaler's count
+    assert out.status.desired_replicas is None  # no Deployment yet; then the autoscaler's count
     scaled = deployment(ms, ref("v3", source=f"{STORE}/digits@v3"), replicas=3)
-    assert run(ms, Observed(stable=scaled)).status["desiredReplicas"] == 3
+    assert run(ms, Observed(stable=scaled)).status.desired_replicas == 3
     assert conditions(run(ms, Observed(stable=scaled)))[Cond.READY][0] == "True"
     # Created at one replica, before the HPA scaled it to minReplicas: not Ready yet.
     single = deployment(ms, ref("v3", source=f"{STORE}/digits@v3"), replicas=1)
@@ -422,7 +429,7 @@ def test_canary_runs_beside_stable_then_is_promoted_then_removed() -> None:
     assert served_version(by_name["digits"]) == "v1"
     assert served_version(by_name["digits-canary"]) == "v2"
     assert by_name["digits-canary"]["spec"]["replicas"] == 2
-    assert start.status["canaryVersion"] == "v2"
+    assert start.status.canary_version == "v2"
     assert conditions(start)[Cond.PROGRESSING][:2] == ("True", Reason.CANARY)
 
     canary_ready = deployment(ms, ref("v2"), track=m.Track.CANARY, replicas=2)
@@ -440,7 +447,7 @@ def test_canary_runs_beside_stable_then_is_promoted_then_removed() -> None:
     done = run(ms, Observed(training_jobs=jobs, stable=stable_v2, canary=canary_ready), previous)
     assert ("Deployment", "digits-canary") not in kinds(done)
     assert done.delete == [ChildKey("apps/v1", "Deployment", "digits-canary")]
-    assert done.status["servedVersion"] == "v2"
+    assert done.status.served_version == "v2"
     assert conditions(done)[Cond.READY][:2] == ("True", Reason.SERVING)
 
 
@@ -464,7 +471,8 @@ def test_previous_reads_the_raw_status() -> None:
             "conditions": [{"type": "Degraded", "status": "True"}],
         }
     )
-    assert previous == Previous("v1", "v1", core.Failure("v2", "WrongKey", "x", 78), degraded=True)
+    failure = LastFailure(version="v2", reason="WrongKey", message="x", exit_code=78)
+    assert previous == Previous("v1", "v1", failure, degraded=True)
     assert Previous.from_status(None) == Previous()
 
 
@@ -474,4 +482,4 @@ def test_stuck_rollout_of_the_served_version_is_degraded_without_rollback() -> N
     out = run(ms, Observed(training_jobs=[job("digits", "v1")], stable=stuck), Previous("v1", "v1"))
     assert served_version(out.apply[0]) == "v1"
     assert conditions(out)[Cond.DEGRADED][:2] == ("True", Reason.PROGRESS_DEADLINE)
-    assert out.status["lastFailure"] is None  # nothing to remember: the version itself is good
+    assert out.status.last_failure is None  # nothing to remember: the version itself is good

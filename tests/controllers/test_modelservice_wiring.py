@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
 
 from kubemaas.api.base import ConditionStatus
+from kubemaas.api.modelservice import ModelServiceStatus
+from kubemaas.controllers import children
 from kubemaas.controllers import modelservice as handlers
 from kubemaas.controllers import modelservice_core as core
-from kubemaas.controllers.labels import child_labels
+from kubemaas.controllers.conditions import set_condition
+from kubemaas.manifests.labels import child_labels
 
 BODY = {
     "apiVersion": "kubemaas.io/v1alpha1",
@@ -29,16 +36,20 @@ BODY = {
 
 
 def outcome(**status: object) -> core.Outcome:
-    decision = core.ConditionDecision("Ready", ConditionStatus.TRUE, "Serving", "serving v1")
-    return core.Outcome(apply=[], delete=[], status=dict(status), conditions=[decision], events=[])
+    now = datetime(2026, 11, 29, 11, 0, tzinfo=UTC)
+    conditions = set_condition(None, "Ready", ConditionStatus.TRUE, "Serving", "serving v1", 3, now)
+    typed = ModelServiceStatus.model_validate({**status, "conditions": [c.to_wire() for c in conditions]})
+    return core.Outcome(apply=[], delete=[], status=typed, events=[])
 
 
 def test_status_drops_unset_fields_and_fields_the_crd_does_not_know() -> None:
     status, old, new = handlers.new_status(
-        BODY, outcome(servedVersion="v1", canaryVersion=None, notInTheCrd="x", observedGeneration=3), 3
+        BODY, outcome(servedVersion="v1", canaryVersion=None, observedGeneration=3), 3
     )
     assert "canaryVersion" not in status
-    assert "notInTheCrd" not in status
+    # A field the CRD does not know cannot reach the status at all: the core returns the API's own model.
+    with pytest.raises(ValidationError):
+        outcome(servedVersion="v1", notInTheCrd="x")
     assert status["servedVersion"] == "v1"
     assert [c["type"] for c in status["conditions"]] == ["Ready"]
     assert status["conditions"][0]["status"] == "True"
@@ -91,12 +102,13 @@ def test_a_slim_replica_set_still_names_its_model_and_owner() -> None:
         "spec": {"replicas": 1, "selector": {}, "template": deployment["spec"]["template"]},
         "status": {"replicas": 1},
     }
-    slim = handlers._slim_replica_set(replica_set)
+    slim = children.slim_replica_set(replica_set)
     template = slim["spec"]["template"]
     assert m.model_ref_from_template(template) == m.model_ref_from_template(replica_set["spec"]["template"])
     assert m.model_ref_from_template(template) is not None
     assert handlers._owned_by(slim, "digits")
     assert slim["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "3"}
     assert "managedFields" not in slim["metadata"] and "containers" not in template["spec"]
-    indexed = asyncio.run(handlers._child_index("ns", child_labels("ModelService", "digits", "server"), replica_set))
+    labels = child_labels("ModelService", "digits", "server")
+    indexed = asyncio.run(handlers.INDEXERS["ms_replica_sets"]("ns", labels, replica_set))
     assert indexed is not None and "managedFields" not in indexed[("ns", "digits")]["metadata"]

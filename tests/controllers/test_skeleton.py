@@ -9,10 +9,10 @@ import kopf
 import pytest
 
 from kubemaas.controllers.apply import ApiError, TransientApiError
-from kubemaas.controllers.labels import MANAGED_BY_SELECTOR, child_labels, owner_reference, parent_of
 from kubemaas.controllers.metrics import RECONCILES
 from kubemaas.controllers.reconciler import BACKOFF_SECONDS, ReconcileLoop
 from kubemaas.controllers.settings import CHILD_RESOURCES, OperatorOptions, apply_settings
+from kubemaas.manifests.labels import MANAGED_BY_SELECTOR, child_labels, owner_reference, parent_of
 
 PARENT = {"apiVersion": "kubemaas.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "j", "uid": "u-1"}}
 

@@ -290,6 +290,32 @@ def test_malformed_success_message_is_failed_bad_termination_message(message: st
     assert len(text) <= core.MESSAGE_LIMIT
 
 
+def test_metric_names_with_a_slash_are_published_as_reported() -> None:
+    # TensorBoard and W&B name metrics `eval/loss`; a finished job must not turn Failed over the name.
+    message = success_message(metrics={"eval/loss": 0.25, "train/epoch": 3.0, "heldOutAccuracy": 0.96})
+    observed = served(
+        workload=finished_pytorchjob("Succeeded", "PyTorchJobSucceeded"),
+        pods=[kubeflow_pod(0, "Succeeded", 0, message)],
+    )
+    desired = core.reconcile(make_job(), observed, T0)
+    assert cond(desired, "Succeeded")[:2] == ("True", "PyTorchJobSucceeded")
+    assert desired.status.model is not None
+    assert desired.status.model.metrics == {"eval/loss": "0.25", "heldOutAccuracy": "0.96", "train/epoch": "3.0"}
+
+
+def test_what_the_status_cannot_hold_of_the_metrics_is_left_out_not_failed() -> None:
+    many = {f"m{i:03d}": float(i) for i in range(70)}
+    message = success_message(metrics={**many, "bad name": 1.0})
+    observed = served(
+        workload=finished_pytorchjob("Succeeded", "PyTorchJobSucceeded"),
+        pods=[kubeflow_pod(0, "Succeeded", 0, message)],
+    )
+    desired = core.reconcile(make_job(), observed, T0)
+    assert cond(desired, "Succeeded")[0] == "True"
+    assert desired.status.model is not None and desired.status.model.metrics is not None
+    assert sorted(desired.status.model.metrics) == sorted(many)[:64]
+
+
 def test_success_waits_for_rank_zero_pod_then_gives_up_after_the_grace() -> None:
     workload = finished_pytorchjob("Succeeded", "PyTorchJobSucceeded")
     finished = datetime(2026, 11, 29, 21, 40, 1, tzinfo=UTC)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from kubemaas.controllers import children
 from kubemaas.controllers import trainingjob as handlers
-from kubemaas.controllers.reconciler import Requeue
+from kubemaas.controllers.reconciler import Requeue, StatusMemory, Written
 
 
 def test_requeue_keeps_one_pending_run_per_object() -> None:
@@ -47,16 +48,14 @@ def test_pytorchjob_served_needs_an_established_crd_serving_v1() -> None:
 
 def test_a_stale_index_body_gets_the_status_last_written_and_the_version_it_made() -> None:
     key = ("ns", "j")
-    handlers._WRITTEN[key] = handlers._Written("41", {"backend": "Job"}, "42")
-    try:
-        stale = {"metadata": {"name": "j", "resourceVersion": "41"}, "status": {}}
-        fresh = {"metadata": {"name": "j", "resourceVersion": "43"}, "status": {"backend": "PyTorchJob"}}
-        # The next write is conditional on the version the operator's own write produced: if anyone
-        # wrote after it (43), the write is refused rather than computed from the stale copy.
-        assert handlers._current_body(key, stale) == ({**stale, "status": {"backend": "Job"}}, "42")
-        assert handlers._current_body(key, fresh) == (fresh, "43")
-    finally:
-        handlers._WRITTEN.pop(key)
+    memory = StatusMemory()
+    memory.remember(key, Written("41", {"backend": "Job"}, "42"))
+    stale = {"metadata": {"name": "j", "resourceVersion": "41"}, "status": {}}
+    fresh = {"metadata": {"name": "j", "resourceVersion": "43"}, "status": {"backend": "PyTorchJob"}}
+    # The next write is conditional on the version the operator's own write produced: if anyone
+    # wrote after it (43), the write is refused rather than computed from the stale copy.
+    assert memory.current(key, stale) == ({**stale, "status": {"backend": "Job"}}, "42")
+    assert memory.current(key, fresh) == (fresh, "43")
 
 
 def test_pods_are_kept_slim() -> None:
@@ -65,7 +64,7 @@ def test_pods_are_kept_slim() -> None:
         "spec": {"containers": [{"name": "pytorch"}]},
         "status": {"phase": "Running", "containerStatuses": [], "podIP": "198.18.0.1"},
     }
-    assert handlers._slim_pod(pod) == {
+    assert children.slim_pod(pod) == {
         "metadata": {"name": "p", "labels": {"a": "b"}},
         "status": {"phase": "Running", "containerStatuses": []},
     }

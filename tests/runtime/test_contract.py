@@ -163,7 +163,7 @@ OPERATOR_ONLY = ("torch", "kopf", "kubernetes", "aiohttp", "prometheus_client")
 
 
 @pytest.mark.parametrize(
-    "module", ["kubemaas.contract", "kubemaas.runtime.termination", "kubemaas.runtime.loader", "kubemaas.cli"]
+    "module", ["kubemaas.contract", "kubemaas.contract.termination", "kubemaas.runtime.loader", "kubemaas.cli"]
 )
 def test_the_model_loader_image_needs_no_operator_or_torch_dependencies(module: str) -> None:
     """The contract is imported by every image; the loader image installs only the base dependencies."""
@@ -180,3 +180,36 @@ def test_base_dependencies_leave_the_operators_to_its_extra() -> None:
         re.split(r"[<>=\[ ]", dep, maxsplit=1)[0].lower() for dep in project["optional-dependencies"]["operator"]
     }
     assert {"kopf", "kubernetes", "aiohttp"} <= operator
+
+
+@pytest.mark.parametrize("environ", [{}, {contract.MOUNT_ROOT: "/data/claims"}])
+def test_the_trainer_and_the_loader_resolve_pvc_uris_under_the_same_mount_root(environ: dict[str, str]) -> None:
+    from kubemaas.runtime import loader
+
+    store = "pvc://models/store"
+    trainer = parse(
+        {**environ, contract.MODEL_NAME: "digits", contract.MODEL_VERSION: "v1", contract.OUTPUT_URI: store}
+    ).settings
+    args = loader.build_parser().parse_args(
+        [f"--store-uri={store}", "--model=digits", "--key-dir=/k", "--repository=/r"]
+    )
+    request = loader._request_from_args(args, environ)
+    assert request.mount_root == trainer.mount_root == Path(environ.get(contract.MOUNT_ROOT, "/mnt/kubemaas"))
+    explicit = loader.build_parser().parse_args(
+        [f"--store-uri={store}", "--model=digits", "--key-dir=/k", "--repository=/r", "--mount-root=/elsewhere"]
+    )
+    assert loader._request_from_args(explicit, environ).mount_root == Path("/elsewhere")
+
+
+def test_store_uris_are_parsed_in_one_place() -> None:
+    from kubemaas.contract.store import ArtifactStoreError, StoreUri, claim_of
+
+    uri = StoreUri.parse("pvc://models/store/digits/")
+    assert (uri.scheme, uri.claim, uri.path) == ("pvc", "models", "store/digits")
+    assert uri.resolve(Path("/mnt/kubemaas")) == Path("/mnt/kubemaas/models/store/digits")
+    assert uri.mount(Path("/mnt/kubemaas")) == Path("/mnt/kubemaas/models")
+    assert StoreUri.parse("file:///srv/store").resolve(Path("/ignored")) == Path("/srv/store")
+    assert claim_of("pvc://datasets") == "datasets"
+    for bad in ("s3://bucket/x", "file://relative", "pvc://c/../x", "pvc://Upper/x"):
+        with pytest.raises(ArtifactStoreError):
+            StoreUri.parse(bad)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kubemaas.runtime import termination
-from kubemaas.runtime.termination import (
+from kubemaas.contract import termination
+from kubemaas.contract.termination import (
     MESSAGE_LIMIT,
     ExitCode,
     FailureMessage,

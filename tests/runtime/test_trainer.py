@@ -14,12 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kubemaas import contract
+from kubemaas.contract.termination import ExitCode
 from kubemaas.runtime.artifacts import ArtifactStore
 from kubemaas.runtime.checkpoint import CheckpointStore
 from kubemaas.runtime.crypto import MAGIC, Keyring, decrypt_file
 from kubemaas.runtime.distributed import batch_for_step, shard_indices
 from kubemaas.runtime.export import load_torchscript
-from kubemaas.runtime.termination import ExitCode
 from kubemaas.runtime.trainer import run
 
 from .trainer_launch import (

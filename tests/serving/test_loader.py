@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import torch
 
+from kubemaas.contract.termination import SuccessMessage, parse_termination
 from kubemaas.runtime import crypto, loader
 from kubemaas.runtime.artifacts import ArtifactStore, canonical_manifest
 from kubemaas.runtime.crypto import manifest_mac, read_header
 from kubemaas.runtime.keyring import generate_key, write_keyring_dir
-from kubemaas.runtime.termination import SuccessMessage, parse_termination
 
 from .conftest import (
     IN_FEATURES,

@@ -183,7 +183,9 @@ IntOrPercent = Annotated[
 
 # Decimal numbers as strings (metrics and thresholds): the API conventions allow no floats in spec.
 DECIMAL_PATTERN = r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$"
-METRIC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
+# "/" because TensorBoard and W&B group metrics as `eval/loss`: a trainer's metric names reach the
+# status (and promotion.requireMetrics) as they were logged.
+METRIC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:/-]*$"
 MetricName = Annotated[str, StringConstraints(pattern=METRIC_NAME_PATTERN, max_length=63)]
 MetricValue = Annotated[str, StringConstraints(pattern=DECIMAL_PATTERN, max_length=64)]
 

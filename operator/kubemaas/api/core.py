@@ -12,6 +12,7 @@ needs, so every field is documented in `kubectl explain`, and nothing can weaken
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
@@ -110,6 +111,35 @@ class LabelSelector(ApiModel):
             check=lambda s: bool(s.match_labels) or bool(s.match_expressions),
         ),
     )
+
+    def matches(self, labels: Mapping[str, str] | None) -> bool:
+        """metav1.LabelSelector semantics: every matchLabels pair and every expression must hold."""
+        labels = labels or {}
+        if any(labels.get(k) != v for k, v in (self.match_labels or {}).items()):
+            return False
+        return all(_holds(e, labels) for e in self.match_expressions or ())
+
+    def describe(self) -> str:
+        """The selector as `kubectl get -l` writes it: `team=a,stage In (eval,prod),gpu`."""
+        parts = [f"{k}={v}" for k, v in sorted((self.match_labels or {}).items())]
+        for e in self.match_expressions or ():
+            values = ",".join(sorted(set(e.values or ())))
+            parts.append(f"{e.key} {e.operator.value} ({values})" if values else f"{e.key} {e.operator.value}")
+        return ",".join(parts)
+
+
+def _holds(requirement: LabelSelectorRequirement, labels: Mapping[str, str]) -> bool:
+    present = requirement.key in labels
+    values = requirement.values or ()
+    match requirement.operator:
+        case SelectorOperator.In:
+            return present and labels[requirement.key] in values
+        case SelectorOperator.NotIn:
+            return not present or labels[requirement.key] not in values
+        case SelectorOperator.Exists:
+            return present
+        case SelectorOperator.DoesNotExist:
+            return not present
 
 
 # --- Environment ----------------------------------------------------------------------------------

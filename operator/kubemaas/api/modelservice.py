@@ -329,6 +329,10 @@ class ScalingBehavior(ApiModel):
     )
 
 
+# Percent of the CPU request; see Autoscaling's rule on target.
+MAX_CPU_TARGET = 100
+
+
 class Autoscaling(ApiModel):
     """A HorizontalPodAutoscaler (autoscaling/v2) for the serving Deployment. Absent: fixed replicas."""
 
@@ -356,11 +360,16 @@ class Autoscaling(ApiModel):
             field_path=".maxReplicas",
             check=lambda a: a.max_replicas >= a.min_replicas,
         ),
+        # The serving container's CPU request equals its limit, so utilization never passes 100 %: a
+        # higher target would leave the HPA unable to ever scale up.
         CelRule(
-            rule="self.metric != 'CPU' || self.target <= 1000",
-            message="target is a CPU utilization percentage and must be at most 1000",
+            rule=f"self.metric != 'CPU' || self.target <= {MAX_CPU_TARGET}",
+            message=(
+                f"target is a CPU utilization percentage and must be at most {MAX_CPU_TARGET}: the CPU request "
+                "equals the limit, so utilization never passes 100%"
+            ),
             field_path=".target",
-            check=lambda a: a.metric != ScalingMetric.CPU or a.target <= 1000,
+            check=lambda a: a.metric != ScalingMetric.CPU or a.target <= MAX_CPU_TARGET,
         ),
     )
 

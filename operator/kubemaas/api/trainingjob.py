@@ -81,6 +81,10 @@ class Backend(StrEnum):
     Job = "Job"
 
 
+# The backends a job can run on, as status.backend records them (spec.backend less Auto).
+BackendName = Literal["PyTorchJob", "Job"]
+
+
 class ModelFormat(StrEnum):
     TorchScript = "TorchScript"
 
@@ -315,9 +319,7 @@ class TrainingJobStatus(ApiModel):
         ),
         json_schema_extra=CONDITIONS_LIST_MARKERS,
     )
-    backend: Literal["PyTorchJob", "Job"] | None = Field(
-        default=None, description="The backend chosen for this job (Auto resolved)."
-    )
+    backend: BackendName | None = Field(default=None, description="The backend chosen for this job (Auto resolved).")
     start_time: datetime | None = Field(default=None, description="When the first pod started.")
     completion_time: datetime | None = Field(default=None, description="When the job finished.")
     replica_statuses: dict[str, ReplicaStatus] | None = Field(

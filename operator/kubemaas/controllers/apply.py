@@ -17,12 +17,14 @@ import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+# The registry of kinds (children.py); RESOURCES stays importable from here (e2e/waits.py).
+from kubemaas.controllers.children import RESOURCES as RESOURCES
+from kubemaas.controllers.children import Resource
 from kubemaas.controllers.metrics import API_ERRORS
 
 FIELD_MANAGER = "kubemaas"
@@ -59,57 +61,6 @@ class TransientApiError(ApiError):
 
 class Conflict(TransientApiError):
     """409: the object changed since the resourceVersion the write was computed from (or already exists)."""
-
-
-@dataclass(frozen=True)
-class Resource:
-    """Where the API serves one kind."""
-
-    api_version: str
-    kind: str
-    plural: str
-    namespaced: bool = True
-
-    @property
-    def group(self) -> str:
-        return self.api_version.rpartition("/")[0]
-
-    def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
-        base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
-        if self.namespaced:
-            if namespace is None:
-                raise ValueError(f"{self.kind} is namespaced: a namespace is required")
-            base += f"/namespaces/{namespace}"
-        out = f"{base}/{self.plural}"
-        if name is not None:
-            out += f"/{name}"
-        if subresource is not None:
-            out += f"/{subresource}"
-        return out
-
-
-RESOURCES: dict[tuple[str, str], Resource] = {
-    (r.api_version, r.kind): r
-    for r in (
-        Resource("v1", "Namespace", "namespaces", namespaced=False),
-        Resource("v1", "Event", "events"),
-        Resource("v1", "ServiceAccount", "serviceaccounts"),
-        Resource("v1", "ConfigMap", "configmaps"),
-        Resource("v1", "Pod", "pods"),
-        Resource("v1", "Service", "services"),
-        Resource("v1", "Secret", "secrets"),
-        Resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
-        Resource("apps/v1", "Deployment", "deployments"),
-        Resource("apps/v1", "ReplicaSet", "replicasets"),
-        Resource("batch/v1", "Job", "jobs"),
-        Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
-        Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
-        Resource("kubeflow.org/v1", "PyTorchJob", "pytorchjobs"),
-        Resource("kubemaas.io/v1alpha1", "TrainingJob", "trainingjobs"),
-        Resource("kubemaas.io/v1alpha1", "ModelService", "modelservices"),
-        Resource("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False),
-    )
-}
 
 
 def resource_of(obj: Mapping[str, Any]) -> Resource:

@@ -1,4 +1,5 @@
-"""The one place that writes status conditions (the Kubernetes API conventions, as cert-manager does it).
+"""Status conditions: the one place that writes them (the Kubernetes API conventions, as cert-manager does
+it) and the one place that reads them off raw objects.
 
 Pure functions over the API's `Condition` model: the controllers compute a whole new condition list from
 the old one, and `transitions` tells them which changes deserve an Event (and which are Warnings).
@@ -6,9 +7,10 @@ the old one, and `transitions` tells them which changes deserve an Event (and wh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from kubemaas.api.base import Condition, ConditionStatus
 
@@ -28,6 +30,21 @@ def find_condition(conditions: Sequence[Condition] | None, type_: str) -> Condit
 def is_true(conditions: Sequence[Condition] | None, type_: str) -> bool:
     found = find_condition(conditions, type_)
     return found is not None and found.status == ConditionStatus.TRUE
+
+
+def condition_of(obj: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
+    """The condition `type_` in a raw object's `status.conditions` (a child, a CRD, a TrainingJob as the
+    index holds it), or None. The one place the controllers read conditions off objects they do not parse."""
+    for condition in ((obj or {}).get("status") or {}).get("conditions") or ():
+        if isinstance(condition, Mapping) and condition.get("type") == type_:
+            return condition
+    return None
+
+
+def true_condition(obj: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
+    """`condition_of(obj, type_)` when its status is True, else None."""
+    found = condition_of(obj, type_)
+    return found if found is not None and found.get("status") == ConditionStatus.TRUE.value else None
 
 
 def set_condition(

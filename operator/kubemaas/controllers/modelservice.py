@@ -12,7 +12,7 @@ the garbage collector.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import kopf
@@ -20,15 +20,17 @@ from pydantic import ValidationError
 
 from kubemaas.api import ModelService
 from kubemaas.api.base import Condition, ConditionStatus
-from kubemaas.api.core import DEFAULT_GPU_RESOURCE
+from kubemaas.api.core import DEFAULT_GPU_RESOURCE, LabelSelector
+from kubemaas.api.errors import summary
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import modelservice_core as core
-from kubemaas.controllers.apply import Kube
+from kubemaas.controllers.apply import Conflict, Kube
+from kubemaas.controllers.children import MODELSERVICE_CHILDREN, child_indexer, without_managed_fields
 from kubemaas.controllers.conditions import set_condition, utc_now
-from kubemaas.controllers.labels import child_labels, owner_reference, parent_label, parent_of
-from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
-from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events, without_managed_fields
+from kubemaas.controllers.metrics import STATUS_WRITES
+from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events, sync
 from kubemaas.manifests import modelservice as m
+from kubemaas.manifests.labels import child_labels, owner_reference, parent_label, parent_of
 
 KIND = "ModelService"
 GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "modelservices"
@@ -37,6 +39,9 @@ COMPONENT = "server"
 # No kopf timer or daemon: kopf puts a finalizer on every object that has one (a timer needs it to stop
 # cleanly), and a ModelService needs none. What a watch might miss is re-listed when kopf reconnects, which
 # triggers the same handlers, and waits that no event ends (a canary's analysis window) are requeued in memory.
+
+# After a conflicting status write: by then the watch has delivered the newer ModelService to the index.
+CONFLICT_REQUEUE_SECONDS = 1.0
 
 LOOP = ReconcileLoop(KIND)
 log = logging.getLogger(__name__)
@@ -62,49 +67,13 @@ async def ms_training_jobs(namespace: str | None, body: kopf.Body, **_: Any) -> 
     return {namespace: without_managed_fields(body)}
 
 
-async def _child_index(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[Key, dict[str, Any]] | None:
-    key = _owner(namespace, labels)
-    return {key: without_managed_fields(body)} if key is not None else None
-
-
-def _slim_replica_set(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the reconcile reads of a ReplicaSet (its owner, revision and the template's model reference:
-    `m.model_ref_from_template`); a whole ReplicaSet is as large as its Deployment."""
-    meta = body.get("metadata") or {}
-    template = (body.get("spec") or {}).get("template") or {}
-    pod = template.get("spec") or {}
-    return {
-        "metadata": {k: meta[k] for k in ("name", "labels", "annotations", "ownerReferences") if k in meta},
-        "spec": {
-            "template": {
-                "metadata": {"annotations": (template.get("metadata") or {}).get("annotations") or {}},
-                "spec": {k: pod[k] for k in ("initContainers", "volumes") if k in pod},
-            }
-        },
-    }
-
-
-async def _replica_set_index(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[Key, dict[str, Any]] | None:
-    key = _owner(namespace, labels)
-    return {key: _slim_replica_set(body)} if key is not None else None
-
-
-# Owned children, indexed by their ModelService (namespace, name): index name -> (group, version, plural).
-CHILD_INDEXES = {
-    "ms_deployments": ("apps", "v1", "deployments"),
-    "ms_replica_sets": ("apps", "v1", "replicasets"),
-    "ms_pods": ("", "v1", "pods"),
-    "ms_services": ("", "v1", "services"),
-    "ms_hpas": ("autoscaling", "v2", "horizontalpodautoscalers"),
-    "ms_pdbs": ("policy", "v1", "poddisruptionbudgets"),
-}
-for _index, (_group, _version, _plural) in CHILD_INDEXES.items():
-    _indexer = _replica_set_index if _index == "ms_replica_sets" else _child_index
-    kopf.index(_group, _version, _plural, id=_index, labels={PARENT_LABEL: kopf.PRESENT})(_indexer)
+# Owned children, indexed by their ModelService (namespace, name).
+INDEXERS = {child.index: child_indexer(KIND, child) for child in MODELSERVICE_CHILDREN}
+for _child in MODELSERVICE_CHILDREN:
+    _r = _child.resource
+    kopf.index(_r.group, _r.version, _r.plural, id=_child.index, labels={PARENT_LABEL: kopf.PRESENT})(
+        INDEXERS[_child.index]
+    )
 
 
 def _values(index: kopf.Index[Any, Any], key: Any) -> list[dict[str, Any]]:
@@ -150,7 +119,16 @@ def parent_for(body: Mapping[str, Any]) -> m.Parent:
     )
 
 
-def status_conditions(status: Mapping[str, Any] | None) -> list[Condition]:
+def new_status(
+    body: Mapping[str, Any], outcome: core.Outcome, generation: int | None
+) -> tuple[dict[str, Any], list[Condition], list[Condition]]:
+    """The status to write, the conditions it replaces and its own (for e2e/bench/bench_reconcile.py, which
+    writes what the reconcile writes without the operator)."""
+    old = _conditions_of(body.get("status"))
+    return outcome.status.to_wire(), old, list(outcome.status.conditions or ())
+
+
+def _conditions_of(status: Mapping[str, Any] | None) -> list[Condition]:
     out = []
     for raw in (status or {}).get("conditions") or ():
         try:
@@ -160,48 +138,20 @@ def status_conditions(status: Mapping[str, Any] | None) -> list[Condition]:
     return out
 
 
-def _status_keys() -> frozenset[str]:
-    # Only fields the CRD knows: anything else the API server prunes, and the next reconcile would
-    # find the status "changed" and write it again, forever.
-    from kubemaas.api.modelservice import ModelServiceStatus
-
-    return frozenset(f.alias or n for n, f in ModelServiceStatus.model_fields.items())
-
-
-STATUS_KEYS = _status_keys()
-
-
-def new_status(
-    body: Mapping[str, Any], outcome: core.Outcome, generation: int | None
-) -> tuple[dict[str, Any], list[Condition], list[Condition]]:
-    old = status_conditions(body.get("status"))
-    now = utc_now()
-    conditions = list(old)
-    for decision in outcome.conditions:
-        conditions = set_condition(
-            conditions, decision.type, decision.status, decision.reason, decision.message, generation, now
-        )
-    status = {k: v for k, v in outcome.status.items() if v is not None and k in STATUS_KEYS}
-    status["conditions"] = [c.to_wire() for c in conditions]
-    return status, old, conditions
-
-
-async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
+async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, Any]]) -> float | None:
     """`memo` is kopf's: the operator's `Kube` client and the `--triton-image` default."""
     kube: Kube = memo["kube"]
     namespace, name = key
     bodies = _values(indexes["ms_bodies"], key)
     if not bodies:
-        return  # deleted: the garbage collector takes the children
-    body = _with_written_status(key, bodies[0])
+        return None  # deleted: the garbage collector takes the children
+    body, version = LOOP.status.current(key, bodies[0])
     if body.get("metadata", {}).get("deletionTimestamp"):
-        return
-    generation = body["metadata"].get("generation")
+        return None
     try:
         ms = ModelService.parse(body)
     except ValidationError as error:
-        await _invalid(kube, body, str(error).replace("\n", " ")[:1024], generation)
-        return
+        return await _invalid(kube, key, body, version, summary(error)[:1024])
     jobs = _values(indexes["ms_training_jobs"], namespace)
     deployments = _values(indexes["ms_deployments"], key)
     observed = core.Observed(
@@ -214,62 +164,34 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
         hpa=_named(_values(indexes["ms_hpas"], key), name),
         pdb=_named(_values(indexes["ms_pdbs"], key), name),
     )
-    now = utc_now()
     outcome = core.reconcile(
         ms,
         core.Previous.from_status(body.get("status")),
         observed,
         parent_for(body),
         serving_options(ms, memo["triton_image"]),
-        now,
+        utc_now(),
     )
-    current: dict[str, Sequence[Mapping[str, Any]]] = {
-        "Deployment": deployments,
-        "Service": _values(indexes["ms_services"], key),
-        "HorizontalPodAutoscaler": [observed.hpa] if observed.hpa else [],
-        "PodDisruptionBudget": [observed.pdb] if observed.pdb else [],
-    }
-    for obj in outcome.apply:
-        seen = _named(current.get(obj["kind"], []), obj["metadata"]["name"])
-        if await kube.apply(obj, seen) is not None:
-            CHILDREN_APPLIED.labels(KIND, obj["kind"]).inc()
-    for child in outcome.delete:
-        await kube.delete(
-            {
-                "apiVersion": child.api_version,
-                "kind": child.kind,
-                "metadata": {"name": child.name, "namespace": namespace},
-            }
-        )
-    status, old, conditions = new_status(body, outcome, generation)
-    if await kube.patch_status(body, status) is not None:
+    children = [*deployments, *_values(indexes["ms_services"], key), *(c for c in (observed.hpa, observed.pdb) if c)]
+    unwanted = [
+        {"apiVersion": c.api_version, "kind": c.kind, "metadata": {"name": c.name, "namespace": namespace}}
+        for c in outcome.delete
+    ]
+    await sync(kube, KIND, outcome.apply, children, unwanted)
+    try:
+        written = await LOOP.status.write(kube, key, body, version, outcome.status.to_wire())
+    except Conflict:
+        # Another writer changed the ModelService since this copy was read; its change is on the way
+        # through the watch. Compute again from it instead of overwriting it (and post no Event twice).
+        return CONFLICT_REQUEUE_SECONDS
+    if written:
         STATUS_WRITES.labels(KIND).inc()
-    _WRITTEN[key] = (body["metadata"].get("uid"), status)
-    post_transition_events(
-        body,
-        old,
-        conditions,
-        core.WARNINGS,
-    )
+        old = ms.status.conditions if ms.status is not None else None
+        post_transition_events(body, old, outcome.status.conditions or [], core.WARNINGS)
     for event in outcome.events:
         kopf.event(_kopf_body(body), type=event.type, reason=event.reason, message=event.message[:1024])
-    if outcome.requeue_after is not None:
-        # Nothing in the cluster changes when a canary's analysis window ends; wake up for it. In memory
-        # only: after a restart the initial listing re-derives the same wait.
-        LOOP.run_later(key, max(outcome.requeue_after, 1.0), lambda: reconcile(key, memo, indexes))
-
-
-# The status this operator last wrote, per ModelService. Only this operator writes it, so it is never older
-# than the copy in the index, which lags behind our own patch until the watch delivers it: a reconcile
-# in that gap must not forget a failure it just recorded (and roll the failed version out again).
-_WRITTEN: dict[Key, tuple[str | None, dict[str, Any]]] = {}
-
-
-def _with_written_status(key: Key, body: dict[str, Any]) -> dict[str, Any]:
-    written = _WRITTEN.get(key)
-    if written is None or written[0] != body.get("metadata", {}).get("uid"):
-        return body
-    return {**body, "status": written[1]}
+    # Nothing in the cluster changes when a canary's analysis window ends: wake up for it.
+    return max(outcome.requeue_after, 1.0) if outcome.requeue_after is not None else None
 
 
 def _owned_by(rs: Mapping[str, Any], name: str) -> bool:
@@ -284,16 +206,22 @@ async def _exists(kube: Kube, namespace: str, name: str) -> bool:
     return await kube.exists("v1", "Secret", namespace, name)
 
 
-async def _invalid(kube: Kube, body: Mapping[str, Any], message: str, generation: int | None) -> None:
+async def _invalid(kube: Kube, key: Key, body: Mapping[str, Any], version: str | None, message: str) -> float | None:
     # The CRD's schema and CEL rules reject almost everything at admission; what slips through (an
     # object stored by an older CRD) is a condition, not a crash or a retry loop.
-    old = status_conditions(body.get("status"))
+    generation = body["metadata"].get("generation")
+    old = _conditions_of(body.get("status"))
     conditions = set_condition(
         old, core.Cond.READY, ConditionStatus.FALSE, "InvalidSpec", message, generation, utc_now()
     )
     status = {"conditions": [c.to_wire() for c in conditions], "observedGeneration": generation}
-    await kube.patch_status(body, status)
-    post_transition_events(body, old, conditions, core.WARNINGS)
+    try:
+        written = await LOOP.status.write(kube, key, body, version, status)
+    except Conflict:
+        return CONFLICT_REQUEUE_SECONDS
+    if written:
+        post_transition_events(body, old, conditions, core.WARNINGS)
+    return None
 
 
 def _kopf_body(body: Mapping[str, Any]) -> kopf.Body:
@@ -315,7 +243,6 @@ async def on_modelservice(type: str | None, namespace: str | None, name: str, me
         return
     if type == "DELETED":
         LOOP.forget((namespace, name))
-        _WRITTEN.pop((namespace, name), None)
         return
     await _run((namespace, name), memo, kwargs)
 
@@ -330,8 +257,11 @@ async def ms_child_changed(namespace: str | None, labels: Mapping[str, str], mem
     await _child_event(namespace, labels, memo, kwargs)
 
 
-for _group, _version, _plural in CHILD_INDEXES.values():
-    kopf.on.event(_group, _version, _plural, id=f"ms-{_plural}", labels={PARENT_LABEL: kopf.PRESENT})(ms_child_changed)
+for _child in MODELSERVICE_CHILDREN:
+    _r = _child.resource
+    kopf.on.event(_r.group, _r.version, _r.plural, id=f"ms-{_r.plural}", labels={PARENT_LABEL: kopf.PRESENT})(
+        ms_child_changed
+    )
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
@@ -349,9 +279,13 @@ def _refers_to(body: Mapping[str, Any], job_name: str, kwargs: Mapping[str, Any]
     model = body.get("spec", {}).get("model", {})
     if (model.get("trainingJobRef") or {}).get("name") == job_name:
         return True
-    selector = (model.get("trainingJobSelector") or {}).get("matchLabels")
-    if selector is None:
+    raw_selector = model.get("trainingJobSelector")
+    if raw_selector is None:
         return False
+    try:
+        selector = LabelSelector.model_validate(raw_selector)
+    except ValidationError:
+        return True  # the reconcile reports the invalid spec
     job = next(
         (
             j
@@ -362,4 +296,4 @@ def _refers_to(body: Mapping[str, Any], job_name: str, kwargs: Mapping[str, Any]
     )
     labels = (job or {}).get("metadata", {}).get("labels") or {}
     # A deleted job is gone from the index: reconcile anyway, the newest match may have changed.
-    return job is None or all(labels.get(k) == v for k, v in selector.items())
+    return job is None or selector.matches(labels)

@@ -15,6 +15,9 @@ last-handled spec in annotations of every object (two PATCHes per new object, an
 level-triggered reconcile needs neither: it recomputes everything from what the watches show. The re-runs
 are in memory (`Requeue`); after a restart the initial listing reconciles every object again.
 
+The skeleton every kind shares: `ReconcileLoop` (serialisation, re-runs, the status memory and the clean-up
+when an object is deleted), `sync` (children), `post_transition_events` (conditions to Events).
+
 Invalid specs are not failures: the reconcile turns them into a condition and an Event and returns.
 
 Indexers and handlers are `async def`: kopf runs a plain `def` handler on its executor thread, one
@@ -27,27 +30,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
 
 from kubemaas.api.base import Condition
-from kubemaas.controllers.apply import TransientApiError
+from kubemaas.controllers.apply import Kube, TransientApiError
 from kubemaas.controllers.conditions import WarningPolicy, transitions
-from kubemaas.controllers.metrics import PENDING, RECONCILE_SECONDS, RECONCILES
+from kubemaas.controllers.metrics import CHILDREN_APPLIED, PENDING, RECONCILE_SECONDS, RECONCILES
 
 log = logging.getLogger(__name__)
 
 ObjectKey = tuple[str, str]  # (namespace, name)
+# One reconcile of one object; returns the seconds until it wants to run again, or None.
+Reconcile = Callable[[], Awaitable[float | None]]
 
 BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-
-
-def without_managed_fields(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the indexes keep of an object: all of it but `metadata.managedFields`, which no reconcile reads
-    and which repeats the shape of every field each manager set (about a third of a Deployment's JSON)."""
-    meta = body.get("metadata") or {}
-    return {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 class Requeue:
@@ -77,18 +76,76 @@ class Requeue:
         return key in self._pending
 
 
+@dataclass(frozen=True)
+class Written:
+    """A status this operator wrote: the resourceVersion it was computed from, and the one it produced."""
+
+    computed_from: str | None
+    status: dict[str, Any]
+    resource_version: str
+
+
+class StatusMemory:
+    """The status this operator last wrote, per object; only this operator writes it.
+
+    A child's event can arrive before the watch delivers the parent with that status; the index then still
+    holds the older body. Reconciling from it would compute the same transitions again (every Event posted
+    twice) or forget a failure just recorded (and roll the failed version out again). So while the index
+    shows the version the last status was computed from, `current` gives that status instead, and the next
+    write is conditional on the version the write produced: if anyone wrote after it, the API server
+    refuses the write (`Conflict`) rather than let a status computed from a stale copy overwrite theirs.
+    """
+
+    def __init__(self) -> None:
+        self._written: dict[ObjectKey, Written] = {}
+
+    def remember(self, key: ObjectKey, written: Written) -> None:
+        self._written[key] = written
+
+    def forget(self, key: ObjectKey) -> None:
+        self._written.pop(key, None)
+
+    def current(self, key: ObjectKey, body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """`body`, with the status written last if the watch has not delivered it yet, and the resourceVersion
+        that pair stands for: a status written from it must be conditional on that version."""
+        current: dict[str, Any] = dict(body)
+        version = (current.get("metadata") or {}).get("resourceVersion")
+        written = self._written.get(key)
+        if written is not None and written.computed_from == version:
+            current["status"] = written.status
+            version = written.resource_version
+        return current, version
+
+    async def write(
+        self, kube: Kube, key: ObjectKey, body: Mapping[str, Any], version: str | None, status: dict[str, Any]
+    ) -> bool:
+        """Write `status` when it differs, conditional on `version`; whether it wrote. Raises `Conflict` when
+        the object changed since `version`: the caller computes again from the newer copy."""
+        produced = await kube.patch_status(body, status, resource_version=version)
+        if produced is None:
+            return False
+        self.remember(key, Written(body["metadata"].get("resourceVersion"), status, produced))
+        return True
+
+
 class ReconcileLoop:
-    """Per-object serialisation, metrics, re-runs and retry policy for one kind."""
+    """Per-object serialisation, metrics, re-runs, retry policy and status memory for one kind.
+
+    A reconcile returns how many seconds until it wants to run again even if nothing changes (a blocked
+    job's re-check, a canary's analysis window), or None.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.requeue = Requeue()
+        self.status = StatusMemory()
         self._locks: dict[ObjectKey, asyncio.Lock] = {}
         self._failures: dict[ObjectKey, int] = {}
 
     def forget(self, key: ObjectKey) -> None:
-        """Drop the bookkeeping of a deleted object."""
+        """Drop the bookkeeping of a deleted object: its pending re-run, lock, failures and status memory."""
         self.requeue.cancel(key)
+        self.status.forget(key)
         self._locks.pop(key, None)
         self._failures.pop(key, None)
 
@@ -96,12 +153,12 @@ class ReconcileLoop:
         count = self._failures.get(key, 0)
         return BACKOFF_SECONDS[min(count, len(BACKOFF_SECONDS)) - 1] if count else BACKOFF_SECONDS[0]
 
-    def run_later(self, key: ObjectKey, delay: float, reconcile: Callable[[], Awaitable[None]]) -> None:
+    def run_later(self, key: ObjectKey, delay: float, reconcile: Reconcile) -> None:
         """Run `reconcile` for `key` after `delay` seconds, unless another run of it comes first."""
         self.requeue.schedule(key, delay, lambda: self.run(key, reconcile))
 
-    async def run(self, key: ObjectKey, reconcile: Callable[[], Awaitable[None]]) -> None:
-        """Run `reconcile` for `key` under its lock; a failure schedules a re-run with backoff."""
+    async def run(self, key: ObjectKey, reconcile: Reconcile) -> None:
+        """Run `reconcile` for `key` under its lock; a requeue it asks for, or a failure, schedules a re-run."""
         lock = self._locks.setdefault(key, asyncio.Lock())
         gauge = PENDING.labels(self.kind)
         gauge.inc()
@@ -113,8 +170,10 @@ class ReconcileLoop:
                 started = time.monotonic()
                 outcome = "success"
                 try:
-                    await reconcile()
+                    requeue_after = await reconcile()
                     self._failures.pop(key, None)
+                    if requeue_after is not None:
+                        self.run_later(key, requeue_after, reconcile)
                 except TransientApiError as error:
                     outcome = "retry"
                     self._failures[key] = self._failures.get(key, 0) + 1
@@ -131,6 +190,28 @@ class ReconcileLoop:
                     RECONCILE_SECONDS.labels(self.kind).observe(time.monotonic() - started)
         finally:
             gauge.dec()
+
+
+async def sync(
+    kube: Kube,
+    kind: str,
+    desired: Sequence[Mapping[str, Any]],
+    observed: Sequence[Mapping[str, Any]],
+    unwanted: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """Make a parent's children what the core decided: apply each desired child unless the observed one of
+    that kind and name already carries every field of it, and delete the unwanted ones. The writes are
+    independent of each other, so they run together."""
+    seen = {(o.get("kind"), (o.get("metadata") or {}).get("name")): o for o in observed}
+    applied = await asyncio.gather(
+        *(kube.apply(child, seen.get((child["kind"], child["metadata"]["name"]))) for child in desired)
+    )
+    for child, result in zip(desired, applied, strict=True):
+        if result is not None:
+            CHILDREN_APPLIED.labels(kind, child["kind"]).inc()
+    for gone in unwanted:
+        log.info("%s: deleting %s %s", kind, gone["kind"], gone["metadata"]["name"])
+        await kube.delete(gone)
 
 
 def post_transition_events(

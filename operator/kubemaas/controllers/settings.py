@@ -8,26 +8,16 @@ from dataclasses import dataclass
 import kopf
 
 from kubemaas.controllers import WATCH_SERVER_TIMEOUT
-from kubemaas.controllers.labels import MANAGED_BY_SELECTOR
+from kubemaas.controllers.children import watched
+from kubemaas.manifests.labels import MANAGED_BY_SELECTOR
 
 # Under a structural schema the API server prunes `status.kopf`, so kopf keeps its progress in annotations.
 ANNOTATION_PREFIX = "kubemaas.io"
 PEERING_NAME = "kubemaas"
 
-# Kinds the operator watches only to see its own children. kopf's handler filters run after the watch
-# delivered an object, so without a server-side selector the operator would stream (and hold in memory)
-# every Pod, Job and Secret of the cluster; with it, only what Kubemaas made.
-CHILD_RESOURCES: tuple[tuple[str, str], ...] = (
-    ("", "pods"),
-    ("", "services"),
-    ("", "secrets"),
-    ("batch", "jobs"),
-    ("apps", "deployments"),
-    ("apps", "replicasets"),
-    ("autoscaling", "horizontalpodautoscalers"),
-    ("policy", "poddisruptionbudgets"),
-    ("kubeflow.org", "pytorchjobs"),
-)
+# Kinds the operator watches only to see its own children, each with the server-side selector
+# (children.watched() says why).
+CHILD_RESOURCES: tuple[tuple[str, str], ...] = tuple(watched())
 
 
 @dataclass(frozen=True)

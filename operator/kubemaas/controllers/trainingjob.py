@@ -3,8 +3,8 @@
 Every trigger ends in `reconcile(key)`: the TrainingJob's own events (and the initial listing at start),
 the events of what it owns (PyTorchJob, Job, Service, pods), and a requeue the reconcile itself asks for
 (a blocked job's re-check, ttlSecondsAfterFinished, a late pod) or a failed attempt's re-run. The parent
-and its children are read from kopf indexes (filled by the watches, which `settings.CHILD_RESOURCES`
-restricts server-side to objects labelled managed-by kubemaas), never by listing.
+and its children are read from kopf indexes (filled by the watches, which the settings
+restrict server-side to objects labelled managed-by kubemaas: children.watched()), never by listing.
 
 Why a requeue and not `@kopf.timer`: kopf puts a finalizer on every object a timer serves (kopf 1.45
 hard-codes it), so each TrainingJob would need a running operator to be deleted, and DESIGN.md §3
@@ -22,22 +22,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
 from kubemaas.api.base import Condition
+from kubemaas.api.errors import summary
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers import trainingjob_core as core
 from kubemaas.controllers.apply import Conflict, Kube
-from kubemaas.controllers.conditions import utc_now
-from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
+from kubemaas.controllers.children import TRAININGJOB_CHILDREN, child_indexer, without_managed_fields
+from kubemaas.controllers.conditions import true_condition, utc_now
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
-from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events, without_managed_fields
+from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events, sync
 from kubemaas.manifests import trainingjob as manifests
+from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
 
 log = logging.getLogger(__name__)
 
@@ -69,45 +70,14 @@ class Discovery:
 
 
 def _serves_v1(crd: Mapping[str, Any]) -> bool:
-    established = any(
-        c.get("type") == "Established" and c.get("status") == "True"
-        for c in (crd.get("status") or {}).get("conditions") or ()
-    )
+    established = true_condition(crd, "Established") is not None
     return established and any(v.get("name") == "v1" and v.get("served") for v in crd["spec"].get("versions") or ())
 
 
 DISCOVERY = Discovery()
 
 
-@dataclass
-class _Written:
-    """The status this operator last wrote, the resourceVersion it was computed from, and the one it made.
-
-    A child's event can arrive before the watch delivers the TrainingJob with that status; the index
-    then still holds the older body. Reconciling from it would compute the same transitions again and
-    post every Event twice.
-    """
-
-    computed_from: str
-    status: dict[str, Any]
-    resource_version: str
-
-
-_WRITTEN: dict[ObjectKey, _Written] = {}
-
-
 # --- indexes: the parent and its children, keyed by (namespace, TrainingJob name) -------------------
-
-
-def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the reconcile reads of a pod; the rest of a pod body is not worth keeping in memory."""
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
-    return {
-        "metadata": {
-            k: meta[k] for k in ("name", "labels", "annotations", "ownerReferences", "deletionTimestamp") if k in meta
-        },
-        "status": {k: status[k] for k in ("phase", "containerStatuses") if k in status},
-    }
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -115,29 +85,8 @@ async def trainingjobs(namespace: str | None, name: str, body: kopf.Body, **_: A
     return {(namespace, name): without_managed_fields(body)} if namespace else None
 
 
-def _by_parent(namespace: str | None, labels: Mapping[str, str], value: Any) -> dict[ObjectKey, Any] | None:
-    parent = parent_of(KIND, labels)
-    return {(namespace, parent): value} if parent and namespace else None
-
-
-# The children whose events re-run the parent's reconcile, by index name. Pods are kept slim.
-CHILD_INDEXES: dict[str, tuple[str, str, str]] = {
-    "trainingjob_pytorchjobs": ("kubeflow.org", "v1", "pytorchjobs"),
-    "trainingjob_jobs": ("batch", "v1", "jobs"),
-    "trainingjob_services": ("", "v1", "services"),
-    "trainingjob_pods": ("", "v1", "pods"),
-}
-
-
-def _child_indexer(index: str) -> Callable[..., Awaitable[dict[ObjectKey, Any] | None]]:
-    slim = index == "trainingjob_pods"
-
-    async def indexer(
-        namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-    ) -> dict[ObjectKey, Any] | None:
-        return _by_parent(namespace, labels, _slim_pod(body) if slim else without_managed_fields(body))
-
-    return indexer
+# The children whose events re-run the parent's reconcile.
+INDEXERS = {child.index: child_indexer(KIND, child) for child in TRAININGJOB_CHILDREN}
 
 
 # --- gathering Observed ---------------------------------------------------------------------------
@@ -192,35 +141,18 @@ async def _observe(
 # --- the reconcile ----------------------------------------------------------------------------------
 
 
-def _current_body(key: ObjectKey, body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """`body`, with the status this operator wrote last if the watch has not delivered it yet, and the
-    resourceVersion that pair stands for: a status written from it must be conditional on that version."""
-    current: dict[str, Any] = dict(body)
-    version = current["metadata"].get("resourceVersion")
-    written = _WRITTEN.get(key)
-    if written is not None and written.computed_from == version:
-        current["status"] = written.status
-        version = written.resource_version
-    return current, version
-
-
-async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> None:
-    requeue_after = await _reconcile(key, kube, indexes)
-    if requeue_after is not None:
-        LOOP.run_later(key, requeue_after, lambda: reconcile(key, kube, indexes))
-
-
-async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> float | None:
+async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> float | None:
+    """One level-triggered pass; returns the seconds until the next one is due (a re-check, a TTL), or None."""
     bodies = list(indexes["trainingjobs"].get(key, []))
     if not bodies:
         return None  # deleted (the parent's DELETED event drops the bookkeeping)
-    body, version = _current_body(key, bodies[0])
+    body, version = LOOP.status.current(key, bodies[0])
     if body["metadata"].get("deletionTimestamp"):
         return None
     try:
         job = TrainingJob.parse(body)
     except ValidationError as error:
-        return await _report_invalid(key, body, version, str(error), kube)
+        return await _report_invalid(key, body, version, summary(error), kube)
     observed = await _observe(job, key, kube, indexes)
     desired = core.reconcile(job, observed, utc_now())
 
@@ -229,30 +161,21 @@ async def _reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Inde
         if secret is not None and await kube.create(secret) is not None:
             log.info("%s %s/%s: created key Secret %s", KIND, *key, secret["metadata"]["name"])
             CHILDREN_APPLIED.labels(KIND, "Secret").inc()
-    applied = await asyncio.gather(
-        *(
-            kube.apply(child, observed.workload if child["kind"] in ("PyTorchJob", "Job") else observed.service)
-            for child in desired.apply
-        )
-    )
-    for child, result in zip(desired.apply, applied, strict=True):
-        if result is not None:
-            CHILDREN_APPLIED.labels(KIND, child["kind"]).inc()
-    for gone in desired.delete:
-        log.info("%s %s/%s: ttlSecondsAfterFinished passed, deleting %s", KIND, *key, gone["kind"])
-        await kube.delete(gone)
+    unwanted = desired.delete
+    if unwanted:
+        log.info("%s %s/%s: ttlSecondsAfterFinished passed", KIND, *key)
+    observed_children = [c for c in (observed.workload, observed.service) if c is not None]
+    await sync(kube, KIND, desired.apply, observed_children, unwanted)
 
-    status = desired.status.to_wire()
     try:
-        written = await kube.patch_status(body, status, resource_version=version)
+        written = await LOOP.status.write(kube, key, body, version, desired.status.to_wire())
     except Conflict:
         # Another writer changed the TrainingJob since this copy was read; its change is on the way
         # through the watch. Compute again from it instead of overwriting it.
         log.debug("%s %s/%s: changed since read, reconciling again", KIND, *key)
         return CONFLICT_REQUEUE_SECONDS
-    if written is not None:
+    if written:
         STATUS_WRITES.labels(KIND).inc()
-        _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), status, written)
         old = job.status.conditions if job.status is not None else None
         post_transition_events(body, old, desired.status.conditions or [], core.WARNINGS)
     return desired.requeue_after
@@ -263,14 +186,12 @@ async def _report_invalid(
 ) -> float | None:
     generation = body["metadata"].get("generation")
     status = core.invalid_spec(body.get("status"), generation, error, utc_now())
-    wire = status.to_wire()
     try:
-        written = await kube.patch_status(body, wire, resource_version=version)
+        written = await LOOP.status.write(kube, key, body, version, status.to_wire())
     except Conflict:
         return CONFLICT_REQUEUE_SECONDS
-    if written is not None:
+    if written:
         STATUS_WRITES.labels(KIND).inc()
-        _WRITTEN[key] = _Written(str(body["metadata"].get("resourceVersion")), wire, written)
         old = (body.get("status") or {}).get("conditions")
         post_transition_events(
             body, [Condition.model_validate(c) for c in old or ()], status.conditions or [], core.WARNINGS
@@ -287,7 +208,7 @@ async def _run(key: ObjectKey, memo: kopf.Memo, indexes: Mapping[str, kopf.Index
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
-    return {n: kwargs[n] for n in ("trainingjobs", *CHILD_INDEXES)}
+    return {n: kwargs[n] for n in ("trainingjobs", *INDEXERS)}
 
 
 # Every event of a TrainingJob, including the initial listing (type None) after a start: no kopf
@@ -299,7 +220,6 @@ async def trainingjob_event(type: str | None, namespace: str | None, name: str, 
     key = (namespace, name)
     if type == "DELETED":
         LOOP.forget(key)
-        _WRITTEN.pop(key, None)
         return
     await _run(key, memo, _indexes(kwargs))
 
@@ -310,6 +230,7 @@ async def _child_event(namespace: str | None, labels: Mapping[str, str], memo: k
         await _run((namespace, parent), memo, _indexes(kwargs))
 
 
-for _index, (_group, _version, _plural) in CHILD_INDEXES.items():
-    kopf.index(_group, _version, _plural, labels=MANAGED, id=_index)(_child_indexer(_index))
-    kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"{_index}_event")(_child_event)
+for _child in TRAININGJOB_CHILDREN:
+    _r = _child.resource
+    kopf.index(_r.group, _r.version, _r.plural, labels=MANAGED, id=_child.index)(INDEXERS[_child.index])
+    kopf.on.event(_r.group, _r.version, _r.plural, labels=MANAGED, id=f"{_child.index}_event")(_child_event)

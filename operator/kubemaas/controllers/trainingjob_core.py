@@ -8,7 +8,8 @@ Rules:
 - The model version is derived from the job's creation time and uid: stable across operator restarts
   and pod restarts, known before any pod starts, sortable by creation.
 - The backend is resolved once (Auto -> PyTorchJob when the CRD is served, else Job), recorded in
-  status.backend and kept from then on.
+  status.backend and kept from then on. What differs between backends (the children, how the workload
+  reports success, restarts and progress) is behind `workloads.WorkloadBackend`: no branch here.
 - Pre-flight, before the workload exists: the claims and (with generateKey: Never) the key Secret
   must exist; otherwise Ready=False with the reason, and nothing is created.
 - Succeeded/Failed are terminal and sticky: the workload is never re-created after it, and with
@@ -18,26 +19,26 @@ Rules:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
 from kubemaas.api.base import ConditionStatus
 from kubemaas.api.trainingjob import (
-    Backend,
     KeyGeneration,
     PublishedModel,
     ReplicaStatus,
     TrainingJob,
     TrainingJobStatus,
 )
-from kubemaas.controllers.conditions import WarningPolicy, find_condition, is_true, set_condition
+from kubemaas.contract import termination
+from kubemaas.controllers import workloads
+from kubemaas.controllers.conditions import WarningPolicy, find_condition, is_true, set_condition, true_condition
+from kubemaas.controllers.workloads import WorkloadBackend
 from kubemaas.manifests import trainingjob as manifests
-from kubemaas.runtime import termination
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 
@@ -66,8 +67,6 @@ RECHECK_SECONDS = 10.0
 
 KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/replica-type"
 KUBEFLOW_REPLICA_INDEX = "training.kubeflow.org/replica-index"
-
-BackendName = Literal["PyTorchJob", "Job"]
 
 
 @dataclass(frozen=True)
@@ -104,36 +103,16 @@ def model_version(job: TrainingJob) -> str:
     return f"v{created:%Y%m%d-%H%M%S}-{(job.metadata.uid or '')[:8]}"
 
 
-def resolve_backend(job: TrainingJob, pytorchjob_served: bool) -> BackendName:
-    if job.status is not None and job.status.backend is not None:
-        return job.status.backend
-    if job.spec.backend == Backend.PyTorchJob:
-        return "PyTorchJob"
-    if job.spec.backend == Backend.Job:
-        return "Job"
-    return "PyTorchJob" if pytorchjob_served else "Job"
+def served_backends(observed: Observed) -> frozenset[str]:
+    """Backends whose API the cluster serves, among those that need one."""
+    return frozenset({"PyTorchJob"}) if observed.pytorchjob_served else frozenset()
 
 
-def desired_children(job: TrainingJob, backend: BackendName) -> list[dict[str, Any]]:
-    version = model_version(job)
-    if backend == "PyTorchJob":
-        return [manifests.pytorchjob(job, version)]
-    # The Service first: rank 0's name must resolve when the other ranks start.
-    return [manifests.headless_service(job), manifests.indexed_job(job, version)]
+def desired_children(job: TrainingJob, backend: WorkloadBackend) -> list[dict[str, Any]]:
+    return backend.children(job, model_version(job))
 
 
 # --- reading what the workload and its pods report ------------------------------------------------
-
-
-def _conditions_of(obj: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
-    if obj is None:
-        return {}
-    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or ()}
-
-
-def _true(conds: Mapping[str, Mapping[str, Any]], type: str) -> Mapping[str, Any] | None:
-    found = conds.get(type)
-    return found if found is not None and found.get("status") == "True" else None
 
 
 def _time(value: Any) -> datetime | None:
@@ -183,11 +162,6 @@ def replica_statuses(pods: Sequence[Mapping[str, Any]]) -> dict[str, ReplicaStat
     return {kind: ReplicaStatus(**c) for kind, c in sorted(counts.items())}
 
 
-def _metric(value: float) -> str | None:
-    """A metric as the API's decimal string; NaN and infinities have no decimal form and are left out."""
-    return repr(float(value)) if math.isfinite(value) else None
-
-
 def parse_published_model(message: str, version: str) -> PublishedModel:
     """Rank 0's success message -> status.model; anything else is BadTerminationMessage."""
     if not message.strip():
@@ -200,7 +174,7 @@ def parse_published_model(message: str, version: str) -> PublishedModel:
         raise BadTerminationMessage(f"rank 0 exited 0 but reported a failure ({parsed.reason})")
     if parsed.version != version:
         raise BadTerminationMessage(f"rank 0 published version {parsed.version!r}, expected {version!r}")
-    metrics = {name: text for name, value in parsed.metrics.items() if (text := _metric(value)) is not None}
+    metrics = PublishedModel.metrics_from(parsed.metrics)
     try:
         return PublishedModel(
             uri=parsed.uri, version=parsed.version, sha256=parsed.sha256, key_id=parsed.key_id, metrics=metrics or None
@@ -325,8 +299,8 @@ def _preflight(job: TrainingJob, observed: Observed, out: _Status) -> bool:
     return True
 
 
-def _mirror_suspend(job: TrainingJob, conds: Mapping[str, Mapping[str, Any]], out: _Status) -> bool:
-    workload_suspended = _true(conds, "Suspended")
+def _mirror_suspend(job: TrainingJob, workload: Mapping[str, Any] | None, out: _Status) -> bool:
+    workload_suspended = true_condition(workload, "Suspended")
     if job.spec.run_policy.suspend:
         out.set(SUSPENDED, TRUE, "Suspended", "runPolicy.suspend is true: the pods are deleted until it is false")
         return True
@@ -361,75 +335,47 @@ def _succeeded(job: TrainingJob, observed: Observed, out: _Status, reason: str, 
     return Desired(status=out.status)
 
 
-def _restarts(backend: BackendName, wl_status: Mapping[str, Any]) -> int:
-    """Failed pods the backend replaced so far: what runPolicy.backoffLimit counts."""
-    if backend == "Job":
-        return int(wl_status.get("failed") or 0)
-    return sum(int((r or {}).get("failed") or 0) for r in (wl_status.get("replicaStatuses") or {}).values())
-
-
-def _restarting(
-    job: TrainingJob,
-    backend: BackendName,
-    conds: Mapping[str, Mapping[str, Any]],
-    wl_status: Mapping[str, Any],
-    restarts: int,
-) -> tuple[str, str] | None:
-    """(reason, message) while the pods are being recreated after a retriable failure, else None."""
-    if backend == "PyTorchJob":
-        mirrored = _true(conds, "Restarting")
-        return (str(mirrored.get("reason") or "Restarting"), str(mirrored.get("message") or "")) if mirrored else None
-    active = int(wl_status.get("active") or 0)
-    if restarts and active < job.spec.replicas:
-        return "PodsRestarting", f"{restarts} pod failure(s) so far; {active} of {job.spec.replicas} pods active"
-    return None
-
-
 def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     out = _initial_status(job, now)
     if is_true(out.status.conditions, SUCCEEDED) or is_true(out.status.conditions, FAILED):
         return _finished(job, observed, out)
 
-    backend = resolve_backend(job, observed.pytorchjob_served)
-    if backend == "PyTorchJob" and not observed.pytorchjob_served:
-        out.blocked(
-            "BackendUnavailable",
-            "backend PyTorchJob: the cluster does not serve kubeflow.org/v1 PyTorchJob (install the Kubeflow "
-            "training operator, or use backend Job)",
-        )
+    served = served_backends(observed)
+    backend = workloads.resolve(job, served)
+    if backend.unavailable is not None and backend.name not in served:
+        out.blocked("BackendUnavailable", backend.unavailable)
         return Desired(status=out.status, requeue_after=RECHECK_SECONDS)
 
     workload = observed.workload
     if workload is None and not _preflight(job, observed, out):
         return Desired(status=out.status, requeue_after=RECHECK_SECONDS)
-    out.status.backend = backend
+    out.status.backend = backend.name
     children = desired_children(job, backend)
     out.set(READY, TRUE, "WorkloadCreated" if workload is not None else "Creating", "")
 
     if workload is None:
         # Only before the workload exists: the handlers look the Secret up only then (no reads in steady state).
         create_key = not observed.key_secret_exists and job.spec.encryption.generate_key == KeyGeneration.IfMissing
-        out.set(CREATED, UNKNOWN, "Creating", f"creating the {backend}")
-        _mirror_suspend(job, {}, out)
+        out.set(CREATED, UNKNOWN, "Creating", f"creating the {backend.name}")
+        _mirror_suspend(job, None, out)
         out.set(RUNNING, FALSE, "Pending", "")
         return Desired(status=out.status, apply=children, create_key_secret=create_key)
 
-    out.set(CREATED, TRUE, f"{backend}Created", f"{backend} {workload['metadata']['name']} created")
-    conds = _conditions_of(workload)
+    out.set(CREATED, TRUE, f"{backend.name}Created", f"{backend.name} {workload['metadata']['name']} created")
     wl_status = workload.get("status") or {}
     out.status.start_time = _time(wl_status.get("startTime")) or out.status.start_time
     out.status.replica_statuses = replica_statuses(observed.pods) or None
-    suspended = _mirror_suspend(job, conds, out)
+    suspended = _mirror_suspend(job, workload, out)
 
-    succeeded = _true(conds, "Succeeded" if backend == "PyTorchJob" else "Complete")
-    failed = _true(conds, "Failed")
+    succeeded = backend.succeeded(workload)
+    failed = true_condition(workload, "Failed")
     if succeeded is not None or failed is not None:
         decided = succeeded if succeeded is not None else failed
         assert decided is not None
         finished = _time(wl_status.get("completionTime")) or _time(decided.get("lastTransitionTime")) or now
         out.set(RUNNING, FALSE, "Finished", "")
         out.set(RESTARTING, FALSE, "Finished", "")
-        out.status.restart_count = _restarts(backend, wl_status)
+        out.status.restart_count = backend.restarts(workload)
         if succeeded is not None:
             reason = str(succeeded.get("reason") or "Succeeded")
             result = _succeeded(job, observed, out, reason, finished)
@@ -450,22 +396,20 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
 
     out.set(SUCCEEDED, FALSE, "NotFinished", "")
     out.set(FAILED, FALSE, "NotFinished", "")
-    restarts = _restarts(backend, wl_status)
+    restarts = backend.restarts(workload)
     out.status.restart_count = restarts
-    restarting = _restarting(job, backend, conds, wl_status, restarts) if not suspended else None
+    restarting = backend.restarting(job, workload, restarts) if not suspended else None
     if restarting is not None:
         out.set(RESTARTING, TRUE, *restarting)
     else:
         out.set(RESTARTING, FALSE, "NotRestarting", "")
-    running = _true(conds, "Running") if backend == "PyTorchJob" else None
+    running = backend.running(job, workload)
     if suspended:
         out.set(RUNNING, FALSE, "Suspended", "")
     elif restarting is not None:
         out.set(RUNNING, FALSE, "Restarting", "")
     elif running is not None:
-        out.set(RUNNING, TRUE, str(running.get("reason") or "Running"), str(running.get("message") or ""))
-    elif backend == "Job" and int(wl_status.get("active") or 0) > 0:
-        out.set(RUNNING, TRUE, "JobRunning", f"{wl_status.get('active')} of {job.spec.replicas} pods active")
+        out.set(RUNNING, TRUE, *running)
     else:
         out.set(RUNNING, FALSE, "Pending", "waiting for the pods to start")
     return Desired(status=out.status, apply=children)

@@ -15,7 +15,7 @@ Serving pod (one model version per pod, never ``Latest`` once the controller pin
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -29,13 +29,15 @@ from kubemaas.api.modelservice import (
     Runtime,
     ScalingMetric,
 )
+from kubemaas.contract.serving import ServingSettings, settings_to_args
+from kubemaas.contract.store import DEFAULT_MOUNT_ROOT, claim_of
 from kubemaas.manifests.pods import (
-    claim_name,
+    QUEUE_LABEL,
+    container_resources,
+    place,
     restricted_container_security_context,
     restricted_pod_security_context,
 )
-from kubemaas.runtime.artifacts import DEFAULT_MOUNT_ROOT
-from kubemaas.runtime.triton_config import ServingSettings, settings_to_args
 from kubemaas.serving_metrics import QUEUE_TIME_METRIC
 
 # The model-loader image of this operator release (images/model-loader); the chart may override it.
@@ -92,7 +94,7 @@ class ModelRef:
 
     @property
     def claim(self) -> str:
-        return claim_name(self.store_uri)
+        return claim_of(self.store_uri)
 
 
 @dataclass(frozen=True)
@@ -168,24 +170,6 @@ def track_selector(parent: Parent, track: Track) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- Deployment
-
-
-def _resources(spec: ModelServiceSpec, gpu_resource: str) -> dict[str, Any]:
-    limits: dict[str, Any] = {}
-    if spec.resources.cpu is not None:
-        limits["cpu"] = str(spec.resources.cpu)
-    if spec.resources.memory is not None:
-        limits["memory"] = str(spec.resources.memory)
-    out: dict[str, Any] = {}
-    if limits:
-        # requests = limits: Guaranteed QoS for serving pods that set cpu and memory.
-        out["requests"] = dict(limits)
-    if spec.resources.gpus:
-        # A string, as the API server returns quantities: an unchanged spec then compares equal.
-        limits[gpu_resource] = str(spec.resources.gpus)
-    if limits:
-        out["limits"] = limits
-    return out
 
 
 def _loader_container(spec: ModelServiceSpec, model: ModelRef, options: ServingOptions) -> dict[str, Any]:
@@ -271,7 +255,7 @@ def _triton_container(spec: ModelServiceSpec, options: ServingOptions) -> dict[s
     container["env"] = [{"name": "HOME", "value": "/tmp"}, *(dict(e) for e in options.triton_env)]
     if options.triton_env_from:
         container["envFrom"] = [dict(e) for e in options.triton_env_from]
-    resources = _resources(spec, options.gpu_resource)
+    resources = container_resources(spec.resources, options.gpu_resource)
     if resources:
         container["resources"] = resources
     return container
@@ -304,18 +288,9 @@ def pod_template(
         pod_spec["automountServiceAccountToken"] = True
     if options.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in options.image_pull_secrets]
-    scheduling = spec.scheduling
-    if scheduling is not None:
-        if scheduling.node_selector:
-            pod_spec["nodeSelector"] = dict(scheduling.node_selector)
-        if scheduling.tolerations:
-            pod_spec["tolerations"] = [t.to_wire() for t in scheduling.tolerations]
-        if scheduling.priority_class_name:
-            pod_spec["priorityClassName"] = scheduling.priority_class_name
-        if scheduling.scheduler_name:
-            pod_spec["schedulerName"] = scheduling.scheduler_name
-        if scheduling.queue_name:
-            labels["kueue.x-k8s.io/queue-name"] = scheduling.queue_name
+    place(pod_spec, spec.scheduling)
+    if spec.scheduling is not None and spec.scheduling.queue_name:
+        labels[QUEUE_LABEL] = spec.scheduling.queue_name
     if spec.resources.gpus:
         # GPU nodes carry the NVIDIA taint (GPU operator, managed node pools); serving pods tolerate it.
         pod_spec.setdefault("tolerations", []).append(
@@ -467,16 +442,6 @@ def pod_disruption_budget(parent: Parent, options: ServingOptions) -> dict[str, 
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
-
-
-def child_kinds() -> Sequence[tuple[str, str]]:
-    """(apiVersion, kind) of every child a ModelService may own."""
-    return (
-        ("apps/v1", "Deployment"),
-        ("v1", "Service"),
-        ("autoscaling/v2", "HorizontalPodAutoscaler"),
-        ("policy/v1", "PodDisruptionBudget"),
-    )
 
 
 def model_ref_from_template(template: Mapping[str, Any]) -> ModelRef | None:

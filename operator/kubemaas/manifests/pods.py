@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubemaas.api.base import ApiModel
+from kubemaas.api.core import Resources, Scheduling
+
 # The UID:GID every Kubemaas image runs as (images/*/Dockerfile). Triton's own image runs as root by
 # default; it runs fine as this user when everything it writes is a mounted volume.
 WORKLOAD_UID = 65532
@@ -33,6 +36,60 @@ def restricted_container_security_context() -> dict[str, Any]:
     }
 
 
-def claim_name(uri: str) -> str:
-    """`pvc://<claim>/<path>` -> `<claim>` (the API validated the URI's shape)."""
-    return uri.removeprefix("pvc://").split("/", 1)[0]
+# The label Kueue admits a workload by (its LocalQueue).
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+def as_served(model: ApiModel) -> dict[str, Any]:
+    """A core/v1 sub-object as the API server stores it: without false and empty values.
+
+    The server drops `readOnly: false`, `value: ""` and the like (omitempty), so a child that carried
+    them would never equal what the watch shows, and every reconcile would apply it again. Leaving them
+    out means the same: false and "" are those fields' defaults.
+    """
+    pruned = _prune(model.model_dump(mode="json", by_alias=True, exclude_none=True))
+    assert isinstance(pruned, dict)
+    return pruned
+
+
+def _prune(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _prune(v) for k, v in value.items() if v is not False and v != ""}
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
+
+
+def container_resources(resources: Resources, gpu_resource: str) -> dict[str, Any]:
+    """The container's `resources`: cpu and memory as requests equal to limits (Guaranteed QoS when both are
+    set: the last pods evicted under pressure), GPUs as limits of `gpu_resource` (Kubernetes sets the request).
+    Quantities as strings, as the API server returns them: an unchanged spec then compares equal."""
+    limits: dict[str, str] = {}
+    if resources.cpu is not None:
+        limits["cpu"] = str(resources.cpu)
+    if resources.memory is not None:
+        limits["memory"] = str(resources.memory)
+    requests = dict(limits)
+    if resources.gpus:
+        limits[gpu_resource] = str(resources.gpus)
+    out: dict[str, Any] = {}
+    if limits:
+        out["limits"] = limits
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def place(pod_spec: dict[str, Any], scheduling: Scheduling | None) -> None:
+    """Set the spec's scheduling fields (nodeSelector, tolerations, priority class, scheduler) on a pod spec.
+    The Kueue label goes on the workload, not the pod: see QUEUE_LABEL's callers."""
+    if scheduling is None:
+        return
+    if scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        pod_spec["tolerations"] = [as_served(t) for t in scheduling.tolerations]
+    if scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = scheduling.priority_class_name
+    if scheduling.scheduler_name:
+        pod_spec["schedulerName"] = scheduling.scheduler_name

@@ -22,20 +22,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubemaas import contract
-from kubemaas.api.base import ApiModel
 from kubemaas.api.core import DEFAULT_GPU_RESOURCE, RESERVED_VOLUME_PREFIX
 from kubemaas.api.trainingjob import KeyGeneration, Quantization, TrainingJob
-from kubemaas.controllers.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
-from kubemaas.controllers.labels import owner_reference as _owner_reference
+from kubemaas.contract.keys import ACTIVE_FILE, KEY_BYTES, KEY_FILE_PREFIX
+from kubemaas.contract.store import DEFAULT_MOUNT_ROOT, claim_of
+from kubemaas.contract.termination import ExitCode
+from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
+from kubemaas.manifests.labels import owner_reference as _owner_reference
 from kubemaas.manifests.pods import (
+    QUEUE_LABEL,
     WORKLOAD_UID,
-    claim_name,
+    as_served,
+    container_resources,
+    place,
     restricted_container_security_context,
     restricted_pod_security_context,
 )
-from kubemaas.runtime.artifacts import DEFAULT_MOUNT_ROOT
-from kubemaas.runtime.keyring import ACTIVE_FILE, KEY_BYTES, KEY_FILE_PREFIX
-from kubemaas.runtime.termination import ExitCode
 
 KIND = "TrainingJob"
 KIND_LABEL = parent_label(KIND)
@@ -47,7 +49,6 @@ JOB_CONTAINER = "trainer"
 # Kubeflow reads MASTER_PORT from the container port with this name; naming it keeps both backends on one port.
 PYTORCH_PORT_NAME = "pytorchjob-port"
 MASTER_PORT = contract.DEFAULT_MASTER_PORT
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 # Exit codes no retry can fix (docs/runtime-contract.md §6): the Job backend fails at once on them.
@@ -76,9 +77,9 @@ def claims(job: TrainingJob, *, rank0: bool) -> list[Claim]:
     """Each distinct claim once (docs/runtime-contract.md §2): the output claim read-write, on rank 0 only
     (it alone writes the model and the checkpoints), and the data claim read-only on every rank."""
     spec = job.spec
-    out = [Claim(claim_name(spec.output.uri), _volume("output"), writable=True)] if rank0 else []
-    if spec.data is not None and claim_name(spec.data.uri) not in {c.name for c in out}:
-        out.append(Claim(claim_name(spec.data.uri), _volume("data"), writable=False))
+    out = [Claim(claim_of(spec.output.uri), _volume("output"), writable=True)] if rank0 else []
+    if spec.data is not None and claim_of(spec.data.uri) not in {c.name for c in out}:
+        out.append(Claim(claim_of(spec.data.uri), _volume("data"), writable=False))
     return out
 
 
@@ -151,25 +152,6 @@ def rendezvous(job: TrainingJob) -> contract.Rendezvous:
     )
 
 
-def _resources(job: TrainingJob) -> dict[str, Any]:
-    res = job.spec.resources
-    # Requests equal limits: a Guaranteed pod is the last to be evicted under memory pressure.
-    limits: dict[str, str] = {}
-    if res.cpu is not None:
-        limits["cpu"] = str(res.cpu)
-    if res.memory is not None:
-        limits["memory"] = str(res.memory)
-    requests = dict(limits)
-    if res.gpus:
-        limits[res.gpu_resource or DEFAULT_GPU_RESOURCE] = str(res.gpus)
-    out: dict[str, Any] = {}
-    if limits:
-        out["limits"] = limits
-    if requests:
-        out["requests"] = requests
-    return out
-
-
 def container_security_context() -> dict[str, Any]:
     """Pod Security `restricted`, plus a read-only root filesystem (the trainer writes only to /tmp and mounts)."""
     return {
@@ -178,26 +160,6 @@ def container_security_context() -> dict[str, Any]:
         "runAsGroup": WORKLOAD_UID,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-
-
-def _as_served(model: ApiModel) -> dict[str, Any]:
-    """A core/v1 sub-object as the API server stores it: without false and empty values.
-
-    The server drops `readOnly: false`, `value: ""` and the like (omitempty), so a child that carried
-    them would never equal what the watch shows, and every reconcile would apply it again. Leaving them
-    out means the same: false and "" are those fields' defaults.
-    """
-    pruned = _prune(model.model_dump(mode="json", by_alias=True, exclude_none=True))
-    assert isinstance(pruned, dict)
-    return pruned
-
-
-def _prune(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _prune(v) for k, v in value.items() if v is not False and v != ""}
-    if isinstance(value, list):
-        return [_prune(v) for v in value]
-    return value
 
 
 def _command(job: TrainingJob) -> dict[str, Any]:
@@ -243,20 +205,20 @@ def pod_spec(
             }
         )
         mounts.append({"name": _volume("keys"), "mountPath": str(contract.DEFAULT_KEY_DIR), "readOnly": True})
-    volumes += [_as_served(v) for v in spec.volumes or ()]
-    mounts += [_as_served(m) for m in spec.volume_mounts or ()]
+    volumes += [as_served(v) for v in spec.volumes or ()]
+    mounts += [as_served(m) for m in spec.volume_mounts or ()]
 
     # HOME=/tmp: torch and pip caches need a writable home under a read-only root filesystem. The user's
     # env comes before the contract's, so Kubemaas' values win (the API refuses the names anyway).
     env = [{"name": "HOME", "value": "/tmp"}]
-    env += [_as_served(e) for e in spec.env or ()]
+    env += [as_served(e) for e in spec.env or ()]
     env += contract.render(settings(job, version, rank0=rank0), rendezvous)
 
     main: dict[str, Any] = {"name": container, "image": spec.image, **_command(job), "env": env}
     if spec.env_from:
-        main["envFrom"] = [_as_served(e) for e in spec.env_from]
+        main["envFrom"] = [as_served(e) for e in spec.env_from]
     main["ports"] = [{"name": PYTORCH_PORT_NAME, "containerPort": MASTER_PORT, "protocol": "TCP"}]
-    resources = _resources(job)
+    resources = container_resources(spec.resources, spec.resources.gpu_resource or DEFAULT_GPU_RESOURCE)
     if resources:
         main["resources"] = resources
     main["volumeMounts"] = mounts
@@ -279,16 +241,7 @@ def pod_spec(
     pod["securityContext"] = restricted_pod_security_context()
     pod["containers"] = [main]
     pod["volumes"] = volumes
-    scheduling = spec.scheduling
-    if scheduling is not None:
-        if scheduling.node_selector:
-            pod["nodeSelector"] = dict(scheduling.node_selector)
-        if scheduling.tolerations:
-            pod["tolerations"] = [_as_served(t) for t in scheduling.tolerations]
-        if scheduling.priority_class_name:
-            pod["priorityClassName"] = scheduling.priority_class_name
-        if scheduling.scheduler_name:
-            pod["schedulerName"] = scheduling.scheduler_name
+    place(pod, spec.scheduling)
     return pod
 
 

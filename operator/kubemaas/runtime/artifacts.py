@@ -16,9 +16,8 @@ leaves readers with the previous version or the new one, complete. Versions are 
 names (compared by the manifests' ``createdAt``, under a lock), so a late restart of an old job
 cannot take it back.
 
-URIs: ``pvc://<claim>/<path>`` is the claim's mount inside the pod, ``<mount root>/<claim>/<path>``
-(the caller passes the mount root: ``KUBEMAAS_MOUNT_ROOT`` is parsed by kubemaas.contract), and
-``file:///abs/path`` is a local path.
+URIs (``pvc://<claim>/<path>``, ``file:///abs/path``) are parsed by kubemaas.contract.store; the caller
+passes the mount root (``KUBEMAAS_MOUNT_ROOT``, read by kubemaas.contract).
 
 Manifests are authenticated: ``manifest.json`` carries ``mac``, the hex HMAC that
 :func:`kubemaas.runtime.crypto.manifest_mac` computes over the manifest's canonical bytes (every
@@ -45,9 +44,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from kubemaas.api.base import LATEST, MODEL_NAME_PATTERN, VERSION_PATTERN
+from kubemaas.api.base import LATEST
 from kubemaas.api.modelservice import ServedFormat
 from kubemaas.api.trainingjob import Quantization
+
+# URIs, names and the store's base error are the contract's (kubemaas.contract.store); re-exported here.
+from kubemaas.contract.store import DEFAULT_MOUNT_ROOT as DEFAULT_MOUNT_ROOT
+from kubemaas.contract.store import ArtifactStoreError as ArtifactStoreError
+from kubemaas.contract.store import resolve_uri as resolve_uri
+from kubemaas.contract.store import validate_name as validate_name
 from kubemaas.runtime.crypto import (
     DEFAULT_CHUNK_SIZE,
     OpenedArtifact,
@@ -66,23 +71,15 @@ MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "LATEST"
 LATEST_LOCK = ".LATEST.lock"
 STAGING_PREFIX = ".staging-"
-DEFAULT_MOUNT_ROOT = Path("/mnt/kubemaas")
 MANIFEST_SCHEMA_VERSION = 1
 MAC_FIELD = "mac"
 _MAC_PATTERN = re.compile(r"[0-9a-f]{64}")
 
-# Names become directory names: the API's rules (no separators, no leading dot: hidden = staging, bounded).
-_NAME_RULES = {"model name": re.compile(MODEL_NAME_PATTERN), "version": re.compile(VERSION_PATTERN)}
-_PVC_URI = re.compile(r"pvc://(?P<claim>[a-z0-9]([-a-z0-9]*[a-z0-9])?)(?P<path>(/[^/]+)*)/?")
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
     "FP16", "BF16", "FP32", "FP64", "BYTES",
 ]  # fmt: skip
-
-
-class ArtifactStoreError(Exception):
-    """The store cannot satisfy a request (unknown model or version, bad URI, version exists)."""
 
 
 class VersionExistsError(ArtifactStoreError):
@@ -214,28 +211,6 @@ def open_authenticated(resolved: ModelVersion, keyring: Keyring) -> Iterator[Ope
     with open_artifact(resolved.artifact, keyring=keyring, model=manifest.model, version=manifest.version) as artifact:
         artifact.verify_manifest(canonical_manifest(resolved.document), bytes.fromhex(mac))
         yield artifact
-
-
-def validate_name(value: str, what: Literal["model name", "version"]) -> str:
-    rule = _NAME_RULES[what]
-    if not rule.fullmatch(value) or value == LATEST:
-        raise ArtifactStoreError(f"invalid {what} {value!r}: must match {rule.pattern} and not be {LATEST}")
-    return value
-
-
-def resolve_uri(uri: str, *, mount_root: Path) -> Path:
-    """Map ``pvc://claim/path`` (to the claim's mount) or ``file:///path`` to a local path."""
-    if uri.startswith("file://"):
-        path = Path(uri.removeprefix("file://"))
-        if not path.is_absolute():
-            raise ArtifactStoreError(f"file URI must be absolute: {uri!r}")
-        return path
-    match = _PVC_URI.fullmatch(uri)
-    if not match:
-        raise ArtifactStoreError(f"unsupported artifact URI {uri!r}: use pvc://<claim>/<path> or file:///<path>")
-    if ".." in match["path"].split("/"):
-        raise ArtifactStoreError(f"artifact URI must not contain '..': {uri!r}")
-    return mount_root / match["claim"] / match["path"].lstrip("/")
 
 
 class ArtifactStore:

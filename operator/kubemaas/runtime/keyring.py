@@ -16,18 +16,17 @@ Key bytes never appear in ``repr``, messages or logs.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+# The file names are the contract's; re-exported for the runtime's callers.
+from kubemaas.contract.keys import ACTIVE_FILE as ACTIVE_FILE
+from kubemaas.contract.keys import KEY_BYTES as KEY_BYTES
+from kubemaas.contract.keys import KEY_FILE_PREFIX as KEY_FILE_PREFIX
+from kubemaas.contract.keys import KEY_ID_PATTERN
 from kubemaas.runtime.errors import KeyringError, UnknownKeyError
-
-KEY_BYTES = 32
-KEY_FILE_PREFIX = "key-"
-ACTIVE_FILE = "active"
-KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def validate_key_id(key_id: str) -> str:

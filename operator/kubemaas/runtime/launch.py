@@ -11,7 +11,7 @@ What it adds is the exit code. torchrun exits 1 whenever a worker fails, which K
 ``ExitCode`` restart policy and the Job backend's podFailurePolicy read as permanent, so a lost
 peer (138) or a preemption (143) would never be retried. The launcher exits with the code of the
 first worker's failure instead: the one its termination message names (the first message written
-wins, see kubemaas.runtime.termination), else the first failure torchrun saw (a signal N becomes
+wins, see kubemaas.contract.termination), else the first failure torchrun saw (a signal N becomes
 128 + N). A failure of the agent itself (rendezvous with the other pods timed out, the master
 pod gone) is retryable.
 """
@@ -30,8 +30,8 @@ from torch.distributed.run import parse_args
 from torch.distributed.run import run as torchrun
 
 from kubemaas import contract
-from kubemaas.runtime import termination
-from kubemaas.runtime.termination import ExitCode, FailureMessage, InvalidTerminationMessage
+from kubemaas.contract import termination
+from kubemaas.contract.termination import ExitCode, FailureMessage, InvalidTerminationMessage
 from kubemaas.runtime.trainer import REASONS
 
 log = logging.getLogger("kubemaas.launch")

@@ -29,7 +29,7 @@ is refused (missing version, bad manifest, tampered artifact or manifest), 138 a
 1 anything unforeseen. The termination-message file gets a ``FailureMessage`` (``{"exitCode",
 "message", "reason"}``), like the trainer's, so the operator can put the CamelCase reason in a
 condition; on success it gets a ``SuccessMessage`` naming the version it resolved and its sha256
-(kubemaas.runtime.termination). Never a traceback, never key material.
+(kubemaas.contract.termination). Never a traceback, never key material.
 
 ``Latest`` is resolved here only for standalone use: the operator resolves the version itself and
 pins it in the pod template, so every replica of a ModelService serves the same version.
@@ -54,8 +54,12 @@ from pydantic import ValidationError
 
 from kubemaas import contract
 from kubemaas.api.base import LATEST
+from kubemaas.api.errors import summary
 from kubemaas.api.modelservice import ServedFormat
-from kubemaas.runtime import artifacts, termination
+from kubemaas.contract import termination
+from kubemaas.contract.store import DEFAULT_MOUNT_ROOT
+from kubemaas.contract.termination import ExitCode, FailureMessage, SuccessMessage
+from kubemaas.runtime import artifacts
 from kubemaas.runtime.crypto import OpenedArtifact
 from kubemaas.runtime.errors import (
     ArtifactIntegrityError,
@@ -66,7 +70,6 @@ from kubemaas.runtime.errors import (
 )
 from kubemaas.runtime.fsutil import fsync_dir
 from kubemaas.runtime.keyring import Keyring
-from kubemaas.runtime.termination import ExitCode, FailureMessage, SuccessMessage
 from kubemaas.runtime.triton_config import (
     BACKEND_FORMATS,
     MODEL_FILE_NAMES,
@@ -138,7 +141,7 @@ class LoadRequest:
     key_dir: Path
     repository: Path
     settings: ServingSettings
-    mount_root: Path = artifacts.DEFAULT_MOUNT_ROOT
+    mount_root: Path = DEFAULT_MOUNT_ROOT
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,7 @@ def _resolve(request: LoadRequest) -> artifacts.ModelVersion:
     except artifacts.ArtifactStoreError as error:
         raise LoadError(Cause.STORE, str(error)) from None
     except ValidationError as error:
-        raise LoadError(Cause.BAD_MANIFEST, _validation_summary(error)) from None
+        raise LoadError(Cause.BAD_MANIFEST, summary(error)) from None
     except artifacts.InvalidManifestError as error:
         raise LoadError(Cause.BAD_MANIFEST, f"manifest.json: {error}") from None
 
@@ -201,10 +204,6 @@ def _require_version(store: artifacts.ArtifactStore, model: str, version: str) -
             )
     elif not store.has_version(model, version):
         raise LoadError(Cause.MISSING_VERSION, f"model {model!r} has no version {version!r} under {store.root}")
-
-
-def _validation_summary(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in error.errors())
 
 
 def _check_format(artifact_format: ServedFormat, backend: Backend) -> None:
@@ -317,8 +316,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mount-root",
         type=Path,
-        default=artifacts.DEFAULT_MOUNT_ROOT,
-        help=f"where pvc://<claim> is mounted (default: {artifacts.DEFAULT_MOUNT_ROOT})",
+        default=None,
+        help=(
+            f"where pvc://<claim> is mounted (default: ${contract.MOUNT_ROOT} or {DEFAULT_MOUNT_ROOT}, as for the "
+            "trainer)"
+        ),
     )
     parser.add_argument(
         "--termination-log",
@@ -331,9 +333,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
     """Entry point behind ``kubemaas load-model``: 0 on success, else the cause's exit code and one line."""
-    termination_log: Path = args.termination_log or contract.termination_log(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    termination_log: Path = args.termination_log or contract.termination_log(environ)
     try:
-        result = load_model(_request_from_args(args))
+        result = load_model(_request_from_args(args, environ))
     except LoadError as error:
         return _fail(error, termination_log)
     except OSError as error:
@@ -350,11 +353,11 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
     return ExitCode.OK
 
 
-def _request_from_args(args: argparse.Namespace) -> LoadRequest:
+def _request_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> LoadRequest:
     try:
         settings = settings_from_args(args)
     except ValidationError as error:
-        raise LoadError(Cause.INVALID_SETTINGS, _validation_summary(error)) from None
+        raise LoadError(Cause.INVALID_SETTINGS, summary(error)) from None
     return LoadRequest(
         store_uri=args.store_uri,
         model=args.model,
@@ -362,7 +365,7 @@ def _request_from_args(args: argparse.Namespace) -> LoadRequest:
         key_dir=args.key_dir,
         repository=args.repository,
         settings=settings,
-        mount_root=args.mount_root,
+        mount_root=args.mount_root or contract.mount_root(environ),
     )
 
 

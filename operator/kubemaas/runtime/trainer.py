@@ -18,9 +18,9 @@ A program hands its training function to :func:`main` (or :func:`run`)::
 
 The environment (docs/runtime-contract.md, parsed once by :func:`kubemaas.contract.parse`) says
 where to write, with which key, and how often to checkpoint. :func:`run` maps every failure to an
-:class:`~kubemaas.runtime.termination.ExitCode` that tells the operator (and Kubeflow's
+:class:`~kubemaas.contract.termination.ExitCode` that tells the operator (and Kubeflow's
 ``ExitCode`` restart policy: 1-127 permanent, 128-255 retryable) whether a retry can help, and
-writes a JSON termination message (kubemaas.runtime.termination).
+writes a JSON termination message (kubemaas.contract.termination).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from kubemaas import contract
-from kubemaas.contract import ContractError, Environment
-from kubemaas.runtime import termination
+from kubemaas.contract import ContractError, Environment, termination
+from kubemaas.contract.termination import ExitCode, FailureMessage, SuccessMessage
 from kubemaas.runtime.artifacts import (
     ArtifactStore,
     ArtifactStoreError,
@@ -54,7 +54,6 @@ from kubemaas.runtime.distributed import init_process_group, pick_device, shard_
 from kubemaas.runtime.errors import ArtifactIntegrityError, KeyringError
 from kubemaas.runtime.export import export_torchscript
 from kubemaas.runtime.keyring import Keyring
-from kubemaas.runtime.termination import ExitCode, FailureMessage, SuccessMessage
 
 log = logging.getLogger("kubemaas.trainer")
 

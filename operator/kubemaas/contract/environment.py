@@ -11,8 +11,8 @@ The operator's builders call :func:`render` (pod env entries) and :func:`launch_
 container command); the trainer's entry point calls :func:`parse` once and passes the typed values
 down. A round-trip test (render -> kubelet -> torchrun -> parse) holds the two sides together.
 
-This module must stay importable without torch and kopf: the API, the builders, the trainer and
-the model loader all import it.
+This module must stay importable without torch and kopf: the builders, the trainer and the model
+loader all import it.
 """
 
 from __future__ import annotations
@@ -28,12 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kubemaas.api.core import KUBEMAAS_ENV_PREFIX
 from kubemaas.api.trainingjob import Quantization, RendezvousEnv
-from kubemaas.runtime.artifacts import (
-    DEFAULT_MOUNT_ROOT,
-    ArtifactStoreError,
-    resolve_uri,
-    validate_name,
-)
+from kubemaas.contract.store import DEFAULT_MOUNT_ROOT, ArtifactStoreError, StoreUri, resolve_uri, validate_name
 
 # ------------------------------------------------------------------ names
 # The rendezvous names are the API's (RendezvousEnv: what spec.env refuses), as is the prefix every
@@ -167,9 +162,7 @@ class Settings(_EnvModel):
     def output_mount(self) -> Path:
         """What must exist before rank 0 writes: the claim's mount for ``pvc://`` (the store directory under it
         is created, as a fresh claim is empty), the store directory itself for ``file://``."""
-        if self.output_uri.startswith("pvc://"):
-            return self.mount_root / self.output_uri.removeprefix("pvc://").split("/", 1)[0]
-        return self.output_root
+        return StoreUri.parse(self.output_uri).mount(self.mount_root)
 
     @property
     def data_path(self) -> Path | None:
@@ -250,6 +243,12 @@ def parse(environ: Mapping[str, str]) -> Environment:
     if problems or settings is None or process is None:
         raise ContractError(problems, termination_log=termination_log(environ), rank=rank)
     return Environment(settings=settings, process=process)
+
+
+def mount_root(environ: Mapping[str, str]) -> Path:
+    """Where ``pvc://<claim>`` is mounted in this pod: the rule for every ``pvc://`` URI, the trainer's and
+    the model loader's alike."""
+    return Path(environ.get(MOUNT_ROOT) or DEFAULT_MOUNT_ROOT)
 
 
 def termination_log(environ: Mapping[str, str]) -> Path:

@@ -1,0 +1,189 @@
+"""What the ModelService core works with: its inputs (`Observed`, `Previous`), the plan the stages fill in,
+its output (`Outcome`), and the names of its conditions and reasons."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubemaas.api.base import ConditionStatus
+from kubemaas.api.modelservice import (
+    LastFailure,
+    MetricThreshold,
+    ModelServiceStatus,
+)
+from kubemaas.controllers.conditions import WarningPolicy, true_condition
+from kubemaas.manifests.modelservice import ModelRef
+
+# status.lastFailure.message's bound in the CRD.
+FAILURE_MESSAGE_LIMIT = 4096
+
+
+class Cond(StrEnum):
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    PROMOTION_BLOCKED = "PromotionBlocked"
+
+
+class Reason(StrEnum):
+    SERVING = "Serving"
+    SOURCE_NOT_FOUND = "SourceNotFound"
+    WAITING_FOR_MODEL = "WaitingForModel"
+    KEY_SECRET_NOT_FOUND = "KeySecretNotFound"
+    PROMOTION_BLOCKED = "PromotionBlocked"
+    GATE_PASSED = "GatePassed"
+    NO_GATE = "NoGate"
+    ROLLING_OUT = "RollingOut"
+    CANARY = "CanaryInProgress"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    RESOLVING_VERSION = "ResolvingVersion"
+    PROGRESS_DEADLINE = "ProgressDeadlineExceeded"
+    CRASH_LOOP = "CrashLoopBackOff"
+    AS_EXPECTED = "AsExpected"
+    UNAVAILABLE = "Unavailable"
+    NO_MODEL = "NoModel"
+
+
+# Which conditions are Warnings: Degraded, a blocked promotion, and not Ready for any reason but a rollout
+# under way (every new ModelService starts there). Everything else posts an Event only when its status flips.
+WARNINGS = WarningPolicy(
+    when_true=frozenset({Cond.DEGRADED, Cond.PROMOTION_BLOCKED}),
+    when_false=frozenset({Cond.READY}),
+    progress_reasons=frozenset({Reason.ROLLING_OUT}),
+)
+
+
+@dataclass(frozen=True)
+class ConditionDecision:
+    """A condition the core wants; the handler applies it with conditions.set_condition."""
+
+    type: str
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ChildKey:
+    api_version: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: ModelRef
+    job: str | None = None
+    metrics: Mapping[str, Decimal] | None = None
+
+
+@dataclass(frozen=True)
+class Resolution:
+    candidates: list[Candidate]  # newest first
+    problem: ConditionDecision | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the core reads besides the ModelService itself."""
+
+    # TrainingJobs of the namespace (raw bodies): the referenced one or the selector's matches.
+    training_jobs: Sequence[Mapping[str, Any]] = ()
+    # Key Secrets the handler looked up (name -> exists); see required_secrets().
+    secrets: Mapping[str, bool] = field(default_factory=dict)
+    stable: Mapping[str, Any] | None = None
+    canary: Mapping[str, Any] | None = None
+    replica_sets: Sequence[Mapping[str, Any]] = ()
+    pods: Sequence[Mapping[str, Any]] = ()
+    hpa: Mapping[str, Any] | None = None
+    pdb: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What the last status recorded and the core builds on (read from the raw status, camelCase)."""
+
+    served_version: str | None = None
+    last_good_version: str | None = None
+    last_failure: LastFailure | None = None
+    degraded: bool = False
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any] | None) -> Previous:
+        """From the status as the API server (or this operator's memory of its last write) holds it."""
+        status = status or {}
+        failure = None
+        raw = status.get("lastFailure") or {}
+        if raw.get("version"):
+            try:
+                failure = LastFailure.model_validate(raw)
+            except ValidationError:
+                failure = None  # written by someone else, badly: forgotten, not fatal
+        return cls(
+            served_version=status.get("servedVersion"),
+            last_good_version=status.get("lastGoodVersion"),
+            last_failure=failure,
+            degraded=true_condition({"status": status}, Cond.DEGRADED) is not None,
+        )
+
+
+@dataclass
+class Outcome:
+    apply: list[dict[str, Any]]
+    delete: list[ChildKey]
+    status: ModelServiceStatus  # conditions included
+    events: list[Event]
+    # Reconcile again after this many seconds even if nothing changes (a canary analysis window ends).
+    requeue_after: float | None = None
+
+
+@dataclass
+class Plan:
+    """What one reconcile decided, step by step (see the module docstring)."""
+
+    resolution: Resolution
+    current: ModelRef | None  # what the stable Deployment's template serves now
+    canary_current: ModelRef | None
+    candidate: Candidate | None = None
+    thresholds: list[MetricThreshold] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)  # gate failures of the candidate
+    missing_key: bool = False
+    failure: LastFailure | None = None  # a rollout that failed now
+    stuck: LastFailure | None = None  # a rollout of the served version itself that does not progress
+    bad_version: str | None = None
+    target: ModelRef | None = None  # what the stable Deployment should serve
+    canary_target: ModelRef | None = None
+    requeue_after: float | None = None
+
+
+def field_at(obj: Mapping[str, Any] | None, *path: str) -> Any:
+    cur: Any = obj
+    for key in path:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(key)
+    return cur
+
+
+def parse_metric(value: object) -> Decimal | None:
+    """A metric value or threshold: a decimal string (the API's form) or a plain number."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return result if result.is_finite() else None

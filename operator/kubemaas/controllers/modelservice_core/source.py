@@ -1,0 +1,100 @@
+"""Stage 1, the source: which model versions the spec offers, newest first (``model.uri`` + ``version``,
+``trainingJobRef``, or the Succeeded TrainingJobs ``trainingJobSelector`` matches, by completionTime), and the
+key Secrets they need."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kubemaas.api.base import ConditionStatus
+from kubemaas.api.modelservice import (
+    ModelService,
+)
+from kubemaas.controllers.conditions import true_condition
+from kubemaas.controllers.modelservice_core.model import (
+    Candidate,
+    Cond,
+    ConditionDecision,
+    Reason,
+    Resolution,
+    field_at,
+    parse_metric,
+)
+from kubemaas.manifests.modelservice import ModelRef
+
+
+def _succeeded(job: Mapping[str, Any]) -> bool:
+    ok = true_condition(job, "Succeeded") is not None
+    return ok and bool(field_at(job, "status", "model", "uri")) and bool(field_at(job, "status", "model", "version"))
+
+
+def _candidate_from_job(job: Mapping[str, Any]) -> Candidate:
+    name = str(field_at(job, "metadata", "name"))
+    uri = str(field_at(job, "status", "model", "uri")).rstrip("/")
+    # status.model.uri is the version directory: <store>/<model>/<version>.
+    store, model, _ = uri.rsplit("/", 2)
+    metrics = {
+        k: v
+        for k, raw in (field_at(job, "status", "model", "metrics") or {}).items()
+        if (v := parse_metric(raw)) is not None
+    }
+    return Candidate(
+        model=ModelRef(
+            store_uri=store,
+            model=model,
+            version=str(field_at(job, "status", "model", "version")),
+            key_secret=str(field_at(job, "spec", "encryption", "keySecretRef", "name")),
+            source=f"trainingjob/{name}",
+        ),
+        job=name,
+        metrics=metrics,
+    )
+
+
+def _completion_key(job: Mapping[str, Any]) -> tuple[str, str]:
+    # RFC 3339 timestamps in UTC sort as strings; the name breaks ties deterministically.
+    return (str(field_at(job, "status", "completionTime") or ""), str(field_at(job, "metadata", "name")))
+
+
+def resolve_source(ms: ModelService, jobs: Sequence[Mapping[str, Any]]) -> Resolution:
+    source = ms.spec.model
+    if source.uri is not None:
+        uri = source.uri.rstrip("/")
+        store, model = uri.rsplit("/", 1)
+        key = source.encryption.key_secret_ref.name if source.encryption else ""
+        ref = ModelRef(
+            store_uri=store, model=model, version=source.version, key_secret=key, source=f"{uri}@{source.version}"
+        )
+        return Resolution([Candidate(model=ref)])
+    if source.training_job_ref is not None:
+        name = source.training_job_ref.name
+        job = next((j for j in jobs if field_at(j, "metadata", "name") == name), None)
+        if job is None:
+            return Resolution([], _problem(Reason.SOURCE_NOT_FOUND, f"TrainingJob {name!r} not found"))
+        if not _succeeded(job):
+            return Resolution([], _problem(Reason.WAITING_FOR_MODEL, f"TrainingJob {name!r} has not succeeded yet"))
+        return Resolution([_candidate_from_job(job)])
+    selector = source.training_job_selector
+    if selector is not None:
+        matching = [j for j in jobs if selector.matches(field_at(j, "metadata", "labels"))]
+        text = selector.describe()
+        if not matching:
+            return Resolution([], _problem(Reason.SOURCE_NOT_FOUND, f"no TrainingJob matches the selector {text}"))
+        done = sorted((j for j in matching if _succeeded(j)), key=_completion_key, reverse=True)
+        if not done:
+            return Resolution(
+                [], _problem(Reason.WAITING_FOR_MODEL, f"no TrainingJob matching {text} has succeeded yet")
+            )
+        return Resolution([_candidate_from_job(j) for j in done])
+    return Resolution([], _problem(Reason.SOURCE_NOT_FOUND, "spec.model names no source"))
+
+
+def _problem(reason: Reason, message: str) -> ConditionDecision:
+    return ConditionDecision(Cond.READY, ConditionStatus.FALSE, reason, message)
+
+
+def required_secrets(ms: ModelService, jobs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Key Secrets the handler must look up before calling reconcile (their existence only)."""
+    names = {c.model.key_secret for c in resolve_source(ms, jobs).candidates if c.model.key_secret}
+    return sorted(names)

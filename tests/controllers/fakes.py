@@ -1,0 +1,67 @@
+"""A fake API client and fake kopf indexes, to drive a controller's handlers and reconcile with no cluster.
+
+`FakeKube` has the `Kube` methods the controllers call and records every write; `indexes` builds the
+mappings kopf passes as index keyword arguments (key -> objects, as `kopf.Index` answers `get`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from kubemaas.controllers.apply import is_subset
+
+
+class FakeKube:
+    """Records writes; every object exists unless named in `missing`."""
+
+    def __init__(self, missing: frozenset[tuple[str, str]] = frozenset()) -> None:
+        self.missing = missing  # (kind, name) that `exists` and `get` deny
+        self.applied: list[dict[str, Any]] = []
+        self.created: list[dict[str, Any]] = []
+        self.deleted: list[Mapping[str, Any]] = []
+        self.statuses: list[tuple[Mapping[str, Any], Mapping[str, Any], str | None]] = []
+        self._version = 100
+
+    async def apply(self, obj: Mapping[str, Any], observed: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if observed is not None and is_subset(obj, observed):
+            return None
+        self.applied.append(dict(obj))
+        return dict(obj)
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        self.created.append(dict(obj))
+        return dict(obj)
+
+    async def delete(self, obj: Mapping[str, Any], propagation: str = "Background") -> None:
+        self.deleted.append(obj)
+
+    async def exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        return (kind, name) not in self.missing
+
+    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return None
+
+    async def patch_status(
+        self, parent: Mapping[str, Any], status: Mapping[str, Any], *, resource_version: str | None = None
+    ) -> str | None:
+        self._version += 1
+        self.statuses.append((parent, status, resource_version))
+        return str(self._version)
+
+    def applied_kinds(self) -> list[str]:
+        return [obj["kind"] for obj in self.applied]
+
+
+class FakeIndex(dict[Any, list[dict[str, Any]]]):
+    """What a handler reads of a `kopf.Index`: `get(key)`, `in` and iteration over keys."""
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self.keys()))
+
+
+def index(*entries: tuple[Any, dict[str, Any]]) -> FakeIndex:
+    out = FakeIndex()
+    for key, obj in entries:
+        out.setdefault(key, []).append(obj)
+    return out
