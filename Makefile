@@ -66,8 +66,20 @@ chart-readme: venv ## regenerate the values table of the chart README from value
 unit: venv ## unit and integration tests (no cluster)
 	$(call pytest,tests)
 
+# Where `make test` keeps the log of the build it runs beside the checks (shown after them).
+PREPARE_LOG := $(VENV)/prepare.log
+
 .PHONY: test
-test: lint crds-check unit e2e ## everything CI runs
+test: venv ## everything CI runs: lint, CRD freshness and unit tests (the cluster builds beside them), then e2e
+	@# The cluster's components and images build in the background while lint and the unit tests run: the
+	@# build waits on the Debian mirror and the disk for much of its time. Its log follows the unit tests.
+	@setsid $(MAKE) --no-print-directory prepare > $(PREPARE_LOG) 2>&1 & prepare=$$!; \
+	checks=0; $(MAKE) --no-print-directory lint crds-check unit || checks=$$?; \
+	if [ $$checks -ne 0 ]; then kill -- -$$prepare 2>/dev/null || true; wait $$prepare || true; exit $$checks; fi; \
+	built=0; wait $$prepare || built=$$?; \
+	echo "--- the local cluster's components and images, built beside the checks ($(PREPARE_LOG)):"; \
+	cat $(PREPARE_LOG); exit $$built
+	$(MAKE) --no-print-directory e2e
 
 # The local control plane (e2e/cluster, docs/local-cluster.md): built from pinned
 # Go modules into ~/.cache/kubemaas/cluster, run from ~/.cache/kubemaas/run.
@@ -100,12 +112,14 @@ E2E_WORKERS ?= 4
 # The real node (containerd, kubelet, kube-proxy, CoreDNS) needs root; on by default where make runs as root.
 REAL_NODE ?= $(if $(filter 0,$(shell id -u)),1,0)
 
+.PHONY: prepare
+prepare: venv ## build the local cluster's components and, with the real node, its images, side by side (cached)
+	@if [ -z "$${KUBEMAAS_E2E_KUBECONFIG:-}" ]; then $(CLUSTER) prepare $(if $(filter 1,$(REAL_NODE)),--images); fi
+
 .PHONY: e2e
-e2e: venv ## end-to-end suite (local cluster unless KUBEMAAS_E2E_KUBECONFIG names one; REAL_NODE=0: kwok only)
-	@# Build the components and images before pytest starts: a cold build's progress shows as it happens,
-	@# and no test ever times it.
-	@if [ -z "$${KUBEMAAS_E2E_KUBECONFIG:-}" ]; then $(CLUSTER) build; fi
-	@if [ -z "$${KUBEMAAS_E2E_KUBECONFIG:-}" ] && [ "$(REAL_NODE)" = 1 ]; then $(CLUSTER) images; fi
+e2e: venv prepare ## end-to-end suite (local cluster unless KUBEMAAS_E2E_KUBECONFIG names one; REAL_NODE=0: kwok only)
+	@# The components and images are built (prepare) before pytest starts: a cold build's progress shows as it
+	@# happens, and no test ever times it.
 	@# A node of its own that must leave the host as it found it: alone, before the suite's cluster starts.
 	@if [ -z "$${KUBEMAAS_E2E_KUBECONFIG:-}" ] && [ "$(REAL_NODE)" = 1 ]; then $(call pytest,-m host_restore e2e); fi
 	KUBEMAAS_E2E_REAL_NODE=$(REAL_NODE) $(call pytest,-n $(E2E_WORKERS) --dist loadgroup --durations=10 -m "not host_restore" e2e)

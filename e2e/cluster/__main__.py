@@ -1,9 +1,10 @@
-"""`python -m e2e.cluster build|up|down|status|kubeconfig|apply-crds|packages|images [NAME...]`."""
+"""`python -m e2e.cluster build|prepare|up|down|status|kubeconfig|apply-crds|packages|images [NAME...]`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from . import control_plane, debian, host, images, node
 from .build import BuildError, ensure_built
@@ -13,14 +14,16 @@ from .versions import run_dir
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
-    parser.add_argument(
-        "command", choices=["build", "up", "down", "status", "kubeconfig", "apply-crds", "packages", "images"]
-    )
+    commands = ["build", "prepare", "up", "down", "status", "kubeconfig", "apply-crds", "packages", "images"]
+    parser.add_argument("command", choices=commands)
     parser.add_argument("names", nargs="*", help="images: which to build (default: all)")
     parser.add_argument(
         "--real-node",
         action="store_true",
         help="up: add a real node (containerd, kubelet, kube-proxy, CoreDNS) beside the kwok nodes; needs root",
+    )
+    parser.add_argument(
+        "--images", action="store_true", help="prepare: build the real node's images beside the components"
     )
     arguments = parser.parse_args(argv)
     command = arguments.command
@@ -30,15 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         elif command == "packages":  # every step's Debian packages at once (each step also installs its own)
             for step in debian.PACKAGES:
                 debian.ensure(step)
+        elif command == "prepare":
+            _prepare(with_images=arguments.images)
         elif command == "images":
-            built = {name: images.ensure_image(name) for name in arguments.names or images.BUILDERS}
-            for name, archive in built.items():
-                print(f"{name}: {archive}")
-            if not arguments.names:  # every current image is in hand: older cache entries can go
-                stale = images.prune_cache(built.values())
-                for entry in stale:
-                    print(f"removed stale {entry}", file=sys.stderr)
-                images.forget_builds(stale)
+            _build_images(arguments.names)
         elif command == "up":
             print(control_plane.up(real_node=arguments.real_node).kubeconfig)
         elif command == "down":
@@ -60,6 +58,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _build_images(names: list[str]) -> None:
+    built = {name: images.ensure_image(name) for name in names or images.BUILDERS}
+    for name, archive in built.items():
+        print(f"{name}: {archive}")
+    if not names:  # every current image is in hand: older cache entries can go
+        stale = images.prune_cache(built.values())
+        for entry in stale:
+            print(f"removed stale {entry}", file=sys.stderr)
+        images.forget_builds(stale)
+
+
+def _prepare(*, with_images: bool) -> None:
+    """What `make e2e` needs before pytest starts: the components and (for the real node) every image, built side
+    by side. The Go build keeps both cores busy; the image build spends much of its time on the Debian mirror,
+    unpacking wheels and writing layers, so together they finish sooner than one after the other."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        builds = [pool.submit(ensure_built)]
+        if with_images:
+            builds.append(pool.submit(_build_images, []))
+        for build in builds:
+            build.result()  # the first failure, after both have ended
 
 
 def _apply_crds() -> None:
