@@ -7,10 +7,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS := operator,dev,trainer,serving
-# Every wheel the venv needs, downloaded once into a cache outside the repo, keyed by pyproject.toml:
-# a fresh clone then installs offline in about a minute instead of downloading torch again.
+# Every wheel the venv needs, downloaded once into a cache outside the repo, keyed by pyproject.toml's
+# dependency declarations (e2e/cluster/wheels.py): a fresh clone then installs offline in about a minute
+# instead of downloading torch again, and a change to a tool's settings in pyproject.toml keeps the cache.
 WHEELS_ROOT := $(HOME)/.cache/kubemaas/wheels
-WHEELHOUSE := $(WHEELS_ROOT)/$(shell sha256sum pyproject.toml | cut -c1-16)
+WHEELHOUSE := $(WHEELS_ROOT)/$(shell $(PYTHON) e2e/cluster/wheels.py)
 
 # pytest exits 5 when a selection collects no tests; that is not a failure here.
 define pytest

@@ -36,6 +36,7 @@ from typing import Any
 
 from . import debian
 from .versions import CLUSTER_DIR, cache_root
+from .wheels import key as wheels_key
 
 # The node's sandbox image (containerd's `sandbox_image`); the name is ours, nothing pulls it.
 PAUSE_IMAGE = "localhost/kubemaas/pause:1.0"
@@ -653,7 +654,7 @@ DOCKERFILE_IMAGES = {
 
 def wheelhouse(repo: Path = REPO) -> Path:
     """The Makefile's WHEELHOUSE for this pyproject.toml; ImageError when `make venv` has not filled it."""
-    path = WHEELS_ROOT / hashlib.sha256((repo / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    path = WHEELS_ROOT / wheels_key(repo / "pyproject.toml")
     if not (path / ".complete").exists():
         raise ImageError(f"the wheel cache {path} is missing or incomplete: `make venv` downloads it once")
     return path

@@ -6,13 +6,15 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from e2e.cluster import images
+from e2e.cluster import images, wheels
 from e2e.cluster.images import FileEntry, ImageError
 
 
@@ -170,17 +172,39 @@ def test_unknown_image_names_the_known_ones() -> None:
 
 def test_wheelhouse_is_the_makefiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     makefile = (images.REPO / "Makefile").read_text()
-    # The formula this module repeats: WHEELS_ROOT/<first 16 hex digits of sha256(pyproject.toml)>.
+    # One key for both: the Makefile runs e2e/cluster/wheels.py, images.wheelhouse imports it.
     assert "WHEELS_ROOT := $(HOME)/.cache/kubemaas/wheels" in makefile
-    assert "WHEELHOUSE := $(WHEELS_ROOT)/$(shell sha256sum pyproject.toml | cut -c1-16)" in makefile
+    assert "WHEELHOUSE := $(WHEELS_ROOT)/$(shell $(PYTHON) e2e/cluster/wheels.py)" in makefile
     monkeypatch.setattr(images, "WHEELS_ROOT", tmp_path)
-    (tmp_path / "pyproject.toml").write_text("[project]\n")
-    expected = tmp_path / hashlib.sha256(b"[project]\n").hexdigest()[:16]
+    (tmp_path / "pyproject.toml").write_text('[project]\ndependencies = ["a"]\n')
+    printed = subprocess.run(
+        [sys.executable, str(images.REPO / "e2e" / "cluster" / "wheels.py"), str(tmp_path / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    expected = tmp_path / printed
     with pytest.raises(ImageError, match="`make venv` downloads it"):
         images.wheelhouse(tmp_path)
     expected.mkdir()
     (expected / ".complete").touch()
     assert images.wheelhouse(tmp_path) == expected
+
+
+def test_the_wheel_key_follows_the_dependencies_not_the_tool_settings(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\ndependencies = ["a"]\n[tool.mypy]\nstrict = true\n')
+    first = wheels.key(pyproject)
+    pyproject.write_text('[project]\ndependencies = ["a"]\n[tool.mypy]\nstrict = false\n')
+    assert wheels.key(pyproject) == first
+    for changed in (
+        '[project]\ndependencies = ["a", "b"]\n',
+        '[project]\ndependencies = ["a"]\noptional-dependencies = {dev = ["c"]}\n',
+        '[project]\ndependencies = ["a"]\nrequires-python = ">=3.12"\n',
+        '[build-system]\nrequires = ["setuptools"]\n[project]\ndependencies = ["a"]\n',
+    ):
+        pyproject.write_text(changed)
+        assert wheels.key(pyproject) != first, changed
 
 
 def test_dockerfile_key_follows_what_goes_into_the_image(tmp_path: Path) -> None:
