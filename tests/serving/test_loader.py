@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kubemaas.contract.termination import SuccessMessage, parse_termination
-from kubemaas.runtime import crypto, loader
+from kubemaas.runtime import loader
 from kubemaas.runtime.artifacts import ArtifactStore, canonical_manifest
 from kubemaas.runtime.crypto import manifest_mac, read_header
 from kubemaas.runtime.keyring import generate_key, write_keyring_dir
@@ -509,7 +509,7 @@ def test_the_loader_writes_the_published_bytes_in_one_pass_without_hashing_them(
 
 
 def _count_hashed_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record how many bytes the crypto module feeds to SHA-256 (hashlib) from now on."""
+    """Record how many bytes are fed to SHA-256 (hashlib) from now on."""
     counts: list[int] = []
     real = hashlib.sha256
 
@@ -528,5 +528,5 @@ def _count_hashed_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         def hexdigest(self) -> str:
             return self._hash.hexdigest()
 
-    monkeypatch.setattr(crypto.hashlib, "sha256", Counting)
+    monkeypatch.setattr(hashlib, "sha256", Counting)
     return counts
