@@ -39,7 +39,9 @@ def uri_ms(version: str = "v3", **spec: Any) -> ModelService:
     )
 
 
-def job(name: str, version: str | None, completed: str = "2026-11-29T10:00:00Z", **metrics: float) -> dict[str, Any]:
+def job(
+    name: str, version: str | None, completed: str = "2026-11-29T10:00:00Z", **metrics: str | float
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "apiVersion": "kubemaas.io/v1alpha1",
         "kind": "TrainingJob",
@@ -321,6 +323,7 @@ def test_deadline_exceeded_rolls_back_to_last_good_template() -> None:
     assert served_version(rolled_back) == "v1"
     assert rolled_back["spec"]["template"] == replica_set(ms, ref("v1"), 1)["spec"]["template"]
     assert conditions(out)[Cond.DEGRADED][:2] == ("True", Reason.PROGRESS_DEADLINE)
+    assert out.status.last_failure is not None
     assert out.status.last_failure.version == "v2"
     assert out.status.last_failure.reason == Reason.PROGRESS_DEADLINE
     assert out.status.served_version == "v1"
@@ -345,6 +348,7 @@ def test_failed_version_is_not_retried_until_the_source_changes() -> None:
     newer = run(ms, Observed(training_jobs=[job("digits", "v3")], stable=stable), previous)
     assert served_version(newer.apply[0]) == "v3"
     assert conditions(newer)[Cond.DEGRADED][:2] == ("False", Reason.AS_EXPECTED)
+    assert newer.status.last_failure is not None
     assert newer.status.last_failure.version == "v2"
 
 

@@ -27,6 +27,7 @@ from kubemaas.runtime.crypto import (
     WrongKeyError,
     decrypt_file,
     encrypt_file,
+    pipeline,
     read_header,
     stream,
     verify_file,
@@ -363,7 +364,7 @@ def test_io_error_in_a_worker_surfaces_and_leaves_nothing(
 ) -> None:
     src, artifact = tmp_path / "plain.bin", tmp_path / "model.kmenc"
     src.write_bytes(os.urandom(30 * CHUNK))
-    real_read, calls = stream.pread_into, []
+    real_read, calls = pipeline.pread_into, []
 
     def failing_read(fd: int, view: memoryview, offset: int) -> int:
         calls.append(offset)

@@ -87,7 +87,7 @@ def test_latest_builds_a_complete_python_backend_repository(published: Published
     assert (result.model, result.version, result.sha256) == (MODEL, "v2", manifest["sha256"])
     assert result.uri == f"{published.uri}/{MODEL}/v2"
     # The decrypted file is the v2 model: same outputs as its eager module.
-    scripted = torch.jit.load(str(repository / MODEL / "1" / "model.pt"))
+    scripted = torch.jit.load(str(repository / MODEL / "1" / "model.pt"))  # type: ignore[no-untyped-call]
     x = torch.randn(3, IN_FEATURES)
     torch.testing.assert_close(scripted(x), published.eager["v2"](x))
 
@@ -503,7 +503,7 @@ def test_the_loader_writes_the_published_bytes_in_one_pass_without_hashing_them(
     assert (hashlib.sha256(plaintext).hexdigest(), len(plaintext)) == (manifest["sha256"], manifest["size"])
     assert len(plaintext) > 4 * CHUNK
     assert sum(hashed) < 1024  # the header checksum, not the model
-    scripted = torch.jit.load(str(repository / MODEL / "1" / "model.pt"))
+    scripted = torch.jit.load(str(repository / MODEL / "1" / "model.pt"))  # type: ignore[no-untyped-call]
     x = torch.randn(2, IN_FEATURES)
     torch.testing.assert_close(scripted(x), chunked.eager["v1"](x))
 
