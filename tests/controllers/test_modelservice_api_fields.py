@@ -8,8 +8,8 @@ from typing import Any
 from kubemaas.controllers import modelservice as handlers
 from kubemaas.controllers.modelservice_core import ChildKey, Cond, Observed, Previous, Reason
 from kubemaas.manifests import modelservice as m
-from tests.controllers.test_modelservice_core import NOW, conditions, deployment, job, make_ms, ref, run
-from tests.controllers.test_modelservice_core import served_version as version_of
+from tests.controllers.builders import NOW, conditions, deployment, job, make_ms, ref, run
+from tests.controllers.builders import served_version as version_of
 
 
 def selector_ms(**spec: Any) -> Any:
