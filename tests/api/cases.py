@@ -45,7 +45,9 @@ class InvalidCase:
     def updated(self) -> dict[str, Any]:
         """The object after the update, as the API server would see it (UPDATE cases only)."""
         assert self.update is not None, f"{self.name} is not an UPDATE case"
-        return merge_patch(self.object, self.update)
+        updated = merge_patch(self.object, self.update)
+        assert isinstance(updated, dict)
+        return updated
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -118,7 +118,7 @@ def test_check_fails_naming_the_file_when_a_description_changes(tmp_path: Path) 
     shutil.copytree(REPO / "operator" / "kubemaas", copy / "kubemaas", ignore=shutil.ignore_patterns("__pycache__"))
     assert _run_check(copy).returncode == 0, "the unmodified copy must be fresh"
 
-    source = copy / "kubemaas" / "api" / "modelservice.py"
+    source = copy / "kubemaas" / "api" / "modelservice" / "spec.py"
     text = source.read_text()
     assert 'description="Triton batching."' in text
     source.write_text(text.replace('description="Triton batching."', 'description="Batching."'))

@@ -8,9 +8,9 @@ import jsonschema
 import pytest
 import yaml
 
-from kubemaas.api import ModelService, TrainingJob
+from kubemaas.api import LATEST, ModelService, TrainingJob
 from kubemaas.api.crd import KINDS, openapi_schema
-from kubemaas.api.modelservice import LATEST, ScalingMetric
+from kubemaas.api.modelservice import ScalingMetric
 from kubemaas.api.trainingjob import Backend, KeyGeneration, Quantization
 from tests.api.cases import EXAMPLES_DIR
 

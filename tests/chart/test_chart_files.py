@@ -26,6 +26,7 @@ from kubemaas.controllers import DEFAULT_METRICS_PORT
 from kubemaas.controllers import metrics as _operator_metrics  # noqa: F401  (registers the operator's metrics)
 from kubemaas.controllers.settings import PEERING_NAME
 from kubemaas.manifests.labels import MANAGED_BY, parent_label
+from tests.chart.builders import TRITON_METRICS
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubemaas"
@@ -172,18 +173,6 @@ def test_defaults_follow_the_operator(values: dict[str, Any]) -> None:
     peering = (TEMPLATES / "peering.yaml").read_text()
     # Both the cluster-wide and the per-namespace peering object carry the operator's peering name.
     assert re.findall(r"^  name: (\S+)$", peering, re.MULTILINE) == [PEERING_NAME, PEERING_NAME]
-
-
-TRITON_METRICS = {
-    # Triton's per-model metrics the dashboard reads (Triton's metrics documentation; summaries need
-    # --metrics-config=summary_latencies=true).
-    "nv_inference_request_success",
-    "nv_inference_request_failure",
-    "nv_inference_request_summary_us",
-    serving_metrics.TRITON_QUEUE_DURATION_US,
-    "nv_inference_count",
-    "nv_inference_exec_count",
-}
 
 
 def dashboard_queries() -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kubemaas import serving_metrics
-from tests.chart.test_chart_files import TRITON_METRICS
+from tests.chart.builders import TRITON_METRICS
 from tests.serving.triton_harness import TritonServer
 
 pytestmark = pytest.mark.triton

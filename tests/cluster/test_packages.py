@@ -47,7 +47,7 @@ def _is_subprocess(func: ast.expr) -> bool:
     return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "subprocess"
 
 
-def _program(node: ast.expr, kinds: tuple[type, ...] = (ast.List, ast.Tuple)) -> str | None:
+def _program(node: ast.expr, kinds: tuple[type[ast.List | ast.Tuple], ...] = (ast.List, ast.Tuple)) -> str | None:
     """The program of a command literal: the first element of a list (or tuple), when it is a plain string."""
     if isinstance(node, kinds) and node.elts:
         first = node.elts[0]

@@ -6,7 +6,9 @@ mappings kopf passes as index keyword arguments (key -> objects, as `kopf.Index`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import asyncio
+import inspect
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from kubemaas.controllers.apply import is_subset
@@ -65,3 +67,17 @@ def index(*entries: tuple[Any, dict[str, Any]]) -> FakeIndex:
     for key, obj in entries:
         out.setdefault(key, []).append(obj)
     return out
+
+
+def run_handler(handler: Callable[..., object], /, *args: Any, **kwargs: Any) -> Any:
+    """Call a kopf handler or indexer once and wait for its result, as kopf does.
+
+    kopf's decorators type a handler's result as `object`; the handlers here are all `async def`.
+    """
+
+    async def call() -> Any:
+        result = handler(*args, **kwargs)
+        assert inspect.isawaitable(result), f"{handler!r} is not async"
+        return await result
+
+    return asyncio.run(call())

@@ -8,8 +8,8 @@ from typing import Any
 from kubemaas.controllers import modelservice as handlers
 from kubemaas.controllers.modelservice_core import ChildKey, Cond, Observed, Previous, Reason
 from kubemaas.manifests import modelservice as m
-from tests.controllers.test_modelservice_core import NOW, conditions, deployment, job, make_ms, ref, run
-from tests.controllers.test_modelservice_core import served_version as version_of
+from tests.controllers.builders import NOW, conditions, deployment, job, make_ms, ref, run
+from tests.controllers.builders import served_version as version_of
 
 
 def selector_ms(**spec: Any) -> Any:
@@ -87,6 +87,7 @@ def test_canary_restart_in_the_window_fails_it() -> None:
     observed = Observed(training_jobs=[job("digits", "v2")], stable=stable, canary=canary, pods=pods)
     out = run(ms, observed, Previous("v1", "v1"))
     assert out.delete == [ChildKey("apps/v1", "Deployment", "digits-canary")]
+    assert out.status.last_failure is not None
     assert out.status.last_failure.reason == "CanaryRestarted"
     assert conditions(out)[Cond.DEGRADED][:2] == ("True", "CanaryRestarted")
 
@@ -125,4 +126,5 @@ def test_rollback_without_the_old_replica_set_uses_the_sources_older_job() -> No
     bad = deployment(ms, ref("v2", source="trainingjob/b", key="b-key"), complete=False, deadline_exceeded=True)
     out = run(ms, Observed(training_jobs=jobs, stable=bad), Previous("v1", "v1"))
     assert m.model_ref_from_template(out.apply[0]["spec"]["template"]) == ref("v1", source="trainingjob/a", key="a-key")
+    assert out.status.last_failure is not None
     assert out.status.last_failure.version == "v2"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -15,21 +14,18 @@ from kubemaas.contract.termination import SuccessMessage, encode
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.modelservice_core import ChildKey, Cond, Observed, Previous, Reason
 from kubemaas.manifests import modelservice as m
-from tests.manifests.test_modelservice_manifests import parent_of
-
-NS = "serving"
-NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-STORE = "pvc://models/store"
-
-
-def make_ms(**spec: Any) -> ModelService:
-    body = {
-        "apiVersion": "kubemaas.io/v1alpha1",
-        "kind": "ModelService",
-        "metadata": {"name": "digits", "namespace": NS, "uid": "uid-1", "generation": 1},
-        "spec": {"model": {"trainingJobRef": {"name": "digits"}}, **spec},
-    }
-    return ModelService.parse(body)
+from tests.controllers.builders import (
+    STORE,
+    conditions,
+    deployment,
+    job,
+    make_ms,
+    options,
+    ref,
+    run,
+    served_version,
+)
+from tests.manifests.builders import parent_of
 
 
 def uri_ms(version: str = "v3", **spec: Any) -> ModelService:
@@ -37,59 +33,6 @@ def uri_ms(version: str = "v3", **spec: Any) -> ModelService:
         model={"uri": f"{STORE}/digits", "version": version, "encryption": {"keySecretRef": {"name": "digits-key"}}},
         **spec,
     )
-
-
-def job(name: str, version: str | None, completed: str = "2026-11-29T10:00:00Z", **metrics: float) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "kubemaas.io/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {"name": name, "namespace": NS, "labels": {"team": "digits"}},
-        "spec": {"encryption": {"keySecretRef": {"name": f"{name}-key"}}},
-        "status": {"conditions": [{"type": "Running", "status": "True"}]},
-    }
-    if version is not None:
-        body["status"] = {
-            "conditions": [{"type": "Succeeded", "status": "True"}],
-            "completionTime": completed,
-            "model": {"uri": f"{STORE}/digits/{version}", "version": version, "metrics": metrics},
-        }
-    return body
-
-
-def ref(version: str, source: str = "trainingjob/digits", key: str = "digits-key") -> m.ModelRef:
-    return m.ModelRef(store_uri=STORE, model="digits", version=version, key_secret=key, source=source)
-
-
-def options() -> m.ServingOptions:
-    return m.ServingOptions(triton_image="triton:1", progress_deadline_seconds=60, startup_timeout_seconds=600)
-
-
-def deployment(
-    ms: ModelService,
-    model: m.ModelRef,
-    *,
-    track: m.Track = m.Track.STABLE,
-    replicas: int = 1,
-    complete: bool = True,
-    deadline_exceeded: bool = False,
-) -> dict[str, Any]:
-    obj = m.deployment(ms.spec, parent_of(ms), model, options(), track=track, replicas=replicas)
-    obj["metadata"]["generation"] = 2
-    conditions = []
-    if deadline_exceeded:
-        conditions.append(
-            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "timed out"}
-        )
-    ready = replicas if complete else 0
-    obj["status"] = {
-        "observedGeneration": 2,
-        "replicas": replicas,
-        "updatedReplicas": replicas,
-        "readyReplicas": ready,
-        "availableReplicas": ready,
-        "conditions": conditions,
-    }
-    return obj
 
 
 def replica_set(ms: ModelService, model: m.ModelRef, revision: int) -> dict[str, Any]:
@@ -111,20 +54,8 @@ def pod(version: str, *, loader: Mapping[str, Any] | None = None, source: str = 
     }
 
 
-def run(ms: ModelService, observed: Observed, previous: Previous | None = None) -> core.Outcome:
-    return core.reconcile(ms, previous or Previous(), observed, parent_of(ms), options(), NOW)
-
-
-def conditions(outcome: core.Outcome) -> dict[str, tuple[str, str, str]]:
-    return {c.type: (c.status.value, c.reason, c.message) for c in outcome.status.conditions or ()}
-
-
 def kinds(outcome: core.Outcome) -> list[tuple[str, str]]:
     return [(o["kind"], o["metadata"]["name"]) for o in outcome.apply]
-
-
-def served_version(obj: Mapping[str, Any]) -> str:
-    return str(obj["spec"]["template"]["metadata"]["labels"][m.VERSION_LABEL])
 
 
 # --------------------------------------------------------------------------- sources
@@ -321,6 +252,7 @@ def test_deadline_exceeded_rolls_back_to_last_good_template() -> None:
     assert served_version(rolled_back) == "v1"
     assert rolled_back["spec"]["template"] == replica_set(ms, ref("v1"), 1)["spec"]["template"]
     assert conditions(out)[Cond.DEGRADED][:2] == ("True", Reason.PROGRESS_DEADLINE)
+    assert out.status.last_failure is not None
     assert out.status.last_failure.version == "v2"
     assert out.status.last_failure.reason == Reason.PROGRESS_DEADLINE
     assert out.status.served_version == "v1"
@@ -345,6 +277,7 @@ def test_failed_version_is_not_retried_until_the_source_changes() -> None:
     newer = run(ms, Observed(training_jobs=[job("digits", "v3")], stable=stable), previous)
     assert served_version(newer.apply[0]) == "v3"
     assert conditions(newer)[Cond.DEGRADED][:2] == ("False", Reason.AS_EXPECTED)
+    assert newer.status.last_failure is not None
     assert newer.status.last_failure.version == "v2"
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kubemaas.controllers import modelservice as handlers
-from tests.controllers.fakes import FakeKube, index
+from tests.controllers.fakes import FakeKube, index, run_handler
 
 NS = "serving"
 STORE = "pvc://models/store"
@@ -46,7 +46,7 @@ def indexes(ms: dict[str, Any], *jobs: dict[str, Any]) -> dict[str, Any]:
 
 def training_job_event(kube: FakeKube, kwargs: dict[str, Any], job_name: str) -> None:
     memo = {"kube": kube, "triton_image": "triton:1"}
-    asyncio.run(handlers.ms_training_job_changed(namespace=NS, name=job_name, memo=memo, **kwargs))
+    run_handler(handlers.ms_training_job_changed, namespace=NS, name=job_name, memo=memo, **kwargs)
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -15,6 +15,7 @@ from kubemaas.controllers import modelservice as handlers
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.conditions import set_condition
 from kubemaas.manifests.labels import child_labels
+from tests.controllers.fakes import run_handler
 
 BODY = {
     "apiVersion": "kubemaas.io/v1alpha1",
@@ -90,7 +91,7 @@ def test_a_slim_replica_set_still_names_its_model_and_owner() -> None:
 
     case = Path(__file__).parents[1] / "manifests" / "cases"
     deployment = yaml.safe_load(next(case.glob("*deployment*.yaml")).read_text())["expected"]
-    replica_set = {
+    replica_set: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "ReplicaSet",
         "metadata": {
@@ -110,5 +111,5 @@ def test_a_slim_replica_set_still_names_its_model_and_owner() -> None:
     assert slim["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "3"}
     assert "managedFields" not in slim["metadata"] and "containers" not in template["spec"]
     labels = child_labels("ModelService", "digits", "server")
-    indexed = asyncio.run(handlers.INDEXERS["ms_replica_sets"]("ns", labels, replica_set))
+    indexed = run_handler(handlers.INDEXERS["ms_replica_sets"], "ns", labels, replica_set)
     assert indexed is not None and "managedFields" not in indexed[("ns", "digits")]["metadata"]

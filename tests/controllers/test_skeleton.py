@@ -51,7 +51,7 @@ def test_settings_keep_the_command_line_and_filter_children_server_side(standalo
 
 
 def count(outcome: str) -> float:
-    return RECONCILES.labels("Test", outcome)._value.get()
+    return float(RECONCILES.labels("Test", outcome)._value.get())
 
 
 def test_transient_errors_are_rerun_in_memory_with_growing_delay() -> None:

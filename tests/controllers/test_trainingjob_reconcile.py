@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from kubemaas.controllers import trainingjob as handlers
-from tests.controllers.fakes import FakeKube, index
+from tests.controllers.fakes import FakeKube, index, run_handler
 
 NS = "team-a"
 
@@ -36,7 +35,7 @@ def training_job(**spec: Any) -> dict[str, Any]:
 def event(kube: FakeKube, job: dict[str, Any]) -> None:
     kwargs: dict[str, Any] = {name: index() for name in handlers.INDEXERS}
     kwargs["trainingjobs"] = index(((NS, "digits"), job))
-    asyncio.run(handlers.trainingjob_event(type=None, namespace=NS, name="digits", memo={"kube": kube}, **kwargs))
+    run_handler(handlers.trainingjob_event, type=None, namespace=NS, name="digits", memo={"kube": kube}, **kwargs)
 
 
 def test_a_new_job_without_kubeflow_gets_a_service_an_indexed_job_and_its_key(no_events: list[dict[str, Any]]) -> None:

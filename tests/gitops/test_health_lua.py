@@ -46,7 +46,9 @@ def cond(type_: str, status: str, reason: str = "", message: str = "", generatio
     return out
 
 
-def obj(kind: str, conditions: list[dict[str, Any]] | None, generation: int = 1, observed: int | None = 1) -> dict:
+def obj(
+    kind: str, conditions: list[dict[str, Any]] | None, generation: int = 1, observed: int | None = 1
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "apiVersion": "kubemaas.io/v1alpha1",
         "kind": kind,

@@ -80,6 +80,7 @@ def test_kind_networks_come_from_the_benchmarking_block() -> None:
     import yaml
 
     config = yaml.safe_load((REPO / "e2e" / "kind" / "kind-config.yaml").read_text())
-    block = ipaddress.ip_network("198.18.0.0/15")
+    block = ipaddress.IPv4Network("198.18.0.0/15")
     for key in ("podSubnet", "serviceSubnet"):
-        assert ipaddress.ip_network(config["networking"][key]).subnet_of(block), key
+        subnet = ipaddress.ip_network(config["networking"][key])
+        assert isinstance(subnet, ipaddress.IPv4Network) and subnet.subnet_of(block), key

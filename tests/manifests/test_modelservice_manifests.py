@@ -16,31 +16,9 @@ import yaml
 from kubemaas.api import ModelService
 from kubemaas.controllers.modelservice import serving_options
 from kubemaas.manifests import modelservice as m
+from tests.manifests.builders import parent_of
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
-
-
-def parent_of(ms: ModelService) -> m.Parent:
-    name = ms.metadata.name
-    return m.Parent(
-        name=name,
-        namespace=ms.metadata.namespace or "default",
-        labels={
-            "app.kubernetes.io/name": "modelservice",
-            "app.kubernetes.io/instance": name,
-            "app.kubernetes.io/managed-by": "kubemaas",
-            "kubemaas.io/modelservice": name,
-        },
-        selector={"kubemaas.io/modelservice": name},
-        owner_reference={
-            "apiVersion": "kubemaas.io/v1alpha1",
-            "kind": "ModelService",
-            "name": name,
-            "uid": ms.metadata.uid or "uid-1",
-            "controller": True,
-            "blockOwnerDeletion": True,
-        },
-    )
 
 
 def build(case: dict[str, Any]) -> dict[str, Any]:

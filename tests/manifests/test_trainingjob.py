@@ -9,8 +9,8 @@ from typing import Any
 
 from kubemaas import contract
 from kubemaas.api.trainingjob import TrainingJob
+from kubemaas.contract.keys import KEY_ID_PATTERN
 from kubemaas.manifests import trainingjob as m
-from kubemaas.runtime.keyring import KEY_ID_PATTERN
 
 UID = "0f4c2a6e-9d7b-4c1e-8a3f-5b6d7e8f9a0b"
 VERSION = "v20261129-0f4c2a6e"
@@ -277,7 +277,7 @@ def test_four_gpu_pods_as_pytorchjob_master_and_three_workers() -> None:
 
 
 INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-RENDEZVOUS = [
+RENDEZVOUS: list[dict[str, Any]] = [
     {"name": "MASTER_ADDR", "value": "digits-workers-0.digits-workers"},
     {"name": "MASTER_PORT", "value": "29500"},
     {"name": "WORLD_SIZE", "value": "8"},

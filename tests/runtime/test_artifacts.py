@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from kubemaas.api.base import MODEL_NAME_PATTERN, VERSION_PATTERN
+from kubemaas.api.base import LATEST, MODEL_NAME_PATTERN, VERSION_PATTERN
 from kubemaas.runtime import artifacts
 from kubemaas.runtime.artifacts import (
-    LATEST,
     ArtifactStore,
     ArtifactStoreError,
     Manifest,
@@ -223,7 +222,7 @@ def test_manifests_two_parsers_could_read_differently_are_refused(text: str, mes
 
 
 def test_canonical_bytes_ignore_layout_and_key_order_but_not_values() -> None:
-    document = {"b": [1, 2.5, None], "a": {"y": "é", "x": True}, "mac": "ignored"}
+    document: dict[str, object] = {"b": [1, 2.5, None], "a": {"y": "é", "x": True}, "mac": "ignored"}
     reordered = json.loads(json.dumps(dict(reversed(list(document.items()))), indent=4))
     assert artifacts.canonical_manifest(reordered) == artifacts.canonical_manifest(document)
     assert artifacts.canonical_manifest(document) == b'{"a":{"x":true,"y":"\\u00e9"},"b":[1,2.5,null]}'
@@ -248,10 +247,11 @@ def test_unknown_model_and_version(tmp_path: Path) -> None:
 def test_store_names_follow_the_apis_rules(tmp_path: Path, name: str) -> None:
     """One rule: a model name or version the API accepts is one the store accepts, and no other."""
     store = ArtifactStore(tmp_path)
-    for what, pattern, path in [
+    checks: list[tuple[str, str, Callable[[], Path]]] = [
         ("model name", MODEL_NAME_PATTERN, lambda: store.model_dir(name)),
         ("version", VERSION_PATTERN, lambda: store.version_dir(MODEL, name)),
-    ]:
+    ]
+    for what, pattern, path in checks:
         api_accepts = re.fullmatch(pattern, name) is not None and name != LATEST
         if api_accepts:
             path()

@@ -27,7 +27,9 @@ from kubemaas.runtime.crypto import (
     WrongKeyError,
     decrypt_file,
     encrypt_file,
+    pipeline,
     read_header,
+    stream,
     verify_file,
 )
 from kubemaas.runtime.keyring import generate_key, write_keyring_dir
@@ -362,7 +364,7 @@ def test_io_error_in_a_worker_surfaces_and_leaves_nothing(
 ) -> None:
     src, artifact = tmp_path / "plain.bin", tmp_path / "model.kmenc"
     src.write_bytes(os.urandom(30 * CHUNK))
-    real_read, calls = crypto._pread_into, []
+    real_read, calls = pipeline.pread_into, []
 
     def failing_read(fd: int, view: memoryview, offset: int) -> int:
         calls.append(offset)
@@ -370,15 +372,15 @@ def test_io_error_in_a_worker_surfaces_and_leaves_nothing(
             raise OSError(5, "injected read error")
         return real_read(fd, view, offset)
 
-    monkeypatch.setattr(crypto, "_pread_into", failing_read)
+    monkeypatch.setattr(stream, "pread_into", failing_read)
     with pytest.raises(OSError, match="injected read error"):
         encrypt_file(src, artifact, key=KEY, key_id="k1", model=MODEL, version=VERSION, chunk_size=CHUNK)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.bin"], "encrypt left a partial file"
     assert _crypto_threads() == []
-    monkeypatch.setattr(crypto, "_pread_into", real_read)
+    monkeypatch.setattr(stream, "pread_into", real_read)
     artifact = _encrypt(tmp_path, os.urandom(30 * CHUNK))
     calls.clear()
-    monkeypatch.setattr(crypto, "_pread_into", failing_read)
+    monkeypatch.setattr(stream, "pread_into", failing_read)
     before = set(tmp_path.iterdir())
     with pytest.raises(OSError, match="injected read error"):
         _decrypt(tmp_path, artifact, keyring)

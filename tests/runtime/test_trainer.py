@@ -204,7 +204,7 @@ def test_a_fresh_claim_gets_its_store_and_a_missing_claim_is_a_config_error(
     if claim_mounted:
         (mounts / "models").mkdir(parents=True)
     env = {contract.OUTPUT_URI: "pvc://models/store", contract.MOUNT_ROOT: str(mounts)}
-    with ranks(job, 1, attempt=0, args=["--steps", "10"], **env) as procs:
+    with ranks(job, 1, attempt=0, args=["--steps", "10"], rank_env={0: env}) as procs:
         (code,) = wait_all(procs, timeout=120)
     if claim_mounted:
         assert code == 0, log_text(job, 0, 0)

@@ -41,7 +41,7 @@ def save_torchscript(model: torch.nn.Module, path: Path) -> Path:
     with warnings.catch_warnings():
         # torch 2.x marks jit deprecated in favour of torch.export; TorchScript is still what Triton loads.
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.trace(model, example).save(str(path))
+        torch.jit.trace(model, example).save(str(path))  # type: ignore[no-untyped-call]
     return path
 
 

@@ -11,12 +11,14 @@ import re
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from numpy.typing import NDArray
 
 from .conftest import IN_FEATURES, INPUT_NAME, MODEL, OUT_FEATURES, OUTPUT_NAME, PublishedModels, publish, run_loader
 from .triton_harness import TritonServer
@@ -62,12 +64,13 @@ def triton(
         yield server
 
 
-def eager_outputs(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+def eager_outputs(module: torch.nn.Module, x: NDArray[np.float32]) -> NDArray[np.float32]:
     with torch.inference_mode():
-        return module(torch.from_numpy(x)).numpy()
+        out: NDArray[np.float32] = module(torch.from_numpy(x)).numpy()
+    return out
 
 
-def rows(n: int, seed: int) -> np.ndarray:
+def rows(n: int, seed: int) -> NDArray[np.float32]:
     return np.random.default_rng(seed).standard_normal((n, IN_FEATURES)).astype(np.float32)
 
 
@@ -99,12 +102,15 @@ def test_grpc_outputs_match_eager_torch(
     client.close()
 
 
-def inference_stats(client: httpclient.InferenceServerClient, model: str) -> dict[str, object]:
-    stats: dict[str, object] = client.get_inference_statistics(model)["model_stats"][0]
+def inference_stats(client: httpclient.InferenceServerClient, model: str) -> dict[str, Any]:
+    # Triton's statistics extension, as JSON.
+    stats: dict[str, Any] = client.get_inference_statistics(model)["model_stats"][0]
     return stats
 
 
-def fire_concurrently(url: str, model: str, requests: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def fire_concurrently(
+    url: str, model: str, requests: int, seed: int
+) -> list[tuple[NDArray[np.float32], NDArray[np.float32]]]:
     """Send ``requests`` single-row requests with up to CONCURRENCY in flight; return (input, output)."""
     client = httpclient.InferenceServerClient(url, concurrency=CONCURRENCY)
     try:
@@ -147,14 +153,14 @@ def test_with_batching_disabled_every_request_is_its_own_execution(triton: Trito
 
 def lone_request(client: httpclient.InferenceServerClient, model: str) -> tuple[float, int]:
     """Latency (s) of one request with nothing else in flight, and the queue time Triton recorded (ns)."""
-    before = inference_stats(client, model)["inference_stats"]["queue"]["ns"]  # type: ignore[index]
+    before = inference_stats(client, model)["inference_stats"]["queue"]["ns"]
     x = rows(1, seed=300)
     request = httpclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
     request.set_data_from_numpy(x)
     started = time.perf_counter()
     client.infer(model, [request])
     latency = time.perf_counter() - started
-    after = inference_stats(client, model)["inference_stats"]["queue"]["ns"]  # type: ignore[index]
+    after = inference_stats(client, model)["inference_stats"]["queue"]["ns"]
     return latency, int(after) - int(before)
 
 

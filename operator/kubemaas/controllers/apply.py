@@ -1,4 +1,5 @@
-"""Every write the controllers make, through one field manager (DESIGN.md §3, cert-manager's apply.go).
+"""Every write the controllers make, through one field manager (cert-manager's apply.go; docs/modelservice.md,
+Triggers and writes).
 
 Children are written with server-side apply as field manager `kubemaas`, and only when the object the
 operator last observed (from its watch cache) differs from the desired one in a field Kubemaas sets:

@@ -1,4 +1,4 @@
-"""The level-triggered loop both controllers share (DESIGN.md §4).
+"""The level-triggered loop both controllers share (README.md, TrainingJob and ModelService controller).
 
 Each kind has one `reconcile` coroutine that reads the parent and its children from kopf's in-memory
 indexes, computes the desired children and status with pure functions, and writes only differences. The

@@ -7,8 +7,9 @@ and its children are read from kopf indexes (filled by the watches, which the se
 restrict server-side to objects labelled managed-by kubemaas: children.watched()), never by listing.
 
 Why a requeue and not `@kopf.timer`: kopf puts a finalizer on every object a timer serves (kopf 1.45
-hard-codes it), so each TrainingJob would need a running operator to be deleted, and DESIGN.md §3
-wants no finalizer. The requeue is in memory; after a restart kopf's initial listing reconciles every object again.
+hard-codes it), so each TrainingJob would need a running operator to be deleted, and Kubemaas uses none
+(README.md, TrainingJob controller). The requeue is in memory; after a restart kopf's initial listing
+reconciles every object again.
 
 API reads happen only where the watches cannot help, and only before the workload exists: the
 claims and the key Secret of the pre-flight check (one GET each). A user's key Secret (generateKey:

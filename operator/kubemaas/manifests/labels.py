@@ -1,4 +1,4 @@
-"""Labels and owner references every child object carries (DESIGN.md §3)."""
+"""Labels and owner references every child object carries (docs/modelservice.md, Children)."""
 
 from __future__ import annotations
 

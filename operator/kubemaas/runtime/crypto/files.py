@@ -1,0 +1,189 @@
+"""Encrypted artifacts as files: encrypt, open (header checked), decrypt or verify, and the manifest MAC.
+
+Output is written atomically (a temporary file in the destination's directory, fsynced, renamed only
+after the whole stream was processed and, for decryption, every chunk verified): a refused artifact
+leaves no output file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from kubemaas.runtime.crypto.format import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    ArtifactHeader,
+    build_header,
+    check_binding,
+    check_size,
+    parse_header,
+    read_header,
+    read_header_bytes,
+    verify_header,
+)
+from kubemaas.runtime.crypto.keys import FileKeys, derive_file_keys, derive_manifest_key, manifest_mac_of
+from kubemaas.runtime.crypto.pipeline import pwrite_all
+from kubemaas.runtime.crypto.stream import PlaintextDigest, decrypt_chunks, encrypt_chunks
+from kubemaas.runtime.errors import (
+    ExtendedArtifactError,
+    ManifestTamperedError,
+    PlaintextMismatchError,
+    WrongKeyError,
+)
+from kubemaas.runtime.fsutil import atomic_write
+from kubemaas.runtime.keyring import KEY_BYTES, Keyring, validate_key_id
+
+
+def encrypt_file(
+    src: Path | str,
+    dst: Path | str,
+    *,
+    key: bytes,
+    key_id: str,
+    model: str,
+    version: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> PlaintextDigest:
+    """Encrypt ``src`` into ``dst`` (atomically replaced), bound to ``model``/``version``/``key_id``."""
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"key must be {KEY_BYTES} bytes")
+    validate_key_id(key_id)
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
+    with open(src, "rb", buffering=0) as source:
+        plaintext_size = os.fstat(source.fileno()).st_size
+        nonce_prefix, salt = os.urandom(8), os.urandom(16)
+        keys = derive_file_keys(key, salt)
+        header_bytes = build_header(
+            keys=keys,
+            key_id=key_id,
+            model=model,
+            version=version,
+            chunk_size=chunk_size,
+            plaintext_size=plaintext_size,
+            nonce_prefix=nonce_prefix,
+            salt=salt,
+        )
+        header = parse_header(header_bytes)
+
+        def write(out_fd: int) -> PlaintextDigest:
+            pwrite_all(out_fd, memoryview(header_bytes), 0)
+            return encrypt_chunks(source.fileno(), out_fd, header, keys.enc)
+
+        return atomic_write(Path(dst), write, suffix=".partial")
+
+
+def decrypt_file(
+    src: Path | str,
+    dst: Path | str,
+    *,
+    keyring: Keyring,
+    model: str,
+    version: str,
+    expect: PlaintextDigest | None = None,
+) -> ArtifactHeader:
+    """Verify and decrypt ``src`` into ``dst``; ``dst`` appears only if every check passed.
+
+    Returns the verified header. GCM authenticates every byte, so no separate hash is needed to
+    trust the plaintext; ``expect`` additionally ties it to a manifest's sha256 and size.
+    """
+    with open_artifact(src, keyring=keyring, model=model, version=version) as artifact:
+        return artifact.decrypt_to(dst, expect=expect)
+
+
+def verify_file(
+    src: Path | str, *, keyring: Keyring, model: str, version: str, expect: PlaintextDigest | None = None
+) -> ArtifactHeader:
+    """Run every check of :func:`decrypt_file` without writing plaintext anywhere."""
+    with open_artifact(src, keyring=keyring, model=model, version=version) as artifact:
+        return artifact.verify(expect=expect)
+
+
+class OpenedArtifact:
+    """An open artifact whose header passed every check that needs no chunk (see :func:`open_artifact`).
+
+    Its methods read the same open file, so what :meth:`verify_manifest` vouched for is what
+    :meth:`decrypt_to` decrypts, even if the path is replaced in between.
+    """
+
+    def __init__(self, stream: BinaryIO, header: ArtifactHeader, keys: FileKeys, manifest_key: bytes) -> None:
+        self._stream, self.header, self._keys, self._manifest_key = stream, header, keys, manifest_key
+
+    def verify_manifest(self, document: bytes, mac: bytes) -> None:
+        """Check that ``document`` (a manifest's canonical bytes) is the one published with this artifact.
+
+        ``mac`` is :func:`manifest_mac`'s value; it covers the header checksum, so a manifest of
+        another artifact (another model, version, key or publication) fails like an edited one.
+        """
+        expected = manifest_mac_of(self._manifest_key, self.header.checksum, document)
+        if not hmac.compare_digest(expected, mac):
+            raise ManifestTamperedError(
+                "manifest authentication failed: the manifest was altered, or belongs to another artifact"
+            )
+
+    def decrypt_to(self, dst: Path | str, *, expect: PlaintextDigest | None = None) -> ArtifactHeader:
+        """Decrypt into ``dst`` (atomically: it appears only after every chunk verified)."""
+        return atomic_write(Path(dst), lambda out_fd: self._decrypt(out_fd, expect), suffix=".partial")
+
+    def decrypt_into(self, out_fd: int) -> ArtifactHeader:
+        """Decrypt into the open file ``out_fd`` at offsets ``0..plaintext_size``, without a temp file.
+
+        Only authenticated chunks are written, but a refusal can leave the chunks before it in the
+        file: for callers that discard the whole file on error (the loader's staging directory).
+        No fsync: the caller makes it durable with everything else it writes.
+        """
+        return self._decrypt(out_fd, None)
+
+    def verify(self, *, expect: PlaintextDigest | None = None) -> ArtifactHeader:
+        """Every check of :meth:`decrypt_to`, without writing plaintext anywhere."""
+        return self._decrypt(None, expect)
+
+    def _decrypt(self, out_fd: int | None, expect: PlaintextDigest | None) -> ArtifactHeader:
+        header, fd = self.header, self._stream.fileno()
+        if expect is not None and expect.size != header.plaintext_size:
+            # Known from the authenticated header: refuse before decrypting anything.
+            raise PlaintextMismatchError(
+                None, f"artifact holds {header.plaintext_size} bytes of plaintext, the manifest says {expect.size}"
+            )
+        sha256 = decrypt_chunks(fd, header, self._keys.enc, out_fd, hashed=expect is not None)
+        if os.pread(fd, 1, header.encrypted_size):  # the file grew after the size check
+            raise ExtendedArtifactError("artifact has unexpected bytes after its final chunk")
+        if expect is not None and not hmac.compare_digest(sha256, expect.sha256):
+            raise PlaintextMismatchError(
+                sha256, f"decrypted model has sha256 {sha256}, the manifest says {expect.sha256}"
+            )
+        return header
+
+
+@contextlib.contextmanager
+def open_artifact(src: Path | str, *, keyring: Keyring, model: str, version: str) -> Iterator[OpenedArtifact]:
+    """Open ``src`` and check its header: checksum, key (commitment), header MAC, model/version binding,
+    and the file size it promises. Chunks are checked as :meth:`OpenedArtifact.decrypt_to` reads them."""
+    with open(src, "rb") as stream:
+        file_size = os.fstat(stream.fileno()).st_size
+        raw = read_header_bytes(stream, file_size)
+        header = parse_header(raw)
+        key = keyring.key(header.key_id)
+        keys = verify_header(header, raw, key)
+        check_binding(header, model, version)
+        check_size(header, file_size)
+        yield OpenedArtifact(stream, header, keys, derive_manifest_key(key, header.salt))
+
+
+def manifest_mac(artifact: Path | str, document: bytes, *, key: bytes) -> bytes:
+    """The MAC that binds ``document`` (a manifest's canonical bytes) to the artifact at ``artifact``.
+
+    Computed by the publisher right after :func:`encrypt_file`, with the same key; checked by
+    :meth:`OpenedArtifact.verify_manifest`.
+    """
+    header = read_header(artifact)
+    keys = derive_file_keys(key, header.salt)
+    if not hmac.compare_digest(keys.commitment, header.commitment):
+        raise WrongKeyError(f"the key given for {header.key_id!r} is not the key this artifact was encrypted with")
+    return manifest_mac_of(derive_manifest_key(key, header.salt), header.checksum, document)
