@@ -78,22 +78,25 @@ class Requeue:
 
 @dataclass(frozen=True)
 class Written:
-    """A status this operator wrote: the resourceVersion it was computed from, and the one it produced."""
+    """A status this operator wrote: the resourceVersion it produced, and every version it superseded (the
+    one it was computed from and, for a write made on top of an earlier one not yet seen, those before)."""
 
-    computed_from: str | None
+    superseded: frozenset[str]
     status: dict[str, Any]
     resource_version: str
 
 
 class StatusMemory:
-    """The status this operator last wrote, per object; only this operator writes it.
+    """The status this operator last wrote, per object.
 
     A child's event can arrive before the watch delivers the parent with that status; the index then still
-    holds the older body. Reconciling from it would compute the same transitions again (every Event posted
-    twice) or forget a failure just recorded (and roll the failed version out again). So while the index
-    shows the version the last status was computed from, `current` gives that status instead, and the next
-    write is conditional on the version the write produced: if anyone wrote after it, the API server
-    refuses the write (`Conflict`) rather than let a status computed from a stale copy overwrite theirs.
+    holds an older body, possibly older by several writes when the watch lags behind a burst. Reconciling
+    from it would compute the same transitions again (every Event posted twice, a write the API server
+    refuses) or forget a failure just recorded (and roll the failed version out again). So while the index
+    shows a version the last write superseded, `current` gives that write's status instead, and the next
+    write is conditional on the version the write produced: if anyone else wrote after it, the API server
+    refuses the write (`Conflict`) rather than let a status computed from a stale copy overwrite theirs. A
+    version the memory does not know is newer than its write (or is that write): the index is used then.
     """
 
     def __init__(self) -> None:
@@ -111,7 +114,7 @@ class StatusMemory:
         current: dict[str, Any] = dict(body)
         version = (current.get("metadata") or {}).get("resourceVersion")
         written = self._written.get(key)
-        if written is not None and written.computed_from == version:
+        if written is not None and version in written.superseded:
             current["status"] = written.status
             version = written.resource_version
         return current, version
@@ -119,12 +122,17 @@ class StatusMemory:
     async def write(
         self, kube: Kube, key: ObjectKey, body: Mapping[str, Any], version: str | None, status: dict[str, Any]
     ) -> bool:
-        """Write `status` when it differs, conditional on `version`; whether it wrote. Raises `Conflict` when
-        the object changed since `version`: the caller computes again from the newer copy."""
+        """Write `status` when it differs, conditional on `version` (what `current` returned with `body`);
+        whether it wrote. Raises `Conflict` when the object changed since `version`: the caller computes again
+        from the newer copy."""
         produced = await kube.patch_status(body, status, resource_version=version)
         if produced is None:
             return False
-        self.remember(key, Written(body["metadata"].get("resourceVersion"), status, produced))
+        superseded = {v for v in (body["metadata"].get("resourceVersion"), version) if v}
+        previous = self._written.get(key)
+        if previous is not None and version == previous.resource_version:
+            superseded |= previous.superseded  # written on top of the last write: older than both
+        self.remember(key, Written(frozenset(superseded), status, produced))
         return True
 
 
