@@ -52,6 +52,7 @@ SERIAL_NODE_SCENARIOS = pytest.mark.xdist_group("real-node-scenarios")  # CPU tr
 # Names this pytest run; xdist's workers inherit it. The worker that starts the local cluster writes it
 # beside the cluster's state, and the controller stops the cluster at the end only if this run started it.
 RUN_ID_VARIABLE = "KUBEMAAS_E2E_RUN_ID"
+PORT_ATTEMPTS = 3  # starts of `kubemaas run` that may lose a free port to another worker's process
 STARTED_BY = "started-by-run"
 
 
@@ -331,6 +332,23 @@ class OperatorLauncher:
         self.current: OperatorProcess | None = None
 
     def start(self, *, wait: bool = True) -> OperatorProcess:
+        """Start `kubemaas run` on two free ports; with `wait`, until it is live. A port picked free can be
+        taken by another xdist worker's process before the operator binds it: an exit for that alone is
+        retried on other ports (a bounded number of times), any other failure is not."""
+        for attempt in range(PORT_ATTEMPTS):
+            running = self._spawn()
+            if not wait:
+                return running
+            try:
+                running.wait_live()
+                return running
+            except ComponentError:
+                lost_port = running.process.poll() is not None and "Address already in use" in running.tail()
+                if not lost_port or attempt == PORT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _spawn(self) -> OperatorProcess:
         executable = Path(sys.executable).with_name("kubemaas")
         liveness_url = f"http://127.0.0.1:{free_port()}/healthz"
         metrics_port = free_port()
@@ -351,8 +369,6 @@ class OperatorLauncher:
                 cwd=REPO,
             )
         self.current = OperatorProcess(process, self.log, liveness_url, f"http://127.0.0.1:{metrics_port}/metrics")
-        if wait:
-            self.current.wait_live()
         return self.current
 
     def stop(self) -> None:
