@@ -1,10 +1,12 @@
-"""Small helpers the e2e tests share: CRD application, custom-object plurals, pod drivers."""
+"""Small helpers the e2e tests share: CRD application, custom-object plurals and bodies, pod drivers."""
 
 from __future__ import annotations
 
+import copy
 import re
 import urllib.request
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -119,27 +121,55 @@ def drive_pod(api: client.ApiClient, namespace: str, pod: str, outcome: str, ter
     client.CoreV1Api(api).patch_namespaced_pod(pod, namespace, patch)
 
 
-TRAININGJOB_API = ("kubemaas.io", "v1alpha1", "trainingjobs")
+GROUP, VERSION = "kubemaas.io", "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+TRAININGJOB_API = (GROUP, VERSION, "trainingjobs")
+MODELSERVICE_API = (GROUP, VERSION, "modelservices")
+
+# The TrainingJob the ModelService track refers to (`training_job(name, **STATUS_ONLY_JOB)`): the trainer
+# image, the store and key those tests set up, and none of a kwok run's command, replicas, placement or data.
+# The test writes its status itself, as the TrainingJob controller would after a run.
+STATUS_ONLY_JOB: dict[str, Any] = {
+    "image": "kubemaas/trainer:0.1.0",
+    "command": None,
+    "replicas": None,
+    "resources": {"gpus": 1},
+    "scheduling": None,
+    "data": None,
+    "output": {"uri": "pvc://models/store", "modelName": "digits"},
+    "encryption": {"keySecretRef": {"name": "digits-key"}},
+}
 
 
-def training_job(name: str, **spec: Any) -> dict[str, Any]:
-    """A TrainingJob the kwok cluster can run (pause image, 4 GPU pods); `spec` overrides fields."""
-    return {
-        "apiVersion": f"{TRAININGJOB_API[0]}/{TRAININGJOB_API[1]}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "registry.k8s.io/pause:3.10",
-            "command": ["python", "-m", "train"],
-            "replicas": 4,
-            "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
-            "scheduling": {"nodeSelector": {"nvidia.com/gpu.present": "true"}},
-            "data": {"uri": "pvc://datasets/digits"},
-            "output": {"uri": "pvc://models/store"},
-            "encryption": {"keySecretRef": {"name": f"{name}-key"}},
-            **spec,
-        },
+def training_job(name: str, *, labels: Mapping[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    """A TrainingJob body; by default one the kwok cluster can run (pause image, 4 GPU pods, a data and an
+    output claim, a key of its own). `spec` replaces top-level spec fields; one given as None is left out."""
+    defaults: dict[str, Any] = {
+        "image": "registry.k8s.io/pause:3.10",
+        "command": ["python", "-m", "train"],
+        "replicas": 4,
+        "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
+        "scheduling": {"nodeSelector": {"nvidia.com/gpu.present": "true"}},
+        "data": {"uri": "pvc://datasets/digits"},
+        "output": {"uri": "pvc://models/store"},
+        "encryption": {"keySecretRef": {"name": f"{name}-key"}},
     }
+    return _custom_object("TrainingJob", name, labels, {**defaults, **spec})
+
+
+def model_service(name: str, model: Mapping[str, Any], **spec: Any) -> dict[str, Any]:
+    """A ModelService body serving `model` (a trainingJobRef, a trainingJobSelector, or a uri and version);
+    `spec` adds its other fields (replicas, scheduling, runtime, ...)."""
+    return _custom_object("ModelService", name, None, {"model": model, **spec})
+
+
+def _custom_object(kind: str, name: str, labels: Mapping[str, str] | None, spec: Mapping[str, Any]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if labels:
+        metadata["labels"] = dict(labels)
+    # A copy: callers share dicts (presets, placements) between bodies and tests edit bodies they were given.
+    fields = copy.deepcopy({key: value for key, value in spec.items() if value is not None})
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": fields}
 
 
 def scrape(url: str, *prefixes: str) -> dict[str, float]:

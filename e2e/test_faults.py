@@ -29,14 +29,11 @@ from kubernetes import client, config
 
 from e2e.cluster import control_plane
 from e2e.conftest import PSS_RESTRICTED, SERIAL_THROWAWAY, E2ECluster, OperatorLauncher
-from e2e.kube import apiserver_requests, requests_between
+from e2e.kube import GROUP, VERSION, apiserver_requests, model_service, requests_between
 from e2e.test_modelservice import (  # noqa: F401  (crds and store are fixtures)
-    GROUP,
-    VERSION,
     crds,
     create_job,
     custom,
-    model_service,
     publish,
     store,
 )

@@ -24,9 +24,8 @@ from kubernetes import client, watch
 
 from e2e.cluster.nodes import GPU_NODES
 from e2e.conftest import E2ECluster, OperatorProcess
-from e2e.kube import bound_claim
+from e2e.kube import GROUP, STATUS_ONLY_JOB, VERSION, bound_claim, model_service, training_job
 
-GROUP, VERSION = "kubemaas.io", "v1alpha1"
 MS_API = f"{GROUP}/{VERSION}"
 VERSION_LABEL = "kubemaas.io/model-version"
 STORE = "pvc://models/store"
@@ -72,20 +71,6 @@ def custom(cluster: E2ECluster) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(cluster.api)
 
 
-def training_job(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name, "labels": labels or {}},
-        "spec": {
-            "image": "kubemaas/trainer:0.1.0",
-            "resources": {"gpus": 1},
-            "output": {"uri": STORE, "modelName": "digits"},
-            "encryption": {"keySecretRef": {"name": "digits-key"}},
-        },
-    }
-
-
 def publish(cluster: E2ECluster, namespace: str, job: str, version: str, **metrics: str) -> None:
     """Write what the TrainingJob controller writes when rank 0 published `version`.
 
@@ -109,17 +94,8 @@ def publish(cluster: E2ECluster, namespace: str, job: str, version: str, **metri
 
 def create_job(cluster: E2ECluster, namespace: str, name: str, labels: dict[str, str] | None = None) -> None:
     custom(cluster).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "trainingjobs", training_job(name, labels)
+        GROUP, VERSION, namespace, "trainingjobs", training_job(name, labels=labels, **STATUS_ONLY_JOB)
     )
-
-
-def model_service(name: str, model: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ModelService",
-        "metadata": {"name": name},
-        "spec": {"model": model, **spec},
-    }
 
 
 def serve_digits(cluster: E2ECluster, namespace: str, **spec: Any) -> None:

@@ -28,8 +28,8 @@ from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
 from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES, PAUSE_IMAGE
 from e2e.conftest import REPO, SERIAL_NODE_SCENARIOS, E2ECluster, OperatorProcess, RealNode
-from e2e.kube import KSERVE_CLIENT, bound_claim
-from e2e.test_modelservice import GROUP, VERSION, condition, crds, model_service, wait_ms  # noqa: F401 (crds: a fixture)
+from e2e.kube import GROUP, KSERVE_CLIENT, VERSION, bound_claim, model_service, training_job
+from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
 from kubemaas.manifests.modelservice import VERSION_LABEL
 from kubemaas.manifests.pods import WORKLOAD_UID
 from kubemaas.runtime.artifacts import ArtifactStore
@@ -280,27 +280,27 @@ TRITON_IMAGE = DOCKERFILE_IMAGES["triton-python"].ref
 INFER_BATCH = 8
 
 
-def training_job(
+def trainer_job(
     name: str, backend: str, placement: dict[str, Any], *, steps: int = 300, labels: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name, "labels": labels or {}},
-        "spec": {
-            "image": TRAINER_IMAGE,
-            "args": ["--steps", str(steps), "--batch-size", "32"],
-            "replicas": 2,
-            "nprocPerNode": 1,
-            # Two ranks on a 2-core node, beside the node's own processes.
-            "resources": {"cpu": "600m", "memory": "1536Mi"},
-            "scheduling": placement,
-            "output": {"uri": "pvc://models/store", "modelName": MODEL},
-            "encryption": {"keySecretRef": {"name": "digits-key"}, "generateKey": "IfMissing"},
-            "runPolicy": {"backoffLimit": 2, "activeDeadlineSeconds": 900},
-            "backend": backend,
-        },
-    }
+    """A TrainingJob of the trainer image that trains the digits model on the real node's CPU."""
+    return training_job(
+        name,
+        labels=labels,
+        image=TRAINER_IMAGE,
+        command=None,
+        args=["--steps", str(steps), "--batch-size", "32"],
+        replicas=2,
+        nprocPerNode=1,
+        # Two ranks on a 2-core node, beside the node's own processes.
+        resources={"cpu": "600m", "memory": "1536Mi"},
+        scheduling=placement,
+        data=None,
+        output={"uri": "pvc://models/store", "modelName": MODEL},
+        encryption={"keySecretRef": {"name": "digits-key"}, "generateKey": "IfMissing"},
+        runPolicy={"backoffLimit": 2, "activeDeadlineSeconds": 900},
+        backend=backend,
+    )
 
 
 def create_training_job(cluster: E2ECluster, namespace: str, job: dict[str, Any]) -> None:
@@ -326,7 +326,7 @@ def wait_trained(cluster: E2ECluster, namespace: str, name: str = "digits") -> d
 
 def train_on_the_node(cluster: E2ECluster, namespace: str, placement: dict[str, Any], backend: str) -> dict[str, Any]:
     """Run TrainingJob `digits` to its end; return its status.model."""
-    create_training_job(cluster, namespace, training_job("digits", backend, placement))
+    create_training_job(cluster, namespace, trainer_job("digits", backend, placement))
     model = wait_trained(cluster, namespace)
     assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
     return model
@@ -606,7 +606,7 @@ def test_promotion_under_live_traffic_loses_no_request(
     one's (each told apart by its logits: the same digit, two sets of weights)."""
     labels = {"team": "digits"}
     placement = real_node.placement()
-    create_training_job(cluster, namespace, training_job("digits-a", "Job", placement, steps=40, labels=labels))
+    create_training_job(cluster, namespace, trainer_job("digits-a", "Job", placement, steps=40, labels=labels))
     first = wait_trained(cluster, namespace, "digits-a")
     ms = triton_model_service(
         placement,
@@ -618,7 +618,7 @@ def test_promotion_under_live_traffic_loses_no_request(
     wait_serving(cluster, namespace, first["version"])
     start_traffic(cluster, namespace, placement, pause=0.05)
 
-    create_training_job(cluster, namespace, training_job("digits-b", "Job", placement, labels=labels))
+    create_training_job(cluster, namespace, trainer_job("digits-b", "Job", placement, labels=labels))
     second = wait_trained(cluster, namespace, "digits-b")
     assert float(second["metrics"]["heldOutAccuracy"]) > float(first["metrics"]["heldOutAccuracy"]), (first, second)
     wait_serving(cluster, namespace, second["version"])
@@ -740,7 +740,7 @@ def test_a_rank_killed_mid_training_restarts_the_job_which_resumes_from_its_chec
     Job recreates the failed pods, the ranks meet again and resume from the checkpoint, and the job succeeds."""
     if cluster.local is None:
         pytest.skip("killing a container needs the local node's containerd")
-    job = training_job("digits", "Job", real_node.placement(), steps=1000)
+    job = trainer_job("digits", "Job", real_node.placement(), steps=1000)
     job["spec"]["runPolicy"]["backoffLimit"] = 4
     create_training_job(cluster, namespace, job)
     checkpoints = node_store / "store" / MODEL / ".checkpoints"

@@ -61,7 +61,7 @@ from e2e.bench.bench_reconcile import machine, operator  # noqa: E402
 from e2e.cluster import control_plane, images, node  # noqa: E402
 from e2e.cluster.node import REAL_NODE_LABEL  # noqa: E402
 from e2e.conftest import E2ECluster  # noqa: E402
-from e2e.kube import KSERVE_CLIENT, apply_crd, bound_claim, load_crds  # noqa: E402
+from e2e.kube import KSERVE_CLIENT, apply_crd, bound_claim, load_crds, model_service  # noqa: E402
 from kubemaas.manifests.modelservice import VERSION_LABEL  # noqa: E402
 from kubemaas.manifests.pods import (  # noqa: E402
     WORKLOAD_UID,
@@ -322,22 +322,19 @@ class Bench:
         for w in watchers:
             w.start()
         memory = f"{max(2, math.ceil(size * 4 / 2**30))}Gi"  # the python backend holds the model twice while loading
-        ms = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ModelService",
-            "metadata": {"name": "digits"},
-            "spec": {
-                "model": {
-                    "uri": "pvc://models/store/digits",
-                    "version": "v1",
-                    "encryption": {"keySecretRef": {"name": "digits-key"}},
-                },
-                "replicas": 1,
-                "scheduling": self.placement,
-                "resources": {"memory": memory},
-                "runtime": {"image": TRITON_IMAGE, "backend": "python"},
-            },
+        source = {
+            "uri": "pvc://models/store/digits",
+            "version": "v1",
+            "encryption": {"keySecretRef": {"name": "digits-key"}},
         }
+        ms = model_service(
+            "digits",
+            source,
+            replicas=1,
+            scheduling=self.placement,
+            resources={"memory": memory},
+            runtime={"image": TRITON_IMAGE, "backend": "python"},
+        )
         applied = time.time()
         self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
         first = self.e2e.wait_for("the first correct answer", lambda: self.first_answer(namespace, "v1"), timeout=600)

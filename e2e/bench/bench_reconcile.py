@@ -62,8 +62,16 @@ sys.path.insert(0, str(REPO_ROOT))
 from e2e.cluster import control_plane  # noqa: E402
 from e2e.cluster.processes import free_port, http_probe, wait_ready  # noqa: E402
 from e2e.conftest import PSS_RESTRICTED  # noqa: E402
-from e2e.kube import apiserver_requests, apply_crd, bound_claim, load_crds, requests_between  # noqa: E402
-from e2e.kube import training_job as e2e_training_job  # noqa: E402
+from e2e.kube import (  # noqa: E402
+    STATUS_ONLY_JOB,
+    apiserver_requests,
+    apply_crd,
+    bound_claim,
+    load_crds,
+    model_service,
+    requests_between,
+    training_job,
+)
 from e2e.waits import condition_is, wait_for_objects  # noqa: E402
 from kubemaas.api import ModelService  # noqa: E402
 from kubemaas.controllers import modelservice as ms_controller  # noqa: E402
@@ -150,17 +158,7 @@ class Bench:
         self.core.create_namespaced_secret(
             namespace, {"metadata": {"name": "digits-key"}, "stringData": {"active": "k1"}}
         )
-        job = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "TrainingJob",
-            "metadata": {"name": "digits"},
-            "spec": {
-                "image": "kubemaas/trainer:0.1.0",
-                "resources": {"gpus": 1},
-                "output": {"uri": STORE, "modelName": "digits"},
-                "encryption": {"keySecretRef": {"name": "digits-key"}},
-            },
-        }
+        job = training_job("digits", **STATUS_ONLY_JOB)
         self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", job)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         status = {
@@ -441,15 +439,6 @@ def sampling_rss(op: Operator | None) -> Iterator[list[float]]:
 # --------------------------------------------------------------------------- phases
 
 
-def model_service(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ModelService",
-        "metadata": {"name": name},
-        "spec": {"model": {"trainingJobRef": {"name": "digits"}}, "replicas": 0},
-    }
-
-
 def create_all(bodies: list[dict[str, Any]], create: Callable[[dict[str, Any]], Any]) -> dict[str, float]:
     """Create every body with CREATE_CONCURRENCY threads; returns name -> wall time the create was sent."""
     sent: dict[str, float] = {}
@@ -493,7 +482,7 @@ def phase_modelservices(bench: Bench, namespace: str, n: int, op: Operator | Non
         _status_written,
     ).start()
     time.sleep(1.0)  # the watches are established
-    bodies = [model_service(f"ms-{i:04d}") for i in range(n)]
+    bodies = [model_service(f"ms-{i:04d}", {"trainingJobRef": {"name": "digits"}}, replicas=0) for i in range(n)]
     before, cpu_before = bench.requests(), op.cpu_seconds() if op else 0.0
     with sampling_rss(op) as peak, profiling(op, n):
         started = time.time()
@@ -561,12 +550,6 @@ async def baseline_modelservices(
     return sent
 
 
-def training_job(name: str) -> dict[str, Any]:
-    """The e2e suite's TrainingJob, one small CPU pod on the PyTorchJob backend."""
-    small = {"cpu": "10m", "memory": "16Mi"}
-    return e2e_training_job(name, replicas=1, backend="PyTorchJob", resources=small, scheduling={})
-
-
 TJ_RESOURCES = {"trainingjobs", "pytorchjobs", "secrets", "events", "pods", "services"}
 
 
@@ -582,7 +565,10 @@ def phase_trainingjobs(bench: Bench, namespace: str, n: int, op: Operator) -> Ph
         _status_written,
     ).start()
     time.sleep(1.0)
-    bodies = [training_job(f"tj-{i:04d}") for i in range(n)]
+    small = {"cpu": "10m", "memory": "16Mi"}  # the e2e suite's TrainingJob as one small CPU pod
+    bodies = [
+        training_job(f"tj-{i:04d}", replicas=1, backend="PyTorchJob", resources=small, scheduling={}) for i in range(n)
+    ]
     before, cpu_before = bench.requests(), op.cpu_seconds()
     with sampling_rss(op) as peak:
         started = time.time()

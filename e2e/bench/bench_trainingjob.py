@@ -47,16 +47,15 @@ GROUP, VERSION, PLURAL = TRAININGJOB_API
 
 def body(name: str) -> dict[str, Any]:
     """One small Job-backend TrainingJob: one pod, no GPU, no data, a shared key."""
-    out = training_job(
+    return training_job(
         name,
         replicas=1,
         resources={"cpu": "10m", "memory": "16Mi"},
         scheduling={},
+        data=None,
         encryption={"keySecretRef": {"name": "shared-key"}},
         backend="Job",
     )
-    del out["spec"]["data"]
-    return out
 
 
 def quantile(values: list[float], q: float) -> float:
