@@ -60,8 +60,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from e2e.cluster import control_plane  # noqa: E402
-from e2e.cluster.processes import free_port, http_probe, wait_ready  # noqa: E402
-from e2e.conftest import PSS_RESTRICTED  # noqa: E402
+from e2e.conftest import PSS_RESTRICTED, OperatorLauncher  # noqa: E402
 from e2e.kube import (  # noqa: E402
     STATUS_ONLY_JOB,
     apiserver_requests,
@@ -316,43 +315,18 @@ class Operator:
 
 @contextmanager
 def operator(cluster: control_plane.Cluster, namespaces: list[str], log: Path, n: int) -> Iterator[Operator]:
-    liveness = f"http://127.0.0.1:{free_port()}/healthz"
-    metrics_port = free_port()
-    command = [str(Path(sys.executable).with_name("kubemaas"))]
+    program: list[str] = []
     if PROFILER.get("tracemalloc"):
         memory = PROFILER["memory"] = RESULTS / f"{PROFILER['stem']}-{n}.memory.txt"
         wrapper = Path(__file__).with_name("traced_operator.py")
-        command = [sys.executable, "-X", "tracemalloc=1", str(wrapper), str(memory)]
-    scope = [f"--namespace={ns}" for ns in namespaces]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                *command,
-                "run",
-                *scope,
-                "--standalone",
-                "--liveness",
-                liveness,
-                "--metrics-port",
-                str(metrics_port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-            cwd=REPO_ROOT,
-        )
+        program = [sys.executable, "-X", "tracemalloc=1", str(wrapper), str(memory)]
+    log.unlink(missing_ok=True)  # one run's log: the launcher appends
+    launcher = OperatorLauncher(cluster.kubeconfig, namespaces, log, program=program)
     try:
-        from e2e.cluster.processes import Running
-
-        wait_ready(Running("kubemaas run", process.pid, "kubemaas", str(log), []), process, http_probe(liveness), 120)
-        yield Operator(process, f"http://127.0.0.1:{metrics_port}/metrics", log)
+        running = launcher.start(timeout=120)
+        yield Operator(running.process, running.metrics_url, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        launcher.stop()
 
 
 # Where a sample's innermost frames put it, first match wins: (label, substrings of a frame).

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ sys.path.insert(0, str(REPO_ROOT / "operator"))
 from kubernetes import client, config, watch  # noqa: E402
 
 from e2e.cluster import control_plane  # noqa: E402
-from e2e.cluster.processes import free_port  # noqa: E402
+from e2e.conftest import OperatorLauncher  # noqa: E402
 from e2e.kube import TRAININGJOB_API, apply_crd, load_crds, scrape, training_job  # noqa: E402
 from kubemaas.api.trainingjob import TrainingJob  # noqa: E402
 from kubemaas.manifests import trainingjob as manifests  # noqa: E402
@@ -110,33 +109,6 @@ def created(obj: dict[str, Any]) -> bool:
     return any(c["type"] == "Created" and c["status"] == "True" for c in conditions)
 
 
-def run_operator(kubeconfig: str, namespace: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONPATH": f"{REPO_ROOT / 'operator'}:{REPO_ROOT}"}
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("kubemaas")),
-            "run",
-            "--standalone",
-            f"--namespace={namespace}",
-            f"--metrics-port={port}",
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}/metrics"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # the metrics port answers once kopf is importing handlers
-        try:
-            metrics(url)
-            time.sleep(2)  # kopf's initial listing
-            return process, url
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"operator did not start; see {log}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50)
@@ -180,8 +152,11 @@ def main() -> int:
                 },
             },
         )
-    operator, url = run_operator(kubeconfig, ns, log)
+    launcher = OperatorLauncher(Path(kubeconfig), [ns], log)
     try:
+        running = launcher.start()
+        url = running.metrics_url
+        time.sleep(2)  # kopf's initial listing
         before = metrics(url)
         ready_created, ready_jobs = threading.Event(), threading.Event()
         results: dict[str, dict[str, float]] = {}
@@ -217,10 +192,9 @@ def main() -> int:
         to_job = [results["jobs"][f"{n}-workers"] - create_at[n] for n in names]
         to_created = [results["created"][n] - create_at[n] for n in names]
         after = metrics(url)
-        rss = rss_mib(operator.pid)
+        rss = rss_mib(running.process.pid)
     finally:
-        operator.terminate()
-        operator.wait(15)
+        launcher.stop()
         core.delete_namespace(ns)
         core.delete_namespace(base_ns)
 
