@@ -223,6 +223,13 @@ def test_failing_candidate_is_not_rolled_out() -> None:
         "TrainingJob 'digits' version v2: heldOutAccuracy 0.9 < min 0.95",
     )
     assert conditions(out)[Cond.READY][:2] == ("True", Reason.SERVING)
+    assert out.promotion_refused and not out.rolled_back  # counted (object_metrics)
+    # The next reconcile starts from that status: the same refusal is not a new one; another candidate is.
+    refused = ms.model_copy(update={"status": out.status})
+    previous = Previous(served_version="v1", last_good_version="v1")
+    assert not run(refused, Observed(training_jobs=jobs, stable=stable), previous).promotion_refused
+    recreated = [job("digits", "v3", heldOutAccuracy=0.91)]  # the job deleted and created again
+    assert run(refused, Observed(training_jobs=recreated, stable=stable), previous).promotion_refused
 
 
 def test_passing_candidate_is_rolled_out() -> None:
@@ -257,6 +264,7 @@ def test_deadline_exceeded_rolls_back_to_last_good_template() -> None:
     assert out.status.last_failure.reason == Reason.PROGRESS_DEADLINE
     assert out.status.served_version == "v1"
     assert [e.reason for e in out.events] == ["RolloutFailed"]
+    assert out.rolled_back and not out.promotion_refused
 
 
 def test_failed_version_is_not_retried_until_the_source_changes() -> None:
@@ -273,6 +281,7 @@ def test_failed_version_is_not_retried_until_the_source_changes() -> None:
     assert conditions(out)[Cond.DEGRADED][:2] == ("True", Reason.PROGRESS_DEADLINE)
     assert conditions(out)[Cond.READY][:2] == ("True", Reason.SERVING)
     assert out.events == []
+    assert not out.rolled_back  # rolled back already, by the reconcile that recorded the failure
     # A new version from the source is tried.
     newer = run(ms, Observed(training_jobs=[job("digits", "v3")], stable=stable), previous)
     assert served_version(newer.apply[0]) == "v3"
@@ -312,6 +321,7 @@ def test_first_version_failing_has_nothing_to_roll_back_to() -> None:
     bad = deployment(ms, ref("v1"), complete=False, deadline_exceeded=True)
     out = run(ms, Observed(training_jobs=[job("digits", "v1")], stable=bad))
     assert ("Deployment", "digits") not in kinds(out)  # left as it is
+    assert out.status.last_failure is not None and not out.rolled_back
     assert conditions(out)[Cond.DEGRADED][:2] == ("True", Reason.PROGRESS_DEADLINE)
     assert conditions(out)[Cond.READY][0] == "False"
 

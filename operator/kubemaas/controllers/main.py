@@ -16,7 +16,7 @@ from kopf._core.engines.peering import Identity
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import WATCH_SERVER_TIMEOUT
 from kubemaas.controllers.apply import Kube
-from kubemaas.controllers.metrics import start_metrics_server
+from kubemaas.controllers.metrics import count_watch_restarts, start_metrics_server
 from kubemaas.controllers.settings import OperatorOptions, apply_settings
 
 
@@ -51,6 +51,7 @@ def run_operator(
         apply_settings(settings, options)
 
     if metrics_port:
+        count_watch_restarts()
         start_metrics_server(metrics_port)
     kube = Kube.from_environment()
     try:

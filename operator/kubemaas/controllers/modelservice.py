@@ -22,12 +22,13 @@ from kubemaas.api import ModelService
 from kubemaas.api.base import Condition, ConditionStatus
 from kubemaas.api.core import DEFAULT_GPU_RESOURCE, LabelSelector
 from kubemaas.api.errors import summary
-from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
+from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE, ModelServiceStatus
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.apply import Conflict, Kube
 from kubemaas.controllers.children import MODELSERVICE_CHILDREN, child_indexer, without_managed_fields
 from kubemaas.controllers.conditions import set_condition, utc_now
 from kubemaas.controllers.metrics import STATUS_WRITES
+from kubemaas.controllers.object_metrics import MODELSERVICES, modelservice_snapshot
 from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events, sync
 from kubemaas.manifests import modelservice as m
 from kubemaas.manifests.labels import child_labels, owner_reference, parent_label, parent_of
@@ -43,7 +44,7 @@ COMPONENT = "server"
 # After a conflicting status write: by then the watch has delivered the newer ModelService to the index.
 CONFLICT_REQUEUE_SECONDS = 1.0
 
-LOOP = ReconcileLoop(KIND)
+LOOP = ReconcileLoop(KIND, MODELSERVICES)
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
@@ -184,10 +185,15 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
         # Another writer changed the ModelService since this copy was read; its change is on the way
         # through the watch. Compute again from it instead of overwriting it (and post no Event twice).
         return CONFLICT_REQUEUE_SECONDS
+    LOOP.states.observe(key, modelservice_snapshot(outcome.status))
     if written:
         STATUS_WRITES.labels(KIND).inc()
         old = ms.status.conditions if ms.status is not None else None
         post_transition_events(body, old, outcome.status.conditions or [], core.WARNINGS)
+        # Counted once: the next reconcile computes them from the status just written.
+        for counter, decided in (("rollbacks", outcome.rolled_back), ("promotion_refusals", outcome.promotion_refused)):
+            if decided:
+                LOOP.states.count(key, counter)
     for event in outcome.events:
         kopf.event(_kopf_body(body), type=event.type, reason=event.reason, message=event.message[:1024])
     # Nothing in the cluster changes when a canary's analysis window ends: wake up for it.
@@ -219,6 +225,7 @@ async def _invalid(kube: Kube, key: Key, body: Mapping[str, Any], version: str |
         written = await LOOP.status.write(kube, key, body, version, status)
     except Conflict:
         return CONFLICT_REQUEUE_SECONDS
+    LOOP.states.observe(key, modelservice_snapshot(ModelServiceStatus(conditions=conditions)))
     if written:
         post_transition_events(body, old, conditions, core.WARNINGS)
     return None

@@ -38,7 +38,8 @@ import kopf
 from kubemaas.api.base import Condition
 from kubemaas.controllers.apply import Kube, TransientApiError
 from kubemaas.controllers.conditions import WarningPolicy, transitions
-from kubemaas.controllers.metrics import CHILDREN_APPLIED, PENDING, RECONCILE_SECONDS, RECONCILES
+from kubemaas.controllers.metrics import CHILDREN_APPLIED, LAST_SUCCESS, PENDING, RECONCILE_SECONDS, RECONCILES
+from kubemaas.controllers.object_metrics import ObjectStates
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +144,21 @@ class ReconcileLoop:
     job's re-check, a canary's analysis window), or None.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, states: ObjectStates | None = None) -> None:
         self.kind = kind
         self.requeue = Requeue()
         self.status = StatusMemory()
+        # The objects' state as series (object_metrics); a private one when the kind exports none.
+        self.states = states if states is not None else ObjectStates(kind)
         self._locks: dict[ObjectKey, asyncio.Lock] = {}
         self._failures: dict[ObjectKey, int] = {}
 
     def forget(self, key: ObjectKey) -> None:
-        """Drop the bookkeeping of a deleted object: its pending re-run, lock, failures and status memory."""
+        """Drop the bookkeeping of a deleted object: its pending re-run, lock, failures, status memory and
+        series."""
         self.requeue.cancel(key)
         self.status.forget(key)
+        self.states.forget(key)
         self._locks.pop(key, None)
         self._failures.pop(key, None)
 
@@ -180,6 +185,7 @@ class ReconcileLoop:
                 try:
                     requeue_after = await reconcile()
                     self._failures.pop(key, None)
+                    LAST_SUCCESS.labels(self.kind).set_to_current_time()
                     if requeue_after is not None:
                         self.run_later(key, requeue_after, reconcile)
                 except TransientApiError as error:

@@ -37,6 +37,7 @@ from kubemaas.controllers.apply import Conflict, Kube
 from kubemaas.controllers.children import TRAININGJOB_CHILDREN, child_indexer, without_managed_fields
 from kubemaas.controllers.conditions import true_condition, utc_now
 from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
+from kubemaas.controllers.object_metrics import TRAININGJOBS, trainingjob_snapshot
 from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events, sync
 from kubemaas.manifests import trainingjob as manifests
 from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
@@ -52,7 +53,7 @@ DISCOVERY_SECONDS = 60.0
 PYTORCHJOB_CRD = "pytorchjobs.kubeflow.org"
 MANAGED = {MANAGED_BY_KEY: MANAGED_BY}
 
-LOOP = ReconcileLoop(KIND)
+LOOP = ReconcileLoop(KIND, TRAININGJOBS)
 
 
 class Discovery:
@@ -175,6 +176,7 @@ async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index
         # through the watch. Compute again from it instead of overwriting it.
         log.debug("%s %s/%s: changed since read, reconciling again", KIND, *key)
         return CONFLICT_REQUEUE_SECONDS
+    LOOP.states.observe(key, trainingjob_snapshot(desired.status))
     if written:
         STATUS_WRITES.labels(KIND).inc()
         old = job.status.conditions if job.status is not None else None
@@ -191,6 +193,7 @@ async def _report_invalid(
         written = await LOOP.status.write(kube, key, body, version, status.to_wire())
     except Conflict:
         return CONFLICT_REQUEUE_SECONDS
+    LOOP.states.observe(key, trainingjob_snapshot(status))
     if written:
         STATUS_WRITES.labels(KIND).inc()
         old = (body.get("status") or {}).get("conditions")

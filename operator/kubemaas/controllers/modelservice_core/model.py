@@ -148,6 +148,10 @@ class Outcome:
     events: list[Event]
     # Reconcile again after this many seconds even if nothing changes (a canary analysis window ends).
     requeue_after: float | None = None
+    # Decided by this reconcile, for the operator's counters (object_metrics): a failed version reverted to
+    # the last good one; a candidate refused by the promotion gate (not the same refusal again).
+    rolled_back: bool = False
+    promotion_refused: bool = False
 
 
 @dataclass

@@ -14,7 +14,7 @@ from kubemaas.api.modelservice import (
     ModelService,
     ModelServiceStatus,
 )
-from kubemaas.controllers.conditions import set_condition
+from kubemaas.controllers.conditions import find_condition, set_condition
 from kubemaas.controllers.modelservice_core.model import (
     ChildKey,
     Cond,
@@ -73,7 +73,32 @@ def report(
         url=m.url(parent) if serving else None,
         observed_generation=ms.metadata.generation,
     )
-    return Outcome(apply=apply, delete=delete, status=status, events=events, requeue_after=plan.requeue_after)
+    return Outcome(
+        apply=apply,
+        delete=delete,
+        status=status,
+        events=events,
+        requeue_after=plan.requeue_after,
+        rolled_back=_rolled_back(plan, previous),
+        promotion_refused=_refused_now(ms, status),
+    )
+
+
+def _rolled_back(plan: Plan, previous: Previous) -> bool:
+    """A rollout failed now and the target is another version (the last good one): what the RolloutFailed
+    Event calls "rolling back"."""
+    failure, target = plan.failure, plan.target
+    new = failure is not None and previous.last_failure != failure
+    return new and target is not None and failure is not None and target.version != failure.version
+
+
+def _refused_now(ms: ModelService, status: ModelServiceStatus) -> bool:
+    """The gate refuses a candidate it did not refuse in the last status (another candidate, or none before)."""
+    now = find_condition(status.conditions, Cond.PROMOTION_BLOCKED)
+    if now is None or now.status is not ConditionStatus.TRUE:
+        return False
+    before = find_condition(ms.status.conditions if ms.status is not None else None, Cond.PROMOTION_BLOCKED)
+    return before is None or before.status is not ConditionStatus.TRUE or before.message != now.message
 
 
 def _promotion(plan: Plan) -> ConditionDecision:
@@ -130,7 +155,7 @@ def _last_failure(plan: Plan, previous: Previous, events: list[Event]) -> LastFa
     """status.lastFailure, with a RolloutFailed Warning when a rollout failed now."""
     failure, target = plan.failure, plan.target
     if failure is not None and previous.last_failure != failure:
-        back = f"; rolling back to {target.version}" if target is not None and target.version != failure.version else ""
+        back = f"; rolling back to {target.version}" if _rolled_back(plan, previous) and target is not None else ""
         events.append(
             Event("Warning", "RolloutFailed", f"version {failure.version}: {failure.reason}: {failure.message}{back}")
         )
