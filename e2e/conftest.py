@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from e2e import waits
 from e2e.chart import Tools, chart_identity
@@ -40,6 +40,7 @@ from e2e.cluster.node import REAL_NODE_LABEL, pod_placement
 from e2e.cluster.processes import ComponentError, free_port, log_tail
 from e2e.cluster.versions import run_dir
 from e2e.kube import apply_crd, load_crds
+from e2e.typed_client import name_of, new_client
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -216,7 +217,7 @@ class E2ECluster:
 def cluster() -> Iterator[E2ECluster]:
     external = os.environ.get("KUBEMAAS_E2E_KUBECONFIG")
     if external:
-        yield E2ECluster(Path(external), config.new_client_from_config(config_file=external), None)
+        yield E2ECluster(Path(external), new_client(external), None)
         return
     real_node = os.environ.get("KUBEMAAS_E2E_REAL_NODE", "0") == "1"
     with _worker_lock("run"):
@@ -225,7 +226,7 @@ def cluster() -> Iterator[E2ECluster]:
         local = control_plane.up(real_node=real_node)
         if not reused:  # stopped by pytest_sessionfinish once every worker is done
             (run_dir() / STARTED_BY).write_text(os.environ.get(RUN_ID_VARIABLE, ""))
-    yield E2ECluster(local.kubeconfig, config.new_client_from_config(config_file=str(local.kubeconfig)), local)
+    yield E2ECluster(local.kubeconfig, new_client(local.kubeconfig), local)
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,7 @@ def real_node(cluster: E2ECluster) -> RealNode:
     nodes = client.CoreV1Api(cluster.api).list_node(label_selector=f"{REAL_NODE_LABEL}=true").items
     if not nodes:
         pytest.skip(f"no node labelled {REAL_NODE_LABEL}=true (make e2e starts one; REAL_NODE=0 turns it off)")
-    return RealNode(nodes[0].metadata.name)
+    return RealNode(name_of(nodes[0]))
 
 
 @pytest.fixture(scope="session")

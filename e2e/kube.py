@@ -13,10 +13,13 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from e2e.typed_client import body_as, json_object, meta
+
 REPO = Path(__file__).resolve().parent.parent
 CRDS_DIR = REPO / "crds"
 OUTCOME_LABEL = "kwok.kubemaas.io/outcome"
 TERMINATION_MESSAGE_ANNOTATION = "kwok.kubemaas.io/termination-message"
+CRD = client.V1CustomResourceDefinition
 CRD_APPLY_ATTEMPTS = 5  # xdist workers apply the same CRDs at once: 409s are expected, retried
 
 
@@ -47,14 +50,14 @@ def apply_crd(api: client.ApiClient, crd: dict[str, Any]) -> list[str]:
 
 def _create_or_replace_crd(ext: client.ApiextensionsV1Api, name: str, crd: dict[str, Any]) -> list[str]:
     try:
-        current: Any = ext.read_custom_resource_definition(name)
+        current = ext.read_custom_resource_definition(name)
     except client.ApiException as error:
         if error.status != 404:
             raise
-        _, _, headers = ext.create_custom_resource_definition_with_http_info(crd)  # type: ignore[arg-type]
+        _, _, headers = ext.create_custom_resource_definition_with_http_info(body_as(CRD, crd))
     else:
-        body = {**crd, "metadata": {**crd["metadata"], "resourceVersion": current.metadata.resource_version}}
-        _, _, headers = ext.replace_custom_resource_definition_with_http_info(name, body)  # type: ignore[arg-type]
+        body = {**crd, "metadata": {**crd["metadata"], "resourceVersion": meta(current).resource_version}}
+        _, _, headers = ext.replace_custom_resource_definition_with_http_info(name, body_as(CRD, body))
     return [v for k, v in (headers or {}).items() if k.lower() == "warning"]
 
 
@@ -76,10 +79,10 @@ def create_custom_object(
     api: client.ApiClient, namespace: str, obj: dict[str, Any], crds: list[dict[str, Any]]
 ) -> dict[str, Any]:
     group, version, plural = _address(obj, crds)
-    result: Any = client.CustomObjectsApi(api).create_namespaced_custom_object(
+    created = client.CustomObjectsApi(api).create_namespaced_custom_object(
         group, version, namespace, plural, obj, field_validation="Strict"
     )
-    return dict(result)
+    return json_object(created)
 
 
 def merge_patch_custom_object(
@@ -87,7 +90,7 @@ def merge_patch_custom_object(
 ) -> dict[str, Any]:
     """Apply a JSON merge patch (RFC 7386, `kubectl patch --type merge`) to a custom object."""
     group, version, plural = _address(obj, crds)
-    result: Any = client.CustomObjectsApi(api).patch_namespaced_custom_object(
+    patched = client.CustomObjectsApi(api).patch_namespaced_custom_object(
         group,
         version,
         namespace,
@@ -97,17 +100,17 @@ def merge_patch_custom_object(
         field_validation="Strict",
         _content_type="application/merge-patch+json",
     )
-    return dict(result)
+    return json_object(patched)
 
 
 def get_custom_object(
     api: client.ApiClient, namespace: str, obj: dict[str, Any], crds: list[dict[str, Any]]
 ) -> dict[str, Any]:
     group, version, plural = _address(obj, crds)
-    result: Any = client.CustomObjectsApi(api).get_namespaced_custom_object(
+    got = client.CustomObjectsApi(api).get_namespaced_custom_object(
         group, version, namespace, plural, obj["metadata"]["name"]
     )
-    return dict(result)
+    return json_object(got)
 
 
 def drive_pod(api: client.ApiClient, namespace: str, pod: str, outcome: str, termination_message: str = "") -> None:
@@ -124,7 +127,6 @@ def drive_pod(api: client.ApiClient, namespace: str, pod: str, outcome: str, ter
 GROUP, VERSION = "kubemaas.io", "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 TRAININGJOB_API = (GROUP, VERSION, "trainingjobs")
-MODELSERVICE_API = (GROUP, VERSION, "modelservices")
 
 # The TrainingJob the ModelService track refers to (`training_job(name, **STATUS_ONLY_JOB)`): the trainer
 # image, the store and key those tests set up, and none of a kwok run's command, replicas, placement or data.
@@ -233,23 +235,20 @@ def bound_claim(
     if node is not None:
         term = {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}
         spec["nodeAffinity"] = {"required": {"nodeSelectorTerms": [term]}}
-    core.create_persistent_volume(
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume}, "spec": spec}
-    )
-    core.create_namespaced_persistent_volume_claim(
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim},
-            "spec": {
-                "accessModes": list(access_modes),
-                "storageClassName": "",
-                "volumeName": volume,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume}, "spec": spec}
+    core.create_persistent_volume(body_as(client.V1PersistentVolume, pv))
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim},
+        "spec": {
+            "accessModes": list(access_modes),
+            "storageClassName": "",
+            "volumeName": volume,
+            "resources": {"requests": {"storage": "1Gi"}},
         },
-    )
+    }
+    core.create_namespaced_persistent_volume_claim(namespace, body_as(client.V1PersistentVolumeClaim, pvc))
     return volume
 
 

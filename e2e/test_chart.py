@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from e2e.chart import CHART, Tools, values_file
 from e2e.conftest import PSS_RESTRICTED, E2ECluster, RealNode
 from e2e.test_modelservice import serve_digits, store  # noqa: F401  (store: a fixture)
+from e2e.typed_client import container_statuses, name_of, pod_spec
 from kubemaas.api.crd import KINDS
 from kubemaas.cli import build_parser
 from kubemaas.controllers.settings import PEERING_NAME
@@ -442,15 +443,15 @@ def test_operator_image_reconciles_from_inside_the_cluster(
     (pod,) = core.list_namespaced_pod(
         release.namespace, label_selector=f"app.kubernetes.io/instance={release.name}"
     ).items
-    assert pod.spec.node_name == real_node.name
-    assert pod.status.container_statuses[0].ready
+    assert pod_spec(pod).node_name == real_node.name
+    assert container_statuses(pod)[0].ready
 
     serve_digits(cluster, release.namespace, replicas=1)
-    log = cluster.kubectl("-n", release.namespace, "logs", pod.metadata.name)
+    log = cluster.kubectl("-n", release.namespace, "logs", name_of(pod))
     assert "Traceback" not in log, log[-3000:]
     port = deployment_port(cluster, release, "metrics")
     with (
-        cluster.port_forward(release.namespace, f"pod/{pod.metadata.name}", port) as local,
+        cluster.port_forward(release.namespace, f"pod/{name_of(pod)}", port) as local,
         urllib.request.urlopen(f"http://127.0.0.1:{local}/metrics", timeout=10) as response,
     ):
         metrics = response.read().decode()

@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from e2e.cluster import control_plane, processes
 from e2e.cluster.build import ensure_built
 from e2e.cluster.processes import ComponentError
 from e2e.conftest import SERIAL_THROWAWAY, E2ECluster
+from e2e.typed_client import new_client
 
 pytestmark = [
     pytest.mark.skipif(
@@ -60,7 +61,7 @@ def test_warm_up_is_ready_in_under_30_seconds(tmp_path: Path) -> None:
 
 
 def test_killed_api_server_is_named_with_its_log_tail(throwaway: control_plane.Cluster) -> None:
-    api = config.new_client_from_config(config_file=str(throwaway.kubeconfig))
+    api = new_client(throwaway.kubeconfig)
     waiting = E2ECluster(throwaway.kubeconfig, api, throwaway)
     apiserver = throwaway.component("kube-apiserver")
     killer = threading.Timer(1.0, os.kill, args=(apiserver.pid, signal.SIGKILL))
@@ -102,7 +103,7 @@ def test_down_leaves_no_process_or_port_behind(throwaway: control_plane.Cluster)
 def test_api_server_and_etcd_restart_in_place_keeping_data(throwaway: control_plane.Cluster) -> None:
     """The fault hooks the operator's fault tests use: a restarted component serves again on its old ports,
     and what etcd held survives."""
-    api = config.new_client_from_config(config_file=str(throwaway.kubeconfig))
+    api = new_client(throwaway.kubeconfig)
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="survives-restarts")))
     old_pids = {name: throwaway.component(name).pid for name in ("kube-apiserver", "etcd")}

@@ -13,6 +13,7 @@ from kubernetes import client, utils
 
 from e2e.conftest import E2ECluster
 from e2e.kube import REPO, create_custom_object, get_custom_object, load_crds, merge_patch_custom_object
+from e2e.typed_client import present
 from kubemaas.controllers.apply import Conflict, Kube
 from tests.api.cases import InvalidCase, load_cases
 
@@ -39,12 +40,12 @@ def test_crd_is_established_structural_and_unwarned(
 ) -> None:
     name = crd["metadata"]["name"]
     assert installed_crds[name] == [], f"API server warned when applying {name}: {installed_crds[name]}"
-    status = client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition(name).status
-    conditions = {c.type: c for c in status.conditions}
+    status = present(client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition(name).status, "status")
+    conditions = {c.type: c for c in present(status.conditions, "the CRD's conditions")}
     assert conditions["Established"].status == "True"
     assert conditions["NamesAccepted"].status == "True"
     assert "NonStructuralSchema" not in conditions, conditions["NonStructuralSchema"].message
-    assert status.accepted_names.kind == crd["spec"]["names"]["kind"]
+    assert present(status.accepted_names, "acceptedNames").kind == crd["spec"]["names"]["kind"]
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
@@ -71,12 +72,12 @@ def test_example_is_accepted(
             # Everything sent was stored (defaults may be added): no field silently pruned.
             assert _pruned(doc["spec"], created["spec"], "spec") == []
         else:
-            utils.create_from_dict(cluster.api, doc, namespace=namespace)
+            utils.create_from_dict(cluster.api, doc, namespace=namespace)  # type: ignore[no-untyped-call]
 
 
 def _assert_refused(error: client.ApiException, case: InvalidCase) -> None:
     assert error.status in (400, 422), f"{case.description}: unexpected status {error.status}: {error.body}"
-    message = json.loads(error.body)["message"]
+    message = json.loads(present(error.body, "the refusal's body"))["message"]
     assert case.field in message, f"{case.description}: {case.field!r} not named in: {message}"
     assert case.message in message, f"{case.description}: {case.message!r} not in: {message}"
 

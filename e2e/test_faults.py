@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from e2e.cluster import control_plane
 from e2e.conftest import PSS_RESTRICTED, SERIAL_THROWAWAY, E2ECluster, OperatorLauncher
@@ -37,6 +37,7 @@ from e2e.test_modelservice import (  # noqa: F401  (crds and store are fixtures)
     publish,
     store,
 )
+from e2e.typed_client import body_as, json_object, meta, name_of, new_client, present
 from kubemaas.controllers.labels import parent_label
 
 # A throwaway control plane each, whose API server and etcd these tests stop: one at a time.
@@ -85,10 +86,8 @@ def wait_converged(cluster: E2ECluster, namespace: str, want: Replicas, timeout:
 def assert_one_child_set(cluster: E2ECluster, namespace: str, want: Replicas) -> None:
     """Exactly the children one reconcile of each spec makes, each owned by its ModelService, nothing else."""
     apps, core = client.AppsV1Api(cluster.api), client.CoreV1Api(cluster.api)
-    uids = {
-        ms["metadata"]["name"]: ms["metadata"]["uid"]
-        for ms in custom(cluster).list_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices")["items"]
-    }
+    listed = json_object(custom(cluster).list_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices"))
+    uids = {ms["metadata"]["name"]: ms["metadata"]["uid"] for ms in listed["items"]}
     assert set(uids) == set(want)
     for kind, items in (
         ("Deployment", apps.list_namespaced_deployment(namespace, label_selector=PARENT).items),
@@ -96,20 +95,22 @@ def assert_one_child_set(cluster: E2ECluster, namespace: str, want: Replicas) ->
     ):
         by_parent: dict[str, list[str]] = defaultdict(list)
         for item in items:
-            parent = item.metadata.labels[PARENT]
-            by_parent[parent].append(item.metadata.name)
-            (owner,) = item.metadata.owner_references
-            assert owner.controller and owner.uid == uids.get(parent), f"{kind} {item.metadata.name}: {owner}"
-            if kind == "Deployment":
-                assert item.spec.replicas == want[parent], f"Deployment {item.metadata.name}: {item.spec.replicas}"
+            name, metadata = name_of(item), meta(item)
+            parent = present(metadata.labels, f"{kind} {name}'s labels")[PARENT]
+            by_parent[parent].append(name)
+            (owner,) = present(metadata.owner_references, f"{kind} {name}'s owners")
+            assert owner.controller and owner.uid == uids.get(parent), f"{kind} {name}: {owner}"
+            if isinstance(item, client.V1Deployment):
+                replicas = present(item.spec, f"Deployment {name}'s spec").replicas
+                assert replicas == want[parent], f"Deployment {name}: {replicas}"
         wrong = {p: sorted(n) for p, n in by_parent.items() if n != [p]}
         assert not wrong and set(by_parent) == set(want), f"{kind}s per ModelService: {wrong or sorted(by_parent)}"
     # One ReplicaSet per Deployment: the template never changed, so a second one would mean the operator
     # wrote a different template at some point (a duplicate or flapping child).
     replica_sets = Counter(
-        rs.metadata.owner_references[0].name
+        owners[0].name
         for rs in apps.list_namespaced_replica_set(namespace).items
-        if rs.metadata.owner_references
+        if (owners := meta(rs).owner_references)
     )
     assert replica_sets == Counter(dict.fromkeys(want, 1)), f"ReplicaSets per Deployment: {replica_sets}"
 
@@ -204,7 +205,7 @@ def throwaway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
         root, training_operator=False, apiserver_args=[f"--min-request-timeout={MIN_REQUEST_TIMEOUT}"]
     )
     try:
-        cluster = E2ECluster(local.kubeconfig, config.new_client_from_config(config_file=str(local.kubeconfig)), local)
+        cluster = E2ECluster(local.kubeconfig, new_client(local.kubeconfig), local)
         cluster.install_crds()
         yield cluster
     finally:
@@ -216,34 +217,32 @@ def serving_namespace(cluster: E2ECluster, name: str) -> str:
     core = client.CoreV1Api(cluster.api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=PSS_RESTRICTED)))
     cluster.wait_object("v1", "ServiceAccount", name, "default", lambda sa: True, what=f"service account in {name}")
-    core.create_persistent_volume(
-        {
-            "metadata": {"name": f"{name}-models"},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "hostPath": {"path": f"/tmp/kubemaas-e2e/{name}"},
-                "claimRef": {"namespace": name, "name": "models"},
-            },
-        }
-    )
-    core.create_namespaced_persistent_volume_claim(
-        name,
-        {
-            "metadata": {"name": "models"},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "volumeName": f"{name}-models",
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
+    volume = {
+        "metadata": {"name": f"{name}-models"},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "hostPath": {"path": f"/tmp/kubemaas-e2e/{name}"},
+            "claimRef": {"namespace": name, "name": "models"},
         },
-    )
-    core.create_namespaced_secret(name, {"metadata": {"name": "digits-key"}, "stringData": {"active": "k1"}})
+    }
+    core.create_persistent_volume(body_as(client.V1PersistentVolume, volume))
+    claim = {
+        "metadata": {"name": "models"},
+        "spec": {
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "volumeName": f"{name}-models",
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    core.create_namespaced_persistent_volume_claim(name, body_as(client.V1PersistentVolumeClaim, claim))
+    secret = {"metadata": {"name": "digits-key"}, "stringData": {"active": "k1"}}
+    core.create_namespaced_secret(name, body_as(client.V1Secret, secret))
     cluster.wait_for(
         "claim models to be Bound",
-        lambda: core.read_namespaced_persistent_volume_claim("models", name).status.phase == "Bound",
+        lambda: present(core.read_namespaced_persistent_volume_claim("models", name).status).phase == "Bound",
         # A just-started controller-manager on the loaded machine once took over 30 s for the first bind.
         timeout=90,
     )
@@ -269,7 +268,9 @@ def deployments_exist(cluster: E2ECluster, namespace: str, count: int) -> int:
 
 
 def statuses_written(cluster: E2ECluster, namespace: str) -> int:
-    items = custom(cluster).list_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices")["items"]
+    items = json_object(custom(cluster).list_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices"))[
+        "items"
+    ]
     return sum(1 for ms in items if (ms.get("status") or {}).get("observedGeneration"))
 
 
@@ -317,7 +318,8 @@ def test_watches_the_api_server_ends_are_resumed_without_a_hot_loop(throwaway: E
         set_replicas(throwaway, namespace, {"w00": 2})
         wait_converged(throwaway, namespace, want, timeout=60)
         assert_one_child_set(throwaway, namespace, want)
-        assert launcher.current is not None and launcher.current.process.poll() is None, launcher.current.tail()
+        assert launcher.current is not None
+        assert launcher.current.process.poll() is None, launcher.current.tail()
     finally:
         launcher.stop()
 

@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client, watch
+from kubernetes import client
 
 from e2e.cluster.nodes import GPU_NODES
 from e2e.conftest import E2ECluster, OperatorProcess
 from e2e.kube import GROUP, STATUS_ONLY_JOB, VERSION, bound_claim, model_service, training_job
+from e2e.typed_client import Watch, body_as, json_object, meta, pod_spec, present
 
 MS_API = f"{GROUP}/{VERSION}"
 VERSION_LABEL = "kubemaas.io/model-version"
@@ -48,10 +49,8 @@ def store(cluster: E2ECluster, namespace: str) -> Iterator[str]:
     core = client.CoreV1Api(cluster.api)
     host_path = {"hostPath": {"path": f"/tmp/kubemaas-e2e/{namespace}"}}
     pv_name = bound_claim(cluster.api, namespace, "models", host_path, access_modes=("ReadOnlyMany",))
-    core.create_namespaced_secret(
-        namespace,
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "digits-key"}, "stringData": {"active": "k1"}},
-    )
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "digits-key"}, "stringData": {"active": "k1"}}
+    core.create_namespaced_secret(namespace, body_as(client.V1Secret, secret))
     cluster.wait_object(
         "v1",
         "PersistentVolumeClaim",
@@ -112,7 +111,7 @@ def served(ms: dict[str, Any]) -> str | None:
 
 
 def get_ms(cluster: E2ECluster, namespace: str, name: str) -> dict[str, Any]:
-    return dict(custom(cluster).get_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", name))
+    return json_object(custom(cluster).get_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", name))
 
 
 def condition(ms: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -181,7 +180,7 @@ class DeploymentWatch:
 
     def _run(self) -> None:
         apps = client.AppsV1Api(self.cluster.api)
-        w = watch.Watch()
+        w = Watch()
         while not self._stop.is_set():
             for event in w.stream(
                 apps.list_namespaced_deployment,
@@ -269,28 +268,31 @@ def test_gpu_modelservice_becomes_ready_and_leaves_replicas_to_the_hpa(
 
     apps, core = client.AppsV1Api(cluster.api), client.CoreV1Api(cluster.api)
     deployment = apps.read_namespaced_deployment("digits", namespace)
-    assert deployment.metadata.owner_references[0].kind == "ModelService"
-    assert deployment.spec.strategy.rolling_update.max_unavailable == 0
+    assert present(meta(deployment).owner_references, "owners")[0].kind == "ModelService"
+    strategy = present(present(deployment.spec, "spec").strategy, "strategy")
+    assert present(strategy.rolling_update, "rollingUpdate").max_unavailable == 0
     service = core.read_namespaced_service("digits", namespace)
-    assert {p.name: p.port for p in service.spec.ports} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    ports = present(present(service.spec, "spec").ports, "ports")
+    assert {p.name: p.port for p in ports} == {"http": 8000, "grpc": 8001, "metrics": 8002}
     hpa = client.AutoscalingV2Api(cluster.api).read_namespaced_horizontal_pod_autoscaler("digits", namespace)
     assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 4)
     pdb = client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget("digits", namespace)
-    assert pdb.spec.max_unavailable == 1
+    assert present(pdb.spec, "spec").max_unavailable == 1
 
     pods = core.list_namespaced_pod(namespace, label_selector="kubemaas.io/modelservice=digits").items
     assert len(pods) == 2
     gpu_nodes = {n.name for n in GPU_NODES}
     for pod in pods:
         # Admitted in a namespace that enforces Pod Security `restricted`, bound to a GPU node.
-        assert pod.spec.node_name in gpu_nodes
-        assert pod.spec.automount_service_account_token is False
-        triton = next(c for c in pod.spec.containers if c.name == "tritonserver")
-        assert triton.resources.limits["nvidia.com/gpu"] == "1"
-        assert "model-key" not in {m.name for m in triton.volume_mounts}
+        spec = pod_spec(pod)
+        assert spec.node_name in gpu_nodes
+        assert spec.automount_service_account_token is False
+        triton = next(c for c in spec.containers if c.name == "tritonserver")
+        assert present(present(triton.resources, "resources").limits, "limits")["nvidia.com/gpu"] == "1"
+        assert "model-key" not in {m.name for m in present(triton.volume_mounts, "tritonserver's mounts")}
         assert not any("KEY" in (e.name or "") for e in triton.env or ())
-        loader = next(c for c in pod.spec.init_containers if c.name == "model-loader")
-        assert "model-key" in {m.name for m in loader.volume_mounts}
+        loader = next(c for c in present(spec.init_containers, "init containers") if c.name == "model-loader")
+        assert "model-key" in {m.name for m in present(loader.volume_mounts, "model-loader's mounts")}
 
     # The real HPA controller processes the HPA: its conditions appear.
     conditions = cluster.wait_object(
@@ -437,7 +439,7 @@ def test_canary_runs_beside_stable_and_is_folded_in(
     pod_labels = canary["spec"]["template"]["metadata"]["labels"]
     assert pod_labels[VERSION_LABEL] == "v2"
     service = client.CoreV1Api(cluster.api).read_namespaced_service("digits", namespace)
-    assert set(service.spec.selector.items()) <= set(pod_labels.items())
+    assert set(present(present(service.spec, "spec").selector, "selector").items()) <= set(pod_labels.items())
 
     cluster.wait_objects(
         "apps/v1",

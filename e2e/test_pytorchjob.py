@@ -11,6 +11,7 @@ from kubernetes import client
 
 from e2e.conftest import E2ECluster, restricted_container
 from e2e.kube import drive_pod
+from e2e.typed_client import body_as, container_statuses, pod_spec, present, terminated
 from e2e.waits import condition_is
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
@@ -66,8 +67,10 @@ def test_pytorchjob_gets_master_and_worker_pods_and_succeeds(
     )
     assert sorted(pods.values()) == ["master", "worker", "worker"]
     worker = next(name for name, role in pods.items() if role == "worker")
-    assert [c.name for c in core.read_namespaced_pod(worker, namespace).spec.init_containers] == ["init-pytorch"]
-    master_env = {e.name: e.value for e in core.read_namespaced_pod("smoke-master-0", namespace).spec.containers[0].env}
+    init_containers = present(pod_spec(core.read_namespaced_pod(worker, namespace)).init_containers, "init containers")
+    assert [c.name for c in init_containers] == ["init-pytorch"]
+    master = pod_spec(core.read_namespaced_pod("smoke-master-0", namespace)).containers[0]
+    master_env = {e.name: e.value for e in present(master.env, "the master's env")}
     assert master_env["WORLD_SIZE"] == "3" and master_env["RANK"] == "0"
 
     report = json.dumps({"model": {"version": "1", "sha256": "ab" * 32}})
@@ -83,9 +86,9 @@ def test_pytorchjob_gets_master_and_worker_pods_and_succeeds(
         what="PyTorchJob smoke to be Succeeded",
         timeout=90,
     )
-    terminated = core.read_namespaced_pod("smoke-master-0", namespace).status.container_statuses[0].state.terminated
-    assert terminated.exit_code == 0
-    assert json.loads(terminated.message) == json.loads(report)
+    ended = terminated(container_statuses(core.read_namespaced_pod("smoke-master-0", namespace))[0])
+    assert ended.exit_code == 0
+    assert json.loads(present(ended.message, "the termination message")) == json.loads(report)
 
 
 def test_failed_pod_reports_exit_code_and_message(cluster: E2ECluster, namespace: str) -> None:
@@ -96,7 +99,7 @@ def test_failed_pod_reports_exit_code_and_message(cluster: E2ECluster, namespace
         "metadata": {"name": "doomed"},
         "spec": {"restartPolicy": "Never", "containers": [restricted_container()]},
     }
-    core.create_namespaced_pod(namespace, pod)
+    core.create_namespaced_pod(namespace, body_as(client.V1Pod, pod))
 
     def phase_is(phase: str) -> Callable[[dict[str, Any]], bool]:
         return lambda pod: pod["status"].get("phase") == phase
@@ -104,6 +107,6 @@ def test_failed_pod_reports_exit_code_and_message(cluster: E2ECluster, namespace
     cluster.wait_object("v1", "Pod", namespace, "doomed", phase_is("Running"), what="pod doomed to be Running")
     drive_pod(cluster.api, namespace, "doomed", "fail", '{"error": "loss is NaN"}')
     cluster.wait_object("v1", "Pod", namespace, "doomed", phase_is("Failed"), what="pod doomed to be Failed")
-    terminated = core.read_namespaced_pod("doomed", namespace).status.container_statuses[0].state.terminated
-    assert terminated.exit_code == 1
-    assert json.loads(terminated.message) == {"error": "loss is NaN"}
+    ended = terminated(container_statuses(core.read_namespaced_pod("doomed", namespace))[0])
+    assert ended.exit_code == 1
+    assert json.loads(present(ended.message, "the termination message")) == {"error": "loss is NaN"}

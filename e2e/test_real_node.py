@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
 
 from e2e import waits
@@ -30,6 +30,7 @@ from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES, PAUSE_IMAGE
 from e2e.conftest import REPO, SERIAL_NODE_SCENARIOS, E2ECluster, OperatorProcess, RealNode
 from e2e.kube import GROUP, KSERVE_CLIENT, VERSION, bound_claim, model_service, training_job
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
+from e2e.typed_client import body_as, container_statuses, meta, name_of, pod_spec, pod_status, present, terminated
 from kubemaas.manifests.modelservice import VERSION_LABEL
 from kubemaas.manifests.pods import WORKLOAD_UID
 from kubemaas.runtime.artifacts import ArtifactStore
@@ -112,13 +113,12 @@ def test_restricted_pod_runs_as_a_real_container(cluster: E2ECluster, namespace:
     """A pod admitted under `restricted` runs on the real node: the kubelet reports a live container with
     its own cgroup's CPU and memory, gets an IP from the node's bridge, and its deletion stops it."""
     core = client.CoreV1Api(cluster.api)
-    core.create_namespaced_pod(namespace, pause_pod("pause", real_node.placement()))
+    core.create_namespaced_pod(namespace, body_as(client.V1Pod, pause_pod("pause", real_node.placement())))
     pod = cluster.wait_object("v1", "Pod", namespace, "pause", pod_ready, what="pause pod Ready", timeout=90)
     live = core.read_namespaced_pod("pause", namespace)
-    assert live.spec.node_name == real_node.name
-    assert live.status.pod_ip and live.status.pod_ip.startswith(node.NODE_POD_SUBNET.rsplit(".", 2)[0]), (
-        live.status.pod_ip
-    )
+    assert pod_spec(live).node_name == real_node.name
+    pod_ip = pod_status(live).pod_ip
+    assert pod_ip and pod_ip.startswith(node.NODE_POD_SUBNET.rsplit(".", 2)[0]), pod_ip
     assert pod
 
     def container_stats() -> dict[str, Any] | None:
@@ -186,15 +186,13 @@ def test_pod_dns_services_and_kubelet_streams(
     is found); the API server answers through the `kubernetes` Service with a certificate the cluster CA
     signed; `kubectl logs`, `exec` and `port-forward` reach the container through the kubelet."""
     core = client.CoreV1Api(cluster.api)
-    core.create_namespaced_service(
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "workers"},
-            "spec": {"clusterIP": "None", "selector": {"app": "server"}, "ports": [{"port": 8080}]},
-        },
-    )
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "workers"},
+        "spec": {"clusterIP": "None", "selector": {"app": "server"}, "ports": [{"port": 8080}]},
+    }
+    core.create_namespaced_service(namespace, body_as(client.V1Service, headless))
     server = python_pod(
         "server",
         real_node.placement(),
@@ -202,9 +200,9 @@ def test_pod_dns_services_and_kubelet_streams(
         hostname="rank-0",
         subdomain="workers",
     )
-    core.create_namespaced_pod(namespace, server)
+    core.create_namespaced_pod(namespace, body_as(client.V1Pod, server))
     cluster.wait_object("v1", "Pod", namespace, "server", pod_ready, what="http server pod Ready", timeout=90)
-    server_ip = core.read_namespaced_pod("server", namespace).status.pod_ip
+    server_ip = pod_status(core.read_namespaced_pod("server", namespace)).pod_ip
     rank0 = f"rank-0.workers.{namespace}.svc.cluster.local"
     probe = python_pod(
         "probe",
@@ -212,7 +210,7 @@ def test_pod_dns_services_and_kubelet_streams(
         ["python", "-c", NETWORK_PROBE, "kubernetes.default.svc.cluster.local", rank0],
         restartPolicy="Never",
     )
-    core.create_namespaced_pod(namespace, probe)
+    core.create_namespaced_pod(namespace, body_as(client.V1Pod, probe))
     cluster.wait_object(
         "v1",
         "Pod",
@@ -337,13 +335,13 @@ def assert_published_ciphertext(cluster: E2ECluster, namespace: str, node_store:
     data = (node_store / "store" / MODEL / model["version"] / "model.kmenc").read_bytes()
     assert len(data) > 10_000 and b"PK\x03\x04" not in data[:4096]
     secret = client.CoreV1Api(cluster.api).read_namespaced_secret("digits-key", namespace)
-    keys = [base64.b64decode(v) for k, v in secret.data.items() if k.startswith("key-")]
+    keys = [base64.b64decode(v) for k, v in present(secret.data, "the Secret's data").items() if k.startswith("key-")]
     assert keys and all(key not in data for key in keys)
 
 
 def assert_ran_on(cluster: E2ECluster, namespace: str, prefix: str, node_name: str) -> None:
     pods = client.CoreV1Api(cluster.api).list_namespaced_pod(namespace).items
-    placed = {p.spec.node_name for p in pods if p.metadata.name.startswith(prefix)}
+    placed = {pod_spec(p).node_name for p in pods if name_of(p).startswith(prefix)}
     assert placed == {node_name}, placed
 
 
@@ -487,36 +485,37 @@ def test_hpa_scales_on_real_cpu_metrics(
     """kubelet -> metrics-server -> the aggregated metrics.k8s.io API -> the HPA controller: busy pods make it
     scale the Deployment up to its maximum, idle ones back down to one."""
     apps = client.AppsV1Api(cluster.api)
-    apps.create_namespaced_deployment(namespace, burner(real_node.placement(), "1"))
-    client.AutoscalingV2Api(cluster.api).create_namespaced_horizontal_pod_autoscaler(
-        namespace,
-        {
-            "apiVersion": "autoscaling/v2",
-            "kind": "HorizontalPodAutoscaler",
-            "metadata": {"name": "burn"},
-            "spec": {
-                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burn"},
-                "minReplicas": 1,
-                "maxReplicas": 3,
-                "metrics": [
-                    {
-                        "type": "Resource",
-                        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}},
-                    }
-                ],
-                "behavior": {
-                    "scaleUp": {"stabilizationWindowSeconds": 0},
-                    "scaleDown": {"stabilizationWindowSeconds": 0},
-                },
+    apps.create_namespaced_deployment(namespace, body_as(client.V1Deployment, burner(real_node.placement(), "1")))
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "burn"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burn"},
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}},
+                }
+            ],
+            "behavior": {
+                "scaleUp": {"stabilizationWindowSeconds": 0},
+                "scaleDown": {"stabilizationWindowSeconds": 0},
             },
         },
+    }
+    client.AutoscalingV2Api(cluster.api).create_namespaced_horizontal_pod_autoscaler(
+        namespace, body_as(client.V2HorizontalPodAutoscaler, hpa)
     )
 
     cluster.wait_object(
         "apps/v1", "Deployment", namespace, "burn", deployment_replicas(3), what="HPA to scale burn to 3", timeout=240
     )
     usage = json.loads(cluster.kubectl("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods"))
-    millicores = [float(parse_quantity(c["usage"]["cpu"])) * 1000 for p in usage["items"] for c in p["containers"]]
+    cpu = [c["usage"]["cpu"] for p in usage["items"] for c in p["containers"]]
+    millicores = [float(parse_quantity(q)) * 1000 for q in cpu]  # type: ignore[no-untyped-call]  # unannotated
     assert millicores and max(millicores) > 50, usage  # above the request: the busy loop really ran
     apps.patch_namespaced_deployment(
         "burn",
@@ -554,7 +553,8 @@ def answers(cluster: E2ECluster, namespace: str) -> list[dict[str, Any]]:
 
 
 def start_traffic(cluster: E2ECluster, namespace: str, placement: dict[str, Any], **kwargs: Any) -> None:
-    client.CoreV1Api(cluster.api).create_namespaced_pod(namespace, traffic_pod(namespace, placement, **kwargs))
+    traffic = traffic_pod(namespace, placement, **kwargs)
+    client.CoreV1Api(cluster.api).create_namespaced_pod(namespace, body_as(client.V1Pod, traffic))
     cluster.wait_object("v1", "Pod", namespace, "traffic", pod_ready, what="traffic pod Ready", timeout=90)
     cluster.wait_for("the first answer through the Service", lambda: bool(answers(cluster, namespace)), timeout=60)
 
@@ -565,9 +565,9 @@ def serving_pods(cluster: E2ECluster, namespace: str) -> dict[str, str]:
         namespace, label_selector="kubemaas.io/modelservice=digits"
     )
     return {
-        p.metadata.name: p.metadata.labels.get(VERSION_LABEL, "")
+        name_of(p): present(meta(p).labels, "labels").get(VERSION_LABEL, "")
         for p in pods.items
-        if p.metadata.deletion_timestamp is None
+        if meta(p).deletion_timestamp is None
     }
 
 
@@ -658,7 +658,7 @@ def test_model_service_autoscales_on_triton_cpu_and_a_tampered_version_leaves_th
     its reason in the termination log, the ModelService turns Degraded with that reason (no key in the message
     or the operator's log), and the old version answers every request meanwhile."""
     key = publish_digits(node_store, tmp_path, {"v1": 1, "v2": 2})
-    client.CoreV1Api(cluster.api).create_namespaced_secret(namespace, key_secret(key))
+    client.CoreV1Api(cluster.api).create_namespaced_secret(namespace, body_as(client.V1Secret, key_secret(key)))
     artifact = node_store / "store" / MODEL / "v2" / "model.kmenc"
     data = bytearray(artifact.read_bytes())
     data[-100] ^= 0x01
@@ -710,13 +710,14 @@ def test_model_service_autoscales_on_triton_cpu_and_a_tampered_version_leaves_th
     assert "tampered artifact" in condition(degraded, "Degraded")["message"], degraded["status"]
     assert degraded["status"]["servedVersion"] == "v1"
     (refused,) = core.list_namespaced_pod(namespace, label_selector=f"{VERSION_LABEL}=v2").items
-    assert refused.spec.node_name == real_node.name
-    (loader,) = refused.status.init_container_statuses
-    terminated = loader.last_state.terminated or loader.state.terminated
-    assert terminated.exit_code == 79, loader
-    assert "tampered artifact" in terminated.message, terminated.message
+    assert pod_spec(refused).node_name == real_node.name
+    (loader,) = container_statuses(refused, init=True)
+    ended = present(loader.last_state, "the loader's last state").terminated or terminated(loader)
+    assert ended.exit_code == 79, loader
+    message = present(ended.message, "the loader's termination message")
+    assert "tampered artifact" in message, message
     for leak in (base64.b64encode(key).decode(), key.hex()):
-        assert leak not in terminated.message and leak not in operator.text()
+        assert leak not in message and leak not in operator.text()
     after = time.time() + 5
     cluster.wait_for("answers after the refusal", lambda: answers(cluster, namespace)[-1]["t"] > after, timeout=60)
     seen = answers(cluster, namespace)
@@ -754,16 +755,17 @@ def test_a_rank_killed_mid_training_restarts_the_job_which_resumes_from_its_chec
     (rank1,) = core.list_namespaced_pod(
         namespace, label_selector="batch.kubernetes.io/job-completion-index=1", field_selector="status.phase=Running"
     ).items
-    container_id = rank1.status.container_statuses[0].container_id.removeprefix("containerd://")
+    container_id = present(container_statuses(rank1)[0].container_id, "rank 1's container id")
+    container_id = container_id.removeprefix("containerd://")
     ctr = [*node.ctr_command(node.NodePaths(cluster.local.root)), "-n", "k8s.io"]
     subprocess.run([*ctr, "task", "kill", "--signal", "SIGKILL", container_id], check=True, capture_output=True)
 
     model = wait_trained(cluster, namespace)
     assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
     workers = client.BatchV1Api(cluster.api).read_namespaced_job("digits-workers", namespace)
-    assert (workers.status.failed or 0) >= 1, workers.status
+    assert (present(workers.status, "the Job's status").failed or 0) >= 1, workers.status
     pods = core.list_namespaced_pod(namespace, label_selector="batch.kubernetes.io/job-completion-index=0").items
-    (rank0,) = [p for p in pods if p.status.phase == "Succeeded"]
-    log = core.read_namespaced_pod_log(rank0.metadata.name, namespace)
+    (rank0,) = [p for p in pods if pod_status(p).phase == "Succeeded"]
+    log = core.read_namespaced_pod_log(name_of(rank0), namespace)
     resumed = re.search(r"resumed from checkpoint at step (\d+)", log)
     assert resumed and int(resumed[1]) >= checkpointed, log[-3000:]

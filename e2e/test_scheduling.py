@@ -10,16 +10,18 @@ from kubernetes import client
 
 from e2e.cluster.nodes import CPU_NODES, GPU_NODES, MAX_GPUS_PER_NODE
 from e2e.conftest import E2ECluster, restricted_container
+from e2e.typed_client import body_as, meta, pod_spec, pod_status, present
 
 
-def _pod(name: str, gpus: int = 0, **spec: Any) -> dict[str, Any]:
+def _pod(name: str, gpus: int = 0, **spec: Any) -> client.V1Pod:
     resources = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
         "spec": {"containers": [restricted_container(resources=resources)], **spec},
     }
+    return body_as(client.V1Pod, pod)  # the manifest, typed for create_namespaced_pod
 
 
 def test_deployment_rolls_out_with_ready_pods(cluster: E2ECluster, namespace: str) -> None:
@@ -34,7 +36,7 @@ def test_deployment_rolls_out_with_ready_pods(cluster: E2ECluster, namespace: st
             "template": {"metadata": {"labels": labels}, "spec": {"containers": [restricted_container()]}},
         },
     }
-    client.AppsV1Api(cluster.api).create_namespaced_deployment(namespace, deployment)
+    client.AppsV1Api(cluster.api).create_namespaced_deployment(namespace, body_as(client.V1Deployment, deployment))
 
     def rolled_out(deployment: dict[str, Any]) -> bool:
         status = deployment.get("status") or {}
@@ -46,8 +48,9 @@ def test_deployment_rolls_out_with_ready_pods(cluster: E2ECluster, namespace: st
     pods = client.CoreV1Api(cluster.api).list_namespaced_pod(namespace, label_selector="app=web").items
     assert len(pods) == 3
     for pod in pods:
-        assert pod.status.phase == "Running"
-        assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "True"
+        status = pod_status(pod)
+        assert status.phase == "Running"
+        assert {c.type: c.status for c in present(status.conditions, "pod conditions")}["Ready"] == "True"
 
 
 def test_gpu_pod_is_bound_to_a_gpu_node(cluster: E2ECluster, namespace: str) -> None:
@@ -69,7 +72,7 @@ def test_gpu_pod_is_bound_to_a_gpu_node(cluster: E2ECluster, namespace: str) -> 
     for name, pod in running.items():
         node = pod["spec"]["nodeName"]
         assert node in gpu_nodes and node not in cpu_nodes, f"{name} landed on {node}"
-        labels = core.read_node(node).metadata.labels
+        labels = present(meta(core.read_node(node)).labels, f"node {node}'s labels")
         assert labels["nvidia.com/gpu.present"] == "true"
 
 
@@ -88,7 +91,7 @@ def test_pod_asking_more_gpus_than_any_node_stays_pending(cluster: E2ECluster, n
     )
     assert "Insufficient nvidia.com/gpu" in message
     pod = core.read_namespaced_pod("too-big", namespace)
-    assert pod.status.phase == "Pending" and not pod.spec.node_name
+    assert pod_status(pod).phase == "Pending" and not pod_spec(pod).node_name
 
     cluster.wait_objects(
         "v1",
@@ -129,8 +132,8 @@ def test_privileged_pod_is_rejected_in_a_restricted_namespace(cluster: E2ECluste
         },
     }
     with pytest.raises(client.ApiException) as rejected:
-        client.CoreV1Api(cluster.api).create_namespaced_pod(namespace, pod)
+        client.CoreV1Api(cluster.api).create_namespaced_pod(namespace, body_as(client.V1Pod, pod))
     assert rejected.value.status == 403
-    message = json.loads(rejected.value.body)["message"]
+    message = json.loads(present(rejected.value.body, "the refusal's body"))["message"]
     assert 'violates PodSecurity "restricted:latest"' in message
     assert 'container "main" must not set securityContext.privileged=true' in message

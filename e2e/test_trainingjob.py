@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from e2e import waits
 from e2e.cluster import control_plane
@@ -34,6 +34,8 @@ from e2e.kube import (
     scrape,
     training_job,
 )
+from e2e.typed_client import as_json, body_as, json_object, meta, new_client, present
+from e2e.typed_client import name_of as object_name
 from kubemaas.controllers.trainingjob_core import RECHECK_SECONDS
 
 GROUP, VERSION, PLURAL = TRAININGJOB_API
@@ -97,7 +99,7 @@ class Jobs:
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
 
     def get(self, name: str) -> dict[str, Any]:
-        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name))
+        return json_object(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name))
 
     def condition(self, name: str, type: str) -> dict[str, Any] | None:
         return condition_of(self.get(name), type)
@@ -134,7 +136,7 @@ class Jobs:
 
     def pods(self, name: str) -> list[Pod]:
         listed = self.core.list_namespaced_pod(self.namespace, label_selector=f"kubemaas.io/trainingjob={name}")
-        return [self.cluster.api.sanitize_for_serialization(p) for p in listed.items]
+        return [as_json(self.cluster.api, p) for p in listed.items]
 
     def wait_pods(self, name: str, check: Callable[[list[Pod]], Any], what: str, timeout: float = 90) -> Any:
         return self.cluster.wait_objects(
@@ -291,9 +293,9 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
 
     # The generated key Secret: 32 bytes, labelled, not owned by the job; never in logs or Events.
     secret = jobs.core.read_namespaced_secret("digits-key", jobs.namespace)
-    assert secret.metadata.labels["app.kubernetes.io/managed-by"] == "kubemaas"
-    assert not secret.metadata.owner_references
-    key_entries = {k: v for k, v in secret.data.items() if k.startswith("key-")}
+    assert present(meta(secret).labels, "the Secret's labels")["app.kubernetes.io/managed-by"] == "kubemaas"
+    assert not meta(secret).owner_references
+    key_entries = {k: v for k, v in present(secret.data, "the Secret's data").items() if k.startswith("key-")}
     assert len(key_entries) == 1
     key = base64.b64decode(next(iter(key_entries.values())))
     assert len(key) == 32
@@ -335,7 +337,7 @@ def assert_key_never_leaked(key: bytes, operator_log: str, jobs: Jobs) -> None:
 
 
 def _all_jobs(jobs: Jobs) -> list[dict[str, Any]]:
-    listed = jobs.custom.list_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL)
+    listed = json_object(jobs.custom.list_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL))
     return list(listed["items"])
 
 
@@ -351,7 +353,7 @@ def test_exit_78_is_failed_config_error_with_the_message(
     failed = jobs.wait_condition("broken", "Failed")
     assert failed["reason"] == "ConfigError"
     assert "exited 78" in failed["message"] and "KUBEMAAS_OUTPUT_URI is not mounted" in failed["message"]
-    assert jobs.condition("broken", "Succeeded")["status"] == "False"  # type: ignore[index]
+    assert present(jobs.condition("broken", "Succeeded"), "condition Succeeded")["status"] == "False"
     event = jobs.wait_event("broken", "ConfigError")
     assert event["type"] == "Warning"
 
@@ -384,7 +386,7 @@ def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
         slices = discovery.list_namespaced_endpoint_slice(
             jobs.namespace, label_selector="kubernetes.io/service-name=indexed-workers"
         ).items
-        hosts = {e.hostname: e.target_ref.name for s in slices for e in s.endpoints or ()}
+        hosts = {e.hostname: present(e.target_ref, "targetRef").name for s in slices for e in s.endpoints or ()}
         return hosts.get("indexed-workers-0") == name_of(ranks[0])
 
     cluster.wait_for("rank 0 published as indexed-workers-0 by the headless Service", rank0_published, timeout=60)
@@ -403,7 +405,7 @@ def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
     jobs.wait_gone("batch/v1", "Job", "indexed-workers", "the Job to be garbage-collected", timeout=90)
     jobs.wait_gone("v1", "Service", "indexed-workers", "the Service to be garbage-collected", timeout=90)
     jobs.wait_pods("indexed", lambda pods: not pods, "the pods to be garbage-collected")
-    assert jobs.core.read_namespaced_secret("indexed-key", jobs.namespace).metadata.owner_references is None
+    assert meta(jobs.core.read_namespaced_secret("indexed-key", jobs.namespace)).owner_references is None
 
 
 # --- suspend, resume, ttlSecondsAfterFinished ---------------------------------------------------------
@@ -433,7 +435,7 @@ def test_suspend_deletes_the_pods_and_resume_brings_them_back(
     suspended = jobs.wait_condition("pausable", "Suspended")
     assert suspended["reason"] == "Suspended"
     jobs.wait_pods("pausable", lambda pods: not pods, "the suspended job's pods to be deleted")
-    assert jobs.condition("pausable", "Running")["status"] == "False"  # type: ignore[index]
+    assert present(jobs.condition("pausable", "Running"), "condition Running")["status"] == "False"
 
     set_suspend(jobs, "pausable", False)
     assert jobs.wait_condition("pausable", "Suspended", "False")["reason"] == "Resumed"
@@ -489,16 +491,16 @@ def test_kill_9_while_creating_converges_to_one_workload_each(
         operator_launcher.start()
 
         jobs.wait_all(names, "Created", timeout=180)
-        owned = [j.metadata.name for j in batch.list_namespaced_job(jobs.namespace).items]
+        owned = [object_name(j) for j in batch.list_namespaced_job(jobs.namespace).items]
         assert all(owned.count(f"{name}-workers") == 1 for name in names), f"round {round_}: {sorted(owned)}"
         for name in names:
             job = batch.read_namespaced_job(f"{name}-workers", jobs.namespace)
-            (owner,) = job.metadata.owner_references
+            (owner,) = present(meta(job).owner_references, f"Job {name}-workers' owners")
             assert owner.name == name and owner.controller
             body = jobs.get(name)
             assert body["status"]["backend"] == "Job" and _cond_status(body, "Ready") == "True"
             secret = jobs.core.read_namespaced_secret(f"{name}-key", jobs.namespace)
-            assert len([k for k in secret.data if k.startswith("key-")]) == 1
+            assert len([k for k in present(secret.data, f"Secret {name}-key's data") if k.startswith("key-")]) == 1
     assert "Traceback" not in operator_launcher.log.read_text(errors="replace")
 
 
@@ -630,7 +632,8 @@ def test_finished_and_blocked_jobs_cause_zero_writes_and_blocked_ones_proceed_wh
     def snapshot() -> tuple[dict[str, str], dict[str, str], int]:
         trainingjobs = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in _all_jobs(jobs)}
         workloads = {
-            j.metadata.name: j.metadata.resource_version for j in batch.list_namespaced_job(jobs.namespace).items
+            object_name(j): present(meta(j).resource_version, "resourceVersion")
+            for j in batch.list_namespaced_job(jobs.namespace).items
         }
         return trainingjobs, workloads, events()
 
@@ -650,11 +653,10 @@ def test_finished_and_blocked_jobs_cause_zero_writes_and_blocked_ones_proceed_wh
     # Unblocked, each proceeds (no event of a claim or a Secret reaches the operator: the re-check finds it).
     claims("later")
     jobs.wait_running_pods("waiting", 2, timeout=120)
-    assert jobs.condition("waiting", "Ready")["status"] == "True"  # type: ignore[index]
+    assert present(jobs.condition("waiting", "Ready"), "condition Ready")["status"] == "True"
     key = base64.b64encode(bytes(range(32))).decode()
-    jobs.core.create_namespaced_secret(
-        jobs.namespace, {"metadata": {"name": "mine"}, "data": {"key-k1": key}, "type": "Opaque"}
-    )
+    secret = {"metadata": {"name": "mine"}, "data": {"key-k1": key}, "type": "Opaque"}
+    jobs.core.create_namespaced_secret(jobs.namespace, body_as(client.V1Secret, secret))
     jobs.wait_running_pods("keyless", 1, timeout=120)
 
 
@@ -669,7 +671,7 @@ def bare_cluster(tmp_path: Path) -> Iterator[E2ECluster]:
     root = tmp_path / "bare"
     local = control_plane.up(root, training_operator=False)
     try:
-        yield E2ECluster(local.kubeconfig, config.new_client_from_config(config_file=str(local.kubeconfig)), local)
+        yield E2ECluster(local.kubeconfig, new_client(local.kubeconfig), local)
     finally:
         control_plane.down(root)
 
@@ -699,17 +701,15 @@ def test_without_the_pytorchjob_crd_auto_picks_job_and_pytorchjob_is_refused(
     try:
         launcher.start()
         for claim in ("datasets", "models"):
-            core.create_namespaced_persistent_volume_claim(
-                namespace,
-                {
-                    "metadata": {"name": claim},
-                    "spec": {
-                        "accessModes": ["ReadWriteMany"],
-                        "storageClassName": "",
-                        "resources": {"requests": {"storage": "1Gi"}},
-                    },
+            pvc = {
+                "metadata": {"name": claim},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "resources": {"requests": {"storage": "1Gi"}},
                 },
-            )
+            }
+            core.create_namespaced_persistent_volume_claim(namespace, body_as(client.V1PersistentVolumeClaim, pvc))
         bare_jobs.create(training_job("auto", replicas=2))
         bare_jobs.create(training_job("kubeflow", backend="PyTorchJob", replicas=2))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from kubernetes import client
@@ -140,14 +140,16 @@ def _request(api: client.ApiClient, path: str, query: list[tuple[str, str]]) -> 
         auth_settings=["BearerToken"],
     )
     response = api.call_api(*serialized, _request_timeout=30)
-    data = response.read()
+    data = response.read()  # type: ignore[no-untyped-call]  # RESTResponse.read: bytes, unannotated
     if response.status != 200:
         raise client.ApiException(status=response.status, reason=data[:300].decode("utf-8", "replace"))
     result: dict[str, Any] = json.loads(data)
     return result
 
 
-def _stream(api: client.ApiClient, path: str, query: list[tuple[str, str]], read_timeout: float) -> Any:
+def _stream(
+    api: client.ApiClient, path: str, query: list[tuple[str, str]], read_timeout: float
+) -> Iterator[dict[str, Any]]:
     """The watch's events, one JSON object per line, as the API server sends them."""
     serialized = api.param_serialize(
         method="GET",

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from kubernetes import client, config, watch
+from kubernetes import client
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
@@ -62,6 +62,7 @@ from e2e.cluster import control_plane, images, node  # noqa: E402
 from e2e.cluster.node import REAL_NODE_LABEL  # noqa: E402
 from e2e.conftest import E2ECluster  # noqa: E402
 from e2e.kube import KSERVE_CLIENT, apply_crd, bound_claim, load_crds, model_service  # noqa: E402
+from e2e.typed_client import Watch, body_as, name_of, new_client  # noqa: E402
 from kubemaas.manifests.modelservice import VERSION_LABEL  # noqa: E402
 from kubemaas.manifests.pods import (  # noqa: E402
     WORKLOAD_UID,
@@ -123,7 +124,7 @@ def watch_serving_pods(api: client.ApiClient, namespace: str, seen: Seen, stop: 
     """Mark, per model version, when its pod was bound, its loader ran and ended, its server started, it was Ready."""
     core = client.CoreV1Api(api)
     while not stop.is_set():
-        for event in watch.Watch().stream(
+        for event in Watch().stream(
             core.list_namespaced_pod, namespace, label_selector="kubemaas.io/modelservice=digits", timeout_seconds=2
         ):
             pod = event["object"]
@@ -142,7 +143,7 @@ def watch_serving_pods(api: client.ApiClient, namespace: str, seen: Seen, stop: 
 def watch_deployment(api: client.ApiClient, namespace: str, seen: Seen, stop: threading.Event) -> None:
     apps = client.AppsV1Api(api)
     while not stop.is_set():
-        for event in watch.Watch().stream(apps.list_namespaced_deployment, namespace, timeout_seconds=2):
+        for event in Watch().stream(apps.list_namespaced_deployment, namespace, timeout_seconds=2):
             if event["object"].metadata.name == "digits":
                 seen.mark("deployment")
 
@@ -185,14 +186,14 @@ def matches(out: list[float], expected: list[float]) -> bool:
 class Bench:
     def __init__(self, cluster: control_plane.Cluster, work: Path, mib: int) -> None:
         self.cluster = cluster
-        self.api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        self.api = new_client(cluster.kubeconfig)
         # The e2e suite's waits: watches for objects, its one polling wait for what cannot be watched (logs).
         self.e2e = E2ECluster(cluster.kubeconfig, self.api, cluster)
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.work = work
         (real,) = self.core.list_node(label_selector=f"{REAL_NODE_LABEL}=true").items
-        self.node_name = real.metadata.name
+        self.node_name = name_of(real)
         self.placement = node.pod_placement()
         self.hidden = int(math.sqrt(mib * 2**20 / 4))  # the hidden x hidden layer holds nearly all the bytes
         self.pixels = [float(i % 17) / 16.0 for i in range(IN_FEATURES)]
@@ -210,7 +211,7 @@ class Bench:
             "pod-security.kubernetes.io/enforce": "restricted",
             "pod-security.kubernetes.io/enforce-version": "latest",
         }
-        self.core.create_namespace({"metadata": {"name": name, "labels": labels}})
+        self.core.create_namespace(body_as(client.V1Namespace, {"metadata": {"name": name, "labels": labels}}))
         return name
 
     def publish(self, root: Path) -> tuple[bytes, int]:
@@ -273,7 +274,7 @@ class Bench:
             },
         }
         started = time.time()
-        self.core.create_namespaced_pod(namespace, pod)
+        self.core.create_namespaced_pod(namespace, body_as(client.V1Pod, pod))
 
         def ran(p: dict[str, Any]) -> bool:
             statuses = (p.get("status") or {}).get("containerStatuses") or []
@@ -306,12 +307,14 @@ class Bench:
     def _round(self, namespace: str, root: Path) -> Round:
         key, size = self.publish(root)
         secret = {"key-" + KEY_ID: base64.b64encode(key).decode(), "active": base64.b64encode(KEY_ID.encode()).decode()}
-        self.core.create_namespaced_secret(namespace, {"metadata": {"name": "digits-key"}, "data": secret})
+        key_secret = {"metadata": {"name": "digits-key"}, "data": secret}
+        self.core.create_namespaced_secret(namespace, body_as(client.V1Secret, key_secret))
         copy_seconds = self.floor_copy(root)
         tritonserver_seconds = self.floor_tritonserver(root, key)
         pod_seconds = self.floor_pod(namespace)
 
-        self.core.create_namespaced_pod(namespace, client_pod(namespace, self.placement, self.pixels))
+        answering = client_pod(namespace, self.placement, self.pixels)
+        self.core.create_namespaced_pod(namespace, body_as(client.V1Pod, answering))
         self.wait_object("v1", "Pod", namespace, "client", lambda p: (p.get("status") or {}).get("phase") == "Running",
                          "the client pod to run")  # fmt: skip
         seen, stop = Seen(), threading.Event()
@@ -349,7 +352,7 @@ class Bench:
         ]
         stages = {name: round(b - a, 3) for name, a, b in zip(STAGES, marks[:-1], marks[1:], strict=True)}
         pods = self.core.list_namespaced_pod(namespace, label_selector=f"{VERSION_LABEL}=v1").items
-        loader_log = self.core.read_namespaced_pod_log(pods[0].metadata.name, namespace, container="model-loader")
+        loader_log = self.core.read_namespaced_pod_log(name_of(pods[0]), namespace, container="model-loader")
         loaded = LOADED.search(loader_log)
         if loaded is None:
             raise RuntimeError(f"the loader's log has no 'loaded ... in X s' line:\n{loader_log}")

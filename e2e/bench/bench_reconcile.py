@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from kubernetes import client, config, watch
+from kubernetes import client, config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
@@ -71,6 +71,7 @@ from e2e.kube import (  # noqa: E402
     requests_between,
     training_job,
 )
+from e2e.typed_client import Watch, as_json, body_as, json_object  # noqa: E402
 from e2e.waits import condition_is, wait_for_objects  # noqa: E402
 from kubemaas.api import ModelService  # noqa: E402
 from kubemaas.controllers import modelservice as ms_controller  # noqa: E402
@@ -154,9 +155,8 @@ class Bench:
         """A namespace with the store claim, a key Secret and a TrainingJob that published v1."""
         namespace = self.namespace(stem)
         self.claim(namespace, "models")
-        self.core.create_namespaced_secret(
-            namespace, {"metadata": {"name": "digits-key"}, "stringData": {"active": "k1"}}
-        )
+        secret = {"metadata": {"name": "digits-key"}, "stringData": {"active": "k1"}}
+        self.core.create_namespaced_secret(namespace, body_as(client.V1Secret, secret))
         job = training_job("digits", **STATUS_ONLY_JOB)
         self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", job)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -170,7 +170,7 @@ class Bench:
         published = self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, "trainingjobs", "digits", {"status": status}
         )
-        return namespace, dict(published)
+        return namespace, json_object(published)
 
     def cleanup(self, namespaces: list[str]) -> None:
         for namespace in namespaces:
@@ -226,7 +226,7 @@ class FirstSeen:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            w = watch.Watch()
+            w = Watch()
             try:
                 kwargs: dict[str, Any] = {"timeout_seconds": 30}
                 if self.label_selector:
@@ -234,7 +234,7 @@ class FirstSeen:
                 for event in w.stream(self.list_fn, self.namespace, **kwargs):
                     now = time.time()
                     obj = event["object"]
-                    raw = obj if isinstance(obj, dict) else client.ApiClient().sanitize_for_serialization(obj)
+                    raw = obj if isinstance(obj, dict) else as_json(client.ApiClient(), obj)
                     key = self.key_of(raw)
                     uid = raw["metadata"]["uid"]
                     if key is not None and uid not in self._seen:
@@ -571,9 +571,8 @@ def phase_trainingjobs(bench: Bench, namespace: str, n: int, op: Operator) -> Ph
 def phase_peer(bench: Bench, source_namespace: str, namespace: str, n: int) -> Phase:
     """The Kubeflow training operator: the PyTorchJobs Kubemaas made, created again without an owner,
     measured from create to every pod of the job existing."""
-    templates = bench.custom.list_namespaced_custom_object("kubeflow.org", "v1", source_namespace, "pytorchjobs")[
-        "items"
-    ]
+    listed = bench.custom.list_namespaced_custom_object("kubeflow.org", "v1", source_namespace, "pytorchjobs")
+    templates = json_object(listed)["items"]
     template = templates[0]
     pods_per_job = sum(int(r.get("replicas", 1)) for r in template["spec"]["pytorchReplicaSpecs"].values())
     bodies = []
@@ -621,7 +620,8 @@ def parent_versions(bench: Bench, namespaces: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for namespace in namespaces:
         for plural in ("modelservices", "trainingjobs"):
-            for obj in bench.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]:
+            listed = json_object(bench.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural))
+            for obj in listed["items"]:
                 out[obj["metadata"]["uid"]] = obj["metadata"]["resourceVersion"]
     return out
 

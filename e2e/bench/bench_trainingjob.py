@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "operator"))
 
-from kubernetes import client, config, watch  # noqa: E402
+from kubernetes import client  # noqa: E402
 
 from e2e.cluster import control_plane  # noqa: E402
 from e2e.conftest import OperatorLauncher  # noqa: E402
 from e2e.kube import TRAININGJOB_API, apply_crd, load_crds, scrape, training_job  # noqa: E402
+from e2e.typed_client import Watch, body_as, new_client  # noqa: E402
 from kubemaas.api.trainingjob import TrainingJob  # noqa: E402
 from kubemaas.manifests import trainingjob as manifests  # noqa: E402
 
@@ -83,16 +85,20 @@ def rss_mib(pid: int) -> float:
 
 def make_namespace(core: client.CoreV1Api, stem: str) -> str:
     name = f"bench-{stem}-{uuid.uuid4().hex[:5]}"
-    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespace(body_as(client.V1Namespace, {"metadata": {"name": name}}))
     return name
 
 
 def first_seen(
-    list_fn: Any, args: tuple[Any, ...], expected: set[str], holds: Any, started: threading.Event
+    list_fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    expected: set[str],
+    holds: Callable[[Any], bool],
+    started: threading.Event,
 ) -> dict[str, float]:
     """Wall time at which each expected object first satisfies `holds(obj)` (a watch, from before the creates)."""
     seen: dict[str, float] = {}
-    stream = watch.Watch()
+    stream = Watch()
     started.set()
     for event in stream.stream(list_fn, *args, timeout_seconds=300):
         obj = event["object"]
@@ -114,7 +120,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=50)
     args = parser.parse_args()
     kubeconfig = os.environ.get("KUBEMAAS_E2E_KUBECONFIG") or str(control_plane.up().kubeconfig)
-    api = config.new_client_from_config(config_file=kubeconfig)
+    api = new_client(kubeconfig)
     core = client.CoreV1Api(api)
     for crd in load_crds():
         apply_crd(api, crd)
@@ -134,24 +140,22 @@ def main() -> int:
         objects.append((service, indexed))
     started = time.perf_counter()
     for service, indexed in objects:
-        core.create_namespaced_service(base_ns, service)
-        batch.create_namespaced_job(base_ns, indexed)
+        core.create_namespaced_service(base_ns, body_as(client.V1Service, service))
+        batch.create_namespaced_job(base_ns, body_as(client.V1Job, indexed))
     baseline = time.perf_counter() - started
 
     ns = make_namespace(core, "tj")
     log = Path(f"/tmp/bench-trainingjob-{ns}.log")
     for claim in ("models",):
-        core.create_namespaced_persistent_volume_claim(
-            ns,
-            {
-                "metadata": {"name": claim},
-                "spec": {
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
+        pvc = {
+            "metadata": {"name": claim},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "resources": {"requests": {"storage": "1Gi"}},
             },
-        )
+        }
+        core.create_namespaced_persistent_volume_claim(ns, body_as(client.V1PersistentVolumeClaim, pvc))
     launcher = OperatorLauncher(Path(kubeconfig), [ns], log)
     try:
         running = launcher.start()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from . import control_plane, debian, host, images, node
 from .build import BuildError, ensure_built
@@ -76,7 +77,7 @@ def _prepare(*, with_images: bool) -> None:
     by side. The Go build keeps both cores busy; the image build spends much of its time on the Debian mirror,
     unpacking wheels and writing layers, so together they finish sooner than one after the other."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        builds = [pool.submit(ensure_built)]
+        builds: list[Future[Any]] = [pool.submit(ensure_built)]  # only waited on: their results differ
         if with_images:
             builds.append(pool.submit(_build_images, []))
         for build in builds:
@@ -85,11 +86,10 @@ def _prepare(*, with_images: bool) -> None:
 
 def _apply_crds() -> None:
     """Apply crds/ to the cluster of the current kubeconfig ($KUBECONFIG or ~/.kube/config)."""
-    from kubernetes import config
-
     from e2e.kube import apply_crd, load_crds
+    from e2e.typed_client import new_client
 
-    api = config.new_client_from_config()  # type: ignore[no-untyped-call]
+    api = new_client()
     for crd in load_crds():
         for warning in apply_crd(api, crd):
             print(f"warning from the API server: {warning}", file=sys.stderr)
