@@ -73,7 +73,9 @@ def build_module(module_dir: Path, group: list[Component], out: Path) -> None:
     started = time.monotonic()
     raw = out / f".go-{module_dir.name}"
     raw.mkdir()
-    command = ["go", "build", *GO_BUILD_FLAGS, f"-ldflags={ldflags}", "-o", f"{raw}/", *binaries.values()]
+    tags = sorted({tag for c in group for tag in c.tags})
+    tag_flags = [f"-tags={','.join(tags)}"] if tags else []
+    command = ["go", "build", *GO_BUILD_FLAGS, *tag_flags, f"-ldflags={ldflags}", "-o", f"{raw}/", *binaries.values()]
     result = subprocess.run(command, cwd=module_dir, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-TAIL_LINES:])

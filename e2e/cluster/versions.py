@@ -24,6 +24,8 @@ class Component:
     crds: tuple[str, ...] = ()
     # Go package variable -> value template for `-ldflags -X` ({version}, {major}, {minor}, {build_date}).
     stamps: tuple[tuple[str, str], ...] = ()
+    # Go build tags (`go build -tags`), for upstream's own switches such as Prometheus's remove_all_sd.
+    tags: tuple[str, ...] = ()
 
     def ldflags(self, build_date: str) -> list[str]:
         """`-X pkg.var=value` arguments that stamp this component's version into its binaries."""
@@ -43,6 +45,7 @@ def load_components(path: Path = VERSIONS_FILE) -> list[Component]:
             binaries=dict(c["binaries"]),
             crds=tuple(c.get("crds", ())),
             stamps=tuple(sorted(c.get("stamps", {}).items())),
+            tags=tuple(c.get("tags", ())),
         )
         for c in data["component"]
     ]
