@@ -41,7 +41,7 @@ venv: $(VENV)/.installed ## create .venv with the operator, trainer, serving and
 .PHONY: lint
 lint: venv ## ruff, mypy --strict and the import layers (.importlinter)
 	$(BIN)/ruff check $(wildcard operator tests e2e charts)
-	$(BIN)/ruff format --check operator
+	$(BIN)/ruff format --check $(wildcard operator tests e2e)
 	$(BIN)/mypy --strict
 	$(BIN)/lint-imports --no-cache
 
