@@ -25,6 +25,7 @@ from kubernetes import client
 from e2e.cluster.nodes import GPU_NODES
 from e2e.conftest import E2ECluster, OperatorProcess
 from e2e.kube import GROUP, STATUS_ONLY_JOB, VERSION, bound_claim, model_service, training_job
+from e2e.operator_series import key, object_series, wait_gone
 from e2e.typed_client import Watch, body_as, json_object, meta, pod_spec, present
 
 MS_API = f"{GROUP}/{VERSION}"
@@ -396,6 +397,9 @@ def test_version_that_never_gets_ready_is_rolled_back(
     cluster: E2ECluster, namespace: str, crds: None, store: str, operator: OperatorProcess
 ) -> None:
     serve_digits(cluster, namespace, replicas=2, rollout={"progressDeadlineSeconds": 30})
+    before = object_series(operator.metrics_url, "ModelService", namespace, "digits")
+    assert before[key("kubemaas_modelservice_rollbacks_total")] == 0
+    assert before[key("kubemaas_modelservice_condition", type="Degraded", status="false")] == 1
 
     # v2 lives on a claim that does not exist: its pods stay Pending, never ready.
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -423,6 +427,20 @@ def test_version_that_never_gets_ready_is_rolled_back(
     final = get_ms(cluster, namespace, "digits")
     assert final["status"]["servedVersion"] == "v1"
     assert condition(final, "Degraded")["status"] == "True"  # v2 is not retried until the source changes
+
+    # What the chart's alerts read (KubemaasModelServiceDegraded, ...RolledBack): one rollback counted, the
+    # conditions with their reasons, the versions; and nothing left once the ModelService is deleted.
+    series = object_series(operator.metrics_url, "ModelService", namespace, "digits")
+    assert series[key("kubemaas_modelservice_rollbacks_total")] == 1
+    assert series[key("kubemaas_modelservice_condition", type="Degraded", status="true")] == 1
+    assert series[key("kubemaas_modelservice_condition", type="Degraded", status="false")] == 0
+    reason = key("kubemaas_modelservice_condition_reason", type="Degraded", reason="ProgressDeadlineExceeded")
+    assert series[reason] == 1
+    assert series[key("kubemaas_modelservice_condition", type="Ready", status="true")] == 1
+    assert series[key("kubemaas_modelservice_version_info", served_version="v1", last_good_version="v1",
+                      canary_version="")] == 1  # fmt: skip
+    custom(cluster).delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", "digits")
+    wait_gone(operator.metrics_url, "ModelService", namespace, "digits")
 
 
 def test_canary_runs_beside_stable_and_is_folded_in(

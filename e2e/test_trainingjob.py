@@ -34,6 +34,7 @@ from e2e.kube import (
     scrape,
     training_job,
 )
+from e2e.operator_series import key, object_series, wait_gone
 from e2e.typed_client import as_json, body_as, json_object, meta, new_client, present
 from e2e.typed_client import name_of as object_name
 from kubemaas.controllers.trainingjob_core import RECHECK_SECONDS
@@ -356,6 +357,14 @@ def test_exit_78_is_failed_config_error_with_the_message(
     assert present(jobs.condition("broken", "Succeeded"), "condition Succeeded")["status"] == "False"
     event = jobs.wait_event("broken", "ConfigError")
     assert event["type"] == "Warning"
+    # What KubemaasTrainingJobFailed reads, with the reason it names; gone once the job is deleted.
+    series = object_series(operator.metrics_url, "TrainingJob", jobs.namespace, "broken")
+    assert series[key("kubemaas_trainingjob_condition", type="Failed", status="true")] == 1
+    assert series[key("kubemaas_trainingjob_condition", type="Succeeded", status="false")] == 1
+    assert series[key("kubemaas_trainingjob_condition_reason", type="Failed", reason="ConfigError")] == 1
+    assert series[key("kubemaas_trainingjob_restarts_total")] == 0
+    jobs.custom.delete_namespaced_custom_object(GROUP, VERSION, jobs.namespace, PLURAL, "broken")
+    wait_gone(operator.metrics_url, "TrainingJob", jobs.namespace, "broken")
 
 
 def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(

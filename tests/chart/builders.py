@@ -1,8 +1,12 @@
-"""What the chart tests share: the Triton series the chart's dashboard reads."""
+"""What the chart tests share: the Triton series the chart's dashboard reads, the operator's it exports."""
 
 from __future__ import annotations
 
+from prometheus_client import REGISTRY
+
 from kubemaas import serving_metrics
+from kubemaas.controllers import metrics as _operator_metrics  # noqa: F401  (registers the operator's metrics)
+from kubemaas.controllers import object_metrics as _object_metrics  # noqa: F401  (and the objects' series)
 
 TRITON_METRICS = {
     # Triton's per-model metrics the dashboard reads (Triton's metrics documentation; summaries need
@@ -14,3 +18,13 @@ TRITON_METRICS = {
     "nv_inference_count",
     "nv_inference_exec_count",
 }
+
+
+def exported_operator_series() -> set[str]:
+    """The series names kubemaas.controllers.metrics exports (a counter's family `x` is scraped as `x_total`)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    out = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith("kubemaas_"):
+            out |= {family.name + suffix for suffix in suffixes[family.type]}
+    return out

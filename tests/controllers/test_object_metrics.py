@@ -12,7 +12,7 @@ import kopf
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubemaas.api.base import Condition, ConditionStatus
+from kubemaas.api.base import Condition
 from kubemaas.api.modelservice import ModelServiceStatus
 from kubemaas.api.trainingjob import TrainingJobStatus
 from kubemaas.controllers import metrics
@@ -22,7 +22,7 @@ from kubemaas.controllers.object_metrics import (
     modelservice_snapshot,
     trainingjob_snapshot,
 )
-from tests.controllers.fakes import FakeKube, index
+from tests.controllers.fakes import FakeKube, index, run_handler
 
 NOW = "2026-12-06T10:00:00Z"
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -162,7 +162,7 @@ def test_a_refused_promotion_is_counted_once_and_the_series_go_with_the_object(
     assert series[("kubemaas_modelservice_condition", blocked)] == 1
     # A DELETED event drops the object's series.
     memo = {"kube": FakeKube(), "triton_image": "t:1"}
-    asyncio.run(ms_handlers.on_modelservice(type="DELETED", namespace="serving", name="digits", memo=memo))
+    run_handler(ms_handlers.on_modelservice, type="DELETED", namespace="serving", name="digits", memo=memo)
     assert scrape(ms_handlers.LOOP.states) == {}
 
 
@@ -184,6 +184,6 @@ def test_kopf_watch_restarts_are_counted_and_its_debug_records_stay_quiet(caplog
 def test_the_messages_counted_are_in_the_installed_kopf() -> None:
     # kopf offers no hook for watch restarts; if a kopf upgrade rewords them, the counter would stay at 0.
     source = (Path(kopf.__file__).parent / "_cogs" / "clients" / "watching.py").read_text()
-    assert f'logging.getLogger(__name__)' in source
+    assert "logging.getLogger(__name__)" in source
     for message in metrics.WATCH_RESTART_MESSAGES:
         assert message in source, message

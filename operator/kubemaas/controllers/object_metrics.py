@@ -146,9 +146,10 @@ class ObjectStates(Collector):
         yield condition
         yield reason
         yield from counters.values()
-        if versions.samples:
+        # Each kind's own families, present (empty) before its first object, as the counters are.
+        if self.kind == "ModelService":
             yield versions
-        if restarts.samples:
+        if self.kind == "TrainingJob":
             yield restarts
 
 
