@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -59,6 +60,20 @@ def infer(server: TritonServer) -> None:
         assert json.load(response)["outputs"][0]["data"] == [1.0, 2.0, 3.0, 4.0]
 
 
+def settled_metrics(url: str, requests: int, timeout: float = 10.0) -> str:
+    """Triton's /metrics once it counts all `requests`: it records a request's statistics after the response
+    has gone out, so a scrape right after the last answer can miss it (seen: 4 of 5)."""
+    pattern = rf'^{serving_metrics.TRITON_REQUEST_SUCCESS}\{{[^}}]*model="{MODEL}"[^}}]*\}} (\S+)$'
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text: str = response.read().decode()
+        counted = re.search(pattern, text, re.MULTILINE)
+        if (counted and float(counted.group(1)) >= requests) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)  # an HTTP endpoint, nothing to watch
+
+
 def test_series_used_by_the_chart_exist(tmp_path: Path) -> None:
     version_dir = tmp_path / "models" / MODEL / "1"
     version_dir.mkdir(parents=True)
@@ -70,8 +85,7 @@ def test_series_used_by_the_chart_exist(tmp_path: Path) -> None:
     with server:
         for _ in range(5):
             infer(server)
-        with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-            text = response.read().decode()
+        text = settled_metrics(server.metrics_url, 5)
     samples = {
         name: labels
         for name, labels in re.findall(r"^(nv_[a-z_]+)\{([^}]*)\}", text, re.MULTILINE)
