@@ -134,11 +134,24 @@ bench-lifecycle: venv images ## ModelService apply -> first answer by stage, bes
 	$(BIN)/python e2e/bench/bench_lifecycle.py $(BENCH_ARGS)
 
 .PHONY: run
-run: venv ## run the operator; starts the local cluster when no kubeconfig is configured
+run: venv ## the local cluster with a real node and the operator installed by the chart (as root); else the operator here
+	@# As root with no cluster configured: real node, images, the chart (e2e/cluster/quickstart.py), then the
+	@# operator's log until Ctrl-C (the cluster keeps running: `make cluster-down`). Otherwise the operator runs
+	@# here: against the configured cluster, or a kwok-only local one where pods are scheduled but never run.
 	@if [ -z "$${KUBECONFIG:-}" ] && [ ! -f "$$HOME/.kube/config" ]; then \
+		if [ "$$(id -u)" = 0 ]; then exec $(CLUSTER) run; fi; \
+		echo "not root: no real node (containerd, iptables and mounts need root), so nothing would train or serve;"; \
+		echo "starting the kwok-only local cluster and the operator here instead"; \
 		export KUBECONFIG="$$($(CLUSTER) up)"; echo "using the local cluster: KUBECONFIG=$$KUBECONFIG"; \
 	fi; \
 	$(CLUSTER) apply-crds && exec $(BIN)/kubemaas run --standalone
+
+.PHONY: query
+query: venv ## ask the quickstart's ModelService (examples/quickstart/query.py) for predictions and its accuracy
+	@if [ -z "$${KUBECONFIG:-}" ] && [ ! -f "$$HOME/.kube/config" ]; then \
+		export KUBECONFIG="$$($(CLUSTER) kubeconfig)" KUBECTL="$${KUBECTL:-$$($(CLUSTER) build 2>/dev/null)/kubectl}"; \
+	fi; \
+	$(BIN)/python examples/quickstart/query.py
 
 .PHONY: ci-cold
 ci-cold: ## run .ci/run as a new machine would: a fresh clone of HEAD, an empty HOME and empty Go caches

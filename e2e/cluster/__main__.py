@@ -1,4 +1,4 @@
-"""`python -m e2e.cluster build|prepare|up|down|status|kubeconfig|apply-crds|packages|images [NAME...]`."""
+"""`python -m e2e.cluster build|prepare|up|down|status|kubeconfig|apply-crds|packages|images [NAME...]|run`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from . import control_plane, debian, host, images, node
+from . import control_plane, debian, host, images, node, quickstart
 from .build import BuildError, ensure_built
 from .processes import ComponentError
 from .versions import run_dir
@@ -15,7 +15,7 @@ from .versions import run_dir
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
-    commands = ["build", "prepare", "up", "down", "status", "kubeconfig", "apply-crds", "packages", "images"]
+    commands = ["build", "prepare", "up", "down", "status", "kubeconfig", "apply-crds", "packages", "images", "run"]
     parser.add_argument("command", choices=commands)
     parser.add_argument("names", nargs="*", help="images: which to build (default: all)")
     parser.add_argument(
@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--images", action="store_true", help="prepare: build the real node's images beside the components"
+    )
+    parser.add_argument(
+        "--detach", action="store_true", help="run: return once the operator is installed instead of following its log"
     )
     arguments = parser.parse_args(argv)
     command = arguments.command
@@ -38,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
             _prepare(with_images=arguments.images)
         elif command == "images":
             _build_images(arguments.names)
+        elif command == "run":  # `make run` as root (quickstart.py)
+            _prepare(with_images=True)  # cached: a lookup once built
+            cluster = quickstart.run()
+            if not arguments.detach:
+                quickstart.follow_operator_log(cluster)
         elif command == "up":
             print(control_plane.up(real_node=arguments.real_node).kubeconfig)
         elif command == "down":

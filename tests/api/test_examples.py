@@ -62,3 +62,38 @@ def test_promotion_gate_names_a_metric_the_training_example_publishes() -> None:
     program = (EXAMPLES_DIR / "training" / "digits_mlp.py").read_text()
     for gate in svc.spec.promotion.require_metrics:
         assert f'"{gate.name}"' in program, f"digits_mlp.py does not publish {gate.name}"
+
+
+QUICKSTART = EXAMPLES_DIR / "quickstart"
+
+
+def quickstart_objects() -> dict[str, dict[str, object]]:
+    docs = [d for p in sorted(QUICKSTART.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    return {str(d["kind"]): d for d in docs}
+
+
+def test_the_quickstart_trains_and_serves_on_the_local_clusters_cpu() -> None:
+    """What `make run` provides is what examples/quickstart/ asks for: no GPU, images the project builds and
+    puts on the real node, the real node's placement, the store directory `make run` prepares."""
+    from e2e.cluster import images, node, quickstart
+
+    objects = quickstart_objects()
+    assert set(objects) == {"PersistentVolume", "PersistentVolumeClaim", "TrainingJob", "ModelService"}
+    for kind in ("TrainingJob", "ModelService"):
+        jsonschema.Draft7Validator(SCHEMAS[kind]).validate(objects[kind])
+    job = TrainingJob.parse(objects["TrainingJob"])
+    svc = ModelService.parse(objects["ModelService"])
+    built = {image.ref for image in images.DOCKERFILE_IMAGES.values()}
+    assert job.spec.image in built and svc.spec.runtime.image in built
+    assert job.spec.resources.gpus in (None, 0) and svc.spec.resources.gpus in (None, 0)
+    assert svc.spec.runtime.backend.value == "python"  # the CPU Triton image has no libtorch backend
+    placement = node.pod_placement()
+    for scheduling in (job.spec.scheduling, svc.spec.scheduling):
+        assert scheduling is not None
+        assert scheduling.node_selector == placement["nodeSelector"]
+        assert [t.to_wire() for t in scheduling.tolerations or ()] == placement["tolerations"]
+    assert svc.spec.model.training_job_ref is not None and svc.spec.model.training_job_ref.name == job.metadata.name
+    assert job.spec.output.uri == "pvc://models/store"
+    pv = objects["PersistentVolume"]
+    assert pv["spec"]["local"] == {"path": str(quickstart.STORE)}  # type: ignore[index]
+    assert objects["PersistentVolumeClaim"]["metadata"] == {"name": "models"}

@@ -65,8 +65,8 @@ class Kind:
         return f"{GROUP}_{self.plural}.yaml"
 
 
-def _condition(type_: str) -> str:
-    return f'.status.conditions[?(@.type=="{type_}")].status'
+def _condition(type_: str, field: str = "status") -> str:
+    return f'.status.conditions[?(@.type=="{type_}")].{field}'
 
 
 KINDS: tuple[Kind, ...] = (
@@ -80,6 +80,13 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn("Replicas", ".spec.replicas", "integer", "Training pods"),
             PrinterColumn("Running", _condition("Running")),
             PrinterColumn("Succeeded", _condition("Succeeded")),
+            # What blocks a job before its workload exists, as `kubectl get pods` shows ContainerCreating.
+            PrinterColumn(
+                "Reason",
+                _condition("Ready", "reason"),
+                description="Why the job is or is not ready: ClaimNotFound, KeySecretNotFound, BackendUnavailable, "
+                "InvalidSpec, WorkloadCreated",
+            ),
             PrinterColumn("Version", ".status.model.version", description="Published model version"),
             PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
         ),
@@ -91,6 +98,12 @@ KINDS: tuple[Kind, ...] = (
         short_name="ms",
         columns=(
             PrinterColumn("Ready", _condition("Ready")),
+            PrinterColumn(
+                "Reason",
+                _condition("Ready", "reason"),
+                description="Why it is or is not ready: WaitingForModel, SourceNotFound, KeySecretNotFound, "
+                "RollingOut, Unavailable, Serving",
+            ),
             PrinterColumn("Version", ".status.servedVersion", description="Served model version"),
             PrinterColumn("Replicas", ".status.readyReplicas", "integer", "Ready serving pods"),
             PrinterColumn("Desired", ".status.desiredReplicas", "integer", "Serving pods wanted"),

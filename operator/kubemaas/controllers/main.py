@@ -16,6 +16,7 @@ from kopf._core.engines.peering import Identity
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import WATCH_SERVER_TIMEOUT
 from kubemaas.controllers.apply import Kube
+from kubemaas.controllers.log_levels import lower_retried_requests
 from kubemaas.controllers.metrics import count_watch_restarts, start_metrics_server
 from kubemaas.controllers.settings import OperatorOptions, apply_settings
 
@@ -37,6 +38,7 @@ def run_operator(
     watch_timeout: int | None = WATCH_SERVER_TIMEOUT,
 ) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lower_retried_requests()  # a request kopf retries is not an error (log_levels.py)
     # kopf logs "Handler '...' succeeded." at INFO for every handler call: about 17 lines per ModelService
     # in a burst of 1,000, and a measurable share of the operator's CPU (README, "Reconcile"). What Kubemaas
     # does is logged by its own loggers; kopf's warnings and errors about objects still show.
