@@ -368,19 +368,15 @@ def test_pytorchjob_trains_two_ranks_on_the_real_node(
 
 
 def held_out_digits() -> tuple[Any, Any]:
-    """The held-out split digits_mlp.py evaluates on (its own split function, loaded from the example)."""
+    """The held-out split digits_mlp.py evaluates on, as the quickstart's client computes it (its own module)."""
     import importlib.util
 
-    import numpy as np
-    from sklearn.datasets import load_digits
-
-    spec = importlib.util.spec_from_file_location("digits_mlp", REPO / "examples" / "training" / "digits_mlp.py")
+    spec = importlib.util.spec_from_file_location("quickstart_query", REPO / "examples" / "quickstart" / "query.py")
     assert spec is not None and spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    images, labels = load_digits(return_X_y=True)
-    _, holdout = example.split(len(images))
-    return (images[holdout] / 16.0).astype(np.float32), labels[holdout]
+    query = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(query)
+    held: tuple[Any, Any] = query.held_out()
+    return held
 
 
 @pytest.mark.real_node
