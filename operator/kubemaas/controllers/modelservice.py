@@ -24,12 +24,11 @@ from kubemaas.api.core import DEFAULT_GPU_RESOURCE, LabelSelector
 from kubemaas.api.errors import summary
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE, ModelServiceStatus
 from kubemaas.controllers import modelservice_core as core
-from kubemaas.controllers.apply import Conflict, Kube
+from kubemaas.controllers.apply import Kube
 from kubemaas.controllers.children import MODELSERVICE_CHILDREN, child_indexer, without_managed_fields
 from kubemaas.controllers.conditions import set_condition, utc_now
-from kubemaas.controllers.metrics import STATUS_WRITES
 from kubemaas.controllers.object_metrics import MODELSERVICES, modelservice_snapshot
-from kubemaas.controllers.reconciler import ReconcileLoop, post_transition_events, sync
+from kubemaas.controllers.reconciler import ReconcileLoop, sync
 from kubemaas.manifests import modelservice as m
 from kubemaas.manifests.labels import child_labels, owner_reference, parent_label, parent_of
 
@@ -179,17 +178,18 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
         for c in outcome.delete
     ]
     await sync(kube, KIND, outcome.apply, children, unwanted)
-    try:
-        written = await LOOP.status.write(kube, key, body, version, outcome.status.to_wire())
-    except Conflict:
+    written = await LOOP.report(
+        kube, key, body, version, outcome.status.to_wire(),
+        old=ms.status.conditions if ms.status is not None else None,
+        new=outcome.status.conditions or [],
+        warnings=core.WARNINGS,
+        snapshot=modelservice_snapshot(outcome.status),
+    )  # fmt: skip
+    if written is None:
         # Another writer changed the ModelService since this copy was read; its change is on the way
         # through the watch. Compute again from it instead of overwriting it (and post no Event twice).
         return CONFLICT_REQUEUE_SECONDS
-    LOOP.states.observe(key, modelservice_snapshot(outcome.status))
     if written:
-        STATUS_WRITES.labels(KIND).inc()
-        old = ms.status.conditions if ms.status is not None else None
-        post_transition_events(body, old, outcome.status.conditions or [], core.WARNINGS)
         # Counted once: the next reconcile computes them from the status just written.
         for counter, decided in (("rollbacks", outcome.rolled_back), ("promotion_refusals", outcome.promotion_refused)):
             if decided:
@@ -221,14 +221,12 @@ async def _invalid(kube: Kube, key: Key, body: Mapping[str, Any], version: str |
         old, core.Cond.READY, ConditionStatus.FALSE, "InvalidSpec", message, generation, utc_now()
     )
     status = {"conditions": [c.to_wire() for c in conditions], "observedGeneration": generation}
-    try:
-        written = await LOOP.status.write(kube, key, body, version, status)
-    except Conflict:
-        return CONFLICT_REQUEUE_SECONDS
-    LOOP.states.observe(key, modelservice_snapshot(ModelServiceStatus(conditions=conditions)))
-    if written:
-        post_transition_events(body, old, conditions, core.WARNINGS)
-    return None
+    written = await LOOP.report(
+        kube, key, body, version, status,
+        old=old, new=conditions, warnings=core.WARNINGS,
+        snapshot=modelservice_snapshot(ModelServiceStatus(conditions=conditions)),
+    )  # fmt: skip
+    return CONFLICT_REQUEUE_SECONDS if written is None else None
 
 
 def _kopf_body(body: Mapping[str, Any]) -> kopf.Body:

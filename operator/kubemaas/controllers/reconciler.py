@@ -36,10 +36,17 @@ from typing import Any, cast
 import kopf
 
 from kubemaas.api.base import Condition
-from kubemaas.controllers.apply import Kube, TransientApiError
+from kubemaas.controllers.apply import Conflict, Kube, TransientApiError
 from kubemaas.controllers.conditions import WarningPolicy, transitions
-from kubemaas.controllers.metrics import CHILDREN_APPLIED, LAST_SUCCESS, PENDING, RECONCILE_SECONDS, RECONCILES
-from kubemaas.controllers.object_metrics import ObjectStates
+from kubemaas.controllers.metrics import (
+    CHILDREN_APPLIED,
+    LAST_SUCCESS,
+    PENDING,
+    RECONCILE_SECONDS,
+    RECONCILES,
+    STATUS_WRITES,
+)
+from kubemaas.controllers.object_metrics import ObjectStates, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +168,33 @@ class ReconcileLoop:
         self.states.forget(key)
         self._locks.pop(key, None)
         self._failures.pop(key, None)
+
+    async def report(
+        self,
+        kube: Kube,
+        key: ObjectKey,
+        body: Mapping[str, Any],
+        version: str | None,
+        status: dict[str, Any],
+        *,
+        old: Sequence[Condition] | None,
+        new: Sequence[Condition],
+        warnings: WarningPolicy,
+        snapshot: Snapshot,
+    ) -> bool | None:
+        """What every reconcile ends with: write `status` when it changed (conditional on `version`, what
+        `status.current` returned), keep the object's series (`snapshot`), and post the Events of the
+        conditions' transitions from `old` to `new` once the write landed. Whether it wrote; None when the
+        object changed since `version`: the caller reconciles again soon from the newer copy (nothing posted)."""
+        try:
+            written = await self.status.write(kube, key, body, version, status)
+        except Conflict:
+            return None
+        self.states.observe(key, snapshot)
+        if written:
+            STATUS_WRITES.labels(self.kind).inc()
+            post_transition_events(body, old, new, warnings)
+        return written
 
     def backoff(self, key: ObjectKey) -> float:
         count = self._failures.get(key, 0)

@@ -33,12 +33,12 @@ from kubemaas.api.base import Condition
 from kubemaas.api.errors import summary
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers import trainingjob_core as core
-from kubemaas.controllers.apply import Conflict, Kube
+from kubemaas.controllers.apply import Kube
 from kubemaas.controllers.children import TRAININGJOB_CHILDREN, child_indexer, without_managed_fields
 from kubemaas.controllers.conditions import true_condition, utc_now
-from kubemaas.controllers.metrics import CHILDREN_APPLIED, STATUS_WRITES
+from kubemaas.controllers.metrics import CHILDREN_APPLIED
 from kubemaas.controllers.object_metrics import TRAININGJOBS, trainingjob_snapshot
-from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, post_transition_events, sync
+from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, sync
 from kubemaas.manifests import trainingjob as manifests
 from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
 
@@ -169,18 +169,18 @@ async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index
     observed_children = [c for c in (observed.workload, observed.service) if c is not None]
     await sync(kube, KIND, desired.apply, observed_children, unwanted)
 
-    try:
-        written = await LOOP.status.write(kube, key, body, version, desired.status.to_wire())
-    except Conflict:
+    written = await LOOP.report(
+        kube, key, body, version, desired.status.to_wire(),
+        old=job.status.conditions if job.status is not None else None,
+        new=desired.status.conditions or [],
+        warnings=core.WARNINGS,
+        snapshot=trainingjob_snapshot(desired.status),
+    )  # fmt: skip
+    if written is None:
         # Another writer changed the TrainingJob since this copy was read; its change is on the way
         # through the watch. Compute again from it instead of overwriting it.
         log.debug("%s %s/%s: changed since read, reconciling again", KIND, *key)
         return CONFLICT_REQUEUE_SECONDS
-    LOOP.states.observe(key, trainingjob_snapshot(desired.status))
-    if written:
-        STATUS_WRITES.labels(KIND).inc()
-        old = job.status.conditions if job.status is not None else None
-        post_transition_events(body, old, desired.status.conditions or [], core.WARNINGS)
     return desired.requeue_after
 
 
@@ -189,18 +189,14 @@ async def _report_invalid(
 ) -> float | None:
     generation = body["metadata"].get("generation")
     status = core.invalid_spec(body.get("status"), generation, error, utc_now())
-    try:
-        written = await LOOP.status.write(kube, key, body, version, status.to_wire())
-    except Conflict:
-        return CONFLICT_REQUEUE_SECONDS
-    LOOP.states.observe(key, trainingjob_snapshot(status))
-    if written:
-        STATUS_WRITES.labels(KIND).inc()
-        old = (body.get("status") or {}).get("conditions")
-        post_transition_events(
-            body, [Condition.model_validate(c) for c in old or ()], status.conditions or [], core.WARNINGS
-        )
-    return None
+    written = await LOOP.report(
+        kube, key, body, version, status.to_wire(),
+        old=[Condition.model_validate(c) for c in (body.get("status") or {}).get("conditions") or ()],
+        new=status.conditions or [],
+        warnings=core.WARNINGS,
+        snapshot=trainingjob_snapshot(status),
+    )  # fmt: skip
+    return CONFLICT_REQUEUE_SECONDS if written is None else None
 
 
 # --- handlers ---------------------------------------------------------------------------------------
