@@ -59,7 +59,7 @@ WATCH_RESTARTS = Counter(
 )
 
 # kopf has no hook for its watch streams; it logs each restart at DEBUG (kopf/_cogs/clients/watching.py).
-# tests/controllers/test_metrics.py checks these messages are still in the installed kopf's source.
+# tests/controllers/test_object_metrics.py checks these messages are still in the installed kopf's source.
 KOPF_WATCH_LOGGER = "kopf._cogs.clients.watching"
 WATCH_RESTART_MESSAGES = {"Restarting the watch-stream": "expired", "is inactive, reconnecting": "inactive"}
 

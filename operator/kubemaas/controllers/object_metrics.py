@@ -4,7 +4,8 @@ kube-state-metrics' way: the operator keeps a small snapshot of each object's st
 counts) and turns it into series when Prometheus scrapes, so a deleted object's series go with it and an
 operator restart rebuilds them from the initial listing (every object is reconciled again). The labels are
 the object's namespace and name plus bounded enumerations (condition type, status, reason): no version or
-message labels, except on the one `version_info` series per ModelService, which `kube_pod_info` does the same.
+message labels, except on the one `version_info` series per ModelService (as kube_pod_info carries a pod's
+IPs).
 
 Series, with `<kind>` `trainingjob` or `modelservice`:
 - `kubemaas_<kind>_condition{namespace,name,type,status}`: 1 for the condition's current status (`true`,
