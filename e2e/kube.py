@@ -237,19 +237,31 @@ def bound_claim(
         spec["nodeAffinity"] = {"required": {"nodeSelectorTerms": [term]}}
     pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume}, "spec": spec}
     core.create_persistent_volume(body_as(client.V1PersistentVolume, pv))
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": claim},
-        "spec": {
-            "accessModes": list(access_modes),
-            "storageClassName": "",
-            "volumeName": volume,
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    core.create_namespaced_persistent_volume_claim(namespace, body_as(client.V1PersistentVolumeClaim, pvc))
+    create_claim(api, namespace, claim, access_modes=access_modes, volume=volume)
     return volume
+
+
+def create_claim(
+    api: client.ApiClient,
+    namespace: str,
+    claim: str,
+    *,
+    access_modes: tuple[str, ...] = ("ReadWriteMany",),
+    volume: str | None = None,
+) -> None:
+    """A 1Gi claim without a storage class: bound to `volume`, or left Pending (what the TrainingJob
+    controller's pre-flight needs: that the claim exists)."""
+    spec: dict[str, Any] = {
+        "accessModes": list(access_modes),
+        "storageClassName": "",
+        "resources": {"requests": {"storage": "1Gi"}},
+    }
+    if volume is not None:
+        spec["volumeName"] = volume
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim}, "spec": spec}
+    client.CoreV1Api(api).create_namespaced_persistent_volume_claim(
+        namespace, body_as(client.V1PersistentVolumeClaim, pvc)
+    )
 
 
 # Run inside a client pod (python only, no packages): KServe v2 requests through a Service, one JSON line per

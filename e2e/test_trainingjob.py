@@ -30,6 +30,7 @@ from e2e.kube import (
     TRAININGJOB_API,
     apply_crd,
     bound_claim,
+    create_claim,
     load_crds,
     scrape,
     training_job,
@@ -712,15 +713,7 @@ def test_without_the_pytorchjob_crd_auto_picks_job_and_pytorchjob_is_refused(
     try:
         launcher.start()
         for claim in ("datasets", "models"):
-            pvc = {
-                "metadata": {"name": claim},
-                "spec": {
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            }
-            core.create_namespaced_persistent_volume_claim(namespace, body_as(client.V1PersistentVolumeClaim, pvc))
+            create_claim(bare_cluster.api, namespace, claim)
         bare_jobs.create(training_job("auto", replicas=2))
         bare_jobs.create(training_job("kubeflow", backend="PyTorchJob", replicas=2))
 

@@ -36,7 +36,7 @@ from kubernetes import client  # noqa: E402
 
 from e2e.cluster import control_plane  # noqa: E402
 from e2e.conftest import OperatorLauncher  # noqa: E402
-from e2e.kube import TRAININGJOB_API, apply_crd, load_crds, scrape, training_job  # noqa: E402
+from e2e.kube import TRAININGJOB_API, apply_crd, create_claim, load_crds, scrape, training_job  # noqa: E402
 from e2e.typed_client import Watch, body_as, new_client  # noqa: E402
 from kubemaas.api.trainingjob import TrainingJob  # noqa: E402
 from kubemaas.manifests import trainingjob as manifests  # noqa: E402
@@ -146,16 +146,7 @@ def main() -> int:
 
     ns = make_namespace(core, "tj")
     log = Path(f"/tmp/bench-trainingjob-{ns}.log")
-    for claim in ("models",):
-        pvc = {
-            "metadata": {"name": claim},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": "",
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        }
-        core.create_namespaced_persistent_volume_claim(ns, body_as(client.V1PersistentVolumeClaim, pvc))
+    create_claim(api, ns, "models")
     launcher = OperatorLauncher(Path(kubeconfig), [ns], log)
     try:
         running = launcher.start()
