@@ -403,10 +403,19 @@ def operator_process(kubeconfig: Path, namespace: str, workdir: Path) -> Iterato
 @pytest.fixture
 def chart_kubeconfig(cluster: E2ECluster, namespace: str, tmp_path: Path) -> Iterator[Path]:
     """A kubeconfig for the Helm chart's ServiceAccount with the chart's RBAC for the test's namespace."""
-    local_bin = cluster.local.bin if cluster.local is not None else None
-    tools = Tools.find(local_bin, cluster.kubeconfig, tmp_path / "helm-home")
-    with chart_identity(tools, namespace, tmp_path) as kubeconfig:
+    with chart_identity(chart_tools(cluster, tmp_path / "helm-home"), namespace, tmp_path) as kubeconfig:
         yield kubeconfig
+
+
+def chart_tools(cluster: E2ECluster, home: Path) -> Tools:
+    """helm and kubectl for the chart: the local cluster's pinned builds, or (another cluster) those on PATH."""
+    return Tools.find(cluster.local.bin if cluster.local is not None else None, cluster.kubeconfig, home)
+
+
+@pytest.fixture(scope="module")
+def tools(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Tools:
+    """`chart_tools` for a test module (the chart and alerting-rule tests)."""
+    return chart_tools(cluster, tmp_path_factory.mktemp("helm-home"))
 
 
 @pytest.fixture

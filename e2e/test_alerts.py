@@ -30,12 +30,6 @@ RELEASE = "kubemaas"  # the release rules.test.yaml expects: the scrape job is k
 
 
 @pytest.fixture(scope="module")
-def tools(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Tools:
-    local_bin = cluster.local.bin if cluster.local is not None else None
-    return Tools.find(local_bin, cluster.kubeconfig, tmp_path_factory.mktemp("helm-home"))
-
-
-@pytest.fixture(scope="module")
 def promtool(cluster: E2ECluster) -> Path:
     if cluster.local is not None:
         return cluster.local.bin / "promtool"

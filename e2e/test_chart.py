@@ -71,12 +71,6 @@ CLUSTER_PEERING_RULES = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "w
 NAMESPACED_PEERING_RULES = {("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
 
 
-@pytest.fixture(scope="module")
-def tools(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Tools:
-    local_bin = cluster.local.bin if cluster.local is not None else None
-    return Tools.find(local_bin, cluster.kubeconfig, tmp_path_factory.mktemp("helm-home"))
-
-
 def render(
     tools: Tools, tmp_path: Path, values: dict[str, Any], namespace: str = "kubemaas-system"
 ) -> list[dict[str, Any]]:

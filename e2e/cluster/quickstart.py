@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from kubemaas.manifests.pods import WORKLOAD_UID
+
 from . import control_plane, images, node
 from .control_plane import Cluster
 from .processes import ComponentError
@@ -26,7 +28,6 @@ RELEASE, NAMESPACE = "kubemaas", "kubemaas-system"
 # The quickstart's store (examples/quickstart/00-store.yaml's local PersistentVolume): a directory of the real
 # node, which is this machine. The trainer's rank 0 writes there as the workload user.
 STORE = Path("/var/lib/kubemaas/quickstart")
-WORKLOAD_UID = 65532  # kubemaas.manifests.pods.WORKLOAD_UID, the uid every Kubemaas container runs as
 OPERATOR_READY_SECONDS = 180
 
 
