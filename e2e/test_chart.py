@@ -63,7 +63,8 @@ NAMESPACED_RULES = {
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create", "patch"},
     ("", "persistentvolumeclaims"): {"get"},
-    ("", "secrets"): {"get", "create"},
+    # Created (generateKey), and probed with a dry-run create; never read (docs/security.md).
+    ("", "secrets"): {"create"},
 }
 CLUSTER_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 NAMESPACE_SCANNING = {("", "namespaces"): {"list", "watch"}}
@@ -384,14 +385,15 @@ def test_service_account_permissions(
     assert {k: v for k, v in granted.items() if k not in DEFAULT_GRANTS} == expected
 
     yes = [
-        ("create", "secrets", work_ns), ("get", "secrets", work_ns),
+        ("create", "secrets", work_ns),
         ("patch", "modelservices.kubemaas.io/status", work_ns), ("watch", "trainingjobs.kubemaas.io", work_ns),
         ("create", "deployments.apps", work_ns), ("delete", "horizontalpodautoscalers.autoscaling", work_ns),
         ("create", "pytorchjobs.kubeflow.org", work_ns),
         ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
     ]  # fmt: skip
     no = [
-        ("list", "secrets", None), ("watch", "secrets", None), ("list", "secrets", work_ns),
+        ("get", "secrets", work_ns), ("list", "secrets", None), ("watch", "secrets", None),
+        ("list", "secrets", work_ns),
         ("delete", "secrets", work_ns), ("update", "secrets", work_ns),
         ("create", "pods/exec", work_ns), ("get", "pods/log", work_ns), ("create", "pods", work_ns),
         ("update", "trainingjobs.kubemaas.io", work_ns), ("delete", "modelservices.kubemaas.io", work_ns),

@@ -71,13 +71,14 @@ def custom(cluster: E2ECluster) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(cluster.api)
 
 
-def publish(cluster: E2ECluster, namespace: str, job: str, version: str, **metrics: str) -> None:
-    """Write what the TrainingJob controller writes when rank 0 published `version`.
+def publish(cluster: E2ECluster, namespace: str, job: str, version: str, *, store: str = STORE, **metrics: str) -> None:
+    """Write what the TrainingJob controller writes when rank 0 published `version` to the job's `store` (its
+    spec.output.uri: the ModelService follows no status that points elsewhere).
 
     Works with the operator running or not: the operator's status writes are conditional on the version
     they were computed from, so one racing this write is refused and computed again from it."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    model: dict[str, Any] = {"uri": f"{STORE}/digits/{version}", "version": version, "sha256": SHA, "keyId": "k1"}
+    model: dict[str, Any] = {"uri": f"{store}/digits/{version}", "version": version, "sha256": SHA, "keyId": "k1"}
     if metrics:
         model["metrics"] = metrics
     status = {
@@ -92,9 +93,12 @@ def publish(cluster: E2ECluster, namespace: str, job: str, version: str, **metri
     )
 
 
-def create_job(cluster: E2ECluster, namespace: str, name: str, labels: dict[str, str] | None = None) -> None:
+def create_job(
+    cluster: E2ECluster, namespace: str, name: str, labels: dict[str, str] | None = None, *, store: str = STORE
+) -> None:
+    spec = {**STATUS_ONLY_JOB, "output": {**STATUS_ONLY_JOB["output"], "uri": store}}
     custom(cluster).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "trainingjobs", training_job(name, labels=labels, **STATUS_ONLY_JOB)
+        GROUP, VERSION, namespace, "trainingjobs", training_job(name, labels=labels, **spec)
     )
 
 
@@ -401,20 +405,17 @@ def test_version_that_never_gets_ready_is_rolled_back(
     assert before[key("kubemaas_modelservice_rollbacks_total")] == 0
     assert before[key("kubemaas_modelservice_condition", type="Degraded", status="false")] == 1
 
-    # v2 lives on a claim that does not exist: its pods stay Pending, never ready.
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    custom(cluster).patch_namespaced_custom_object_status(
+    # v2 lives on a claim that does not exist (its job's output): its pods stay Pending, never ready.
+    lost = "pvc://lost-claim/store"
+    create_job(cluster, namespace, "digits-lost", store=lost)
+    publish(cluster, namespace, "digits-lost", "v2", store=lost)
+    custom(cluster).patch_namespaced_custom_object(
         GROUP,
         VERSION,
         namespace,
-        "trainingjobs",
+        "modelservices",
         "digits",
-        {
-            "status": {
-                "completionTime": now,
-                "model": {"uri": "pvc://lost-claim/store/digits/v2", "version": "v2", "sha256": SHA, "keyId": "k1"},
-            }
-        },
+        {"spec": {"model": {"trainingJobRef": {"name": "digits-lost"}}}},
     )
     with DeploymentWatch(cluster, namespace, "digits") as seen:
         wait_deployment_version(cluster, namespace, "digits", "v2")

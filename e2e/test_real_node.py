@@ -279,9 +279,16 @@ INFER_BATCH = 8
 
 
 def trainer_job(
-    name: str, backend: str, placement: dict[str, Any], *, steps: int = 300, labels: dict[str, str] | None = None
+    name: str,
+    backend: str,
+    placement: dict[str, Any],
+    *,
+    steps: int = 300,
+    labels: dict[str, str] | None = None,
+    generate_key: str = "IfMissing",
 ) -> dict[str, Any]:
-    """A TrainingJob of the trainer image that trains the digits model on the real node's CPU."""
+    """A TrainingJob of the trainer image that trains the digits model on the real node's CPU; a later job that
+    reuses the first one's key names it with `generate_key="Never"` (IfMissing uses only a key made for it)."""
     return training_job(
         name,
         labels=labels,
@@ -295,7 +302,7 @@ def trainer_job(
         scheduling=placement,
         data=None,
         output={"uri": "pvc://models/store", "modelName": MODEL},
-        encryption={"keySecretRef": {"name": "digits-key"}, "generateKey": "IfMissing"},
+        encryption={"keySecretRef": {"name": "digits-key"}, "generateKey": generate_key},
         runPolicy={"backoffLimit": 2, "activeDeadlineSeconds": 900},
         backend=backend,
     )
@@ -614,7 +621,9 @@ def test_promotion_under_live_traffic_loses_no_request(
     wait_serving(cluster, namespace, first["version"])
     start_traffic(cluster, namespace, placement, pause=0.05)
 
-    create_training_job(cluster, namespace, trainer_job("digits-b", "Job", placement, labels=labels))
+    create_training_job(
+        cluster, namespace, trainer_job("digits-b", "Job", placement, labels=labels, generate_key="Never")
+    )
     second = wait_trained(cluster, namespace, "digits-b")
     assert float(second["metrics"]["heldOutAccuracy"]) > float(first["metrics"]["heldOutAccuracy"]), (first, second)
     wait_serving(cluster, namespace, second["version"])

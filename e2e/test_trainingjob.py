@@ -227,8 +227,9 @@ def rank_of(pod: Pod) -> int:
 def success_message(pod: Pod) -> str:
     env = env_of(pod)
     version = env["KUBEMAAS_MODEL_VERSION"]
-    uri = f"{env['KUBEMAAS_OUTPUT_URI']}/{env['KUBEMAAS_MODEL_NAME']}/{version}"
-    report = {"keyId": "kabc", "metrics": {"heldOutAccuracy": 0.97}, "model": "x", "sha256": SHA}
+    model = env["KUBEMAAS_MODEL_NAME"]
+    uri = f"{env['KUBEMAAS_OUTPUT_URI']}/{model}/{version}"
+    report = {"keyId": "kabc", "metrics": {"heldOutAccuracy": 0.97}, "model": model, "sha256": SHA}
     return json.dumps({**report, "uri": uri, "version": version})
 
 
@@ -591,6 +592,11 @@ def test_finished_and_blocked_jobs_cause_zero_writes_and_blocked_ones_proceed_wh
     never = {"keySecretRef": {"name": "mine"}, "generateKey": "Never"}
     jobs.create(training_job("keyless", backend="Job", replicas=1, encryption=never))
     jobs.create(training_job("garbled", backend="Job", replicas=1))
+    # A Secret made before the job, named by it under generateKey: IfMissing: whoever made it chose the key
+    # (or it is a key its author may not read). The operator never adopts it, and cannot read it to check.
+    planted = {"metadata": {"name": "planted"}, "data": {"key-k1": base64.b64encode(bytes(32)).decode()}}
+    jobs.core.create_namespaced_secret(jobs.namespace, body_as(client.V1Secret, planted))
+    jobs.create(training_job("adopter", backend="Job", replicas=1, encryption={"keySecretRef": {"name": "planted"}}))
 
     driven: set[str] = set()
 
@@ -621,12 +627,15 @@ def test_finished_and_blocked_jobs_cause_zero_writes_and_blocked_ones_proceed_wh
     assert waiting["reason"] == "ClaimNotFound" and "later" in waiting["message"]
     keyless = jobs.wait_condition("keyless", "Ready", "False")
     assert keyless["reason"] == "KeySecretNotFound" and "mine" in keyless["message"]
+    adopter = jobs.wait_condition("adopter", "Ready", "False")
+    assert adopter["reason"] == "KeySecretNotOwned" and "planted" in adopter["message"]
     garbled = jobs.wait_condition("garbled", "Failed")
     assert garbled["reason"] == "BadTerminationMessage"
     assert "model" not in jobs.get("garbled")["status"]
     for name, reason in (
         ("waiting", "ClaimNotFound"),
         ("keyless", "KeySecretNotFound"),
+        ("adopter", "KeySecretNotOwned"),
         ("garbled", "BadTerminationMessage"),
     ):
         jobs.wait_event(name, reason)
@@ -651,12 +660,13 @@ def test_finished_and_blocked_jobs_cause_zero_writes_and_blocked_ones_proceed_wh
     assert_quiet(
         snapshot,
         operator,
-        blocked=2,
-        parents=FINISHED_JOBS + 3,
+        blocked=3,
+        parents=FINISHED_JOBS + 4,
         seconds=REST_SECONDS,
         what="TrainingJobs, Jobs or Events",
     )
-    assert not jobs.pods("waiting")
+    assert not jobs.pods("waiting") and not jobs.pods("adopter")
+    assert "generatedKeySecret" not in jobs.get("adopter")["status"]
     with pytest.raises(client.ApiException) as missing:
         jobs.core.read_namespaced_secret("mine", jobs.namespace)
     assert missing.value.status == 404, "the operator must not create a Secret under generateKey: Never"

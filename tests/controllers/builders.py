@@ -35,7 +35,10 @@ def job(
         "apiVersion": "kubemaas.io/v1alpha1",
         "kind": "TrainingJob",
         "metadata": {"name": name, "namespace": NS, "labels": {"team": "digits"}},
-        "spec": {"encryption": {"keySecretRef": {"name": f"{name}-key"}}},
+        "spec": {
+            "output": {"uri": STORE, "modelName": "digits"},
+            "encryption": {"keySecretRef": {"name": f"{name}-key"}},
+        },
         "status": {"conditions": [{"type": "Running", "status": "True"}]},
     }
     if version is not None:

@@ -150,3 +150,51 @@ def test_existence_is_one_get_for_a_burst_and_a_yes_is_trusted_for_a_while(monke
     finally:
         kube.close()
     assert kube.gets == 7
+
+
+Query = list[tuple[str, str]] | None
+
+
+class RecordingKube(Kube):
+    """Kube whose one request is recorded and answered with `self.answer` (status, body)."""
+
+    def __init__(self, answer: tuple[int, bytes]) -> None:
+        super().__init__(client.ApiClient(client.Configuration()))
+        self.answer = answer
+        self.requests: list[tuple[str, str, Query, object]] = []
+
+    def _call(
+        self, verb: str, what: str, method: str, path: str, query: Query, body: object, content_type: str | None,
+        accept: str = "application/json",
+    ) -> tuple[int, bytes]:  # fmt: skip
+        self.requests.append((method, path, query, body))
+        return self.answer
+
+
+@pytest.mark.parametrize("status, exists", [(409, True), (201, False)])
+def test_a_secret_is_probed_with_a_dry_run_create_never_read(status: int, exists: bool) -> None:
+    kube = RecordingKube((status, b"{}"))
+    try:
+        assert asyncio.run(kube.exists("v1", "Secret", "ns", "key")) is exists
+    finally:
+        kube.close()
+    # One POST that persists nothing, with no field of a Secret but its name: the operator has no `get` on
+    # Secrets (docs/security.md), and what it learns is one bit.
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "key", "namespace": "ns"}}
+    assert kube.requests == [("POST", "/api/v1/namespaces/ns/secrets", [("dryRun", "All")], body)]
+
+
+def test_a_refused_probe_is_an_error_not_an_answer() -> None:
+    kube = RecordingKube((403, b'{"message": "secrets is forbidden"}'))
+    try:
+        with pytest.raises(apply.ApiError, match="forbidden"):
+            asyncio.run(kube.exists("v1", "Secret", "ns", "key"))
+    finally:
+        kube.close()
+    # A claim the operator may read is still one metadata GET.
+    kube = RecordingKube((404, b""))
+    try:
+        assert not asyncio.run(kube.exists("v1", "PersistentVolumeClaim", "ns", "models"))
+    finally:
+        kube.close()
+    assert kube.requests == [("GET", "/api/v1/namespaces/ns/persistentvolumeclaims/models", None, None)]

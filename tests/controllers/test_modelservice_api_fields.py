@@ -23,6 +23,27 @@ def test_selector_serves_the_newest_succeeded_job() -> None:
     assert m.model_ref_from_template(out.apply[0]["spec"]["template"]) == ref("v2", source="trainingjob/b", key="b-key")
 
 
+def pointing(body: dict[str, Any], uri: str) -> dict[str, Any]:
+    """`body` whose status.model.uri says `uri`: written by hand, or by an older operator that trusted rank 0."""
+    body["status"]["model"]["uri"] = uri
+    return body
+
+
+def test_a_job_whose_status_points_elsewhere_is_refused_as_a_condition_not_followed() -> None:
+    # A URI that is not one used to raise in every reconcile of every matching ModelService (retried forever,
+    # no status); a well-formed one on another claim pointed the loader there. Both are refused by name.
+    for uri in ("x", "pvc://team-b/store/digits/v3"):
+        bad = pointing(job("c", "v3", "2026-11-29T12:00:00Z"), uri)
+        out = run(make_ms(model={"trainingJobRef": {"name": "c"}}), Observed(training_jobs=[bad]))
+        assert out.apply == []
+        status, reason, message = conditions(out)[Cond.READY]
+        assert (status, reason) == ("False", Reason.INVALID_PUBLISHED_MODEL)
+        assert repr(uri) in message and "'pvc://models/store/digits/v3'" in message
+        # Beside good jobs, a selector skips it: the newest valid version is served.
+        jobs = [job("b", "v2", "2026-11-29T11:00:00Z"), bad]
+        assert version_of(run(selector_ms(), Observed(training_jobs=jobs)).apply[0]) == "v2"
+
+
 def test_gate_from_the_spec_blocks_and_names_metric_value_and_threshold() -> None:
     ms = selector_ms(promotion={"requireMetrics": [{"name": "heldOutAccuracy", "min": "0.9"}]})
     stable = deployment(ms, ref("v2", source="trainingjob/b", key="b-key"))

@@ -28,7 +28,10 @@ def succeeded_job(name: str, labels: dict[str, str]) -> dict[str, Any]:
         "apiVersion": "kubemaas.io/v1alpha1",
         "kind": "TrainingJob",
         "metadata": {"name": name, "namespace": NS, "labels": labels},
-        "spec": {"encryption": {"keySecretRef": {"name": f"{name}-key"}}},
+        "spec": {
+            "output": {"uri": STORE, "modelName": "digits"},
+            "encryption": {"keySecretRef": {"name": f"{name}-key"}},
+        },
         "status": {
             "conditions": [{"type": "Succeeded", "status": "True"}],
             "completionTime": "2026-11-29T10:00:00Z",

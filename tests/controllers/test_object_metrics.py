@@ -124,7 +124,10 @@ def weak_job() -> dict[str, Any]:
         "apiVersion": "kubemaas.io/v1alpha1",
         "kind": "TrainingJob",
         "metadata": {"name": "train-1", "namespace": "serving"},
-        "spec": {"encryption": {"keySecretRef": {"name": "train-1-key"}}},
+        "spec": {
+            "output": {"uri": "pvc://models/store", "modelName": "digits"},
+            "encryption": {"keySecretRef": {"name": "train-1-key"}},
+        },
         "status": {
             "conditions": [{"type": "Succeeded", "status": "True"}],
             "completionTime": "2026-11-29T10:00:00Z",

@@ -208,6 +208,24 @@ def test_missing_key_secret_with_never_blocks_and_with_if_missing_is_created() -
     assert cond(later, "Ready")[:2] == ("True", "Creating")
 
 
+def test_if_missing_records_the_key_it_generates_and_uses_no_other() -> None:
+    job = make_job()  # generateKey: IfMissing
+    first = core.reconcile(job, core.Observed(pytorchjob_served=True, claims=ALL_CLAIMS), T0)
+    assert first.create_key_secret and first.status.generated_key_secret == job.spec.encryption.key_secret_ref.name
+    # Its own key, now there: the workload goes ahead, and the record stays.
+    again = core.reconcile(advance(job, first), served(), T0)
+    assert [c["kind"] for c in again.apply] == ["PyTorchJob"] and not again.create_key_secret
+    assert again.status.generated_key_secret == first.status.generated_key_secret
+    # A Secret of that name that the operator did not generate for this job (someone else's key, or one made
+    # to be adopted) is never mounted: no workload, no new key, a condition that says what to do.
+    taken = core.reconcile(job, served(), T0)
+    assert taken.apply == [] and not taken.create_key_secret and taken.requeue_after == core.RECHECK_SECONDS
+    status, reason, message = cond(taken, "Ready")
+    assert (status, reason) == ("False", "KeySecretNotOwned")
+    assert "digits-key" in message and "generateKey: Never" in message
+    assert taken.status.generated_key_secret is None
+
+
 def test_running_pytorchjob_mirrors_reason_and_counts_replicas() -> None:
     job = make_job()
     pods = [kubeflow_pod(0), kubeflow_pod(1), kubeflow_pod(2), kubeflow_pod(3, phase="Pending")]
@@ -274,6 +292,12 @@ def test_success_fills_status_model_from_rank_zero_and_is_then_stable() -> None:
         (success_message(model="x" * 5000), "more than 4096"),
         (json.dumps({"exitCode": 1, "message": "no", "reason": "TrainingError"}), "reported a failure"),
         (success_message(extra=1), "extra"),
+        # Where the version lives is derived from the spec, never taken from the pod (docs/security.md): a URI
+        # that is not even one (every ModelService matching the job would fail on it), another claim, another
+        # model, each refused and named.
+        (success_message(uri="x"), "reported the URI 'x', expected 'pvc://models/store/digits/"),
+        (success_message(uri=f"pvc://team-b-models/store/digits/{VERSION}"), "expected 'pvc://models/store/"),
+        (success_message(model="other", uri=f"pvc://models/store/other/{VERSION}"), "published model 'other'"),
     ],
 )
 def test_malformed_success_message_is_failed_bad_termination_message(message: str, fragment: str | None) -> None:

@@ -92,11 +92,11 @@ namespaces) or one Role per entry of watchNamespaces.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get]
-# Key Secrets: create for encryption.generateKey, get to check a referenced key exists. No list or
-# watch: the operator never reads Secrets it was not pointed at, and never reads their data into logs.
+# Key Secrets: create for encryption.generateKey, and a dry-run create (answered 409 when it exists) to check
+# that a referenced key is there. No get, list or watch: the operator never reads a Secret (docs/security.md).
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create]
+  verbs: [create]
 {{- if and (include "kubemaas.peering" .) .Values.watchNamespaces }}
 # kopf peering (replicas > 1, watched namespaces): the KopfPeering object of each watched namespace.
 - apiGroups: [kopf.dev]

@@ -140,9 +140,11 @@ class Encryption(ApiModel):
     generate_key: KeyGeneration = Field(
         default=KeyGeneration.IfMissing,
         description=(
-            "IfMissing: the operator creates the Secret with a fresh random key when it does not exist. "
-            "Never: the Secret must exist. The Secret is never owned by the TrainingJob, so deleting the "
-            "job keeps its models readable."
+            "IfMissing: the operator creates the Secret with a fresh random key for this job; a Secret of that "
+            "name that the operator did not create for this job is never used (condition KeySecretNotOwned). "
+            "Never: the Secret must exist; this is how a job uses an existing key, e.g. one generated for an "
+            "earlier job. The Secret is never owned by the TrainingJob, so deleting the job keeps its models "
+            "readable."
         ),
     )
 
@@ -331,6 +333,14 @@ class TrainingJobStatus(ApiModel):
         description="Times the pods were recreated after a retriable failure; past runPolicy.backoffLimit it fails.",
     )
     model: PublishedModel | None = Field(default=None, description="The published model, once Succeeded.")
+    generated_key_secret: str | None = Field(
+        default=None,
+        max_length=253,
+        description=(
+            "The key Secret the operator created for this job (encryption.generateKey: IfMissing). The operator "
+            "never reads Secrets, so this record is how it knows an existing Secret of that name is its own."
+        ),
+    )
     observed_generation: Int | None = Field(
         default=None, ge=0, description="metadata.generation this status was computed from."
     )

@@ -22,6 +22,8 @@ from typing import Annotated, Any, Final, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from kubemaas.contract.published import version_uri
+
 log = logging.getLogger(__name__)
 
 MESSAGE_LIMIT: Final = 4096  # bytes the kubelet keeps of a termination message
@@ -87,7 +89,7 @@ class SuccessMessage(_Message):
         return cls(
             model=manifest.model,
             version=manifest.version,
-            uri=f"{store_uri.rstrip('/')}/{manifest.model}/{manifest.version}",
+            uri=version_uri(store_uri, manifest.model, manifest.version),
             sha256=manifest.sha256,
             key_id=manifest.key_id,
             metrics=dict(manifest.metrics),

@@ -123,6 +123,25 @@ class Kube:
         content_type: str | None,
         accept: str,
     ) -> dict[str, Any] | None:
+        status, data = self._call(verb, what, method, path, query, body, content_type, accept)
+        if status == 404 and method == "GET":
+            return None
+        if not 200 <= status < 300:
+            raise _classify(verb, what, status, _status_message(data))
+        return json.loads(data) if data else None
+
+    def _call(
+        self,
+        verb: str,
+        what: str,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None,
+        body: Any,
+        content_type: str | None,
+        accept: str = "application/json",
+    ) -> tuple[int, bytes]:
+        """One request; (status, body) whatever the status, an error only when no answer came."""
         headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
@@ -136,16 +155,11 @@ class Kube:
                 auth_settings=["BearerToken"],
             )
             response = self.api_client.call_api(*serialized, _request_timeout=REQUEST_TIMEOUT_SECONDS)
-            data = response.read()  # type: ignore[no-untyped-call]
+            return int(response.status), response.read()  # type: ignore[no-untyped-call]
         except ApiException as error:
             raise _classify(verb, what, error.status, error.reason or str(error)) from None
         except Exception as error:  # urllib3: refused, reset, timed out; the API server may be restarting
             raise _classify(verb, what, None, f"{type(error).__name__}: {error}") from None
-        if response.status == 404 and method == "GET":
-            return None
-        if not 200 <= response.status < 300:
-            raise _classify(verb, what, response.status, _status_message(data))
-        return json.loads(data) if data else None
 
     async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -153,9 +167,10 @@ class Kube:
         return await self._request("get", f"{kind} {namespace}/{name}", "GET", resource.path(namespace, name))
 
     async def exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
-        """Whether the object exists, reading only its metadata: checking for a key Secret must not pull
-        the key into the operator's memory. A GET in flight is shared, and a "yes" is trusted for
-        EXISTS_MAX_AGE_SECONDS: a burst of objects that use one key Secret costs one GET."""
+        """Whether the object exists: its metadata only, or for a kind the operator may not read (a key
+        Secret) a dry-run create, so no key ever reaches the operator's memory. A request in flight is
+        shared, and a "yes" is trusted for EXISTS_MAX_AGE_SECONDS: a burst of objects that use one key
+        Secret costs one request."""
         key = (api_version, kind, namespace, name)
         now = time.monotonic()
         known = self._existence.get(key)
@@ -181,14 +196,29 @@ class Kube:
 
     async def _exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         resource = RESOURCES[(api_version, kind)]
-        found = await self._request(
-            "get",
-            f"{kind} {namespace}/{name}",
-            "GET",
-            resource.path(namespace, name),
-            accept=PARTIAL_METADATA,
-        )
+        what = f"{kind} {namespace}/{name}"
+        if not resource.readable:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._pool, self._exists_by_dry_run_create, resource, what, namespace, name
+            )
+        found = await self._request("get", what, "GET", resource.path(namespace, name), accept=PARTIAL_METADATA)
         return found is not None
+
+    def _exists_by_dry_run_create(self, resource: Resource, what: str, namespace: str | None, name: str) -> bool:
+        """Whether an object the operator may not read exists (a Secret: docs/security.md): a create with
+        `dryRun=All` is answered 409 AlreadyExists when it does, and persists nothing when it does not. The
+        operator learns one bit, never a byte of the object."""
+        meta = {"name": name} if namespace is None else {"name": name, "namespace": namespace}
+        body = {"apiVersion": resource.api_version, "kind": resource.kind, "metadata": meta}
+        status, data = self._call(
+            "exists", what, "POST", resource.path(namespace), [("dryRun", "All")], body, "application/json"
+        )
+        if status == 409:
+            return True
+        if 200 <= status < 300:
+            return False
+        raise _classify("exists", what, status, _status_message(data))
 
     async def apply(self, obj: Mapping[str, Any], observed: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """Server-side apply `obj` unless `observed` already carries every field of it; returns the result

@@ -27,6 +27,9 @@ class Resource:
     plural: str
     namespaced: bool = True
 
+    # False for a kind the operator may create but never read (its RBAC has no get, list or watch on it):
+    # whether one exists is asked with a dry-run create, which a 409 answers.
+    readable: bool = True
     @property
     def group(self) -> str:
         return self.api_version.rpartition("/")[0]
@@ -55,7 +58,7 @@ SERVICE_ACCOUNT = Resource("v1", "ServiceAccount", "serviceaccounts")
 CONFIG_MAP = Resource("v1", "ConfigMap", "configmaps")
 POD = Resource("v1", "Pod", "pods")
 SERVICE = Resource("v1", "Service", "services")
-SECRET = Resource("v1", "Secret", "secrets")
+SECRET = Resource("v1", "Secret", "secrets", readable=False)
 CLAIM = Resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
 DEPLOYMENT = Resource("apps/v1", "Deployment", "deployments")
 REPLICA_SET = Resource("apps/v1", "ReplicaSet", "replicasets")
@@ -158,7 +161,7 @@ def child_indexer(parent_kind: str, child: Child) -> Indexer:
 def watched() -> list[tuple[str, str]]:
     """(group, plural) of every kind watched only to see Kubemaas' own objects. kopf's handler filters run
     after the watch delivered an object, so without a server-side selector the operator would stream (and
-    hold in memory) every Pod, Job and Deployment of the cluster; with it, only what Kubemaas made. Secrets
-    too: the key Secrets a TrainingJob gets carry the label, and a watch must never list a user's."""
-    kinds = {c.resource for c in (*MODELSERVICE_CHILDREN, *TRAININGJOB_CHILDREN)} | {SECRET}
+    hold in memory) every Pod, Job and Deployment of the cluster; with it, only what Kubemaas made. Never
+    Secrets: the operator may not read them (docs/security.md)."""
+    kinds = {c.resource for c in (*MODELSERVICE_CHILDREN, *TRAININGJOB_CHILDREN)}
     return sorted((r.group, r.plural) for r in kinds)

@@ -25,6 +25,7 @@ from kubemaas import contract
 from kubemaas.api.core import DEFAULT_GPU_RESOURCE, RESERVED_VOLUME_PREFIX
 from kubemaas.api.trainingjob import KeyGeneration, Quantization, TrainingJob
 from kubemaas.contract.keys import ACTIVE_FILE, KEY_BYTES, KEY_FILE_PREFIX
+from kubemaas.contract.published import published_model_name
 from kubemaas.contract.store import DEFAULT_MOUNT_ROOT, claim_of
 from kubemaas.contract.termination import ExitCode
 from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
@@ -89,7 +90,7 @@ def required_claims(job: TrainingJob) -> list[str]:
 
 
 def model_name(job: TrainingJob) -> str:
-    return job.spec.output.model_name or job.metadata.name
+    return published_model_name(job.spec.output.model_name, job.metadata.name)
 
 
 def workers_name(job: TrainingJob) -> str:

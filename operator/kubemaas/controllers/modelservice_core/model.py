@@ -36,6 +36,7 @@ class Reason(StrEnum):
     SOURCE_NOT_FOUND = "SourceNotFound"
     WAITING_FOR_MODEL = "WaitingForModel"
     KEY_SECRET_NOT_FOUND = "KeySecretNotFound"
+    INVALID_PUBLISHED_MODEL = "InvalidPublishedModel"
     PROMOTION_BLOCKED = "PromotionBlocked"
     GATE_PASSED = "GatePassed"
     NO_GATE = "NoGate"

@@ -11,6 +11,8 @@ from kubemaas.api.base import ConditionStatus
 from kubemaas.api.modelservice import (
     ModelService,
 )
+from kubemaas.contract.published import published_model_name, version_uri
+from kubemaas.contract.store import ArtifactStoreError, validate_name
 from kubemaas.controllers.conditions import true_condition
 from kubemaas.controllers.modelservice_core.model import (
     Candidate,
@@ -29,11 +31,27 @@ def _succeeded(job: Mapping[str, Any]) -> bool:
     return ok and bool(field_at(job, "status", "model", "uri")) and bool(field_at(job, "status", "model", "version"))
 
 
+class InvalidPublishedModel(ValueError):
+    """A Succeeded TrainingJob's status.model is not the version directory its spec names."""
+
+
 def _candidate_from_job(job: Mapping[str, Any]) -> Candidate:
+    """The version a Succeeded job published, located from the job's spec and version: a status that points
+    anywhere else (written by hand, or by an older operator that trusted rank 0) is refused, not followed."""
     name = str(field_at(job, "metadata", "name"))
-    uri = str(field_at(job, "status", "model", "uri")).rstrip("/")
-    # status.model.uri is the version directory: <store>/<model>/<version>.
-    store, model, _ = uri.rsplit("/", 2)
+    store = str(field_at(job, "spec", "output", "uri") or "")
+    model = published_model_name(field_at(job, "spec", "output", "modelName"), name)
+    version = str(field_at(job, "status", "model", "version"))
+    reported = str(field_at(job, "status", "model", "uri"))
+    try:
+        validate_name(version, "version")
+    except ArtifactStoreError:
+        raise InvalidPublishedModel(f"TrainingJob {name!r} reports an invalid model version") from None
+    if reported.rstrip("/") != version_uri(store, model, version):
+        raise InvalidPublishedModel(
+            f"TrainingJob {name!r} reports model {reported[:200]!r}, not {version_uri(store, model, version)!r}"
+            " (its spec.output and version)"
+        )
     metrics = {
         k: v
         for k, raw in (field_at(job, "status", "model", "metrics") or {}).items()
@@ -41,15 +59,30 @@ def _candidate_from_job(job: Mapping[str, Any]) -> Candidate:
     }
     return Candidate(
         model=ModelRef(
-            store_uri=store,
+            store_uri=store.rstrip("/"),
             model=model,
-            version=str(field_at(job, "status", "model", "version")),
+            version=version,
             key_secret=str(field_at(job, "spec", "encryption", "keySecretRef", "name")),
             source=f"trainingjob/{name}",
         ),
         job=name,
         metrics=metrics,
     )
+
+
+def _candidates_from_jobs(jobs: Sequence[Mapping[str, Any]]) -> Resolution:
+    """Each job's version, newest first; one whose status points elsewhere is left out, and when none is
+    left that is the condition."""
+    out: list[Candidate] = []
+    invalid: list[str] = []
+    for job in jobs:
+        try:
+            out.append(_candidate_from_job(job))
+        except InvalidPublishedModel as error:
+            invalid.append(str(error))
+    if out or not invalid:
+        return Resolution(out)
+    return Resolution([], _problem(Reason.INVALID_PUBLISHED_MODEL, "; ".join(invalid)[:1024]))
 
 
 def _completion_key(job: Mapping[str, Any]) -> tuple[str, str]:
@@ -74,7 +107,7 @@ def resolve_source(ms: ModelService, jobs: Sequence[Mapping[str, Any]]) -> Resol
             return Resolution([], _problem(Reason.SOURCE_NOT_FOUND, f"TrainingJob {name!r} not found"))
         if not _succeeded(job):
             return Resolution([], _problem(Reason.WAITING_FOR_MODEL, f"TrainingJob {name!r} has not succeeded yet"))
-        return Resolution([_candidate_from_job(job)])
+        return _candidates_from_jobs([job])
     selector = source.training_job_selector
     if selector is not None:
         matching = [j for j in jobs if selector.matches(field_at(j, "metadata", "labels"))]
@@ -86,7 +119,7 @@ def resolve_source(ms: ModelService, jobs: Sequence[Mapping[str, Any]]) -> Resol
             return Resolution(
                 [], _problem(Reason.WAITING_FOR_MODEL, f"no TrainingJob matching {text} has succeeded yet")
             )
-        return Resolution([_candidate_from_job(j) for j in done])
+        return _candidates_from_jobs(done)
     return Resolution([], _problem(Reason.SOURCE_NOT_FOUND, "spec.model names no source"))
 
 
