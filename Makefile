@@ -46,18 +46,24 @@ lint: venv ## ruff, mypy --strict and the import layers (.importlinter)
 	$(BIN)/lint-imports --no-cache
 
 # The chart carries its own copy (Helm installs charts/<name>/crds/ before the templates), plus kopf's
-# peering CRDs for replicas > 1. Both copies come from the same generator.
+# peering CRDs for replicas > 1. Both copies come from the same generator. So do the admission policy and
+# the aggregated roles (kubemaas access): crds/admission/ and crds/roles/ for kubectl, and the chart's
+# admission/ and roles/, which its templates read.
 CHART := charts/kubemaas
 
 .PHONY: crds
-crds: venv ## regenerate crds/ and the chart's crds/ from the API models
+crds: venv ## regenerate crds/ and the chart's copies (CRDs, admission policy, roles) from the API models
 	$(BIN)/kubemaas crds --out crds
 	$(BIN)/kubemaas crds --out $(CHART)/crds --peering
+	$(BIN)/kubemaas access --out crds
+	$(BIN)/kubemaas access --out $(CHART)
 
 .PHONY: crds-check
 crds-check: venv ## fail when crds/ or the chart's copy is stale against the API models
 	$(BIN)/kubemaas crds --check --out crds
 	$(BIN)/kubemaas crds --check --out $(CHART)/crds --peering
+	$(BIN)/kubemaas access --check --out crds
+	$(BIN)/kubemaas access --check --out $(CHART)
 
 .PHONY: chart-readme
 chart-readme: venv ## regenerate the values table of the chart README from values.schema.json

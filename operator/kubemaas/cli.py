@@ -1,10 +1,11 @@
-"""The `kubemaas` command: `kubemaas run | crds | load-model`."""
+"""The `kubemaas` command: `kubemaas run | crds | access | load-model`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
@@ -13,20 +14,38 @@ from kubemaas.controllers import DEFAULT_METRICS_PORT, WATCH_SERVER_TIMEOUT
 Command = Callable[[argparse.Namespace], int]
 
 
+def _generate(
+    command: str, out: Path, check: bool, stale: Callable[[Path], list[str]], write: Callable[[Path], list[Path]]
+) -> int:
+    """Write the files a generator makes under `out`, or (check) name each stale one and exit 1."""
+    if check:
+        problems = stale(out)
+        for line in problems:
+            print(f"kubemaas {command} --check: {line}", file=sys.stderr)
+        if problems:
+            print(f"kubemaas {command} --check: run `make crds` and commit the result", file=sys.stderr)
+        return 1 if problems else 0
+    for path in write(out):
+        print(f"wrote {path}")
+    return 0
+
+
 def _crds(args: argparse.Namespace) -> int:
     from kubemaas.api import crd
 
-    out = Path(args.out)
-    if args.check:
-        problems = crd.stale(out, peering=args.peering)
-        for line in problems:
-            print(f"kubemaas crds --check: {line}", file=sys.stderr)
-        if problems:
-            print("kubemaas crds --check: run `make crds` and commit the result", file=sys.stderr)
-        return 1 if problems else 0
-    for path in crd.write(out, peering=args.peering):
-        print(f"wrote {path}")
-    return 0
+    return _generate(
+        "crds",
+        Path(args.out),
+        args.check,
+        partial(crd.stale, peering=args.peering),
+        partial(crd.write, peering=args.peering),
+    )
+
+
+def _access(args: argparse.Namespace) -> int:
+    from kubemaas.api import access
+
+    return _generate("access", Path(args.out), args.check, access.stale, access.write)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -52,6 +71,16 @@ def _add_crds(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also kopf's peering CRDs (the Helm chart ships them for replicas > 1)",
     )
     p.set_defaults(func=_crds)
+
+
+def _add_access(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "access",
+        help="write the admission policy (admission/) and aggregated roles (roles/) generated from the API models",
+    )
+    p.add_argument("--out", default="crds", help="directory to write them under (default: crds)")
+    p.add_argument("--check", action="store_true", help="exit non-zero, naming the file, when one is stale")
+    p.set_defaults(func=_access)
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -107,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubemaas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_crds(sub)
+    _add_access(sub)
     _add_run(sub)
     _add_load_model(sub)
     return parser
