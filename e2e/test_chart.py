@@ -83,10 +83,13 @@ def render(
 
 
 def rules_of(objects: list[dict[str, Any]], kind: str) -> dict[tuple[str, str], set[str]]:
-    """(apiGroup, resource) -> verbs over every object of this kind."""
+    """(apiGroup, resource) -> verbs over every object of this kind that the operator is bound to.
+
+    The aggregated roles (<release>-view, -edit, -admin) are the tenants', checked in e2e/test_admission.py."""
     out: dict[tuple[str, str], set[str]] = {}
     for obj in objects:
-        if obj["kind"] != kind:
+        labels = obj["metadata"].get("labels", {})
+        if obj["kind"] != kind or any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels):
             continue
         for rule in obj["rules"]:
             for group in rule["apiGroups"]:
