@@ -24,11 +24,17 @@ Manifests are authenticated: ``manifest.json`` carries ``mac``, the hex HMAC tha
 other field, unknown ones included: :func:`canonical_manifest`) under the model's key, bound to the
 artifact's header. :func:`open_authenticated` checks it before a reader trusts any field; the
 store's own key-less readers (listing, ``LATEST`` ordering) read manifests unauthenticated.
+
+The store is untrusted input (its writers hold no key): every read goes through
+:class:`kubemaas.runtime.beneath.Beneath`, rooted at the claim's mount, so no link below it is followed
+and only regular files are read; ``LATEST`` and ``manifest.json`` are read with a size cap, and no
+message quotes what a file holds (a length and a sha256 prefix instead).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -41,18 +47,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from kubemaas.api.base import LATEST
+from kubemaas.api.base import LATEST, MODEL_NAME_MAX_LENGTH, MODEL_NAME_PATTERN, VERSION_PATTERN
+from kubemaas.api.errors import field_path
 from kubemaas.api.modelservice import ServedFormat
 from kubemaas.api.trainingjob import Quantization
 
 # URIs, names and the store's base error are the contract's (kubemaas.contract.store); re-exported here.
 from kubemaas.contract.store import DEFAULT_MOUNT_ROOT as DEFAULT_MOUNT_ROOT
 from kubemaas.contract.store import ArtifactStoreError as ArtifactStoreError
+from kubemaas.contract.store import StoreUri
 from kubemaas.contract.store import resolve_uri as resolve_uri
 from kubemaas.contract.store import validate_name as validate_name
+from kubemaas.runtime.beneath import Beneath, Kind, OversizedFileError
+from kubemaas.runtime.beneath import UnsafeEntryError as UnsafeEntryError
 from kubemaas.runtime.crypto import (
     DEFAULT_CHUNK_SIZE,
     OpenedArtifact,
@@ -74,6 +84,13 @@ STAGING_PREFIX = ".staging-"
 MANIFEST_SCHEMA_VERSION = 1
 MAC_FIELD = "mac"
 _MAC_PATTERN = re.compile(r"[0-9a-f]{64}")
+# "<version>\n" needs at most 64 bytes; the slack is for a writer's whitespace, not for content.
+LATEST_MAX_BYTES = 256
+# A manifest is a few KiB (tensor signatures, a handful of metrics). 1 MiB leaves room for models with
+# thousands of named tensors while bounding what parsing an attacker's file can cost (Python's objects
+# for 1 MiB of JSON stay in the tens of MB).
+MANIFEST_MAX_BYTES = 1024 * 1024
+_VERSION = re.compile(VERSION_PATTERN)
 
 
 Datatype = Literal[
@@ -91,7 +108,17 @@ class MisplacedManifestError(ArtifactStoreError):
 
 
 class InvalidManifestError(ValueError):
-    """``manifest.json`` is not a JSON object this reader can authenticate (syntax, duplicate keys, NaN, mac)."""
+    """``manifest.json`` is not a JSON object this reader can authenticate (size, encoding, syntax, duplicate
+    keys, NaN, mac)."""
+
+
+class InvalidLatestError(ArtifactStoreError):
+    """``LATEST`` does not hold a version name (too long, not UTF-8, not a valid version)."""
+
+
+def fingerprint(data: bytes) -> str:
+    """How messages name a file's content without quoting it: its length and a sha256 prefix."""
+    return f"{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:12]}"
 
 
 class _CamelModel(BaseModel):
@@ -111,8 +138,10 @@ class Manifest(_CamelModel):
     """What a published version is: read by the model loader and reported by the operator."""
 
     schema_version: int = MANIFEST_SCHEMA_VERSION
-    model: str
-    version: str
+    # The store's name rules: a manifest that names anything else is malformed, and a message may quote
+    # a valid name (as it quotes directory names) without quoting arbitrary content.
+    model: str = Field(pattern=MODEL_NAME_PATTERN, max_length=MODEL_NAME_MAX_LENGTH)
+    version: str = Field(pattern=VERSION_PATTERN)
     format: ServedFormat = ServedFormat.TorchScript
     quantization: Quantization = Quantization.NONE
     artifact: str = Field(default=ARTIFACT_FILE, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -130,6 +159,13 @@ class Manifest(_CamelModel):
         """The JSON object ``manifest.json`` holds, without its MAC."""
         document: dict[str, object] = json.loads(self.model_dump_json(by_alias=True))
         return document
+
+
+# Names a message may quote from a manifest: the schema's own, which say nothing about the file.
+_SCHEMA_NAMES = frozenset(
+    {MAC_FIELD}
+    | {info.alias or name for schema in (Manifest, TensorSpec) for name, info in schema.model_fields.items()}
+)
 
 
 def canonical_manifest(document: dict[str, object]) -> bytes:
@@ -153,12 +189,20 @@ def parse_manifest(raw: bytes) -> tuple[dict[str, object], Manifest]:
 
     Refuses (:class:`InvalidManifestError`) what two JSON parsers could read differently (duplicate
     keys, NaN/Infinity) and a ``mac`` that is not 64 hex digits; a schema error is pydantic's
-    ``ValidationError``.
+    ``ValidationError`` (report it with :func:`schema_errors`). No message quotes the file.
     """
     try:
-        document = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidManifestError(f"not valid JSON: {error}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:  # its message would quote the offending byte
+        raise InvalidManifestError(f"not UTF-8 (byte {error.start} of {fingerprint(raw)})") from None
+    try:
+        document = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as error:  # msg and position only: the exception's doc is the file
+        raise InvalidManifestError(
+            f"not valid JSON ({error.msg} at line {error.lineno} column {error.colno}; {fingerprint(raw)})"
+        ) from None
+    except RecursionError:
+        raise InvalidManifestError(f"nested too deeply to be a manifest ({fingerprint(raw)})") from None
     if not isinstance(document, dict):
         raise InvalidManifestError(f"not a JSON object but {type(document).__name__}")
     mac = document.get(MAC_FIELD)
@@ -167,10 +211,27 @@ def parse_manifest(raw: bytes) -> tuple[dict[str, object], Manifest]:
     return document, Manifest.model_validate(document)
 
 
+def schema_errors(error: ValidationError) -> str:
+    """A manifest's schema errors on one line: field paths and pydantic's messages, never a value.
+
+    A path may pass through a mapping whose keys are the file's (``metrics``, ``frameworks``); those
+    keys are content and are not quoted.
+    """
+    problems = []
+    for problem in error.errors(include_url=False, include_input=False):
+        path = field_path(tuple(_schema_name(part) for part in problem["loc"]))
+        problems.append(f"{path}: {problem['msg']}")
+    return "; ".join(problems)
+
+
+def _schema_name(part: int | str) -> int | str:
+    return part if isinstance(part, int) or part in _SCHEMA_NAMES else "<key>"
+
+
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     names = [name for name, _ in pairs]
     if len(set(names)) != len(names):
-        duplicated = sorted({name for name in names if names.count(name) > 1})
+        duplicated = sorted({str(_schema_name(name)) for name in names if names.count(name) > 1})
         raise InvalidManifestError(f"duplicate keys {duplicated}")
     return dict(pairs)
 
@@ -187,6 +248,8 @@ class ModelVersion:
     manifest: Manifest
     # The JSON object manifest.json holds, unknown fields and ``mac`` included: what the MAC covers.
     document: dict[str, object] = field(hash=False)
+    # The store it was read from: the artifact is opened beneath the same root.
+    tree: Beneath = field(hash=False, compare=False, repr=False, kw_only=True)
 
     @property
     def artifact(self) -> Path:
@@ -208,20 +271,31 @@ def open_authenticated(resolved: ModelVersion, keyring: Keyring) -> Iterator[Ope
             f"manifest of {manifest.model!r} {manifest.version!r} has no {MAC_FIELD!r}: it was written before "
             "manifests were authenticated, or its MAC was removed; republish the version"
         )
-    with open_artifact(resolved.artifact, keyring=keyring, model=manifest.model, version=manifest.version) as artifact:
+    with (
+        resolved.tree.open(resolved.artifact) as stream,
+        open_artifact(stream, keyring=keyring, model=manifest.model, version=manifest.version) as artifact,
+    ):
         artifact.verify_manifest(canonical_manifest(resolved.document), bytes.fromhex(mac))
         yield artifact
 
 
 class ArtifactStore:
-    """Publish and resolve model versions under one root directory."""
+    """Publish and resolve model versions under one root directory.
 
-    def __init__(self, root: Path | str) -> None:
+    ``anchor`` is the trusted directory the root lies in (default: the root itself): for a ``pvc://``
+    store the claim's mount, since the path from there to the root is on the claim, which the store's
+    writers control. Readers follow no link below the anchor.
+    """
+
+    def __init__(self, root: Path | str, *, anchor: Path | str | None = None) -> None:
         self.root = Path(root)
+        self.tree = Beneath(self.root if anchor is None else Path(anchor))
+        self.tree.parts(self.root)  # the root must lie beneath the anchor
 
     @classmethod
     def from_uri(cls, uri: str, *, mount_root: Path) -> ArtifactStore:
-        return cls(resolve_uri(uri, mount_root=mount_root))
+        parsed = StoreUri.parse(uri)
+        return cls(parsed.resolve(mount_root), anchor=parsed.mount(mount_root))
 
     def model_dir(self, model: str) -> Path:
         return self.root / validate_name(model, "model name")
@@ -232,20 +306,32 @@ class ArtifactStore:
     # ------------------------------------------------------------------ readers
 
     def latest_version(self, model: str) -> str | None:
+        """The version ``LATEST`` names, None without one; :class:`InvalidLatestError` if it names none."""
         try:
-            return (self.model_dir(model) / LATEST_FILE).read_text(encoding="utf-8").strip() or None
+            raw = self.tree.read(self.model_dir(model) / LATEST_FILE, cap=LATEST_MAX_BYTES)
         except FileNotFoundError:
             return None
+        except OversizedFileError as error:
+            raise InvalidLatestError(
+                f"{LATEST_FILE} of {model!r} has {error.size} bytes, more than the {LATEST_MAX_BYTES} a version needs"
+            ) from None
+        try:
+            version = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            version = None
+        if version == "":
+            return None
+        if version is None or not _VERSION.fullmatch(version) or version == LATEST:
+            raise InvalidLatestError(f"{LATEST_FILE} of {model!r} is not a valid version ({fingerprint(raw)})")
+        return version
 
     def versions(self, model: str) -> list[str]:
         """Complete versions (a manifest present), oldest first by creation time."""
         model_dir = self.model_dir(model)
-        if not model_dir.is_dir():
-            return []
         found = [
-            self._read_version(model, entry.name)
-            for entry in model_dir.iterdir()
-            if entry.is_dir() and not entry.name.startswith(".") and (entry / MANIFEST_FILE).is_file()
+            self._read_version(model, name)
+            for name, kind in self.tree.entries(model_dir).items()
+            if kind is Kind.DIRECTORY and not name.startswith(".") and self.has_version(model, name)
         ]
         return [v.manifest.version for v in sorted(found, key=lambda v: v.manifest.created_at)]
 
@@ -259,22 +345,30 @@ class ArtifactStore:
         return self._read_version(model, version)
 
     def has_version(self, model: str, version: str) -> bool:
-        return (self.version_dir(model, version) / MANIFEST_FILE).is_file()
+        """Whether the version's manifest exists. Any entry counts, so that a link or a FIFO in its place is
+        refused when read (:class:`UnsafeEntryError`) rather than reported as a missing version."""
+        return self.tree.kind(self.version_dir(model, version) / MANIFEST_FILE) is not None
 
     def _read_version(self, model: str, version: str) -> ModelVersion:
         directory = self.version_dir(model, version)
         try:
-            document, manifest = parse_manifest((directory / MANIFEST_FILE).read_bytes())
+            raw = self.tree.read(directory / MANIFEST_FILE, cap=MANIFEST_MAX_BYTES)
         except FileNotFoundError:
             raise ArtifactStoreError(f"model {model!r} has no version {version!r} under {self.root}") from None
+        except OversizedFileError as error:
+            raise InvalidManifestError(
+                f"{error.size} bytes, more than the {MANIFEST_MAX_BYTES} a manifest may have"
+            ) from None
+        document, manifest = parse_manifest(raw)
         if (manifest.model, manifest.version) != (model, version):
+            # Both names passed the store's name rules (Manifest's patterns): quoting them quotes no content.
             raise MisplacedManifestError(
                 f"manifest describes {manifest.model!r} {manifest.version!r}, not {model!r} {version!r} "
                 f"({directory / MANIFEST_FILE})"
             )
         if manifest.schema_version > MANIFEST_SCHEMA_VERSION:
             raise ArtifactStoreError(f"manifest schema {manifest.schema_version} is newer than this reader")
-        return ModelVersion(directory=directory, manifest=manifest, document=document)
+        return ModelVersion(directory=directory, manifest=manifest, document=document, tree=self.tree)
 
     # ------------------------------------------------------------------ writer
 
@@ -328,7 +422,9 @@ class ArtifactStore:
             raise
         fsync_dir(model_dir)
         self.advance_latest(model, version)
-        return ModelVersion(directory=final_dir, manifest=manifest, document={**document, MAC_FIELD: mac.hex()})
+        return ModelVersion(
+            directory=final_dir, manifest=manifest, document={**document, MAC_FIELD: mac.hex()}, tree=self.tree
+        )
 
     @staticmethod
     def _encrypt_into(
@@ -350,7 +446,10 @@ class ArtifactStore:
         """
         candidate = self._complete_version(model, version)
         with self._latest_lock(model):
-            current = self.latest_version(model)
+            try:
+                current = self.latest_version(model)
+            except ArtifactStoreError:  # LATEST names no version, or is a link or a FIFO: replace it
+                current = None
             if current is not None and current != version:
                 try:
                     is_newer = self._read_version(model, current).manifest.created_at > candidate.manifest.created_at
@@ -368,7 +467,9 @@ class ArtifactStore:
 
     @contextmanager
     def _latest_lock(self, model: str) -> Iterator[None]:
-        fd = os.open(self.model_dir(model) / LATEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        # Not through a link a store writer left there, and never blocking on a FIFO.
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(self.model_dir(model) / LATEST_LOCK, flags, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -13,6 +13,10 @@ writes atomically), so a listed checkpoint is complete; one that still fails to 
 bad disk, a key rotated out of the Secret) is skipped in favour of the next older one. The
 plaintext exists only in the pod's scratch directory, for the moment of serialising. Only the
 newest ``keep`` checkpoints are kept.
+
+The directory is on the store's claim, whose other writers are not trusted: checkpoints are listed and
+opened beneath ``root`` (the claim's mount) without following links, regular files only
+(kubemaas.runtime.beneath), so a link or a FIFO planted there is skipped like a corrupt checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 import torch
 
+from kubemaas.runtime.beneath import Beneath, Kind
 from kubemaas.runtime.crypto import decrypt_file, encrypt_file
 from kubemaas.runtime.keyring import Keyring
 
@@ -56,6 +61,7 @@ class CheckpointStore:
         keyring: Keyring,
         keep: int = 2,
         scratch: Path | None = None,
+        root: Path | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError("keep must be >= 1")
@@ -65,15 +71,16 @@ class CheckpointStore:
         self.keyring = keyring
         self.keep = keep
         self.scratch = scratch  # None: the system temp dir (the pod's /tmp emptyDir)
+        # The trusted directory ``directory`` lies beneath (None: the directory itself).
+        self.tree = Beneath(directory if root is None else root)
 
     def path_for(self, step: int) -> Path:
         return self.directory / f"step-{step:012d}{SUFFIX}"
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints on disk, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        return sorted(int(m[1]) for p in self.directory.iterdir() if (m := _NAME.fullmatch(p.name)))
+        entries = self.tree.entries(self.directory)
+        return sorted(int(m[1]) for name, kind in entries.items() if kind is Kind.FILE and (m := _NAME.fullmatch(name)))
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -106,9 +113,14 @@ class CheckpointStore:
     def _load(self, path: Path, step: int, map_location: torch.device | str) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="kubemaas-checkpoint-", dir=self.scratch) as scratch:
             plaintext = Path(scratch) / "checkpoint.pt"
-            decrypt_file(
-                path, plaintext, keyring=self.keyring, model=self.model, version=checkpoint_binding(self.version, step)
-            )
+            with self.tree.open(path) as sealed:
+                decrypt_file(
+                    sealed,
+                    plaintext,
+                    keyring=self.keyring,
+                    model=self.model,
+                    version=checkpoint_binding(self.version, step),
+                )
             state: dict[str, Any] = torch.load(plaintext, map_location=map_location, weights_only=True)
         if state.get("step") != step:
             raise ValueError(f"checkpoint {path.name} holds step {state.get('step')}")

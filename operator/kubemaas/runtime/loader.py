@@ -25,11 +25,15 @@ information; the artifact's own version string is recorded in ``config.pbtxt`` a
 Failure contract: ONE line on stderr, ``kubemaas load-model: <cause>: <detail>`` (cause is a
 ``Cause`` value), and a non-zero exit code following docs/runtime-contract.md: 78 the pod is
 misconfigured (key directory, wrong key, settings, format vs backend, store URI), 79 the artifact
-is refused (missing version, bad manifest, tampered artifact or manifest), 138 an I/O error worth a retry,
-1 anything unforeseen. The termination-message file gets a ``FailureMessage`` (``{"exitCode",
-"message", "reason"}``), like the trainer's, so the operator can put the CamelCase reason in a
-condition; on success it gets a ``SuccessMessage`` naming the version it resolved and its sha256
-(kubemaas.contract.termination). Never a traceback, never key material.
+is refused (missing version, bad manifest or LATEST, a link or special file in the store, tampered
+artifact or manifest), 138 an I/O error worth a retry, 1 anything unforeseen. The termination-message
+file gets a ``FailureMessage`` (``{"exitCode", "message", "reason"}``), like the trainer's, so the
+operator can put the CamelCase reason in a condition; on success it gets a ``SuccessMessage`` naming the
+version it resolved and its sha256 (kubemaas.contract.termination). Never a traceback, never key
+material, never a byte of a file from the store: the store's writers are untrusted
+(docs/runtime-contract.md §4), so its files are opened beneath the store root without following links, ``LATEST`` and
+``manifest.json`` are read with size caps, and messages give lengths and sha256 prefixes instead of
+content. The process runs without core dumps (it holds the key and the plaintext).
 
 ``Latest`` is resolved here only for standalone use: the operator resolves the version itself and
 pins it in the pod template, so every replica of a ModelService serves the same version.
@@ -44,6 +48,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +65,7 @@ from kubemaas.contract import termination
 from kubemaas.contract.store import DEFAULT_MOUNT_ROOT
 from kubemaas.contract.termination import ExitCode, FailureMessage, SuccessMessage
 from kubemaas.runtime import artifacts
+from kubemaas.runtime.coredumps import disable_core_dumps
 from kubemaas.runtime.crypto import OpenedArtifact
 from kubemaas.runtime.errors import (
     ArtifactIntegrityError,
@@ -90,6 +96,8 @@ class Cause(StrEnum):
 
     MISSING_VERSION = "missing version"
     STORE = "artifact store"
+    UNSAFE_ENTRY = "unsafe store entry"
+    BAD_LATEST = "bad LATEST"
     BAD_MANIFEST = "bad manifest"
     UNSUPPORTED_FORMAT = "unsupported format"
     KEYRING = "key directory"
@@ -114,6 +122,9 @@ class Cause(StrEnum):
 _OUTCOMES = {
     Cause.MISSING_VERSION: ("MissingVersion", ExitCode.ARTIFACT),
     Cause.STORE: ("ArtifactStoreError", ExitCode.CONFIG),
+    # A link, FIFO or device in the store, or a file where a directory belongs: its writers' doing.
+    Cause.UNSAFE_ENTRY: ("UnsafeStoreEntry", ExitCode.ARTIFACT),
+    Cause.BAD_LATEST: ("BadLatest", ExitCode.ARTIFACT),
     Cause.BAD_MANIFEST: ("BadManifest", ExitCode.ARTIFACT),
     Cause.UNSUPPORTED_FORMAT: ("UnsupportedFormat", ExitCode.CONFIG),
     Cause.KEYRING: ("KeyDirectoryError", ExitCode.CONFIG),
@@ -181,10 +192,14 @@ def _resolve(request: LoadRequest) -> artifacts.ModelVersion:
         return store.resolve(request.model, request.version)
     except artifacts.MisplacedManifestError as error:  # a manifest swapped in from another model or version
         raise LoadError(Cause.TAMPERED, str(error)) from None
+    except artifacts.UnsafeEntryError as error:
+        raise LoadError(Cause.UNSAFE_ENTRY, str(error)) from None
+    except artifacts.InvalidLatestError as error:
+        raise LoadError(Cause.BAD_LATEST, str(error)) from None
     except artifacts.ArtifactStoreError as error:
         raise LoadError(Cause.STORE, str(error)) from None
     except ValidationError as error:
-        raise LoadError(Cause.BAD_MANIFEST, summary(error)) from None
+        raise LoadError(Cause.BAD_MANIFEST, artifacts.schema_errors(error)) from None
     except artifacts.InvalidManifestError as error:
         raise LoadError(Cause.BAD_MANIFEST, f"manifest.json: {error}") from None
 
@@ -264,6 +279,8 @@ def _refusals() -> Iterator[None]:
         raise LoadError(Cause.WRONG_KEY, str(error)) from None
     except UnsupportedFormatError as error:
         raise LoadError(Cause.UNSUPPORTED_FORMAT, str(error)) from None
+    except artifacts.UnsafeEntryError as error:  # model.kmenc is a link, a FIFO, a device
+        raise LoadError(Cause.UNSAFE_ENTRY, str(error)) from None
     except ArtifactIntegrityError as error:  # header, binding, size, manifest MAC, chunks
         raise LoadError(Cause.TAMPERED, str(error)) from None
 
@@ -333,6 +350,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
     """Entry point behind ``kubemaas load-model``: 0 on success, else the cause's exit code and one line."""
+    disable_core_dumps()  # before the key or a byte of plaintext is in memory
     environ = os.environ if environ is None else environ
     termination_log: Path = args.termination_log or contract.termination_log(environ)
     try:
@@ -342,7 +360,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
     except OSError as error:
         return _fail(LoadError(Cause.IO, f"{error.strerror or error}: {error.filename}"), termination_log)
     except Exception as error:  # one line, not a traceback, whatever went wrong
-        return _fail(LoadError(Cause.INTERNAL, f"{type(error).__name__}: {error}"), termination_log)
+        return _fail(LoadError(Cause.INTERNAL, _unforeseen(error)), termination_log)
     manifest = result.manifest
     print(
         f"kubemaas load-model: loaded {args.model} version {manifest.version} "
@@ -351,6 +369,14 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
     if _may_write(termination_log):
         termination.write(termination_log, SuccessMessage.of(args.store_uri, manifest))
     return ExitCode.OK
+
+
+def _unforeseen(error: Exception) -> str:
+    """The exception's type and where it was raised, not its text: an unforeseen error's text may quote
+    whatever it was handed, a file from the store included."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{type(error).__name__}{where}"
 
 
 def _request_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> LoadRequest:

@@ -45,11 +45,15 @@ from kubemaas.contract.termination import ExitCode, FailureMessage, SuccessMessa
 from kubemaas.runtime.artifacts import (
     ArtifactStore,
     ArtifactStoreError,
+    InvalidLatestError,
+    InvalidManifestError,
     Manifest,
     TensorSpec,
+    UnsafeEntryError,
     VersionExistsError,
 )
 from kubemaas.runtime.checkpoint import Checkpoint, CheckpointStore
+from kubemaas.runtime.coredumps import disable_core_dumps
 from kubemaas.runtime.distributed import init_process_group, pick_device, shard_indices
 from kubemaas.runtime.errors import ArtifactIntegrityError, KeyringError
 from kubemaas.runtime.export import export_torchscript
@@ -117,8 +121,11 @@ class Harness:
             if not settings.output_mount.is_dir():
                 raise TrainerConfigError(f"output store {settings.output_mount} is not mounted")
             settings.output_root.mkdir(parents=True, exist_ok=True)
+            checkpoints = settings.checkpoint_path
             self.checkpoints = CheckpointStore(
-                settings.checkpoint_path,
+                checkpoints,
+                # Beneath the claim's mount like the store, unless KUBEMAAS_CHECKPOINT_DIR points elsewhere.
+                root=settings.output_mount if checkpoints.is_relative_to(settings.output_mount) else None,
                 model=settings.model_name,
                 version=settings.model_version,
                 keyring=self.keyring,
@@ -208,7 +215,7 @@ class Harness:
             return None
         settings = self.settings
         model, version = settings.model_name, settings.model_version
-        store = ArtifactStore(settings.output_root)
+        store = ArtifactStore(settings.output_root, anchor=settings.output_mount)
         if store.has_version(model, version):
             # A restart after a publication that completed: finish the job with that version. LATEST
             # only moves forward, so a late restart of an old job does not take it back.
@@ -260,6 +267,9 @@ def classify(exc: BaseException) -> ExitCode:
         return ExitCode.CONFIG
     if isinstance(exc, VersionExistsError | ArtifactIntegrityError):
         return ExitCode.ARTIFACT
+    # What the store's (untrusted) writers left: a link or special file, a LATEST or manifest that is not one.
+    if isinstance(exc, UnsafeEntryError | InvalidLatestError | InvalidManifestError):
+        return ExitCode.ARTIFACT
     if isinstance(exc, ArtifactStoreError):
         return ExitCode.CONFIG
     if isinstance(exc, dist.DistError | OSError):
@@ -290,6 +300,7 @@ def run(train: Callable[[Harness], None], environ: Mapping[str, str]) -> int:
 
     ``environ`` is parsed here, once (kubemaas.contract); everything below gets typed values.
     """
+    disable_core_dumps()  # rank 0 holds the key and plaintext checkpoints; every rank holds the weights
     try:
         env = contract.parse(environ)
     except ContractError as error:

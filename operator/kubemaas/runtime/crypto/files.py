@@ -79,8 +79,12 @@ def encrypt_file(
         return atomic_write(Path(dst), write, suffix=".partial")
 
 
+# An artifact to read: a path, or a file the caller opened (the store opens its files beneath its root).
+Source = Path | str | BinaryIO
+
+
 def decrypt_file(
-    src: Path | str,
+    src: Source,
     dst: Path | str,
     *,
     keyring: Keyring,
@@ -98,7 +102,7 @@ def decrypt_file(
 
 
 def verify_file(
-    src: Path | str, *, keyring: Keyring, model: str, version: str, expect: PlaintextDigest | None = None
+    src: Source, *, keyring: Keyring, model: str, version: str, expect: PlaintextDigest | None = None
 ) -> ArtifactHeader:
     """Run every check of :func:`decrypt_file` without writing plaintext anywhere."""
     with open_artifact(src, keyring=keyring, model=model, version=version) as artifact:
@@ -162,10 +166,11 @@ class OpenedArtifact:
 
 
 @contextlib.contextmanager
-def open_artifact(src: Path | str, *, keyring: Keyring, model: str, version: str) -> Iterator[OpenedArtifact]:
+def open_artifact(src: Source, *, keyring: Keyring, model: str, version: str) -> Iterator[OpenedArtifact]:
     """Open ``src`` and check its header: checksum, key (commitment), header MAC, model/version binding,
-    and the file size it promises. Chunks are checked as :meth:`OpenedArtifact.decrypt_to` reads them."""
-    with open(src, "rb") as stream:
+    and the file size it promises. Chunks are checked as :meth:`OpenedArtifact.decrypt_to` reads them.
+    An open file given as ``src`` is read from its start and left open."""
+    with _reading(src) as stream:
         file_size = os.fstat(stream.fileno()).st_size
         raw = read_header_bytes(stream, file_size)
         header = parse_header(raw)
@@ -174,6 +179,16 @@ def open_artifact(src: Path | str, *, keyring: Keyring, model: str, version: str
         check_binding(header, model, version)
         check_size(header, file_size)
         yield OpenedArtifact(stream, header, keys, derive_manifest_key(key, header.salt))
+
+
+@contextlib.contextmanager
+def _reading(src: Source) -> Iterator[BinaryIO]:
+    if isinstance(src, Path | str):
+        with open(src, "rb") as stream:
+            yield stream
+    else:
+        src.seek(0)
+        yield src
 
 
 def manifest_mac(artifact: Path | str, document: bytes, *, key: bytes) -> bytes:

@@ -172,8 +172,9 @@ def parse_header(raw: bytes) -> ArtifactHeader:
             raise ValueError("field lengths do not add up to the header length")
         validate_key_id(key_id)
     except (ValueError, struct.error, UnicodeDecodeError, KeyringError) as exc:
-        # The checksum matched, so this header was written this way on purpose: refuse it.
-        raise BadHeaderError(f"malformed header: {exc}") from None
+        # The checksum matched, so this header was written this way on purpose: refuse it, naming what is
+        # wrong but not quoting it (a decode error or an invalid key id would put the file's bytes in the message).
+        raise BadHeaderError(f"malformed header ({_malformed(exc)})") from None
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise BadHeaderError(f"chunk size {chunk_size} in header is out of range")
     return ArtifactHeader(
@@ -190,6 +191,14 @@ def parse_header(raw: bytes) -> ArtifactHeader:
         checksum=checksum,
         header_len=header_len,
     )
+
+
+def _malformed(error: Exception) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return "a name is not UTF-8"
+    if isinstance(error, KeyringError):
+        return "the key id is not a valid key id"
+    return "fields do not fit the header"
 
 
 def _unpack_str(raw: bytes, offset: int, length_format: str) -> tuple[str, int]:
