@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import warnings
@@ -89,3 +90,28 @@ def run_loader(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
+
+
+def loader_args(store_uri: str, key_dir: Path, repository: Path, *extra: str) -> list[str]:
+    """The loader's command line for ``digits`` from ``store_uri`` on the python backend, CPU instances."""
+    return [
+        f"--store-uri={store_uri}",
+        f"--model={MODEL}",
+        f"--key-dir={key_dir}",
+        f"--repository={repository}",
+        "--backend=python",
+        "--instance-kind=CPU",
+        *extra,
+    ]
+
+
+def copy_store(published: PublishedModels, tmp_path: Path) -> Path:
+    """A private copy of the published store, to tamper with."""
+    root = tmp_path / "store"
+    shutil.copytree(published.root, root)
+    return root
+
+
+def tree(root: Path) -> list[str]:
+    """Every path under ``root``, relative and sorted."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))

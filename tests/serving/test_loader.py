@@ -26,32 +26,19 @@ from .conftest import (
     MODEL,
     OUTPUTS,
     PublishedModels,
+    copy_store,
+    loader_args,
     make_mlp,
     publish,
     run_loader,
     save_torchscript,
+    tree,
 )
 
 MANIFEST_TAMPERED = (
     "tampered artifact: manifest authentication failed: the manifest was altered, or belongs to another artifact"
 )
 PYTHON_MODEL_SOURCE = Path(__file__).parents[2] / "operator/kubemaas/runtime/triton_python_model.py"
-
-
-def loader_args(store_uri: str, key_dir: Path, repository: Path, *extra: str) -> list[str]:
-    return [
-        f"--store-uri={store_uri}",
-        f"--model={MODEL}",
-        f"--key-dir={key_dir}",
-        f"--repository={repository}",
-        "--backend=python",
-        "--instance-kind=CPU",
-        *extra,
-    ]
-
-
-def tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -106,12 +93,6 @@ def test_pinned_version_and_a_restart_replace_the_previous_repository(
     config = (repository / MODEL / "config.pbtxt").read_text()
     assert 'platform: "pytorch_libtorch"' in config
     assert 'value: { string_value: "v1" }' in config
-
-
-def copy_store(published: PublishedModels, tmp_path: Path) -> Path:
-    root = tmp_path / "store"
-    shutil.copytree(published.root, root)
-    return root
 
 
 def flip_byte_in_a_chunk(root: Path) -> None:

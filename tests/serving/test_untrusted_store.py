@@ -22,8 +22,7 @@ import pytest
 
 from kubemaas.runtime.artifacts import LATEST_MAX_BYTES, MANIFEST_MAX_BYTES
 
-from .conftest import MODEL, PublishedModels
-from .test_loader import copy_store, loader_args, tree
+from .conftest import MODEL, PublishedModels, copy_store, loader_args, tree
 
 # What a pod's service-account token looks like; the review saw it whole in `status.lastFailure`.
 TOKEN = "eyJhbGciOiJSUzI1NiIsImtpZCI6InNlY3JldC1rZXktaWQifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.c2lnbmF0dXJl"

@@ -32,7 +32,7 @@ from torch.distributed.run import run as torchrun
 from kubemaas import contract
 from kubemaas.contract import termination
 from kubemaas.contract.termination import ExitCode, FailureMessage, InvalidTerminationMessage
-from kubemaas.runtime.coredumps import disable_core_dumps
+from kubemaas.runtime import coredumps
 from kubemaas.runtime.trainer import REASONS
 
 log = logging.getLogger("kubemaas.launch")
@@ -56,7 +56,7 @@ def _unexpanded(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    disable_core_dumps()  # inherited by every worker torchrun starts: they hold the key and the weights
+    coredumps.disable_core_dumps()  # inherited by every worker torchrun starts: they hold the key and the weights
     termination_log = contract.termination_log(environ)
     if unexpanded := _unexpanded(argv):
         return _fail(

@@ -64,8 +64,7 @@ from kubemaas.api.modelservice import ServedFormat
 from kubemaas.contract import termination
 from kubemaas.contract.store import DEFAULT_MOUNT_ROOT
 from kubemaas.contract.termination import ExitCode, FailureMessage, SuccessMessage
-from kubemaas.runtime import artifacts
-from kubemaas.runtime.coredumps import disable_core_dumps
+from kubemaas.runtime import artifacts, coredumps
 from kubemaas.runtime.crypto import OpenedArtifact
 from kubemaas.runtime.errors import (
     ArtifactIntegrityError,
@@ -350,7 +349,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
     """Entry point behind ``kubemaas load-model``: 0 on success, else the cause's exit code and one line."""
-    disable_core_dumps()  # before the key or a byte of plaintext is in memory
+    coredumps.disable_core_dumps()  # before the key or a byte of plaintext is in memory
     environ = os.environ if environ is None else environ
     termination_log: Path = args.termination_log or contract.termination_log(environ)
     try:

@@ -42,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from kubemaas import contract
 from kubemaas.contract import ContractError, Environment, termination
 from kubemaas.contract.termination import ExitCode, FailureMessage, SuccessMessage
+from kubemaas.runtime import coredumps
 from kubemaas.runtime.artifacts import (
     ArtifactStore,
     ArtifactStoreError,
@@ -53,7 +54,6 @@ from kubemaas.runtime.artifacts import (
     VersionExistsError,
 )
 from kubemaas.runtime.checkpoint import Checkpoint, CheckpointStore
-from kubemaas.runtime.coredumps import disable_core_dumps
 from kubemaas.runtime.distributed import init_process_group, pick_device, shard_indices
 from kubemaas.runtime.errors import ArtifactIntegrityError, KeyringError
 from kubemaas.runtime.export import export_torchscript
@@ -300,7 +300,7 @@ def run(train: Callable[[Harness], None], environ: Mapping[str, str]) -> int:
 
     ``environ`` is parsed here, once (kubemaas.contract); everything below gets typed values.
     """
-    disable_core_dumps()  # rank 0 holds the key and plaintext checkpoints; every rank holds the weights
+    coredumps.disable_core_dumps()  # rank 0 holds the key and plaintext checkpoints; every rank holds the weights
     try:
         env = contract.parse(environ)
     except ContractError as error:
