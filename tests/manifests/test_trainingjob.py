@@ -71,7 +71,9 @@ POD_SECURITY = {
 PORTS = [{"name": "pytorchjob-port", "containerPort": 29500, "protocol": "TCP"}]
 KEY_VOLUME = {"name": "kubemaas-keys", "secret": {"secretName": "digits-key", "defaultMode": 0o400}}
 KEY_MOUNT = {"name": "kubemaas-keys", "mountPath": "/var/run/kubemaas/keys", "readOnly": True}
-TMP_VOLUME = {"name": "kubemaas-tmp", "emptyDir": {}}
+TMP_VOLUME = {"name": "kubemaas-tmp", "emptyDir": {"sizeLimit": "32Gi"}}
+# What a container gets when the spec names no cpu or memory: bounded all the same (issue 24).
+DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "8Gi"}}
 TMP_MOUNT = {"name": "kubemaas-tmp", "mountPath": "/tmp"}
 OUTPUT_VOLUME = {"name": "kubemaas-output", "persistentVolumeClaim": {"claimName": "models"}}
 # No `readOnly: false`: the API server drops it, and the apply helper compares against what it stores.
@@ -115,6 +117,7 @@ def test_minimal_job_is_a_pytorchjob_with_only_a_master() -> None:
                                         {"name": "KUBEMAAS_KEY_DIR", "value": "/var/run/kubemaas/keys"},
                                     ],
                                     "ports": PORTS,
+                                    "resources": DEFAULT_RESOURCES,
                                     "volumeMounts": [OUTPUT_MOUNT, TMP_MOUNT, KEY_MOUNT],
                                     "terminationMessagePath": "/dev/termination-log",
                                     "terminationMessagePolicy": "File",

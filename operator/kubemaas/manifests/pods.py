@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from kubemaas.api.base import ApiModel
@@ -60,24 +61,37 @@ def _prune(value: Any) -> Any:
     return value
 
 
-def container_resources(resources: Resources, gpu_resource: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ResourceDefaults:
+    """What a workload container gets for what its spec leaves unset, so that no container Kubemaas builds is
+    unbounded (issue 24: one namespace must not take a node's memory). Small requests (they decide scheduling
+    and must fit a small cluster); a memory limit, since memory cannot be taken back without a kill; cpu only
+    requested, since it is throttled, not exhausted, and a limit would slow serving and training for nothing."""
+
+    cpu_request: str
+    memory_request: str
+    memory_limit: str
+
+
+# The trainer's and Triton's defaults (docs/runtime-contract.md §2, docs/modelservice.md): set `resources.cpu`
+# and `resources.memory` for real work; these only bound a spec that names neither.
+WORKLOAD_DEFAULTS = ResourceDefaults(cpu_request="100m", memory_request="256Mi", memory_limit="8Gi")
+
+
+def container_resources(resources: Resources, gpu_resource: str, defaults: ResourceDefaults) -> dict[str, Any]:
     """The container's `resources`: cpu and memory as requests equal to limits (Guaranteed QoS when both are
     set: the last pods evicted under pressure), GPUs as limits of `gpu_resource` (Kubernetes sets the request).
-    Quantities as strings, as the API server returns them: an unchanged spec then compares equal."""
-    limits: dict[str, str] = {}
-    if resources.cpu is not None:
-        limits["cpu"] = str(resources.cpu)
-    if resources.memory is not None:
-        limits["memory"] = str(resources.memory)
-    requests = dict(limits)
+    What the spec leaves unset comes from `defaults`. Quantities as strings, as the API server returns them:
+    an unchanged spec then compares equal."""
+    cpu = None if resources.cpu is None else str(resources.cpu)
+    memory = None if resources.memory is None else str(resources.memory)
+    limits = {**({"cpu": cpu} if cpu else {}), "memory": memory or defaults.memory_limit}
     if resources.gpus:
         limits[gpu_resource] = str(resources.gpus)
-    out: dict[str, Any] = {}
-    if limits:
-        out["limits"] = limits
-    if requests:
-        out["requests"] = requests
-    return out
+    return {
+        "limits": limits,
+        "requests": {"cpu": cpu or defaults.cpu_request, "memory": memory or defaults.memory_request},
+    }
 
 
 def place(pod_spec: dict[str, Any], scheduling: Scheduling | None) -> None:

@@ -32,6 +32,7 @@ from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, c
 from kubemaas.manifests.labels import owner_reference as _owner_reference
 from kubemaas.manifests.pods import (
     QUEUE_LABEL,
+    WORKLOAD_DEFAULTS,
     WORKLOAD_UID,
     as_served,
     container_resources,
@@ -54,6 +55,12 @@ COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 # Exit codes no retry can fix (docs/runtime-contract.md §6): the Job backend fails at once on them.
 PERMANENT_EXIT_CODES = sorted(int(code) for code in ExitCode if code != ExitCode.OK and not code.retryable)
+
+
+# The scratch emptyDir (/tmp): the plaintext export and checkpoint (model + optimizer state) and torch's
+# caches. Bounded so that a job cannot fill its node's disk; the kubelet evicts a pod past it
+# (docs/runtime-contract.md §2).
+TMP_SIZE_LIMIT = "32Gi"
 
 
 def _volume(name: str) -> str:
@@ -190,7 +197,7 @@ def pod_spec(
     mounts: list[dict[str, Any]] = [
         {"name": c.volume, "mountPath": c.mount_path, **({} if c.writable else {"readOnly": True})} for c in pod_claims
     ]
-    volumes.append({"name": _volume("tmp"), "emptyDir": {}})
+    volumes.append({"name": _volume("tmp"), "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}})
     mounts.append({"name": _volume("tmp"), "mountPath": "/tmp"})
     if spec.resources.shm_size is not None:
         # NCCL and DataLoader workers share memory through /dev/shm; the runtime's default is 64Mi.
@@ -219,9 +226,9 @@ def pod_spec(
     if spec.env_from:
         main["envFrom"] = [as_served(e) for e in spec.env_from]
     main["ports"] = [{"name": PYTORCH_PORT_NAME, "containerPort": MASTER_PORT, "protocol": "TCP"}]
-    resources = container_resources(spec.resources, spec.resources.gpu_resource or DEFAULT_GPU_RESOURCE)
-    if resources:
-        main["resources"] = resources
+    main["resources"] = container_resources(
+        spec.resources, spec.resources.gpu_resource or DEFAULT_GPU_RESOURCE, WORKLOAD_DEFAULTS
+    )
     main["volumeMounts"] = mounts
     main["terminationMessagePath"] = str(contract.DEFAULT_TERMINATION_LOG)
     main["terminationMessagePolicy"] = "File"

@@ -26,6 +26,7 @@ from kubemaas.manifests.modelservice.inputs import (
     TERMINATION_LOG,
     TRACK_LABEL,
     TRITON_CONTAINER,
+    TRITON_TMP_SIZE,
     VERSION_ANNOTATION,
     VERSION_LABEL,
     ModelRef,
@@ -39,11 +40,20 @@ from kubemaas.manifests.modelservice.inputs import (
 )
 from kubemaas.manifests.pods import (
     QUEUE_LABEL,
+    WORKLOAD_DEFAULTS,
     container_resources,
     place,
     restricted_container_security_context,
     restricted_pod_security_context,
 )
+
+# The loader streams: its memory is the interpreter and a fixed number of chunks in flight (at most 48 MiB,
+# kubemaas.runtime.crypto), whatever the model's size, and its crypto pipeline uses at most four cores. The
+# API has no field for it: it is the operator's, like its image.
+LOADER_RESOURCES: dict[str, Any] = {
+    "limits": {"cpu": "4", "memory": "512Mi"},
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+}
 
 
 def _loader_container(spec: ModelServiceSpec, model: ModelRef, options: ServingOptions) -> dict[str, Any]:
@@ -64,6 +74,7 @@ def _loader_container(spec: ModelServiceSpec, model: ModelRef, options: ServingO
         # the controller reads it from initContainerStatuses[].state.terminated.message.
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
+        "resources": LOADER_RESOURCES,
         "securityContext": restricted_container_security_context(),
         "volumeMounts": [
             {"name": "model-store", "mountPath": f"{DEFAULT_MOUNT_ROOT}/{model.claim}", "readOnly": True},
@@ -129,9 +140,7 @@ def _triton_container(spec: ModelServiceSpec, options: ServingOptions) -> dict[s
     container["env"] = [{"name": "HOME", "value": "/tmp"}, *(dict(e) for e in options.triton_env)]
     if options.triton_env_from:
         container["envFrom"] = [dict(e) for e in options.triton_env_from]
-    resources = container_resources(spec.resources, options.gpu_resource)
-    if resources:
-        container["resources"] = resources
+    container["resources"] = container_resources(spec.resources, options.gpu_resource, WORKLOAD_DEFAULTS)
     return container
 
 
@@ -151,8 +160,8 @@ def pod_template(
                 "persistentVolumeClaim": {"claimName": model.claim, "readOnly": True},
             },
             {"name": "model-key", "secret": {"secretName": model.key_secret, "defaultMode": 0o400}},
-            {"name": "model-repository", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {}},
+            {"name": "model-repository", "emptyDir": {"sizeLimit": options.repository_size}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": TRITON_TMP_SIZE}},
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": options.shm_size}},
         ],
     }

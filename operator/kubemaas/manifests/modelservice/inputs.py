@@ -49,6 +49,12 @@ READINESS_PROBE_PERIOD_SECONDS = 2
 PRE_STOP_SECONDS = 5
 # Triton's Python backend and PyTorch DataLoader-style workers use /dev/shm; the runtime's 64 MiB is too small.
 DEFAULT_SHM_SIZE = "1Gi"
+# The emptyDir the loader decrypts the model into: bounded so that a serving pod cannot fill its node's disk
+# (the kubelet evicts a pod past it). The operator does not read the store, so it cannot size it from the
+# model; 32Gi holds a model of about 15B parameters in fp16. Operator configuration (ServingOptions).
+DEFAULT_REPOSITORY_SIZE = "32Gi"
+# Triton's /tmp: backends' caches and temporary files, never the model.
+TRITON_TMP_SIZE = "4Gi"
 DEFAULT_PDB_MAX_UNAVAILABLE = 1
 
 
@@ -85,6 +91,7 @@ class ServingOptions:
     startup_timeout_seconds: int
     loader_image: str = DEFAULT_LOADER_IMAGE
     shm_size: str = DEFAULT_SHM_SIZE
+    repository_size: str = DEFAULT_REPOSITORY_SIZE
     service_account_name: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
     triton_args: tuple[str, ...] = ()
