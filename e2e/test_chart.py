@@ -61,6 +61,7 @@ NAMESPACED_RULES = {
     ("", "pods"): {"get", "list", "watch"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create", "patch"},
     ("", "persistentvolumeclaims"): {"get"},
     # Created (generateKey), and probed with a dry-run create; never read (docs/security.md).

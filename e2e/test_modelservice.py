@@ -26,7 +26,7 @@ from e2e.cluster.nodes import GPU_NODES
 from e2e.conftest import E2ECluster, OperatorProcess
 from e2e.kube import GROUP, STATUS_ONLY_JOB, VERSION, bound_claim, model_service, training_job
 from e2e.operator_series import key, object_series, wait_gone
-from e2e.typed_client import Watch, body_as, json_object, meta, pod_spec, present
+from e2e.typed_client import Watch, as_json, body_as, json_object, meta, pod_spec, present
 
 MS_API = f"{GROUP}/{VERSION}"
 VERSION_LABEL = "kubemaas.io/model-version"
@@ -346,6 +346,13 @@ def test_new_version_rolls_out_with_zero_unavailable_and_deletion_collects_child
     assert min(a for a, _, _ in seen.statuses) >= 3, f"fewer than 3 available during the rollout: {seen.statuses}"
     assert max(r for _, _, r in seen.statuses) > 3, "no surge: the rollout was not observed"
 
+    # The inference ports answer this namespace only (the default), as the API server stored the policy.
+    policy = as_json(
+        cluster.api, client.NetworkingV1Api(cluster.api).read_namespaced_network_policy("digits", namespace)
+    )
+    assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"kubemaas.io/modelservice": "digits"}}
+
     custom(cluster).delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", "digits")
     for api_version, kind in (
         ("apps/v1", "Deployment"),
@@ -353,6 +360,7 @@ def test_new_version_rolls_out_with_zero_unavailable_and_deletion_collects_child
         ("v1", "Pod"),
         ("v1", "Service"),
         ("policy/v1", "PodDisruptionBudget"),
+        ("networking.k8s.io/v1", "NetworkPolicy"),
     ):
         cluster.wait_objects(
             api_version,

@@ -271,6 +271,12 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
     assert [r for r, p in sorted(ranks.items()) if mounts_key(p)] == [0], "only rank 0 mounts the key"
     assert_restricted_and_tokenless(pods)
     assert jobs.get("digits")["status"]["backend"] == "PyTorchJob"
+    # The ranks accept connections from each other only (the rendezvous port is not open to the cluster).
+    policy = client.NetworkingV1Api(cluster.api).read_namespaced_network_policy("digits", jobs.namespace)
+    own = {"matchLabels": {"kubemaas.io/trainingjob": "digits"}}
+    assert as_json(cluster.api, policy)["spec"] == {
+        "podSelector": own, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": own}]}]
+    }  # fmt: skip
     jobs.wait_condition("digits", "Running")
     assert_unchanged_world_writes_nothing(jobs, operator, ranks[1])
 

@@ -64,7 +64,7 @@ def kinds(outcome: core.Outcome) -> list[tuple[str, str]]:
 def test_pinned_uri_creates_deployment_and_service_and_waits_for_rollout() -> None:
     ms = uri_ms("v3")
     out = run(ms, Observed())
-    assert kinds(out) == [("Deployment", "digits"), ("Service", "digits")]
+    assert kinds(out) == [("Deployment", "digits"), ("Service", "digits"), ("NetworkPolicy", "digits")]
     assert served_version(out.apply[0]) == "v3"
     assert out.apply[0]["spec"]["replicas"] == 1
     assert conditions(out)[Cond.READY][:2] == ("False", Reason.ROLLING_OUT)
@@ -344,6 +344,7 @@ def test_autoscaling_owns_replicas() -> None:
     assert kinds(out) == [
         ("Deployment", "digits"),
         ("Service", "digits"),
+        ("NetworkPolicy", "digits"),
         ("HorizontalPodAutoscaler", "digits"),
         ("PodDisruptionBudget", "digits"),
     ]

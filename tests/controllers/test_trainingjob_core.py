@@ -155,7 +155,8 @@ def test_version_is_derived_from_creation_time_and_uid() -> None:
 def test_first_reconcile_creates_pytorchjob_and_asks_for_the_key_secret() -> None:
     job = make_job()
     desired = core.reconcile(job, core.Observed(pytorchjob_served=True, claims=ALL_CLAIMS), T0)
-    assert desired.apply == [manifests.pytorchjob(job, VERSION)]
+    # The workload, and beside it the NetworkPolicy that opens the ranks' ports to each other only.
+    assert desired.apply == [manifests.pytorchjob(job, VERSION), manifests.network_policy(job)]
     assert desired.create_key_secret and not desired.delete
     assert desired.status.backend == "PyTorchJob"
     assert desired.status.observed_generation == 1
@@ -169,11 +170,15 @@ def test_first_reconcile_creates_pytorchjob_and_asks_for_the_key_secret() -> Non
 def test_auto_without_the_pytorchjob_crd_picks_the_indexed_job_and_keeps_it() -> None:
     job = make_job()
     desired = core.reconcile(job, core.Observed(pytorchjob_served=False, claims=ALL_CLAIMS), T0)
-    assert desired.apply == [manifests.headless_service(job), manifests.indexed_job(job, VERSION)]
+    assert desired.apply == [
+        manifests.headless_service(job),
+        manifests.indexed_job(job, VERSION),
+        manifests.network_policy(job),
+    ]
     assert desired.status.backend == "Job"
     # Recorded: a later discovery of the CRD does not move a running job to another backend.
     again = core.reconcile(advance(job, desired), served(), T0)
-    assert [c["kind"] for c in again.apply] == ["Service", "Job"]
+    assert [c["kind"] for c in again.apply] == ["Service", "Job", "NetworkPolicy"]
 
 
 def test_explicit_pytorchjob_without_the_crd_is_a_condition_not_a_workload() -> None:
@@ -204,7 +209,7 @@ def test_missing_key_secret_with_never_blocks_and_with_if_missing_is_created() -
     assert (status, reason) == ("False", "KeySecretNotFound") and "digits-key" in message
     # The Secret appears: the next look creates the workload, and the condition flips.
     later = core.reconcile(advance(never, desired), served(), T0 + timedelta(seconds=10))
-    assert [c["kind"] for c in later.apply] == ["PyTorchJob"] and not later.create_key_secret
+    assert [c["kind"] for c in later.apply] == ["PyTorchJob", "NetworkPolicy"] and not later.create_key_secret
     assert cond(later, "Ready")[:2] == ("True", "Creating")
 
 
@@ -214,7 +219,7 @@ def test_if_missing_records_the_key_it_generates_and_uses_no_other() -> None:
     assert first.create_key_secret and first.status.generated_key_secret == job.spec.encryption.key_secret_ref.name
     # Its own key, now there: the workload goes ahead, and the record stays.
     again = core.reconcile(advance(job, first), served(), T0)
-    assert [c["kind"] for c in again.apply] == ["PyTorchJob"] and not again.create_key_secret
+    assert [c["kind"] for c in again.apply] == ["PyTorchJob", "NetworkPolicy"] and not again.create_key_secret
     assert again.status.generated_key_secret == first.status.generated_key_secret
     # A Secret of that name that the operator did not generate for this job (someone else's key, or one made
     # to be adopted) is never mounted: no workload, no new key, a condition that says what to do.
@@ -243,7 +248,7 @@ def test_running_pytorchjob_mirrors_reason_and_counts_replicas() -> None:
         "Master": {"active": 1, "succeeded": 0, "failed": 0},
         "Worker": {"active": 3, "succeeded": 0, "failed": 0},
     }
-    assert desired.apply == [manifests.pytorchjob(job, VERSION)]
+    assert desired.apply == [manifests.pytorchjob(job, VERSION), manifests.network_policy(job)]
 
 
 def finished_pytorchjob(kind: str, reason: str) -> dict[str, Any]:
@@ -399,22 +404,21 @@ def test_job_backend_running_counts_active_pods() -> None:
     workload = batch_job({}, active=4, startTime="2026-11-29T21:31:00Z")
     desired = core.reconcile(job, served(workload=workload, pods=[indexed_pod(r) for r in range(4)]), T0)
     assert cond(desired, "Running") == ("True", "JobRunning", "4 of 4 pods active")
-    assert [c["kind"] for c in desired.apply] == ["Service", "Job"]
+    assert [c["kind"] for c in desired.apply] == ["Service", "Job", "NetworkPolicy"]
 
 
 def test_ttl_after_finished_deletes_children_and_keeps_status() -> None:
     job = make_job(runPolicy={"ttlSecondsAfterFinished": 60}, backend="Job")
     pods = [indexed_pod(0, "Succeeded", 0, success_message())]
     complete = batch_job({"Complete": "CompletionsReached"}, completionTime="2026-11-29T21:40:00Z")
-    service = manifests.headless_service(job)
+    service, policy = manifests.headless_service(job), manifests.network_policy(job)
     finished = datetime(2026, 11, 29, 21, 40, tzinfo=UTC)
-    first = core.reconcile(job, served(workload=complete, service=service, pods=pods), finished)
+    children = served(workload=complete, service=service, network_policy=policy, pods=pods)
+    first = core.reconcile(job, children, finished)
     assert first.delete == [] and first.requeue_after == 60
     done = advance(job, first)
-    later = core.reconcile(
-        done, served(workload=complete, service=service, pods=pods), finished + timedelta(seconds=61)
-    )
-    assert later.delete == [complete, service] and later.apply == []
+    later = core.reconcile(done, children, finished + timedelta(seconds=61))
+    assert later.delete == [complete, service, policy] and later.apply == []
     assert later.status.to_wire() == first.status.to_wire()
     # Children gone: nothing left to do, nothing re-created.
     after = core.reconcile(done, served(), finished + timedelta(hours=1))

@@ -41,7 +41,7 @@ def event(kube: FakeKube, job: dict[str, Any]) -> None:
 def test_a_new_job_without_kubeflow_gets_a_service_an_indexed_job_and_its_key(no_events: list[dict[str, Any]]) -> None:
     kube = FakeKube(missing=frozenset({("Secret", "digits-key")}))
     event(kube, training_job())
-    assert sorted(kube.applied_kinds()) == ["Job", "Service"]
+    assert sorted(kube.applied_kinds()) == ["Job", "NetworkPolicy", "Service"]
     assert [s["metadata"]["name"] for s in kube.created] == ["digits-key"]
     (_, status, version), *_ = kube.statuses
     assert version == "5" and status["backend"] == "Job"

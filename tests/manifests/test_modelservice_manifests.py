@@ -1,6 +1,6 @@
 """ModelService builders asserted as whole manifests: each case file holds the input and the one expected object.
 
-A case (``cases/*.yaml``): ``builder`` (deployment, canary, service, hpa, pdb), the ``modelService`` it
+A case (``cases/*.yaml``): ``builder`` (deployment, canary, service, hpa, pdb, networkpolicy), the ``modelService`` it
 is built for, the pinned ``model`` and optional ``options``; ``expected`` is the whole object.
 """
 
@@ -43,6 +43,8 @@ def build(case: dict[str, Any]) -> dict[str, Any]:
         return m.horizontal_pod_autoscaler(parent, ms.spec.autoscaling)
     if builder == "pdb":
         return m.pod_disruption_budget(parent, options)
+    if builder == "networkpolicy":
+        return m.network_policy(parent, ms.spec.network)
     raise AssertionError(f"unknown builder {builder}")
 
 
@@ -54,7 +56,7 @@ def test_manifest(path: Path) -> None:
 
 def test_every_builder_has_a_case() -> None:
     builders = {yaml.safe_load(p.read_text())["builder"] for p in CASES}
-    assert builders == {"deployment", "canary", "service", "hpa", "pdb"}
+    assert builders == {"deployment", "canary", "service", "hpa", "pdb", "networkpolicy"}
 
 
 @pytest.mark.parametrize(

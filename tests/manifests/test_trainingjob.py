@@ -350,6 +350,27 @@ def test_headless_service_makes_rank_zero_addressable() -> None:
     assert job["spec"]["template"]["spec"]["subdomain"] == "digits-workers"
 
 
+def test_network_policy_opens_the_ranks_ports_to_each_other_only() -> None:
+    own_pods = {"matchLabels": {"kubemaas.io/trainingjob": "digits"}}
+    assert m.network_policy(make_job(replicas=2)) == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "digits", "namespace": "team-a", "labels": labels("network"), "ownerReferences": [OWNER]},
+        "spec": {
+            "podSelector": own_pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": own_pods}]}],
+        },
+    }
+    # Every rank of either backend carries the label the policy selects, so each may reach the others.
+    job = make_job(replicas=2)
+    templates = [m.indexed_job(job, VERSION)["spec"]["template"]] + [
+        spec["template"] for spec in m.pytorchjob(job, VERSION)["spec"]["pytorchReplicaSpecs"].values()
+    ]
+    for template in templates:
+        assert template["metadata"]["labels"]["kubemaas.io/trainingjob"] == "digits"
+
+
 def test_data_on_the_output_claim_is_mounted_once() -> None:
     job = make_job(data={"uri": "pvc://models/datasets/digits"}, replicas=2)
     master = m.pytorchjob(job, VERSION)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]

@@ -84,6 +84,10 @@ namespaces) or one Role per entry of watchNamespaces.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+# Who may reach the pods: a TrainingJob's ranks only each other, a ModelService's inference ports its clients.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
 # Events on condition transitions (posted by the controllers and by kopf).
 - apiGroups: [""]
   resources: [events]

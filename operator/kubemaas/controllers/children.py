@@ -30,6 +30,7 @@ class Resource:
     # False for a kind the operator may create but never read (its RBAC has no get, list or watch on it):
     # whether one exists is asked with a dry-run create, which a 409 answers.
     readable: bool = True
+
     @property
     def group(self) -> str:
         return self.api_version.rpartition("/")[0]
@@ -65,6 +66,7 @@ REPLICA_SET = Resource("apps/v1", "ReplicaSet", "replicasets")
 JOB = Resource("batch/v1", "Job", "jobs")
 HPA = Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 PDB = Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+NETWORK_POLICY = Resource("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 PYTORCHJOB = Resource("kubeflow.org/v1", "PyTorchJob", "pytorchjobs")
 TRAININGJOB = Resource("kubemaas.io/v1alpha1", "TrainingJob", "trainingjobs")
 MODELSERVICE = Resource("kubemaas.io/v1alpha1", "ModelService", "modelservices")
@@ -74,7 +76,7 @@ RESOURCES: dict[tuple[str, str], Resource] = {
     (r.api_version, r.kind): r
     for r in (
         NAMESPACE, EVENT, SERVICE_ACCOUNT, CONFIG_MAP, POD, SERVICE, SECRET, CLAIM, DEPLOYMENT, REPLICA_SET, JOB,
-        HPA, PDB, PYTORCHJOB, TRAININGJOB, MODELSERVICE, CRD,
+        HPA, PDB, NETWORK_POLICY, PYTORCHJOB, TRAININGJOB, MODELSERVICE, CRD,
     )
 }  # fmt: skip
 
@@ -137,12 +139,14 @@ MODELSERVICE_CHILDREN = (
     Child(SERVICE, "ms_services"),
     Child(HPA, "ms_hpas"),
     Child(PDB, "ms_pdbs"),
+    Child(NETWORK_POLICY, "ms_network_policies"),
 )
 TRAININGJOB_CHILDREN = (
     Child(PYTORCHJOB, "trainingjob_pytorchjobs"),
     Child(JOB, "trainingjob_jobs"),
     Child(SERVICE, "trainingjob_services"),
     Child(POD, "trainingjob_pods", slim_pod),
+    Child(NETWORK_POLICY, "trainingjob_network_policies"),
 )
 
 

@@ -172,7 +172,12 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
         serving_options(ms, memo["triton_image"]),
         utc_now(),
     )
-    children = [*deployments, *_values(indexes["ms_services"], key), *(c for c in (observed.hpa, observed.pdb) if c)]
+    children = [
+        *deployments,
+        *_values(indexes["ms_services"], key),
+        *_values(indexes["ms_network_policies"], key),
+        *(c for c in (observed.hpa, observed.pdb) if c),
+    ]
     unwanted = [
         {"apiVersion": c.api_version, "kind": c.kind, "metadata": {"name": c.name, "namespace": namespace}}
         for c in outcome.delete

@@ -114,6 +114,7 @@ async def _observe(
         indexes["trainingjob_jobs"].get(key, []), manifests.workers_name(job), uid
     )
     service = _one(indexes["trainingjob_services"].get(key, []), manifests.workers_name(job), uid)
+    policy = _one(indexes["trainingjob_network_policies"].get(key, []), job.metadata.name, uid)
     workload_uid = workload["metadata"].get("uid") if workload is not None else None
     pods = [p for p in indexes["trainingjob_pods"].get(key, []) if workload_uid and _owned_by(p, workload_uid)]
     finished = job.status is not None and any(
@@ -122,11 +123,13 @@ async def _observe(
     served = await DISCOVERY.pytorchjob_served(kube)
     if workload is not None or finished:
         # The pre-flight answers are not consulted once the workload exists: no reads in steady state.
-        return core.Observed(pytorchjob_served=served, workload=workload, service=service, pods=pods)
+        return core.Observed(
+            pytorchjob_served=served, workload=workload, service=service, network_policy=policy, pods=pods
+        )
     namespace = key[0]
     wanted = manifests.required_claims(job)
     # One round trip, not one per object: these reads sit between a create and its first child.
-    # Metadata only: checking for the key Secret must not pull the key into the operator's memory.
+    # Existence only: the claim's metadata, the key Secret by a dry-run create (the operator never reads one).
     *found, secret_exists = await asyncio.gather(
         *(kube.exists("v1", "PersistentVolumeClaim", namespace, c) for c in wanted),
         kube.exists("v1", "Secret", namespace, job.spec.encryption.key_secret_ref.name),
@@ -135,6 +138,7 @@ async def _observe(
     return core.Observed(
         pytorchjob_served=served,
         service=service,
+        network_policy=policy,
         claims=claims,
         key_secret_exists=secret_exists,
     )
@@ -173,7 +177,7 @@ async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index
     unwanted = desired.delete
     if unwanted:
         log.info("%s %s/%s: ttlSecondsAfterFinished passed", KIND, *key)
-    observed_children = [c for c in (observed.workload, observed.service) if c is not None]
+    observed_children = [c for c in (observed.workload, observed.service, observed.network_policy) if c is not None]
     # A key generated just now is put on record (status.generatedKeySecret) before anything else can fail:
     # unrecorded, the next pass would take it for someone else's Secret.
     record_first = desired.create_key_secret

@@ -77,6 +77,7 @@ class Observed:
     pytorchjob_served: bool
     workload: Mapping[str, Any] | None = None  # the owned PyTorchJob or Job
     service: Mapping[str, Any] | None = None  # the owned headless Service (Job backend)
+    network_policy: Mapping[str, Any] | None = None  # the owned NetworkPolicy
     pods: Sequence[Mapping[str, Any]] = ()  # pods labelled kubemaas.io/trainingjob=<name>
     claims: frozenset[str] = frozenset()  # which of the job's claims exist
     key_secret_exists: bool = False
@@ -110,7 +111,8 @@ def served_backends(observed: Observed) -> frozenset[str]:
 
 
 def desired_children(job: TrainingJob, backend: WorkloadBackend) -> list[dict[str, Any]]:
-    return backend.children(job, model_version(job))
+    """The backend's workload, and whatever backend: the NetworkPolicy that closes the ranks' ports."""
+    return [*backend.children(job, model_version(job)), manifests.network_policy(job)]
 
 
 # --- reading what the workload and its pods report ------------------------------------------------
@@ -280,7 +282,7 @@ def _finished(job: TrainingJob, observed: Observed, out: _Status) -> Desired:
     """Terminal: keep the status, delete the children once ttlSecondsAfterFinished has passed."""
     ttl = job.spec.run_policy.ttl_seconds_after_finished
     completed = out.status.completion_time
-    children = [c for c in (observed.workload, observed.service) if c is not None]
+    children = [c for c in (observed.workload, observed.service, observed.network_policy) if c is not None]
     if ttl is None or completed is None or not children:
         return Desired(status=out.status)
     due = completed + timedelta(seconds=ttl)

@@ -380,6 +380,23 @@ def headless_service(job: TrainingJob) -> dict[str, Any]:
     }
 
 
+def network_policy(job: TrainingJob) -> dict[str, Any]:
+    """The job's pods accept connections only from each other: the rendezvous port and the collectives'
+    ports are not open to the rest of the cluster (docs/security.md). Enforced by the cluster's network
+    plugin where it implements NetworkPolicy; egress (the store, the image registry) is left as it is."""
+    own_pods = {"matchLabels": {KIND_LABEL: job.metadata.name}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job, job.metadata.name, "network"),
+        "spec": {
+            "podSelector": own_pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": own_pods}]}],
+        },
+    }
+
+
 # --- the key Secret ---------------------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """ModelService (kubemaas.io/v1alpha1): a model served by NVIDIA Triton, autoscaled and rolled out.
 
 One idea a module: ``source`` (what is served, the promotion gate), ``triton`` (the server), ``scaling``
-(replicas, autoscaling, rollout, disruption budget), ``spec`` (the whole desired state), ``status``.
+(replicas, autoscaling, rollout, disruption budget), ``network`` (who may reach the pods), ``spec`` (the
+whole desired state), ``status``.
 The kind itself is here; every name of the parts is importable from this package.
 """
 
@@ -13,6 +14,7 @@ from pydantic import Field
 
 from kubemaas.api.base import NAME_RULES, ApiModel, CelRule
 from kubemaas.api.metadata import ObjectMeta
+from kubemaas.api.modelservice.network import InferencePeer, ServingNetwork
 from kubemaas.api.modelservice.scaling import (
     MAX_CPU_TARGET,
     Autoscaling,
@@ -46,6 +48,7 @@ __all__ = [
     "Batching",
     "DisruptionBudget",
     "Endpoints",
+    "InferencePeer",
     "InstanceGroup",
     "InstanceKind",
     "LastFailure",
@@ -62,6 +65,7 @@ __all__ = [
     "ScalingBehavior",
     "ScalingMetric",
     "ServedFormat",
+    "ServingNetwork",
     "Toggle",
     "TritonArg",
     "TritonBackend",

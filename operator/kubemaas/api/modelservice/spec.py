@@ -19,6 +19,7 @@ from kubemaas.api.core import (
     Resources,
     Scheduling,
 )
+from kubemaas.api.modelservice.network import ServingNetwork
 from kubemaas.api.modelservice.scaling import Autoscaling, DisruptionBudget, Rollout
 from kubemaas.api.modelservice.source import ModelSource, Promotion, ServedFormat
 from kubemaas.api.modelservice.triton import Batching, InstanceKind, Runtime, TritonBackend
@@ -59,6 +60,9 @@ class ModelServiceSpec(ApiModel):
         default=None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description=SERVICE_ACCOUNT_DESCRIPTION
     )
     image_pull_secrets: ImagePullSecrets | None = Field(default=None, description=IMAGE_PULL_SECRETS_DESCRIPTION)
+    network: ServingNetwork = Field(
+        default=ServingNetwork(), description="Who may reach the serving pods (a NetworkPolicy the operator writes)."
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(

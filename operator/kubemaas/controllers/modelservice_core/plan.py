@@ -143,6 +143,7 @@ def desired_children(
         apply.append(m.deployment(spec, parent, plan.target, options, track=Track.STABLE, replicas=replicas))
     if plan.target is not None or plan.current is not None:
         apply.append(m.service(parent))
+        apply.append(m.network_policy(parent, spec.network))
         if autoscaling is not None:
             apply.append(m.horizontal_pod_autoscaler(parent, autoscaling))
         most = autoscaling.max_replicas if autoscaling is not None else replicas or 0

@@ -13,7 +13,8 @@ Serving pod (one model version per pod, never ``Latest`` once the controller pin
   the pod mounts no service-account token.
 
 One idea a module: ``inputs`` (the typed inputs and shared names), ``deployment`` (the Deployment and
-its pod template), ``service`` (the Service and its addresses), ``scaling`` (HPA and PDB). Every name
+its pod template), ``service`` (the Service and its addresses), ``scaling`` (HPA and PDB), ``network`` (the
+NetworkPolicy). Every name
 is importable from this package.
 """
 
@@ -47,6 +48,7 @@ from kubemaas.manifests.modelservice.inputs import (
     serving_settings,
     track_selector,
 )
+from kubemaas.manifests.modelservice.network import network_policy
 from kubemaas.manifests.modelservice.scaling import canonical_quantity, horizontal_pod_autoscaler, pod_disruption_budget
 from kubemaas.manifests.modelservice.service import endpoints, service, url
 
@@ -80,6 +82,7 @@ __all__ = [
     "endpoints",
     "horizontal_pod_autoscaler",
     "model_ref_from_template",
+    "network_policy",
     "pod_disruption_budget",
     "pod_template",
     "service",
