@@ -155,6 +155,18 @@ def test_a_link_between_the_claim_and_the_store_root_is_refused(tmp_path: Path) 
     assert ArtifactStore(store.root).resolve("m", "v1").manifest.version == "v1"  # the root itself is trusted
 
 
+def test_the_publisher_does_not_write_through_a_planted_link(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "claim" / "store", anchor=tmp_path / "claim")
+    (tmp_path / "elsewhere").mkdir()
+    store.root.mkdir(parents=True)
+    (store.root / "m").symlink_to(tmp_path / "elsewhere")
+    plaintext = tmp_path / "model.pt"
+    plaintext.write_bytes(os.urandom(100))
+    with pytest.raises(UnsafeEntryError, match=r"m under .* is a symbolic link"):
+        store.publish(plaintext, model="m", version="v1", key=KEY, key_id="k1", inputs=SPEC, outputs=SPEC)
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
 def test_the_trainer_fails_permanently_on_what_a_store_writer_planted() -> None:
     for error in (UnsafeEntryError("x"), InvalidLatestError("x"), InvalidManifestError("x")):
         assert classify(error) is ExitCode.ARTIFACT

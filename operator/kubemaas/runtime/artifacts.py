@@ -257,6 +257,7 @@ class ArtifactStore:
             raise VersionExistsError(f"model {model!r} version {version!r} is already published")
         model_dir = final_dir.parent
         model_dir.mkdir(parents=True, exist_ok=True)
+        self.tree.require_directory(model_dir)  # not through a link a store writer planted
         staging = model_dir / f"{STAGING_PREFIX}{version}-{secrets.token_hex(4)}"
         staging.mkdir()
         try:

@@ -134,6 +134,14 @@ class Beneath:
             raise self._oversized(path, len(data), cap)
         return bytes(data)
 
+    def require_directory(self, path: Path) -> None:
+        """Refuse unless ``path`` and each directory above it (below the root) is a real directory.
+
+        For writers, which still write by path: a check before writing, not a guarantee against a writer
+        racing it (that one can redirect where ciphertext goes, never what a reader reads)."""
+        with self.directory(path):
+            pass
+
     def kind(self, path: Path) -> Kind | None:
         """What ``path`` is (not following a link), or None if it does not exist; its directories must be real."""
         *parents, name = self.parts(path) or ("",)

@@ -84,6 +84,7 @@ class CheckpointStore:
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.tree.require_directory(self.directory)  # not through a link a store writer planted
         target = self.path_for(step)
         with tempfile.TemporaryDirectory(prefix="kubemaas-checkpoint-", dir=self.scratch) as scratch:
             plaintext = Path(scratch) / "checkpoint.pt"
