@@ -69,6 +69,24 @@ def index(*entries: tuple[Any, dict[str, Any]]) -> FakeIndex:
     return out
 
 
+def indexed(indexer: Callable[..., object], *bodies: Mapping[str, Any]) -> FakeIndex:
+    """The index kopf builds from `bodies` with `indexer` (called with the keyword arguments kopf passes)."""
+    out = FakeIndex()
+    for body in bodies:
+        meta = body.get("metadata") or {}
+        found = run_handler(
+            indexer,
+            namespace=meta.get("namespace"),
+            name=meta.get("name"),
+            labels=meta.get("labels") or {},
+            spec=body.get("spec") or {},
+            body=body,
+        )
+        for key, value in (found or {}).items():
+            out.setdefault(key, []).append(value)
+    return out
+
+
 def run_handler(handler: Callable[..., object], /, *args: Any, **kwargs: Any) -> Any:
     """Call a kopf handler or indexer once and wait for its result, as kopf does.
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kubemaas.controllers import modelservice as handlers
-from tests.controllers.fakes import FakeKube, index, run_handler
+from tests.controllers.fakes import FakeKube, index, indexed, run_handler
 
 NS = "serving"
 STORE = "pvc://models/store"
@@ -42,8 +42,9 @@ def succeeded_job(name: str, labels: dict[str, str]) -> dict[str, Any]:
 
 def indexes(ms: dict[str, Any], *jobs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {name: index() for name in handlers.INDEXERS}
-    out["ms_bodies"] = index(((NS, "digits"), ms))
-    out["ms_training_jobs"] = index(*((NS, j) for j in jobs))
+    out["ms_bodies"] = indexed(handlers.ms_bodies, ms)
+    out["ms_by_source"] = indexed(handlers.ms_by_source, ms)
+    out["ms_training_jobs"] = indexed(handlers.ms_training_jobs, *jobs)
     return out
 
 

@@ -112,4 +112,4 @@ def test_a_slim_replica_set_still_names_its_model_and_owner() -> None:
     assert "managedFields" not in slim["metadata"] and "containers" not in template["spec"]
     labels = child_labels("ModelService", "digits", "server")
     indexed = run_handler(handlers.INDEXERS["ms_replica_sets"], "ns", labels, replica_set)
-    assert indexed is not None and "managedFields" not in indexed[("ns", "digits")]["metadata"]
+    assert indexed is not None and "managedFields" not in children.unpack(indexed[("ns", "digits")])["metadata"]

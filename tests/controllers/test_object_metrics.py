@@ -22,7 +22,7 @@ from kubemaas.controllers.object_metrics import (
     modelservice_snapshot,
     trainingjob_snapshot,
 )
-from tests.controllers.fakes import FakeKube, index, run_handler
+from tests.controllers.fakes import FakeKube, index, indexed, run_handler
 
 NOW = "2026-12-06T10:00:00Z"
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -138,8 +138,8 @@ def weak_job() -> dict[str, Any]:
 
 def reconcile_once(body: dict[str, Any]) -> FakeKube:
     kwargs: dict[str, Any] = {name: index() for name in ms_handlers.INDEXERS}
-    kwargs["ms_bodies"] = index((("serving", "digits"), body))
-    kwargs["ms_training_jobs"] = index(("serving", weak_job()))
+    kwargs["ms_bodies"] = indexed(ms_handlers.ms_bodies, body)
+    kwargs["ms_training_jobs"] = indexed(ms_handlers.ms_training_jobs, weak_job())
     kube = FakeKube()
     asyncio.run(ms_handlers.reconcile(("serving", "digits"), {"kube": kube, "triton_image": "t:1"}, kwargs))
     return kube

@@ -96,6 +96,6 @@ def test_pods_are_kept_slim() -> None:
         "status": {"phase": "Running", "containerStatuses": [], "podIP": "198.18.0.1"},
     }
     assert children.slim_pod(pod) == {
-        "metadata": {"name": "p", "labels": {"a": "b"}},
+        "metadata": {"name": "p", "uid": "u", "labels": {"a": "b"}},
         "status": {"phase": "Running", "containerStatuses": []},
     }

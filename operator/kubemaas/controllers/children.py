@@ -8,14 +8,15 @@ controller registers its children from its tuple here, so adding a kind is one l
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from kubemaas.manifests.labels import parent_of
 
 ObjectKey = tuple[str, str]  # (namespace, name) of a parent
-Indexer = Callable[..., Awaitable[dict[ObjectKey, dict[str, Any]] | None]]
+Indexer = Callable[..., Awaitable[dict[ObjectKey, str] | None]]
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,6 @@ class Resource:
     kind: str
     plural: str
     namespaced: bool = True
-
     # False for a kind the operator may create but never read (its RBAC has no get, list or watch on it):
     # whether one exists is asked with a dry-run create, which a 409 answers.
     readable: bool = True
@@ -81,24 +81,141 @@ RESOURCES: dict[tuple[str, str], Resource] = {
 }  # fmt: skip
 
 
-# --- what the indexes keep of a child ---------------------------------------------------------------
+# --- what the indexes keep of an object ------------------------------------------------------------
+#
+# kopf's indexes hold their values for as long as the object exists, so what an indexer returns is the
+# operator's memory at rest: a decoded JSON body costs about ten times its bytes in Python objects, and
+# 1,000 ModelServices with their children as whole bodies were most of a 360 MB operator. Each index keeps a
+# projection: the fields some reconcile, the apply diff (`apply.is_subset`) or an ownership check reads.
+
+# Which fields the operator's server-side applies own: managedFields entries of this manager.
+FIELD_MANAGER = "kubemaas"  # apply.FIELD_MANAGER (apply imports this module; a test holds them equal)
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"  # a second copy of the spec, as text
+KEPT_METADATA = (
+    "name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp", "deletionTimestamp",
+    "labels", "annotations", "ownerReferences",
+)  # fmt: skip
 
 
-def without_managed_fields(body: Mapping[str, Any]) -> dict[str, Any]:
-    """All of an object but `metadata.managedFields`, which no reconcile reads and which repeats the shape
-    of every field each manager set (about a third of a Deployment's JSON)."""
+def kept_metadata(meta: Mapping[str, Any], keys: tuple[str, ...] = KEPT_METADATA) -> dict[str, Any]:
+    """An object's identity, labels, annotations and owners (those of `keys`): no managedFields (a third of a
+    Deployment's JSON) and no `kubectl apply` copy of the spec."""
+    out = {k: meta[k] for k in keys if k in meta}
+    annotations = out.get("annotations")
+    if annotations and LAST_APPLIED in annotations:
+        rest = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+        if rest:
+            out["annotations"] = rest
+        else:
+            del out["annotations"]
+    return out
+
+
+def _applied_fields(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The union of the fieldsV1 sets this operator's applies own, or None when it never applied the object."""
+    found: dict[str, Any] | None = None
+    for entry in meta.get("managedFields") or ():
+        if entry.get("manager") == FIELD_MANAGER and not entry.get("subresource"):
+            found = _union(found or {}, entry.get("fieldsV1") or {})
+    return found
+
+
+def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, sub in b.items():
+        out[key] = _union(out[key], sub) if key in out else sub
+    return out
+
+
+def owned(value: Any, fields: Mapping[str, Any]) -> Any:
+    """The part of `value` that the field set `fields` (managedFields' fieldsV1 format) names: `f:<name>`
+    members of a map, `k:{merge keys}`, `v:<value>` or `i:<index>` items of a list. A field named with no
+    members is kept whole (a scalar, or a map or list set atomically)."""
+    members = [k for k in fields if k != "."]
+    if not members:
+        return value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key in members:
+            if key.startswith("f:") and key[2:] in value:
+                out[key[2:]] = owned(value[key[2:]], fields[key])
+        return out
+    if isinstance(value, list):
+        items: list[Any] = []
+        for i, item in enumerate(value):
+            sub = _item_fields(fields, i, item)
+            if sub is None:
+                continue
+            items.append(owned(item, sub))
+        return items
+    return value
+
+
+def _item_fields(fields: Mapping[str, Any], index: int, item: Any) -> Mapping[str, Any] | None:
+    for key, sub in fields.items():
+        kind, _, raw = key.partition(":")
+        if kind == "i" and raw == str(index):
+            return cast(Mapping[str, Any], sub)
+        if kind not in ("k", "v"):
+            continue
+        try:
+            wanted = json.loads(raw)
+        except ValueError:
+            continue
+        if kind == "v" and wanted == item:
+            return cast(Mapping[str, Any], sub)
+        matched = isinstance(item, Mapping) and isinstance(wanted, Mapping)
+        if kind == "k" and matched and all(item.get(k) == v for k, v in wanted.items()):
+            return cast(Mapping[str, Any], sub)
+    return None
+
+
+def applied_projection(body: Mapping[str, Any], also: tuple[tuple[str, ...], ...] = ()) -> dict[str, Any]:
+    """A child as the operator needs it: its identity and owners, the fields the operator's own applies set
+    (what the apply diff compares; not the server's defaults, not other managers' fields), the paths in
+    `also` that a reconcile reads but another manager may own, and the status. A child whose managedFields
+    name no apply of the operator keeps no spec: the diff then applies it, which is right, and a large
+    foreign object labelled as ours costs its metadata only."""
     meta = body.get("metadata") or {}
-    return {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    out: dict[str, Any] = {k: body[k] for k in ("apiVersion", "kind") if k in body}
+    out["metadata"] = kept_metadata(meta)
+    # No managedFields at all (an API server that does not track them, or a test's object): what is ours is
+    # unknown, so every top-level field is.
+    fields = _applied_fields(meta) if meta.get("managedFields") else {f"f:{k}": {} for k in body}
+    for key, sub in (fields or {}).items():
+        name = key[2:]
+        if key.startswith("f:") and name not in ("apiVersion", "kind", "metadata", "status") and name in body:
+            out[name] = owned(body[name], sub)
+    for path in also:
+        value: Any = body
+        for part in path:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is not None:
+            target = out
+            for part in path[:-1]:
+                target = target.setdefault(part, {})
+            target[path[-1]] = value
+    if "status" in body:
+        out["status"] = body["status"]
+    return out
+
+
+def slim_deployment(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the ModelService reconcile reads of a Deployment: the applied fields, and `spec.replicas`, which
+    an HPA owns when autoscaling is on (the rollout state compares it with the status)."""
+    return applied_projection(body, (("spec", "replicas"),))
 
 
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the TrainingJob reconcile reads of a pod; the rest of a pod body is not worth keeping in memory."""
+    """What the reconciles read of a pod: its identity, labels, annotations and owners (the owner chain), and
+    the containers' states (phase, restarts, termination messages); not its spec or the rest of its status."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
+    kept = ("phase", "initContainerStatuses", "containerStatuses")
     return {
-        "metadata": {
-            k: meta[k] for k in ("name", "labels", "annotations", "ownerReferences", "deletionTimestamp") if k in meta
-        },
-        "status": {k: status[k] for k in ("phase", "containerStatuses") if k in status},
+        "metadata": kept_metadata(
+            meta, ("name", "uid", "labels", "annotations", "ownerReferences", "deletionTimestamp")
+        ),
+        "status": {k: status[k] for k in kept if k in status},
     }
 
 
@@ -110,7 +227,7 @@ def slim_replica_set(body: Mapping[str, Any]) -> dict[str, Any]:
     template = (body.get("spec") or {}).get("template") or {}
     pod = template.get("spec") or {}
     return {
-        "metadata": {k: meta[k] for k in ("name", "labels", "annotations", "ownerReferences") if k in meta},
+        "metadata": kept_metadata(meta, ("name", "uid", "labels", "annotations", "ownerReferences")),
         "spec": {
             "template": {
                 "metadata": {"annotations": (template.get("metadata") or {}).get("annotations") or {}},
@@ -118,6 +235,32 @@ def slim_replica_set(body: Mapping[str, Any]) -> dict[str, Any]:
             }
         },
     }
+
+
+def pack(projection: Mapping[str, Any]) -> str:
+    """A projection as compact JSON text, which is how the indexes of whole objects hold it: one allocation of
+    its size instead of a tree of dicts, lists and strings about five times larger, none of which pins a
+    half-empty allocator arena. kopf compares a new value with the stored one (`!=`): for text, one memcmp.
+    A reconcile decodes the few objects it reads (`stored`): tens of microseconds each."""
+    return json.dumps(projection, separators=(",", ":"))
+
+
+def unpack(value: Any) -> dict[str, Any]:
+    """A stored projection as a new dict (a value that is not packed, as tests build indexes, as it is)."""
+    return cast(dict[str, Any], json.loads(value)) if isinstance(value, str) else cast(dict[str, Any], value)
+
+
+def stored(index: Mapping[Any, Any], key: Any) -> list[dict[str, Any]]:
+    """The objects an index holds under `key`, decoded."""
+    return [unpack(v) for v in index.get(key) or ()]
+
+
+def parent_projection(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A ModelService or TrainingJob for its own reconcile: spec and status whole (the reconcile parses
+    them), the metadata without managedFields or a `kubectl apply` copy of the spec."""
+    out: dict[str, Any] = {k: body[k] for k in ("apiVersion", "kind", "spec", "status") if k in body}
+    out["metadata"] = kept_metadata(body.get("metadata") or {})
+    return out
 
 
 # --- the children of each parent ---------------------------------------------------------------------
@@ -129,13 +272,13 @@ class Child:
 
     resource: Resource
     index: str
-    slim: Callable[[Mapping[str, Any]], dict[str, Any]] = without_managed_fields
+    slim: Callable[[Mapping[str, Any]], dict[str, Any]] = applied_projection
 
 
 MODELSERVICE_CHILDREN = (
-    Child(DEPLOYMENT, "ms_deployments"),
+    Child(DEPLOYMENT, "ms_deployments", slim_deployment),
     Child(REPLICA_SET, "ms_replica_sets", slim_replica_set),
-    Child(POD, "ms_pods"),
+    Child(POD, "ms_pods", slim_pod),
     Child(SERVICE, "ms_services"),
     Child(HPA, "ms_hpas"),
     Child(PDB, "ms_pdbs"),
@@ -151,13 +294,13 @@ TRAININGJOB_CHILDREN = (
 
 
 def child_indexer(parent_kind: str, child: Child) -> Indexer:
-    """A kopf indexer keeping `child.slim` of each object under its parent's (namespace, name)."""
+    """A kopf indexer keeping `child.slim` of each object, packed, under its parent's (namespace, name)."""
 
     async def indexer(
         namespace: str | None, labels: Mapping[str, str], body: Mapping[str, Any], **_: Any
-    ) -> dict[ObjectKey, dict[str, Any]] | None:
+    ) -> dict[ObjectKey, str] | None:
         parent = parent_of(parent_kind, labels)
-        return {(namespace, parent): child.slim(body)} if parent and namespace else None
+        return {(namespace, parent): pack(child.slim(body))} if parent and namespace else None
 
     return indexer
 

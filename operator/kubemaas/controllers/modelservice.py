@@ -21,11 +21,19 @@ from pydantic import ValidationError
 from kubemaas.api import ModelService
 from kubemaas.api.base import Condition, ConditionStatus
 from kubemaas.api.core import DEFAULT_GPU_RESOURCE, LabelSelector
+from kubemaas.api.core.labels import SelectorOperator
 from kubemaas.api.errors import summary
 from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE, ModelServiceStatus
 from kubemaas.controllers import modelservice_core as core
 from kubemaas.controllers.apply import Kube
-from kubemaas.controllers.children import MODELSERVICE_CHILDREN, child_indexer, without_managed_fields
+from kubemaas.controllers.children import (
+    MODELSERVICE_CHILDREN,
+    child_indexer,
+    kept_metadata,
+    pack,
+    parent_projection,
+    stored,
+)
 from kubemaas.controllers.conditions import set_condition, utc_now
 from kubemaas.controllers.object_metrics import MODELSERVICES, modelservice_snapshot
 from kubemaas.controllers.reconciler import ReconcileLoop, sync
@@ -47,6 +55,8 @@ LOOP = ReconcileLoop(KIND, MODELSERVICES)
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+SourceKey = tuple[str, ...]  # (namespace, "ref", job name) | (namespace, "selector")
+JobKey = tuple[str, ...]  # (namespace,) | (namespace, "name", name) | (ns, "label", key, value) | (ns, "key", key)
 
 
 # --------------------------------------------------------------------------- indexes
@@ -58,13 +68,75 @@ def _owner(namespace: str | None, labels: Mapping[str, str] | None) -> Key | Non
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-async def ms_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]] | None:
-    return {(namespace, name): without_managed_fields(body)} if namespace else None
+async def ms_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, str] | None:
+    return {(namespace, name): pack(parent_projection(body))} if namespace else None
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+async def ms_by_source(
+    namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any
+) -> dict[SourceKey, tuple[Key, Any]] | None:
+    """Which ModelServices a TrainingJob's event concerns: those naming it, and those with a selector in its
+    namespace (each with its selector), so that an event of one job does not visit every ModelService."""
+    if not namespace:
+        return None
+    model = spec.get("model") or {}
+    ref = (model.get("trainingJobRef") or {}).get("name")
+    if ref:
+        return {(namespace, "ref", str(ref)): ((namespace, name), None)}
+    selector = model.get("trainingJobSelector")
+    return {(namespace, "selector"): ((namespace, name), selector)} if selector is not None else None
+
+
+def job_projection(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a ModelService reads of a TrainingJob (modelservice_core.source): its name and labels, where it
+    publishes (spec.output) with which key (spec.encryption), and its status; not the rest of its spec
+    (pod templates, env, volumes: up to about 1.5 MB by the schema)."""
+    spec = body.get("spec") or {}
+    out: dict[str, Any] = {k: body[k] for k in ("apiVersion", "kind", "status") if k in body}
+    out["metadata"] = {k: v for k, v in kept_metadata(body.get("metadata") or {}).items() if k != "annotations"}
+    out["spec"] = {k: spec[k] for k in ("output", "encryption") if k in spec}
+    return out
 
 
 @kopf.index(GROUP, VERSION, "trainingjobs")
-async def ms_training_jobs(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, dict[str, Any]]:
-    return {namespace: without_managed_fields(body)}
+async def ms_training_jobs(
+    namespace: str | None, name: str, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[JobKey, dict[str, Any]] | None:
+    """Each TrainingJob (a projection) under its name, under each of its labels (key and value) and each label
+    key, and under its namespace: a selector is resolved from the narrowest of these, not by a scan."""
+    if not namespace:
+        return None
+    job = job_projection(body)
+    keys: list[JobKey] = [(namespace,), (namespace, "name", name)]
+    for k, v in labels.items():
+        keys += [(namespace, "label", k, v), (namespace, "key", k)]
+    return dict.fromkeys(keys, job)
+
+
+def training_jobs_for(index: Mapping[Any, Any], namespace: str, ms: ModelService) -> list[dict[str, Any]]:
+    """The TrainingJobs `ms` can take a model from, found by name or label in the index: the one its
+    `trainingJobRef` names, or for a selector the jobs under its narrowest positive requirement (a
+    matchLabels pair, an In list, an Exists key), which `modelservice_core.source` then matches whole. Only a
+    selector of NotIn/DoesNotExist alone needs the namespace's list."""
+    model = ms.spec.model
+    if model.training_job_ref is not None:
+        return _values(index, (namespace, "name", model.training_job_ref.name))
+    selector = model.training_job_selector
+    if selector is None:
+        return []
+    options: list[list[dict[str, Any]]] = [
+        _values(index, (namespace, "label", k, v)) for k, v in (selector.match_labels or {}).items()
+    ]
+    for e in selector.match_expressions or ():
+        if e.operator is SelectorOperator.In:
+            found = {id(j): j for v in e.values or () for j in _values(index, (namespace, "label", e.key, v))}
+            options.append(list(found.values()))
+        elif e.operator is SelectorOperator.Exists:
+            options.append(_values(index, (namespace, "key", e.key)))
+    if not options:
+        return _values(index, (namespace,))
+    return min(options, key=len)
 
 
 # Owned children, indexed by their ModelService (namespace, name).
@@ -76,9 +148,8 @@ for _child in MODELSERVICE_CHILDREN:
     )
 
 
-def _values(index: kopf.Index[Any, Any], key: Any) -> list[dict[str, Any]]:
-    store = index.get(key)
-    return list(store) if store is not None else []
+def _values(index: Mapping[Any, Any], key: Any) -> list[dict[str, Any]]:
+    return stored(index, key)
 
 
 def _named(objects: Iterable[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
@@ -152,7 +223,7 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
         ms = ModelService.parse(body)
     except ValidationError as error:
         return await _invalid(kube, key, body, version, summary(error)[:1024])
-    jobs = _values(indexes["ms_training_jobs"], namespace)
+    jobs = training_jobs_for(indexes["ms_training_jobs"], namespace, ms)
     deployments = _values(indexes["ms_deployments"], key)
     observed = core.Observed(
         training_jobs=jobs,
@@ -276,34 +347,24 @@ for _child in MODELSERVICE_CHILDREN:
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
 async def ms_training_job_changed(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    index: kopf.Index[Key, dict[str, Any]] = kwargs["ms_bodies"]
-    for key in list(index):
-        if key[0] != namespace:
-            continue
-        for body in index.get(key) or ():
-            if _refers_to(body, name, kwargs):
-                await _run(key, memo, kwargs)
+    if not namespace:
+        return
+    sources: kopf.Index[SourceKey, tuple[Key, Any]] = kwargs["ms_by_source"]
+    concerned = [key for key, _ in sources.get((namespace, "ref", name)) or ()]
+    selecting = list(sources.get((namespace, "selector")) or ())
+    if selecting:
+        job = next(iter(_values(kwargs["ms_training_jobs"], (namespace, "name", name))), None)
+        labels = (job or {}).get("metadata", {}).get("labels") or {}
+        # A deleted job is gone from the index: reconcile anyway, the newest match may have changed.
+        concerned += [key for key, selector in selecting if job is None or _selects(selector, labels)]
+    for key in concerned:
+        if key in kwargs["ms_bodies"]:
+            await _run(key, memo, kwargs)
 
 
-def _refers_to(body: Mapping[str, Any], job_name: str, kwargs: Mapping[str, Any]) -> bool:
-    model = body.get("spec", {}).get("model", {})
-    if (model.get("trainingJobRef") or {}).get("name") == job_name:
-        return True
-    raw_selector = model.get("trainingJobSelector")
-    if raw_selector is None:
-        return False
+def _selects(raw_selector: Any, labels: Mapping[str, str]) -> bool:
     try:
         selector = LabelSelector.model_validate(raw_selector)
     except ValidationError:
         return True  # the reconcile reports the invalid spec
-    job = next(
-        (
-            j
-            for j in _values(kwargs["ms_training_jobs"], body["metadata"]["namespace"])
-            if j["metadata"]["name"] == job_name
-        ),
-        None,
-    )
-    labels = (job or {}).get("metadata", {}).get("labels") or {}
-    # A deleted job is gone from the index: reconcile anyway, the newest match may have changed.
-    return job is None or selector.matches(labels)
+    return selector.matches(labels)

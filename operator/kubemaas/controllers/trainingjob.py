@@ -34,7 +34,7 @@ from kubemaas.api.errors import summary
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers import trainingjob_core as core
 from kubemaas.controllers.apply import Kube
-from kubemaas.controllers.children import TRAININGJOB_CHILDREN, child_indexer, without_managed_fields
+from kubemaas.controllers.children import TRAININGJOB_CHILDREN, child_indexer, pack, parent_projection, stored
 from kubemaas.controllers.conditions import true_condition, utc_now
 from kubemaas.controllers.metrics import CHILDREN_APPLIED
 from kubemaas.controllers.object_metrics import TRAININGJOBS, trainingjob_snapshot
@@ -83,8 +83,8 @@ DISCOVERY = Discovery()
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-async def trainingjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[ObjectKey, Any] | None:
-    return {(namespace, name): without_managed_fields(body)} if namespace else None
+async def trainingjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[ObjectKey, str] | None:
+    return {(namespace, name): pack(parent_projection(body))} if namespace else None
 
 
 # The children whose events re-run the parent's reconcile.
@@ -110,13 +110,13 @@ async def _observe(
     job: TrainingJob, key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]
 ) -> core.Observed:
     uid = job.metadata.uid
-    workload = _one(indexes["trainingjob_pytorchjobs"].get(key, []), job.metadata.name, uid) or _one(
-        indexes["trainingjob_jobs"].get(key, []), manifests.workers_name(job), uid
+    workload = _one(stored(indexes["trainingjob_pytorchjobs"], key), job.metadata.name, uid) or _one(
+        stored(indexes["trainingjob_jobs"], key), manifests.workers_name(job), uid
     )
-    service = _one(indexes["trainingjob_services"].get(key, []), manifests.workers_name(job), uid)
-    policy = _one(indexes["trainingjob_network_policies"].get(key, []), job.metadata.name, uid)
+    service = _one(stored(indexes["trainingjob_services"], key), manifests.workers_name(job), uid)
+    policy = _one(stored(indexes["trainingjob_network_policies"], key), job.metadata.name, uid)
     workload_uid = workload["metadata"].get("uid") if workload is not None else None
-    pods = [p for p in indexes["trainingjob_pods"].get(key, []) if workload_uid and _owned_by(p, workload_uid)]
+    pods = [p for p in stored(indexes["trainingjob_pods"], key) if workload_uid and _owned_by(p, workload_uid)]
     finished = job.status is not None and any(
         c.type in (core.SUCCEEDED, core.FAILED) and c.status.value == "True" for c in job.status.conditions or ()
     )
@@ -149,7 +149,7 @@ async def _observe(
 
 async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]) -> float | None:
     """One level-triggered pass; returns the seconds until the next one is due (a re-check, a TTL), or None."""
-    bodies = list(indexes["trainingjobs"].get(key, []))
+    bodies = stored(indexes["trainingjobs"], key)
     if not bodies:
         return None  # deleted (the parent's DELETED event drops the bookkeeping)
     body, version = LOOP.status.current(key, bodies[0])
