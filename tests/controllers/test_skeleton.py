@@ -141,3 +141,34 @@ def test_reconciles_of_one_object_never_overlap() -> None:
 
     same_object, different_objects = asyncio.run(main())
     assert (same_object, different_objects) == (1, 5)
+
+
+def test_triggers_of_a_busy_object_share_the_run_already_waiting() -> None:
+    """One run at a time per object, and at most one waiting: five triggers while a run is under way cost one
+    more run, which reads the newest state, and none of them waits for its own turn."""
+    loop = ReconcileLoop("Test")
+    runs = 0
+    state = {"seen": 0, "latest": 0}
+
+    async def reconcile() -> None:
+        nonlocal runs
+        runs += 1
+        state["seen"] = state["latest"]  # a reconcile reads the indexes when it starts
+        await asyncio.sleep(0.02)
+
+    async def main() -> list[bool]:
+        first = asyncio.ensure_future(loop.run(("ns", "c"), reconcile))
+        await asyncio.sleep(0)  # the first run holds the lock
+        waiting = []
+        for i in range(1, 6):
+            state["latest"] = i
+            trigger = asyncio.ensure_future(loop.run(("ns", "c"), reconcile))
+            await asyncio.sleep(0)
+            waiting.append(trigger.done())
+        await first
+        await asyncio.sleep(0.05)
+        return waiting
+
+    waiting = asyncio.run(main())
+    assert waiting == [False, True, True, True, True], "only the first trigger waits; the others return at once"
+    assert runs == 2 and state["seen"] == 5

@@ -159,6 +159,7 @@ class ReconcileLoop:
         self.states = states if states is not None else ObjectStates(kind)
         self._locks: dict[ObjectKey, asyncio.Lock] = {}
         self._failures: dict[ObjectKey, int] = {}
+        self._queued: set[ObjectKey] = set()  # keys with a run waiting for the lock
 
     def forget(self, key: ObjectKey) -> None:
         """Drop the bookkeeping of a deleted object: its pending re-run, lock, failures, status memory and
@@ -205,12 +206,23 @@ class ReconcileLoop:
         self.requeue.schedule(key, delay, lambda: self.run(key, reconcile))
 
     async def run(self, key: ObjectKey, reconcile: Reconcile) -> None:
-        """Run `reconcile` for `key` under its lock; a requeue it asks for, or a failure, schedules a re-run."""
+        """Run `reconcile` for `key` under its lock; a requeue it asks for, or a failure, schedules a re-run.
+
+        A trigger that finds a run of `key` already waiting returns at once: that run reads the indexes when it
+        starts, after this trigger's event is in them. Without this, every child event of a busy parent held
+        kopf's worker for that child (with the event's whole body, and the events queued behind it) until its
+        own turn came, and ran a reconcile that found nothing new."""
+        if key in self._queued:
+            return
         lock = self._locks.setdefault(key, asyncio.Lock())
         gauge = PENDING.labels(self.kind)
         gauge.inc()
+        self._queued.add(key)
+        waiting = True
         try:
             async with lock:
+                self._queued.discard(key)
+                waiting = False
                 # This run sees the newest state: a re-run pending from before is superseded. The
                 # reconcile (or a failure below) schedules the next one it needs.
                 self.requeue.cancel(key)
@@ -237,6 +249,8 @@ class ReconcileLoop:
                     RECONCILES.labels(self.kind, outcome).inc()
                     RECONCILE_SECONDS.labels(self.kind).observe(time.monotonic() - started)
         finally:
+            if waiting:  # cancelled before its turn
+                self._queued.discard(key)
             gauge.dec()
 
 
