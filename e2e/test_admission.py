@@ -30,7 +30,7 @@ from e2e.kube import create_custom_object, load_crds, merge_patch_custom_object,
 from e2e.test_chart import render
 from e2e.test_modelservice import crds  # noqa: F401  (a fixture)
 from e2e.typed_client import body_as, new_client
-from kubemaas.api import access
+from kubemaas.api import access, roles
 from kubemaas.api.crd import GROUP, KINDS
 
 ENFORCED_TIMEOUT = 30.0  # the API server's policy informers pick a new policy and binding up within seconds
@@ -349,14 +349,14 @@ def can_i(api: client.ApiClient, namespace: str, verb: str, resource: str) -> bo
 def aggregated_roles(cluster: E2ECluster, namespace: str) -> Iterator[None]:
     """The generated roles under names of this test (another test may hold the same ones under its names)."""
     rbac = client.RbacAuthorizationV1Api(cluster.api)
-    roles = [access.aggregated_role(role) for role in access.ROLES]
-    for role in roles:
+    generated = [roles.aggregated_role(role) for role in roles.ROLES]
+    for role in generated:
         role["metadata"]["name"] += "-" + namespace.rsplit("-", 1)[-1]
         rbac.create_cluster_role(body_as(client.V1ClusterRole, role))
     try:
         yield
     finally:
-        for role in roles:
+        for role in generated:
             rbac.delete_cluster_role(role["metadata"]["name"])
 
 
@@ -390,7 +390,7 @@ def test_edit_lets_a_user_create_a_training_job_and_view_only_read(cluster: E2EC
 
 def generated_objects() -> list[dict[str, Any]]:
     return [*(o for k in KINDS for o in (access.admission_policy(k), access.admission_binding(k))),
-            *(access.aggregated_role(r) for r in access.ROLES)]  # fmt: skip
+            *(roles.aggregated_role(r) for r in roles.ROLES)]  # fmt: skip
 
 
 def by_name(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

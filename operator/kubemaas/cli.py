@@ -43,9 +43,9 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _access(args: argparse.Namespace) -> int:
-    from kubemaas.api import access
+    from kubemaas.api import access_manifests
 
-    return _generate("access", Path(args.out), args.check, access.stale, access.write)
+    return _generate("access", Path(args.out), args.check, access_manifests.stale, access_manifests.write)
 
 
 def _run(args: argparse.Namespace) -> int:

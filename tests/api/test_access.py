@@ -17,13 +17,13 @@ import pytest
 import yaml
 from pydantic import Field
 
-from kubemaas.api import access
+from kubemaas.api import access, access_manifests, roles
 from kubemaas.api.base import ApiModel
 from kubemaas.api.crd import KINDS, Kind, openapi_schema
 from kubemaas.api.trainingjob import TrainingJob, TrainingJobSpec
 from kubemaas.cli import main
 from tests.api.cases import CRDS_DIR, REPO
-from tests.api.test_crd import walk
+from tests.api.schema import walk
 
 CHART = REPO / "charts" / "kubemaas"
 
@@ -202,9 +202,9 @@ def test_secret_slots_fill_the_budget_left_by_the_other_checks() -> None:
 # --- the aggregated roles ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", access.ROLES)
+@pytest.mark.parametrize("role", roles.ROLES)
 def test_aggregated_roles(role: str) -> None:
-    obj = access.aggregated_role(role)
+    obj = roles.aggregated_role(role)
     assert obj["metadata"]["name"] == f"kubemaas-{role}"
     assert obj["metadata"]["labels"][f"rbac.authorization.k8s.io/aggregate-to-{role}"] == "true"
     granted: dict[str, set[str]] = {}
@@ -213,7 +213,7 @@ def test_aggregated_roles(role: str) -> None:
         for resource in rule["resources"]:
             assert "*" not in resource and "*" not in rule["verbs"]
             granted.setdefault(resource, set()).update(rule["verbs"])
-    read, write = set(access.READ), set(access.WRITE)
+    read, write = set(roles.READ), set(roles.WRITE)
     for kind in KINDS:
         assert granted[f"{kind.plural}/status"] == read  # status stays the operator's
         assert granted[kind.plural] == (read if role == "view" else read | write)
@@ -223,9 +223,9 @@ def test_aggregated_roles(role: str) -> None:
 
 
 def test_committed_files_are_fresh_and_the_charts_copies_equal_the_plain_ones() -> None:
-    assert access.stale(CRDS_DIR) == []
-    assert access.stale(CHART) == []
-    for name in access.render_all():
+    assert access_manifests.stale(CRDS_DIR) == []
+    assert access_manifests.stale(CHART) == []
+    for name in access_manifests.render_all():
         assert (CHART / name).read_text() == (CRDS_DIR / name).read_text(), name
         assert yaml.safe_load((CRDS_DIR / name).read_text())["metadata"]["name"].startswith(f"{access.NAME_PREFIX}-")
 

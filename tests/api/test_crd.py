@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import yaml
 
 from kubemaas.api.crd import KINDS, Kind, crd, openapi_schema, render_all
 from tests.api.cases import CRDS_DIR, REPO
+from tests.api.schema import walk
 
 # The JSONSchemaProps fields apiextensions.k8s.io/v1 accepts, less those a structural schema forbids
 # ($ref, definitions, nullable unions ...).
@@ -27,16 +27,6 @@ ALLOWED_KEYWORDS = {
     "x-kubernetes-embedded-resource",
 }  # fmt: skip
 INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
-
-
-def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    yield path, node
-    for name, child in node.get("properties", {}).items():
-        yield from walk(child, f"{path}.{name}")
-    if isinstance(node.get("items"), dict):
-        yield from walk(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from walk(node["additionalProperties"], f"{path}{{}}")
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)

@@ -1,12 +1,18 @@
-"""What the chart tests share: the Triton series the chart's dashboard reads, the operator's it exports."""
+"""What the chart tests share: where the chart is, the Triton series its dashboard reads, the operator's it exports."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prometheus_client import REGISTRY
 
 from kubemaas import serving_metrics
 from kubemaas.controllers import metrics as _operator_metrics  # noqa: F401  (registers the operator's metrics)
 from kubemaas.controllers import object_metrics as _object_metrics  # noqa: F401  (and the objects' series)
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "kubemaas"
+TEMPLATES = CHART / "templates"
 
 TRITON_METRICS = {
     # Triton's per-model metrics the dashboard reads (Triton's metrics documentation; summaries need

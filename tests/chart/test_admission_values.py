@@ -15,9 +15,9 @@ import jsonschema
 import pytest
 import yaml
 
-from kubemaas.api import access
+from kubemaas.api import access, access_manifests
 from kubemaas.api.crd import KINDS
-from tests.chart.test_chart_files import CHART, TEMPLATES
+from tests.chart.builders import CHART, TEMPLATES
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_templates_read_every_generated_file() -> None:
         r'\.Files\.Glob "([^"]+)"',
         (TEMPLATES / "admission-policy.yaml").read_text() + (TEMPLATES / "aggregated-roles.yaml").read_text(),
     )
-    generated = list(access.render_all())
+    generated = list(access_manifests.render_all())
     for name in generated:
         assert [g for g in globs if fnmatch.fnmatch(name, g)], f"no template reads {name}"
     # Helm's crds/ would install them unconditionally, outside the values: they must sit elsewhere.

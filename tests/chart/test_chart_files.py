@@ -24,11 +24,7 @@ from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import DEFAULT_METRICS_PORT
 from kubemaas.controllers.settings import PEERING_NAME
 from kubemaas.manifests.labels import MANAGED_BY, parent_label
-from tests.chart.builders import TRITON_METRICS, exported_operator_series
-
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "kubemaas"
-TEMPLATES = CHART / "templates"
+from tests.chart.builders import CHART, REPO, TEMPLATES, TRITON_METRICS, exported_operator_series
 
 
 def _load_readme_tool() -> ModuleType:

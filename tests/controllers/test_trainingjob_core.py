@@ -10,6 +10,7 @@ import pytest
 
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers import trainingjob_core as core
+from kubemaas.controllers import trainingjob_reports as reports
 from kubemaas.controllers.conditions import find_condition, transitions
 from kubemaas.manifests import trainingjob as manifests
 
@@ -86,7 +87,7 @@ def kubeflow_pod(rank: int, phase: str = "Running", exit_code: int | None = None
     replica_type, index = ("master", 0) if rank == 0 else ("worker", rank - 1)
     return _pod(
         f"digits-{replica_type}-{index}",
-        {core.KUBEFLOW_REPLICA_TYPE: replica_type, core.KUBEFLOW_REPLICA_INDEX: str(index)},
+        {reports.KUBEFLOW_REPLICA_TYPE: replica_type, reports.KUBEFLOW_REPLICA_INDEX: str(index)},
         {},
         "pytorch",
         phase,
@@ -148,8 +149,8 @@ def served(**kwargs: Any) -> core.Observed:
 
 def test_version_is_derived_from_creation_time_and_uid() -> None:
     job = make_job()
-    assert core.model_version(job) == VERSION
-    assert core.model_version(make_job(status={"backend": "Job"})) == VERSION
+    assert reports.model_version(job) == VERSION
+    assert reports.model_version(make_job(status={"backend": "Job"})) == VERSION
 
 
 def test_first_reconcile_creates_pytorchjob_and_asks_for_the_key_secret() -> None:
@@ -316,7 +317,7 @@ def test_malformed_success_message_is_failed_bad_termination_message(message: st
     assert (status, reason) == ("True", "BadTerminationMessage") and fragment in text
     assert cond(desired, "Succeeded")[:2] == ("False", "Failed")
     assert desired.status.model is None
-    assert len(text) <= core.MESSAGE_LIMIT
+    assert len(text) <= reports.MESSAGE_LIMIT
 
 
 def test_metric_names_with_a_slash_are_published_as_reported() -> None:

@@ -29,15 +29,22 @@ from pydantic import ValidationError
 from kubemaas.api.base import ConditionStatus
 from kubemaas.api.trainingjob import (
     KeyGeneration,
-    PublishedModel,
-    ReplicaStatus,
     TrainingJob,
     TrainingJobStatus,
 )
-from kubemaas.contract import termination
-from kubemaas.contract.published import version_uri
 from kubemaas.controllers import workloads
 from kubemaas.controllers.conditions import WarningPolicy, find_condition, is_true, set_condition, true_condition
+from kubemaas.controllers.trainingjob_reports import (
+    BadTerminationMessage,
+    model_version,
+    parse_published_model,
+    pod_failure,
+    pod_rank,
+    replica_statuses,
+    shorten,
+    terminated_state,
+    timestamp,
+)
 from kubemaas.controllers.workloads import WorkloadBackend
 from kubemaas.manifests import trainingjob as manifests
 
@@ -57,17 +64,12 @@ CONDITION_TYPES = (READY, CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPE
 # Event only when its status flips from a known one.
 WARNINGS = WarningPolicy(when_true=frozenset({FAILED}), when_false=frozenset({READY, CREATED}))
 
-# A condition message stays readable in `kubectl describe` and small in etcd.
-MESSAGE_LIMIT = 1024
 # How long a finished workload's rank-0 pod may lag behind the workload in the watch streams before
 # its absence counts as a lost termination message.
 POD_LAG_GRACE = timedelta(seconds=30)
 # How often a blocked job (missing claim, key Secret or backend) looks again: neither claims nor a user's
 # Secret carry a Kubemaas label, so no watch of the operator reports their arrival.
 RECHECK_SECONDS = 10.0
-
-KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/replica-type"
-KUBEFLOW_REPLICA_INDEX = "training.kubeflow.org/replica-index"
 
 
 @dataclass(frozen=True)
@@ -94,17 +96,6 @@ class Desired:
     requeue_after: float | None = None
 
 
-class BadTerminationMessage(ValueError):
-    """Rank 0's termination message is not what the contract promises."""
-
-
-def model_version(job: TrainingJob) -> str:
-    """`v<created:%Y%m%d-%H%M%S>-<uid[:8]>`: fixed for the job's lifetime, unique, sortable by creation."""
-    extra = job.metadata.model_extra or {}
-    created = datetime.fromisoformat(str(extra["creationTimestamp"]))
-    return f"v{created:%Y%m%d-%H%M%S}-{(job.metadata.uid or '')[:8]}"
-
-
 def served_backends(observed: Observed) -> frozenset[str]:
     """Backends whose API the cluster serves, among those that need one."""
     return frozenset({"PyTorchJob"}) if observed.pytorchjob_served else frozenset()
@@ -113,132 +104,6 @@ def served_backends(observed: Observed) -> frozenset[str]:
 def desired_children(job: TrainingJob, backend: WorkloadBackend) -> list[dict[str, Any]]:
     """The backend's workload, and whatever backend: the NetworkPolicy that closes the ranks' ports."""
     return [*backend.children(job, model_version(job)), manifests.network_policy(job)]
-
-
-# --- reading what the workload and its pods report ------------------------------------------------
-
-
-def _time(value: Any) -> datetime | None:
-    return datetime.fromisoformat(str(value)) if value else None
-
-
-def _shorten(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def pod_rank(pod: Mapping[str, Any]) -> int | None:
-    meta = pod.get("metadata") or {}
-    pod_labels = meta.get("labels") or {}
-    replica_type = pod_labels.get(KUBEFLOW_REPLICA_TYPE)
-    if replica_type is not None:
-        # Kubeflow: the Master is rank 0, Worker i is rank i + 1.
-        index = int(pod_labels.get(KUBEFLOW_REPLICA_INDEX, "0"))
-        return 0 if replica_type.lower() == "master" else index + 1
-    index_value = (meta.get("annotations") or {}).get(manifests.COMPLETION_INDEX_ANNOTATION)
-    return int(index_value) if index_value is not None and str(index_value).isdigit() else None
-
-
-def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The training container's terminated state (the pod has exactly one container)."""
-    for status in (pod.get("status") or {}).get("containerStatuses") or ():
-        if status.get("name") in (manifests.PYTORCH_CONTAINER, manifests.JOB_CONTAINER):
-            terminated: Mapping[str, Any] | None = (status.get("state") or {}).get("terminated")
-            return terminated
-    return None
-
-
-def replica_statuses(pods: Sequence[Mapping[str, Any]]) -> dict[str, ReplicaStatus]:
-    counts: dict[str, dict[str, int]] = {}
-    for pod in pods:
-        rank = pod_rank(pod)
-        if rank is None:
-            continue
-        kind = "Master" if rank == 0 else "Worker"
-        bucket = counts.setdefault(kind, {"active": 0, "succeeded": 0, "failed": 0})
-        phase = (pod.get("status") or {}).get("phase")
-        if phase == "Succeeded":
-            bucket["succeeded"] += 1
-        elif phase == "Failed":
-            bucket["failed"] += 1
-        elif not (pod.get("metadata") or {}).get("deletionTimestamp"):
-            bucket["active"] += 1
-    return {kind: ReplicaStatus(**c) for kind, c in sorted(counts.items())}
-
-
-def parse_published_model(message: str, job: TrainingJob) -> PublishedModel:
-    """Rank 0's success message -> status.model; anything else is BadTerminationMessage.
-
-    Rank 0 is trusted only for what it alone knows (the digest, the key id, the metrics). Where the version
-    lives follows from the spec: a message that names another model, version or URI is refused, so no pod
-    can point a ModelService at another store or model (docs/security.md)."""
-    if not message.strip():
-        raise BadTerminationMessage("rank 0 exited 0 without a termination message")
-    try:
-        parsed = termination.parse_termination(message)
-    except termination.InvalidTerminationMessage as error:
-        raise BadTerminationMessage(f"rank 0's termination message: {error}") from None
-    if not isinstance(parsed, termination.SuccessMessage):
-        raise BadTerminationMessage(f"rank 0 exited 0 but reported a failure ({parsed.reason})")
-    version, model = model_version(job), manifests.model_name(job)
-    uri = version_uri(job.spec.output.uri, model, version)
-    for field_name, reported, expected in (("version", parsed.version, version), ("model", parsed.model, model)):
-        if reported != expected:
-            raise BadTerminationMessage(
-                f"rank 0 published {field_name} {_shorten(reported, 80)!r}, expected {expected!r}"
-            )
-    if parsed.uri != uri:
-        raise BadTerminationMessage(f"rank 0 reported the URI {_shorten(parsed.uri, 200)!r}, expected {uri!r}")
-    metrics = PublishedModel.metrics_from(parsed.metrics)
-    try:
-        return PublishedModel(
-            uri=uri, version=version, sha256=parsed.sha256, key_id=parsed.key_id, metrics=metrics or None
-        )
-    except ValidationError as error:
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in error.errors())
-        raise BadTerminationMessage(f"rank 0's termination message has invalid {fields}") from None
-
-
-@dataclass(frozen=True)
-class PodFailure:
-    rank: int | None
-    exit_code: int
-    reason: str
-    message: str
-
-    def describe(self) -> str:
-        who = f"rank {self.rank}" if self.rank is not None else "a pod"
-        text = f"{who} exited {self.exit_code} ({self.reason})"
-        return f"{text}: {self.message}" if self.message else text
-
-
-def pod_failure(pods: Sequence[Mapping[str, Any]]) -> PodFailure | None:
-    """The failure that explains a failed job: the first permanent exit, else the first failure.
-
-    The reason and message come from the pod's termination message when it is a valid failure
-    report (docs/runtime-contract.md §5), else from the kubelet (OOMKilled, Error -> PodFailed).
-    """
-    failures: list[tuple[str, PodFailure]] = []
-    for pod in pods:
-        terminated = _terminated(pod)
-        if terminated is None or not terminated.get("exitCode"):
-            continue
-        code = int(terminated["exitCode"])
-        kubelet_reason = str(terminated.get("reason") or "Error")
-        reason, text, rank = ("PodFailed" if kubelet_reason == "Error" else kubelet_reason), "", pod_rank(pod)
-        raw = str(terminated.get("message") or "")
-        try:
-            report = termination.parse_termination(raw) if raw else None
-        except termination.InvalidTerminationMessage:
-            report, text = None, raw
-        if isinstance(report, termination.FailureMessage):
-            reason, text = report.reason, report.message
-            rank = report.rank if report.rank is not None else rank
-        failure = PodFailure(rank, code, reason, _shorten(text, MESSAGE_LIMIT // 2))
-        failures.append((str(terminated.get("finishedAt") or ""), failure))
-    if not failures:
-        return None
-    failures.sort(key=lambda item: (item[1].exit_code >= 128, item[0]))
-    return failures[0][1]
 
 
 # --- the reconcile --------------------------------------------------------------------------------
@@ -258,7 +123,7 @@ class _Status:
             type,
             status,
             reason,
-            _shorten(message),
+            shorten(message),
             self.job.metadata.generation,
             self.now,
         )
@@ -345,7 +210,7 @@ def _succeeded(job: TrainingJob, observed: Observed, out: _Status, reason: str, 
             return None
         error = "rank 0's pod is gone: no termination message to read the published model from"
     else:
-        terminated = _terminated(rank0[0]) or {}
+        terminated = terminated_state(rank0[0]) or {}
         try:
             out.status.model = parse_published_model(str(terminated.get("message") or ""), job)
         except BadTerminationMessage as bad:
@@ -390,7 +255,7 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
 
     out.set(CREATED, TRUE, f"{backend.name}Created", f"{backend.name} {workload['metadata']['name']} created")
     wl_status = workload.get("status") or {}
-    out.status.start_time = _time(wl_status.get("startTime")) or out.status.start_time
+    out.status.start_time = timestamp(wl_status.get("startTime")) or out.status.start_time
     out.status.replica_statuses = replica_statuses(observed.pods) or None
     suspended = _mirror_suspend(job, workload, out)
 
@@ -399,7 +264,7 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     if succeeded is not None or failed is not None:
         decided = succeeded if succeeded is not None else failed
         assert decided is not None
-        finished = _time(wl_status.get("completionTime")) or _time(decided.get("lastTransitionTime")) or now
+        finished = timestamp(wl_status.get("completionTime")) or timestamp(decided.get("lastTransitionTime")) or now
         out.set(RUNNING, FALSE, "Finished", "")
         out.set(RESTARTING, FALSE, "Finished", "")
         out.status.restart_count = backend.restarts(workload)
@@ -453,8 +318,6 @@ def invalid_spec(
         current = TrainingJobStatus.model_validate(status or {})
     except ValidationError:
         current = TrainingJobStatus()
-    current.conditions = set_condition(
-        current.conditions, READY, FALSE, "InvalidSpec", _shorten(error), generation, now
-    )
+    current.conditions = set_condition(current.conditions, READY, FALSE, "InvalidSpec", shorten(error), generation, now)
     current.observed_generation = generation
     return current
