@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -112,3 +113,63 @@ def test_a_conflicting_status_write_is_computed_again_soon(no_events: list[dict[
     requeue = asyncio.run(handlers.reconcile((NS, "digits"), memo, indexes(ms)))
     assert requeue == handlers.CONFLICT_REQUEUE_SECONDS
     assert no_events == []  # Events are posted by the pass whose write lands
+
+
+def pinned_modelservice() -> dict[str, Any]:
+    body = modelservice({})
+    body["spec"] = {"model": {"uri": f"{STORE}/digits", "version": "v2", "encryption": {"keySecretRef": {"name": "k"}}}}
+    return body
+
+
+@pytest.mark.parametrize("owner", ["rs-1", "rs-forged", None])
+def test_a_loader_report_counts_only_from_a_pod_the_modelservice_owns_through_its_deployment(
+    owner: str | None, no_events: list[dict[str, Any]]
+) -> None:
+    """A pod anyone labelled as the ModelService's (and gave a failing loader report) is not its pod: only the
+    owner chain ModelService -> Deployment -> ReplicaSet -> Pod makes it one."""
+    ms = pinned_modelservice()
+    first = FakeKube()
+    kwargs = indexes(ms)
+    asyncio.run(handlers.reconcile((NS, "digits"), {"kube": first, "triton_image": "triton:1"}, kwargs))
+    deployment = {**next(o for o in first.applied if o["kind"] == "Deployment")}
+    deployment["metadata"] = {**deployment["metadata"], "uid": "d-1", "generation": 1}
+    template = deployment["spec"]["template"]
+    labels = deployment["metadata"]["labels"]
+    replica_set = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": "digits-abc", "namespace": NS, "uid": "rs-1", "labels": labels,
+            "ownerReferences": [{"kind": "Deployment", "name": "digits", "uid": "d-1", "controller": True}],
+        },
+        "spec": {"template": template},
+    }  # fmt: skip
+    report = {"exitCode": 79, "message": "kubemaas load-model: tampered", "reason": "TamperedArtifact"}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "digits-abc-x", "namespace": NS, "labels": template["metadata"]["labels"],
+            "annotations": template["metadata"].get("annotations") or {},
+            "ownerReferences": [{"kind": "ReplicaSet", "name": "digits-abc", "uid": owner, "controller": True}]
+            if owner else [],
+        },
+        "status": {
+            "initContainerStatuses": [{
+                "name": "model-loader", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 79, "message": json.dumps(report)}},
+            }]
+        },
+    }  # fmt: skip
+    kwargs["ms_deployments"] = indexed(handlers.INDEXERS["ms_deployments"], deployment)
+    kwargs["ms_replica_sets"] = indexed(handlers.INDEXERS["ms_replica_sets"], replica_set)
+    kwargs["ms_pods"] = indexed(handlers.INDEXERS["ms_pods"], pod)
+    kube = FakeKube()
+    asyncio.run(handlers.reconcile((NS, "digits"), {"kube": kube, "triton_image": "triton:1"}, kwargs))
+    (_, status, _), *_ = kube.statuses
+    failure = status.get("lastFailure")
+
+    if owner == "rs-1":
+        assert failure is not None and failure["reason"] == "TamperedArtifact"
+    else:
+        assert failure is None, "a pod outside the owner chain was believed"

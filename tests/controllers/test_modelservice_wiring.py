@@ -96,6 +96,7 @@ def test_a_slim_replica_set_still_names_its_model_and_owner() -> None:
         "kind": "ReplicaSet",
         "metadata": {
             "name": "digits-abc",
+            "uid": "rs-1",
             "annotations": {"deployment.kubernetes.io/revision": "3"},
             "ownerReferences": [{"kind": "Deployment", "name": "digits", "uid": "d-1", "controller": True}],
             "managedFields": [{"manager": "kube-controller-manager", "fieldsV1": {"f:spec": {}}}],
@@ -107,7 +108,8 @@ def test_a_slim_replica_set_still_names_its_model_and_owner() -> None:
     template = slim["spec"]["template"]
     assert m.model_ref_from_template(template) == m.model_ref_from_template(replica_set["spec"]["template"])
     assert m.model_ref_from_template(template) is not None
-    assert handlers._owned_by(slim, "digits")
+    # The owner chain survives the projection: its controller's uid (pods are trusted through it), and its own.
+    assert handlers.controlled_by([slim], {"d-1"}) == [slim] and handlers.uids([slim]) == {"rs-1"}
     assert slim["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "3"}
     assert "managedFields" not in slim["metadata"] and "containers" not in template["spec"]
     labels = child_labels("ModelService", "digits", "server")

@@ -224,14 +224,19 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
     except ValidationError as error:
         return await _invalid(kube, key, body, version, summary(error)[:1024])
     jobs = training_jobs_for(indexes["ms_training_jobs"], namespace, ms)
-    deployments = _values(indexes["ms_deployments"], key)
+    # Children are trusted by their owner chain (ModelService uid -> Deployment -> ReplicaSet -> Pod), never by
+    # labels alone: a pod anyone labelled as this ModelService's could otherwise feed it a loader report.
+    deployments = controlled_by(_values(indexes["ms_deployments"], key), {str(body["metadata"].get("uid"))})
+    replica_sets = controlled_by(_values(indexes["ms_replica_sets"], key), uids(deployments))
+    stable = _named(deployments, m.deployment_name(name, m.Track.STABLE))
     observed = core.Observed(
         training_jobs=jobs,
         secrets={n: await _exists(kube, namespace, n) for n in core.required_secrets(ms, jobs)},
-        stable=_named(deployments, m.deployment_name(name, m.Track.STABLE)),
+        stable=stable,
         canary=_named(deployments, m.deployment_name(name, m.Track.CANARY)),
-        replica_sets=[rs for rs in _values(indexes["ms_replica_sets"], key) if _owned_by(rs, name)],
-        pods=_values(indexes["ms_pods"], key),
+        # Only the stable Deployment's ReplicaSets hold versions to roll back to.
+        replica_sets=controlled_by(replica_sets, uids([stable] if stable is not None else [])),
+        pods=controlled_by(_values(indexes["ms_pods"], key), uids(replica_sets)),
         hpa=_named(_values(indexes["ms_hpas"], key), name),
         pdb=_named(_values(indexes["ms_pdbs"], key), name),
     )
@@ -276,12 +281,19 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
     return max(outcome.requeue_after, 1.0) if outcome.requeue_after is not None else None
 
 
-def _owned_by(rs: Mapping[str, Any], name: str) -> bool:
-    # Only the stable Deployment's ReplicaSets hold versions to roll back to.
-    return any(
-        o.get("kind") == "Deployment" and o.get("name") == name
-        for o in rs.get("metadata", {}).get("ownerReferences") or ()
-    )
+def uids(objects: Iterable[Mapping[str, Any]]) -> set[str]:
+    return {str(o["metadata"]["uid"]) for o in objects if o.get("metadata", {}).get("uid")}
+
+
+def controlled_by(objects: Iterable[Mapping[str, Any]], owners: set[str]) -> list[Mapping[str, Any]]:
+    """The objects whose controller (the ownerReference with controller: true) is one of `owners` (uids)."""
+    return [
+        o
+        for o in objects
+        if any(
+            r.get("controller") and r.get("uid") in owners for r in o.get("metadata", {}).get("ownerReferences") or ()
+        )
+    ]
 
 
 async def _exists(kube: Kube, namespace: str, name: str) -> bool:
