@@ -514,6 +514,12 @@ def test_serving_pod_loads_and_triton_python_answers_kserve_v2(ctr: list[str], t
         with torch.no_grad():
             expected = model(x)
         torch.testing.assert_close(torch.tensor(output["data"]).reshape(3, 10), expected, rtol=1e-4, atol=1e-5)
+        # The server (pid 1: the pod's command execs it) holds the decrypted model: it may not dump core.
+        limits = in_pod("print(open('/proc/1/limits').read()); print(open('/proc/1/comm').read())")
+        assert limits.returncode == 0, limits.stderr
+        assert "tritonserver" in limits.stdout.splitlines()[-1], limits.stdout
+        (core,) = [line.split()[-3:-1] for line in limits.stdout.splitlines() if line.startswith("Max core file size")]
+        assert core == ["0", "0"], limits.stdout
     finally:
         subprocess.run([*k8s, "task", "kill", "--signal", "SIGTERM", "serving-triton"], capture_output=True)
         try:

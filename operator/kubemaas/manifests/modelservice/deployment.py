@@ -84,6 +84,9 @@ def _loader_container(spec: ModelServiceSpec, model: ModelRef, options: ServingO
     }
 
 
+TRITON_COMMAND = ["/bin/sh", "-c", 'ulimit -c 0 && exec tritonserver "$@"', "tritonserver"]
+
+
 def _triton_container(spec: ModelServiceSpec, options: ServingOptions) -> dict[str, Any]:
     def live() -> dict[str, Any]:
         return {"path": "/v2/health/live", "port": "http"}
@@ -91,7 +94,9 @@ def _triton_container(spec: ModelServiceSpec, options: ServingOptions) -> dict[s
     container: dict[str, Any] = {
         "name": TRITON_CONTAINER,
         "image": options.triton_image,
-        "command": ["tritonserver"],
+        # Triton holds the decrypted model in memory: no core dump of it (RLIMIT_CORE 0, as the loader and the
+        # trainer set for themselves); the args follow as "$@".
+        "command": TRITON_COMMAND,
         "args": [
             f"--model-repository={REPOSITORY_PATH}",
             # Ready only when every model in the repository loaded; a model that fails to load stops
