@@ -17,6 +17,7 @@ from kubemaas.api.modelservice import DEFAULT_TRITON_IMAGE
 from kubemaas.controllers import WATCH_SERVER_TIMEOUT
 from kubemaas.controllers.apply import Kube
 from kubemaas.controllers.log_levels import lower_retried_requests
+from kubemaas.controllers.memory import trim_periodically
 from kubemaas.controllers.metrics import count_watch_restarts, start_metrics_server
 from kubemaas.controllers.settings import OperatorOptions, apply_settings
 
@@ -55,6 +56,7 @@ def run_operator(
     if metrics_port:
         count_watch_restarts()
         start_metrics_server(metrics_port)
+    trim_periodically()  # a burst's freed memory back to the system (memory.py)
     kube = Kube.from_environment()
     try:
         kopf.run(
