@@ -36,6 +36,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -101,6 +102,7 @@ class Phase:
     operator_cpu_seconds: float | None = None
     operator_peak_rss_mb: float | None = None
     ratio_to_baseline: float | None = None
+    settled_rss_mb: float | None = None  # the operator's RSS once it ran no reconcile for 5 s after the phase
     load_average: float = field(default_factory=lambda: round(os.getloadavg()[0], 2))  # 1 min, at the phase's end
 
 
@@ -293,7 +295,8 @@ class Operator:
         return float(self.ps.memory_info().rss) / 2**20
 
     def _sum(self, *prefixes: str) -> float:
-        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+        # Minutes, not seconds: under tracemalloc a scrape of 1,000 objects' series waits for the busy GIL.
+        with urllib.request.urlopen(self.metrics_url, timeout=120) as response:
             text = response.read().decode()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefixes))
 
@@ -313,20 +316,39 @@ class Operator:
             last = now
 
 
+OPERATOR_DOCKERFILE = REPO_ROOT / "images" / "operator" / "Dockerfile"
+
+
+def image_malloc_env() -> dict[str, str]:
+    """The allocator settings the operator's image sets (`ENV PYTHONMALLOC=... MALLOC_...`), so the benchmark
+    measures the operator's memory as it ships."""
+    return dict(re.findall(r"\b((?:PYTHON)?MALLOC(?:_[A-Z_]+)?)=(\S+)", OPERATOR_DOCKERFILE.read_text()))
+
+
 @contextmanager
 def operator(cluster: control_plane.Cluster, namespaces: list[str], log: Path, n: int) -> Iterator[Operator]:
     program: list[str] = []
     if PROFILER.get("tracemalloc"):
         memory = PROFILER["memory"] = RESULTS / f"{PROFILER['stem']}-{n}.memory.txt"
         wrapper = Path(__file__).with_name("traced_operator.py")
-        program = [sys.executable, "-X", "tracemalloc=1", str(wrapper), str(memory)]
+        frames = PROFILER.get("tracemalloc_frames", 1)
+        tracing = ["-X", f"tracemalloc={frames}"] if frames else []  # 0: allocator stats only, true RSS
+        program = [sys.executable, *tracing, str(wrapper), str(memory)]
     log.unlink(missing_ok=True)  # one run's log: the launcher appends
     launcher = OperatorLauncher(cluster.kubeconfig, namespaces, log, program=program)
+    malloc = image_malloc_env() if PROFILER.get("image_malloc", True) else {}
+    saved = {k: os.environ.get(k) for k in malloc}
+    os.environ.update(malloc)  # the launcher passes this process's environment on
     try:
         running = launcher.start(timeout=120)
         yield Operator(running.process, running.metrics_url, log)
     finally:
         launcher.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # Where a sample's innermost frames put it, first match wins: (label, substrings of a frame).
@@ -626,6 +648,21 @@ def parent_versions(bench: Bench, namespaces: list[str]) -> dict[str, str]:
     return out
 
 
+def memory_profile(op: Operator, phase: str = "") -> None:
+    """With --tracemalloc: traced_operator.py writes the live allocations (results/<out>-<N>[-phase].memory.txt);
+    a snapshot of a large heap takes minutes."""
+    if not PROFILER.get("tracemalloc"):
+        return
+    memory: Path = PROFILER["memory"]
+    memory.unlink(missing_ok=True)
+    op.process.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 600
+    while not memory.exists() and time.monotonic() < deadline:
+        time.sleep(5)
+    if phase and memory.exists():
+        memory.rename(memory.with_name(memory.name.replace(".memory.txt", f"-{phase}.memory.txt")))
+
+
 def rest(bench: Bench, op: Operator, namespaces: list[str], seconds: float, ms_namespace: str) -> Rest:
     # The tail of the burst lands first. kube-controller-manager (20 requests/s) may be minutes behind on
     # the Deployments' status after 1000 ModelServices, and each ModelService turns Ready only then: "at
@@ -644,14 +681,7 @@ def rest(bench: Bench, op: Operator, namespaces: list[str], seconds: float, ms_n
     time.sleep(seconds)
     window = requests_between(before, bench.requests())
     versions_after = parent_versions(bench, namespaces)
-    if PROFILER.get("tracemalloc"):
-        # traced_operator.py writes the live allocations; a snapshot of a large heap takes minutes.
-        memory: Path = PROFILER["memory"]
-        memory.unlink(missing_ok=True)
-        op.process.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 600
-        while not memory.exists() and time.monotonic() < deadline:
-            time.sleep(5)
+    memory_profile(op)
     writes = op.writes() - writes_before
     ours = MS_RESOURCES | TJ_RESOURCES
     api_writes = {
@@ -675,7 +705,9 @@ def rest(bench: Bench, op: Operator, namespaces: list[str], seconds: float, ms_n
 # --------------------------------------------------------------------------- driver
 
 
-def run_one(bench: Bench, n: int, tj_n: int, rest_seconds: float, log_dir: Path) -> Run:
+def run_one(
+    bench: Bench, n: int, tj_n: int, rest_seconds: float, log_dir: Path, *, baseline: bool = True, peer: bool = True
+) -> Run:
     run = Run(n)
     ms_ns, job = bench.serving_namespace("ms")
     base_ns, base_job = bench.serving_namespace("base")
@@ -688,22 +720,28 @@ def run_one(bench: Bench, n: int, tj_n: int, rest_seconds: float, log_dir: Path)
         with operator(bench.cluster, [ms_ns, tj_ns], log_dir / f"operator-{n}.log", n) as op:
             print(f"[bench] N={n}: operator up (rss {op.rss_mb():.0f} MB)", flush=True)
             # The baseline first, while the operator (watching other namespaces) is idle; then the operator.
-            baseline = phase_modelservices(bench, base_ns, n, None, base_job)
-            print(f"[bench]   {baseline}", flush=True)
+            base = phase_modelservices(bench, base_ns, n, None, base_job) if baseline else None
+            print(f"[bench]   {base}", flush=True)
             time.sleep(5)
             kubemaas = phase_modelservices(bench, ms_ns, n, op, job)
             print(f"[bench]   {kubemaas}", flush=True)
             op.settle()
-            kubemaas.ratio_to_baseline = round(kubemaas.seconds / baseline.seconds, 2)
-            run.phases += [kubemaas, baseline]
+            kubemaas.settled_rss_mb = round(op.rss_mb(), 1)
+            memory_profile(op, "modelservices")
+            if base is not None:
+                kubemaas.ratio_to_baseline = round(kubemaas.seconds / base.seconds, 2)
+            run.phases += [kubemaas, *([base] if base else [])]
             if tj_n:
                 tj = phase_trainingjobs(bench, tj_ns, tj_n, op)
                 print(f"[bench]   {tj}", flush=True)
                 op.settle()
-                peer = phase_peer(bench, tj_ns, peer_ns, tj_n)
-                print(f"[bench]   {peer}", flush=True)
-                bench.cleanup([peer_ns])  # its pods hold kwok capacity other sessions' tests need
-                run.phases += [tj, peer]
+                tj.settled_rss_mb = round(op.rss_mb(), 1)
+                run.phases.append(tj)
+                if peer:
+                    kubeflow = phase_peer(bench, tj_ns, peer_ns, tj_n)
+                    print(f"[bench]   {kubeflow}", flush=True)
+                    bench.cleanup([peer_ns])  # its pods hold kwok capacity other sessions' tests need
+                    run.phases.append(kubeflow)
             if rest_seconds:
                 run.rest = rest(bench, op, [ms_ns, tj_ns], rest_seconds, ms_ns)
                 print(f"[bench]   {run.rest}", flush=True)
@@ -734,7 +772,8 @@ def table(runs: list[Run]) -> str:
             lines.append(
                 f"| {p.n} | {p.name} | {p.seconds:.1f} | {p.ratio_to_baseline or ''} | {p.p50_ms:.0f} | {p.p99_ms:.0f}"
                 f" | {p.operator_cpu_seconds if p.operator_cpu_seconds is not None else ''}"
-                f" | {p.operator_peak_rss_mb if p.operator_peak_rss_mb is not None else ''} | {p.load_average}"
+                f" | {p.operator_peak_rss_mb if p.operator_peak_rss_mb is not None else ''}"
+                f"{f' (settled {p.settled_rss_mb})' if p.settled_rss_mb is not None else ''} | {p.load_average}"
                 f" | {top} |"
             )
         if run.rest:
@@ -761,17 +800,25 @@ def plot(runs: list[Run], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(ns, series("ModelService (Kubemaas)", "seconds"), "o-", label="ModelService, Kubemaas")
-    left.plot(ns, series("ModelService (baseline)", "seconds"), "s--", label="ModelService, baseline (raw API)")
+    with_baseline = all(any(p.name.startswith("ModelService (baseline)") for p in r.phases) for r in runs)
+    if with_baseline:
+        left.plot(ns, series("ModelService (baseline)", "seconds"), "s--", label="ModelService, baseline (raw API)")
     if all(any(p.name.startswith("TrainingJob") for p in r.phases) for r in runs):
         left.plot(ns, series("TrainingJob", "seconds"), "^-", label="TrainingJob -> PyTorchJob, Kubemaas")
+    if all(any(p.name.startswith("PyTorchJob") for p in r.phases) for r in runs):
         left.plot(ns, series("PyTorchJob", "seconds"), "v--", label="PyTorchJob -> pods, Kubeflow (Go)")
     left.set_xlabel("objects created at once (N)")
     left.set_ylabel("seconds until every child and status exists")
     left.legend(fontsize=8)
-    right.plot(ns, series("ModelService (Kubemaas)", "ratio_to_baseline"), "o-")
-    right.axhline(1.3, color="grey", linestyle=":", label="target 1.3")
+    if with_baseline:
+        right.plot(ns, series("ModelService (Kubemaas)", "ratio_to_baseline"), "o-")
+        right.axhline(1.3, color="grey", linestyle=":", label="target 1.3")
+        right.set_ylabel("Kubemaas / baseline")
+    else:  # a memory run: the operator's RSS instead
+        right.plot(ns, series("ModelService (Kubemaas)", "operator_peak_rss_mb"), "o-", label="peak, ModelServices")
+        right.axhline(150, color="grey", linestyle=":", label="target 150 MB")
+        right.set_ylabel("operator RSS MB")
     right.set_xlabel("N")
-    right.set_ylabel("Kubemaas / baseline")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -787,14 +834,33 @@ def main() -> int:
     parser.add_argument("--out", default="reconcile", help="results file stem in e2e/bench/results")
     parser.add_argument("--py-spy", default=None, help="py-spy executable: profile the operator's ModelService phase")
     parser.add_argument("--tracemalloc", action="store_true", help="the operator's live allocations after the rest")
+    parser.add_argument(
+        "--tracemalloc-frames",
+        type=int,
+        default=1,
+        help="frames per allocation (>1: by call stack; 0: no tracing, the allocators' stats)",
+    )
+    # For iterating on the operator's memory: the raw-API baseline and the Kubeflow peer time other things.
+    parser.add_argument("--no-baseline", action="store_true", help="skip the raw-API baseline phase (no ratio)")
+    parser.add_argument("--no-peer", action="store_true", help="skip the Kubeflow training operator's phase")
+    parser.add_argument(
+        "--no-image-malloc", action="store_true", help="run the operator without the image's MALLOC_* settings"
+    )
     args = parser.parse_args()
-    PROFILER.update(py_spy=args.py_spy, stem=args.out, tracemalloc=args.tracemalloc)
+    PROFILER.update(
+        py_spy=args.py_spy,
+        stem=args.out,
+        tracemalloc=args.tracemalloc,
+        tracemalloc_frames=args.tracemalloc_frames,
+        image_malloc=not args.no_image_malloc,
+    )
 
     cluster = control_plane.up()
     bench = Bench(cluster)
     for crd in load_crds():
         apply_crd(bench.api, crd)
     info = machine()
+    info["operator_malloc_env"] = image_malloc_env() if not args.no_image_malloc else {}
     log_dir = Path(tempfile.gettempdir()) / "kubemaas-bench-logs"  # the operator's logs: large, not results
     log_dir.mkdir(parents=True, exist_ok=True)
     PROFILER["log_dir"] = log_dir
@@ -802,7 +868,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for n in args.n:
         rest_seconds = args.rest_seconds if n == max(args.n) else 0.0
-        runs.append(run_one(bench, n, min(n, args.tj_max), rest_seconds, log_dir))
+        options = {"baseline": not args.no_baseline, "peer": not args.no_peer}
+        runs.append(run_one(bench, n, min(n, args.tj_max), rest_seconds, log_dir, **options))
         # After each N: a run stopped later still leaves what it measured.
         info["load_average_now"] = [round(x, 2) for x in os.getloadavg()]
         (RESULTS / f"{args.out}.json").write_text(
