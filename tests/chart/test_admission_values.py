@@ -7,29 +7,15 @@ is in e2e/test_admission.py, beside what the policy does on a real API server.
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
 from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 
 from kubemaas.api import access, access_manifests
 from kubemaas.api.crd import KINDS
-from tests.chart.builders import CHART, TEMPLATES
-
-
-@pytest.fixture(scope="module")
-def schema() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
-    return loaded
-
-
-@pytest.fixture(scope="module")
-def values() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
-    return loaded
+from tests.chart.builders import TEMPLATES
 
 
 def test_on_by_default_and_denying(values: dict[str, Any]) -> None:

@@ -38,18 +38,6 @@ def _load_readme_tool() -> ModuleType:
 values_readme = _load_readme_tool()
 
 
-@pytest.fixture(scope="module")
-def schema() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
-    return loaded
-
-
-@pytest.fixture(scope="module")
-def values() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
-    return loaded
-
-
 def schema_nodes(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     for key, child in node.get("properties", {}).items():
         yield f"{path}{key}", child

@@ -19,6 +19,7 @@ from kubemaas.api.access import (
     policy_name,
 )
 from kubemaas.api.crd import KINDS
+from kubemaas.api.generated_files import stale_files, write_files
 from kubemaas.api.roles import ROLES, aggregated_role
 
 
@@ -49,28 +50,9 @@ def render_all() -> dict[str, str]:
 
 
 def write(out_dir: Path) -> list[Path]:
-    written = []
-    for name, text in render_all().items():
-        path = out_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-            written.append(path)
-    return written
+    return write_files(out_dir, render_all())
 
 
 def stale(out_dir: Path) -> list[str]:
     """Why each generated file under out_dir differs from what the models generate; empty when all is fresh."""
-    expected = render_all()
-    problems = []
-    for name, text in expected.items():
-        path = out_dir / name
-        if not path.exists():
-            problems.append(f"{path}: missing")
-        elif path.read_text() != text:
-            problems.append(f"{path}: stale (the API models changed)")
-    for directory in (ADMISSION_DIR, ROLES_DIR):
-        for path in sorted((out_dir / directory).glob("*.yaml")):
-            if str(path.relative_to(out_dir)) not in expected:
-                problems.append(f"{path}: not generated from any API model")
-    return problems
+    return stale_files(out_dir, render_all(), [f"{ADMISSION_DIR}/*.yaml", f"{ROLES_DIR}/*.yaml"])

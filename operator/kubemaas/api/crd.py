@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel
 
 from kubemaas.api.base import IMMUTABLE, immutable_message
+from kubemaas.api.generated_files import stale_files, write_files
 from kubemaas.api.modelservice import ModelService
 from kubemaas.api.trainingjob import TrainingJob
 
@@ -356,27 +357,9 @@ def render_all(*, peering: bool = False) -> dict[str, str]:
 
 
 def write(out_dir: Path, *, peering: bool = False) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in render_all(peering=peering).items():
-        path = out_dir / name
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-            written.append(path)
-    return written
+    return write_files(out_dir, render_all(peering=peering))
 
 
 def stale(out_dir: Path, *, peering: bool = False) -> list[str]:
     """Why each file in out_dir differs from what the models generate; empty when all is fresh."""
-    problems = []
-    expected = render_all(peering=peering)
-    for name, text in expected.items():
-        path = out_dir / name
-        if not path.exists():
-            problems.append(f"{path}: missing")
-        elif path.read_text() != text:
-            problems.append(f"{path}: stale (the API models changed)")
-    for path in sorted(out_dir.glob("*.yaml")):
-        if path.name not in expected:
-            problems.append(f"{path}: not generated from any API model")
-    return problems
+    return stale_files(out_dir, render_all(peering=peering), ["*.yaml"])

@@ -108,22 +108,9 @@ class Kube:
         accept: str = "application/json",
     ) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool, self._request_sync, verb, what, method, path, query, body, content_type, accept
+        status, data = await loop.run_in_executor(
+            self._pool, self._call, verb, what, method, path, query, body, content_type, accept
         )
-
-    def _request_sync(
-        self,
-        verb: str,
-        what: str,
-        method: str,
-        path: str,
-        query: list[tuple[str, str]] | None,
-        body: Any,
-        content_type: str | None,
-        accept: str,
-    ) -> dict[str, Any] | None:
-        status, data = self._call(verb, what, method, path, query, body, content_type, accept)
         if status == 404 and method == "GET":
             return None
         if not 200 <= status < 300:
