@@ -517,7 +517,7 @@ def test_serving_pod_loads_and_triton_python_answers_kserve_v2(ctr: list[str], t
         # The server (pid 1: the pod's command execs it) holds the decrypted model: it may not dump core.
         limits = in_pod("print(open('/proc/1/limits').read()); print(open('/proc/1/comm').read())")
         assert limits.returncode == 0, limits.stderr
-        assert "tritonserver" in limits.stdout.splitlines()[-1], limits.stdout
+        assert limits.stdout.split()[-1] == "tritonserver", limits.stdout
         (core,) = [line.split()[-3:-1] for line in limits.stdout.splitlines() if line.startswith("Max core file size")]
         assert core == ["0", "0"], limits.stdout
     finally:

@@ -153,9 +153,18 @@ def test_version_is_derived_from_creation_time_and_uid() -> None:
     assert reports.model_version(make_job(status={"backend": "Job"})) == VERSION
 
 
+def fresh(job: TrainingJob, observed: core.Observed) -> core.Desired:
+    """The first two passes over a new IfMissing job: the first records the intent to generate its key
+    (nothing created yet), the second, from that status, creates the key and the workload."""
+    intent = core.reconcile(job, observed, T0)
+    assert intent.apply == [] and not intent.create_key_secret
+    assert intent.status.generated_key_secret == job.spec.encryption.key_secret_ref.name
+    return core.reconcile(advance(job, intent), observed, T0)
+
+
 def test_first_reconcile_creates_pytorchjob_and_asks_for_the_key_secret() -> None:
     job = make_job()
-    desired = core.reconcile(job, core.Observed(pytorchjob_served=True, claims=ALL_CLAIMS), T0)
+    desired = fresh(job, core.Observed(pytorchjob_served=True, claims=ALL_CLAIMS))
     # The workload, and beside it the NetworkPolicy that opens the ranks' ports to each other only.
     assert desired.apply == [manifests.pytorchjob(job, VERSION), manifests.network_policy(job)]
     assert desired.create_key_secret and not desired.delete
@@ -170,7 +179,7 @@ def test_first_reconcile_creates_pytorchjob_and_asks_for_the_key_secret() -> Non
 
 def test_auto_without_the_pytorchjob_crd_picks_the_indexed_job_and_keeps_it() -> None:
     job = make_job()
-    desired = core.reconcile(job, core.Observed(pytorchjob_served=False, claims=ALL_CLAIMS), T0)
+    desired = fresh(job, core.Observed(pytorchjob_served=False, claims=ALL_CLAIMS))
     assert desired.apply == [
         manifests.headless_service(job),
         manifests.indexed_job(job, VERSION),
@@ -216,12 +225,17 @@ def test_missing_key_secret_with_never_blocks_and_with_if_missing_is_created() -
 
 def test_if_missing_records_the_key_it_generates_and_uses_no_other() -> None:
     job = make_job()  # generateKey: IfMissing
-    first = core.reconcile(job, core.Observed(pytorchjob_served=True, claims=ALL_CLAIMS), T0)
-    assert first.create_key_secret and first.status.generated_key_secret == job.spec.encryption.key_secret_ref.name
-    # Its own key, now there: the workload goes ahead, and the record stays.
-    again = core.reconcile(advance(job, first), served(), T0)
+    missing = core.Observed(pytorchjob_served=True, claims=ALL_CLAIMS)
+    # The intent first: an operator killed right after the Secret's create still finds it on record.
+    intent = core.reconcile(job, missing, T0)
+    assert intent.apply == [] and not intent.create_key_secret
+    assert intent.status.generated_key_secret == job.spec.encryption.key_secret_ref.name
+    create = core.reconcile(advance(job, intent), missing, T0)
+    assert create.create_key_secret and [c["kind"] for c in create.apply] == ["PyTorchJob", "NetworkPolicy"]
+    # Killed after the create, before the workload: the Secret exists and is on record, so it is this job's.
+    again = core.reconcile(advance(job, intent), served(), T0)
     assert [c["kind"] for c in again.apply] == ["PyTorchJob", "NetworkPolicy"] and not again.create_key_secret
-    assert again.status.generated_key_secret == first.status.generated_key_secret
+    assert again.status.generated_key_secret == intent.status.generated_key_secret
     # A Secret of that name that the operator did not generate for this job (someone else's key, or one made
     # to be adopted) is never mounted: no workload, no new key, a condition that says what to do.
     taken = core.reconcile(job, served(), T0)
@@ -230,6 +244,9 @@ def test_if_missing_records_the_key_it_generates_and_uses_no_other() -> None:
     assert (status, reason) == ("False", "KeySecretNotOwned")
     assert "digits-key" in message and "generateKey: Never" in message
     assert taken.status.generated_key_secret is None
+    # Made between the probe and the create (the create answered 409): the intent goes, the job is blocked.
+    raced = core.key_secret_taken(advance(job, intent), T0)
+    assert raced.status.generated_key_secret is None and cond(raced, "Ready")[1] == "KeySecretNotOwned"
 
 
 def test_running_pytorchjob_mirrors_reason_and_counts_replicas() -> None:

@@ -40,11 +40,17 @@ def event(kube: FakeKube, job: dict[str, Any]) -> None:
 
 def test_a_new_job_without_kubeflow_gets_a_service_an_indexed_job_and_its_key(no_events: list[dict[str, Any]]) -> None:
     kube = FakeKube(missing=frozenset({("Secret", "digits-key")}))
-    event(kube, training_job())
+    job = training_job()
+    event(kube, job)
+    # First the intent to generate the key, on record; nothing created yet.
+    assert kube.applied == [] and kube.created == []
+    (_, status, version), *_ = kube.statuses
+    assert version == "5" and status["generatedKeySecret"] == "digits-key"
+    # The next pass (the status write's echo) creates the key and the workload.
+    event(kube, {**job, "status": status})
     assert sorted(kube.applied_kinds()) == ["Job", "NetworkPolicy", "Service"]
     assert [s["metadata"]["name"] for s in kube.created] == ["digits-key"]
-    (_, status, version), *_ = kube.statuses
-    assert version == "5" and status["backend"] == "Job"
+    assert kube.statuses[-1][1]["backend"] == "Job"
 
 
 def test_a_missing_claim_blocks_the_job_and_asks_to_look_again(no_events: list[dict[str, Any]]) -> None:

@@ -337,8 +337,9 @@ class TrainingJobStatus(ApiModel):
         default=None,
         max_length=253,
         description=(
-            "The key Secret the operator created for this job (encryption.generateKey: IfMissing). The operator "
-            "never reads Secrets, so this record is how it knows an existing Secret of that name is its own."
+            "The key Secret the operator generates for this job (encryption.generateKey: IfMissing), recorded "
+            "before it is created. The operator never reads Secrets, so this record is how it knows an existing "
+            "Secret of that name is its own."
         ),
     )
     observed_generation: Int | None = Field(

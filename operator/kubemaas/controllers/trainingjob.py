@@ -167,22 +167,19 @@ async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index
         if secret is not None:
             if await kube.create(secret) is None:
                 # Someone created a Secret of that name since it was probed: not generated for this job, so
-                # nothing is applied; the next pass finds it and reports KeySecretNotOwned.
+                # nothing is applied and the recorded intent goes (KeySecretNotOwned).
                 log.info(
                     "%s %s/%s: key Secret %s appeared before it was created", KIND, *key, secret["metadata"]["name"]
                 )
-                return CONFLICT_REQUEUE_SECONDS
-            log.info("%s %s/%s: created key Secret %s", KIND, *key, secret["metadata"]["name"])
-            CHILDREN_APPLIED.labels(KIND, "Secret").inc()
+                desired = core.key_secret_taken(job, utc_now())
+            else:
+                log.info("%s %s/%s: created key Secret %s", KIND, *key, secret["metadata"]["name"])
+                CHILDREN_APPLIED.labels(KIND, "Secret").inc()
     unwanted = desired.delete
     if unwanted:
         log.info("%s %s/%s: ttlSecondsAfterFinished passed", KIND, *key)
     observed_children = [c for c in (observed.workload, observed.service, observed.network_policy) if c is not None]
-    # A key generated just now is put on record (status.generatedKeySecret) before anything else can fail:
-    # unrecorded, the next pass would take it for someone else's Secret.
-    record_first = desired.create_key_secret
-    if not record_first:
-        await sync(kube, KIND, desired.apply, observed_children, unwanted)
+    await sync(kube, KIND, desired.apply, observed_children, unwanted)
 
     written = await LOOP.report(
         kube, key, body, version, desired.status.to_wire(),
@@ -196,8 +193,6 @@ async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index
         # through the watch. Compute again from it instead of overwriting it.
         log.debug("%s %s/%s: changed since read, reconciling again", KIND, *key)
         return CONFLICT_REQUEUE_SECONDS
-    if record_first:
-        await sync(kube, KIND, desired.apply, observed_children, unwanted)
     return desired.requeue_after
 
 
