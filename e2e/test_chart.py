@@ -278,7 +278,9 @@ def release(tools: Tools, namespace: str) -> Iterator[Release]:
 
 # kwok runs the operator pods on its simulated nodes (no image pull): pin them there, so a real node in
 # the cluster never tries to pull an image this machine cannot reach.
-ON_KWOK = {"nodeSelector": {"type": "kwok"}}
+# Without the admission policy: the chart's is cluster-wide, and would judge the objects of the tests running
+# beside these (e2e/test_admission.py's impersonated users). The policy is tested there, bound to one namespace.
+ON_KWOK = {"nodeSelector": {"type": "kwok"}, "admission": {"enabled": False}}
 
 
 def available(cluster: E2ECluster, namespace: str, name: str, generation_at_least: int = 1) -> bool:
