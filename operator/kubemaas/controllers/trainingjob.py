@@ -178,8 +178,7 @@ async def reconcile(key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index
     unwanted = desired.delete
     if unwanted:
         log.info("%s %s/%s: ttlSecondsAfterFinished passed", KIND, *key)
-    observed_children = [c for c in (observed.workload, observed.service, observed.network_policy) if c is not None]
-    await sync(kube, KIND, desired.apply, observed_children, unwanted)
+    await sync(kube, KIND, desired.apply, observed.children, unwanted)
 
     written = await LOOP.report(
         kube, key, body, version, desired.status.to_wire(),

@@ -87,6 +87,11 @@ class Observed:
     claims: frozenset[str] = frozenset()  # which of the job's claims exist
     key_secret_exists: bool = False
 
+    @property
+    def children(self) -> list[Mapping[str, Any]]:
+        """The owned children that exist: what an apply is compared with, and what a TTL deletes."""
+        return [c for c in (self.workload, self.service, self.network_policy) if c is not None]
+
 
 @dataclass(frozen=True)
 class Desired:
@@ -150,7 +155,7 @@ def _finished(job: TrainingJob, observed: Observed, out: _Status) -> Desired:
     """Terminal: keep the status, delete the children once ttlSecondsAfterFinished has passed."""
     ttl = job.spec.run_policy.ttl_seconds_after_finished
     completed = out.status.completion_time
-    children = [c for c in (observed.workload, observed.service, observed.network_policy) if c is not None]
+    children = observed.children
     if ttl is None or completed is None or not children:
         return Desired(status=out.status)
     due = completed + timedelta(seconds=ttl)

@@ -47,10 +47,10 @@ def _candidate_from_job(job: Mapping[str, Any]) -> Candidate:
         validate_name(version, "version")
     except ArtifactStoreError:
         raise InvalidPublishedModel(f"TrainingJob {name!r} reports an invalid model version") from None
-    if reported.rstrip("/") != version_uri(store, model, version):
+    expected = version_uri(store, model, version)
+    if reported.rstrip("/") != expected:
         raise InvalidPublishedModel(
-            f"TrainingJob {name!r} reports model {reported[:200]!r}, not {version_uri(store, model, version)!r}"
-            " (its spec.output and version)"
+            f"TrainingJob {name!r} reports model {reported[:200]!r}, not {expected!r} (its spec.output and version)"
         )
     metrics = {
         k: v
