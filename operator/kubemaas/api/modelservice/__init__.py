@@ -14,6 +14,7 @@ from pydantic import Field
 
 from kubemaas.api.base import NAME_RULES, ApiModel, CelRule
 from kubemaas.api.metadata import ObjectMeta
+from kubemaas.api.modelservice.canary import CanaryAnalysis, CanaryPolicy, CanaryStep, LatencyStatistic
 from kubemaas.api.modelservice.network import InferencePeer, ServingNetwork
 from kubemaas.api.modelservice.scaling import (
     MAX_CPU_TARGET,
@@ -26,7 +27,16 @@ from kubemaas.api.modelservice.scaling import (
 )
 from kubemaas.api.modelservice.source import MetricThreshold, ModelEncryption, ModelSource, Promotion, ServedFormat
 from kubemaas.api.modelservice.spec import DEFAULT_REPLICAS, ModelServiceSpec
-from kubemaas.api.modelservice.status import Endpoints, LastFailure, ModelServiceStatus
+from kubemaas.api.modelservice.status import (
+    CanaryCheck,
+    CanaryStatus,
+    CanaryVerdict,
+    Endpoints,
+    LastFailure,
+    ModelServiceStatus,
+    PodCounters,
+    TrackFigures,
+)
 from kubemaas.api.modelservice.triton import (
     DEFAULT_TRITON_IMAGE,
     RESERVED_TRITON_FLAGS,
@@ -46,18 +56,26 @@ __all__ = [
     "RESERVED_TRITON_FLAGS",
     "Autoscaling",
     "Batching",
+    "CanaryAnalysis",
+    "CanaryCheck",
+    "CanaryPolicy",
+    "CanaryStatus",
+    "CanaryStep",
+    "CanaryVerdict",
     "DisruptionBudget",
     "Endpoints",
     "InferencePeer",
     "InstanceGroup",
     "InstanceKind",
     "LastFailure",
+    "LatencyStatistic",
     "MetricThreshold",
     "ModelEncryption",
     "ModelService",
     "ModelServiceSpec",
     "ModelServiceStatus",
     "ModelSource",
+    "PodCounters",
     "Promotion",
     "Rollout",
     "RolloutStrategy",
@@ -67,6 +85,7 @@ __all__ = [
     "ServedFormat",
     "ServingNetwork",
     "Toggle",
+    "TrackFigures",
     "TritonArg",
     "TritonBackend",
 ]

@@ -15,6 +15,7 @@ from kubemaas.api.base import (
     Int,
     IntOrPercent,
 )
+from kubemaas.api.modelservice.canary import CanaryPolicy
 
 
 class ScalingMetric(StrEnum):
@@ -104,6 +105,14 @@ class Rollout(ApiModel):
             "unset: promoted as soon as it is ready."
         ),
     )
+    canary: CanaryPolicy | None = Field(
+        default=None,
+        description=(
+            "Canary only: roll out in steps, each judged on the canary's and the stable version's live Triton "
+            "metrics; a failed step scales the canary away and the version is not retried until the source "
+            "changes. Exclusive with canaryReplicas and canaryAnalysisSeconds."
+        ),
+    )
     progress_deadline_seconds: Int = Field(
         default=600,
         ge=30,
@@ -126,6 +135,19 @@ class Rollout(ApiModel):
             message="canaryAnalysisSeconds is only valid with strategy Canary",
             field_path=".canaryAnalysisSeconds",
             check=lambda r: r.canary_analysis_seconds is None or r.strategy == RolloutStrategy.Canary,
+        ),
+        CelRule(
+            rule="!has(self.canary) || self.strategy == 'Canary'",
+            message="canary is only valid with strategy Canary",
+            field_path=".canary",
+            check=lambda r: r.canary is None or r.strategy == RolloutStrategy.Canary,
+        ),
+        # The steps size the canary and time its windows: the single-step fields would contradict them.
+        CelRule(
+            rule="!has(self.canary) || (!has(self.canaryReplicas) && !has(self.canaryAnalysisSeconds))",
+            message="canary.steps replaces canaryReplicas and canaryAnalysisSeconds: set one or the other",
+            field_path=".canary",
+            check=lambda r: r.canary is None or (r.canary_replicas is None and r.canary_analysis_seconds is None),
         ),
     )
 
