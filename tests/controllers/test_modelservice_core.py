@@ -86,6 +86,7 @@ def test_complete_rollout_is_ready_with_endpoints() -> None:
         "readyReplicas": 2,
         "servedVersion": "v3",
         "canaryVersion": None,
+        "canary": None,
         "lastGoodVersion": "v3",
         "lastFailure": None,
         "endpoints": {"http": "digits.serving.svc:8000", "grpc": "digits.serving.svc:8001"},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import kopf
@@ -37,6 +38,7 @@ from kubemaas.controllers.children import (
 from kubemaas.controllers.conditions import set_condition, utc_now
 from kubemaas.controllers.object_metrics import MODELSERVICES, modelservice_snapshot
 from kubemaas.controllers.reconciler import ReconcileLoop, sync
+from kubemaas.controllers.serving_scrape import scrape
 from kubemaas.manifests import modelservice as m
 from kubemaas.manifests.labels import child_labels, owner_reference, parent_label, parent_of
 
@@ -240,14 +242,15 @@ async def reconcile(key: Key, memo: Any, indexes: Mapping[str, kopf.Index[Any, A
         hpa=_named(_values(indexes["ms_hpas"], key), name),
         pdb=_named(_values(indexes["ms_pdbs"], key), name),
     )
-    outcome = core.reconcile(
-        ms,
-        core.Previous.from_status(body.get("status")),
-        observed,
-        parent_for(body),
-        serving_options(ms, memo["triton_image"]),
+    previous, parent, options, now = (
+        core.Previous.from_status(body.get("status")), parent_for(body), serving_options(ms, memo["triton_image"]),
         utc_now(),
-    )
+    )  # fmt: skip
+    outcome = core.reconcile(ms, previous, observed, parent, options, now)
+    if outcome.scrape:
+        # A Canary analysis window starts or ends now: the same decision again, with the pods' metrics.
+        observed = replace(observed, metrics=await scrape(outcome.scrape))
+        outcome = core.reconcile(ms, previous, observed, parent, options, now)
     children = [
         *deployments,
         *_values(indexes["ms_services"], key),

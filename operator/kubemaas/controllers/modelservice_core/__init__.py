@@ -27,6 +27,8 @@ types they share are in ``model``). What each decides:
 5. Canary: with ``rollout.strategy: Canary`` a new version first runs in ``<name>-canary`` (same
    Service selector, ``canaryReplicas`` pods); once that Deployment is available the stable
    Deployment is moved to the version, and the canary is removed when the stable rollout completed.
+   With ``rollout.canary`` the canary goes through steps, each judged on the pods' live Triton metrics
+   (``steps``, ``verdict``); a failed step is a failed version, as in 4.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from kubemaas.controllers.modelservice_core.model import (
     Plan,
     Previous,
     Reason,
+    ScrapeTarget,
     parse_metric,
 )
 from kubemaas.controllers.modelservice_core.observation import template_ref
@@ -72,6 +75,7 @@ __all__ = [
     "Outcome",
     "Previous",
     "Reason",
+    "ScrapeTarget",
     "gate_failures",
     "parse_metric",
     "reconcile",
@@ -100,6 +104,6 @@ def reconcile(
     choose_candidate(plan, observed)
     detect_failures(plan, ms, observed, previous)
     choose_target(plan, observed, previous)
-    plan_canary(plan, ms, observed, now)
+    plan_canary(plan, ms, observed, previous, now)
     apply, delete = desired_children(plan, ms, observed, parent, options)
     return report(plan, ms, previous, observed, parent, apply, delete, now)

@@ -13,11 +13,13 @@ from pydantic import ValidationError
 
 from kubemaas.api.base import ConditionStatus
 from kubemaas.api.modelservice import (
+    CanaryStatus,
     LastFailure,
     MetricThreshold,
     ModelServiceStatus,
 )
 from kubemaas.controllers.conditions import WarningPolicy, true_condition
+from kubemaas.controllers.modelservice_core.verdict import PodSample
 from kubemaas.manifests.modelservice import ModelRef
 
 # status.lastFailure.message's bound in the CRD.
@@ -49,6 +51,9 @@ class Reason(StrEnum):
     AS_EXPECTED = "AsExpected"
     UNAVAILABLE = "Unavailable"
     NO_MODEL = "NoModel"
+    CANARY_FAILED = "CanaryFailed"
+    CANARY_INCONCLUSIVE = "CanaryInconclusive"
+    CANARY_RESTARTED = "CanaryRestarted"
 
 
 # Which conditions are Warnings: Degraded, a blocked promotion, and not Ready for any reason but a rollout
@@ -98,6 +103,15 @@ class Resolution:
 
 
 @dataclass(frozen=True)
+class ScrapeTarget:
+    """A serving pod whose Triton metrics a Canary analysis needs now (the handler scrapes them)."""
+
+    pod: str
+    track: str
+    ip: str
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything the core reads besides the ModelService itself."""
 
@@ -111,6 +125,8 @@ class Observed:
     pods: Sequence[Mapping[str, Any]] = ()
     hpa: Mapping[str, Any] | None = None
     pdb: Mapping[str, Any] | None = None
+    # The serving pods' Triton metrics, scraped for this reconcile when the last one asked (Outcome.scrape).
+    metrics: Sequence[PodSample] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +137,7 @@ class Previous:
     last_good_version: str | None = None
     last_failure: LastFailure | None = None
     degraded: bool = False
+    canary: CanaryStatus | None = None
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any] | None) -> Previous:
@@ -133,7 +150,12 @@ class Previous:
                 failure = LastFailure.model_validate(raw)
             except ValidationError:
                 failure = None  # written by someone else, badly: forgotten, not fatal
+        try:
+            canary = CanaryStatus.model_validate(status["canary"]) if status.get("canary") else None
+        except ValidationError:
+            canary = None  # unreadable: the trial starts over at its first step
         return cls(
+            canary=canary,
             served_version=status.get("servedVersion"),
             last_good_version=status.get("lastGoodVersion"),
             last_failure=failure,
@@ -153,6 +175,9 @@ class Outcome:
     # the last good one; a candidate refused by the promotion gate (not the same refusal again).
     rolled_back: bool = False
     promotion_refused: bool = False
+    # Pods to scrape before this reconcile can decide: the handler scrapes them and reconciles again with
+    # Observed.metrics (a Canary analysis window starts or ends now).
+    scrape: tuple[ScrapeTarget, ...] = ()
 
 
 @dataclass
@@ -171,6 +196,10 @@ class Plan:
     bad_version: str | None = None
     target: ModelRef | None = None  # what the stable Deployment should serve
     canary_target: ModelRef | None = None
+    canary_replicas: int | None = None  # a stepped Canary's pods for the current step
+    canary_status: CanaryStatus | None = None  # status.canary when a stepped Canary decided it now
+    scrape: list[ScrapeTarget] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # the stepped Canary's verdicts
     requeue_after: float | None = None
 
 

@@ -14,7 +14,7 @@ from kubemaas.api.modelservice import (
     RolloutStrategy,
 )
 from kubemaas.controllers.modelservice_core.gate import gate_failures
-from kubemaas.controllers.modelservice_core.model import ChildKey, Observed, Plan, Previous
+from kubemaas.controllers.modelservice_core.model import ChildKey, Observed, Plan, Previous, field_at
 from kubemaas.controllers.modelservice_core.observation import (
     RolloutState,
     available_since,
@@ -25,6 +25,7 @@ from kubemaas.controllers.modelservice_core.observation import (
     restarted,
     rollout_state,
 )
+from kubemaas.controllers.modelservice_core.steps import plan_steps
 from kubemaas.manifests import modelservice as m
 from kubemaas.manifests.modelservice import Parent, ServingOptions, Track
 
@@ -61,7 +62,8 @@ def detect_failures(plan: Plan, ms: ModelService, observed: Observed, previous: 
             plan.stuck = found
     if plan.failure is None and observed.canary is not None and canary_current is not None:
         plan.failure = failure_of(observed.canary, observed.pods, Track.CANARY)
-        if plan.failure is None and ms.spec.rollout.canary_analysis_seconds is not None:
+        analysed = ms.spec.rollout.canary_analysis_seconds is not None or ms.spec.rollout.canary is not None
+        if plan.failure is None and analysed:
             plan.failure = restarted(
                 pods_of(observed.pods, Track.CANARY, canary_current.version), canary_current.version
             )
@@ -89,9 +91,10 @@ def choose_target(plan: Plan, observed: Observed, previous: Previous) -> None:
             plan.target = older.model if older is not None else None
 
 
-def plan_canary(plan: Plan, ms: ModelService, observed: Observed, now: datetime) -> None:
+def plan_canary(plan: Plan, ms: ModelService, observed: Observed, previous: Previous, now: datetime) -> None:
     """With strategy Canary a new version first runs in the canary Deployment; the stable one moves to it
-    once the canary is available (and served its analysis window), and the canary stays until then."""
+    once the canary is available (and served its analysis window, or passed every step of rollout.canary),
+    and the canary stays until then."""
     if ms.spec.rollout.strategy is not RolloutStrategy.Canary:
         return
     target, current, canary_current = plan.target, plan.current, plan.canary_current
@@ -104,7 +107,10 @@ def plan_canary(plan: Plan, ms: ModelService, observed: Observed, now: datetime)
         and plan.candidate is not None
         and target == plan.candidate.model
     )
-    if new_version:
+    if new_version and ms.spec.rollout.canary is not None:
+        if not plan_steps(plan, ms, observed, previous, now) and plan.failure is None:
+            plan.target = current
+    elif new_version:
         canary_ready = (
             observed.canary is not None
             and canary_current is not None
@@ -129,6 +135,9 @@ def plan_canary(plan: Plan, ms: ModelService, observed: Observed, now: datetime)
         and rollout_state(observed.stable) is not RolloutState.COMPLETE
     ):
         plan.canary_target = target  # promoted: the canary serves until the stable rollout completed
+        if ms.spec.rollout.canary is not None:
+            # A promoted stepped canary keeps its last step's pods until the stable rollout completed.
+            plan.canary_replicas = field_at(observed.canary, "spec", "replicas")
 
 
 def desired_children(
@@ -150,7 +159,7 @@ def desired_children(
         if most > 1:
             apply.append(m.pod_disruption_budget(parent, options))
     if plan.canary_target is not None:
-        canary_replicas = spec.rollout.canary_replicas or 1
+        canary_replicas = plan.canary_replicas or spec.rollout.canary_replicas or 1
         apply.append(
             m.deployment(spec, parent, plan.canary_target, options, track=Track.CANARY, replicas=canary_replicas)
         )

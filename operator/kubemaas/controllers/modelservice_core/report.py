@@ -45,7 +45,7 @@ def report(
     """Conditions, events and status of what was decided."""
     stable_state = rollout_state(observed.stable) if observed.stable is not None else None
     up_to_date = _up_to_date(plan, ms, observed, stable_state)
-    events: list[Event] = []
+    events: list[Event] = list(plan.events)
     served, last_good = _served(plan, previous, observed, up_to_date, events)
     last_failure = _last_failure(plan, previous, events)
     degraded = _degraded(plan, previous)
@@ -67,6 +67,8 @@ def report(
         ready_replicas=sum(int(field_at(d, "status", "readyReplicas") or 0) for d in deployments),
         served_version=served,
         canary_version=plan.canary_target.version if plan.canary_target is not None else None,
+        # The last stepped trial stays on record (its verdict) until the next one replaces it.
+        canary=plan.canary_status if plan.canary_status is not None else previous.canary,
         last_good_version=last_good,
         last_failure=last_failure,
         endpoints=Endpoints.model_validate(m.endpoints(parent)) if serving else None,
@@ -79,6 +81,7 @@ def report(
         status=status,
         events=events,
         requeue_after=plan.requeue_after,
+        scrape=tuple(plan.scrape),
         rolled_back=_rolled_back(plan, previous),
         promotion_refused=_refused_now(ms, status),
     )
@@ -186,6 +189,10 @@ def _progressing(plan: Plan, stable_state: RolloutState | None) -> ConditionDeci
     current, target = plan.current, plan.target
     if plan.canary_target is not None:
         message = f"canary serves {plan.canary_target.version}"
+        trial = plan.canary_status
+        if trial is not None and trial.version == plan.canary_target.version:
+            window = f", window from {trial.window_start.isoformat()}" if trial.window_start is not None else ""
+            message += f": step {trial.step} of {trial.steps} ({trial.weight}%, {trial.canary_replicas} pods{window})"
         return ConditionDecision(Cond.PROGRESSING, ConditionStatus.TRUE, Reason.CANARY, message)
     rolling = target is not None and (
         current is None or current.version != target.version or stable_state is not RolloutState.COMPLETE
