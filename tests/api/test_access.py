@@ -76,13 +76,23 @@ def test_every_service_account_and_training_job_reference_is_checked(kind: Kind)
         for r in access.references(kind)
         if r.rule.permission in (access.TRAINING_JOB_GET, access.TRAINING_JOB_LIST)
     } == training_jobs
-    assert bool(training_jobs) == (kind.kind == "ModelService")
+    # A ModelService serves a TrainingJob's model; a TrainingJob distills from one (its teacher).
+    assert (
+        training_jobs
+        == {
+            "ModelService": {"spec.model.trainingJobRef", "spec.model.trainingJobSelector"},
+            "TrainingJob": {"spec.distillation.teacher.trainingJobRef"},
+        }[kind.kind]
+    )
 
 
 def test_the_documented_fields_are_the_ones_found() -> None:
     by_kind = {k.kind: {r.field for r in access.references(k)} for k in KINDS}
     assert by_kind["TrainingJob"] == {
         "spec.encryption.keySecretRef.name",
+        "spec.data.encryption.keySecretRef.name",
+        "spec.distillation.teacher.keySecretRef.name",
+        "spec.distillation.teacher.trainingJobRef.name",
         "spec.env[].valueFrom.secretKeyRef.name",
         "spec.envFrom[].secretRef.name",
         "spec.volumes[].secret.secretName",

@@ -97,3 +97,14 @@ def test_the_quickstart_trains_and_serves_on_the_local_clusters_cpu() -> None:
     pv = objects["PersistentVolume"]
     assert pv["spec"]["local"] == {"path": str(quickstart.STORE)}  # type: ignore[index]
     assert objects["PersistentVolumeClaim"]["metadata"] == {"name": "models"}
+
+
+def test_distilled_training_example() -> None:
+    job = TrainingJob.parse(yaml.safe_load((EXAMPLES_DIR / "trainingjob-digits-distilled.yaml").read_text()))
+    teacher = yaml.safe_load((EXAMPLES_DIR / "trainingjob-digits.yaml").read_text())
+    assert job.spec.distillation is not None
+    ref = job.spec.distillation.teacher.training_job_ref
+    assert ref is not None and ref.name == teacher["metadata"]["name"]
+    # The teacher's own key Secret, or the operator refuses it (TeacherKeyMismatch).
+    assert job.spec.distillation.teacher.key_secret_ref.name == teacher["spec"]["encryption"]["keySecretRef"]["name"]
+    assert job.spec.output.compression is not None and job.spec.output.compression.pruning is not None

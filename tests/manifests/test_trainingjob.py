@@ -11,6 +11,7 @@ from kubemaas import contract
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.contract.keys import KEY_ID_PATTERN
 from kubemaas.manifests import trainingjob as m
+from kubemaas.manifests import trainingjob_mounts
 
 UID = "0f4c2a6e-9d7b-4c1e-8a3f-5b6d7e8f9a0b"
 VERSION = "v20261129-0f4c2a6e"
@@ -384,7 +385,7 @@ def test_data_on_the_output_claim_is_mounted_once() -> None:
         {"name": "kubemaas-data", "mountPath": "/mnt/kubemaas/models", "readOnly": True},
         TMP_MOUNT,
     ]
-    assert m.required_claims(job) == ["models"]
+    assert trainingjob_mounts.required_claims(job) == ["models"]
 
 
 def test_without_a_command_the_image_entrypoint_gets_the_args_and_no_token_is_mounted() -> None:

@@ -30,6 +30,7 @@ from kubemaas.api.base import (
     MetricValue,
     immutable,
 )
+from kubemaas.api.compression import Compression, Distillation, ResolvedTeacher
 from kubemaas.api.core import (
     IMAGE_PULL_SECRETS_DESCRIPTION,
     KUBEMAAS_ENV_PREFIX,
@@ -100,6 +101,17 @@ class KeyGeneration(StrEnum):
     Never = "Never"
 
 
+class DataEncryption(ApiModel):
+    """The key the dataset's files were encrypted with (`kubemaas encrypt-data`)."""
+
+    key_secret_ref: SecretRef = Field(
+        description=(
+            "Secret holding the data key's key-<id> entry; mounted into every rank, which decrypts its files in "
+            "memory as it reads them."
+        )
+    )
+
+
 class DataSource(ApiModel):
     """Training data, mounted read-only into every rank; each rank reads its own shard."""
 
@@ -108,6 +120,12 @@ class DataSource(ApiModel):
         description=(
             "Where the data lives: pvc://<claim>/<path>. The claim is mounted read-only at /mnt/kubemaas/<claim> "
             "(docs/runtime-contract.md)."
+        ),
+    )
+    encryption: DataEncryption | None = Field(
+        default=None,
+        description=(
+            "Set when the files under uri are encrypted (kubemaas encrypt-data); a tampered file fails the job."
         ),
     )
 
@@ -128,6 +146,9 @@ class Output(ApiModel):
     format: ModelFormat = Field(default=ModelFormat.TorchScript, description="Exported model format.")
     quantization: Quantization = Field(
         default=Quantization.NONE, description="Post-training quantization: None or DynamicInt8."
+    )
+    compression: Compression | None = Field(
+        default=None, description="Compression at export (pruning), applied before quantization."
     )
 
 
@@ -226,6 +247,11 @@ class TrainingJobSpec(ApiModel):
     )
     output: Output = Field(json_schema_extra=immutable(), description="Where the trained model is published.")
     encryption: Encryption = Field(json_schema_extra=immutable(), description="Encryption key of the published model.")
+    distillation: Distillation | None = Field(
+        json_schema_extra=immutable(),
+        default=None,
+        description="Train against a teacher model's outputs as well as the labels (knowledge distillation).",
+    )
     run_policy: RunPolicy = Field(default=RunPolicy(), description="Retries, deadlines and suspension.")
     backend: Backend = Field(
         json_schema_extra=immutable(),
@@ -341,6 +367,10 @@ class TrainingJobStatus(ApiModel):
             "before it is created. The operator never reads Secrets, so this record is how it knows an existing "
             "Secret of that name is its own."
         ),
+    )
+    teacher: ResolvedTeacher | None = Field(
+        default=None,
+        description="With distillation: the teacher model version, fixed when the workload was created.",
     )
     observed_generation: Int | None = Field(
         default=None, ge=0, description="metadata.generation this status was computed from."

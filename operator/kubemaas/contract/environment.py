@@ -24,8 +24,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kubemaas.api.base import LATEST, VERSION_PATTERN
+from kubemaas.api.compression import PruningMethod
 from kubemaas.api.core import KUBEMAAS_ENV_PREFIX
 from kubemaas.api.trainingjob import Quantization, RendezvousEnv
 from kubemaas.contract.store import DEFAULT_MOUNT_ROOT, ArtifactStoreError, StoreUri, resolve_uri, validate_name
@@ -42,6 +44,14 @@ DATA_URI: Final = PREFIX + "DATA_URI"
 MOUNT_ROOT: Final = PREFIX + "MOUNT_ROOT"
 KEY_DIR: Final = PREFIX + "KEY_DIR"
 QUANTIZATION: Final = PREFIX + "QUANTIZATION"
+PRUNING: Final = PREFIX + "PRUNING"
+PRUNING_PERCENT: Final = PREFIX + "PRUNING_PERCENT"
+TEACHER_URI: Final = PREFIX + "TEACHER_URI"
+TEACHER_VERSION: Final = PREFIX + "TEACHER_VERSION"
+TEACHER_KEY_DIR: Final = PREFIX + "TEACHER_KEY_DIR"
+DISTILL_TEMPERATURE: Final = PREFIX + "DISTILL_TEMPERATURE"
+DISTILL_SOFT_PERCENT: Final = PREFIX + "DISTILL_SOFT_PERCENT"
+DATA_KEY_DIR: Final = PREFIX + "DATA_KEY_DIR"
 CHECKPOINT_EVERY: Final = PREFIX + "CHECKPOINT_EVERY"
 CHECKPOINT_KEEP: Final = PREFIX + "CHECKPOINT_KEEP"
 CHECKPOINT_DIR: Final = PREFIX + "CHECKPOINT_DIR"
@@ -69,6 +79,10 @@ COMPLETION_INDEX_FIELD: Final = "metadata.annotations['batch.kubernetes.io/job-c
 DEFAULT_MASTER_ADDR: Final = "127.0.0.1"
 DEFAULT_MASTER_PORT: Final = 29500
 DEFAULT_KEY_DIR: Final = Path("/var/run/kubemaas/keys")
+DEFAULT_TEACHER_KEY_DIR: Final = Path("/var/run/kubemaas/teacher-keys")
+DEFAULT_DATA_KEY_DIR: Final = Path("/var/run/kubemaas/data-keys")
+DEFAULT_DISTILL_TEMPERATURE: Final = 4
+DEFAULT_DISTILL_SOFT_PERCENT: Final = 70
 DEFAULT_TERMINATION_LOG: Final = Path("/dev/termination-log")
 DEFAULT_CHECKPOINT_EVERY: Final = 100
 DEFAULT_CHECKPOINT_KEEP: Final = 2
@@ -119,6 +133,7 @@ def _check_uri(value: str) -> str:
 
 
 Positive = Annotated[int, Field(ge=1)]
+Percent = Annotated[int, Field(ge=0, le=100)]
 
 
 class Settings(_EnvModel):
@@ -131,6 +146,18 @@ class Settings(_EnvModel):
     mount_root: Path = Field(default=DEFAULT_MOUNT_ROOT, alias=MOUNT_ROOT)
     key_dir: Path = Field(default=DEFAULT_KEY_DIR, alias=KEY_DIR)
     quantization: Quantization = Field(default=Quantization.NONE, alias=QUANTIZATION)
+    pruning: PruningMethod | None = Field(default=None, alias=PRUNING)
+    pruning_percent: Annotated[int, Field(ge=1, le=99)] | None = Field(default=None, alias=PRUNING_PERCENT)
+    # Distillation: the teacher's model directory in a store; set means distil.
+    teacher_uri: str | None = Field(default=None, alias=TEACHER_URI)
+    teacher_version: str = Field(default=LATEST, alias=TEACHER_VERSION, pattern=VERSION_PATTERN, max_length=63)
+    teacher_key_dir: Path = Field(default=DEFAULT_TEACHER_KEY_DIR, alias=TEACHER_KEY_DIR)
+    distill_temperature: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=DEFAULT_DISTILL_TEMPERATURE, alias=DISTILL_TEMPERATURE
+    )
+    distill_soft_percent: Percent = Field(default=DEFAULT_DISTILL_SOFT_PERCENT, alias=DISTILL_SOFT_PERCENT)
+    # Set: the data files are encrypted (kubemaas encrypt-data) with a key of this directory.
+    data_key_dir: Path | None = Field(default=None, alias=DATA_KEY_DIR)
     checkpoint_every: Positive = Field(default=DEFAULT_CHECKPOINT_EVERY, alias=CHECKPOINT_EVERY)
     checkpoint_keep: Positive = Field(default=DEFAULT_CHECKPOINT_KEEP, alias=CHECKPOINT_KEEP)
     checkpoint_dir: Path | None = Field(default=None, alias=CHECKPOINT_DIR)
@@ -148,10 +175,16 @@ class Settings(_EnvModel):
     def _model_version(cls, value: str) -> str:
         return _store_name(value, "version")
 
-    @field_validator("output_uri", "data_uri")
+    @field_validator("output_uri", "data_uri", "teacher_uri")
     @classmethod
     def _uri(cls, value: str | None) -> str | None:
         return None if value is None else _check_uri(value).rstrip("/")
+
+    @model_validator(mode="after")
+    def _pruning_amount(self) -> Settings:
+        if (self.pruning is None) != (self.pruning_percent is None):
+            raise ValueError(f"{PRUNING} and {PRUNING_PERCENT} are set together or not at all")
+        return self
 
     @property
     def output_root(self) -> Path:
@@ -163,6 +196,19 @@ class Settings(_EnvModel):
         """What must exist before rank 0 writes: the claim's mount for ``pvc://`` (the store directory under it
         is created, as a fresh claim is empty), the store directory itself for ``file://``."""
         return StoreUri.parse(self.output_uri).mount(self.mount_root)
+
+    @property
+    def teacher_path(self) -> Path | None:
+        """The teacher model's directory in this pod (its store root is the parent)."""
+        return None if self.teacher_uri is None else resolve_uri(self.teacher_uri, mount_root=self.mount_root)
+
+    @property
+    def teacher_mount(self) -> Path | None:
+        return None if self.teacher_uri is None else StoreUri.parse(self.teacher_uri).mount(self.mount_root)
+
+    @property
+    def data_mount(self) -> Path | None:
+        return None if self.data_uri is None else StoreUri.parse(self.data_uri).mount(self.mount_root)
 
     @property
     def data_path(self) -> Path | None:
@@ -284,7 +330,10 @@ def _validate(model: type[_M], values: Mapping[str, str], problems: list[str]) -
         return model.model_validate(values)
     except ValidationError as error:
         for item in error.errors():
-            name = str(item["loc"][0]) if item["loc"] else model.__name__
+            if not item["loc"]:  # a rule across variables: its message names them
+                problems.append(str(item["msg"]).removeprefix("Value error, "))
+                continue
+            name = str(item["loc"][0])
             if item["type"] == "missing":
                 problems.append(f"{name} is required")
             else:

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from kubemaas.api.base import Condition
 from kubemaas.api.errors import summary
-from kubemaas.api.trainingjob import TrainingJob
+from kubemaas.api.trainingjob import TrainingJob, TrainingJobStatus
 from kubemaas.controllers import trainingjob_core as core
 from kubemaas.controllers.apply import Kube
 from kubemaas.controllers.children import TRAININGJOB_CHILDREN, child_indexer, pack, parent_projection, stored
@@ -40,6 +40,7 @@ from kubemaas.controllers.metrics import CHILDREN_APPLIED
 from kubemaas.controllers.object_metrics import TRAININGJOBS, trainingjob_snapshot
 from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, sync
 from kubemaas.manifests import trainingjob as manifests
+from kubemaas.manifests import trainingjob_mounts as mounts
 from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
 
 log = logging.getLogger(__name__)
@@ -127,21 +128,51 @@ async def _observe(
             pytorchjob_served=served, workload=workload, service=service, network_policy=policy, pods=pods
         )
     namespace = key[0]
-    wanted = manifests.required_claims(job)
+    teacher_job = _teacher_job(job, namespace, indexes)
+    try:
+        wanted = mounts.required_claims(job.model_copy(update={"status": _with_teacher(job, teacher_job)}))
+    except mounts.TeacherNotResolved:
+        wanted = []  # the core blocks the job until its teacher TrainingJob has succeeded
+    secrets = mounts.secret_names(job)
     # One round trip, not one per object: these reads sit between a create and its first child.
-    # Existence only: the claim's metadata, the key Secret by a dry-run create (the operator never reads one).
+    # Existence only: the claim's metadata, the key Secrets by a dry-run create (the operator never reads one).
     *found, secret_exists = await asyncio.gather(
         *(kube.exists("v1", "PersistentVolumeClaim", namespace, c) for c in wanted),
+        *(kube.exists("v1", "Secret", namespace, s) for s in secrets),
         kube.exists("v1", "Secret", namespace, job.spec.encryption.key_secret_ref.name),
     )
-    claims = frozenset(c for c, exists in zip(wanted, found, strict=True) if exists)
+    claims = frozenset(c for c, exists in zip(wanted, found[: len(wanted)], strict=True) if exists)
+    existing = frozenset(s for s, exists in zip(secrets, found[len(wanted) :], strict=True) if exists)
     return core.Observed(
         pytorchjob_served=served,
         service=service,
         network_policy=policy,
         claims=claims,
         key_secret_exists=secret_exists,
+        secrets=existing,
+        teacher_job=teacher_job,
     )
+
+
+def _teacher_job(
+    job: TrainingJob, namespace: str, indexes: Mapping[str, kopf.Index[Any, Any]]
+) -> Mapping[str, Any] | None:
+    """The TrainingJob a distillation names as its teacher, from the operator's own index of TrainingJobs."""
+    distillation = job.spec.distillation
+    ref = distillation.teacher.training_job_ref if distillation is not None else None
+    if ref is None:
+        return None
+    found = stored(indexes["trainingjobs"], (namespace, ref.name))
+    return found[0] if found else None
+
+
+def _with_teacher(job: TrainingJob, teacher_job: Mapping[str, Any] | None) -> TrainingJobStatus:
+    """The job's status with the teacher the core will record, so the pre-flight checks the teacher's claim."""
+    status = job.status.model_copy() if job.status is not None else TrainingJobStatus()
+    if job.spec.distillation is not None and status.teacher is None:
+        resolved = core.resolve_teacher(job, teacher_job)
+        status.teacher = None if isinstance(resolved, tuple) else resolved
+    return status
 
 
 # --- the reconcile ----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubemaas.api.base import ConditionStatus
+from kubemaas.api.compression import ResolvedTeacher
 from kubemaas.api.trainingjob import (
     KeyGeneration,
     TrainingJob,
@@ -47,6 +48,7 @@ from kubemaas.controllers.trainingjob_reports import (
 )
 from kubemaas.controllers.workloads import WorkloadBackend
 from kubemaas.manifests import trainingjob as manifests
+from kubemaas.manifests import trainingjob_mounts as mounts
 
 TRUE, FALSE, UNKNOWN = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 
@@ -86,6 +88,8 @@ class Observed:
     pods: Sequence[Mapping[str, Any]] = ()  # pods labelled kubemaas.io/trainingjob=<name>
     claims: frozenset[str] = frozenset()  # which of the job's claims exist
     key_secret_exists: bool = False
+    secrets: frozenset[str] = frozenset()  # which of the other key Secrets (teacher, data) exist
+    teacher_job: Mapping[str, Any] | None = None  # distillation.teacher.trainingJobRef's TrainingJob
 
     @property
     def children(self) -> list[Mapping[str, Any]]:
@@ -112,6 +116,42 @@ def served_backends(observed: Observed) -> frozenset[str]:
 def desired_children(job: TrainingJob, backend: WorkloadBackend) -> list[dict[str, Any]]:
     """The backend's workload, and whatever backend: the NetworkPolicy that closes the ranks' ports."""
     return [*backend.children(job, model_version(job)), manifests.network_policy(job)]
+
+
+def resolve_teacher(job: TrainingJob, teacher_job: Mapping[str, Any] | None) -> ResolvedTeacher | tuple[str, str]:
+    """The teacher version a distillation uses, or why it cannot be used yet (reason, message).
+
+    A uri teacher is the spec's. A TrainingJob teacher is the version it published, once it Succeeded, and only
+    with the teacher job's own key Secret: the admission policy checked the author's access to the Secret the
+    spec names, so that must be the Secret the pods mount.
+    """
+    distillation = job.spec.distillation
+    assert distillation is not None
+    spec = distillation.teacher
+    if spec.training_job_ref is None:
+        from_uri = mounts.teacher(job)
+        assert from_uri is not None
+        return from_uri
+    name = spec.training_job_ref.name
+    not_ready = "TeacherNotReady"
+    if teacher_job is None:
+        return not_ready, f"teacher TrainingJob {name} not found; the workload is created once it has succeeded"
+    try:
+        parsed = TrainingJob.parse(dict(teacher_job))
+    except ValidationError:
+        return not_ready, f"teacher TrainingJob {name} has an invalid spec or status"
+    status = parsed.status
+    if status is None or status.model is None or not is_true(status.conditions, SUCCEEDED):
+        return not_ready, f"teacher TrainingJob {name} has not succeeded yet; the workload is created once it has"
+    if parsed.spec.encryption.key_secret_ref.name != spec.key_secret_ref.name:
+        return "TeacherKeyMismatch", (
+            f"distillation.teacher.keySecretRef is {spec.key_secret_ref.name}, but TrainingJob {name}'s model is "
+            f"encrypted with Secret {parsed.spec.encryption.key_secret_ref.name}"
+        )
+    directory, _, version = status.model.uri.rpartition("/")
+    if version != status.model.version:
+        return not_ready, f"teacher TrainingJob {name}'s status.model.uri does not end in its version"
+    return ResolvedTeacher(uri=directory, version=version)
 
 
 # --- the reconcile --------------------------------------------------------------------------------
@@ -166,12 +206,20 @@ def _finished(job: TrainingJob, observed: Observed, out: _Status) -> Desired:
 
 def _preflight(job: TrainingJob, observed: Observed, out: _Status) -> bool:
     """Before the workload exists: every claim and (with Never) the key Secret must be there."""
-    missing = [c for c in manifests.required_claims(job) if c not in observed.claims]
+    missing = [c for c in mounts.required_claims(job) if c not in observed.claims]
     if missing:
         names = ", ".join(missing)
         out.blocked(
             "ClaimNotFound",
             f"PersistentVolumeClaim {names} not found in namespace {job.metadata.namespace}; "
+            "the workload is created once it exists",
+        )
+        return False
+    missing_secrets = [s for s in mounts.secret_names(job) if s not in observed.secrets]
+    if missing_secrets:
+        out.blocked(
+            "KeySecretNotFound",
+            f"Secret {', '.join(missing_secrets)} not found in namespace {job.metadata.namespace}; "
             "the workload is created once it exists",
         )
         return False
@@ -258,6 +306,14 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
         return Desired(status=out.status, requeue_after=RECHECK_SECONDS)
 
     workload = observed.workload
+    if job.spec.distillation is not None and out.status.teacher is None:
+        teacher = resolve_teacher(job, observed.teacher_job)
+        if isinstance(teacher, tuple):
+            out.blocked(*teacher)
+            return Desired(status=out.status, requeue_after=RECHECK_SECONDS)
+        out.status.teacher = teacher  # fixed from now on: a restart of the job learns from the same teacher
+        # The pre-flight and the builders read the teacher this status records.
+        job = job.model_copy(update={"status": out.status})
     if workload is None and not _preflight(job, observed, out):
         return Desired(status=out.status, requeue_after=RECHECK_SECONDS)
     out.status.backend = backend.name

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubemaas import contract
-from kubemaas.api.core import DEFAULT_GPU_RESOURCE, RESERVED_VOLUME_PREFIX
+from kubemaas.api.core import DEFAULT_GPU_RESOURCE
 from kubemaas.api.trainingjob import KeyGeneration, Quantization, TrainingJob
 from kubemaas.contract.keys import ACTIVE_FILE, KEY_BYTES, KEY_FILE_PREFIX
 from kubemaas.contract.published import published_model_name
-from kubemaas.contract.store import DEFAULT_MOUNT_ROOT, claim_of
 from kubemaas.contract.termination import ExitCode
 from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
 from kubemaas.manifests.labels import owner_reference as _owner_reference
@@ -40,6 +39,8 @@ from kubemaas.manifests.pods import (
     restricted_container_security_context,
     restricted_pod_security_context,
 )
+from kubemaas.manifests.trainingjob_mounts import key_volumes_and_mounts, teacher, volumes_and_mounts
+from kubemaas.manifests.trainingjob_mounts import volume_name as _volume
 
 KIND = "TrainingJob"
 KIND_LABEL = parent_label(KIND)
@@ -61,39 +62,6 @@ PERMANENT_EXIT_CODES = sorted(int(code) for code in ExitCode if code != ExitCode
 # caches. Bounded so that a job cannot fill its node's disk; the kubelet evicts a pod past it
 # (docs/runtime-contract.md §2).
 TMP_SIZE_LIMIT = "32Gi"
-
-
-def _volume(name: str) -> str:
-    """Kubemaas' own volumes carry a prefix the API refuses in spec.volumes, so the two never collide."""
-    return f"{RESERVED_VOLUME_PREFIX}{name}"
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A PersistentVolumeClaim named by a pvc:// URI, and how a pod mounts it."""
-
-    name: str
-    volume: str
-    writable: bool
-
-    @property
-    def mount_path(self) -> str:
-        return f"{DEFAULT_MOUNT_ROOT}/{self.name}"
-
-
-def claims(job: TrainingJob, *, rank0: bool) -> list[Claim]:
-    """Each distinct claim once (docs/runtime-contract.md §2): the output claim read-write, on rank 0 only
-    (it alone writes the model and the checkpoints), and the data claim read-only on every rank."""
-    spec = job.spec
-    out = [Claim(claim_of(spec.output.uri), _volume("output"), writable=True)] if rank0 else []
-    if spec.data is not None and claim_of(spec.data.uri) not in {c.name for c in out}:
-        out.append(Claim(claim_of(spec.data.uri), _volume("data"), writable=False))
-    return out
-
-
-def required_claims(job: TrainingJob) -> list[str]:
-    """The claims that must exist before the workload is created (the pre-flight check)."""
-    return [c.name for c in claims(job, rank0=True)]
 
 
 def model_name(job: TrainingJob) -> str:
@@ -147,6 +115,20 @@ def settings(job: TrainingJob, version: str, *, rank0: bool) -> contract.Setting
         values["key_dir"] = contract.DEFAULT_KEY_DIR
     if spec.output.quantization != Quantization.NONE:
         values["quantization"] = spec.output.quantization
+    compression = spec.output.compression
+    if compression is not None and compression.pruning is not None:
+        values["pruning"] = compression.pruning.method
+        values["pruning_percent"] = compression.pruning.amount_percent
+    distilled_from = teacher(job)
+    if spec.distillation is not None and distilled_from is not None:
+        values["teacher_uri"] = distilled_from.uri
+        values["teacher_version"] = distilled_from.version
+        values["distill_temperature"] = spec.distillation.temperature
+        values["distill_soft_percent"] = spec.distillation.soft_loss_percent
+        if rank0:
+            values["teacher_key_dir"] = contract.DEFAULT_TEACHER_KEY_DIR
+    if spec.data is not None and spec.data.encryption is not None:
+        values["data_key_dir"] = contract.DEFAULT_DATA_KEY_DIR
     return contract.Settings(**values)
 
 
@@ -190,13 +172,7 @@ def pod_spec(
 ) -> dict[str, Any]:
     """The training pod of one replica type; `rank0` decides who gets the key and the output claim."""
     spec = job.spec
-    pod_claims = claims(job, rank0=rank0)
-    volumes: list[dict[str, Any]] = [
-        {"name": c.volume, "persistentVolumeClaim": {"claimName": c.name}} for c in pod_claims
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": c.volume, "mountPath": c.mount_path, **({} if c.writable else {"readOnly": True})} for c in pod_claims
-    ]
+    volumes, mounts = volumes_and_mounts(job, rank0=rank0)
     volumes.append({"name": _volume("tmp"), "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}})
     mounts.append({"name": _volume("tmp"), "mountPath": "/tmp"})
     if spec.resources.shm_size is not None:
@@ -204,15 +180,9 @@ def pod_spec(
         shm = {"medium": "Memory", "sizeLimit": str(spec.resources.shm_size)}
         volumes.append({"name": _volume("shm"), "emptyDir": shm})
         mounts.append({"name": _volume("shm"), "mountPath": "/dev/shm"})
-    if rank0:
-        volumes.append(
-            {
-                "name": _volume("keys"),
-                # 0400: only the trainer's user reads the key (fsGroup adds group read for that same user's group).
-                "secret": {"secretName": spec.encryption.key_secret_ref.name, "defaultMode": 0o400},
-            }
-        )
-        mounts.append({"name": _volume("keys"), "mountPath": str(contract.DEFAULT_KEY_DIR), "readOnly": True})
+    key_volumes, key_mounts = key_volumes_and_mounts(job, rank0=rank0)
+    volumes += key_volumes
+    mounts += key_mounts
     volumes += [as_served(v) for v in spec.volumes or ()]
     mounts += [as_served(m) for m in spec.volume_mounts or ()]
 

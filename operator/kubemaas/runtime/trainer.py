@@ -11,7 +11,12 @@ A program hands its training function to :func:`main` (or :func:`run`)::
             step += 1
             h.after_step(step, model, optimizer)       # periodic checkpoint; SIGTERM -> checkpoint + exit
         h.save_checkpoint(step, model, optimizer)
-        h.publish(model, example_input, inputs=..., outputs=..., metrics={...})   # rank 0 only
+        compressed = h.compress(model)                 # pruned and quantized as the job says
+        ...evaluate compressed.module on held-out data...
+        h.publish(compressed, example_input, inputs=..., outputs=..., metrics={...})   # rank 0 only
+
+With distillation configured, ``h.teacher`` is the teacher model on every rank (loaded in start()) and
+``h.distillation_loss(student_logits, teacher_logits, targets)`` the loss the job's spec asks for.
 
     if __name__ == "__main__":
         kubemaas.runtime.trainer.main(train)
@@ -54,6 +59,8 @@ from kubemaas.runtime.artifacts import (
     VersionExistsError,
 )
 from kubemaas.runtime.checkpoint import Checkpoint, CheckpointStore
+from kubemaas.runtime.compression import Compressed, Pruning, compress, count_parameters
+from kubemaas.runtime.distill import distillation_loss, load_teacher
 from kubemaas.runtime.distributed import init_process_group, pick_device, shard_indices
 from kubemaas.runtime.errors import ArtifactIntegrityError, KeyringError
 from kubemaas.runtime.export import export_torchscript
@@ -95,6 +102,8 @@ class Harness:
         self.checkpoints: CheckpointStore | None = None
         self.resumed_from_step = 0
         self.published: Manifest | None = None
+        # With distillation (KUBEMAAS_TEACHER_URI): the teacher on every rank, set by start().
+        self.teacher: torch.nn.Module | None = None
         self._stop_requested = False
         self._last_saved_step = -1
         self._backend: str | None = None
@@ -134,6 +143,11 @@ class Harness:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self._backend = init_process_group(self.process, self.device, self.settings.dist_timeout)
         log.info("rank %d/%d joined (%s) on %s", self.rank, self.world_size, self._backend, self.device)
+        if self.settings.teacher_uri is not None:
+            # Before training, so that a missing or tampered teacher fails the job in seconds.
+            self.teacher = load_teacher(
+                self.settings, primary=self.is_primary, world_size=self.world_size, device=self.device
+            )
 
     def close(self) -> None:
         if dist.is_initialized():
@@ -199,18 +213,54 @@ class Harness:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
 
+    def distillation_loss(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """The student's loss with the job's temperature and soft/hard weighting (spec.distillation)."""
+        return distillation_loss(
+            student_logits,
+            teacher_logits,
+            targets,
+            temperature=self.settings.distill_temperature,
+            soft_percent=self.settings.distill_soft_percent,
+        )
+
     # ------------------------------------------------------------------ publication
+
+    def compress(self, module: torch.nn.Module) -> Compressed:
+        """A copy of the trained model, pruned and quantized as the job says (output.compression, quantization),
+        on CPU in eval mode: what :meth:`publish` exports, so the program can evaluate exactly that."""
+        settings = self.settings
+        pruning = None
+        if settings.pruning is not None and settings.pruning_percent is not None:
+            pruning = Pruning(settings.pruning, settings.pruning_percent)
+        return compress(_unwrap(module), pruning=pruning, quantization=settings.quantization)
+
+    def compression_metrics(self, compressed: Compressed, size_bytes: int) -> dict[str, float]:
+        """What the published metrics say of the model's size (and of the teacher's, when distilling)."""
+        metrics = {
+            "parameters": float(compressed.parameters),
+            "sparsity": compressed.sparsity,
+            "sizeBytes": float(size_bytes),
+        }
+        if self.teacher is not None:
+            metrics["teacherParameters"] = float(count_parameters(self.teacher)[0])
+        return metrics
 
     def publish(
         self,
-        module: torch.nn.Module,
+        module: torch.nn.Module | Compressed,
         example_input: torch.Tensor,
         *,
         inputs: list[TensorSpec],
         outputs: list[TensorSpec],
         metrics: Mapping[str, float],
     ) -> Manifest | None:
-        """On rank 0: export TorchScript, encrypt, publish, write the termination message."""
+        """On rank 0: export TorchScript, encrypt, publish, write the termination message.
+
+        A plain module is compressed first (:meth:`compress`); the metrics gain its parameter count, sparsity
+        and size on disk (and the teacher's parameter count when distilling).
+        """
         if self.keyring is None:
             return None
         settings = self.settings
@@ -223,12 +273,15 @@ class Harness:
             store.advance_latest(model, version)
             self.published = store.resolve(model, version).manifest
             return self.published
-        all_metrics = {**metrics, "resumedFromStep": float(self.resumed_from_step)}
+        compressed = module if isinstance(module, Compressed) else self.compress(module)
         # Plaintext stays on the pod's scratch disk, never on the shared store.
         with tempfile.TemporaryDirectory(prefix="kubemaas-export-") as scratch:
-            plaintext = export_torchscript(
-                _unwrap(module), example_input, Path(scratch) / "model.pt", quantization=settings.quantization
-            )
+            plaintext = export_torchscript(compressed, example_input, Path(scratch) / "model.pt")
+            all_metrics = {
+                **metrics,
+                **self.compression_metrics(compressed, plaintext.stat().st_size),
+                "resumedFromStep": float(self.resumed_from_step),
+            }
             published = store.publish(
                 plaintext,
                 model=model,
