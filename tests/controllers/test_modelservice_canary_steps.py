@@ -129,7 +129,11 @@ def test_a_good_canary_passes_every_step_and_is_promoted() -> None:
     assert "digits-canary" in deployments(promoted)  # until the stable rollout completed
     assert promoted.status.canary is not None and promoted.status.canary.last_check is not None
     assert promoted.status.canary.last_check.verdict is CanaryVerdict.Pass
+    assert promoted.status.canary.verdict is CanaryVerdict.Pass
     assert conditions(promoted)[Cond.DEGRADED][0] == "False"
+    # The watch still shows the stable Deployment on v1: the promotion stands, no step starts over.
+    lagging = d.run(step2, later + timedelta(seconds=61))
+    assert served_version(deployments(lagging)["digits"]) == "v2" and not lagging.scrape
 
 
 def test_an_erroring_canary_is_rolled_back_at_its_first_step_and_not_retried() -> None:
@@ -155,6 +159,7 @@ def test_an_erroring_canary_is_rolled_back_at_its_first_step_and_not_retried() -
     assert "digits-canary" not in deployments(again) and served_version(deployments(again)["digits"]) == "v1"
     assert again.status.canary is not None and again.status.canary.last_check is not None
     assert again.status.canary.last_check.verdict is CanaryVerdict.Fail  # the record stays
+    assert again.status.canary.verdict is CanaryVerdict.Fail
 
 
 def test_a_slow_canary_fails_the_relative_latency_bound() -> None:
@@ -233,3 +238,4 @@ def test_a_restarted_canary_container_fails_the_trial() -> None:
     )
     out = d.run(replace(obs, pods=[*obs.pods[:2], crashed]), NOW)
     assert conditions(out)[Cond.DEGRADED][:2] == ("True", "CanaryRestarted")
+    assert out.status.canary is not None and out.status.canary.verdict is CanaryVerdict.Fail

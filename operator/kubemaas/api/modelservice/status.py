@@ -98,6 +98,13 @@ class CanaryStatus(ApiModel):
         default=None, max_length=2000, description="Each measured pod's counters at the window's start."
     )
     last_check: CanaryCheck | None = Field(default=None, description="The last window's verdict.")
+    verdict: CanaryVerdict | None = Field(
+        default=None,
+        description=(
+            "The trial's: Pass once every step passed (the version is promoted), Fail once it was rolled back "
+            "(Inconclusive windows past the limit included); unset while it runs."
+        ),
+    )
 
 
 class ModelServiceStatus(ApiModel):

@@ -25,7 +25,7 @@ from kubemaas.controllers.modelservice_core.observation import (
     restarted,
     rollout_state,
 )
-from kubemaas.controllers.modelservice_core.steps import plan_steps
+from kubemaas.controllers.modelservice_core.steps import end_trial, plan_steps
 from kubemaas.manifests import modelservice as m
 from kubemaas.manifests.modelservice import Parent, ServingOptions, Track
 
@@ -97,6 +97,7 @@ def plan_canary(plan: Plan, ms: ModelService, observed: Observed, previous: Prev
     and the canary stays until then."""
     if ms.spec.rollout.strategy is not RolloutStrategy.Canary:
         return
+    end_trial(plan, previous)
     target, current, canary_current = plan.target, plan.current, plan.canary_current
     if target is None or current is None:
         return  # nothing serves yet: the first version goes straight to the stable Deployment

@@ -63,6 +63,11 @@ def plan_steps(plan: Plan, ms: ModelService, observed: Observed, previous: Previ
     stable_replicas = ms.spec.fixed_replicas or int(field_at(observed.stable, "spec", "replicas") or 1)
     state = _resume(policy, previous.canary, target.version, stable_replicas)
     plan.canary_target, plan.canary_replicas = target, state.canary_replicas
+    if state.verdict is CanaryVerdict.Pass:
+        # Promoted by an earlier reconcile: the stable Deployment moves even while the watch still shows it
+        # on the old version (else a lagging index would start the last step over and move it back).
+        plan.canary_status = state
+        return True
     if not _step_ready(observed, target, state.canary_replicas):
         plan.canary_status = state.model_copy(update={"window_start": None, "baseline": None})
         return False
@@ -88,11 +93,22 @@ def plan_steps(plan: Plan, ms: ModelService, observed: Observed, previous: Previ
     return promote
 
 
+def end_trial(plan: Plan, previous: Previous) -> None:
+    """A stepped trial whose canary failed otherwise (crash loop, restart, deadline) ends as failed too."""
+    trial, failure = previous.canary, plan.failure
+    if trial is not None and failure is not None and trial.version == failure.version and trial.verdict is None:
+        plan.canary_status = trial.model_copy(
+            update={"window_start": None, "baseline": None, "verdict": CanaryVerdict.Fail}
+        )
+
+
 def _resume(policy: CanaryPolicy, previous: CanaryStatus | None, version: str, stable_replicas: int) -> CanaryStatus:
     """The trial of `version` as status left it (its step, window and counts), or a new one at step 1; the
     step's weight, window and pods follow the spec as it is now."""
     if previous is None or previous.version != version or previous.step > len(policy.steps):
         previous = None
+    elif previous.verdict is CanaryVerdict.Fail:
+        previous = None  # tried again only when the source offers it anew (bad_version): from the start
     index = previous.step - 1 if previous is not None else 0
     step = policy.steps[index]
     wanted = {
@@ -163,7 +179,9 @@ def _decide(
 ) -> bool:
     if check.verdict is CanaryVerdict.Pass:
         if state.step == state.steps:
-            plan.canary_status = state.model_copy(update={"last_check": check, "baseline": None})
+            plan.canary_status = state.model_copy(
+                update={"last_check": check, "baseline": None, "verdict": CanaryVerdict.Pass}
+            )
             return True
         plan.canary_status = state.model_copy(
             update={
@@ -214,7 +232,9 @@ def _next_window(plan: Plan, state: CanaryStatus, samples: Sequence[PodSample], 
 
 def _fail(plan: Plan, state: CanaryStatus, reason: Reason, check: CanaryCheck) -> None:
     """The canary failed: scaled away, the stable Deployment unchanged, the version recorded as failed."""
-    plan.canary_status = state.model_copy(update={"window_start": None, "baseline": None})
+    plan.canary_status = state.model_copy(
+        update={"window_start": None, "baseline": None, "verdict": CanaryVerdict.Fail}
+    )
     plan.failure = LastFailure(
         version=state.version,
         reason=reason,
