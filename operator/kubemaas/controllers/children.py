@@ -219,6 +219,19 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def slim_serving_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A serving pod as `slim_pod` keeps it, with its IP and whether it is Ready: a Canary analysis reads the
+    metrics of the ready serving pods (those behind the Service)."""
+    out = slim_pod(body)
+    status = body.get("status") or {}
+    if "podIP" in status:
+        out["status"]["podIP"] = status["podIP"]
+    ready = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
+    if ready is not None:
+        out["status"]["conditions"] = [{"type": "Ready", "status": ready.get("status")}]
+    return out
+
+
 def slim_replica_set(body: Mapping[str, Any]) -> dict[str, Any]:
     """What the ModelService reconcile reads of a ReplicaSet (its owner, revision and the template's model
     reference: `manifests.modelservice.model_ref_from_template`); a whole ReplicaSet is as large as its
@@ -278,7 +291,7 @@ class Child:
 MODELSERVICE_CHILDREN = (
     Child(DEPLOYMENT, "ms_deployments", slim_deployment),
     Child(REPLICA_SET, "ms_replica_sets", slim_replica_set),
-    Child(POD, "ms_pods", slim_pod),
+    Child(POD, "ms_pods", slim_serving_pod),
     Child(SERVICE, "ms_services"),
     Child(HPA, "ms_hpas"),
     Child(PDB, "ms_pdbs"),
