@@ -1,4 +1,4 @@
-"""The `kubemaas` command: `kubemaas run | crds | access | load-model`."""
+"""The `kubemaas` command: `kubemaas run | crds | access | load-model | encrypt-data`."""
 
 from __future__ import annotations
 
@@ -132,6 +132,43 @@ def _add_load_model(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=_load_model)
 
 
+def _encrypt_data(args: argparse.Namespace) -> int:
+    from kubemaas.runtime.dataset import encrypt_dataset
+    from kubemaas.runtime.errors import KeyringError
+    from kubemaas.runtime.keyring import KEY_BYTES, validate_key_id
+
+    try:
+        validate_key_id(args.key_id)
+        key = args.key_file.read_bytes()
+        if len(key) != KEY_BYTES:
+            raise KeyringError(
+                f"{args.key_file} has {len(key)} bytes, an AES-256 key has {KEY_BYTES} (raw, not base64)"
+            )
+        names = encrypt_dataset(args.src, args.dst, key=key, key_id=args.key_id)
+    except (KeyringError, ValueError, OSError) as error:
+        print(f"kubemaas encrypt-data: {error}", file=sys.stderr)
+        return 1
+    print(f"encrypted {len(names)} files from {args.src} to {args.dst} with key id {args.key_id}")
+    return 0
+
+
+def _add_encrypt_data(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "encrypt-data",
+        help="encrypt a dataset directory, file by file, for a TrainingJob's data.encryption",
+        description=(
+            "Encrypt every regular file below SRC to the same relative name below DST (AES-256-GCM in chunks, each "
+            "file bound to its name). Put DST on the data claim and the key in a Secret as key-<id> "
+            "(docs/runtime-contract.md §3)."
+        ),
+    )
+    p.add_argument("src", type=Path, help="directory of plaintext files")
+    p.add_argument("dst", type=Path, help="where the encrypted files go (not inside SRC)")
+    p.add_argument("--key-file", type=Path, required=True, help="file holding the 32 raw bytes of the key")
+    p.add_argument("--key-id", required=True, help="the key's id: the Secret's entry is key-<id>")
+    p.set_defaults(func=_encrypt_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubemaas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_access(sub)
     _add_run(sub)
     _add_load_model(sub)
+    _add_encrypt_data(sub)
     return parser
 
 

@@ -52,6 +52,7 @@ TEACHER_KEY_DIR: Final = PREFIX + "TEACHER_KEY_DIR"
 DISTILL_TEMPERATURE: Final = PREFIX + "DISTILL_TEMPERATURE"
 DISTILL_SOFT_PERCENT: Final = PREFIX + "DISTILL_SOFT_PERCENT"
 DATA_KEY_DIR: Final = PREFIX + "DATA_KEY_DIR"
+PROGRESS_PORT: Final = PREFIX + "PROGRESS_PORT"
 CHECKPOINT_EVERY: Final = PREFIX + "CHECKPOINT_EVERY"
 CHECKPOINT_KEEP: Final = PREFIX + "CHECKPOINT_KEEP"
 CHECKPOINT_DIR: Final = PREFIX + "CHECKPOINT_DIR"
@@ -83,6 +84,8 @@ DEFAULT_TEACHER_KEY_DIR: Final = Path("/var/run/kubemaas/teacher-keys")
 DEFAULT_DATA_KEY_DIR: Final = Path("/var/run/kubemaas/data-keys")
 DEFAULT_DISTILL_TEMPERATURE: Final = 4
 DEFAULT_DISTILL_SOFT_PERCENT: Final = 70
+# Rank 0 serves its progress here (kubemaas.runtime.progress); the operator reads it.
+DEFAULT_PROGRESS_PORT: Final = 9400
 DEFAULT_TERMINATION_LOG: Final = Path("/dev/termination-log")
 DEFAULT_CHECKPOINT_EVERY: Final = 100
 DEFAULT_CHECKPOINT_KEEP: Final = 2
@@ -158,6 +161,8 @@ class Settings(_EnvModel):
     distill_soft_percent: Percent = Field(default=DEFAULT_DISTILL_SOFT_PERCENT, alias=DISTILL_SOFT_PERCENT)
     # Set: the data files are encrypted (kubemaas encrypt-data) with a key of this directory.
     data_key_dir: Path | None = Field(default=None, alias=DATA_KEY_DIR)
+    # 0: no progress endpoint (several harnesses in one network namespace, e.g. tests).
+    progress_port: Annotated[int, Field(ge=0, le=65535)] = Field(default=DEFAULT_PROGRESS_PORT, alias=PROGRESS_PORT)
     checkpoint_every: Positive = Field(default=DEFAULT_CHECKPOINT_EVERY, alias=CHECKPOINT_EVERY)
     checkpoint_keep: Positive = Field(default=DEFAULT_CHECKPOINT_KEEP, alias=CHECKPOINT_KEEP)
     checkpoint_dir: Path | None = Field(default=None, alias=CHECKPOINT_DIR)

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Final, Protocol
 
@@ -48,6 +48,21 @@ class ExitCode(IntEnum):
     @property
     def retryable(self) -> bool:
         return self >= 128
+
+
+class Cause(StrEnum):
+    """Failures a termination message names more precisely than its exit code's reason, with their code."""
+
+    # A file of an encrypted dataset failed authentication (changed, truncated, swapped or renamed): the
+    # message names the file. Permanent, like a refused model artifact: a retry reads the same bytes.
+    TamperedData = "TamperedData"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return _CAUSE_EXIT_CODES[self]
+
+
+_CAUSE_EXIT_CODES = {Cause.TamperedData: ExitCode.ARTIFACT}
 
 
 class _Message(BaseModel):

@@ -46,7 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from kubemaas import contract
 from kubemaas.contract import ContractError, Environment, termination
-from kubemaas.contract.termination import ExitCode, FailureMessage, SuccessMessage
+from kubemaas.contract.termination import Cause, ExitCode, FailureMessage, SuccessMessage
 from kubemaas.runtime import coredumps
 from kubemaas.runtime.artifacts import (
     ArtifactStore,
@@ -60,11 +60,13 @@ from kubemaas.runtime.artifacts import (
 )
 from kubemaas.runtime.checkpoint import Checkpoint, CheckpointStore
 from kubemaas.runtime.compression import Compressed, Pruning, compress, count_parameters
+from kubemaas.runtime.dataset import Dataset
 from kubemaas.runtime.distill import distillation_loss, load_teacher
 from kubemaas.runtime.distributed import init_process_group, pick_device, shard_indices
 from kubemaas.runtime.errors import ArtifactIntegrityError, KeyringError
 from kubemaas.runtime.export import export_torchscript
 from kubemaas.runtime.keyring import Keyring
+from kubemaas.runtime.progress import Progress, ProgressServer
 
 log = logging.getLogger("kubemaas.trainer")
 
@@ -104,6 +106,11 @@ class Harness:
         self.published: Manifest | None = None
         # With distillation (KUBEMAAS_TEACHER_URI): the teacher on every rank, set by start().
         self.teacher: torch.nn.Module | None = None
+        # With KUBEMAAS_DATA_URI: its files, decrypted in memory as they are read when encrypted; set by start().
+        self.data: Dataset | None = None
+        # Rank 0 only: what report_progress() recorded, served to the operator.
+        self.progress: Progress | None = None
+        self._progress_server: ProgressServer | None = None
         self._stop_requested = False
         self._last_saved_step = -1
         self._backend: str | None = None
@@ -140,6 +147,18 @@ class Harness:
                 keyring=self.keyring,
                 keep=settings.checkpoint_keep,
             )
+        settings = self.settings
+        if settings.data_path is not None:
+            # Every rank reads (and decrypts) its own files, so every rank holds the data key.
+            data_keys = Keyring.from_dir(settings.data_key_dir) if settings.data_key_dir is not None else None
+            self.data = Dataset(settings.data_path, anchor=settings.data_mount, keyring=data_keys)
+        if self.is_primary:
+            self.progress = Progress()
+            if settings.progress_port:
+                try:
+                    self._progress_server = ProgressServer(self.progress, settings.progress_port).start()
+                except OSError as error:  # progress is for people watching: it never stops the training
+                    log.warning("no progress endpoint on port %d: %s", settings.progress_port, error)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self._backend = init_process_group(self.process, self.device, self.settings.dist_timeout)
         log.info("rank %d/%d joined (%s) on %s", self.rank, self.world_size, self._backend, self.device)
@@ -150,6 +169,8 @@ class Harness:
             )
 
     def close(self) -> None:
+        if self._progress_server is not None:
+            self._progress_server.close()
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -198,6 +219,8 @@ class Harness:
             state = {"model": _unwrap(module).state_dict(), "optimizer": optimizer.state_dict()}
             path = self.checkpoints.save(step, state)
             log.info("checkpoint at step %d: %s", step, path.name)
+            if self.progress is not None:
+                self.progress.checkpointed(step)
         dist.barrier()
 
     def after_step(self, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -212,6 +235,22 @@ class Harness:
         flag = torch.tensor([1.0 if self._stop_requested else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
+
+    def report_progress(
+        self,
+        step: int,
+        total_steps: int,
+        *,
+        loss: float | None = None,
+        samples: int = 0,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
+        """Call once per step on every rank (only rank 0 records): the TrainingJob's status.progress.
+
+        ``samples`` is this rank's batch size; rank 0 counts it for every rank (the ranks step together).
+        """
+        if self.progress is not None:
+            self.progress.report(step, total_steps, loss=loss, samples=samples * self.world_size, metrics=metrics)
 
     def distillation_loss(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor
@@ -313,7 +352,10 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def classify(exc: BaseException) -> ExitCode:
-    """The exit code of a failure; its termination reason is ``REASONS[code]``."""
+    """The exit code of a failure; its termination reason is ``REASONS[code]`` unless it has a cause."""
+    cause = cause_of(exc)
+    if cause is not None:
+        return cause.exit_code
     if isinstance(exc, Preempted):
         return ExitCode.PREEMPTED
     if isinstance(exc, ContractError | TrainerConfigError | KeyringError):
@@ -332,6 +374,12 @@ def classify(exc: BaseException) -> ExitCode:
     return ExitCode.FAILED
 
 
+def cause_of(exc: BaseException) -> Cause | None:
+    """A failure's own cause (e.g. TamperedData), more precise than its exit code's reason."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, Cause) else None
+
+
 def _looks_like_lost_peer(exc: RuntimeError) -> bool:
     # gloo reports a dead peer as a plain RuntimeError from its transport layer.
     text = str(exc).lower()
@@ -340,10 +388,11 @@ def _looks_like_lost_peer(exc: RuntimeError) -> bool:
 
 def _fail(exc: BaseException, termination_log: Path, rank: int | None) -> ExitCode:
     code = classify(exc)
+    reason = str(cause_of(exc) or REASONS[code])
     log_fn = log.warning if code.retryable else log.error
     who = "rank ?" if rank is None else f"rank {rank}"
-    log_fn("%s exits %d (%s): %s", who, code, REASONS[code], exc, exc_info=code is ExitCode.FAILED)
-    message = FailureMessage(reason=REASONS[code], exit_code=code, message=str(exc), rank=rank)
+    log_fn("%s exits %d (%s): %s", who, code, reason, exc, exc_info=code is ExitCode.FAILED)
+    message = FailureMessage(reason=reason, exit_code=code, message=str(exc), rank=rank)
     termination.write(termination_log, message)
     return code
 

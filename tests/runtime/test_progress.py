@@ -1,0 +1,86 @@
+"""Rank 0's progress document and its endpoint (the operator reads it: docs/runtime-contract.md §10)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from kubemaas import contract
+from kubemaas.runtime.progress import Progress, ProgressServer
+
+from .trainer_launch import Job, free_port, log_text, ranks, wait_all, wait_for
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rates_eta_and_checkpoint_follow_the_reports() -> None:
+    clock = Clock()
+    progress = Progress(clock)
+    assert progress.snapshot() == {}
+    for step in range(1, 11):
+        progress.report(step, 100, loss=2.0 / step, samples=64, metrics={"accuracy": 0.5, "bad": float("nan")})
+        clock.now += 0.5
+    clock.now -= 0.5
+    doc = progress.snapshot()
+    assert (doc["step"], doc["totalSteps"]) == (10, 100)
+    assert doc["stepsPerSecond"] == pytest.approx(2.0)
+    assert doc["samplesPerSecond"] == pytest.approx(128.0)
+    assert doc["etaSeconds"] == pytest.approx(45.0)
+    assert doc["loss"] == pytest.approx(0.2) and doc["metrics"] == {"accuracy": 0.5}
+    assert doc["updateTime"] == "2027-01-15T08:00:04Z"
+    progress.checkpointed(10)
+    assert progress.snapshot()["lastCheckpoint"] == {"step": 10, "time": "2027-01-15T08:00:04Z"}
+    # A restart from an older checkpoint starts a new pace instead of a negative one.
+    clock.now += 10
+    progress.report(5, 100)
+    assert "stepsPerSecond" not in progress.snapshot() and progress.snapshot()["step"] == 5
+
+
+def test_the_endpoint_serves_the_snapshot_and_nothing_else() -> None:
+    progress = Progress()
+    progress.report(3, 30, loss=1.5)
+    server = ProgressServer(progress, 0, host="127.0.0.1").start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/progress", timeout=5) as answer:
+            assert json.loads(answer.read())["step"] == 3
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=5)
+        assert missing.value.code == 404
+    finally:
+        server.close()
+
+
+@pytest.mark.torch
+def test_the_example_reports_its_steps_while_it_trains(tmp_path: Path) -> None:
+    job = Job(tmp_path)
+    port = free_port()
+    seen: list[dict[str, object]] = []
+
+    def poll() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress", timeout=2) as answer:
+                doc = json.loads(answer.read())
+        except OSError:
+            return False
+        if doc and (not seen or doc["step"] != seen[-1]["step"]):
+            seen.append(doc)
+        return len(seen) >= 3
+
+    env = {contract.PROGRESS_PORT: str(port), contract.CHECKPOINT_EVERY: "50"}
+    with ranks(job, 1, attempt=0, args=["--steps", "4000"], rank_env={0: env}) as procs:
+        wait_for(poll, timeout=180, what="three distinct progress reports")
+        procs[0].terminate()
+        wait_all(procs, timeout=60)
+    steps = [int(str(d["step"])) for d in seen]
+    assert steps == sorted(steps) and len(set(steps)) == 3, log_text(job, 0, 0)
+    assert all(d["totalSteps"] == 4000 for d in seen)
+    assert "loss" in seen[-1] and "etaSeconds" in seen[-1]
