@@ -274,8 +274,13 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
     # The ranks accept connections from each other only (the rendezvous port is not open to the cluster).
     policy = client.NetworkingV1Api(cluster.api).read_namespaced_network_policy("digits", jobs.namespace)
     own = {"matchLabels": {"kubemaas.io/trainingjob": "digits"}}
+    operator_pods = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kubemaas"}}}
     assert as_json(cluster.api, policy)["spec"] == {
-        "podSelector": own, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": own}]}]
+        "podSelector": own, "policyTypes": ["Ingress"],
+        "ingress": [
+            {"from": [{"podSelector": own}]},
+            {"from": [operator_pods], "ports": [{"protocol": "TCP", "port": 9400}]},  # progress, for the operator
+        ],
     }  # fmt: skip
     jobs.wait_condition("digits", "Running")
     assert_unchanged_world_writes_nothing(jobs, operator, ranks[1])

@@ -360,7 +360,19 @@ def test_network_policy_opens_the_ranks_ports_to_each_other_only() -> None:
         "spec": {
             "podSelector": own_pods,
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": [{"podSelector": own_pods}]}],
+            "ingress": [
+                {"from": [{"podSelector": own_pods}]},
+                # The operator reads rank 0's progress, and nothing else.
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {},
+                            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kubemaas"}},
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 9400}],
+                },
+            ],
         },
     }
     # Every rank of either backend carries the label the policy selects, so each may reach the others.

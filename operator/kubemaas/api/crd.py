@@ -80,6 +80,7 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn("Backend", ".status.backend", description="PyTorchJob or Job"),
             PrinterColumn("Replicas", ".spec.replicas", "integer", "Training pods"),
             PrinterColumn("Running", _condition("Running")),
+            PrinterColumn("Progress", ".status.progress.summary", description="Step/total (percent) and the ETA"),
             PrinterColumn("Succeeded", _condition("Succeeded")),
             # What blocks a job before its workload exists, as `kubectl get pods` shows ContainerCreating.
             PrinterColumn(

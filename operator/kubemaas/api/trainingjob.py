@@ -47,6 +47,7 @@ from kubemaas.api.core import (
     reserved_env_rules,
 )
 from kubemaas.api.metadata import ObjectMeta
+from kubemaas.api.progress import TrainingProgress
 
 
 class RendezvousEnv(StrEnum):
@@ -181,6 +182,14 @@ class RunPolicy(ApiModel):
         default=None, ge=0, description="Delete the finished job's pods after this many seconds."
     )
     suspend: Bool = Field(default=False, description="Suspend the job: its pods are deleted until resumed.")
+    stall_timeout_seconds: Int | None = Field(
+        default=1800,
+        ge=30,
+        description=(
+            "A running job whose rank 0 reported no new step for this long is Stalled (a condition, and an Event). "
+            "Only jobs that report progress (harness.report_progress) can stall."
+        ),
+    )
 
 
 class TrainingJobSpec(ApiModel):
@@ -359,6 +368,9 @@ class TrainingJobStatus(ApiModel):
         description="Times the pods were recreated after a retriable failure; past runPolicy.backoffLimit it fails.",
     )
     model: PublishedModel | None = Field(default=None, description="The published model, once Succeeded.")
+    progress: TrainingProgress | None = Field(
+        default=None, description="The training's progress, read from rank 0 at most every 10 seconds."
+    )
     generated_key_secret: str | None = Field(
         default=None,
         max_length=253,

@@ -232,6 +232,15 @@ def slim_serving_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def slim_training_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A training pod as `slim_pod` keeps it, with its IP: the TrainingJob reconcile reads rank 0's progress."""
+    out = slim_pod(body)
+    ip = (body.get("status") or {}).get("podIP")
+    if ip:
+        out["status"]["podIP"] = ip
+    return out
+
+
 def slim_replica_set(body: Mapping[str, Any]) -> dict[str, Any]:
     """What the ModelService reconcile reads of a ReplicaSet (its owner, revision and the template's model
     reference: `manifests.modelservice.model_ref_from_template`); a whole ReplicaSet is as large as its
@@ -301,7 +310,7 @@ TRAININGJOB_CHILDREN = (
     Child(PYTORCHJOB, "trainingjob_pytorchjobs"),
     Child(JOB, "trainingjob_jobs"),
     Child(SERVICE, "trainingjob_services"),
-    Child(POD, "trainingjob_pods", slim_pod),
+    Child(POD, "trainingjob_pods", slim_training_pod),
     Child(NETWORK_POLICY, "trainingjob_network_policies"),
 )
 

@@ -38,7 +38,9 @@ from kubemaas.controllers.children import TRAININGJOB_CHILDREN, child_indexer, p
 from kubemaas.controllers.conditions import true_condition, utc_now
 from kubemaas.controllers.metrics import CHILDREN_APPLIED
 from kubemaas.controllers.object_metrics import TRAININGJOBS, trainingjob_snapshot
+from kubemaas.controllers.progress_reader import PROGRESS
 from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, sync
+from kubemaas.controllers.trainingjob_reports import pod_rank
 from kubemaas.manifests import trainingjob as manifests
 from kubemaas.manifests import trainingjob_mounts as mounts
 from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
@@ -124,8 +126,14 @@ async def _observe(
     served = await DISCOVERY.pytorchjob_served(kube)
     if workload is not None or finished:
         # The pre-flight answers are not consulted once the workload exists: no reads in steady state.
+        progress = None if finished else await _progress(key, pods)
         return core.Observed(
-            pytorchjob_served=served, workload=workload, service=service, network_policy=policy, pods=pods
+            pytorchjob_served=served,
+            workload=workload,
+            service=service,
+            network_policy=policy,
+            pods=pods,
+            progress=progress,
         )
     namespace = key[0]
     teacher_job = _teacher_job(job, namespace, indexes)
@@ -152,6 +160,15 @@ async def _observe(
         secrets=existing,
         teacher_job=teacher_job,
     )
+
+
+async def _progress(key: ObjectKey, pods: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """Rank 0's progress report, from the running rank-0 pod of the job's own workload (owner chain by uid)."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        if pod_rank(pod) == 0 and status.get("phase") == "Running" and status.get("podIP"):
+            return await PROGRESS.read(key, str(status["podIP"]), manifests.PROGRESS_PORT)
+    return None
 
 
 def _teacher_job(
@@ -262,6 +279,7 @@ async def trainingjob_event(type: str | None, namespace: str | None, name: str, 
     key = (namespace, name)
     if type == "DELETED":
         LOOP.forget(key)
+        PROGRESS.forget(key)
         return
     await _run(key, memo, _indexes(kwargs))
 

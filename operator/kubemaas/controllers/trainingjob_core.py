@@ -35,6 +35,7 @@ from kubemaas.api.trainingjob import (
 )
 from kubemaas.controllers import workloads
 from kubemaas.controllers.conditions import WarningPolicy, find_condition, is_true, set_condition, true_condition
+from kubemaas.controllers.trainingjob_progress import PROGRESS_INTERVAL, STALLED, progress_from, stalled
 from kubemaas.controllers.trainingjob_reports import (
     BadTerminationMessage,
     model_version,
@@ -90,6 +91,7 @@ class Observed:
     key_secret_exists: bool = False
     secrets: frozenset[str] = frozenset()  # which of the other key Secrets (teacher, data) exist
     teacher_job: Mapping[str, Any] | None = None  # distillation.teacher.trainingJobRef's TrainingJob
+    progress: Mapping[str, Any] | None = None  # rank 0's progress report, read at most every PROGRESS_INTERVAL
 
     @property
     def children(self) -> list[Mapping[str, Any]]:
@@ -383,9 +385,23 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
         out.set(RUNNING, FALSE, "Restarting", "")
     elif running is not None:
         out.set(RUNNING, TRUE, *running)
+        return Desired(status=out.status, apply=children, requeue_after=_progress(job, observed, out))
     else:
         out.set(RUNNING, FALSE, "Pending", "waiting for the pods to start")
     return Desired(status=out.status, apply=children)
+
+
+def _progress(job: TrainingJob, observed: Observed, out: _Status) -> float:
+    """status.progress from rank 0's report and, once there is one, Stalled; the next read is due in
+    PROGRESS_INTERVAL (finished jobs are never read again)."""
+    reported = progress_from(observed.progress) if observed.progress is not None else None
+    if reported is not None:
+        out.status.progress = reported
+    timeout = job.spec.run_policy.stall_timeout_seconds
+    if out.status.progress is not None and timeout is not None:
+        is_stalled, reason, message = stalled(out.status.progress, timeout, out.now)
+        out.set(STALLED, TRUE if is_stalled else FALSE, reason, message if is_stalled else "")
+    return PROGRESS_INTERVAL
 
 
 def invalid_spec(

@@ -52,6 +52,10 @@ JOB_CONTAINER = "trainer"
 # Kubeflow reads MASTER_PORT from the container port with this name; naming it keeps both backends on one port.
 PYTORCH_PORT_NAME = "pytorchjob-port"
 MASTER_PORT = contract.DEFAULT_MASTER_PORT
+# Rank 0's progress endpoint (kubemaas.runtime.progress), which the operator reads.
+PROGRESS_PORT = contract.DEFAULT_PROGRESS_PORT
+# The operator's pods carry this `app.kubernetes.io/name` (the chart's name).
+OPERATOR_NAME = "kubemaas"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 # Exit codes no retry can fix (docs/runtime-contract.md §6): the Job backend fails at once on them.
@@ -353,8 +357,12 @@ def headless_service(job: TrainingJob) -> dict[str, Any]:
 def network_policy(job: TrainingJob) -> dict[str, Any]:
     """The job's pods accept connections only from each other: the rendezvous port and the collectives'
     ports are not open to the rest of the cluster (docs/security.md). Enforced by the cluster's network
-    plugin where it implements NetworkPolicy; egress (the store, the image registry) is left as it is."""
+    plugin where it implements NetworkPolicy; egress (the store, the image registry) is left as it is.
+
+    One port more is open, to the operator's pods only (the chart's `app.kubernetes.io/name` label, any
+    namespace): rank 0's progress endpoint, which the operator reads (docs/runtime-contract.md §10)."""
     own_pods = {"matchLabels": {KIND_LABEL: job.metadata.name}}
+    operator = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": OPERATOR_NAME}}}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -362,7 +370,10 @@ def network_policy(job: TrainingJob) -> dict[str, Any]:
         "spec": {
             "podSelector": own_pods,
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": [{"podSelector": own_pods}]}],
+            "ingress": [
+                {"from": [{"podSelector": own_pods}]},
+                {"from": [operator], "ports": [{"protocol": "TCP", "port": PROGRESS_PORT}]},
+            ],
         },
     }
 

@@ -1,0 +1,82 @@
+"""Reading rank 0's progress (GET /progress on the pod, docs/runtime-contract.md §10) at most every
+PROGRESS_INTERVAL seconds per job; between reads the last answer comes from memory.
+
+The pod is found through its owner chain (TrainingJob -> workload -> pod, checked by uid in the handlers), never
+by a label alone, and reached at its IP: no credentials on either side. The answer is untrusted (rank 0 runs
+the user's code): read with a size cap and a timeout, parsed by controllers/trainingjob_progress.py. After an
+operator restart the memory is empty and the first reconcile reads at once, so status.progress is never left
+stale by a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from kubemaas.controllers.reconciler import ObjectKey
+from kubemaas.controllers.trainingjob_progress import PROGRESS_INTERVAL
+
+log = logging.getLogger(__name__)
+
+MAX_BYTES = 64 * 1024
+TIMEOUT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class _Read:
+    at: float
+    report: Mapping[str, Any] | None
+
+
+class ProgressReader:
+    def __init__(self, interval: float = PROGRESS_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._reads: dict[ObjectKey, _Read] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def read(self, key: ObjectKey, address: str, port: int) -> Mapping[str, Any] | None:
+        """The job's progress report: read from the pod when the last read is PROGRESS_INTERVAL old."""
+        last = self._reads.get(key)
+        if last is not None and self._clock() - last.at < self.interval:
+            return last.report
+        report = await self.fetch(f"http://{_host(address)}:{port}/progress")
+        # A failed read keeps the previous report: the Stalled condition ages it.
+        kept = report if report is not None else (last.report if last is not None else None)
+        self._reads[key] = _Read(self._clock(), kept)
+        return kept
+
+    def forget(self, key: ObjectKey) -> None:
+        self._reads.pop(key, None)
+
+    async def fetch(self, url: str) -> Mapping[str, Any] | None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS))
+        try:
+            async with self._session.get(url, allow_redirects=False) as answer:
+                if answer.status != 200:
+                    return None
+                body = await answer.content.read(MAX_BYTES + 1)
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            log.debug("progress from %s: %s", url, error)
+            return None
+        if len(body) > MAX_BYTES:
+            return None
+        try:
+            report = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return report if isinstance(report, dict) else None
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+PROGRESS = ProgressReader()

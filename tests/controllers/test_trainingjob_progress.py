@@ -1,0 +1,195 @@
+"""status.progress: rank 0's report read at most every 10 s, parsed as untrusted input, Stalled when it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kubemaas.api.trainingjob import TrainingJob
+from kubemaas.controllers import trainingjob_core as core
+from kubemaas.controllers.conditions import find_condition
+from kubemaas.controllers.progress_reader import ProgressReader
+from kubemaas.controllers.trainingjob_progress import PROGRESS_INTERVAL, duration, progress_from
+
+T0 = datetime(2026, 11, 29, 21, 30, 10, tzinfo=UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def report(step: int = 120, at: datetime = T0, **extra: Any) -> dict[str, Any]:
+    return {
+        "step": step,
+        "totalSteps": 300,
+        "loss": 0.4123456789,
+        "metrics": {"accuracy": 0.875},
+        "samplesPerSecond": 640.5,
+        "stepsPerSecond": 10.0,
+        "etaSeconds": 95.0,
+        "lastCheckpoint": {"step": 100, "time": iso(at - timedelta(seconds=2))},
+        "updateTime": iso(at),
+        **extra,
+    }
+
+
+def test_a_report_becomes_status_progress() -> None:
+    progress = progress_from(report())
+    assert progress is not None
+    assert progress.to_wire() == {
+        "step": 120,
+        "totalSteps": 300,
+        "percent": 40,
+        "loss": "0.412346",
+        "metrics": {"accuracy": "0.875"},
+        "samplesPerSecond": "640.5",
+        "eta": "2026-11-29T21:31:45Z",
+        "lastCheckpoint": {"step": 100, "time": "2026-11-29T21:30:08Z"},
+        "updateTime": "2026-11-29T21:30:10Z",
+        "summary": "120/300 (40%), ETA 1m35s",
+    }
+    assert [duration(timedelta(seconds=s)) for s in (5, 75, 3725)] == ["5s", "1m15s", "1h02m"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"step": "120"},
+        {"step": -1},
+        {"step": True},
+        {"totalSteps": None},
+        {"updateTime": "yesterday"},
+        {"updateTime": "2026-11-29T21:30:10"},  # no time zone
+    ],
+)
+def test_a_report_that_is_not_one_is_ignored(bad: dict[str, Any]) -> None:
+    assert progress_from(report(**bad)) is None
+
+
+def test_what_cannot_be_shown_is_left_out_not_failed() -> None:
+    metrics = {f"m{i:02d}": float(i) for i in range(40)} | {"bad name!": 1.0, "nan": float("nan")}
+    progress = progress_from(report(loss=float("inf"), metrics=metrics, etaSeconds=-5, lastCheckpoint="x"))
+    assert progress is not None
+    assert progress.loss is None and progress.eta is None and progress.last_checkpoint is None
+    assert progress.metrics is not None and len(progress.metrics) == 16 and "bad name!" not in progress.metrics
+    assert progress.summary == "120/300 (40%)"
+
+
+def running_job(**run_policy: Any) -> TrainingJob:
+    return TrainingJob.parse(
+        {
+            "apiVersion": "kubemaas.io/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {
+                "name": "digits",
+                "namespace": "team-a",
+                "uid": "0f4c2a6e-9d7b-4c1e-8a3f-5b6d7e8f9a0b",
+                "generation": 1,
+                "creationTimestamp": "2026-11-29T21:30:05Z",
+            },
+            "spec": {
+                "image": "kubemaas/trainer:0.1.0",
+                "output": {"uri": "pvc://models/store"},
+                "encryption": {"keySecretRef": {"name": "digits-key"}},
+                "runPolicy": run_policy,
+            },
+            "status": {"backend": "PyTorchJob"},
+        }
+    )
+
+
+WORKLOAD = {
+    "apiVersion": "kubeflow.org/v1",
+    "kind": "PyTorchJob",
+    "metadata": {"name": "digits", "namespace": "team-a"},
+    "status": {"conditions": [{"type": "Running", "status": "True", "reason": "Running"}]},
+}
+
+
+def observed(progress: Mapping[str, Any] | None, workload: Mapping[str, Any] = WORKLOAD) -> core.Observed:
+    return core.Observed(pytorchjob_served=True, workload=workload, progress=progress)
+
+
+def stalled(desired: core.Desired) -> tuple[str, str] | None:
+    found = find_condition(desired.status.conditions, "Stalled")
+    return None if found is None else (found.status.value, found.reason)
+
+
+def test_a_running_job_shows_its_progress_and_is_read_again_in_ten_seconds() -> None:
+    desired = core.reconcile(running_job(), observed(report()), T0 + timedelta(seconds=3))
+    assert desired.status.progress is not None and desired.status.progress.step == 120
+    assert desired.requeue_after == PROGRESS_INTERVAL
+    assert stalled(desired) == ("False", "Progressing")
+    # No report (yet, or the pod did not answer): nothing invented, nothing taken away.
+    assert core.reconcile(running_job(), observed(None), T0).status.progress is None
+    assert stalled(core.reconcile(running_job(), observed(None), T0)) is None
+
+
+def test_no_new_step_for_the_stall_timeout_is_stalled() -> None:
+    job = running_job(stallTimeoutSeconds=600)
+    assert stalled(core.reconcile(job, observed(report()), T0 + timedelta(seconds=599))) == ("False", "Progressing")
+    late = core.reconcile(job, observed(report()), T0 + timedelta(seconds=601))
+    assert stalled(late) == ("True", "NoProgress")
+    found = find_condition(late.status.conditions, "Stalled")
+    assert found is not None and "last at step 120 of 300" in found.message
+    # A new step clears it.
+    fresh = report(step=121, at=T0 + timedelta(seconds=600))
+    assert stalled(core.reconcile(job, observed(fresh), T0 + timedelta(seconds=601))) == ("False", "Progressing")
+
+
+def test_a_finished_job_is_not_read_again_and_keeps_its_last_progress() -> None:
+    job = running_job()
+    job = with_status(job, core.reconcile(job, observed(report()), T0).status.to_wire())
+    done = dict(WORKLOAD)
+    done["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "Failed"}]}
+    finished = core.reconcile(job, observed(report(step=130), done), T0 + timedelta(seconds=20))
+    assert finished.requeue_after is None
+    assert finished.status.progress is not None and finished.status.progress.step == 120
+
+
+def with_status(job: TrainingJob, status: dict[str, Any]) -> TrainingJob:
+    body = job.to_wire()
+    body["metadata"] = job.metadata.model_dump(mode="json", exclude_none=True)
+    body["status"] = status
+    return TrainingJob.parse(body)
+
+
+class FakePod(ProgressReader):
+    """A reader whose pod answers with a new step on every request, and a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(clock=lambda: self.now)
+        self.requests = 0
+
+    async def fetch(self, url: str) -> Mapping[str, Any] | None:
+        self.requests += 1
+        assert url == "http://198.18.0.7:9400/progress"
+        return report(step=self.requests, at=T0 + timedelta(seconds=self.now))
+
+
+def test_status_changes_at_most_once_per_ten_seconds_whatever_triggers_the_reconcile() -> None:
+    """Reconciles every 0.5 s (pod events, requeues) for 120 s: the pod is read, and status.progress changes
+    (the only thing that would be written), at most once per PROGRESS_INTERVAL; after a restart at once."""
+    reader = FakePod()
+    key = ("team-a", "digits")
+    job, last, writes = running_job(), None, []
+    for tick in range(240):
+        reader.now = tick * 0.5
+        got = asyncio.run(reader.read(key, "198.18.0.7", 9400))
+        status = core.reconcile(job, observed(got), T0 + timedelta(seconds=reader.now)).status.to_wire()
+        if status != last:
+            writes.append(reader.now)
+            last = status
+            job = with_status(job, status)  # what the API server holds after the write
+    assert reader.requests == 12 and len(writes) == 12  # every read brought a new step, and one write
+    assert all(b - a >= PROGRESS_INTERVAL for a, b in itertools.pairwise(writes)), writes
+    restarted = FakePod()
+    restarted.now = 5.0
+    asyncio.run(restarted.read(key, "198.18.0.7", 9400))
+    assert restarted.requests == 1  # an operator restart reads the pod at once: nothing stale
