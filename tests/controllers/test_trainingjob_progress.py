@@ -193,3 +193,25 @@ def test_status_changes_at_most_once_per_ten_seconds_whatever_triggers_the_recon
     restarted.now = 5.0
     asyncio.run(restarted.read(key, "198.18.0.7", 9400))
     assert restarted.requests == 1  # an operator restart reads the pod at once: nothing stale
+
+
+def test_the_handler_reads_the_running_rank_0_pod_of_its_workload(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubemaas.controllers import trainingjob as handlers
+
+    reader = FakePod()
+    monkeypatch.setattr(handlers, "PROGRESS", reader)
+    key = ("team-a", "digits")
+
+    def pod(index: int, phase: str, ip: str | None) -> dict[str, Any]:
+        status: dict[str, Any] = {"phase": phase, **({"podIP": ip} if ip else {})}
+        annotations = {"batch.kubernetes.io/job-completion-index": str(index)}
+        return {"metadata": {"name": f"digits-workers-{index}", "annotations": annotations}, "status": status}
+
+    assert asyncio.run(handlers._progress(key, [pod(0, "Pending", None), pod(1, "Running", "198.18.0.8")])) is None
+    assert reader.requests == 0  # only rank 0 is asked, and only once it runs
+    found = asyncio.run(handlers._progress(key, [pod(1, "Running", "198.18.0.8"), pod(0, "Running", "198.18.0.7")]))
+    assert found is not None and found["step"] == 1 and reader.requests == 1
+    assert stalled(core.reconcile(running_job(), observed(found), T0)) == ("False", "Progressing")
+    late = core.reconcile(running_job(stallTimeoutSeconds=60), observed(found), T0 + timedelta(hours=1))
+    stall = find_condition(late.status.conditions, "Stalled")
+    assert stall is not None and core.WARNINGS(stall)  # a Warning Event, as Failed

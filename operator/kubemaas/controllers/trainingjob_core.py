@@ -65,7 +65,7 @@ READY, CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED = (
 CONDITION_TYPES = (READY, CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
 # Which conditions are Warnings (a failed job, a job blocked before its workload); everything else posts an
 # Event only when its status flips from a known one.
-WARNINGS = WarningPolicy(when_true=frozenset({FAILED}), when_false=frozenset({READY, CREATED}))
+WARNINGS = WarningPolicy(when_true=frozenset({FAILED, STALLED}), when_false=frozenset({READY, CREATED}))
 
 # How long a finished workload's rank-0 pod may lag behind the workload in the watch streams before
 # its absence counts as a lost termination message.
