@@ -111,8 +111,10 @@ WORKLOAD = {
 }
 
 
-def observed(progress: Mapping[str, Any] | None, workload: Mapping[str, Any] = WORKLOAD) -> core.Observed:
-    return core.Observed(pytorchjob_served=True, workload=workload, progress=progress)
+def observed(
+    progress: Mapping[str, Any] | None, workload: Mapping[str, Any] = WORKLOAD, read_in: float | None = None
+) -> core.Observed:
+    return core.Observed(pytorchjob_served=True, workload=workload, progress=progress, progress_read_in=read_in)
 
 
 def stalled(desired: core.Desired) -> tuple[str, str] | None:
@@ -182,7 +184,11 @@ def test_status_changes_at_most_once_per_ten_seconds_whatever_triggers_the_recon
     for tick in range(240):
         reader.now = tick * 0.5
         got = asyncio.run(reader.read(key, "198.18.0.7", 9400))
-        status = core.reconcile(job, observed(got), T0 + timedelta(seconds=reader.now)).status.to_wire()
+        desired = core.reconcile(
+            job, observed(got.report, read_in=got.next_read_in), T0 + timedelta(seconds=reader.now)
+        )
+        assert desired.requeue_after is not None and 0 < desired.requeue_after <= PROGRESS_INTERVAL
+        status = desired.status.to_wire()
         if status != last:
             writes.append(reader.now)
             last = status
@@ -209,9 +215,33 @@ def test_the_handler_reads_the_running_rank_0_pod_of_its_workload(monkeypatch: p
 
     assert asyncio.run(handlers._progress(key, [pod(0, "Pending", None), pod(1, "Running", "198.18.0.8")])) is None
     assert reader.requests == 0  # only rank 0 is asked, and only once it runs
-    found = asyncio.run(handlers._progress(key, [pod(1, "Running", "198.18.0.8"), pod(0, "Running", "198.18.0.7")]))
-    assert found is not None and found["step"] == 1 and reader.requests == 1
+    reading = asyncio.run(handlers._progress(key, [pod(1, "Running", "198.18.0.8"), pod(0, "Running", "198.18.0.7")]))
+    assert reading is not None and reading.report is not None and reader.requests == 1
+    found = reading.report
+    assert found["step"] == 1
     assert stalled(core.reconcile(running_job(), observed(found), T0)) == ("False", "Progressing")
     late = core.reconcile(running_job(stallTimeoutSeconds=60), observed(found), T0 + timedelta(hours=1))
     stall = find_condition(late.status.conditions, "Stalled")
     assert stall is not None and core.WARNINGS(stall)  # a Warning Event, as Failed
+
+
+class SilentPod(FakePod):
+    async def fetch(self, url: str) -> Mapping[str, Any] | None:
+        self.requests += 1
+        return None
+
+
+def test_a_pod_that_does_not_answer_is_asked_less_and_less_often() -> None:
+    """A program that reports no progress (or a pod out of reach) costs a read per 5 minutes at most."""
+    reader = SilentPod()
+    key = ("team-a", "digits")
+    asked_at = []
+    for second in range(0, 1200):
+        reader.now = float(second)
+        before = reader.requests
+        reading = asyncio.run(reader.read(key, "198.18.0.7", 9400))
+        assert reading.report is None
+        if reader.requests > before:
+            asked_at.append(second)
+    assert asked_at[:6] == [0, 20, 60, 140, 300, 620]
+    assert all(b - a <= 320 for a, b in itertools.pairwise(asked_at))

@@ -26,12 +26,24 @@ log = logging.getLogger(__name__)
 
 MAX_BYTES = 64 * 1024
 TIMEOUT_SECONDS = 2.0
+# A pod that does not answer (a program that reports no progress, a pod the operator cannot reach) is asked
+# again after 20 s, 40 s, ... up to 320 s: such jobs cost next to nothing, and an answer resets the pace.
+MAX_BACKOFF_DOUBLINGS = 5
 
 
 @dataclass(frozen=True)
 class _Read:
     at: float
     report: Mapping[str, Any] | None
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The newest report (None: none yet) and the seconds until the pod is asked again."""
+
+    report: Mapping[str, Any] | None
+    next_read_in: float
 
 
 class ProgressReader:
@@ -41,16 +53,23 @@ class ProgressReader:
         self._reads: dict[ObjectKey, _Read] = {}
         self._session: aiohttp.ClientSession | None = None
 
-    async def read(self, key: ObjectKey, address: str, port: int) -> Mapping[str, Any] | None:
-        """The job's progress report: read from the pod when the last read is PROGRESS_INTERVAL old."""
+    async def read(self, key: ObjectKey, address: str, port: int) -> Reading:
+        """The job's progress report: read from the pod when the last read is due, else from memory."""
         last = self._reads.get(key)
-        if last is not None and self._clock() - last.at < self.interval:
-            return last.report
+        if last is not None:
+            left = self._due(last) - self._clock()
+            if left > 0:
+                return Reading(last.report, left)
         report = await self.fetch(f"http://{_host(address)}:{port}/progress")
-        # A failed read keeps the previous report: the Stalled condition ages it.
-        kept = report if report is not None else (last.report if last is not None else None)
-        self._reads[key] = _Read(self._clock(), kept)
-        return kept
+        if report is not None:
+            done = _Read(self._clock(), report)
+        else:  # a failed read keeps the previous report: the Stalled condition ages it
+            done = _Read(self._clock(), last.report if last else None, (last.failures if last else 0) + 1)
+        self._reads[key] = done
+        return Reading(done.report, self._due(done) - done.at)
+
+    def _due(self, read: _Read) -> float:
+        return read.at + self.interval * float(2 ** min(read.failures, MAX_BACKOFF_DOUBLINGS))
 
     def forget(self, key: ObjectKey) -> None:
         self._reads.pop(key, None)

@@ -38,7 +38,7 @@ from kubemaas.controllers.children import TRAININGJOB_CHILDREN, child_indexer, p
 from kubemaas.controllers.conditions import true_condition, utc_now
 from kubemaas.controllers.metrics import CHILDREN_APPLIED
 from kubemaas.controllers.object_metrics import TRAININGJOBS, trainingjob_snapshot
-from kubemaas.controllers.progress_reader import PROGRESS
+from kubemaas.controllers.progress_reader import PROGRESS, Reading
 from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, sync
 from kubemaas.controllers.trainingjob_reports import pod_rank
 from kubemaas.manifests import trainingjob as manifests
@@ -126,14 +126,15 @@ async def _observe(
     served = await DISCOVERY.pytorchjob_served(kube)
     if workload is not None or finished:
         # The pre-flight answers are not consulted once the workload exists: no reads in steady state.
-        progress = None if finished else await _progress(key, pods)
+        reading = None if finished else await _progress(key, pods)
         return core.Observed(
             pytorchjob_served=served,
             workload=workload,
             service=service,
             network_policy=policy,
             pods=pods,
-            progress=progress,
+            progress=reading.report if reading is not None else None,
+            progress_read_in=reading.next_read_in if reading is not None else None,
         )
     namespace = key[0]
     teacher_job = _teacher_job(job, namespace, indexes)
@@ -162,7 +163,7 @@ async def _observe(
     )
 
 
-async def _progress(key: ObjectKey, pods: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+async def _progress(key: ObjectKey, pods: Iterable[Mapping[str, Any]]) -> Reading | None:
     """Rank 0's progress report, from the running rank-0 pod of the job's own workload (owner chain by uid)."""
     for pod in pods:
         status = pod.get("status") or {}

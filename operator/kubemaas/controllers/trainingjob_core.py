@@ -92,6 +92,7 @@ class Observed:
     secrets: frozenset[str] = frozenset()  # which of the other key Secrets (teacher, data) exist
     teacher_job: Mapping[str, Any] | None = None  # distillation.teacher.trainingJobRef's TrainingJob
     progress: Mapping[str, Any] | None = None  # rank 0's progress report, read at most every PROGRESS_INTERVAL
+    progress_read_in: float | None = None  # seconds until rank 0 is asked again (longer while it does not answer)
 
     @property
     def children(self) -> list[Mapping[str, Any]]:
@@ -392,8 +393,8 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
 
 
 def _progress(job: TrainingJob, observed: Observed, out: _Status) -> float:
-    """status.progress from rank 0's report and, once there is one, Stalled; the next read is due in
-    PROGRESS_INTERVAL (finished jobs are never read again)."""
+    """status.progress from rank 0's report and, once there is one, Stalled; the next pass is due when the
+    next read is (finished jobs are never read again)."""
     reported = progress_from(observed.progress) if observed.progress is not None else None
     if reported is not None:
         out.status.progress = reported
@@ -401,6 +402,8 @@ def _progress(job: TrainingJob, observed: Observed, out: _Status) -> float:
     if out.status.progress is not None and timeout is not None:
         is_stalled, reason, message = stalled(out.status.progress, timeout, out.now)
         out.set(STALLED, TRUE if is_stalled else FALSE, reason, message if is_stalled else "")
+    if observed.progress_read_in is not None:
+        return max(observed.progress_read_in, 1.0)
     return PROGRESS_INTERVAL
 
 
