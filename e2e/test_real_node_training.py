@@ -1,0 +1,182 @@
+"""Issue 27 on the real node: progress in `kubectl get tj` while the digits example trains on an encrypted
+dataset (and a tampered one refused), and a distilled student published with its metrics and served."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from e2e.conftest import REPO, SERIAL_NODE_SCENARIOS, E2ECluster, OperatorProcess, RealNode
+from e2e.kube import GROUP, VERSION, model_service
+from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
+from e2e.test_real_node import (  # noqa: F401 (node_store: a fixture)
+    STORE_ROOT,
+    TRITON_IMAGE,
+    create_training_job,
+    node_store,
+    train_on_the_node,
+    trainer_job,
+    wait_trained,
+)
+from e2e.typed_client import body_as, json_object, name_of, pod_spec
+from kubemaas.runtime.dataset import encrypt_dataset
+from kubemaas.runtime.keyring import generate_key
+
+pytestmark = SERIAL_NODE_SCENARIOS
+
+EXAMPLE = REPO / "examples" / "training" / "digits_mlp.py"
+DATA_KEY_ID = "d1"
+
+
+def encrypted_digits(cluster: E2ECluster, namespace: str, store: Path, tmp_path: Path) -> None:
+    """The digits as train-*.npz + heldout.npz, encrypted onto the claim `models` at datasets/digits, and the data
+    key's Secret `digits-data-key`."""
+    plain = tmp_path / "digits-plain"
+    subprocess.run([sys.executable, str(EXAMPLE), "--write-dataset", str(plain)], check=True)
+    key = generate_key()
+    target = store / "datasets" / "digits"
+    encrypt_dataset(plain, target, key=key, key_id=DATA_KEY_ID)
+    for path in [store / "datasets", *(store / "datasets").rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # the ranks read as the workload uid
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "digits-data-key"},
+        "data": {f"key-{DATA_KEY_ID}": base64.b64encode(key).decode()},
+    }
+    client.CoreV1Api(cluster.api).create_namespaced_secret(namespace, body_as(client.V1Secret, secret))
+
+
+def on_encrypted_data(job: dict[str, Any]) -> dict[str, Any]:
+    job["spec"]["data"] = {
+        "uri": "pvc://models/datasets/digits",
+        "encryption": {"keySecretRef": {"name": "digits-data-key"}},
+    }
+    return job
+
+
+def get_tj(cluster: E2ECluster, namespace: str, name: str) -> dict[str, Any]:
+    return json_object(
+        client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "trainingjobs", name
+        )
+    )
+
+
+def time_of(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.real_node
+@pytest.mark.usefixtures("crds", "node_store")
+def test_progress_shows_while_digits_trains_on_an_encrypted_dataset(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    store = STORE_ROOT / namespace  # the node_store fixture's claim `models`
+    encrypted_digits(cluster, namespace, store, tmp_path)
+    job = on_encrypted_data(trainer_job("digits", "Job", real_node.placement(), steps=3000))
+    create_training_job(cluster, namespace, job)
+
+    seen: list[tuple[float, dict[str, Any]]] = []
+    columns: set[str] = set()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = get_tj(cluster, namespace, "digits").get("status") or {}
+        progress = status.get("progress")
+        if progress and (not seen or progress["updateTime"] != seen[-1][1]["updateTime"]):
+            seen.append((time.time(), progress))
+            columns.add(cluster.kubectl("get", "tj", "digits", "-n", namespace, "--no-headers"))
+        if any(c["type"] in ("Succeeded", "Failed") and c["status"] == "True" for c in status.get("conditions") or ()):
+            break
+        time.sleep(0.5)
+    model = wait_trained(cluster, namespace)
+    assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
+    finished = time_of(get_tj(cluster, namespace, "digits")["status"]["completionTime"])
+
+    steps = [p["step"] for _, p in seen]
+    assert len(set(steps)) >= 3 and steps == sorted(steps), steps
+    assert finished - time_of(seen[0][1]["updateTime"]) >= 30, "the run must last long enough to watch"
+    assert any(p.get("lastCheckpoint", {}).get("step", 0) >= 100 for _, p in seen), seen[-1]
+    # At the midpoint, the ETA is within 50 % of the time that was actually left.
+    middle = next(p for _, p in seen if p["percent"] >= 50 and "eta" in p)
+    at = time_of(middle["updateTime"])
+    assert abs(time_of(middle["eta"]) - finished) <= 0.5 * (finished - at), (middle, finished)
+    # `kubectl get tj` shows it: "<step>/3000 (<percent>%), ETA ...".
+    assert any("/3000 (" in line and "ETA" in line for line in columns), columns
+
+    # The same dataset with one file changed: refused, naming the file, before the first step.
+    heldout = store / "datasets" / "digits" / "heldout.npz"
+    raw = bytearray(heldout.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    heldout.write_bytes(bytes(raw))
+    create_training_job(cluster, namespace, on_encrypted_data(trainer_job("tampered", "Job", real_node.placement())))
+    failed = cluster.wait_object(
+        f"{GROUP}/{VERSION}", "TrainingJob", namespace, "tampered",
+        lambda tj: tj if condition(tj, "Failed").get("status") == "True" else None,
+        what="TrainingJob tampered to fail", timeout=600,
+    )  # fmt: skip
+    cause = condition(failed, "Failed")
+    assert cause["reason"] == "TamperedData", cause
+    assert "data file heldout.npz failed authentication" in cause["message"], cause
+
+
+@pytest.mark.real_node
+@pytest.mark.usefixtures("crds", "node_store")
+def test_a_distilled_student_is_published_with_its_metrics_and_served(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    operator: OperatorProcess,
+) -> None:
+    teacher = train_on_the_node(cluster, namespace, real_node.placement(), "Job")
+    student = trainer_job("digits-student", "Job", real_node.placement(), steps=600)
+    student["spec"]["args"] += ["--hidden", "10"]
+    student["spec"]["output"] = {"uri": "pvc://models/store", "modelName": "digits-student"}
+    student["spec"]["distillation"] = {
+        "teacher": {"trainingJobRef": {"name": "digits"}, "keySecretRef": {"name": "digits-key"}},
+    }
+    student["spec"]["encryption"] = {"keySecretRef": {"name": "digits-student-key"}, "generateKey": "IfMissing"}
+    create_training_job(cluster, namespace, student)
+    model = wait_trained(cluster, namespace, "digits-student")
+    metrics = {k: float(v) for k, v in model["metrics"].items()}
+    assert metrics["heldOutAccuracy"] >= 0.85, metrics
+    assert metrics["parameters"] <= metrics["teacherParameters"] / 10, metrics
+    assert metrics["teacherHeldOutAccuracy"] == pytest.approx(float(teacher["metrics"]["heldOutAccuracy"]))
+    assert {"sparsity", "sizeBytes"} <= set(metrics)
+    recorded = get_tj(cluster, namespace, "digits-student")["status"]["teacher"]
+    assert recorded == {"uri": "pvc://models/store/digits", "version": teacher["version"]}
+    # The Job backend has one pod template for every rank, so each mounts the teacher's key (a PyTorchJob: the
+    # Master only, tests/controllers/test_trainingjob_distillation.py).
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
+        namespace, label_selector="kubemaas.io/trainingjob=digits-student"
+    )
+    with_teacher_key = {
+        name_of(p) for p in pods.items if any(v.name == "kubemaas-teacher-keys" for v in pod_spec(p).volumes or ())
+    }
+    assert len(with_teacher_key) == len(pods.items)  # the Job backend: one template for every rank (documented)
+
+    ms = model_service(
+        "student",
+        {"trainingJobRef": {"name": "digits-student"}},
+        replicas=1,
+        scheduling=real_node.placement(),
+        runtime={"image": TRITON_IMAGE, "backend": "python"},
+    )
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
+    ready = wait_ms(cluster, namespace, "student", lambda o: condition(o, "Ready").get("status") == "True",
+                    "ModelService student Ready on the real node", timeout=300)  # fmt: skip
+    assert ready["status"]["servedVersion"] == model["version"]
