@@ -133,6 +133,7 @@ def _add_load_model(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _encrypt_data(args: argparse.Namespace) -> int:
+    from kubemaas.contract.store import ArtifactStoreError
     from kubemaas.runtime.dataset import encrypt_dataset
     from kubemaas.runtime.errors import KeyringError
     from kubemaas.runtime.keyring import KEY_BYTES, validate_key_id
@@ -145,7 +146,7 @@ def _encrypt_data(args: argparse.Namespace) -> int:
                 f"{args.key_file} has {len(key)} bytes, an AES-256 key has {KEY_BYTES} (raw, not base64)"
             )
         names = encrypt_dataset(args.src, args.dst, key=key, key_id=args.key_id)
-    except (KeyringError, ValueError, OSError) as error:
+    except (KeyringError, ArtifactStoreError, ValueError, OSError) as error:  # a link in SRC: UnsafeEntryError
         print(f"kubemaas encrypt-data: {error}", file=sys.stderr)
         return 1
     print(f"encrypted {len(names)} files from {args.src} to {args.dst} with key id {args.key_id}")
