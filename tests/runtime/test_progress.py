@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,3 +86,42 @@ def test_the_example_reports_its_steps_while_it_trains(tmp_path: Path) -> None:
     assert steps == sorted(steps) and len(set(steps)) == 3, log_text(job, 0, 0)
     assert all(d["totalSteps"] == 4000 for d in seen)
     assert "loss" in seen[-1] and "etaSeconds" in seen[-1]
+
+
+@pytest.mark.torch
+def test_a_restarted_rank_continues_the_step_count_from_its_checkpoint(tmp_path: Path) -> None:
+    """Preempted at some step, restarted: the first step rank 0 reports is past the checkpoint, never from 0."""
+    job = Job(tmp_path)
+    port = free_port()
+    env = {contract.PROGRESS_PORT: str(port), contract.CHECKPOINT_EVERY: "1000000"}
+    args = ["--steps", "100000"]
+
+    def report() -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress", timeout=2) as answer:
+                doc: dict[str, Any] = json.loads(answer.read())
+        except OSError:
+            return None
+        return doc or None
+
+    with ranks(job, 1, attempt=0, args=args, rank_env={0: env}) as procs:
+        wait_for(lambda: (r := report()) is not None and r["step"] >= 200, timeout=180, what="step 200")
+        procs[0].send_signal(signal.SIGTERM)  # checkpoint at the step reached, exit 143
+        assert wait_all(procs, timeout=60) == [143], log_text(job, 0, 0)
+    checkpointed = int(job.result(0)["message"].split("terminated at step ")[1].split(";")[0])
+    assert checkpointed >= 200
+
+    first: list[dict[str, Any]] = []
+
+    def reported() -> bool:
+        found = report()
+        if found is not None:
+            first.append(found)
+        return bool(first)
+
+    with ranks(job, 1, attempt=1, args=args, rank_env={0: env}) as procs:
+        wait_for(reported, timeout=180, what="a report after the restart")
+        procs[0].send_signal(signal.SIGKILL)
+        wait_all(procs, timeout=60)
+    assert first[0]["step"] > checkpointed, (first[0], checkpointed)
+    assert first[0]["lastCheckpoint"]["step"] == checkpointed  # the checkpoint it resumed from

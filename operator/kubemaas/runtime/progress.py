@@ -79,9 +79,10 @@ class Progress:
                 document["lastCheckpoint"] = self._checkpoint
             self._document = document
 
-    def checkpointed(self, step: int) -> None:
+    def checkpointed(self, step: int, at: float | None = None) -> None:
+        """A checkpoint of ``step`` was written (at ``at``, default now; a resumed run names the one it read)."""
         with self._lock:
-            self._checkpoint = {"step": step, "time": _iso(self._clock())}
+            self._checkpoint = {"step": step, "time": _iso(self._clock() if at is None else at)}
             if self._document:
                 self._document["lastCheckpoint"] = self._checkpoint
 

@@ -207,6 +207,9 @@ class Harness:
         _unwrap(module).load_state_dict(checkpoint.state["model"])
         optimizer.load_state_dict(checkpoint.state["optimizer"])
         self.resumed_from_step = self._last_saved_step = checkpoint.step
+        if self.progress is not None and self.checkpoints is not None:
+            written = self.checkpoints.path_for(checkpoint.step)
+            self.progress.checkpointed(checkpoint.step, at=written.stat().st_mtime if written.exists() else None)
         log.info("resumed from checkpoint at step %d", checkpoint.step)
         return checkpoint.step
 
