@@ -92,10 +92,14 @@ def test_progress_shows_while_digits_trains_on_an_encrypted_dataset(
 
     seen: list[tuple[float, dict[str, Any]]] = []
     columns: set[str] = set()
+    versions: list[tuple[float, str]] = []  # each write of the TrainingJob while it had progress
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        status = get_tj(cluster, namespace, "digits").get("status") or {}
+        tj = get_tj(cluster, namespace, "digits")
+        status = tj.get("status") or {}
         progress = status.get("progress")
+        if progress and (not versions or versions[-1][1] != tj["metadata"]["resourceVersion"]):
+            versions.append((time.monotonic(), tj["metadata"]["resourceVersion"]))
         if progress and (not seen or progress["updateTime"] != seen[-1][1]["updateTime"]):
             seen.append((time.time(), progress))
             columns.add(cluster.kubectl("get", "tj", "digits", "-n", namespace, "--no-headers"))
@@ -104,7 +108,14 @@ def test_progress_shows_while_digits_trains_on_an_encrypted_dataset(
         time.sleep(0.5)
     model = wait_trained(cluster, namespace)
     assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
-    finished = time_of(get_tj(cluster, namespace, "digits")["status"]["completionTime"])
+    done = get_tj(cluster, namespace, "digits")
+    finished = time_of(done["status"]["completionTime"])
+    # The write rate: one status write per 10 s while it runs (a few more for the conditions it passes through),
+    # none once it finished.
+    running_for = versions[-1][0] - versions[0][0]
+    assert len(versions) <= running_for / 10 + 4, (len(versions), running_for)
+    time.sleep(30)
+    assert get_tj(cluster, namespace, "digits")["metadata"]["resourceVersion"] == done["metadata"]["resourceVersion"]
 
     steps = [p["step"] for _, p in seen]
     assert len(set(steps)) >= 3 and steps == sorted(steps), steps
