@@ -176,28 +176,44 @@ class FakePod(ProgressReader):
 
 
 def test_status_changes_at_most_once_per_ten_seconds_whatever_triggers_the_reconcile() -> None:
-    """Reconciles every 0.5 s (pod events, requeues) for 120 s: the pod is read, and status.progress changes
-    (the only thing that would be written), at most once per PROGRESS_INTERVAL; after a restart at once."""
-    reader = FakePod()
+    """Reconciles every 0.5 s (pod events, requeues) for 120 s: the pod is read in the background, and
+    status.progress changes (the only thing that would be written), at most once per PROGRESS_INTERVAL; a new
+    answer asks for a reconcile at once; after a restart the pod is read at once."""
     key = ("team-a", "digits")
-    job, last, writes = running_job(), None, []
-    for tick in range(240):
-        reader.now = tick * 0.5
-        got = asyncio.run(reader.read(key, "198.18.0.7", 9400))
-        desired = core.reconcile(
-            job, observed(got.report, read_in=got.next_read_in), T0 + timedelta(seconds=reader.now)
-        )
-        assert desired.requeue_after is not None and 0 < desired.requeue_after <= PROGRESS_INTERVAL
-        status = desired.status.to_wire()
-        if status != last:
-            writes.append(reader.now)
-            last = status
-            job = with_status(job, status)  # what the API server holds after the write
+
+    async def scenario(reader: FakePod) -> list[float]:
+        job, last, writes = running_job(), None, []
+        answers: list[float] = []
+        for tick in range(240):
+            reader.now = tick * 0.5
+            got = reader.read(key, "198.18.0.7", 9400, lambda: answers.append(reader.now))
+            await reader.settled()  # here a read takes no time
+            if answers and answers[-1] == reader.now:
+                got = reader.read(key, "198.18.0.7", 9400, lambda: answers.append(reader.now))  # the requeue
+            desired = core.reconcile(
+                job, observed(got.report, read_in=got.next_read_in), T0 + timedelta(seconds=reader.now)
+            )
+            assert desired.requeue_after is not None and 0 < desired.requeue_after <= PROGRESS_INTERVAL
+            status = desired.status.to_wire()
+            if status != last:
+                writes.append(reader.now)
+                last = status
+                job = with_status(job, status)  # what the API server holds after the write
+        assert answers == writes  # each answer was written in the pass it asked for
+        return writes
+
+    reader = FakePod()
+    writes = asyncio.run(scenario(reader))
     assert reader.requests == 12 and len(writes) == 12  # every read brought a new step, and one write
     assert all(b - a >= PROGRESS_INTERVAL for a, b in itertools.pairwise(writes)), writes
+
+    async def restart(reader: FakePod) -> None:
+        reader.now = 5.0
+        assert reader.read(key, "198.18.0.7", 9400, lambda: None).report is None  # nothing invented meanwhile
+        await reader.settled()
+
     restarted = FakePod()
-    restarted.now = 5.0
-    asyncio.run(restarted.read(key, "198.18.0.7", 9400))
+    asyncio.run(restart(restarted))
     assert restarted.requests == 1  # an operator restart reads the pod at once: nothing stale
 
 
@@ -213,12 +229,21 @@ def test_the_handler_reads_the_running_rank_0_pod_of_its_workload(monkeypatch: p
         annotations = {"batch.kubernetes.io/job-completion-index": str(index)}
         return {"metadata": {"name": f"digits-workers-{index}", "annotations": annotations}, "status": status}
 
-    assert asyncio.run(handlers._progress(key, [pod(0, "Pending", None), pod(1, "Running", "198.18.0.8")])) is None
-    assert reader.requests == 0  # only rank 0 is asked, and only once it runs
-    reading = asyncio.run(handlers._progress(key, [pod(1, "Running", "198.18.0.8"), pod(0, "Running", "198.18.0.7")]))
-    assert reading is not None and reading.report is not None and reader.requests == 1
-    found = reading.report
-    assert found["step"] == 1
+    async def scenario() -> Mapping[str, Any] | None:
+        asked: list[str] = []
+        assert handlers._progress(key, [pod(0, "Pending", None), pod(1, "Running", "198.18.0.8")], asked.clear) is None
+        await reader.settled()
+        assert reader.requests == 0  # only rank 0 is asked, and only once it runs
+        pods = [pod(1, "Running", "198.18.0.8"), pod(0, "Running", "198.18.0.7")]
+        first = handlers._progress(key, pods, lambda: asked.append("again"))
+        assert first is not None and first.report is None  # the reconcile does not wait for the pod
+        await reader.settled()
+        assert asked == ["again"] and reader.requests == 1
+        second = handlers._progress(key, pods, lambda: asked.append("again"))
+        return second.report if second is not None else None
+
+    found = asyncio.run(scenario())
+    assert found is not None and found["step"] == 1
     assert stalled(core.reconcile(running_job(), observed(found), T0)) == ("False", "Progressing")
     late = core.reconcile(running_job(stallTimeoutSeconds=60), observed(found), T0 + timedelta(hours=1))
     stall = find_condition(late.status.conditions, "Stalled")
@@ -233,15 +258,20 @@ class SilentPod(FakePod):
 
 def test_a_pod_that_does_not_answer_is_asked_less_and_less_often() -> None:
     """A program that reports no progress (or a pod out of reach) costs a read per 5 minutes at most."""
-    reader = SilentPod()
     key = ("team-a", "digits")
-    asked_at = []
-    for second in range(0, 1200):
-        reader.now = float(second)
-        before = reader.requests
-        reading = asyncio.run(reader.read(key, "198.18.0.7", 9400))
-        assert reading.report is None
-        if reader.requests > before:
-            asked_at.append(second)
+
+    async def scenario(reader: SilentPod) -> list[int]:
+        asked_at = []
+        for second in range(0, 1200):
+            reader.now = float(second)
+            before = reader.requests
+            reading = reader.read(key, "198.18.0.7", 9400, lambda: None)
+            await reader.settled()
+            assert reading.report is None
+            if reader.requests > before:
+                asked_at.append(second)
+        return asked_at
+
+    asked_at = asyncio.run(scenario(SilentPod()))
     assert asked_at[:6] == [0, 20, 60, 140, 300, 620]
     assert all(b - a <= 320 for a, b in itertools.pairwise(asked_at))

@@ -1,6 +1,10 @@
 """Reading rank 0's progress (GET /progress on the pod, docs/runtime-contract.md §10) at most every
 PROGRESS_INTERVAL seconds per job; between reads the last answer comes from memory.
 
+A reconcile never waits for a pod: :meth:`ProgressReader.read` answers from memory at once and, when a read is
+due, starts it in the background; a new answer calls back (the handlers requeue the job at once), so the
+status follows the pod within a read's time, and a pod that hangs costs a timeout in a task, not a reconcile.
+
 The pod is found through its owner chain (TrainingJob -> workload -> pod, checked by uid in the handlers), never
 by a label alone, and reached at its IP: no credentials on either side. The answer is untrusted (rank 0 runs
 the user's code): read with a size cap and a timeout, parsed by controllers/trainingjob_progress.py. After an
@@ -10,6 +14,7 @@ stale by a restart.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -51,28 +56,44 @@ class ProgressReader:
         self.interval = interval
         self._clock = clock
         self._reads: dict[ObjectKey, _Read] = {}
+        self._in_flight: dict[ObjectKey, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
 
-    async def read(self, key: ObjectKey, address: str, port: int) -> Reading:
-        """The job's progress report: read from the pod when the last read is due, else from memory."""
+    def read(self, key: ObjectKey, address: str, port: int, answered: Callable[[], None]) -> Reading:
+        """The job's newest report, from memory; a read of the pod starts in the background when one is due
+        (PROGRESS_INTERVAL after the last one ended), and ``answered`` is called when it brings a report."""
         last = self._reads.get(key)
-        if last is not None:
-            left = self._due(last) - self._clock()
-            if left > 0:
-                return Reading(last.report, left)
-        report = await self.fetch(f"http://{_host(address)}:{port}/progress")
+        left = self._due(last) - self._clock() if last is not None else 0.0
+        if left <= 0 and key not in self._in_flight:
+            url = f"http://{_host(address)}:{port}/progress"
+            self._in_flight[key] = asyncio.create_task(self._refresh(key, url, answered))
+        return Reading(last.report if last is not None else None, left if left > 0 else self.interval)
+
+    async def _refresh(self, key: ObjectKey, url: str, answered: Callable[[], None]) -> None:
+        try:
+            report = await self.fetch(url)
+        finally:
+            self._in_flight.pop(key, None)
+        last = self._reads.get(key)
         if report is not None:
-            done = _Read(self._clock(), report)
+            self._reads[key] = _Read(self._clock(), report)
+            answered()
         else:  # a failed read keeps the previous report: the Stalled condition ages it
-            done = _Read(self._clock(), last.report if last else None, (last.failures if last else 0) + 1)
-        self._reads[key] = done
-        return Reading(done.report, self._due(done) - done.at)
+            self._reads[key] = _Read(self._clock(), last.report if last else None, (last.failures if last else 0) + 1)
+
+    async def settled(self) -> None:
+        """Wait for the reads in flight (tests, shutdown)."""
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
 
     def _due(self, read: _Read) -> float:
         return read.at + self.interval * float(2 ** min(read.failures, MAX_BACKOFF_DOUBLINGS))
 
     def forget(self, key: ObjectKey) -> None:
         self._reads.pop(key, None)
+        task = self._in_flight.pop(key, None)
+        if task is not None:
+            task.cancel()
 
     async def fetch(self, url: str) -> Mapping[str, Any] | None:
         if self._session is None or self._session.closed:

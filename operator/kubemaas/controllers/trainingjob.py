@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -126,7 +126,9 @@ async def _observe(
     served = await DISCOVERY.pytorchjob_served(kube)
     if workload is not None or finished:
         # The pre-flight answers are not consulted once the workload exists: no reads in steady state.
-        reading = None if finished else await _progress(key, pods)
+        # A new report from rank 0 runs the reconcile again at once.
+        again = lambda: reconcile(key, kube, indexes)  # noqa: E731 - the closure is the point
+        reading = None if finished else _progress(key, pods, lambda: LOOP.run_later(key, 0.0, again))
         return core.Observed(
             pytorchjob_served=served,
             workload=workload,
@@ -163,12 +165,13 @@ async def _observe(
     )
 
 
-async def _progress(key: ObjectKey, pods: Iterable[Mapping[str, Any]]) -> Reading | None:
-    """Rank 0's progress report, from the running rank-0 pod of the job's own workload (owner chain by uid)."""
+def _progress(key: ObjectKey, pods: Iterable[Mapping[str, Any]], answered: Callable[[], None]) -> Reading | None:
+    """Rank 0's progress report, from the running rank-0 pod of the job's own workload (owner chain by uid);
+    ``answered`` runs when a read in the background brings a new one."""
     for pod in pods:
         status = pod.get("status") or {}
         if pod_rank(pod) == 0 and status.get("phase") == "Running" and status.get("podIP"):
-            return await PROGRESS.read(key, str(status["podIP"]), manifests.PROGRESS_PORT)
+            return PROGRESS.read(key, str(status["podIP"]), manifests.PROGRESS_PORT, answered)
     return None
 
 
