@@ -275,3 +275,21 @@ def test_a_pod_that_does_not_answer_is_asked_less_and_less_often() -> None:
     asked_at = asyncio.run(scenario(SilentPod()))
     assert asked_at[:6] == [0, 20, 60, 140, 300, 620]
     assert all(b - a <= 320 for a, b in itertools.pairwise(asked_at))
+
+
+def test_the_reader_closes_with_reads_in_flight() -> None:
+    class HangingPod(FakePod):
+        async def fetch(self, url: str) -> Mapping[str, Any] | None:
+            self.requests += 1
+            await asyncio.sleep(3600)
+            return None
+
+    async def scenario() -> None:
+        reader = HangingPod()
+        reader.read(("team-a", "digits"), "198.18.0.7", 9400, lambda: None)
+        await asyncio.sleep(0)
+        assert reader.requests == 1
+        await asyncio.wait_for(reader.close(), timeout=5)
+        await asyncio.wait_for(reader.settled(), timeout=5)
+
+    asyncio.run(scenario())

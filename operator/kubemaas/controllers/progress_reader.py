@@ -89,6 +89,16 @@ class ProgressReader:
     def _due(self, read: _Read) -> float:
         return read.at + self.interval * float(2 ** min(read.failures, MAX_BACKOFF_DOUBLINGS))
 
+    async def close(self) -> None:
+        """Cancel the reads in flight and close the HTTP session (the operator is stopping)."""
+        for task in list(self._in_flight.values()):
+            task.cancel()
+        await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+        self._in_flight.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
     def forget(self, key: ObjectKey) -> None:
         self._reads.pop(key, None)
         task = self._in_flight.pop(key, None)

@@ -274,6 +274,11 @@ def _indexes(kwargs: Mapping[str, Any]) -> dict[str, kopf.Index[Any, Any]]:
     return {n: kwargs[n] for n in ("trainingjobs", *INDEXERS)}
 
 
+@kopf.on.cleanup()
+async def close_progress_reader(**_: Any) -> None:
+    await PROGRESS.close()
+
+
 # Every event of a TrainingJob, including the initial listing (type None) after a start: no kopf
 # create/update/resume handler, so kopf writes no annotations on the object (reconciler.py).
 @kopf.on.event(GROUP, VERSION, PLURAL)
