@@ -24,6 +24,7 @@ from e2e.chart import CHART, Tools, values_file
 from e2e.conftest import PSS_RESTRICTED, E2ECluster, RealNode
 from e2e.test_modelservice import serve_digits, store  # noqa: F401  (store: a fixture)
 from e2e.typed_client import container_statuses, name_of, pod_spec
+from e2e.waits import condition_is
 from kubemaas.api.crd import KINDS
 from kubemaas.cli import build_parser
 from kubemaas.controllers.settings import PEERING_NAME
@@ -224,26 +225,34 @@ def watched(cluster: E2ECluster, namespace: str) -> Iterator[list[str]]:
                     raise
 
 
-def ensure_peering_crds(tools: Tools) -> None:
+def ensure_peering_crds(tools: Tools, cluster: E2ECluster) -> None:
     # kopf's peering CRDs are cluster-wide and shared; applying the chart's (generated) copies is idempotent.
     # The peering objects themselves are only dry-run: a real one would make every operator started
     # without --standalone on this shared cluster join the same peering.
     for plural in ("clusterkopfpeerings", "kopfpeerings"):
         tools.kubectl("apply", "--server-side", "--field-manager=kubemaas-chart-test",
                       "-f", str(CHART / "crds" / f"kopf.dev_{plural}.yaml"))  # fmt: skip
-        tools.kubectl("wait", "--for=condition=Established", f"crd/{plural}.kopf.dev", "--timeout=60s")
+        # Not `kubectl wait`: it fails at once while a new CRD has no conditions yet (a cold run saw it).
+        cluster.wait_object(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            None,
+            f"{plural}.kopf.dev",
+            lambda crd: condition_is(crd, "Established"),
+            what=f"CRD {plural}.kopf.dev Established",
+        )
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_every_rendered_object_passes_server_side_dry_run(
-    tools: Tools, tmp_path: Path, namespace: str, watched: list[str], name: str
+    tools: Tools, tmp_path: Path, namespace: str, watched: list[str], name: str, cluster: E2ECluster
 ) -> None:
     values = dict(VALUE_SETS[name])
     if "watchNamespaces" in values:
         values["watchNamespaces"] = watched[: len(values["watchNamespaces"])]
     objects = render(tools, tmp_path, values, namespace=namespace)
     if any(o["apiVersion"] == "kopf.dev/v1" for o in objects):
-        ensure_peering_crds(tools)
+        ensure_peering_crds(tools, cluster)
     checked = [o for o in objects if o["apiVersion"] != PROMETHEUS_OPERATOR_GROUP]
     assert len(checked) >= 6
     result = tools.kubectl(

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import urllib3
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster.nodes import GPU_NODES
 from e2e.conftest import E2ECluster, OperatorProcess
@@ -176,28 +178,36 @@ class DeploymentWatch:
     statuses: list[tuple[int, int, int]] = field(default_factory=list)  # (available, unavailable, replicas)
     spec_replicas: list[int] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _watching: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> DeploymentWatch:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+        # The rollout starts only once the watch has listed the Deployment: a watch that connected late (a
+        # loaded cold run) saw nothing of it.
+        assert self._watching.wait(timeout=30), f"the watch of Deployment {self.name} never listed it"
         return self
 
     def _run(self) -> None:
         apps = client.AppsV1Api(self.cluster.api)
         w = Watch()
         while not self._stop.is_set():
-            for event in w.stream(
-                apps.list_namespaced_deployment,
-                self.namespace,
-                field_selector=f"metadata.name={self.name}",
-                timeout_seconds=2,
-            ):
-                s = event["object"].status
-                self.statuses.append((s.available_replicas or 0, s.unavailable_replicas or 0, s.replicas or 0))
-                self.spec_replicas.append(event["object"].spec.replicas)
-                if self._stop.is_set():
-                    w.stop()
+            try:
+                for event in w.stream(
+                    apps.list_namespaced_deployment,
+                    self.namespace,
+                    field_selector=f"metadata.name={self.name}",
+                    timeout_seconds=2,
+                ):
+                    s = event["object"].status
+                    self.statuses.append((s.available_replicas or 0, s.unavailable_replicas or 0, s.replicas or 0))
+                    self.spec_replicas.append(event["object"].spec.replicas)
+                    self._watching.set()
+                    if self._stop.is_set():
+                        w.stop()
+            except (ApiException, urllib3.exceptions.HTTPError):
+                continue  # a slow API server: watch again (the next list repeats the current status)
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
