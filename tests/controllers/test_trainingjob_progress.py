@@ -122,10 +122,12 @@ def stalled(desired: core.Desired) -> tuple[str, str] | None:
     return None if found is None else (found.status.value, found.reason)
 
 
-def test_a_running_job_shows_its_progress_and_is_read_again_in_ten_seconds() -> None:
-    desired = core.reconcile(running_job(), observed(report()), T0 + timedelta(seconds=3))
+def test_a_running_job_shows_its_progress_and_runs_again_when_the_next_read_is_due() -> None:
+    desired = core.reconcile(running_job(), observed(report(), read_in=7.0), T0 + timedelta(seconds=3))
     assert desired.status.progress is not None and desired.status.progress.step == 120
-    assert desired.requeue_after == PROGRESS_INTERVAL
+    assert desired.requeue_after == 7.0  # when the next read is due
+    # A read under way wakes the job itself: no requeue on top of it.
+    assert core.reconcile(running_job(), observed(report()), T0).requeue_after is None
     assert stalled(desired) == ("False", "Progressing")
     # No report (yet, or the pod did not answer): nothing invented, nothing taken away.
     assert core.reconcile(running_job(), observed(None), T0).status.progress is None
@@ -178,28 +180,28 @@ class FakePod(ProgressReader):
 def test_status_changes_at_most_once_per_ten_seconds_whatever_triggers_the_reconcile() -> None:
     """Reconciles every 0.5 s (pod events, requeues) for 120 s: the pod is read in the background, and
     status.progress changes (the only thing that would be written), at most once per PROGRESS_INTERVAL; a new
-    answer asks for a reconcile at once; after a restart the pod is read at once."""
+    report wakes the job at once; after a restart the pod is read at once."""
     key = ("team-a", "digits")
 
     async def scenario(reader: FakePod) -> list[float]:
-        job, last, writes = running_job(), None, []
-        answers: list[float] = []
+        job = running_job()
+        last = core.reconcile(job, observed(None), T0).status.to_wire()  # the job as it was before any report
+        job, writes = with_status(job, last), []
+        woken: list[float] = []
         for tick in range(240):
             reader.now = tick * 0.5
-            got = reader.read(key, "198.18.0.7", 9400, lambda: answers.append(reader.now))
-            await reader.settled()  # here a read takes no time
-            if answers and answers[-1] == reader.now:
-                got = reader.read(key, "198.18.0.7", 9400, lambda: answers.append(reader.now))  # the requeue
-            desired = core.reconcile(
-                job, observed(got.report, read_in=got.next_read_in), T0 + timedelta(seconds=reader.now)
-            )
-            assert desired.requeue_after is not None and 0 < desired.requeue_after <= PROGRESS_INTERVAL
-            status = desired.status.to_wire()
-            if status != last:
-                writes.append(reader.now)
-                last = status
-                job = with_status(job, status)  # what the API server holds after the write
-        assert answers == writes  # each answer was written in the pass it asked for
+            passes = 0
+            while passes == 0 or (woken and woken[-1] == reader.now and passes < 2):  # a tick, then its wake
+                passes += 1
+                got = reader.read(key, "198.18.0.7", 9400, lambda delay: woken.append(reader.now + delay))
+                await reader.settled()  # here a read takes no time
+                now = T0 + timedelta(seconds=reader.now)
+                status = core.reconcile(job, observed(got.report, read_in=got.next_read_in), now).status.to_wire()
+                if status != last:
+                    writes.append(reader.now)
+                    last = status
+                    job = with_status(job, status)  # what the API server holds after the write
+        assert woken == writes  # each report woke the job, and its pass wrote it
         return writes
 
     reader = FakePod()
@@ -209,7 +211,7 @@ def test_status_changes_at_most_once_per_ten_seconds_whatever_triggers_the_recon
 
     async def restart(reader: FakePod) -> None:
         reader.now = 5.0
-        assert reader.read(key, "198.18.0.7", 9400, lambda: None).report is None  # nothing invented meanwhile
+        assert reader.read(key, "198.18.0.7", 9400, lambda delay: None).report is None  # nothing invented
         await reader.settled()
 
     restarted = FakePod()
@@ -230,17 +232,18 @@ def test_the_handler_reads_the_running_rank_0_pod_of_its_workload(monkeypatch: p
         return {"metadata": {"name": f"digits-workers-{index}", "annotations": annotations}, "status": status}
 
     async def scenario() -> Mapping[str, Any] | None:
-        asked: list[str] = []
-        assert handlers._progress(key, [pod(0, "Pending", None), pod(1, "Running", "198.18.0.8")], asked.clear) is None
+        woken: list[float] = []
+        assert handlers._progress(key, [pod(0, "Pending", None), pod(1, "Running", "198.18.0.8")], woken.append) is None
         await reader.settled()
         assert reader.requests == 0  # only rank 0 is asked, and only once it runs
         pods = [pod(1, "Running", "198.18.0.8"), pod(0, "Running", "198.18.0.7")]
-        first = handlers._progress(key, pods, lambda: asked.append("again"))
-        assert first is not None and first.report is None  # the reconcile does not wait for the pod
+        first = handlers._progress(key, pods, woken.append)
+        assert first is not None and first.report is None and first.next_read_in is None  # no waiting for the pod
         await reader.settled()
-        assert asked == ["again"] and reader.requests == 1
-        second = handlers._progress(key, pods, lambda: asked.append("again"))
-        return second.report if second is not None else None
+        assert woken == [0.0] and reader.requests == 1  # the report wakes the job at once
+        second = handlers._progress(key, pods, woken.append)
+        assert second is not None and second.next_read_in == PROGRESS_INTERVAL
+        return second.report
 
     found = asyncio.run(scenario())
     assert found is not None and found["step"] == 1
@@ -256,25 +259,35 @@ class SilentPod(FakePod):
         return None
 
 
-def test_a_pod_that_does_not_answer_is_asked_less_and_less_often() -> None:
-    """A program that reports no progress (or a pod out of reach) costs a read per 5 minutes at most."""
+def test_a_pod_that_does_not_answer_costs_a_reconcile_per_read_and_ever_fewer_reads() -> None:
+    """A program that reports no progress (or a pod out of reach): the job runs only when a read is due, after
+    20 s, 40 s, ... at most 320 s; nothing else requeues it."""
     key = ("team-a", "digits")
 
-    async def scenario(reader: SilentPod) -> list[int]:
-        asked_at = []
-        for second in range(0, 1200):
-            reader.now = float(second)
-            before = reader.requests
-            reading = reader.read(key, "198.18.0.7", 9400, lambda: None)
-            await reader.settled()
-            assert reading.report is None
-            if reader.requests > before:
-                asked_at.append(second)
-        return asked_at
+    async def scenario(reader: SilentPod) -> list[float]:
+        runs: list[float] = []
+        due = [0.0]
 
-    asked_at = asyncio.run(scenario(SilentPod()))
-    assert asked_at[:6] == [0, 20, 60, 140, 300, 620]
-    assert all(b - a <= 320 for a, b in itertools.pairwise(asked_at))
+        def wake(delay: float) -> None:
+            due.append(reader.now + delay)
+
+        while min(due) < 1200:
+            reader.now = min(due)
+            due[:] = [t for t in due if t != reader.now]
+            runs.append(reader.now)
+            reading = reader.read(key, "198.18.0.7", 9400, wake)
+            observed_now = observed(reading.report, read_in=reading.next_read_in)
+            desired = core.reconcile(running_job(), observed_now, T0 + timedelta(seconds=reader.now))
+            if desired.requeue_after is not None:
+                due.append(reader.now + desired.requeue_after)
+            await reader.settled()
+            assert reading.report is None and desired.status.progress is None
+        return runs
+
+    reader = SilentPod()
+    runs = asyncio.run(scenario(reader))
+    assert runs == [0, 20, 60, 140, 300, 620] + [620 + 320 * i for i in range(1, 2)]
+    assert reader.requests == len(runs)
 
 
 def test_the_reader_closes_with_reads_in_flight() -> None:
@@ -286,7 +299,7 @@ def test_the_reader_closes_with_reads_in_flight() -> None:
 
     async def scenario() -> None:
         reader = HangingPod()
-        reader.read(("team-a", "digits"), "198.18.0.7", 9400, lambda: None)
+        reader.read(("team-a", "digits"), "198.18.0.7", 9400, lambda delay: None)
         await asyncio.sleep(0)
         assert reader.requests == 1
         await asyncio.wait_for(reader.close(), timeout=5)

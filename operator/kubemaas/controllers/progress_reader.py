@@ -2,8 +2,9 @@
 PROGRESS_INTERVAL seconds per job; between reads the last answer comes from memory.
 
 A reconcile never waits for a pod: :meth:`ProgressReader.read` answers from memory at once and, when a read is
-due, starts it in the background; a new answer calls back (the handlers requeue the job at once), so the
-status follows the pod within a read's time, and a pod that hangs costs a timeout in a task, not a reconcile.
+due, starts it in the background. The read wakes the job when it ends: at once with a report (the status
+follows the pod within a read's time), else when the next read is due. So a job is reconciled for its progress
+only when there is something to write or to read, and a pod that hangs costs a timeout in a task.
 
 The pod is found through its owner chain (TrainingJob -> workload -> pod, checked by uid in the handlers), never
 by a label alone, and reached at its IP: no credentials on either side. The answer is untrusted (rank 0 runs
@@ -45,10 +46,15 @@ class _Read:
 
 @dataclass(frozen=True)
 class Reading:
-    """The newest report (None: none yet) and the seconds until the pod is asked again."""
+    """The newest report (None: none yet) and the seconds until the pod is asked again (None: a read is under
+    way, and wakes the job when it ends)."""
 
     report: Mapping[str, Any] | None
-    next_read_in: float
+    next_read_in: float | None
+
+
+# Called with the delay after which the job should be reconciled again.
+Wake = Callable[[float], None]
 
 
 class ProgressReader:
@@ -59,17 +65,21 @@ class ProgressReader:
         self._in_flight: dict[ObjectKey, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
 
-    def read(self, key: ObjectKey, address: str, port: int, answered: Callable[[], None]) -> Reading:
+    def read(self, key: ObjectKey, address: str, port: int, wake: Wake) -> Reading:
         """The job's newest report, from memory; a read of the pod starts in the background when one is due
-        (PROGRESS_INTERVAL after the last one ended), and ``answered`` is called when it brings a report."""
+        (PROGRESS_INTERVAL after the last one ended, longer while the pod does not answer)."""
         last = self._reads.get(key)
+        report = last.report if last is not None else None
+        if key in self._in_flight:
+            return Reading(report, None)
         left = self._due(last) - self._clock() if last is not None else 0.0
-        if left <= 0 and key not in self._in_flight:
-            url = f"http://{_host(address)}:{port}/progress"
-            self._in_flight[key] = asyncio.create_task(self._refresh(key, url, answered))
-        return Reading(last.report if last is not None else None, left if left > 0 else self.interval)
+        if left > 0:
+            return Reading(report, left)
+        url = f"http://{_host(address)}:{port}/progress"
+        self._in_flight[key] = asyncio.create_task(self._refresh(key, url, wake))
+        return Reading(report, None)
 
-    async def _refresh(self, key: ObjectKey, url: str, answered: Callable[[], None]) -> None:
+    async def _refresh(self, key: ObjectKey, url: str, wake: Wake) -> None:
         try:
             report = await self.fetch(url)
         finally:
@@ -77,9 +87,11 @@ class ProgressReader:
         last = self._reads.get(key)
         if report is not None:
             self._reads[key] = _Read(self._clock(), report)
-            answered()
+            wake(0.0)  # a report to write
         else:  # a failed read keeps the previous report: the Stalled condition ages it
-            self._reads[key] = _Read(self._clock(), last.report if last else None, (last.failures if last else 0) + 1)
+            done = _Read(self._clock(), last.report if last else None, (last.failures if last else 0) + 1)
+            self._reads[key] = done
+            wake(self._due(done) - done.at)  # the next read
 
     async def settled(self) -> None:
         """Wait for the reads in flight (tests, shutdown)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -38,7 +38,7 @@ from kubemaas.controllers.children import TRAININGJOB_CHILDREN, child_indexer, p
 from kubemaas.controllers.conditions import true_condition, utc_now
 from kubemaas.controllers.metrics import CHILDREN_APPLIED
 from kubemaas.controllers.object_metrics import TRAININGJOBS, trainingjob_snapshot
-from kubemaas.controllers.progress_reader import PROGRESS, Reading
+from kubemaas.controllers.progress_reader import PROGRESS, Reading, Wake
 from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, sync
 from kubemaas.controllers.trainingjob_reports import pod_rank
 from kubemaas.manifests import trainingjob as manifests
@@ -126,9 +126,9 @@ async def _observe(
     served = await DISCOVERY.pytorchjob_served(kube)
     if workload is not None or finished:
         # The pre-flight answers are not consulted once the workload exists: no reads in steady state.
-        # A new report from rank 0 runs the reconcile again at once.
+        # A read of rank 0's progress ends by running the reconcile again (at once with a report).
         again = lambda: reconcile(key, kube, indexes)  # noqa: E731 - the closure is the point
-        reading = None if finished else _progress(key, pods, lambda: LOOP.run_later(key, 0.0, again))
+        reading = None if finished else _progress(key, pods, lambda delay: LOOP.run_later(key, delay, again))
         return core.Observed(
             pytorchjob_served=served,
             workload=workload,
@@ -165,13 +165,13 @@ async def _observe(
     )
 
 
-def _progress(key: ObjectKey, pods: Iterable[Mapping[str, Any]], answered: Callable[[], None]) -> Reading | None:
+def _progress(key: ObjectKey, pods: Iterable[Mapping[str, Any]], wake: Wake) -> Reading | None:
     """Rank 0's progress report, from the running rank-0 pod of the job's own workload (owner chain by uid);
-    ``answered`` runs when a read in the background brings a new one."""
+    a read in the background ends with ``wake``."""
     for pod in pods:
         status = pod.get("status") or {}
         if pod_rank(pod) == 0 and status.get("phase") == "Running" and status.get("podIP"):
-            return PROGRESS.read(key, str(status["podIP"]), manifests.PROGRESS_PORT, answered)
+            return PROGRESS.read(key, str(status["podIP"]), manifests.PROGRESS_PORT, wake)
     return None
 
 

@@ -35,7 +35,7 @@ from kubemaas.api.trainingjob import (
 )
 from kubemaas.controllers import workloads
 from kubemaas.controllers.conditions import WarningPolicy, find_condition, is_true, set_condition, true_condition
-from kubemaas.controllers.trainingjob_progress import PROGRESS_INTERVAL, STALLED, progress_from, stalled
+from kubemaas.controllers.trainingjob_progress import STALLED, progress_from, stalled
 from kubemaas.controllers.trainingjob_reports import (
     BadTerminationMessage,
     model_version,
@@ -92,7 +92,8 @@ class Observed:
     secrets: frozenset[str] = frozenset()  # which of the other key Secrets (teacher, data) exist
     teacher_job: Mapping[str, Any] | None = None  # distillation.teacher.trainingJobRef's TrainingJob
     progress: Mapping[str, Any] | None = None  # rank 0's progress report, read at most every PROGRESS_INTERVAL
-    progress_read_in: float | None = None  # seconds until rank 0 is asked again (longer while it does not answer)
+    # Seconds until rank 0 is asked again; None: a read is under way (it wakes the job) or there is no rank 0.
+    progress_read_in: float | None = None
 
     @property
     def children(self) -> list[Mapping[str, Any]]:
@@ -392,7 +393,7 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     return Desired(status=out.status, apply=children)
 
 
-def _progress(job: TrainingJob, observed: Observed, out: _Status) -> float:
+def _progress(job: TrainingJob, observed: Observed, out: _Status) -> float | None:
     """status.progress from rank 0's report and, once there is one, Stalled; the next pass is due when the
     next read is (finished jobs are never read again)."""
     reported = progress_from(observed.progress) if observed.progress is not None else None
@@ -402,9 +403,7 @@ def _progress(job: TrainingJob, observed: Observed, out: _Status) -> float:
     if out.status.progress is not None and timeout is not None:
         is_stalled, reason, message = stalled(out.status.progress, timeout, out.now)
         out.set(STALLED, TRUE if is_stalled else FALSE, reason, message if is_stalled else "")
-    if observed.progress_read_in is not None:
-        return max(observed.progress_read_in, 1.0)
-    return PROGRESS_INTERVAL
+    return None if observed.progress_read_in is None else max(observed.progress_read_in, 1.0)
 
 
 def invalid_spec(
