@@ -490,6 +490,32 @@ def test_canary_runs_beside_stable_and_is_folded_in(
     assert template_version(apps.read_namespaced_deployment("digits", namespace)) == "v2"
 
 
+def test_a_stepped_canary_whose_metrics_cannot_be_read_is_rolled_back_never_promoted(
+    cluster: E2ECluster, namespace: str, crds: None, store: str, operator: OperatorProcess
+) -> None:
+    """kwok's pods are Ready with an IP but serve no metrics: every window of the step is Inconclusive (never a
+    pass), and at inconclusiveLimit the canary is scaled away and the stable version keeps its replicas (the
+    real-node scenarios with Triton's metrics are e2e/test_canary.py)."""
+    canary = {"steps": [{"weight": 50, "durationSeconds": 10}], "analysis": {"inconclusiveLimit": 2}}
+    serve_digits(cluster, namespace, replicas=2, rollout={"strategy": "Canary", "canary": canary})
+    publish(cluster, namespace, "digits", "v2")
+    failed = wait_ms(
+        cluster, namespace, "digits", lambda ms: condition(ms, "Degraded").get("status") == "True", "Degraded",
+        timeout=READY_TIMEOUT,
+    )  # fmt: skip
+    assert condition(failed, "Degraded")["reason"] == "CanaryInconclusive", failed["status"]
+    trial = failed["status"]["canary"]
+    assert (trial["version"], trial["step"], trial["verdict"]) == ("v2", 1, "Fail"), trial
+    assert (trial["lastCheck"]["verdict"], trial["lastCheck"]["reason"]) == ("Inconclusive", "MetricsUnavailable")
+    assert served(failed) == "v1" and failed["status"]["lastFailure"]["version"] == "v2"
+    cluster.wait_objects(
+        "apps/v1", "Deployment", namespace, lambda objects: "digits-canary" not in objects,
+        what="the canary scaled away",
+    )  # fmt: skip
+    stable = client.AppsV1Api(cluster.api).read_namespaced_deployment("digits", namespace)
+    assert template_version(stable) == "v1" and present(stable.spec, "spec").replicas == 2
+
+
 SCALE = 50
 
 
