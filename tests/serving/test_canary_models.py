@@ -4,8 +4,8 @@ parser (serving_metrics) reads both off Triton's metrics page.
 
 And what the analysis depends on in Triton itself (2.51, the Python backend): a request counts in
 nv_inference_request_failure only when the model's execute() raises; a response that carries an error counts
-as a success. Kubemaas's Python model (runtime/triton_python_model.py) answers a failed batch with error
-responses, so its failures are invisible to the metrics until it raises instead (docs/modelservice.md).
+as a success. Kubemaas's Python model (runtime/triton_python_model.py) therefore raises for a failing request, and
+the poisoned requests show in the failure counter while the model goes on serving the clean ones.
 """
 
 from __future__ import annotations
@@ -125,11 +125,6 @@ def test_triton_counts_a_failure_only_when_execute_raises(triton: TritonServer) 
     assert (settled(triton, ERROR_RESPONSE, 3).success, settled(triton, ERROR_RESPONSE, 3).failure) == (3, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/triton_python_model.py answers a failed batch with error responses, which Triton counts as "
-    "successes; it must raise from execute() for the failures to reach the metrics",
-)
 def test_triton_counts_the_poisoned_requests_as_failures(triton: TritonServer) -> None:
     client = httpclient.InferenceServerClient(triton.http_url)
     before = counters_of(triton, POISONED)

@@ -57,11 +57,31 @@ class TritonPythonModel:
         self._module.eval()
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        # A failing request must RAISE: Triton 2.51's Python backend counts a request in
+        # nv_inference_request_failure only when execute() raises (an error response counts as a success),
+        # and the Canary analysis reads that counter. Raising fails this call's requests, not the instance:
+        # the stub answers each with the error and the next call is served as usual.
         try:
             return self._execute_batch(requests)
-        except Exception as error:  # a bad request must fail its responses, not the model instance
-            message = f"{type(error).__name__}: {error}"
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
+        except Exception as error:
+            if len(requests) == 1:
+                raise pb_utils.TritonModelException(_describe(error)) from error
+            batch_error = error
+        # The dynamic batcher put several requests into this call: run each alone, so that a batch that failed
+        # as a whole (one bad request, inputs that do not concatenate) costs only what really fails. Should
+        # one still fail, the whole call must raise (the backend fails requests per call, not per request).
+        responses: list[Any] = []
+        failed: list[str] = []
+        for request in requests:
+            try:
+                responses.extend(self._execute_batch([request]))
+            except Exception as error:
+                failed.append(_describe(error))
+        if failed:
+            raise pb_utils.TritonModelException(
+                f"{len(failed)} of {len(requests)} batched requests failed; the first: {failed[0]}"
+            ) from batch_error
+        return responses
 
     def _execute_batch(self, requests: list[Any]) -> list[Any]:
         # The dynamic batcher hands over several requests at once; run them as ONE forward pass
@@ -93,3 +113,7 @@ class TritonPythonModel:
             )
             for i in range(len(requests))
         ]
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
