@@ -222,6 +222,12 @@ SECRET_FIELDS: list[tuple[str, dict[str, Any], str]] = [
         "spec.volumes[0].secret.secretName",
     ),
     ("TrainingJob", {"imagePullSecrets": [{"name": "team-b-token"}]}, "spec.imagePullSecrets[0].name"),
+    ("TrainingJob", {"data": {"uri": "pvc://datasets/digits",
+                              "encryption": {"keySecretRef": {"name": "team-b-token"}}}},
+     "spec.data.encryption.keySecretRef.name"),
+    ("TrainingJob", {"distillation": {"teacher": {"uri": "pvc://models/store/digits",
+                                                  "keySecretRef": {"name": "team-b-token"}}}},
+     "spec.distillation.teacher.keySecretRef.name"),
     ("ModelService", {"runtime": {"env": [PLAIN_ENV, ENV_SECRET]}}, "spec.runtime.env[1].valueFrom.secretKeyRef.name"),
     ("ModelService", {"runtime": {"envFrom": [{"secretRef": {"name": "team-b-token"}}]}},
      "spec.runtime.envFrom[0].secretRef.name"),
@@ -268,6 +274,18 @@ def test_model_service_serving_a_training_job_the_user_may_not_get_is_refused(ad
     admission.grant("alice", rule(GROUP, "trainingjobs", "get", names=("own-job",)))
     admission.create("alice", model_service("digits", {"trainingJobRef": {"name": "own-job"}}))
     admission.expect("alice", by_selector, "spec.model.trainingJobSelector", "list trainingjobs")
+
+
+def test_a_teacher_training_job_the_user_may_not_get_is_refused(admission: Admission) -> None:
+    """Distilling from a TrainingJob asks `get` on it, as serving one does (and `get` on its key Secret)."""
+    admission.grant("alice", CREATE_BOTH[0], rule("", "secrets", "get"))
+    teacher = {"keySecretRef": {"name": "team-b-key"}}
+    student = training_job("student", distillation={"teacher": {"trainingJobRef": {"name": "team-b-job"}, **teacher}})
+    admission.expect("alice", student, "spec.distillation.teacher.trainingJobRef.name", "get TrainingJob 'team-b-job'")
+    admission.grant("alice", rule(GROUP, "trainingjobs", "get", names=("own-job",)))
+    admission.create(
+        "alice", training_job("student", distillation={"teacher": {"trainingJobRef": {"name": "own-job"}, **teacher}})
+    )
 
 
 def test_more_distinct_secrets_than_checked_by_name_is_refused(admission: Admission) -> None:
