@@ -134,6 +134,18 @@ def test_triton_counts_the_poisoned_requests_as_failures(triton: TritonServer) -
     assert (after.success - before.success, after.failure - before.failure) == (6, 2)
 
 
+def test_a_failed_request_is_an_http_500_naming_the_error_and_the_model_serves_on(triton: TritonServer) -> None:
+    client = httpclient.InferenceServerClient(triton.http_url)
+    x = np.zeros((1, IN_FEATURES), dtype=np.float32)
+    x[0, 0] = POISON
+    data = httpclient.InferInput(INPUT_NAME, list(x.shape), "FP32")
+    data.set_data_from_numpy(x)
+    with pytest.raises(InferenceServerException) as failed:
+        client.infer(POISONED, [data])
+    assert failed.value.status() == "500" and "poisoned input" in failed.value.message(), failed.value
+    assert client.is_model_ready(POISONED) and infer(client, POISONED, 0.5)
+
+
 def test_the_slow_version_is_slower_and_triton_reports_its_p99(triton: TritonServer) -> None:
     client = httpclient.InferenceServerClient(triton.http_url)
     for _ in range(30):
