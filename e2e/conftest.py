@@ -222,8 +222,8 @@ def cluster() -> Iterator[E2ECluster]:
     real_node = os.environ.get("KUBEMAAS_E2E_REAL_NODE", "0") == "1"
     with _worker_lock("run"):
         existing = control_plane.load()
-        reused = existing is not None and control_plane.healthy(existing) and (bool(existing.node_ip) or not real_node)
-        local = control_plane.up(real_node=real_node)
+        reused = existing is not None and control_plane.reusable(existing, real_node=real_node, batch_controllers=True)
+        local = control_plane.up(real_node=real_node, batch_controllers=True)
         if not reused:  # stopped by pytest_sessionfinish once every worker is done
             (run_dir() / STARTED_BY).write_text(os.environ.get(RUN_ID_VARIABLE, ""))
     yield E2ECluster(local.kubeconfig, new_client(local.kubeconfig), local)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             if not arguments.detach:
                 quickstart.follow_operator_log(cluster)
         elif command == "up":
-            print(control_plane.up(real_node=arguments.real_node).kubeconfig)
+            print(control_plane.up(real_node=arguments.real_node, batch_controllers=True).kubeconfig)
         elif command == "down":
             control_plane.down()
         elif command == "apply-crds":

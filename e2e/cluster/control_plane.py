@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from . import node, processes
+from . import batch, node, processes
 from .build import ensure_built, module_source_dir
 from .kubeconfig import write_kubeconfig
 from .nodes import ALL_NODES, node_manifest
@@ -123,10 +123,18 @@ def healthy(cluster: Cluster) -> bool:
     return probe()
 
 
+def reusable(existing: Cluster, *, real_node: bool, batch_controllers: bool) -> bool:
+    """A recorded cluster `up` keeps: healthy, and with the real node and the batch controllers if asked for."""
+    started = {c.name for c in existing.components}
+    has_batch = all(c.name in started for c in batch.CONTROLLERS if batch.runnable(c))
+    return healthy(existing) and (bool(existing.node_ip) or not real_node) and (has_batch or not batch_controllers)
+
+
 def up(
     root: Path | None = None,
     *,
     training_operator: bool = True,
+    batch_controllers: bool = False,
     apiserver_args: Sequence[str] = (),
     real_node: bool = False,
 ) -> Cluster:
@@ -135,16 +143,16 @@ def up(
     `apiserver_args` are appended to kube-apiserver's flags (a later flag wins), e.g. a short
     `--min-request-timeout` for a fault test; a restarted API server keeps them. `real_node` adds a
     kubelet with containerd, kube-proxy and CoreDNS (node.py); a running cluster without one is
-    restarted to get it.
+    restarted to get it. `batch_controllers` starts JobSet, Kubeflow Trainer v2 and Kueue (batch.py), likewise.
     """
     started = time.monotonic()
     root = root or run_dir()
     existing = load(root)
     if existing is not None:
-        if healthy(existing) and (existing.node_ip or not real_node):
+        if reusable(existing, real_node=real_node, batch_controllers=batch_controllers):
             log(f"cluster already running; kubeconfig: {existing.kubeconfig}")
             return existing
-        log("found a stale or broken cluster (or one without the real node asked for); stopping it first")
+        log("found a stale or broken cluster (or one without the real node or batch controllers asked for); stopping")
         down(root)
     bin_dir = ensure_built()
     shutil.rmtree(root, ignore_errors=True)
@@ -152,7 +160,7 @@ def up(
         (root / sub).mkdir(parents=True)
     cluster = Cluster(root, bin_dir, node_ip=node.node_ip() if real_node else "")
     try:
-        _start_all(cluster, training_operator, tuple(apiserver_args))
+        _start_all(cluster, training_operator, batch_controllers, tuple(apiserver_args))
     except BaseException:
         cluster.save()
         log("start failed; stopping what was started")
@@ -163,7 +171,9 @@ def up(
     return cluster
 
 
-def _start_all(cluster: Cluster, training_operator: bool, apiserver_args: tuple[str, ...]) -> None:
+def _start_all(
+    cluster: Cluster, training_operator: bool, batch_controllers: bool, apiserver_args: tuple[str, ...]
+) -> None:
     pki, logs, configs = cluster.root / "pki", cluster.root / "logs", cluster.root / "kubeconfigs"
     ca = CertificateAuthority(pki, "ca")
     sa = service_account_keys(pki)
@@ -179,6 +189,7 @@ def _start_all(cluster: Cluster, training_operator: bool, apiserver_args: tuple[
         # Simulating kubelets of many nodes and a cluster-wide operator: both need broad rights.
         "kwok": ("kwok-controller", "system:masters"),
         "training-operator": ("kubeflow-training-operator", "system:masters"),
+        **{c.name: (c.name, "system:masters") for c in batch.CONTROLLERS},
     }
     for name, (user, group) in identities.items():
         pair = ca.issue(name, user, group)
@@ -202,6 +213,8 @@ def _start_all(cluster: Cluster, training_operator: bool, apiserver_args: tuple[
         log(f"real node {node.NODE_NAME} Ready ({cluster.node_ip}) in {time.monotonic() - started:.1f}s")
     if training_operator:
         _start_training_operator(cluster, configs, logs)
+    if batch_controllers:
+        _start_batch_controllers(cluster, configs, ca)
     cluster.save()
 
 
@@ -400,6 +413,33 @@ def _start_training_operator(cluster: Cluster, configs: Path, logs: Path) -> Non
     log(f"training-operator {component.version} ready (PyTorchJob)")
 
 
+def _start_batch_controllers(cluster: Cluster, configs: Path, ca: CertificateAuthority) -> None:
+    """JobSet, then Trainer v2 (its TrainJobs make JobSets), then Kueue (which admits both): CRDs, the process,
+    and once it answers, its webhooks."""
+    components = {c.name: c for c in load_components()}
+    for controller in batch.CONTROLLERS:
+        if not batch.runnable(controller):
+            log(f"{controller.name} not started: it needs root here (e2e/cluster/batch.py)")
+            continue
+        started = time.monotonic()
+        component = next(c for c in components.values() if controller.name in c.binaries)
+        source = module_source_dir(component)
+        for crd in batch.crd_files(source, controller.crds):
+            cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+        for name in batch.crd_names(source, controller.crds):
+            _wait_established(cluster, name)
+        cluster.kubectl("create", "namespace", controller.namespace)
+        launch = batch.prepare(controller, configs / f"{controller.name}.kubeconfig", cluster.root / "batch", ca)
+        running, process = _launch(cluster, controller.name, launch.args, launch.ports, launch.env)
+        processes.wait_ready(running, process, launch.probe, READY_TIMEOUT)
+        manifests = (source / controller.webhooks).read_text()
+        for configuration in batch.webhook_configurations(
+            manifests, controller, launch.webhook_port, ca.pair.cert.read_bytes()
+        ):
+            cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(configuration))
+        log(f"{controller.name} {component.version} ready in {time.monotonic() - started:.1f}s")
+
+
 def _wait_established(cluster: Cluster, crd: str, timeout: float = 60.0) -> None:
     # `kubectl wait` fails at once while the CRD has no conditions yet; poll instead.
     deadline = time.monotonic() + timeout
@@ -425,6 +465,8 @@ def down(root: Path | None = None) -> None:
         node.stop(cluster)
     for running in reversed(cluster.components):
         processes.stop(running)
+    if any(c.name in {b.name for b in batch.CONTROLLERS} for c in cluster.components):
+        batch.remove_fixed_directories()
     busy = [p for c in cluster.components for p in c.ports if processes.port_in_use(p)]
     cluster.state_file.unlink()
     if busy:
