@@ -92,7 +92,7 @@ def run() -> Cluster:
     started = time.monotonic()
     if os.geteuid() != 0:
         raise PermissionError("the real node needs root (containerd, iptables, mounts)")
-    cluster = control_plane.up(real_node=True)
+    cluster = control_plane.up(real_node=True, batch_controllers=True)
     log("images onto the real node (only the layers it lacks) ...")
     node.load_images(cluster, list(images.BUILDERS))
     prepare_store()
