@@ -104,40 +104,18 @@ def test_encrypt_data_refuses_a_destination_inside_the_source_and_a_base64_key(t
     (tmp_path / "plain").mkdir()
     key_file = tmp_path / "key"
     key_file.write_bytes(DATA_KEY)
-    inside = str(tmp_path / "plain" / "out")
-    assert main(["encrypt-data", str(tmp_path / "plain"), inside, "--key-file", str(key_file), "--key-id", "d1"]) == 1
+
+    def encrypt_data(destination: Path) -> int:
+        return main(["encrypt-data", str(tmp_path / "plain"), str(destination), "--key-file", str(key_file),
+                     "--key-id", "d1"])  # fmt: skip
+
+    assert encrypt_data(tmp_path / "plain" / "out") == 1
     os.symlink("/etc/passwd", tmp_path / "plain" / "passwd")  # refused, not followed
-    assert (
-        main(
-            [
-                "encrypt-data",
-                str(tmp_path / "plain"),
-                str(tmp_path / "o"),
-                "--key-file",
-                str(key_file),
-                "--key-id",
-                "d1",
-            ]
-        )
-        == 1
-    )
+    assert encrypt_data(tmp_path / "o") == 1
     assert not (tmp_path / "o").exists()
     (tmp_path / "plain" / "passwd").unlink()
     key_file.write_text("ZGF0YS1rZXktMzItYnl0ZXMtb2YtcmFuZG9tbmVzcw==\n")
-    assert (
-        main(
-            [
-                "encrypt-data",
-                str(tmp_path / "plain"),
-                str(tmp_path / "o"),
-                "--key-file",
-                str(key_file),
-                "--key-id",
-                "d1",
-            ]
-        )
-        == 1
-    )
+    assert encrypt_data(tmp_path / "o") == 1
 
 
 # ------------------------------------------------------------------ the digits example on an encrypted dataset
