@@ -99,11 +99,6 @@ def test_a_good_canary_passes_every_step_and_is_promoted(
     assert not failed, f"{len(failed)} requests failed while a good canary was rolled out: {failed[:5]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Triton's Python backend counts kubemaas's error responses as successes until "
-    "runtime/triton_python_model.py raises instead (tests/serving/test_canary_models.py)",
-)
 @pytest.mark.usefixtures("crds", "node_images", "canary_store")
 def test_an_erroring_canary_is_rolled_back_at_its_first_step_with_every_error_on_the_canary(
     cluster: E2ECluster, namespace: str, real_node: RealNode, operator: OperatorProcess,
