@@ -49,6 +49,21 @@ class Slow(torch.nn.Module):
         return out + 0.0 * y[0, 0]
 
 
+class OneAtATime(torch.nn.Module):
+    """The MLP, but it raises on a batch of more than one input: a model that fails only as a batch, whose every
+    request succeeds when run alone (how the Python model's retry of a failed batch is tested)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            raise RuntimeError("batched")
+        out: torch.Tensor = self.inner(x)
+        return out
+
+
 def publish_module(
     store: ArtifactStore, workdir: Path, module: torch.nn.Module, *, model: str, version: str, key: bytes
 ) -> None:
@@ -67,3 +82,9 @@ def publish_slow(
     store: ArtifactStore, workdir: Path, *, model: str, version: str, seed: int, key: bytes, rounds: int = 20
 ) -> None:
     publish_module(store, workdir, Slow(make_mlp(seed), rounds), model=model, version=version, key=key)
+
+
+def publish_one_at_a_time(
+    store: ArtifactStore, workdir: Path, *, model: str, version: str, seed: int, key: bytes
+) -> None:
+    publish_module(store, workdir, OneAtATime(make_mlp(seed)), model=model, version=version, key=key)

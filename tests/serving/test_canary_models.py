@@ -10,9 +10,11 @@ the poisoned requests show in the failure counter while the model goes on servin
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -22,13 +24,16 @@ from tritonclient.utils import InferenceServerException
 from kubemaas.runtime.artifacts import ArtifactStore
 from kubemaas.serving_metrics import TritonCounters, parse_triton_metrics
 
-from .canary_models import POISON, publish_poisoned, publish_slow
+from .canary_models import POISON, publish_one_at_a_time, publish_poisoned, publish_slow
 from .conftest import IN_FEATURES, INPUT_NAME, PublishedModels, publish, run_loader
 from .triton_harness import TritonServer
 
 pytestmark = [pytest.mark.triton, pytest.mark.torch]
 
 GOOD, POISONED, SLOW = "digits-good", "digits-poisoned", "digits-slow"
+# Served with the dynamic batcher on and a long queue delay, so that concurrent requests share an execute() call.
+POISONED_BATCHED, ONE_AT_A_TIME = "digits-poisoned-batched", "digits-one-at-a-time"
+BATCHING = ["--dynamic-batching=Enabled", "--max-queue-delay-us=300000"]
 ERROR_RESPONSE, RAISES = "error-response", "raises"
 PLAIN_CONFIG = """
 name: "{name}"
@@ -62,11 +67,15 @@ def triton(published: PublishedModels, tmp_path_factory: pytest.TempPathFactory)
     publish(store, work, model=GOOD, version="v1", seed=1, key=published.key)
     publish_poisoned(store, work, model=POISONED, version="v1", seed=1, key=published.key)
     publish_slow(store, work, model=SLOW, version="v1", seed=1, key=published.key, rounds=20)
+    publish_poisoned(store, work, model=POISONED_BATCHED, version="v1", seed=1, key=published.key)
+    publish_one_at_a_time(store, work, model=ONE_AT_A_TIME, version="v1", seed=1, key=published.key)
     repository = work / "models"
-    for model in (GOOD, POISONED, SLOW):
+    batching = {POISONED_BATCHED: BATCHING, ONE_AT_A_TIME: BATCHING}
+    for model in (GOOD, POISONED, SLOW, POISONED_BATCHED, ONE_AT_A_TIME):
         loaded = run_loader(
             [f"--store-uri={published.uri}", f"--key-dir={published.key_dir}", f"--repository={repository}",
-             "--backend=python", "--instance-kind=CPU", f"--model={model}", "--dynamic-batching=Disabled"]
+             "--backend=python", "--instance-kind=CPU", f"--model={model}",
+             *batching.get(model, ["--dynamic-batching=Disabled"])]
         )  # fmt: skip
         assert loaded.returncode == 0, loaded.stderr
     for name, body in PLAIN_MODELS.items():
@@ -155,3 +164,35 @@ def test_the_slow_version_is_slower_and_triton_reports_its_p99(triton: TritonSer
     mean_good, mean_slow = good.request_us / good.success, slow.request_us / slow.success
     print(f"\nmean {mean_good:.0f} us vs {mean_slow:.0f} us; p99 {good.p99_us:.0f} us vs {slow.p99_us:.0f} us")
     assert mean_slow > 2 * mean_good and slow.p99_us > 2 * good.p99_us
+
+
+def executions(server: TritonServer, model: str) -> int:
+    """nv_inference_exec_count: how many execute() calls (batches) served the model's requests."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        page = response.read().decode()
+    found = re.search(rf'^nv_inference_exec_count{{[^}}]*model="{model}"[^}}]*}} (\S+)$', page, re.MULTILINE)
+    assert found, f"no nv_inference_exec_count for {model}"
+    return int(float(found.group(1)))
+
+
+def concurrently(server: TritonServer, model: str, pixels: list[float]) -> list[bool]:
+    """All requests at once (one client each), so that the dynamic batcher groups them."""
+    with ThreadPoolExecutor(len(pixels)) as pool:
+        return list(pool.map(lambda p: infer(httpclient.InferenceServerClient(server.http_url), model, p), pixels))
+
+
+def test_a_batch_that_fails_only_as_a_batch_is_rerun_request_by_request(triton: TritonServer) -> None:
+    answered = concurrently(triton, ONE_AT_A_TIME, [0.5] * 8)
+    counted = settled(triton, ONE_AT_A_TIME, 8)
+    assert executions(triton, ONE_AT_A_TIME) < 8, "no batch formed: the retry was not exercised"
+    assert all(answered) and (counted.success, counted.failure) == (8, 0)
+
+
+def test_a_batch_with_a_poisoned_request_fails_and_triton_counts_what_the_clients_saw(triton: TritonServer) -> None:
+    pixels = [POISON] + [0.5] * 7
+    answered = concurrently(triton, POISONED_BATCHED, pixels)
+    counted = settled(triton, POISONED_BATCHED, 8)
+    assert executions(triton, POISONED_BATCHED) < 8, "no batch formed"
+    assert not answered[0], "the poisoned request was answered"
+    # The Python backend fails a whole execute() call: the clean requests batched with the poisoned one fail too.
+    assert (counted.success, counted.failure) == (answered.count(True), answered.count(False)), answered
