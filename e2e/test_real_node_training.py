@@ -133,7 +133,9 @@ def test_progress_shows_while_digits_trains_on_an_encrypted_dataset(
     raw = bytearray(heldout.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     heldout.write_bytes(bytes(raw))
-    create_training_job(cluster, namespace, on_encrypted_data(trainer_job("tampered", "Job", real_node.placement())))
+    # The first job's model key, reused as such (IfMissing would refuse a key generated for another job).
+    tampered = trainer_job("tampered", "Job", real_node.placement(), generate_key="Never")
+    create_training_job(cluster, namespace, on_encrypted_data(tampered))
     failed = cluster.wait_object(
         f"{GROUP}/{VERSION}", "TrainingJob", namespace, "tampered",
         lambda tj: tj if condition(tj, "Failed").get("status") == "True" else None,
