@@ -19,7 +19,7 @@ from kubernetes import client
 
 from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES
 from e2e.conftest import E2ECluster, RealNode
-from e2e.kube import GROUP, VERSION, bound_claim, model_service
+from e2e.kube import GROUP, RESTRICTED_CONTAINER, VERSION, bound_claim, model_service
 from e2e.typed_client import body_as, meta, pod_status
 from kubemaas.manifests.modelservice import METRICS_PORT, TRACK_LABEL, VERSION_LABEL
 from kubemaas.manifests.pods import WORKLOAD_UID
@@ -32,14 +32,6 @@ from tests.serving.conftest import IN_FEATURES, KEY_ID, MODEL, publish
 STORE_ROOT = Path("/tmp/kubemaas-e2e-canary")
 TRITON_IMAGE = DOCKERFILE_IMAGES["triton-python"].ref
 NAME = "digits"
-RESTRICTED = {
-    "runAsNonRoot": True,
-    "runAsUser": 65532,
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 
 # Every `every`-th request is poisoned (its first pixel POISON); a good version answers it like any other.
 CLIENT = """
@@ -142,7 +134,7 @@ def start_client(cluster: E2ECluster, namespace: str, placement: dict[str, Any],
             "terminationGracePeriodSeconds": 2,
             "containers": [{
                 "name": "main", "image": BASE_IMAGE, "imagePullPolicy": "IfNotPresent",
-                "command": ["python3", "-c", CLIENT, *args], "securityContext": RESTRICTED,
+                "command": ["python3", "-c", CLIENT, *args], "securityContext": RESTRICTED_CONTAINER,
                 "resources": {"limits": {"cpu": "200m", "memory": "128Mi"}},
             }],
         },

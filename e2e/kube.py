@@ -18,6 +18,15 @@ from e2e.typed_client import body_as, json_object, meta
 REPO = Path(__file__).resolve().parent.parent
 CRDS_DIR = REPO / "crds"
 OUTCOME_LABEL = "kwok.kubemaas.io/outcome"
+# The securityContext of a real-node container under Pod Security `restricted` (the images' non-root user).
+RESTRICTED_CONTAINER = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 TERMINATION_MESSAGE_ANNOTATION = "kwok.kubemaas.io/termination-message"
 CRD = client.V1CustomResourceDefinition
 CRD_APPLY_ATTEMPTS = 5  # xdist workers apply the same CRDs at once: 409s are expected, retried

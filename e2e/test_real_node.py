@@ -28,7 +28,7 @@ from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
 from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES, PAUSE_IMAGE
 from e2e.conftest import REPO, SERIAL_NODE_SCENARIOS, E2ECluster, OperatorProcess, RealNode
-from e2e.kube import GROUP, KSERVE_CLIENT, VERSION, bound_claim, model_service, training_job
+from e2e.kube import GROUP, KSERVE_CLIENT, RESTRICTED_CONTAINER, VERSION, bound_claim, model_service, training_job
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
 from e2e.typed_client import body_as, container_statuses, meta, name_of, pod_spec, pod_status, present, terminated
 from kubemaas.manifests.modelservice import VERSION_LABEL
@@ -42,14 +42,6 @@ pytestmark = SERIAL_NODE_SCENARIOS
 
 # The real node's local PersistentVolumes: directories of this machine, one per test namespace.
 STORE_ROOT = Path("/tmp/kubemaas-e2e-real")
-RESTRICTED_CONTAINER = {
-    "runAsNonRoot": True,
-    "runAsUser": 65532,
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 
 
 def pause_pod(name: str, placement: dict[str, Any]) -> dict[str, Any]:
