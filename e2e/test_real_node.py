@@ -70,6 +70,21 @@ def pod_ready(pod: dict[str, Any]) -> bool:
     return waits.condition_is(pod, "Ready")
 
 
+def serve_on_node(cluster: E2ECluster, namespace: str, name: str, job: str, real_node: RealNode) -> dict[str, Any]:
+    """A one-replica ModelService of TrainingJob `job` on the real node; returns it once Ready."""
+    ms = model_service(
+        name,
+        {"trainingJobRef": {"name": job}},
+        replicas=1,
+        scheduling=real_node.placement(),
+        # The CPU Triton image (images/triton-python/Dockerfile.cpu) has the python backend, not libtorch.
+        runtime={"image": TRITON_IMAGE, "backend": "python"},
+    )
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
+    return wait_ms(cluster, namespace, name, lambda o: condition(o, "Ready").get("status") == "True",
+                   f"ModelService {name} Ready on the real node", timeout=300)  # fmt: skip
+
+
 @pytest.mark.host_restore
 def test_host_restored_after_down(tmp_path: Path) -> None:
     """`down` leaves sysctls, iptables, links, network namespaces, mounts, cgroups and fixed dirs as they were,
@@ -400,17 +415,7 @@ def test_indexed_job_trains_and_triton_serves_it_on_the_real_node(
     assert_ran_on(cluster, namespace, "digits", real_node.name)
     assert_published_ciphertext(cluster, namespace, node_store, model)
 
-    ms = model_service(
-        "digits",
-        {"trainingJobRef": {"name": "digits"}},
-        replicas=1,
-        scheduling=real_node.placement(),
-        # The CPU Triton image (images/triton-python/Dockerfile.cpu) has the python backend, not libtorch.
-        runtime={"image": TRITON_IMAGE, "backend": "python"},
-    )
-    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
-    ready = wait_ms(cluster, namespace, "digits", lambda o: condition(o, "Ready").get("status") == "True",
-                    "ModelService digits Ready on the real node", timeout=300)  # fmt: skip
+    ready = serve_on_node(cluster, namespace, "digits", "digits", real_node)
     assert ready["status"]["servedVersion"] == model["version"]
     assert_ran_on(cluster, namespace, "digits-", real_node.name)
 

@@ -15,13 +15,13 @@ import pytest
 from kubernetes import client
 
 from e2e.conftest import REPO, SERIAL_NODE_SCENARIOS, E2ECluster, OperatorProcess, RealNode
-from e2e.kube import GROUP, VERSION, model_service
+from e2e.kube import GROUP, VERSION
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
 from e2e.test_real_node import (  # noqa: F401 (node_store: a fixture)
     STORE_ROOT,
-    TRITON_IMAGE,
     create_training_job,
     node_store,
+    serve_on_node,
     train_on_the_node,
     trainer_job,
     wait_trained,
@@ -182,14 +182,5 @@ def test_a_distilled_student_is_published_with_its_metrics_and_served(
     }
     assert len(with_teacher_key) == len(pods.items)  # the Job backend: one template for every rank (documented)
 
-    ms = model_service(
-        "student",
-        {"trainingJobRef": {"name": "digits-student"}},
-        replicas=1,
-        scheduling=real_node.placement(),
-        runtime={"image": TRITON_IMAGE, "backend": "python"},
-    )
-    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", ms)
-    ready = wait_ms(cluster, namespace, "student", lambda o: condition(o, "Ready").get("status") == "True",
-                    "ModelService student Ready on the real node", timeout=300)  # fmt: skip
+    ready = serve_on_node(cluster, namespace, "student", "digits-student", real_node)
     assert ready["status"]["servedVersion"] == model["version"]
