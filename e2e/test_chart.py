@@ -54,7 +54,12 @@ NAMESPACED_RULES = {
     ("kubemaas.io", "modelservices"): {"get", "list", "watch", "patch"},
     ("kubemaas.io", "trainingjobs/status"): {"get", "patch"},
     ("kubemaas.io", "modelservices/status"): {"get", "patch"},
+    ("trainer.kubeflow.org", "trainjobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("trainer.kubeflow.org", "trainingruntimes"): {"get", "list", "watch", "create", "patch", "delete"},
     ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    # Read-only: a queued TrainingJob's LocalQueue and Kueue's Workload for it.
+    ("kueue.x-k8s.io", "localqueues"): {"get", "list"},
+    ("kueue.x-k8s.io", "workloads"): {"get", "list"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},

@@ -42,10 +42,11 @@ def crd(established: str, served: bool) -> dict[str, Any]:
     }
 
 
-def test_pytorchjob_served_needs_an_established_crd_serving_v1() -> None:
-    assert handlers._serves_v1(crd("True", True))
-    assert not handlers._serves_v1(crd("False", True))
-    assert not handlers._serves_v1(crd("True", False))
+def test_a_crd_is_served_when_established_and_serving_the_version() -> None:
+    assert handlers._serves(crd("True", True), "v1")
+    assert not handlers._serves(crd("False", True), "v1")
+    assert not handlers._serves(crd("True", False), "v1")
+    assert not handlers._serves(crd("True", True), "v1alpha1")
 
 
 def test_a_stale_index_body_gets_the_status_last_written_and_the_version_it_made() -> None:

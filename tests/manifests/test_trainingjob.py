@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from kubemaas import contract
-from kubemaas.api.trainingjob import TrainingJob
+from kubemaas.api.trainingjob import RESERVED_ENV, TrainingJob
 from kubemaas.contract.keys import KEY_ID_PATTERN
 from kubemaas.manifests import trainingjob as m
-from kubemaas.manifests import trainingjob_mounts
+from kubemaas.manifests import trainingjob_mounts, trainjob
 
 UID = "0f4c2a6e-9d7b-4c1e-8a3f-5b6d7e8f9a0b"
 VERSION = "v20261129-0f4c2a6e"
@@ -478,3 +478,170 @@ def test_user_objects_are_rendered_without_the_zero_values_the_api_server_drops(
     assert {"name": "EMPTY"} in pod["containers"][0]["env"]
     assert {"name": "cache", "persistentVolumeClaim": {"claimName": "cache"}} in pod["volumes"]
     assert {"name": "cache", "mountPath": "/cache"} in pod["containers"][0]["volumeMounts"]
+
+
+# --- the TrainJob backend (Kubeflow Trainer v2) ---------------------------------------------------------
+
+TRAINJOB_RENDEZVOUS: list[dict[str, Any]] = [
+    {"name": "MASTER_ADDR", "value": "digits-node-0-0.digits"},
+    {"name": "MASTER_PORT", "value": "29500"},
+    {"name": "WORLD_SIZE", "value": "8"},
+    {"name": "RANK", "valueFrom": {"fieldRef": {"fieldPath": INDEX}}},
+    {"name": "PET_NNODES", "value": "4"},
+    {"name": "PET_NPROC_PER_NODE", "value": "2"},
+    {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": INDEX}}},
+    {"name": "PET_MASTER_ADDR", "value": "digits-node-0-0.digits"},
+    {"name": "PET_MASTER_PORT", "value": "29500"},
+]
+
+
+def test_four_gpu_pods_as_a_train_job_on_a_runtime_of_its_own() -> None:
+    job = make_job(**FULL_SPEC)
+    pod = full_pod(container="node", rank0=True, rendezvous=TRAINJOB_RENDEZVOUS)
+    assert trainjob.training_runtime(job, VERSION) == {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainingRuntime",
+        "metadata": {"name": "digits", "namespace": "team-a", "labels": labels("runtime"), "ownerReferences": [OWNER]},
+        "spec": {
+            "mlPolicy": {"numNodes": 4, "torch": {}},
+            "template": {
+                "spec": {
+                    "replicatedJobs": [
+                        {
+                            "name": "node",
+                            "replicas": 1,
+                            "template": {
+                                "metadata": {"labels": {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}},
+                                "spec": {
+                                    "backoffLimit": 2,
+                                    "podFailurePolicy": {
+                                        "rules": [
+                                            {
+                                                "action": "FailJob",
+                                                "onExitCodes": {
+                                                    "containerName": "node",
+                                                    "operator": "In",
+                                                    "values": [1, 78, 79],
+                                                },
+                                            },
+                                            {
+                                                "action": "Ignore",
+                                                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                                            },
+                                        ]
+                                    },
+                                    "template": {
+                                        "metadata": {
+                                            "labels": {**labels("worker"), "kubemaas.io/trainingjob-uid": UID}
+                                        },
+                                        "spec": {"restartPolicy": "Never", **pod},
+                                    },
+                                },
+                            },
+                        }
+                    ]
+                }
+            },
+        },
+    }
+    assert trainjob.train_job(job) == {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {
+            "name": "digits",
+            "namespace": "team-a",
+            "labels": {**labels("training"), "kueue.x-k8s.io/queue-name": "team-a"},
+            "ownerReferences": [OWNER],
+        },
+        "spec": {
+            "runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime", "name": "digits"},
+            "trainer": {"numNodes": 4, "numProcPerNode": 2},
+            # No suspend: under a Kueue queue the field is Kueue's until the user suspends.
+            "activeDeadlineSeconds": 3600,
+        },
+    }
+
+
+def test_a_minimal_train_job_sends_suspend_and_no_queue_label() -> None:
+    job = make_job()
+    body = trainjob.train_job(job)
+    assert body["metadata"]["labels"] == labels("training")
+    assert body["spec"] == {
+        "runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime", "name": "digits"},
+        "trainer": {"numNodes": 1, "numProcPerNode": 1},
+        "suspend": False,
+    }
+    assert trainjob.train_job(make_job(runPolicy={"suspend": True}, scheduling={"queueName": "q"}))["spec"]["suspend"]
+
+
+# What each backend's controller adds to the env the builder renders, on the pod of node (pod) index 3: Kubeflow
+# v1 sets the rendezvous of a PyTorchJob's Worker 2 itself; Trainer v2's torch plugin upserts its PET_* variables
+# by name (constants.TorchRunReservedEnvNames, pkg/runtime/framework/plugins/torch); the Indexed Job has none.
+KUBEFLOW_WORKER_2 = {
+    "PYTHONUNBUFFERED": "1",
+    "MASTER_ADDR": "digits-master-0",
+    "MASTER_PORT": "29500",
+    "WORLD_SIZE": "8",  # replicas x nprocPerNode (training-operator v1.8.1, pytorch/envvar.go)
+    "RANK": "3",
+    "PET_NNODES": "4",
+    "PET_NPROC_PER_NODE": "2",
+    "PET_NODE_RANK": "3",
+    "PET_MASTER_ADDR": "digits-master-0",
+    "PET_MASTER_PORT": "29500",
+}
+TRAINER_PET = {
+    "PET_NNODES": "4",
+    "PET_NPROC_PER_NODE": "2",
+    "PET_NODE_RANK": "3",  # fieldRef metadata.annotations['batch.kubernetes.io/job-completion-index']
+    "PET_MASTER_ADDR": "digits-node-0-0.digits",
+    "PET_MASTER_PORT": "29500",
+}
+
+
+def _pod_environ(container: dict[str, Any], added: dict[str, str]) -> dict[str, str]:
+    """The container's env as the process sees it on pod index 3 (fieldRefs resolved), then `added` upserted."""
+    environ = {}
+    for entry in container["env"]:
+        if "value" in entry:
+            environ[entry["name"]] = entry["value"]
+        elif "fieldRef" in entry["valueFrom"]:
+            assert entry["valueFrom"]["fieldRef"]["fieldPath"] == INDEX, entry
+            environ[entry["name"]] = "3"
+    return {**environ, **added}
+
+
+def test_every_backend_gives_the_pods_the_same_contract_environment() -> None:
+    """The contract's round trip under all three backends: what each pod sees (builder + its controller) parses to
+    the same settings and the same process layout; only rank 0's address differs, by the backend's naming."""
+    job = make_job(**FULL_SPEC)
+    worker = m.pytorchjob(job, VERSION)["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    indexed = m.indexed_job(job, VERSION)["spec"]["template"]["spec"]["containers"][0]
+    node = trainjob.training_runtime(job, VERSION)["spec"]["template"]["spec"]["replicatedJobs"][0]
+    node_container = node["template"]["spec"]["template"]["spec"]["containers"][0]
+    environs = {
+        "PyTorchJob": _pod_environ(worker, KUBEFLOW_WORKER_2),
+        "Job": _pod_environ(indexed, {}),
+        "TrainJob": _pod_environ(node_container, TRAINER_PET),
+    }
+    # Trainer's upsert changes nothing: the runtime already carries the values Trainer sets.
+    assert environs["TrainJob"] == _pod_environ(node_container, {})
+    parsed = {}
+    for backend, environ in environs.items():
+        environ["RANK"] = "7"  # torchrun's global rank of pod 3's second process (§1a)
+        environ["LOCAL_RANK"] = "1"
+        parsed[backend] = contract.parse(environ)
+    settings = {b: p.settings for b, p in parsed.items()}
+    # Rank 0's settings (the key directory) are on the Master alone under PyTorchJob; the others' pods are one.
+    assert (
+        settings["Job"]
+        == settings["TrainJob"]
+        == settings["PyTorchJob"].model_copy(update={"key_dir": settings["Job"].key_dir})
+    )
+    layout = {
+        b: (p.process.rank, p.process.local_rank, p.process.world_size, p.process.master_port)
+        for b, p in parsed.items()
+    }
+    assert set(layout.values()) == {(7, 1, 8, 29500)}, layout
+    names = {b: sorted(k for k in e if k in RESERVED_ENV or k.startswith("KUBEMAAS_")) for b, e in environs.items()}
+    assert names["TrainJob"] == names["Job"], "the TrainJob pod's contract variables differ from the Job backend's"
+    assert trainjob.master_addr(job) == environs["TrainJob"]["MASTER_ADDR"] == environs["TrainJob"]["PET_MASTER_ADDR"]

@@ -52,7 +52,12 @@ namespaces) or one Role per entry of watchNamespaces.
 - apiGroups: [kubemaas.io]
   resources: [trainingjobs/status, modelservices/status]
   verbs: [get, patch]
-# A TrainingJob's workers: a Kubeflow PyTorchJob (when its CRD is served) ...
+# A TrainingJob's workers: a Kubeflow Trainer v2 TrainJob and the TrainingRuntime made for it (when Trainer is
+# served) ...
+- apiGroups: [trainer.kubeflow.org]
+  resources: [trainjobs, trainingruntimes]
+  verbs: [get, list, watch, create, patch, delete]
+# ... a Kubeflow PyTorchJob (Kubeflow's legacy API, when its CRD is served) ...
 - apiGroups: [kubeflow.org]
   resources: [pytorchjobs]
   verbs: [get, list, watch, create, patch, delete]
@@ -60,6 +65,11 @@ namespaces) or one Role per entry of watchNamespaces.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
+# Read-only, with scheduling.queueName: whether the LocalQueue exists, and Kueue's Workload that says why a job
+# waits (the Queued and Admitted conditions). Nothing is asked of Kueue where its CRDs are not served.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [localqueues, workloads]
+  verbs: [get, list]
 # Headless Services for the Job backend's rendezvous, and the ModelService's serving Service.
 - apiGroups: [""]
   resources: [services]

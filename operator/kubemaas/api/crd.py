@@ -77,7 +77,8 @@ KINDS: tuple[Kind, ...] = (
         plural="trainingjobs",
         short_name="tj",
         columns=(
-            PrinterColumn("Backend", ".status.backend", description="PyTorchJob or Job"),
+            PrinterColumn("Backend", ".status.backend", description="TrainJob, PyTorchJob or Job"),
+            PrinterColumn("Queue", ".spec.scheduling.queueName", description="Kueue LocalQueue that admits the job"),
             PrinterColumn("Replicas", ".spec.replicas", "integer", "Training pods"),
             PrinterColumn("Running", _condition("Running")),
             PrinterColumn("Progress", ".status.progress.summary", description="Step/total (percent) and the ETA"),
@@ -87,7 +88,7 @@ KINDS: tuple[Kind, ...] = (
                 "Reason",
                 _condition("Ready", "reason"),
                 description="Why the job is or is not ready: ClaimNotFound, KeySecretNotFound, BackendUnavailable, "
-                "InvalidSpec, WorkloadCreated",
+                "LocalQueueNotFound, InvalidSpec, WorkloadCreated",
             ),
             PrinterColumn("Version", ".status.model.version", description="Published model version"),
             PrinterColumn("Age", ".metadata.creationTimestamp", "date"),

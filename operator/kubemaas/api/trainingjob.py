@@ -79,12 +79,13 @@ class Backend(StrEnum):
     """Which workload runs the training pods."""
 
     Auto = "Auto"
+    TrainJob = "TrainJob"
     PyTorchJob = "PyTorchJob"
     Job = "Job"
 
 
 # The backends a job can run on, as status.backend records them (spec.backend less Auto).
-BackendName = Literal["PyTorchJob", "Job"]
+BackendName = Literal["TrainJob", "PyTorchJob", "Job"]
 
 
 class ModelFormat(StrEnum):
@@ -266,7 +267,9 @@ class TrainingJobSpec(ApiModel):
         json_schema_extra=immutable(),
         default=Backend.Auto,
         description=(
-            "Auto (a Kubeflow PyTorchJob when that CRD is served, otherwise an Indexed Job), PyTorchJob or Job."
+            "Auto (a Kubeflow Trainer v2 TrainJob when trainer.kubeflow.org is served, else a Kubeflow PyTorchJob "
+            "when that CRD is served, else an Indexed Job; the choice is recorded in status.backend), TrainJob, "
+            "PyTorchJob (Kubeflow's legacy API) or Job."
         ),
     )
     service_account_name: str | None = Field(
@@ -352,7 +355,8 @@ class TrainingJobStatus(ApiModel):
         default=None,
         description=(
             "Created, Running, Restarting (pods are being recreated after a retriable failure), Succeeded, "
-            "Failed, Suspended."
+            "Failed, Suspended; with scheduling.queueName also Queued (Kueue holds the workload, with Kueue's "
+            "reason) and Admitted (Kueue reserved its quota)."
         ),
         json_schema_extra=CONDITIONS_LIST_MARKERS,
     )
@@ -360,7 +364,7 @@ class TrainingJobStatus(ApiModel):
     start_time: datetime | None = Field(default=None, description="When the first pod started.")
     completion_time: datetime | None = Field(default=None, description="When the job finished.")
     replica_statuses: dict[str, ReplicaStatus] | None = Field(
-        default=None, description="Pod counts per replica type (Master, Worker)."
+        default=None, description="Pod counts per replica type (Master: rank 0, Worker: the other ranks)."
     )
     restart_count: Int | None = Field(
         default=None,

@@ -153,6 +153,14 @@ class Kube:
         resource = RESOURCES[(api_version, kind)]
         return await self._request("get", f"{kind} {namespace}/{name}", "GET", resource.path(namespace, name))
 
+    async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """The objects of a kind in a namespace that match a label selector; none when the kind is not served."""
+        resource = RESOURCES[(api_version, kind)]
+        query = [("labelSelector", label_selector)]
+        what = f"{kind} {namespace} {label_selector}"
+        found = await self._request("list", what, "GET", resource.path(namespace), query=query)
+        return list((found or {}).get("items") or ())
+
     async def exists(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         """Whether the object exists: its metadata only, or for a kind the operator may not read (a key
         Secret) a dry-run create, so no key ever reaches the operator's memory. A request in flight is

@@ -68,6 +68,11 @@ HPA = Resource("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautosc
 PDB = Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 NETWORK_POLICY = Resource("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 PYTORCHJOB = Resource("kubeflow.org/v1", "PyTorchJob", "pytorchjobs")
+TRAINJOB = Resource("trainer.kubeflow.org/v1alpha1", "TrainJob", "trainjobs")
+TRAINING_RUNTIME = Resource("trainer.kubeflow.org/v1alpha1", "TrainingRuntime", "trainingruntimes")
+# Kueue's, read only: whether a LocalQueue exists, and the Workload that says why a job waits.
+LOCAL_QUEUE = Resource("kueue.x-k8s.io/v1beta2", "LocalQueue", "localqueues")
+KUEUE_WORKLOAD = Resource("kueue.x-k8s.io/v1beta2", "Workload", "workloads")
 TRAININGJOB = Resource("kubemaas.io/v1alpha1", "TrainingJob", "trainingjobs")
 MODELSERVICE = Resource("kubemaas.io/v1alpha1", "ModelService", "modelservices")
 CRD = Resource("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False)
@@ -76,7 +81,8 @@ RESOURCES: dict[tuple[str, str], Resource] = {
     (r.api_version, r.kind): r
     for r in (
         NAMESPACE, EVENT, SERVICE_ACCOUNT, CONFIG_MAP, POD, SERVICE, SECRET, CLAIM, DEPLOYMENT, REPLICA_SET, JOB,
-        HPA, PDB, NETWORK_POLICY, PYTORCHJOB, TRAININGJOB, MODELSERVICE, CRD,
+        HPA, PDB, NETWORK_POLICY, PYTORCHJOB, TRAINJOB, TRAINING_RUNTIME, LOCAL_QUEUE, KUEUE_WORKLOAD, TRAININGJOB,
+        MODELSERVICE, CRD,
     )
 }  # fmt: skip
 
@@ -307,6 +313,8 @@ MODELSERVICE_CHILDREN = (
     Child(NETWORK_POLICY, "ms_network_policies"),
 )
 TRAININGJOB_CHILDREN = (
+    Child(TRAINJOB, "trainingjob_trainjobs"),
+    Child(TRAINING_RUNTIME, "trainingjob_runtimes"),
     Child(PYTORCHJOB, "trainingjob_pytorchjobs"),
     Child(JOB, "trainingjob_jobs"),
     Child(SERVICE, "trainingjob_services"),

@@ -12,9 +12,11 @@ hard-codes it), so each TrainingJob would need a running operator to be deleted,
 reconciles every object again.
 
 API reads happen only where the watches cannot help, and only before the workload exists: the
-claims and the key Secret of the pre-flight check (one GET each). A user's key Secret (generateKey:
-Never) and claims carry no Kubemaas label, and watching them would stream every Secret and claim of
-the namespace into the operator; so a blocked job is re-checked every `core.RECHECK_SECONDS` instead.
+claims, the key Secret and (with scheduling.queueName) the LocalQueue of the pre-flight check (one GET
+each); and, while Kueue holds a queued job, Kueue's Workload for it (controllers/trainingjob_queue.py).
+A user's key Secret (generateKey: Never) and claims carry no Kubemaas label, and watching them would
+stream every Secret and claim of the namespace into the operator; so a blocked job is re-checked every
+`core.RECHECK_SECONDS` instead.
 A generated key Secret is created in the same pass that creates the workload.
 """
 
@@ -33,14 +35,25 @@ from kubemaas.api.base import Condition
 from kubemaas.api.errors import summary
 from kubemaas.api.trainingjob import TrainingJob, TrainingJobStatus
 from kubemaas.controllers import trainingjob_core as core
+from kubemaas.controllers import trainingjob_queue as queue
+from kubemaas.controllers import workloads
 from kubemaas.controllers.apply import Kube
-from kubemaas.controllers.children import TRAININGJOB_CHILDREN, child_indexer, pack, parent_projection, stored
-from kubemaas.controllers.conditions import true_condition, utc_now
+from kubemaas.controllers.children import (
+    KUEUE_WORKLOAD,
+    LOCAL_QUEUE,
+    TRAININGJOB_CHILDREN,
+    child_indexer,
+    pack,
+    parent_projection,
+    stored,
+)
+from kubemaas.controllers.conditions import is_true, true_condition, utc_now
 from kubemaas.controllers.metrics import CHILDREN_APPLIED
 from kubemaas.controllers.object_metrics import TRAININGJOBS, trainingjob_snapshot
 from kubemaas.controllers.progress_reader import PROGRESS, Reading, Wake
 from kubemaas.controllers.reconciler import ObjectKey, ReconcileLoop, sync
 from kubemaas.controllers.trainingjob_reports import pod_rank
+from kubemaas.controllers.workloads.owners import owned_by
 from kubemaas.manifests import trainingjob as manifests
 from kubemaas.manifests import trainingjob_mounts as mounts
 from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, parent_of
@@ -51,32 +64,36 @@ KIND = "TrainingJob"
 GROUP, VERSION, PLURAL = "kubemaas.io", "v1alpha1", "trainingjobs"
 # After a conflicting status write: by then the watch has delivered the newer TrainingJob to the index.
 CONFLICT_REQUEUE_SECONDS = 1.0
-# How long the answer "is the PyTorchJob CRD served?" is trusted before it is asked again.
+# How long the answer "is this CRD served?" is trusted before it is asked again.
 DISCOVERY_SECONDS = 60.0
-PYTORCHJOB_CRD = "pytorchjobs.kubeflow.org"
+# The CRDs the backends and Kueue need, each with the version the operator speaks.
+PYTORCHJOB_CRD = ("pytorchjobs.kubeflow.org", "v1")
+TRAINJOB_CRD = ("trainjobs.trainer.kubeflow.org", "v1alpha1")
+LOCAL_QUEUE_CRD = ("localqueues.kueue.x-k8s.io", "v1beta2")
 MANAGED = {MANAGED_BY_KEY: MANAGED_BY}
 
 LOOP = ReconcileLoop(KIND, TRAININGJOBS)
 
 
 class Discovery:
-    """Whether the cluster serves kubeflow.org/v1 PyTorchJob: asked once, refreshed every DISCOVERY_SECONDS."""
+    """Whether the cluster serves a CRD at a version: asked once, refreshed every DISCOVERY_SECONDS."""
 
     def __init__(self) -> None:
-        self._served: bool | None = None
-        self._checked = 0.0
+        self._served: dict[tuple[str, str], tuple[bool, float]] = {}
 
-    async def pytorchjob_served(self, kube: Kube) -> bool:
-        if self._served is None or time.monotonic() - self._checked > DISCOVERY_SECONDS:
-            crd = await kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, PYTORCHJOB_CRD)
-            self._served = crd is not None and _serves_v1(crd)
-            self._checked = time.monotonic()
-        return self._served
+    async def served(self, kube: Kube, crd_version: tuple[str, str]) -> bool:
+        known = self._served.get(crd_version)
+        if known is None or time.monotonic() - known[1] > DISCOVERY_SECONDS:
+            crd = await kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, crd_version[0])
+            known = (crd is not None and _serves(crd, crd_version[1]), time.monotonic())
+            self._served[crd_version] = known
+        return known[0]
 
 
-def _serves_v1(crd: Mapping[str, Any]) -> bool:
+def _serves(crd: Mapping[str, Any], version: str) -> bool:
     established = true_condition(crd, "Established") is not None
-    return established and any(v.get("name") == "v1" and v.get("served") for v in crd["spec"].get("versions") or ())
+    versions = crd["spec"].get("versions") or ()
+    return established and any(v.get("name") == version and v.get("served") for v in versions)
 
 
 DISCOVERY = Discovery()
@@ -97,14 +114,9 @@ INDEXERS = {child.index: child_indexer(KIND, child) for child in TRAININGJOB_CHI
 # --- gathering Observed ---------------------------------------------------------------------------
 
 
-def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
-    return any(r.get("controller") and r.get("uid") == uid for r in refs)
-
-
 def _one(candidates: Iterable[Mapping[str, Any]], name: str, owner_uid: str | None) -> Mapping[str, Any] | None:
     for obj in candidates:
-        if obj["metadata"]["name"] == name and _owned_by(obj, owner_uid):
+        if obj["metadata"]["name"] == name and owned_by(obj, owner_uid):
             return obj
     return None
 
@@ -112,18 +124,25 @@ def _one(candidates: Iterable[Mapping[str, Any]], name: str, owner_uid: str | No
 async def _observe(
     job: TrainingJob, key: ObjectKey, kube: Kube, indexes: Mapping[str, kopf.Index[Any, Any]]
 ) -> core.Observed:
-    uid = job.metadata.uid
-    workload = _one(stored(indexes["trainingjob_pytorchjobs"], key), job.metadata.name, uid) or _one(
-        stored(indexes["trainingjob_jobs"], key), manifests.workers_name(job), uid
+    uid, name = job.metadata.uid, job.metadata.name
+    workload = (
+        _one(stored(indexes["trainingjob_trainjobs"], key), name, uid)
+        or _one(stored(indexes["trainingjob_pytorchjobs"], key), name, uid)
+        or _one(stored(indexes["trainingjob_jobs"], key), manifests.workers_name(job), uid)
     )
     service = _one(stored(indexes["trainingjob_services"], key), manifests.workers_name(job), uid)
-    policy = _one(stored(indexes["trainingjob_network_policies"], key), job.metadata.name, uid)
-    workload_uid = workload["metadata"].get("uid") if workload is not None else None
-    pods = [p for p in stored(indexes["trainingjob_pods"], key) if workload_uid and _owned_by(p, workload_uid)]
+    runtime = _one(stored(indexes["trainingjob_runtimes"], key), name, uid)
+    policy = _one(stored(indexes["trainingjob_network_policies"], key), name, uid)
+    # The workload's own backend says which pods are its ranks (its kind is the backend's name).
+    backend = workloads.BACKENDS.get(workload["kind"]) if workload is not None else None
+    pods = [p for p in stored(indexes["trainingjob_pods"], key) if backend and backend.owns_pod(job, workload or {}, p)]
     finished = job.status is not None and any(
         c.type in (core.SUCCEEDED, core.FAILED) and c.status.value == "True" for c in job.status.conditions or ()
     )
-    served = await DISCOVERY.pytorchjob_served(kube)
+    served, trainjob_served = await asyncio.gather(
+        DISCOVERY.served(kube, PYTORCHJOB_CRD), DISCOVERY.served(kube, TRAINJOB_CRD)
+    )
+    queued = await _queue(job, workload, finished, kube)
     if workload is not None or finished:
         # The pre-flight answers are not consulted once the workload exists: no reads in steady state.
         # A read of rank 0's progress ends by running the reconcile again (at once with a report).
@@ -131,8 +150,11 @@ async def _observe(
         reading = None if finished else _progress(key, pods, lambda delay: LOOP.run_later(key, delay, again))
         return core.Observed(
             pytorchjob_served=served,
+            trainjob_served=trainjob_served,
             workload=workload,
             service=service,
+            runtime=runtime,
+            queue=queued,
             network_policy=policy,
             pods=pods,
             progress=reading.report if reading is not None else None,
@@ -156,13 +178,37 @@ async def _observe(
     existing = frozenset(s for s, exists in zip(secrets, found[len(wanted) :], strict=True) if exists)
     return core.Observed(
         pytorchjob_served=served,
+        trainjob_served=trainjob_served,
         service=service,
+        runtime=runtime,
+        queue=queued,
         network_policy=policy,
         claims=claims,
         key_secret_exists=secret_exists,
         secrets=existing,
         teacher_job=teacher_job,
     )
+
+
+async def _queue(
+    job: TrainingJob, workload: Mapping[str, Any] | None, finished: bool, kube: Kube
+) -> queue.QueueObserved | None:
+    """Kueue's view of a job with scheduling.queueName (None: nothing to read this pass). Before the workload
+    exists: whether its LocalQueue does. After: Kueue's Workload, while Kueue holds the workload or has not
+    admitted it yet; an admitted, running job costs no read."""
+    name, namespace = queue.queue_name(job), job.metadata.namespace
+    if name is None or finished or not namespace:
+        return None
+    kueue = await DISCOVERY.served(kube, LOCAL_QUEUE_CRD)
+    if workload is None:
+        exists = await kube.exists(LOCAL_QUEUE.api_version, LOCAL_QUEUE.kind, namespace, name) if kueue else None
+        return queue.QueueObserved(kueue_served=kueue, local_queue_exists=exists)
+    admitted = job.status is not None and is_true(job.status.conditions, queue.ADMITTED)
+    if admitted and true_condition(workload, "Suspended") is None:
+        return None
+    selector = f"kueue.x-k8s.io/job-uid={workload['metadata'].get('uid')}"
+    found = await kube.list(KUEUE_WORKLOAD.api_version, KUEUE_WORKLOAD.kind, namespace, selector) if kueue else []
+    return queue.QueueObserved(kueue_served=kueue, workload=found[0] if found else None)
 
 
 def _progress(key: ObjectKey, pods: Iterable[Mapping[str, Any]], wake: Wake) -> Reading | None:

@@ -7,7 +7,7 @@ again with the same inputs gives the same answer, so a restarted operator conver
 Rules:
 - The model version is derived from the job's creation time and uid: stable across operator restarts
   and pod restarts, known before any pod starts, sortable by creation.
-- The backend is resolved once (Auto -> PyTorchJob when the CRD is served, else Job), recorded in
+- The backend is resolved once (Auto -> TrainJob, else PyTorchJob, whichever is served first, else Job), recorded in
   status.backend and kept from then on. What differs between backends (the children, how the workload
   reports success, restarts and progress) is behind `workloads.WorkloadBackend`: no branch here.
 - Pre-flight, before the workload exists: the claims and (with generateKey: Never) the key Secret
@@ -33,6 +33,7 @@ from kubemaas.api.trainingjob import (
     TrainingJob,
     TrainingJobStatus,
 )
+from kubemaas.controllers import trainingjob_queue as queue
 from kubemaas.controllers import workloads
 from kubemaas.controllers.conditions import WarningPolicy, find_condition, is_true, set_condition, true_condition
 from kubemaas.controllers.trainingjob_progress import STALLED, progress_from, stalled
@@ -83,8 +84,11 @@ class Observed:
     """What the cluster shows about one TrainingJob, gathered by the handlers (never by this module)."""
 
     pytorchjob_served: bool
-    workload: Mapping[str, Any] | None = None  # the owned PyTorchJob or Job
+    trainjob_served: bool = False
+    workload: Mapping[str, Any] | None = None  # the owned TrainJob, PyTorchJob or Job
     service: Mapping[str, Any] | None = None  # the owned headless Service (Job backend)
+    runtime: Mapping[str, Any] | None = None  # the owned TrainingRuntime (TrainJob backend)
+    queue: queue.QueueObserved | None = None  # Kueue's view, with scheduling.queueName (trainingjob_queue)
     network_policy: Mapping[str, Any] | None = None  # the owned NetworkPolicy
     pods: Sequence[Mapping[str, Any]] = ()  # pods labelled kubemaas.io/trainingjob=<name>
     claims: frozenset[str] = frozenset()  # which of the job's claims exist
@@ -98,7 +102,7 @@ class Observed:
     @property
     def children(self) -> list[Mapping[str, Any]]:
         """The owned children that exist: what an apply is compared with, and what a TTL deletes."""
-        return [c for c in (self.workload, self.service, self.network_policy) if c is not None]
+        return [c for c in (self.runtime, self.workload, self.service, self.network_policy) if c is not None]
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,8 @@ class Desired:
 
 def served_backends(observed: Observed) -> frozenset[str]:
     """Backends whose API the cluster serves, among those that need one."""
-    return frozenset({"PyTorchJob"}) if observed.pytorchjob_served else frozenset()
+    served = {"PyTorchJob": observed.pytorchjob_served, "TrainJob": observed.trainjob_served}
+    return frozenset(name for name, yes in served.items() if yes)
 
 
 def desired_children(job: TrainingJob, backend: WorkloadBackend) -> list[dict[str, Any]]:
@@ -188,7 +193,10 @@ class _Status:
 def _initial_status(job: TrainingJob, now: datetime) -> _Status:
     base = job.status.model_copy(deep=True) if job.status is not None else TrainingJobStatus()
     out = _Status(job, now, base)
-    for type in CONDITION_TYPES:
+    queued = queue.queue_name(job) is not None
+    if not queued:  # Kueue's conditions go with the queue
+        base.conditions = [c for c in base.conditions or () if c.type not in queue.QUEUE_CONDITIONS] or None
+    for type in (*CONDITION_TYPES, *(queue.QUEUE_CONDITIONS if queued else ())):
         if find_condition(base.conditions, type) is None:
             out.set(type, UNKNOWN, "Reconciling", "")
     base.observed_generation = job.metadata.generation
@@ -234,6 +242,10 @@ def _preflight(job: TrainingJob, observed: Observed, out: _Status) -> bool:
             "KeySecretNotFound",
             f"Secret {name} not found and encryption.generateKey is Never; the workload is created once it exists",
         )
+        return False
+    no_queue = queue.preflight(job, observed.queue)
+    if no_queue is not None:
+        out.blocked(*no_queue)
         return False
     generated = out.status.generated_key_secret == name
     if observed.key_secret_exists and encryption.generate_key == KeyGeneration.IfMissing and not generated:
@@ -343,6 +355,7 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     out.status.start_time = timestamp(wl_status.get("startTime")) or out.status.start_time
     out.status.replica_statuses = replica_statuses(observed.pods) or None
     suspended = _mirror_suspend(job, workload, out)
+    recheck = queue.mirror(job, observed.queue, suspended, out.set)
 
     succeeded = backend.succeeded(workload)
     failed = true_condition(workload, "Failed")
@@ -352,7 +365,7 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
         finished = timestamp(wl_status.get("completionTime")) or timestamp(decided.get("lastTransitionTime")) or now
         out.set(RUNNING, FALSE, "Finished", "")
         out.set(RESTARTING, FALSE, "Finished", "")
-        out.status.restart_count = backend.restarts(workload)
+        out.status.restart_count = backend.restarts(workload, observed.pods)
         if succeeded is not None:
             reason = str(succeeded.get("reason") or "Succeeded")
             result = _succeeded(job, observed, out, reason, finished)
@@ -373,7 +386,7 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
 
     out.set(SUCCEEDED, FALSE, "NotFinished", "")
     out.set(FAILED, FALSE, "NotFinished", "")
-    restarts = backend.restarts(workload)
+    restarts = backend.restarts(workload, observed.pods)
     out.status.restart_count = restarts
     restarting = backend.restarting(job, workload, restarts) if not suspended else None
     if restarting is not None:
@@ -390,7 +403,7 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
         return Desired(status=out.status, apply=children, requeue_after=_progress(job, observed, out))
     else:
         out.set(RUNNING, FALSE, "Pending", "waiting for the pods to start")
-    return Desired(status=out.status, apply=children)
+    return Desired(status=out.status, apply=children, requeue_after=recheck)
 
 
 def _progress(job: TrainingJob, observed: Observed, out: _Status) -> float | None:

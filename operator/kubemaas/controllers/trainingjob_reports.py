@@ -15,6 +15,7 @@ from kubemaas.api.trainingjob import PublishedModel, ReplicaStatus, TrainingJob
 from kubemaas.contract import termination
 from kubemaas.contract.published import version_uri
 from kubemaas.manifests import trainingjob as manifests
+from kubemaas.manifests import trainjob
 
 # A condition message stays readable in `kubectl describe` and small in etcd.
 MESSAGE_LIMIT = 1024
@@ -57,7 +58,7 @@ def pod_rank(pod: Mapping[str, Any]) -> int | None:
 def terminated_state(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The training container's terminated state (the pod has exactly one container)."""
     for status in (pod.get("status") or {}).get("containerStatuses") or ():
-        if status.get("name") in (manifests.PYTORCH_CONTAINER, manifests.JOB_CONTAINER):
+        if status.get("name") in (manifests.PYTORCH_CONTAINER, manifests.JOB_CONTAINER, trainjob.NODE):
             terminated: Mapping[str, Any] | None = (status.get("state") or {}).get("terminated")
             return terminated
     return None

@@ -96,7 +96,7 @@ def owner_reference(job: TrainingJob) -> dict[str, Any]:
     )
 
 
-def _metadata(job: TrainingJob, name: str, component: str, *, queue: bool = False) -> dict[str, Any]:
+def child_metadata(job: TrainingJob, name: str, component: str, *, queue: bool = False) -> dict[str, Any]:
     meta_labels = labels(job, component)
     scheduling = job.spec.scheduling
     if queue and scheduling is not None and scheduling.queue_name:
@@ -227,7 +227,7 @@ def pod_spec(
     return pod
 
 
-def _suspend(job: TrainingJob) -> bool | None:
+def workload_suspend(job: TrainingJob) -> bool | None:
     """The workload's `suspend`, or None to leave the field to Kueue.
 
     Kueue creates queued workloads suspended and unsuspends them on admission; applying
@@ -246,7 +246,7 @@ def _retries_and_suspension(job: TrainingJob) -> dict[str, Any]:
     out: dict[str, Any] = {"backoffLimit": policy.backoff_limit}
     if policy.active_deadline_seconds is not None:
         out["activeDeadlineSeconds"] = policy.active_deadline_seconds
-    suspend = _suspend(job)
+    suspend = workload_suspend(job)
     if suspend is not None:
         out["suspend"] = suspend
     return out
@@ -293,7 +293,7 @@ def pytorchjob(job: TrainingJob, version: str) -> dict[str, Any]:
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": _metadata(job, job.metadata.name, "training", queue=True),
+        "metadata": child_metadata(job, job.metadata.name, "training", queue=True),
         "spec": {
             "nprocPerNode": str(spec.nproc_per_node),
             "runPolicy": run_policy,
@@ -315,26 +315,25 @@ def indexed_job(job: TrainingJob, version: str) -> dict[str, Any]:
         "parallelism": spec.replicas,
         **_retries_and_suspension(job),
     }
-    job_spec["podFailurePolicy"] = {
-        "rules": [
-            {
-                "action": "FailJob",
-                "onExitCodes": {
-                    "containerName": JOB_CONTAINER,
-                    "operator": "In",
-                    "values": PERMANENT_EXIT_CODES,
-                },
-            },
-            # Preemption and node drains do not count against backoffLimit.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        ]
-    }
+    job_spec["podFailurePolicy"] = pod_failure_policy(JOB_CONTAINER)
     job_spec["template"] = {"metadata": {"labels": labels(job, "worker")}, "spec": template_spec}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(job, workers_name(job), "training", queue=True),
+        "metadata": child_metadata(job, workers_name(job), "training", queue=True),
         "spec": job_spec,
+    }
+
+
+def pod_failure_policy(container: str) -> dict[str, Any]:
+    """The contract's exit codes as a batch/v1 podFailurePolicy (docs/runtime-contract.md §6)."""
+    permanent = {"containerName": container, "operator": "In", "values": PERMANENT_EXIT_CODES}
+    return {
+        "rules": [
+            {"action": "FailJob", "onExitCodes": permanent},
+            # Preemption and node drains do not count against backoffLimit.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
     }
 
 
@@ -343,7 +342,7 @@ def headless_service(job: TrainingJob) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(job, workers_name(job), "rendezvous"),
+        "metadata": child_metadata(job, workers_name(job), "rendezvous"),
         "spec": {
             "clusterIP": "None",
             # Rank 0 must resolve before it is Ready: the other ranks dial it during start-up.
@@ -366,7 +365,7 @@ def network_policy(job: TrainingJob) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _metadata(job, job.metadata.name, "network"),
+        "metadata": child_metadata(job, job.metadata.name, "network"),
         "spec": {
             "podSelector": own_pods,
             "policyTypes": ["Ingress"],

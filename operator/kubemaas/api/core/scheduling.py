@@ -120,7 +120,10 @@ class Scheduling(ApiModel):
         default=None,
         pattern=LABEL_VALUE_PATTERN,
         max_length=63,
-        description="Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label on the workload.",
+        description=(
+            "Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label on the workload. A TrainingJob shows "
+            "Kueue's decision as its Queued and Admitted conditions; with no queue, suspend is the user's alone."
+        ),
     )
     scheduler_name: str | None = Field(
         default=None,

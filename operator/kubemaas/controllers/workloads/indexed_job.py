@@ -4,11 +4,12 @@ variables (docs/runtime-contract.md) and reads progress from the Job's pod count
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers.conditions import true_condition
+from kubemaas.controllers.workloads.owners import owned_by
 from kubemaas.manifests import trainingjob as manifests
 
 
@@ -20,10 +21,13 @@ class IndexedJobBackend:
         # The Service first: rank 0's name must resolve when the other ranks start.
         return [manifests.headless_service(job), manifests.indexed_job(job, version)]
 
+    def owns_pod(self, job: TrainingJob, workload: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+        return owned_by(pod, (workload.get("metadata") or {}).get("uid"))
+
     def succeeded(self, workload: Mapping[str, Any]) -> Mapping[str, Any] | None:
         return true_condition(workload, "Complete")
 
-    def restarts(self, workload: Mapping[str, Any]) -> int:
+    def restarts(self, workload: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> int:
         return int((workload.get("status") or {}).get("failed") or 0)
 
     def restarting(self, job: TrainingJob, workload: Mapping[str, Any], restarts: int) -> tuple[str, str] | None:

@@ -3,11 +3,12 @@ sets the rendezvous variables itself; its conditions (Running, Restarting, Succe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers.conditions import true_condition
+from kubemaas.controllers.workloads.owners import owned_by
 from kubemaas.manifests import trainingjob as manifests
 
 
@@ -21,10 +22,13 @@ class PyTorchJobBackend:
     def children(self, job: TrainingJob, version: str) -> list[dict[str, Any]]:
         return [manifests.pytorchjob(job, version)]
 
+    def owns_pod(self, job: TrainingJob, workload: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+        return owned_by(pod, (workload.get("metadata") or {}).get("uid"))
+
     def succeeded(self, workload: Mapping[str, Any]) -> Mapping[str, Any] | None:
         return true_condition(workload, "Succeeded")
 
-    def restarts(self, workload: Mapping[str, Any]) -> int:
+    def restarts(self, workload: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> int:
         replica_statuses = (workload.get("status") or {}).get("replicaStatuses") or {}
         return sum(int((r or {}).get("failed") or 0) for r in replica_statuses.values())
 
