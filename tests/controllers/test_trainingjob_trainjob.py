@@ -69,7 +69,7 @@ def train_job(conditions: dict[str, tuple[str, str]] | None = None, **node: int)
     return {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
         "kind": "TrainJob",
-        "metadata": {"name": "digits", "namespace": "team-a", "uid": "trainjob-uid"},
+        "metadata": {"name": "digits-workers", "namespace": "team-a", "uid": "trainjob-uid"},
         "status": status,
     }
 
@@ -82,10 +82,10 @@ def rank_pod(rank: int, phase: str = "Running", exit_code: int | None = None, me
         state = {"terminated": {"exitCode": exit_code, "reason": reason, "message": message}}
     return {
         "metadata": {
-            "name": f"digits-node-0-{rank}-x",
+            "name": f"digits-workers-node-0-{rank}-x",
             "labels": {"kubemaas.io/trainingjob": "digits", trainjob.OWNER_UID_LABEL: UID},
             "annotations": {manifests.COMPLETION_INDEX_ANNOTATION: str(rank)},
-            "ownerReferences": [{"kind": "Job", "name": "digits-node-0", "uid": "job-uid", "controller": True}],
+            "ownerReferences": [{"kind": "Job", "name": "digits-workers-node-0", "uid": "job-uid", "controller": True}],
         },
         "status": {"phase": phase, "containerStatuses": [{"name": "node", "state": state}]},
     }
@@ -154,7 +154,7 @@ def test_backend_trainjob_without_trainer_is_refused_with_the_reason() -> None:
 def test_running_and_restarting_come_from_jobs_status_and_the_failed_pods() -> None:
     job = make_job(status=on_trainjob())
     running = core.reconcile(job, observed(workload=train_job(active=1, ready=1), pods=[rank_pod(0), rank_pod(1)]), T0)
-    assert cond(running, "Created") == ("True", "TrainJobCreated", "TrainJob digits created")
+    assert cond(running, "Created") == ("True", "TrainJobCreated", "TrainJob digits-workers created")
     assert cond(running, "Running") == ("True", "TrainJobRunning", "2 rank(s) active, all ranks ready")
     # Rank 1 failed with a retriable code; its Job made a new pod, not ready yet.
     pods = [rank_pod(0), rank_pod(1, "Failed", 138), rank_pod(1, "Pending")]

@@ -483,14 +483,14 @@ def test_user_objects_are_rendered_without_the_zero_values_the_api_server_drops(
 # --- the TrainJob backend (Kubeflow Trainer v2) ---------------------------------------------------------
 
 TRAINJOB_RENDEZVOUS: list[dict[str, Any]] = [
-    {"name": "MASTER_ADDR", "value": "digits-node-0-0.digits"},
+    {"name": "MASTER_ADDR", "value": "digits-workers-node-0-0.digits-workers"},
     {"name": "MASTER_PORT", "value": "29500"},
     {"name": "WORLD_SIZE", "value": "8"},
     {"name": "RANK", "valueFrom": {"fieldRef": {"fieldPath": INDEX}}},
     {"name": "PET_NNODES", "value": "4"},
     {"name": "PET_NPROC_PER_NODE", "value": "2"},
     {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": INDEX}}},
-    {"name": "PET_MASTER_ADDR", "value": "digits-node-0-0.digits"},
+    {"name": "PET_MASTER_ADDR", "value": "digits-workers-node-0-0.digits-workers"},
     {"name": "PET_MASTER_PORT", "value": "29500"},
 ]
 
@@ -548,7 +548,7 @@ def test_four_gpu_pods_as_a_train_job_on_a_runtime_of_its_own() -> None:
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
         "kind": "TrainJob",
         "metadata": {
-            "name": "digits",
+            "name": "digits-workers",
             "namespace": "team-a",
             "labels": {**labels("training"), "kueue.x-k8s.io/queue-name": "team-a"},
             "ownerReferences": [OWNER],
@@ -593,7 +593,7 @@ TRAINER_PET = {
     "PET_NNODES": "4",
     "PET_NPROC_PER_NODE": "2",
     "PET_NODE_RANK": "3",  # fieldRef metadata.annotations['batch.kubernetes.io/job-completion-index']
-    "PET_MASTER_ADDR": "digits-node-0-0.digits",
+    "PET_MASTER_ADDR": "digits-workers-node-0-0.digits-workers",
     "PET_MASTER_PORT": "29500",
 }
 

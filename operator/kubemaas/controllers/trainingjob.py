@@ -126,7 +126,7 @@ async def _observe(
 ) -> core.Observed:
     uid, name = job.metadata.uid, job.metadata.name
     workload = (
-        _one(stored(indexes["trainingjob_trainjobs"], key), name, uid)
+        _one(stored(indexes["trainingjob_trainjobs"], key), manifests.workers_name(job), uid)
         or _one(stored(indexes["trainingjob_pytorchjobs"], key), name, uid)
         or _one(stored(indexes["trainingjob_jobs"], key), manifests.workers_name(job), uid)
     )

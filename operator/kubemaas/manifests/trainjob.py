@@ -35,6 +35,7 @@ from kubemaas.manifests.trainingjob import (
     labels,
     pod_failure_policy,
     pod_spec,
+    workers_name,
     workload_suspend,
 )
 
@@ -53,10 +54,16 @@ def runtime_name(job: TrainingJob) -> str:
     return job.metadata.name
 
 
+def train_job_name(job: TrainingJob) -> str:
+    """`<job>-workers`, as the Job backend's Job: the TrainJob's JobSet makes a headless Service of the TrainJob's
+    name, which must not take the name a ModelService of the TrainingJob's name gives its own Service."""
+    return workers_name(job)
+
+
 def master_addr(job: TrainingJob) -> str:
     """Rank 0 as Trainer names it: JobSet's pod hostname `<jobset>-<replicated job>-<job index>-<pod index>`
-    under the JobSet's headless Service, both named after the TrainJob."""
-    name = job.metadata.name
+    under the JobSet's headless Service, both named after the TrainJob (at most 62 characters: names are <= 45)."""
+    name = train_job_name(job)
     return f"{name}-{NODE}-0-0.{name}"
 
 
@@ -120,6 +127,6 @@ def train_job(job: TrainingJob) -> dict[str, Any]:
     return {
         "apiVersion": TRAINER_API_VERSION,
         "kind": "TrainJob",
-        "metadata": child_metadata(job, job.metadata.name, "training", queue=True),
+        "metadata": child_metadata(job, train_job_name(job), "training", queue=True),
         "spec": body,
     }
