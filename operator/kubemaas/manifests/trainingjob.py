@@ -1,6 +1,7 @@
 """Pure builders for a TrainingJob's children: typed spec in, Kubernetes objects (plain dicts) out.
 
-Two backends run the same pods (docs/runtime-contract.md):
+Three backends run the same pods (docs/runtime-contract.md); the TrainJob backend's builders are in
+`manifests/trainjob.py` and reuse `pod_spec` from here:
 
 - `pytorchjob`: a Kubeflow `kubeflow.org/v1` PyTorchJob, Master (rank 0) + Worker (ranks 1..n-1);
   Kubeflow sets the rendezvous environment itself.
