@@ -315,6 +315,10 @@ def test_before_kueue_made_its_workload_and_when_kueue_never_manages_it() -> Non
     early = core.reconcile(job, observed(workload=HELD, queue=QueueObserved(True)), T0)
     assert cond(early, "Queued") == ("Unknown", "WaitingForKueue", "Kueue has not created a Workload for this job yet")
     assert early.requeue_after == QUEUED_RECHECK_SECONDS
+    # Not marked Suspended by Trainer yet (a moment after Kueue's webhook): waiting, and no timed re-read, since
+    # Trainer's Suspended condition is an event of the TrainJob.
+    not_yet = core.reconcile(job, observed(workload=train_job(), queue=QueueObserved(True)), T0)
+    assert cond(not_yet, "Queued")[:2] == ("Unknown", "WaitingForKueue") and not_yet.requeue_after is None
     legacy = make_job(status={"backend": "PyTorchJob"}, **QUEUED)
     unmanaged = core.reconcile(legacy, observed(workload=train_job(), queue=QueueObserved(True)), T0)
     status, reason, message = cond(unmanaged, "Queued")

@@ -75,14 +75,18 @@ def mirror(job: TrainingJob, observed: QueueObserved | None, suspended: bool, se
         return None
     workload = observed.workload
     if workload is None:
-        if not suspended:
-            # Kueue suspends every workload it manages when it is created; this one runs without it.
+        legacy = job.status is not None and job.status.backend == "PyTorchJob"
+        if legacy and not suspended:
+            # Kueue suspends every workload it manages as it is created; a running PyTorchJob without a Kueue
+            # Workload is one whose integration (legacy, off by default) the platform has not enabled.
             set_(QUEUED, FALSE, "NotManagedByKueue", _unmanaged(job))
             set_(ADMITTED, UNKNOWN, "NotManagedByKueue", "")
             return None
         set_(QUEUED, UNKNOWN, "WaitingForKueue", "Kueue has not created a Workload for this job yet")
         set_(ADMITTED, FALSE, "WaitingForKueue", "")
-        return QUEUED_RECHECK_SECONDS
+        # Held: read again until Kueue's Workload appears. Not held (yet): the workload's own events come first
+        # (Trainer marks a TrainJob Suspended a moment after Kueue's webhook suspended it).
+        return QUEUED_RECHECK_SECONDS if suspended else None
     admitted = true_condition(workload, "Admitted")
     if admitted is not None:
         set_(ADMITTED, TRUE, _reason(admitted, "Admitted"), str(admitted.get("message") or ""))
@@ -100,10 +104,8 @@ def _reason(condition: Mapping[str, Any], default: str) -> str:
 
 
 def _unmanaged(job: TrainingJob) -> str:
-    backend = job.status.backend if job.status is not None else None
-    legacy = (
-        " (Kueue's kubeflow.org/pytorchjob integration is legacy and off by default: kubernetes-sigs/kueue #12601)"
-        if backend == "PyTorchJob"
-        else ""
+    return (
+        "the PyTorchJob runs without Kueue's admission: Kueue made no Workload for it (Kueue's "
+        "kubeflow.org/pytorchjob integration is legacy and off by default, kubernetes-sigs/kueue #12601; backend "
+        f"TrainJob or Job is admitted through LocalQueue {queue_name(job)})"
     )
-    return f"the {backend or 'workload'} runs without Kueue's admission: Kueue manages no Workload for it{legacy}"
