@@ -210,3 +210,12 @@ def test_operator_release_defaults_are_not_schema_defaults() -> None:
     assert "default" not in spec["properties"]["runtime"]["properties"]["image"]
     assert "image" not in spec["properties"]["runtime"].get("default", {})
     assert "default" not in spec["properties"]["replicas"]
+
+
+def test_queue_column_shows_the_kueue_local_queue() -> None:
+    (version,) = crd(KINDS[0])["spec"]["versions"]
+    columns = [(c["name"], c["jsonPath"]) for c in version["additionalPrinterColumns"]]
+    assert columns[:2] == [("Backend", ".status.backend"), ("Queue", ".spec.scheduling.queueName")]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert spec["scheduling"]["properties"]["queueName"]["type"] == "string"
+    assert spec["backend"]["enum"] == ["Auto", "TrainJob", "PyTorchJob", "Job"]
