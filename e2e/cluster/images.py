@@ -624,21 +624,21 @@ DOCKERFILE_IMAGES = {
             "kubemaas/operator:0.1.0",
             "images/operator/Dockerfile",
             ".",
-            ("pyproject.toml", "README.md", "operator"),
+            ("pyproject.toml", "operator"),
         ),
         DockerfileImage(
             "model-loader",
             "kubemaas/model-loader:0.1.0",
             "images/model-loader/Dockerfile",
             ".",
-            ("pyproject.toml", "README.md", "operator"),
+            ("pyproject.toml", "operator"),
         ),
         DockerfileImage(
             "trainer",
             "kubemaas/trainer:0.1.0",
             "images/trainer/Dockerfile",
             ".",
-            ("pyproject.toml", "README.md", "operator", "examples/training"),
+            ("pyproject.toml", "operator", "examples/training"),
         ),
         # The CPU variant: ./Dockerfile starts FROM nvcr.io's Triton, which these machines cannot pull.
         DockerfileImage(

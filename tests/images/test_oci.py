@@ -294,3 +294,23 @@ def test_layout_tar_leaves_out_blobs_the_importer_holds(tmp_path: Path) -> None:
         names = tar.getnames()
     assert f"blobs/sha256/{layer.blob.digest[7:]}" not in names
     assert "index.json" in names and len(names) == 4  # oci-layout, index, manifest, config
+
+
+REPO_CONTEXT_IMAGES = [image for image in images.DOCKERFILE_IMAGES.values() if image.context == "."]
+
+
+@pytest.mark.parametrize("image", REPO_CONTEXT_IMAGES, ids=lambda image: image.name)
+def test_an_image_key_covers_exactly_what_its_dockerfile_copies_and_not_the_readme(
+    image: images.DockerfileImage,
+) -> None:
+    # The key must change with every file that goes into the image (a stale image would be reused) and with
+    # nothing else: the project README was an input once, and a documentation edit rebuilt the 6 GB trainer.
+    repo = Path(__file__).resolve().parents[2]
+    copied = {
+        source.rstrip("/")
+        for line in (repo / image.dockerfile).read_text().splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+        for source in line.split()[1:-1]
+    }
+    assert copied == set(image.inputs), image.dockerfile
+    assert "README.md" not in copied
