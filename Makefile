@@ -70,8 +70,12 @@ chart-readme: venv ## regenerate the values table of the chart README from value
 	$(BIN)/python charts/values_readme.py $(CHART)
 
 .PHONY: unit
+# The unit tests' xdist workers: real torch ranks, tritonserver and subprocesses, each test on its own ports and
+# temporary directories; two workers halve the stage on this 2-core machine.
+UNIT_WORKERS ?= 2
+
 unit: venv ## unit and integration tests (no cluster)
-	$(call pytest,tests)
+	$(call pytest,-n $(UNIT_WORKERS) tests)
 
 # Where `make test` keeps the log of the build it runs beside the checks (shown after them).
 PREPARE_LOG := $(VENV)/prepare.log
@@ -128,8 +132,10 @@ cluster-down: venv ## stop the local control plane
 	$(CLUSTER) down
 
 # The e2e suite's xdist workers: most of a scenario is waiting on the API server and on pods, so more workers
-# than cores; tests that must not overlap share an xdist_group (e2e/conftest.py).
-E2E_WORKERS ?= 4
+# than cores; tests that must not overlap share an xdist_group (e2e/conftest.py). Four groups hold a worker each
+# for most of the run (the real node's training and serving scenarios, its containerd tests, the throwaway
+# control planes): two more take the kwok scenarios beside them.
+E2E_WORKERS ?= 6
 
 # The real node (containerd, kubelet, kube-proxy, CoreDNS) needs root; on by default where make runs as root.
 REAL_NODE ?= $(if $(filter 0,$(shell id -u)),1,0)

@@ -19,7 +19,7 @@ from kubernetes import client
 
 from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES
 from e2e.conftest import E2ECluster, RealNode
-from e2e.kube import GROUP, RESTRICTED_CONTAINER, VERSION, bound_claim, model_service
+from e2e.kube import GROUP, RESTRICTED_CONTAINER, VERSION, bound_claim, client_resources, model_service
 from e2e.typed_client import body_as, meta, pod_status
 from kubemaas.manifests.modelservice import METRICS_PORT, TRACK_LABEL, VERSION_LABEL
 from kubemaas.manifests.pods import WORKLOAD_UID
@@ -135,7 +135,7 @@ def start_client(cluster: E2ECluster, namespace: str, placement: dict[str, Any],
             "containers": [{
                 "name": "main", "image": BASE_IMAGE, "imagePullPolicy": "IfNotPresent",
                 "command": ["python3", "-c", CLIENT, *args], "securityContext": RESTRICTED_CONTAINER,
-                "resources": {"limits": {"cpu": "200m", "memory": "128Mi"}},
+                "resources": client_resources("200m"),
             }],
         },
     }  # fmt: skip

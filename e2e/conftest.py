@@ -11,7 +11,7 @@ test has its own namespace and its own operator, so tests share nothing but the 
 needs the cluster starts it under a file lock, the others find it running, and the controller process stops it
 when the whole run ends (a worker's session ends while others still use it). Tests that must not overlap each
 other share an `xdist_group` (one worker runs a group in order): the real node's containerd tests, the real
-node's heavy scenarios, and the throwaway control planes.
+node's training scenarios, its serving scenarios, and the throwaway control planes.
 """
 
 from __future__ import annotations
@@ -49,7 +49,12 @@ T = TypeVar("T")
 # Groups of tests that one xdist worker runs in order (`--dist loadgroup`), beside the rest of the suite.
 SERIAL_THROWAWAY = pytest.mark.xdist_group("throwaway-control-planes")  # a second API server + etcd each
 SERIAL_NODE_CONTAINERS = pytest.mark.xdist_group("node-containerd")  # containers in the node's containerd
-SERIAL_NODE_SCENARIOS = pytest.mark.xdist_group("real-node-scenarios")  # CPU training and Triton on the node
+# The real node's scenarios in two groups that run side by side: most of a scenario is waiting (pods starting,
+# Triton loading, canary windows), and the pods of one training scenario (two ranks of 600m, one Triton pod, a
+# client of 50m) and one serving scenario (at most two Triton pods of 250m and a client of 50m) fit the node's 2
+# CPUs together. Test clients request little and are bounded by their limit (e2e/kube.py CLIENT_RESOURCES).
+SERIAL_NODE_TRAINING = pytest.mark.xdist_group("real-node-training")  # ranks train on the node's CPU
+SERIAL_NODE_SERVING = pytest.mark.xdist_group("real-node-serving")  # Triton serves models published by the test
 # Names this pytest run; xdist's workers inherit it. The worker that starts the local cluster writes it
 # beside the cluster's state, and the controller stops the cluster at the end only if this run started it.
 RUN_ID_VARIABLE = "KUBEMAAS_E2E_RUN_ID"

@@ -27,6 +27,14 @@ RESTRICTED_CONTAINER = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
+
+
+def client_resources(cpu_limit: str) -> dict[str, Any]:
+    """A real-node test client's resources: it asks the scheduler for little, so it never keeps the other group's
+    scenario from fitting the node (e2e/conftest.py), and its limit bounds what it takes from Triton."""
+    return {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": cpu_limit, "memory": "128Mi"}}
+
+
 TERMINATION_MESSAGE_ANNOTATION = "kwok.kubemaas.io/termination-message"
 CRD = client.V1CustomResourceDefinition
 CRD_APPLY_ATTEMPTS = 5  # xdist workers apply the same CRDs at once: 409s are expected, retried

@@ -17,11 +17,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster import quickstart
-from e2e.conftest import REPO, SERIAL_NODE_SCENARIOS, E2ECluster, OperatorProcess, RealNode
+from e2e.conftest import REPO, SERIAL_NODE_TRAINING, E2ECluster, OperatorProcess, RealNode
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
 from e2e.test_real_node import wait_trained
 
-pytestmark = SERIAL_NODE_SCENARIOS  # trains and serves on the one real node
+pytestmark = SERIAL_NODE_TRAINING  # trains and serves on the one real node
 
 EXAMPLES = REPO / "examples" / "quickstart"
 PERSISTENT_VOLUME = "kubemaas-quickstart-models"

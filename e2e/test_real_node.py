@@ -27,8 +27,17 @@ from kubernetes.utils import parse_quantity
 from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
 from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES, PAUSE_IMAGE
-from e2e.conftest import REPO, SERIAL_NODE_SCENARIOS, E2ECluster, OperatorProcess, RealNode
-from e2e.kube import GROUP, KSERVE_CLIENT, RESTRICTED_CONTAINER, VERSION, bound_claim, model_service, training_job
+from e2e.conftest import REPO, SERIAL_NODE_SERVING, SERIAL_NODE_TRAINING, E2ECluster, OperatorProcess, RealNode
+from e2e.kube import (
+    GROUP,
+    KSERVE_CLIENT,
+    RESTRICTED_CONTAINER,
+    VERSION,
+    bound_claim,
+    client_resources,
+    model_service,
+    training_job,
+)
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
 from e2e.typed_client import body_as, container_statuses, meta, name_of, pod_spec, pod_status, present, terminated
 from kubemaas.manifests.modelservice import VERSION_LABEL
@@ -37,9 +46,8 @@ from kubemaas.runtime.artifacts import ArtifactStore
 from kubemaas.runtime.keyring import generate_key
 from tests.serving.conftest import KEY_ID, MODEL, publish
 
-# CPU training with torch.distributed and Triton on the one real node: one scenario at a time.
-pytestmark = SERIAL_NODE_SCENARIOS
-
+# CPU training with torch.distributed and Triton on the one real node: at most one scenario of each group at a
+# time (e2e/conftest.py). The host-restore test runs alone, before the suite (Makefile).
 # The real node's local PersistentVolumes: directories of this machine, one per test namespace.
 STORE_ROOT = Path("/tmp/kubemaas-e2e-real")
 
@@ -115,6 +123,7 @@ def test_host_restored_after_down(tmp_path: Path) -> None:
     assert host.differences(before, after) == []
 
 
+@SERIAL_NODE_SERVING
 @pytest.mark.real_node
 def test_restricted_pod_runs_as_a_real_container(cluster: E2ECluster, namespace: str, real_node: RealNode) -> None:
     """A pod admitted under `restricted` runs on the real node: the kubelet reports a live container with
@@ -185,6 +194,7 @@ def python_pod(name: str, placement: dict[str, Any], command: list[str], **spec:
     }
 
 
+@SERIAL_NODE_SERVING
 @pytest.mark.real_node
 def test_pod_dns_services_and_kubelet_streams(
     cluster: E2ECluster, namespace: str, real_node: RealNode, node_images: None
@@ -359,6 +369,7 @@ def assert_ran_on(cluster: E2ECluster, namespace: str, prefix: str, node_name: s
     assert placed == {node_name}, placed
 
 
+@SERIAL_NODE_TRAINING
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds")
 def test_pytorchjob_trains_two_ranks_on_the_real_node(
@@ -393,6 +404,7 @@ def held_out_digits() -> tuple[Any, Any]:
     return held
 
 
+@SERIAL_NODE_TRAINING
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds")
 def test_indexed_job_trains_and_triton_serves_it_on_the_real_node(
@@ -478,6 +490,7 @@ def burner(placement: dict[str, Any], load: str) -> dict[str, Any]:
     }
 
 
+@SERIAL_NODE_SERVING
 @pytest.mark.real_node
 def test_hpa_scales_on_real_cpu_metrics(
     cluster: E2ECluster, namespace: str, real_node: RealNode, node_images: None
@@ -541,7 +554,7 @@ def traffic_pod(namespace: str, placement: dict[str, Any], *, pause: float, cpu:
     x, _ = held_out_digits()
     url = f"http://digits.{namespace}.svc:8000/v2/models/{MODEL}/infer"
     pod = python_pod("traffic", placement, ["python", "-c", KSERVE_CLIENT, url, json.dumps(x[0].tolist()), str(pause)])
-    pod["spec"]["containers"][0]["resources"] = {"limits": {"cpu": cpu, "memory": "128Mi"}}
+    pod["spec"]["containers"][0]["resources"] = client_resources(cpu)
     return pod
 
 
@@ -591,6 +604,7 @@ def wait_serving(cluster: E2ECluster, namespace: str, version: str) -> dict[str,
     )
 
 
+@SERIAL_NODE_TRAINING
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds")
 def test_promotion_under_live_traffic_loses_no_request(
@@ -643,6 +657,7 @@ def test_promotion_under_live_traffic_loses_no_request(
     print(f"\n{len(seen)} requests, none failed; answers switched at request {switched}")
 
 
+@SERIAL_NODE_SERVING
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds")
 def test_model_service_autoscales_on_triton_cpu_and_a_tampered_version_leaves_the_old_one_serving(
@@ -729,6 +744,7 @@ def test_model_service_autoscales_on_triton_cpu_and_a_tampered_version_leaves_th
     assert "v1" in serving_pods(cluster, namespace).values()
 
 
+@SERIAL_NODE_TRAINING
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds")
 def test_a_rank_killed_mid_training_restarts_the_job_which_resumes_from_its_checkpoint(

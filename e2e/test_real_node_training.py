@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from e2e.conftest import REPO, SERIAL_NODE_SCENARIOS, E2ECluster, OperatorProcess, RealNode
+from e2e.conftest import REPO, SERIAL_NODE_TRAINING, E2ECluster, OperatorProcess, RealNode
 from e2e.kube import GROUP, VERSION
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
 from e2e.test_real_node import (  # noqa: F401 (node_store: a fixture)
@@ -30,7 +30,7 @@ from e2e.typed_client import body_as, json_object, name_of, pod_spec
 from kubemaas.runtime.dataset import encrypt_dataset
 from kubemaas.runtime.keyring import generate_key
 
-pytestmark = SERIAL_NODE_SCENARIOS
+pytestmark = SERIAL_NODE_TRAINING
 
 EXAMPLE = REPO / "examples" / "training" / "digits_mlp.py"
 DATA_KEY_ID = "d1"
