@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -329,10 +330,17 @@ def create_training_job(cluster: E2ECluster, namespace: str, job: dict[str, Any]
     client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", job)
 
 
-def wait_trained(cluster: E2ECluster, namespace: str, name: str = "digits") -> dict[str, Any]:
-    """Wait for TrainingJob `name` to end; assert it succeeded with a good model; return its status.model."""
+def wait_trained(
+    cluster: E2ECluster,
+    namespace: str,
+    name: str = "digits",
+    observe: Callable[[dict[str, Any]], None] = lambda tj: None,
+) -> dict[str, Any]:
+    """Wait for TrainingJob `name` to end; assert it succeeded with a good model; return its status.model.
+    `observe` sees the job as each write of it left it."""
 
     def finished(tj: dict[str, Any]) -> dict[str, Any] | None:
+        observe(tj)
         conditions = (tj.get("status") or {}).get("conditions") or []
         return tj if any(c["type"] in ("Succeeded", "Failed") and c["status"] == "True" for c in conditions) else None
 
@@ -778,7 +786,13 @@ def test_a_rank_killed_mid_training_restarts_the_job_which_resumes_from_its_chec
     ctr = [*node.ctr_command(node.NodePaths(cluster.local.root)), "-n", "k8s.io"]
     subprocess.run([*ctr, "task", "kill", "--signal", "SIGKILL", container_id], check=True, capture_output=True)
 
-    model = wait_trained(cluster, namespace)
+    shown: list[dict[str, Any]] = []  # status.progress as each write of the job showed it
+
+    def progress(tj: dict[str, Any]) -> None:
+        if (report := (tj.get("status") or {}).get("progress")) and (not shown or shown[-1] != report):
+            shown.append(report)
+
+    model = wait_trained(cluster, namespace, observe=progress)
     assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
     workers = client.BatchV1Api(cluster.api).read_namespaced_job("digits-workers", namespace)
     assert (present(workers.status, "the Job's status").failed or 0) >= 1, workers.status
@@ -787,3 +801,9 @@ def test_a_rank_killed_mid_training_restarts_the_job_which_resumes_from_its_chec
     log = core.read_namespaced_pod_log(name_of(rank0), namespace)
     resumed = re.search(r"resumed from checkpoint at step (\d+)", log)
     assert resumed and int(resumed[1]) >= checkpointed, log[-3000:]
+    # The restarted rank 0 continues the step count in status.progress: read from the new pod, from the step it
+    # resumed at, never from 0.
+    started = present(pod_status(rank0).start_time, "the restarted rank 0's start time")
+    restarted = [p for p in shown if datetime.fromisoformat(p["updateTime"].replace("Z", "+00:00")) >= started]
+    assert restarted, f"no progress read from the restarted rank 0 (started {started}): {shown}"
+    assert min(p["step"] for p in restarted) >= int(resumed[1]), (resumed[1], restarted)

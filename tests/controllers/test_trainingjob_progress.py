@@ -13,7 +13,7 @@ import pytest
 from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers import trainingjob_core as core
 from kubemaas.controllers.conditions import find_condition
-from kubemaas.controllers.progress_reader import ProgressReader
+from kubemaas.controllers.progress_reader import ProgressReader, Reading
 from kubemaas.controllers.trainingjob_progress import PROGRESS_INTERVAL, duration, progress_from
 
 T0 = datetime(2026, 11, 29, 21, 30, 10, tzinfo=UTC)
@@ -288,6 +288,36 @@ def test_a_pod_that_does_not_answer_costs_a_reconcile_per_read_and_ever_fewer_re
     runs = asyncio.run(scenario(reader))
     assert runs == [0, 20, 60, 140, 300, 620] + [620 + 320 * i for i in range(1, 2)]
     assert reader.requests == len(runs)
+
+
+def test_a_new_rank_0_pod_is_read_at_once_whatever_backoff_its_predecessor_earned() -> None:
+    """Rank 0 restarted (a new pod, another IP): while the pods were replaced the old address did not answer and
+    earned a backoff, but the new pod is asked at once and its report, continuing the step count, is shown."""
+    key = ("team-a", "digits")
+
+    class ReplacedPod(FakePod):
+        async def fetch(self, url: str) -> Mapping[str, Any] | None:
+            self.requests += 1
+            if "198.18.0.7" in url:  # the old pod: gone
+                return None
+            return report(step=500, at=T0 + timedelta(seconds=self.now))
+
+    async def scenario(reader: ReplacedPod) -> Reading:
+        for now in (0.0, 20.0, 60.0):  # three failed reads: the next is due 80 s later
+            reader.now = now
+            reader.read(key, "198.18.0.7", 9400, lambda delay: None)
+            await reader.settled()
+        reader.now = 61.0
+        assert reader.read(key, "198.18.0.7", 9400, lambda delay: None).next_read_in == 79.0
+        woken: list[float] = []
+        reader.read(key, "198.18.0.9", 9400, woken.append)  # the new rank 0
+        await reader.settled()
+        assert reader.requests == 4 and woken == [0.0]
+        return reader.read(key, "198.18.0.9", 9400, woken.append)
+
+    reading = asyncio.run(scenario(ReplacedPod()))
+    assert reading.report is not None and reading.report["step"] == 500
+    assert reading.next_read_in == PROGRESS_INTERVAL  # and the normal pace from there
 
 
 def test_the_reader_closes_with_reads_in_flight() -> None:

@@ -10,7 +10,8 @@ The pod is found through its owner chain (TrainingJob -> workload -> pod, checke
 by a label alone, and reached at its IP: no credentials on either side. The answer is untrusted (rank 0 runs
 the user's code): read with a size cap and a timeout, parsed by controllers/trainingjob_progress.py. After an
 operator restart the memory is empty and the first reconcile reads at once, so status.progress is never left
-stale by a restart.
+stale by a restart. Nor by a rank restart: a new rank 0 pod (another address) is read at once, whatever the
+backoff its predecessor earned while it was being replaced.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ MAX_BACKOFF_DOUBLINGS = 5
 @dataclass(frozen=True)
 class _Read:
     at: float
+    url: str
     report: Mapping[str, Any] | None
     failures: int = 0
 
@@ -72,10 +74,10 @@ class ProgressReader:
         report = last.report if last is not None else None
         if key in self._in_flight:
             return Reading(report, None)
-        left = self._due(last) - self._clock() if last is not None else 0.0
+        url = f"http://{_host(address)}:{port}/progress"
+        left = self._due(last) - self._clock() if last is not None and last.url == url else 0.0
         if left > 0:
             return Reading(report, left)
-        url = f"http://{_host(address)}:{port}/progress"
         self._in_flight[key] = asyncio.create_task(self._refresh(key, url, wake))
         return Reading(report, None)
 
@@ -86,10 +88,11 @@ class ProgressReader:
             self._in_flight.pop(key, None)
         last = self._reads.get(key)
         if report is not None:
-            self._reads[key] = _Read(self._clock(), report)
+            self._reads[key] = _Read(self._clock(), url, report)
             wake(0.0)  # a report to write
         else:  # a failed read keeps the previous report: the Stalled condition ages it
-            done = _Read(self._clock(), last.report if last else None, (last.failures if last else 0) + 1)
+            failures = last.failures if last is not None and last.url == url else 0
+            done = _Read(self._clock(), url, last.report if last else None, failures + 1)
             self._reads[key] = done
             wake(self._due(done) - done.at)  # the next read
 
