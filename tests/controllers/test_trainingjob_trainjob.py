@@ -4,6 +4,7 @@ ranks' pods, and what Kueue's Workload says about a queued job."""
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -11,8 +12,9 @@ from typing import Any
 import pytest
 
 from kubemaas.api.trainingjob import TrainingJob
+from kubemaas.controllers import children, workloads
 from kubemaas.controllers import trainingjob_core as core
-from kubemaas.controllers import workloads
+from kubemaas.controllers.apply import is_subset
 from kubemaas.controllers.conditions import find_condition, transitions
 from kubemaas.controllers.trainingjob_queue import QUEUED_RECHECK_SECONDS, QueueObserved
 from kubemaas.manifests import trainingjob as manifests
@@ -333,3 +335,30 @@ def test_removing_the_queue_removes_its_conditions() -> None:
     unqueued = make_job(status=queued.status.to_wire())
     desired = core.reconcile(unqueued, observed(workload=train_job(active=1)), T0)
     assert not has(desired, "Queued") and not has(desired, "Admitted")
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    """managedFields' fieldsV1 naming every field of `value` (maps member by member, lists whole)."""
+    return {f"f:{k}": _fields(v) if isinstance(v, dict) else {} for k, v in value.items()}
+
+
+def test_a_job_admitted_by_kueue_needs_no_apply() -> None:
+    """Kueue admits a queued Job by updating its template's node selector (an atomic map: the update takes it
+    from the operator's apply). The Job's index entry keeps it whole, so the operator sees its own values there
+    and applies nothing: an apply to the running Job's template would be refused."""
+    job = make_job(backend="Job", scheduling={"nodeSelector": {"nvidia.com/gpu.present": "true"}, "queueName": "q"})
+    desired = manifests.indexed_job(job, VERSION)
+    ours = copy.deepcopy(desired)
+    del ours["spec"]["template"]["spec"]["nodeSelector"]
+    admitted = copy.deepcopy(desired)
+    admitted["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"] = "NVIDIA-H100-80GB-HBM3"
+    admitted["metadata"]["managedFields"] = [
+        {"manager": "kubemaas", "operation": "Apply", "fieldsV1": _fields(ours)},
+        {
+            "manager": "kueue",
+            "operation": "Update",
+            "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:nodeSelector": {}}}}},
+        },
+    ]
+    assert not is_subset(desired, children.applied_projection(admitted)), "without the node selector: an apply"
+    assert is_subset(desired, children.slim_job(admitted))

@@ -212,6 +212,15 @@ def slim_deployment(body: Mapping[str, Any]) -> dict[str, Any]:
     return applied_projection(body, (("spec", "replicas"),))
 
 
+def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch Job as the TrainingJob reconcile compares it: the applied fields, and the pod template's node
+    selector and tolerations whole. Kueue admits a queued Job by merging its flavor's into them with an update,
+    which takes these atomic fields from the operator's apply; the merge holds the operator's values, so the Job
+    needs no apply (its template is immutable once it runs: an apply would be refused)."""
+    template = ("spec", "template", "spec")
+    return applied_projection(body, ((*template, "nodeSelector"), (*template, "tolerations")))
+
+
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     """What the reconciles read of a pod: its identity, labels, annotations and owners (the owner chain), and
     the containers' states (phase, restarts, termination messages); not its spec or the rest of its status."""
@@ -316,7 +325,7 @@ TRAININGJOB_CHILDREN = (
     Child(TRAINJOB, "trainingjob_trainjobs"),
     Child(TRAINING_RUNTIME, "trainingjob_runtimes"),
     Child(PYTORCHJOB, "trainingjob_pytorchjobs"),
-    Child(JOB, "trainingjob_jobs"),
+    Child(JOB, "trainingjob_jobs", slim_job),
     Child(SERVICE, "trainingjob_services"),
     Child(POD, "trainingjob_pods", slim_training_pod),
     Child(NETWORK_POLICY, "trainingjob_network_policies"),

@@ -94,7 +94,8 @@ def mirror(job: TrainingJob, observed: QueueObserved | None, suspended: bool, se
         return None
     # Why Kueue holds it: an eviction (preemption) says more than the pending quota reservation that follows it.
     why = true_condition(workload, "Evicted") or condition_of(workload, "QuotaReserved") or {}
-    set_(QUEUED, TRUE, _reason(why, "Pending"), str(why.get("message") or "waiting for Kueue to reserve quota"))
+    message = str(why.get("message") or "Kueue has not tried to reserve quota for the Workload yet")
+    set_(QUEUED, TRUE, _reason(why, "Pending"), message)
     set_(ADMITTED, FALSE, "Pending", "")
     return QUEUED_RECHECK_SECONDS
 
