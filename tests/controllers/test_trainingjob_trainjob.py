@@ -52,6 +52,14 @@ def make_job(status: dict[str, Any] | None = None, **spec: Any) -> TrainingJob:
     return TrainingJob.parse(body)
 
 
+def advance(job: TrainingJob, desired: core.Desired) -> TrainingJob:
+    """The job as the API server holds it after the handler wrote `desired.status`."""
+    body = job.to_wire()
+    body["metadata"] = job.metadata.model_dump(mode="json", exclude_none=True)
+    body["status"] = desired.status.to_wire()
+    return TrainingJob.parse(body)
+
+
 def observed(**kwargs: Any) -> core.Observed:
     defaults: dict[str, Any] = {"pytorchjob_served": True, "trainjob_served": True, "claims": CLAIMS}
     return core.Observed(key_secret_exists=True, **{**defaults, **kwargs})
@@ -132,12 +140,12 @@ def test_auto_records_trainjob_and_creates_the_runtime_then_the_trainjob() -> No
     job = make_job()
     desired = core.reconcile(job, observed(), T0)
     assert desired.status.backend == "TrainJob"
-    assert desired.apply == [
-        trainjob.training_runtime(job, VERSION),
-        trainjob.train_job(job),
-        manifests.network_policy(job),
-    ]
+    # The TrainJob waits for its runtime: Trainer's webhook refuses one whose runtime it cannot find.
+    runtime = trainjob.training_runtime(job, VERSION)
+    assert desired.apply == [runtime, manifests.network_policy(job)]
     assert cond(desired, "Created") == ("Unknown", "Creating", "creating the TrainJob")
+    ran = core.reconcile(advance(job, desired), observed(runtime=runtime), T0)
+    assert ran.apply == [runtime, trainjob.train_job(job), manifests.network_policy(job)]
     # Without Trainer served, Auto falls back as before, and the PyTorchJob is the legacy choice.
     assert core.reconcile(job, observed(trainjob_served=False), T0).status.backend == "PyTorchJob"
     fallback = core.reconcile(job, observed(trainjob_served=False, pytorchjob_served=False), T0)
@@ -259,7 +267,9 @@ def test_a_missing_local_queue_blocks_the_job_with_a_warning_and_a_recheck() -> 
         ("Created", "LocalQueueNotFound", True),
     ]
     # The LocalQueue made: the workload is created, with the queue label.
-    found = core.reconcile(job, observed(queue=QueueObserved(kueue_served=True, local_queue_exists=True)), T0)
+    there = QueueObserved(kueue_served=True, local_queue_exists=True)
+    found = core.reconcile(job, observed(queue=there, runtime=trainjob.training_runtime(job, VERSION)), T0)
+    assert found.apply[1] == trainjob.train_job(job)
     assert found.apply[1]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team"
 
 

@@ -348,6 +348,9 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
             # operator killed between the create and any later write still knows the Secret is its own.
             out.status.generated_key_secret = name
             return Desired(status=out.status, requeue_after=KEY_INTENT_REQUEUE_SECONDS)
+        if not backend.prerequisites <= {c.get("kind") for c in observed.children}:
+            # The workload waits for the children its API's webhook looks up: their watch event comes next.
+            children = [c for c in children if c["kind"] != backend.name]
         return Desired(status=out.status, apply=children, create_key_secret=create_key)
 
     out.set(CREATED, TRUE, f"{backend.name}Created", f"{backend.name} {workload['metadata']['name']} created")

@@ -29,6 +29,11 @@ class WorkloadBackend(Protocol):
     def unavailable(self) -> str | None:
         """Why the cluster cannot run this backend when the API it needs is not served; None: always served."""
 
+    @property
+    def prerequisites(self) -> frozenset[str]:
+        """Kinds among `children` that must exist (as the operator's watch shows them) before the workload is
+        created, because the workload's admission webhook looks them up."""
+
     def children(self, job: TrainingJob, version: str) -> list[dict[str, Any]]:
         """The objects to apply, in the order they are needed."""
 

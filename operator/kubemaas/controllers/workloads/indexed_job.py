@@ -17,6 +17,8 @@ class IndexedJobBackend:
     name: Literal["Job"] = "Job"
     unavailable: str | None = None  # batch/v1 is always served
 
+    prerequisites: frozenset[str] = frozenset()
+
     def children(self, job: TrainingJob, version: str) -> list[dict[str, Any]]:
         # The Service first: rank 0's name must resolve when the other ranks start.
         return [manifests.headless_service(job), manifests.indexed_job(job, version)]

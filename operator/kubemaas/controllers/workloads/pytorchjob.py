@@ -19,6 +19,8 @@ class PyTorchJobBackend:
         "training operator, or use backend Job)"
     )
 
+    prerequisites: frozenset[str] = frozenset()
+
     def children(self, job: TrainingJob, version: str) -> list[dict[str, Any]]:
         return [manifests.pytorchjob(job, version)]
 

@@ -20,8 +20,10 @@ class TrainJobBackend:
         "Trainer v2, or use backend Job)"
     )
 
+    # Trainer's webhook refuses a TrainJob whose runtime it cannot find (403 "runtime ... not found").
+    prerequisites: frozenset[str] = frozenset({"TrainingRuntime"})
+
     def children(self, job: TrainingJob, version: str) -> list[dict[str, Any]]:
-        # The runtime first: Trainer's webhook refuses a TrainJob whose runtime does not exist.
         return [manifests.training_runtime(job, version), manifests.train_job(job)]
 
     def owns_pod(self, job: TrainingJob, workload: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
