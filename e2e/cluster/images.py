@@ -797,22 +797,42 @@ def ensure_image(name: str) -> Path:
 # Importing into the node's containerd
 
 
-def import_images(layouts: Sequence[Path], ctr: Sequence[str]) -> list[str]:
+# An import stores each new layer twice (containerd's content store and the snapshot it unpacks to); what is
+# left beside that keeps the machine usable (the API server's etcd, logs, the test runner's own files).
+IMPORT_DISK_MARGIN = 2 * 1024**3
+
+
+def import_space_needed(layers: Iterable[tuple[str, int]], held: frozenset[str]) -> int:
+    """Bytes an import needs free: twice each layer containerd does not hold yet, plus the margin."""
+    return 2 * sum(size for digest, size in layers if digest not in held) + IMPORT_DISK_MARGIN
+
+
+def import_images(layouts: Sequence[Path], ctr: Sequence[str], store: Path | None = None) -> list[str]:
     """`ctr -n k8s.io images import` each image, then check containerd lists every name; returns the names.
 
     layouts: what ensure_image returns (OCI layout directories, streamed to ctr as a tar through a pipe, so no
     archive is written to disk), or OCI archive files. ctr: the command prefix with the node's socket, e.g.
     ["ctr", "--address", "/run/.../containerd.sock"]. Importing an image that is already there only re-reads
-    it (containerd stores each blob once).
+    it (containerd stores each blob once). store: containerd's root; an import that would not fit on its disk
+    is refused before it starts (a 6 GB trainer that filled the disk took every process of the machine down
+    with it, the test runner's included).
     """
     expected: list[str] = []
     k8s = [*ctr, "-n", CRI_NAMESPACE]
     for layout in layouts:
         # Layers containerd holds already (torch, shared by two images; a re-import) are not sent again: the
         # importer reads them from its content store. Manifests and configs always travel.
-        layers = {digest for digest, _ in layout_layers(layout)} if layout.is_dir() else set()
+        sized = layout_layers(layout) if layout.is_dir() else []
+        layers = {digest for digest, _ in sized}
         held = frozenset(layers & _content_digests(k8s)) if layers else frozenset()
         refs = layout_refs(layout) if layout.is_dir() else [str(layout)]
+        if store is not None and (free := shutil.disk_usage(store).free) < (need := import_space_needed(sized, held)):
+            raise ImageError(
+                f"importing {', '.join(refs)} into the node needs about {need / 1024**3:.1f} GiB free on the disk "
+                f"of {store}, which has {free / 1024**3:.1f} GiB: free some (stale image caches go with "
+                "`python -m e2e.cluster images`; `python -m e2e.cluster down` then removing the node's store "
+                "drops its old images)"
+            )
         command = [*k8s, "images", "import", "-" if layout.is_dir() else str(layout)]
         started = time.monotonic()
         with tempfile.TemporaryFile() as output:

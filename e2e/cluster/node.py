@@ -333,7 +333,7 @@ def start(cluster: Cluster, ca: CertificateAuthority, ip: str, server: str, pod_
     host.set_sysctl("net.ipv4.ip_forward", "1")
 
     _start_containerd(cluster, paths)
-    import_images([ensure_image("pause")], ctr_command(paths))
+    import_images([ensure_image("pause")], ctr_command(paths), store=paths.images)
     configs = cluster.root / "kubeconfigs"
     identities = {
         "kubelet": (f"system:node:{NODE_NAME}", "system:nodes"),
@@ -434,7 +434,8 @@ def _start_metrics_server(cluster: Cluster, ca: CertificateAuthority, ip: str, s
 def load_images(cluster: Cluster, names: list[str]) -> list[str]:
     """Import the named images (images.BUILDERS; built first where the cache lacks them) into the node's
     containerd (only the layers it lacks travel); returns their references."""
-    return import_images([ensure_image(name) for name in names], ctr_command(NodePaths(cluster.root)))
+    paths = NodePaths(cluster.root)
+    return import_images([ensure_image(name) for name in names], ctr_command(paths), store=paths.images)
 
 
 def _launch(

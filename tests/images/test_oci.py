@@ -6,11 +6,13 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -294,6 +296,28 @@ def test_layout_tar_leaves_out_blobs_the_importer_holds(tmp_path: Path) -> None:
         names = tar.getnames()
     assert f"blobs/sha256/{layer.blob.digest[7:]}" not in names
     assert "index.json" in names and len(names) == 4  # oci-layout, index, manifest, config
+
+
+def test_an_import_that_would_not_fit_on_the_disk_is_refused_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big, small = ("sha256:" + "a" * 64, 5 * 1024**3), ("sha256:" + "b" * 64, 1024**2)
+    assert images.import_space_needed([big, small], frozenset()) == 2 * (big[1] + small[1]) + images.IMPORT_DISK_MARGIN
+    assert images.import_space_needed([big, small], frozenset({big[0]})) == 2 * small[1] + images.IMPORT_DISK_MARGIN
+
+    layer = images.write_layer(images.layer_tar([FileEntry("a", b"1" * 4096)]), tmp_path)
+    layout = tmp_path / "oci"
+    images.write_oci_layout(layout, "x:1", images.image_config([layer.diff_id], entrypoint=["/a"]), [layer])
+    ctr = tmp_path / "ctr"  # lists no content and records any import it is asked for
+    ctr.write_text(f'#!/bin/sh\ncase "$*" in *import*) touch {tmp_path}/imported;; esac\n')
+    ctr.chmod(0o755)
+    # The margin is free, but not the layer twice beside it.
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=images.IMPORT_DISK_MARGIN))
+    with pytest.raises(
+        ImageError, match=r"importing docker.io/library/x:1 into the node needs about 2\.0 GiB free .* has 2\.0 GiB"
+    ):
+        images.import_images([layout], [str(ctr)], store=tmp_path)
+    assert not (tmp_path / "imported").exists()
 
 
 REPO_CONTEXT_IMAGES = [image for image in images.DOCKERFILE_IMAGES.values() if image.context == "."]
