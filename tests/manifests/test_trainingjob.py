@@ -320,6 +320,7 @@ def test_four_gpu_pods_as_indexed_job() -> None:
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 ]
             },
+            "successPolicy": {"rules": [{"succeededIndexes": "0"}]},
             "template": {
                 "metadata": {"labels": labels("worker")},
                 "spec": {"restartPolicy": "Never", **pod, "subdomain": "digits-workers"},

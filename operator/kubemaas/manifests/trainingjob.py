@@ -317,6 +317,11 @@ def indexed_job(job: TrainingJob, version: str) -> dict[str, Any]:
         **_retries_and_suspension(job),
     }
     job_spec["podFailurePolicy"] = pod_failure_policy(JOB_CONTAINER)
+    # Rank 0's success is the job's, as a PyTorchJob's master's is: it publishes only after every rank passed
+    # the last step's checkpoint barrier. A rank that fails after that (an abort at exit was seen on a loaded
+    # node) can change nothing of the model, and its replacement could never meet rank 0 again, so it would
+    # only run the job into its backoff limit.
+    job_spec["successPolicy"] = {"rules": [{"succeededIndexes": "0"}]}
     job_spec["template"] = {"metadata": {"labels": labels(job, "worker")}, "spec": template_spec}
     return {
         "apiVersion": "batch/v1",
