@@ -416,9 +416,12 @@ def test_job_backend_gives_each_pod_its_rank_and_rank_zero_a_name(
     jobs.wait_condition("indexed", "Running")
     assert_unchanged_world_writes_nothing(jobs, operator, ranks[1])
 
-    for rank, pod in ranks.items():
-        jobs.drive(name_of(pod), "succeed", success_message(pod) if rank == 0 else "")
+    # Rank 0's success is the job's (the Job's successPolicy): ranks 1 and 2, still running, are ended for it.
+    jobs.drive(name_of(ranks[0]), "succeed", success_message(ranks[0]))
     jobs.wait_condition("indexed", "Succeeded")
+    workers = client.BatchV1Api(cluster.api).read_namespaced_job("indexed-workers", jobs.namespace)
+    finished = {c.type for c in present(workers.status, "the Job's status").conditions or () if c.status == "True"}
+    assert {"SuccessCriteriaMet", "Complete"} <= finished, finished
     status = jobs.get("indexed")["status"]
     assert status["backend"] == "Job"
     assert status["model"]["version"] == env_of(ranks[0])["KUBEMAAS_MODEL_VERSION"]
