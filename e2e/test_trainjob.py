@@ -135,8 +135,9 @@ class Jobs:
         self.core.patch_namespaced_pod(pod["metadata"]["name"], self.namespace, patch)
 
     def finish(self, pods: dict[int, Pod]) -> None:
-        """Every rank exits 0; rank 0 with the contract's success message."""
-        for rank, pod in pods.items():
+        """Every rank exits 0; rank 0, with the contract's success message, last: its success ends the job and
+        the other ranks with it (successPolicy), which would leave nothing to drive."""
+        for rank, pod in sorted(pods.items(), reverse=True):
             self.drive(pod, "succeed", success_message(pod) if rank == 0 else "")
 
 

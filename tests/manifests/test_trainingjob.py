@@ -514,6 +514,7 @@ def test_four_gpu_pods_as_a_train_job_on_a_runtime_of_its_own() -> None:
                             "template": {
                                 "metadata": {"labels": {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}},
                                 "spec": {
+                                    "completionMode": "Indexed",
                                     "backoffLimit": 2,
                                     "podFailurePolicy": {
                                         "rules": [
@@ -531,6 +532,7 @@ def test_four_gpu_pods_as_a_train_job_on_a_runtime_of_its_own() -> None:
                                             },
                                         ]
                                     },
+                                    "successPolicy": {"rules": [{"succeededIndexes": "0"}]},
                                     "template": {
                                         "metadata": {
                                             "labels": {**labels("worker"), "kubemaas.io/trainingjob-uid": UID}

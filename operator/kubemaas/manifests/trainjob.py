@@ -82,8 +82,12 @@ def training_runtime(job: TrainingJob, version: str) -> dict[str, Any]:
     pod = pod_spec(job, version, container=NODE, rank0=True, restart_policy="Never", rendezvous=rendezvous(job))
     pod_labels = {**labels(job, "worker"), OWNER_UID_LABEL: str(job.metadata.uid)}
     job_spec: dict[str, Any] = {
+        # JobSet's default too; explicit, since the completion index is every rank's RANK and successPolicy needs it.
+        "completionMode": "Indexed",
         "backoffLimit": spec.run_policy.backoff_limit,
         "podFailurePolicy": pod_failure_policy(NODE),
+        # Rank 0's success is the job's, as under the Job backend (docs/runtime-contract.md §6).
+        "successPolicy": {"rules": [{"succeededIndexes": "0"}]},
         "template": {"metadata": {"labels": pod_labels}, "spec": pod},
     }
     return {
