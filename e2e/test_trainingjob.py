@@ -106,10 +106,16 @@ class Jobs:
     def condition(self, name: str, type: str) -> dict[str, Any] | None:
         return condition_of(self.get(name), type)
 
-    def wait_condition(self, name: str, type: str, status: str = "True", timeout: float = 90) -> dict[str, Any]:
+    def wait_condition(
+        self, name: str, type: str, status: str = "True", timeout: float = 90, saying: tuple[str, ...] = ("",)
+    ) -> dict[str, Any]:
+        """Until condition `type` has `status` and a message containing one of `saying`."""
+
         def reached(obj: dict[str, Any]) -> dict[str, Any] | None:
             cond = condition_of(obj, type)
-            return cond if cond is not None and cond["status"] == status else None
+            if cond is None or cond["status"] != status:
+                return None
+            return cond if any(words in cond["message"] for words in saying) else None
 
         return self.cluster.wait_object(
             f"{GROUP}/{VERSION}",
@@ -117,7 +123,7 @@ class Jobs:
             self.namespace,
             name,
             reached,
-            what=f"TrainingJob {name} {type}={status}",
+            what=f"TrainingJob {name} {type}={status}" + (f" saying one of {saying!r}" if saying != ("",) else ""),
             timeout=timeout,
         )
 
@@ -163,6 +169,15 @@ class Jobs:
 
         found: list[Pod] = self.wait_pods(name, running, f"{count} running pods of {name}", timeout)
         return found
+
+    def wait_running_ranks(self, name: str, count: int, timeout: float = 90) -> dict[int, Pod]:
+        return {rank_of(pod): pod for pod in self.wait_running_pods(name, count, timeout)}
+
+    def finish(self, ranks: dict[int, Pod]) -> None:
+        """Every rank exits 0; rank 0, with the contract's success message, last: its success ends the job and
+        the other ranks with it (successPolicy), which would leave nothing to drive."""
+        for rank, pod in sorted(ranks.items(), reverse=True):
+            self.drive(pod["metadata"]["name"], "succeed", success_message(pod) if rank == 0 else "")
 
     def events(self, name: str) -> list[client.CoreV1Event]:
         selector = f"involvedObject.name={name},involvedObject.kind=TrainingJob"

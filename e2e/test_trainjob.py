@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,14 +24,13 @@ from kubernetes.client.exceptions import ApiException
 from e2e.cluster.nodes import GPU_NODES
 from e2e.conftest import E2ECluster, OperatorProcess
 from e2e.kube import (
-    OUTCOME_LABEL,
-    TERMINATION_MESSAGE_ANNOTATION,
     TRAININGJOB_API,
     apply_crd,
     bound_claim,
     load_crds,
     training_job,
 )
+from e2e.test_trainingjob import SHA, Jobs, condition_of, env_of
 from e2e.typed_client import json_object
 
 GROUP, VERSION, PLURAL = TRAININGJOB_API
@@ -42,8 +41,6 @@ INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # e2e/cluster/nodes.py: one kwok node with 8 of them. Not the A100 node, whose 4 GPUs e2e/test_batch_stack.py's
 # queue takes whole: a quota here needs GPUs that exist while both run.
 H100 = "NVIDIA-H100-80GB-HBM3"
-SHA = "5e" * 32
-Pod = dict[str, Any]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -72,98 +69,10 @@ def claims(cluster: E2ECluster, namespace: str) -> Iterator[None]:
             client.CoreV1Api(cluster.api).delete_persistent_volume(volume)
 
 
-class Jobs:
-    """TrainingJobs in one namespace as a user sees them; waits follow watches."""
-
-    def __init__(self, cluster: E2ECluster, namespace: str) -> None:
-        self.cluster, self.namespace = cluster, namespace
-        self.custom = client.CustomObjectsApi(cluster.api)
-        self.core = client.CoreV1Api(cluster.api)
-
-    def create(self, body: dict[str, Any]) -> None:
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
-
-    def get(self, name: str) -> dict[str, Any]:
-        return json_object(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name))
-
-    def wait_condition(
-        self, name: str, type_: str, status: str = "True", timeout: float = 90, saying: tuple[str, ...] = ("",)
-    ) -> dict[str, Any]:
-        """Until condition `type_` has `status` (and a message containing one of `saying`)."""
-
-        def reached(obj: dict[str, Any]) -> dict[str, Any] | None:
-            found = condition_of(obj, type_)
-            if found is None or found["status"] != status:
-                return None
-            return found if any(words in found["message"] for words in saying) else None
-
-        return self.cluster.wait_object(
-            f"{GROUP}/{VERSION}", "TrainingJob", self.namespace, name, reached,
-            what=f"TrainingJob {name} {type_}={status} {saying!r}", timeout=timeout,
-        )  # fmt: skip
-
-    def wait_pods(self, name: str, check: Callable[[list[Pod]], Any], what: str, timeout: float = 90) -> Any:
-        return self.cluster.wait_objects(
-            "v1", "Pod", self.namespace, lambda objects: check(list(objects.values())),
-            what=what, timeout=timeout, label_selector=f"kubemaas.io/trainingjob={name}",
-        )  # fmt: skip
-
-    def wait_running_pods(self, name: str, count: int, timeout: float = 90) -> dict[int, Pod]:
-        def running(pods: list[Pod]) -> dict[int, Pod] | None:
-            up = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
-            return {rank_of(p): p for p in up} if len(up) == count else None
-
-        found: dict[int, Pod] = self.wait_pods(name, running, f"{count} running pods of {name}", timeout)
-        return found
-
-    def wait_event(self, name: str, reason: str, timeout: float = 60) -> dict[str, Any]:
-        def found(objects: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-            involved = ((e, e["involvedObject"]) for e in objects.values())
-            return next((e for e, o in involved if e.get("reason") == reason and o.get("name") == name), None)
-
-        event: dict[str, Any] = self.cluster.wait_objects(
-            "v1", "Event", self.namespace, found, what=f"an Event {reason} on {name}", timeout=timeout
-        )
-        return event
-
-    def drive(self, pod: Pod, outcome: str, message: str = "", exit_code: int | None = None) -> None:
-        """Ask kwok to finish a running pod (e2e/cluster/kwok-stages.yaml)."""
-        annotations = {TERMINATION_MESSAGE_ANNOTATION: message}
-        if exit_code is not None:
-            annotations[EXIT_CODE_ANNOTATION] = str(exit_code)
-        patch = {"metadata": {"labels": {OUTCOME_LABEL: outcome}, "annotations": annotations}}
-        self.core.patch_namespaced_pod(pod["metadata"]["name"], self.namespace, patch)
-
-    def finish(self, pods: dict[int, Pod]) -> None:
-        """Every rank exits 0; rank 0, with the contract's success message, last: its success ends the job and
-        the other ranks with it (successPolicy), which would leave nothing to drive."""
-        for rank, pod in sorted(pods.items(), reverse=True):
-            self.drive(pod, "succeed", success_message(pod) if rank == 0 else "")
-
-
-def condition_of(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    return next((dict(c) for c in (obj.get("status") or {}).get("conditions") or () if c["type"] == type_), None)
-
-
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     found = condition_of(obj, type_)
     assert found is not None, f"no condition {type_} in {obj.get('status')}"
     return found
-
-
-def rank_of(pod: Pod) -> int:
-    return int(pod["metadata"]["annotations"][INDEX_ANNOTATION])
-
-
-def env_of(pod: Pod) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0].get("env", ())}
-
-
-def success_message(pod: Pod) -> str:
-    env = env_of(pod)
-    version, model = env["KUBEMAAS_MODEL_VERSION"], env["KUBEMAAS_MODEL_NAME"]
-    uri = f"{env['KUBEMAAS_OUTPUT_URI']}/{model}/{version}"
-    return json.dumps({"keyId": "kabc", "model": model, "sha256": SHA, "uri": uri, "version": version})
 
 
 @pytest.fixture
@@ -179,7 +88,7 @@ def test_auto_picks_trainjob_whose_ranks_get_the_contract_and_publish(
 ) -> None:
     operator.wait_live()
     jobs.create(training_job("digits", replicas=2, nprocPerNode=1))  # backend: Auto
-    ranks = jobs.wait_running_pods("digits", 2)
+    ranks = jobs.wait_running_ranks("digits", 2)
     assert sorted(ranks) == [0, 1]
     assert jobs.get("digits")["status"]["backend"] == "TrainJob"
     gpu_nodes = {n.name for n in GPU_NODES}
@@ -226,9 +135,9 @@ def test_trainjob_exit_78_is_failed_config_error_with_the_message(
 ) -> None:
     operator.wait_live()
     jobs.create(training_job("broken", backend="TrainJob", replicas=2))
-    ranks = jobs.wait_running_pods("broken", 2)
+    ranks = jobs.wait_running_ranks("broken", 2)
     report = {"exitCode": 78, "message": "KUBEMAAS_OUTPUT_URI is not mounted", "rank": 0, "reason": "ConfigError"}
-    jobs.drive(ranks[0], "fail", json.dumps(report), exit_code=78)
+    jobs.drive(ranks[0]["metadata"]["name"], "fail", json.dumps(report), exit_code=78)
     failed = jobs.wait_condition("broken", "Failed", timeout=120)
     assert failed["reason"] == "ConfigError"
     assert "exited 78" in failed["message"] and "KUBEMAAS_OUTPUT_URI is not mounted" in failed["message"]
@@ -292,7 +201,7 @@ def test_kueue_admits_queued_trainingjobs_within_the_gpu_quota_and_shows_why_one
     admitted = jobs.wait_condition("first", "Admitted", timeout=90)
     assert admitted["reason"] == "Admitted", admitted
     assert condition(jobs.get("first"), "Queued")["status"] == "False"
-    first = jobs.wait_running_pods("first", 2)
+    first = jobs.wait_running_ranks("first", 2)
     jobs.create(training_job("second", backend="Job", scheduling=scheduling, **TWO_GPUS))
 
     # Kueue's own words, once it has tried to admit the Workload (the operator reads it again every 10 s).
@@ -314,7 +223,7 @@ def test_kueue_admits_queued_trainingjobs_within_the_gpu_quota_and_shows_why_one
     jobs.wait_condition("first", "Succeeded", timeout=120)
     jobs.wait_condition("second", "Admitted", timeout=120)
     assert condition(jobs.get("second"), "Queued")["reason"] == "Admitted"
-    jobs.finish(jobs.wait_running_pods("second", 2))
+    jobs.finish(jobs.wait_running_ranks("second", 2))
     jobs.wait_condition("second", "Succeeded", timeout=120)
 
 
