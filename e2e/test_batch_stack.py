@@ -4,21 +4,19 @@ its own reason. Upstream's controllers and webhooks as built from the pinned mod
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from e2e.conftest import E2ECluster, restricted_container
 from e2e.kube import OUTCOME_LABEL
+from e2e.kueue import KUEUE, gpu_cluster_queue
 from e2e.typed_client import json_object, pod_spec
 from e2e.waits import condition_is
 
 TRAINER = ("trainer.kubeflow.org", "v1alpha1")
-KUEUE = ("kueue.x-k8s.io", "v1beta2")
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 A100 = "NVIDIA-A100-SXM4-80GB"  # e2e/cluster/nodes.py: one kwok node with 4 of them
 
@@ -121,37 +119,8 @@ def test_a_train_job_runs_as_a_job_set_and_succeeds(cluster: E2ECluster, namespa
 @pytest.fixture
 def gpu_queue(cluster: E2ECluster, namespace: str) -> Iterator[str]:
     """A ClusterQueue with 4 A100s for this namespace only, and its LocalQueue; yields the LocalQueue's name."""
-    flavor, queue = f"a100-{namespace}"[:63], f"gpus-{namespace}"[:63]
-    _create(cluster, KUEUE, None, "resourceflavors", {
-        "apiVersion": "/".join(KUEUE), "kind": "ResourceFlavor", "metadata": {"name": flavor},
-        "spec": {"nodeLabels": {"nvidia.com/gpu.product": A100}},
-    })  # fmt: skip
-    _create(cluster, KUEUE, None, "clusterqueues", {
-        "apiVersion": "/".join(KUEUE), "kind": "ClusterQueue", "metadata": {"name": queue},
-        "spec": {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "resourceGroups": [{
-                "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
-                "flavors": [{"name": flavor, "resources": [
-                    {"name": "cpu", "nominalQuota": "16"},
-                    {"name": "memory", "nominalQuota": "64Gi"},
-                    {"name": "nvidia.com/gpu", "nominalQuota": "4"},
-                ]}],
-            }],
-        },
-    })  # fmt: skip
-    _create(cluster, KUEUE, namespace, "localqueues", {
-        "apiVersion": "/".join(KUEUE), "kind": "LocalQueue", "metadata": {"name": "team"},
-        "spec": {"clusterQueue": queue},
-    })  # fmt: skip
-    try:
-        yield "team"
-    finally:
-        api = client.CustomObjectsApi(cluster.api)
-        with contextlib.suppress(ApiException):
-            api.delete_cluster_custom_object(*KUEUE, "clusterqueues", queue)
-        with contextlib.suppress(ApiException):
-            api.delete_cluster_custom_object(*KUEUE, "resourceflavors", flavor)
+    with gpu_cluster_queue(cluster, namespace, A100, 4, "a100") as team:
+        yield team
 
 
 def test_kueue_admits_train_jobs_within_the_gpu_quota_and_holds_the_rest(

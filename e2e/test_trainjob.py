@@ -30,12 +30,12 @@ from e2e.kube import (
     load_crds,
     training_job,
 )
+from e2e.kueue import gpu_cluster_queue, local_queue
 from e2e.test_trainingjob import SHA, Jobs, condition_of, env_of
 from e2e.typed_client import json_object
 
 GROUP, VERSION, PLURAL = TRAININGJOB_API
 TRAINER = ("trainer.kubeflow.org", "v1alpha1")
-KUEUE = ("kueue.x-k8s.io", "v1beta2")
 EXIT_CODE_ANNOTATION = "kwok.kubemaas.io/exit-code"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # e2e/cluster/nodes.py: one kwok node with 8 of them. Not the A100 node, whose 4 GPUs e2e/test_batch_stack.py's
@@ -151,40 +151,8 @@ def test_trainjob_exit_78_is_failed_config_error_with_the_message(
 @pytest.fixture
 def gpu_queue(cluster: E2ECluster, namespace: str) -> Iterator[str]:
     """A ClusterQueue with 2 H100s for this namespace only, and its LocalQueue `team`; yields `team`."""
-    api = client.CustomObjectsApi(cluster.api)
-    flavor, queue = f"h100-{namespace}"[:63], f"gpus-{namespace}"[:63]
-    api.create_cluster_custom_object(*KUEUE, "resourceflavors", {
-        "apiVersion": "/".join(KUEUE), "kind": "ResourceFlavor", "metadata": {"name": flavor},
-        "spec": {"nodeLabels": {"nvidia.com/gpu.product": H100}},
-    })  # fmt: skip
-    api.create_cluster_custom_object(*KUEUE, "clusterqueues", {
-        "apiVersion": "/".join(KUEUE), "kind": "ClusterQueue", "metadata": {"name": queue},
-        "spec": {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "resourceGroups": [{
-                "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
-                "flavors": [{"name": flavor, "resources": [
-                    {"name": "cpu", "nominalQuota": "16"},
-                    {"name": "memory", "nominalQuota": "64Gi"},
-                    {"name": "nvidia.com/gpu", "nominalQuota": "2"},
-                ]}],
-            }],
-        },
-    })  # fmt: skip
-    local_queue(cluster, namespace, "team", queue)
-    try:
-        yield "team"
-    finally:
-        with contextlib.suppress(ApiException):
-            api.delete_cluster_custom_object(*KUEUE, "clusterqueues", queue)
-        with contextlib.suppress(ApiException):
-            api.delete_cluster_custom_object(*KUEUE, "resourceflavors", flavor)
-
-
-def local_queue(cluster: E2ECluster, namespace: str, name: str, cluster_queue: str) -> None:
-    body = {"apiVersion": "/".join(KUEUE), "kind": "LocalQueue", "metadata": {"name": name},
-            "spec": {"clusterQueue": cluster_queue}}  # fmt: skip
-    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(*KUEUE, namespace, "localqueues", body)
+    with gpu_cluster_queue(cluster, namespace, H100, 2, "h100") as team:
+        yield team
 
 
 TWO_GPUS: dict[str, Any] = {"replicas": 2, "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"}}

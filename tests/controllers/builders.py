@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubemaas.api import ModelService
+from kubemaas.api.trainingjob import TrainingJob
 from kubemaas.controllers import modelservice_core as core
+from kubemaas.controllers import trainingjob_core
 from kubemaas.controllers.modelservice_core import Observed, Previous
 from kubemaas.manifests import modelservice as m
 from tests.manifests.builders import parent_of
@@ -96,3 +98,11 @@ def conditions(outcome: core.Outcome) -> dict[str, tuple[str, str, str]]:
 
 def served_version(obj: Mapping[str, Any]) -> str:
     return str(obj["spec"]["template"]["metadata"]["labels"][m.VERSION_LABEL])
+
+
+def advance(job: TrainingJob, desired: trainingjob_core.Desired) -> TrainingJob:
+    """The TrainingJob as the API server holds it after the handler wrote `desired.status`."""
+    body = job.to_wire()
+    body["metadata"] = job.metadata.model_dump(mode="json", exclude_none=True)
+    body["status"] = desired.status.to_wire()
+    return TrainingJob.parse(body)

@@ -13,6 +13,7 @@ from kubemaas.controllers import trainingjob_core as core
 from kubemaas.controllers import trainingjob_reports as reports
 from kubemaas.controllers.conditions import find_condition, transitions
 from kubemaas.manifests import trainingjob as manifests
+from tests.controllers.builders import advance
 
 UID = "0f4c2a6e-9d7b-4c1e-8a3f-5b6d7e8f9a0b"
 CREATED_AT = "2026-11-29T21:30:05Z"
@@ -45,14 +46,6 @@ def make_job(status: dict[str, Any] | None = None, **spec: Any) -> TrainingJob:
     }
     if status is not None:
         body["status"] = status
-    return TrainingJob.parse(body)
-
-
-def advance(job: TrainingJob, desired: core.Desired) -> TrainingJob:
-    """The job as the API server holds it after the handler wrote `desired.status`."""
-    body = job.to_wire()
-    body["metadata"] = job.metadata.model_dump(mode="json", exclude_none=True)
-    body["status"] = desired.status.to_wire()
     return TrainingJob.parse(body)
 
 
