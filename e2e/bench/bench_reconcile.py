@@ -30,7 +30,11 @@ At rest, besides, the write rate of progress (docs/runtime-contract.md §10), pe
 this process serves rank 0 there with the harness's own kubemaas.runtime.progress: at most one write per 10 s
 each), TrainingJobs that reported progress and then succeeded (--finished-jobs: none), the N TrainingJobs whose
 kwok pods have IPs no one answers on (none), and every other parent (none). A group over its limit, or a
-reporting job never written in the window, fails the run (exit 1) after the results are written.
+reporting job never written in the window, fails the run (exit 1) after the results are written. The API
+server refuses loopback endpoints: for about 3 minutes after the loopback pods start, the controller-manager's
+Endpoints controller retries their Kubeflow Services with a Warning Event each time (16 per Service), which
+the window's API server event writes include. A quick look: --n 100 --tj-max 100 --rest-seconds 180
+--no-baseline --no-peer --out reconcile-progress-100.
 
 ModelServices are created with `replicas: 0`: the benchmark measures the operator's reconcile, not
 controller-manager and kwok running pods (which the shared cluster has no capacity for at N=500).
