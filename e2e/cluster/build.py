@@ -109,16 +109,24 @@ def build_module(module_dir: Path, group: list[Component], out: Path) -> None:
 
 
 def module_source_dir(component: Component) -> Path:
-    """Where the module cache holds the pinned source (for files such as CRDs)."""
-    result = subprocess.run(
-        ["go", "list", "-m", "-f", "{{.Dir}}", component.module],
-        cwd=component.module_dir,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0 or not result.stdout.strip():
-        raise BuildError(f"cannot locate {component.module} {component.version}: {result.stderr.strip()}")
-    return Path(result.stdout.strip())
+    """Where the module cache holds the pinned source (for files such as CRDs). A module cache emptied beside a
+    kept binary cache (`go clean -modcache`, a disk clean-up) lists the module without a directory: the source
+    is downloaded then, as a build would, instead of failing the cluster's start."""
+    for attempt in range(2):
+        result = subprocess.run(
+            ["go", "list", "-m", "-f", "{{.Dir}}", component.module],
+            cwd=component.module_dir,
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode == 0 and result.stdout.strip():
+            return Path(result.stdout.strip())
+        if attempt == 0:
+            log(f"downloading the source of {component.module} {component.version} (not in the module cache)")
+            subprocess.run(
+                ["go", "mod", "download", component.module], cwd=component.module_dir, capture_output=True, text=True
+            )
+    raise BuildError(f"cannot locate {component.module} {component.version}: {result.stderr.strip()}")
 
 
 if __name__ == "__main__":

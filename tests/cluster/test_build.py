@@ -103,3 +103,29 @@ def test_the_build_runs_on_the_standard_library_alone() -> None:
     result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+LISTING_GO = f"""\
+#!{sys.executable}
+# `go list -m -f {{{{.Dir}}}} M` prints an empty directory until `go mod download M` has put the source in place.
+import os, pathlib, sys
+args = sys.argv[1:]
+source = pathlib.Path(os.environ["FAKE_GO_SOURCE"])
+if args[:2] == ["mod", "download"]:
+    source.mkdir()
+elif args[:2] == ["list", "-m"]:
+    print(source if source.exists() else "")
+"""
+
+
+def test_a_module_source_missing_from_the_module_cache_is_downloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "go").write_text(LISTING_GO)
+    (bin_dir / "go").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_GO_SOURCE", str(tmp_path / "source"))
+    component = next(c for c in load_components() if c.name == "kubernetes")
+    assert build.module_source_dir(component) == tmp_path / "source"
