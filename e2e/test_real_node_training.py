@@ -13,12 +13,15 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from e2e.conftest import REPO, SERIAL_NODE_TRAINING, E2ECluster, OperatorProcess, RealNode
 from e2e.kube import GROUP, VERSION
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
 from e2e.test_real_node import (  # noqa: F401 (node_store: a fixture)
     STORE_ROOT,
+    assert_published_ciphertext,
+    assert_ran_on,
     create_training_job,
     node_store,
     serve_on_node,
@@ -184,3 +187,26 @@ def test_a_distilled_student_is_published_with_its_metrics_and_served(
 
     ready = serve_on_node(cluster, namespace, "student", "digits-student", real_node)
     assert ready["status"]["servedVersion"] == model["version"]
+
+
+@pytest.mark.real_node
+@pytest.mark.usefixtures("crds", "node_store")
+def test_a_trainjob_trains_two_gloo_ranks_on_the_real_node_and_a_model_service_serves_it(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    operator: OperatorProcess,
+) -> None:
+    """The digits example under Kubeflow Trainer v2 (a TrainJob on a JobSet, the runtime the operator makes for
+    the job): two gloo ranks on the node's CPU, rank 0 publishes the encrypted model, a ModelService serves it."""
+    try:
+        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("trainjobs.trainer.kubeflow.org")
+    except ApiException:
+        pytest.skip("the cluster does not serve Kubeflow Trainer v2's TrainJob")
+    model = train_on_the_node(cluster, namespace, real_node.placement(), "TrainJob")
+    assert get_tj(cluster, namespace, "digits")["status"]["backend"] == "TrainJob"
+    assert_ran_on(cluster, namespace, "digits-workers", real_node.name)
+    assert_published_ciphertext(cluster, namespace, STORE_ROOT / namespace, model)  # node_store's claim
+    ready = serve_on_node(cluster, namespace, "digits", "digits", real_node)
+    assert ready["status"]["servedVersion"] == model["version"], ready["status"]
