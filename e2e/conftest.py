@@ -52,7 +52,7 @@ SERIAL_NODE_CONTAINERS = pytest.mark.xdist_group("node-containerd")  # container
 # The real node's scenarios in two groups that run side by side: most of a scenario is waiting (pods starting,
 # Triton loading, canary windows), and the pods of one training scenario (two ranks of 600m, one Triton pod, a
 # client of 50m) and one serving scenario (at most two Triton pods of 250m and a client of 50m) fit the node's 2
-# CPUs together. Test clients request little and are bounded by their limit (e2e/kube.py CLIENT_RESOURCES).
+# CPUs together. Test clients request little and are bounded by their limit (e2e/kube.py client_resources).
 SERIAL_NODE_TRAINING = pytest.mark.xdist_group("real-node-training")  # ranks train on the node's CPU
 SERIAL_NODE_SERVING = pytest.mark.xdist_group("real-node-serving")  # Triton serves models published by the test
 # Names this pytest run; xdist's workers inherit it. The worker that starts the local cluster writes it
