@@ -34,6 +34,10 @@ GOOD, POISONED, SLOW = "digits-good", "digits-poisoned", "digits-slow"
 # Served with the dynamic batcher on and a long queue delay, so that concurrent requests share an execute() call.
 POISONED_BATCHED, ONE_AT_A_TIME = "digits-poisoned-batched", "digits-one-at-a-time"
 BATCHING = ["--dynamic-batching=Enabled", "--max-queue-delay-us=300000"]
+# About 35 ms of work per call here (20 rounds measured 7 ms): a p99 of a few dozen requests is their slowest one,
+# and on a loaded 2-core CI machine one scheduling stall put the good version's p99 at 5 ms, so the slow version
+# must be slower than any such stall, not merely than a quiet good request.
+SLOW_ROUNDS = 100
 ERROR_RESPONSE, RAISES = "error-response", "raises"
 PLAIN_CONFIG = """
 name: "{name}"
@@ -66,7 +70,7 @@ def triton(published: PublishedModels, tmp_path_factory: pytest.TempPathFactory)
     store = ArtifactStore(published.root)
     publish(store, work, model=GOOD, version="v1", seed=1, key=published.key)
     publish_poisoned(store, work, model=POISONED, version="v1", seed=1, key=published.key)
-    publish_slow(store, work, model=SLOW, version="v1", seed=1, key=published.key, rounds=20)
+    publish_slow(store, work, model=SLOW, version="v1", seed=1, key=published.key, rounds=SLOW_ROUNDS)
     publish_poisoned(store, work, model=POISONED_BATCHED, version="v1", seed=1, key=published.key)
     publish_one_at_a_time(store, work, model=ONE_AT_A_TIME, version="v1", seed=1, key=published.key)
     repository = work / "models"
