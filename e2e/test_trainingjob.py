@@ -339,6 +339,10 @@ def test_pytorchjob_with_four_gpu_pods_succeeds_with_the_published_model(
 
 def assert_unchanged_world_writes_nothing(jobs: Jobs, operator: OperatorProcess, pod: Pod) -> None:
     """A pod event re-runs the reconcile; with nothing changed it applies no child and writes no status."""
+    # The world is unchanged only once the operator has caught up: the ranks' and the PyTorchJob's own status
+    # events can still be arriving when the job turns Running, and each may rightly change the status.
+    settled = quiet_for(lambda: operator_writes(operator), 3)
+    jobs.cluster.wait_for("the operator's writes to settle", settled, timeout=60)
     writes, reconciles = operator_writes(operator), operator_reconciles(operator)
     poke = {"metadata": {"annotations": {"e2e.kubemaas.io/poke": str(time.time())}}}
     jobs.core.patch_namespaced_pod(name_of(pod), jobs.namespace, poke)
