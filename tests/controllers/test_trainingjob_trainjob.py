@@ -298,11 +298,12 @@ def test_queued_shows_kueues_own_reason_then_admitted() -> None:
     assert cond(again, "Admitted") == cond(admitted, "Admitted")
 
 
-def test_a_preempted_job_is_queued_with_the_eviction_reason() -> None:
+def test_a_preempted_job_is_queued_with_the_eviction_reason_and_counts_a_restart() -> None:
     evicted = kueue_workload(
         QuotaReserved=("False", "Pending", PENDING),
         Evicted=("True", "Preempted", "Preempted to accommodate a workload (UID: x) in the ClusterQueue"),
     )
+    evicted["status"]["schedulingStats"] = {"evictions": [{"reason": "Preempted", "underlyingCause": "", "count": 1}]}
     desired = core.reconcile(
         make_job(status=on_trainjob(), **QUEUED),
         observed(workload=HELD, queue=QueueObserved(True, workload=evicted)),
@@ -313,6 +314,14 @@ def test_a_preempted_job_is_queued_with_the_eviction_reason() -> None:
         "Preempted",
         "Preempted to accommodate a workload (UID: x) in the ClusterQueue",
     )
+    assert (desired.status.evictions, desired.status.restart_count) == (1, 1)
+    # Admitted again and running, the Workload is no longer read: the count stays, and a pod failure adds to it.
+    later = make_job(status=desired.status.to_wire(), **QUEUED)
+    running = core.reconcile(later, observed(workload=train_job(active=1, ready=1)), T0)
+    assert (running.status.evictions, running.status.restart_count) == (1, 1)
+    failed_once = [rank_pod(0), rank_pod(1, "Failed", exit_code=138), rank_pod(1)]
+    restarted = core.reconcile(later, observed(workload=train_job(active=1, ready=1), pods=failed_once), T0)
+    assert restarted.status.restart_count == 2, "one pod failure and one eviction"
 
 
 def test_before_kueue_made_its_workload_and_when_kueue_never_manages_it() -> None:

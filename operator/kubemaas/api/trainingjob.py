@@ -369,7 +369,19 @@ class TrainingJobStatus(ApiModel):
     restart_count: Int | None = Field(
         default=None,
         ge=0,
-        description="Times the pods were recreated after a retriable failure; past runPolicy.backoffLimit it fails.",
+        description=(
+            "Times the pods were recreated: after a retriable failure (past runPolicy.backoffLimit the job fails) "
+            "and after each of Kueue's evictions (status.evictions)."
+        ),
+    )
+    evictions: Int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Times Kueue evicted the workload (its Workload's schedulingStats), e.g. preempted by a job of higher "
+            "priority: the pods were deleted (rank 0 checkpoints on SIGTERM) and, once admitted again, the job "
+            "resumed from its last checkpoint. Not counted against runPolicy.backoffLimit."
+        ),
     )
     model: PublishedModel | None = Field(default=None, description="The published model, once Succeeded.")
     progress: TrainingProgress | None = Field(

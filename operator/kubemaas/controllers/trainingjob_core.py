@@ -359,6 +359,9 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     out.status.replica_statuses = replica_statuses(observed.pods) or None
     suspended = _mirror_suspend(job, workload, out)
     recheck = queue.mirror(job, observed.queue, suspended, out.set)
+    evicted = queue.evictions(observed.queue)
+    if evicted is not None:
+        out.status.evictions = evicted or None
 
     succeeded = backend.succeeded(workload)
     failed = true_condition(workload, "Failed")
@@ -368,7 +371,7 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
         finished = timestamp(wl_status.get("completionTime")) or timestamp(decided.get("lastTransitionTime")) or now
         out.set(RUNNING, FALSE, "Finished", "")
         out.set(RESTARTING, FALSE, "Finished", "")
-        out.status.restart_count = backend.restarts(workload, observed.pods)
+        out.status.restart_count = _restarts(backend, workload, observed, out)
         if succeeded is not None:
             reason = str(succeeded.get("reason") or "Succeeded")
             result = _succeeded(job, observed, out, reason, finished)
@@ -390,7 +393,7 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     out.set(SUCCEEDED, FALSE, "NotFinished", "")
     out.set(FAILED, FALSE, "NotFinished", "")
     restarts = backend.restarts(workload, observed.pods)
-    out.status.restart_count = restarts
+    out.status.restart_count = _restarts(backend, workload, observed, out)
     restarting = backend.restarting(job, workload, restarts) if not suspended else None
     if restarting is not None:
         out.set(RESTARTING, TRUE, *restarting)
@@ -407,6 +410,11 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     else:
         out.set(RUNNING, FALSE, "Pending", "waiting for the pods to start")
     return Desired(status=out.status, apply=children, requeue_after=recheck)
+
+
+def _restarts(backend: WorkloadBackend, workload: Mapping[str, Any], observed: Observed, out: _Status) -> int:
+    """status.restartCount: the backend's own pod restarts, and a restart of every pod per Kueue eviction."""
+    return backend.restarts(workload, observed.pods) + (out.status.evictions or 0)
 
 
 def _progress(job: TrainingJob, observed: Observed, out: _Status) -> float | None:

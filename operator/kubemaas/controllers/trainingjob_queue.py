@@ -100,6 +100,17 @@ def mirror(job: TrainingJob, observed: QueueObserved | None, suspended: bool, se
     return QUEUED_RECHECK_SECONDS
 
 
+def evictions(observed: QueueObserved | None) -> int | None:
+    """How many times Kueue evicted the job's workload (preemptions among them), from its Workload's
+    `status.schedulingStats.evictions` (a count per reason and cause); None when the Workload was not read this
+    pass. Kueue only adds to these counts, so the last one read stays true while the Workload is not read."""
+    workload = observed.workload if observed is not None else None
+    if workload is None:
+        return None
+    stats = (workload.get("status") or {}).get("schedulingStats") or {}
+    return sum(int(entry.get("count") or 0) for entry in stats.get("evictions") or ())
+
+
 def _reason(condition: Mapping[str, Any], default: str) -> str:
     return str(condition.get("reason") or default)
 
