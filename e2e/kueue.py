@@ -1,10 +1,11 @@
-"""Kueue objects the e2e scenarios queue on (e2e/cluster/batch.py runs Kueue): a GPU flavor's ClusterQueue for one
-test namespace, and its LocalQueues."""
+"""Kueue objects the e2e scenarios queue on (e2e/cluster/batch.py runs Kueue): a ClusterQueue for one test
+namespace (a GPU flavor's, or any flavor's with preemption), its LocalQueues, and PriorityClasses."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -21,31 +22,36 @@ def local_queue(cluster: E2ECluster, namespace: str, name: str, cluster_queue: s
 
 
 @contextlib.contextmanager
-def gpu_cluster_queue(
-    cluster: E2ECluster, namespace: str, product: str, gpus: int, flavor_prefix: str
+def cluster_queue(
+    cluster: E2ECluster,
+    namespace: str,
+    flavor_prefix: str,
+    quotas: Mapping[str, str],
+    *,
+    node_labels: Mapping[str, str] | None = None,
+    preemption: Mapping[str, Any] | None = None,
 ) -> Iterator[str]:
-    """A ResourceFlavor `<flavor_prefix>-<namespace>` for the kwok nodes of GPU `product` and a ClusterQueue of
-    `gpus` of them (and 16 CPUs, 64Gi) for `namespace` only, with LocalQueue `team` in it; yields `team`. The
-    cluster-scoped objects are named after the namespace and removed afterwards."""
+    """A ResourceFlavor `<flavor_prefix>-<namespace>` (for the nodes with `node_labels`, or any node) and a
+    ClusterQueue of `quotas` (resource -> nominal quota) in it for `namespace` only, with `preemption` (Kueue's
+    ClusterQueue field), and LocalQueue `team` in it; yields `team`. The cluster-scoped objects are named after
+    the namespace and removed afterwards."""
     api = client.CustomObjectsApi(cluster.api)
-    flavor, queue = f"{flavor_prefix}-{namespace}"[:63], f"gpus-{namespace}"[:63]
+    flavor, queue = f"{flavor_prefix}-{namespace}"[:63], f"queue-{namespace}"[:63]
     api.create_cluster_custom_object(*KUEUE, "resourceflavors", {
         "apiVersion": "/".join(KUEUE), "kind": "ResourceFlavor", "metadata": {"name": flavor},
-        "spec": {"nodeLabels": {"nvidia.com/gpu.product": product}},
+        "spec": {"nodeLabels": dict(node_labels)} if node_labels else {},
     })  # fmt: skip
+    spec: dict[str, Any] = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "resourceGroups": [{
+            "coveredResources": list(quotas),
+            "flavors": [{"name": flavor, "resources": [{"name": r, "nominalQuota": q} for r, q in quotas.items()]}],
+        }],
+    }  # fmt: skip
+    if preemption is not None:
+        spec["preemption"] = dict(preemption)
     api.create_cluster_custom_object(*KUEUE, "clusterqueues", {
-        "apiVersion": "/".join(KUEUE), "kind": "ClusterQueue", "metadata": {"name": queue},
-        "spec": {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "resourceGroups": [{
-                "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
-                "flavors": [{"name": flavor, "resources": [
-                    {"name": "cpu", "nominalQuota": "16"},
-                    {"name": "memory", "nominalQuota": "64Gi"},
-                    {"name": "nvidia.com/gpu", "nominalQuota": str(gpus)},
-                ]}],
-            }],
-        },
+        "apiVersion": "/".join(KUEUE), "kind": "ClusterQueue", "metadata": {"name": queue}, "spec": spec,
     })  # fmt: skip
     local_queue(cluster, namespace, "team", queue)
     try:
@@ -55,3 +61,30 @@ def gpu_cluster_queue(
             api.delete_cluster_custom_object(*KUEUE, "clusterqueues", queue)
         with contextlib.suppress(ApiException):
             api.delete_cluster_custom_object(*KUEUE, "resourceflavors", flavor)
+
+
+@contextlib.contextmanager
+def gpu_cluster_queue(
+    cluster: E2ECluster, namespace: str, product: str, gpus: int, flavor_prefix: str
+) -> Iterator[str]:
+    """`cluster_queue` for the kwok nodes of GPU `product`: `gpus` of them (and 16 CPUs, 64Gi)."""
+    quotas = {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": str(gpus)}
+    labels = {"nvidia.com/gpu.product": product}
+    with cluster_queue(cluster, namespace, flavor_prefix, quotas, node_labels=labels) as team:
+        yield team
+
+
+@contextlib.contextmanager
+def priority_classes(cluster: E2ECluster, namespace: str, **values: int) -> Iterator[dict[str, str]]:
+    """PriorityClasses `<namespace>-<name>` of `values` (name -> priority), which Kueue also takes as its
+    workloads' priorities; yields name -> PriorityClass name, and removes them afterwards."""
+    api = client.SchedulingV1Api(cluster.api)
+    names = {name: f"{namespace}-{name}"[:63] for name in values}
+    for name, value in values.items():
+        api.create_priority_class(client.V1PriorityClass(metadata=client.V1ObjectMeta(name=names[name]), value=value))
+    try:
+        yield names
+    finally:
+        for full in names.values():
+            with contextlib.suppress(ApiException):
+                api.delete_priority_class(full)

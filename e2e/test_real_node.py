@@ -334,7 +334,7 @@ def wait_trained(
     cluster: E2ECluster,
     namespace: str,
     name: str = "digits",
-    observe: Callable[[dict[str, Any]], None] = lambda tj: None,
+    observe: Callable[[dict[str, Any]], object] = lambda tj: None,
 ) -> dict[str, Any]:
     """Wait for TrainingJob `name` to end; assert it succeeded with a good model; return its status.model.
     `observe` sees the job as each write of it left it."""

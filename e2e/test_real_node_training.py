@@ -1,9 +1,11 @@
-"""Issue 27 on the real node: progress in `kubectl get tj` while the digits example trains on an encrypted
-dataset (and a tampered one refused), and a distilled student published with its metrics and served."""
+"""Training on the real node: progress in `kubectl get tj` while the digits example trains on an encrypted
+dataset (and a tampered one refused), a distilled student published with its metrics and served, the example
+as a Trainer v2 TrainJob, and a job preempted through Kueue that resumes from the checkpoint it took."""
 
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e.conftest import REPO, SERIAL_NODE_TRAINING, E2ECluster, OperatorProcess, RealNode
 from e2e.kube import GROUP, VERSION
+from e2e.kueue import cluster_queue, priority_classes
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
 from e2e.test_real_node import (  # noqa: F401 (node_store: a fixture)
     STORE_ROOT,
@@ -29,7 +32,7 @@ from e2e.test_real_node import (  # noqa: F401 (node_store: a fixture)
     trainer_job,
     wait_trained,
 )
-from e2e.typed_client import body_as, json_object, name_of, pod_spec
+from e2e.typed_client import body_as, json_object, name_of, pod_spec, pod_status, present
 from kubemaas.runtime.dataset import encrypt_dataset
 from kubemaas.runtime.keyring import generate_key
 
@@ -210,3 +213,79 @@ def test_a_trainjob_trains_two_gloo_ranks_on_the_real_node_and_a_model_service_s
     assert_published_ciphertext(cluster, namespace, STORE_ROOT / namespace, model)  # node_store's claim
     ready = serve_on_node(cluster, namespace, "digits", "digits", real_node)
     assert ready["status"]["servedVersion"] == model["version"], ready["status"]
+
+
+def queued(job: dict[str, Any], queue: str, priority_class: str) -> dict[str, Any]:
+    job["spec"]["scheduling"] = {**job["spec"]["scheduling"], "queueName": queue, "priorityClassName": priority_class}
+    return job
+
+
+@pytest.mark.real_node
+@pytest.mark.usefixtures("crds", "node_store")
+def test_a_preempted_job_checkpoints_waits_in_its_queue_and_resumes_where_it_stopped(
+    cluster: E2ECluster,
+    namespace: str,
+    real_node: RealNode,
+    node_images: None,
+    operator: OperatorProcess,
+) -> None:
+    """Kueue admits `low` (one job's quota), then `high` of a higher priority preempts it: Kueue suspends low's
+    Indexed Job, its ranks get SIGTERM and rank 0 checkpoints; low shows Queued/Preempted and the eviction in
+    restartCount; once high is done, low is admitted again and resumes from that checkpoint, not from 0."""
+    try:
+        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("clusterqueues.kueue.x-k8s.io")
+    except ApiException:
+        pytest.skip("the cluster does not serve Kueue")
+    # One job's worth: two ranks of 600m and 1536Mi (trainer_job); a second job waits or preempts.
+    quotas = {"cpu": "1500m", "memory": "4Gi"}
+    shown: list[dict[str, Any]] = []  # low's status.progress, as each write of it showed it
+
+    def progress(tj: dict[str, Any]) -> dict[str, Any] | None:
+        report = (tj.get("status") or {}).get("progress")
+        if report and (not shown or shown[-1] != report):
+            shown.append(report)
+        return report
+
+    def preempted(tj: dict[str, Any]) -> dict[str, Any] | None:
+        queued = condition(tj, "Queued")
+        if queued.get("status") != "True":
+            progress(tj)  # what low showed up to its preemption
+        return tj if queued.get("status") == "True" and queued.get("reason") == "Preempted" else None
+
+    with (
+        cluster_queue(cluster, namespace, "node", quotas, preemption={"withinClusterQueue": "LowerPriority"}) as team,
+        priority_classes(cluster, namespace, low=100, high=1000) as priority,
+    ):
+        low = trainer_job("low", "Job", real_node.placement(), steps=1500)
+        create_training_job(cluster, namespace, queued(low, team, priority["low"]))
+        # Preempted once it has trained past rank 0's first periodic checkpoint (step 100).
+        cluster.wait_object(
+            f"{GROUP}/{VERSION}", "TrainingJob", namespace, "low",
+            lambda tj: (report := progress(tj)) and report["step"] >= 150,
+            what="low past step 150", timeout=300,
+        )  # fmt: skip
+        high = trainer_job("high", "Job", real_node.placement(), steps=300, generate_key="Never")
+        create_training_job(cluster, namespace, queued(high, team, priority["high"]))
+        held = cluster.wait_object(
+            f"{GROUP}/{VERSION}", "TrainingJob", namespace, "low", preempted, what="low preempted", timeout=120
+        )
+        assert condition(held, "Suspended").get("status") == "True", held["status"]
+        before = max(p["step"] for p in shown)
+        assert float(wait_trained(cluster, namespace, "high")["metrics"]["heldOutAccuracy"]) >= 0.9
+        shown.clear()
+        model = wait_trained(cluster, namespace, "low", observe=progress)
+    assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
+    done = get_tj(cluster, namespace, "low")["status"]
+    assert done["evictions"] == 1 and done["restartCount"] >= 1, done
+    core = client.CoreV1Api(cluster.api)
+    selector = "kubemaas.io/trainingjob=low,batch.kubernetes.io/job-completion-index=0"
+    (rank0,) = [p for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+                if pod_status(p).phase == "Succeeded"]  # fmt: skip
+    log = core.read_namespaced_pod_log(name_of(rank0), namespace)
+    resumed = re.search(r"resumed from checkpoint at step (\d+)", log)
+    # Every step the status showed before the preemption is in the checkpoint rank 0 took on SIGTERM, and the
+    # resumed run counts on from there.
+    assert resumed and int(resumed[1]) >= before, (before, log[-3000:])
+    started = present(pod_status(rank0).start_time, "the resumed rank 0's start time").timestamp()
+    again = [p for p in shown if time_of(p["updateTime"]) >= started]
+    assert again and min(p["step"] for p in again) >= int(resumed[1]), (resumed[1], shown)

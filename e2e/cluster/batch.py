@@ -7,8 +7,9 @@ and the webhook configurations shipped in each module are registered with `clien
 process instead of a Service. Everything else (CRDs, webhook rules, failure policies) is upstream's, read from
 the same module version the binaries are built from.
 
-Kueue is configured for the integrations Kubemaas uses (batch/Job, JobSet, TrainJob); its webhooks for other
-kinds (Pods, Deployments, Ray, MPI ...) are not registered, so nothing else in the cluster depends on it.
+Kueue is configured for the integrations Kubemaas uses (batch/Job, JobSet, TrainJob), with fair sharing on; its
+webhooks for other kinds (Pods, Deployments, Ray, MPI ...) are not registered, so nothing else in the cluster
+depends on it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .pki import CertificateAuthority, KeyPair
 KUEUE_FRAMEWORKS = ("batch/job", "jobset.x-k8s.io/jobset", "trainer.kubeflow.org/trainjob")
 # The API groups of the kinds those integrations and Kueue's own API cover: webhooks on other groups stay out.
 KUEUE_WEBHOOK_GROUPS = frozenset({"batch", "jobset.x-k8s.io", "trainer.kubeflow.org", "kueue.x-k8s.io"})
+KUEUE_FAIR_SHARING_STRATEGIES = ("LessThanOrEqualToFinalShare", "LessThanInitialShare")
 KUEUE_NAMESPACE = "kueue-system"
 TRAINER_NAMESPACE = "kubeflow-system"
 JOBSET_NAMESPACE = "jobset-system"
@@ -90,6 +92,11 @@ def _kueue_configuration(webhook: int, health: int, metrics: int, cert_dir: Path
         "internalCertManagement": {"enable": False},
         "manageJobsWithoutQueueName": False,
         "integrations": {"frameworks": list(KUEUE_FRAMEWORKS)},
+        # Fair sharing between the ClusterQueues of a cohort by their weights (e2e/fair_sharing.py). In v1beta2 the
+        # section's presence turns it on and the strategies are required: these are v1beta1's defaults (preempt
+        # while the preemptor's share stays at most the target's after it; failing that, below the target's now).
+        # A ClusterQueue without a cohort has no share, so the other scenarios' queues behave as before.
+        "fairSharing": {"preemptionStrategies": list(KUEUE_FAIR_SHARING_STRATEGIES)},
     }
 
 

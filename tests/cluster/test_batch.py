@@ -76,6 +76,20 @@ def test_kueue_configuration_manages_only_labelled_workloads_of_the_integrations
     assert config["webhook"] == {"port": 1, "host": "127.0.0.1", "certDir": str(tmp_path)}
 
 
+def test_kueue_configuration_turns_fair_sharing_on_with_strategies_v1beta2_accepts(tmp_path: Path) -> None:
+    """v1beta2 has no `enable`: the section turns fair sharing on, and Kueue refuses it without one of the
+    strategy lists of pkg/config/validation.go (v0.19.2)."""
+    config = KUEUE.configuration(1, 2, 3, tmp_path)
+    assert config["apiVersion"] == "config.kueue.x-k8s.io/v1beta2"
+    valid = (
+        ["LessThanOrEqualToFinalShare"],
+        ["LessThanInitialShare"],
+        ["LessThanOrEqualToFinalShare", "LessThanInitialShare"],
+    )
+    assert config["fairSharing"]["preemptionStrategies"] in valid
+    assert set(config["fairSharing"]) == {"preemptionStrategies"}
+
+
 def test_a_fixed_directory_is_removed_only_when_the_cluster_created_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
