@@ -289,3 +289,5 @@ def test_a_preempted_job_checkpoints_waits_in_its_queue_and_resumes_where_it_sto
     started = present(pod_status(rank0).start_time, "the resumed rank 0's start time").timestamp()
     again = [p for p in shown if time_of(p["updateTime"]) >= started]
     assert again and min(p["step"] for p in again) >= int(resumed[1]), (resumed[1], shown)
+    print(f"\nlow: status showed step {before} before its preemption, resumed from {resumed[1]}; evictions "
+          f"{done['evictions']}, restartCount {done['restartCount']}")  # fmt: skip
