@@ -1,0 +1,62 @@
+"""Kueue fair sharing between two teams' TrainingJobs, end to end: the operator (scoped to the test's namespace, as
+the chart's identity) queues them through Kueue v0.19.2 with fair sharing on (e2e/cluster/batch.py), kwok runs each
+pod for a fixed time on a GPU node of the test's own (e2e/fair_sharing.py).
+
+Team a (weight 2) fills the pool with a backlog; team b (weight 1) arrives with its own. What a platform promises
+its teams is asserted: b's first job runs within one job's duration (it preempts one of a's, rather than waiting
+for a's backlog to drain), and over the window in which both teams have jobs waiting, each team's GPU-seconds are
+within 10 % of its weight's share. The long run with its plot is e2e/bench/bench_fair_sharing.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from e2e.conftest import E2ECluster, OperatorProcess
+from e2e.fair_sharing import Scenario, gpu_pool
+
+WEIGHTS = {"a": 2, "b": 1}
+POOL_GPUS = 3  # a steady state of 2 + 1 single-GPU jobs
+RUN_SECONDS = 15.0
+# b's five jobs take about five runs of its one GPU; a's fourteen outlast them on its two (one of a's first three
+# is preempted when b arrives and waits again), so b's backlog empties first and ends the window.
+JOBS = {"a": 14, "b": 5}
+TOLERANCE = 0.10
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kueue_and_trainer_served(cluster: E2ECluster) -> None:
+    """The generated CRDs of this checkout; Kueue's and Trainer's, which the shared cluster serves as root."""
+    extensions = client.ApiextensionsV1Api(cluster.api)
+    for crd in ("clusterqueues.kueue.x-k8s.io", "cohorts.kueue.x-k8s.io", "trainjobs.trainer.kubeflow.org"):
+        try:
+            extensions.read_custom_resource_definition(crd)
+        except ApiException as error:
+            if error.status == 404:
+                pytest.skip(f"this cluster does not serve {crd} (Kueue runs on the local cluster as root)")
+            raise
+    cluster.install_crds()
+
+
+def test_two_teams_share_a_cohorts_gpus_by_their_weights_and_a_late_team_waits_less_than_a_job(
+    cluster: E2ECluster, namespace: str, operator: OperatorProcess
+) -> None:
+    operator.wait_live()
+    with gpu_pool(cluster, namespace, POOL_GPUS, WEIGHTS) as pool:
+        scenario = Scenario(cluster, pool, RUN_SECONDS, backend="TrainJob")
+        scenario.submit("a", JOBS["a"])
+        scenario.follow(lambda: scenario.running_gpus("a") == POOL_GPUS, "team a on the whole pool", timeout=90)
+        scenario.submit("b", JOBS["b"])
+        scenario.follow(scenario.a_backlog_emptied, "one team's backlog to empty", timeout=240)
+        result = scenario.result()
+
+    summary = (
+        f"shares {result.share} for weights {result.weight_share}, first waits {result.first_wait} s, window "
+        f"{result.window_start}-{result.window_end} s, preempted {result.preempted_runs}"
+    )
+    assert result.preempted_runs["a"] >= 1, f"b got a GPU without preempting a: a never held the pool; {summary}"
+    for team in WEIGHTS:
+        assert result.first_wait[team] < RUN_SECONDS, f"team {team} waited a job's duration or more: {summary}"
+        assert abs(result.share_error(team)) <= TOLERANCE, f"team {team} off its weight's share: {summary}"
