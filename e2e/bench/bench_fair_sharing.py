@@ -8,10 +8,11 @@ v0.19.2 with fair sharing on (e2e/cluster/batch.py), and the operator queueing o
 each. kwok runs every pod for --run-seconds. Team a fills the pool with its backlog, then team b submits its own;
 both backlogs are sized to last about --cycles runs of b's share of the pool.
 
-Measured, from the pods' watch: each team's GPU-seconds inside the window in which both teams have jobs waiting
-(from b's first submission to the moment the first backlog empties), its share of the GPU-seconds used there
-against its weight's share, each team's first wait (submission of its first job to its first pod running) against
-one job's duration, the runs preempted, and the pool's utilization in the window.
+Measured, from the pods' watch: each team's GPU-seconds inside the window in which both teams have jobs waiting in
+Kueue (from b's first Workload to the moment the first backlog empties), its share of the GPU-seconds used there
+against its weight's share, each team's first wait (its first Workload to its first pod running; and from its first
+TrainingJob's creation, which adds the operator's latency) against one job's duration, the runs preempted, and the
+pool's utilization in the window.
 
 Writes e2e/bench/results/<out>.json and <out>.png (GPUs in use per team over time) and prints a markdown table;
 --report only redraws both from the saved JSON.
@@ -128,14 +129,16 @@ def fair_sharing_status(api: client.ApiClient, queue: str) -> Any:
 
 def table(report: dict[str, Any]) -> str:
     lines = [
-        "| team | weight | jobs | weight's share | GPU-s in window | share | off by | first wait s | runs preempted |",
+        "| team | weight | jobs | weight's share | GPU-s in window | share | off by | first wait s (from submission) "
+        "| runs preempted |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for team, weight in report["weights"].items():
         lines.append(
             f"| {team} | {weight} | {report['jobs'][team]} | {report['weight_share'][team]:.1%} "
             f"| {report['gpu_seconds'][team]:.0f} | {report['share'][team]:.1%} | {report['share_error'][team]:+.1%} "
-            f"| {report['first_wait'][team]:.1f} | {report['preempted_runs'][team]} |"
+            f"| {report['first_wait'][team]:.1f} ({report['first_wait_from_submission'][team]:.1f}) "
+            f"| {report['preempted_runs'][team]} |"
         )
     window = report["window_end"] - report["window_start"]
     lines += [
