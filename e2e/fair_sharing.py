@@ -282,16 +282,18 @@ class Scenario:
             first[team] = min(first.get(team, math.inf), created)
         return first
 
-    def result(self) -> Result:
+    def result(self, *, from_running: bool = False) -> Result:
         """The shares over the window in which every team had jobs waiting in Kueue's queues: from the last team's
-        first Workload to the moment the first team's backlog emptied. A team's first wait is from its first
-        Workload to its first pod running: the operator's own latency before (making a TrainingJob's workload,
-        which a loaded machine stretches for every job alike) is reported beside it, from the first submission."""
+        first Workload (`from_running`: its first pod running, which leaves the late team's start-up to its first
+        wait) to the moment the first team's backlog emptied. A team's first wait is from its first Workload to its
+        first pod running: the operator's own latency before (making a TrainingJob's workload, which a loaded
+        machine stretches for every job alike) is reported beside it, from the first submission."""
         teams = list(self.pool.weights)
         first_submit = {t: min(s for j, s in self.submitted.items() if team_of(j) == t) for t in teams}
         queued = self.queued()
         first_queued = {t: queued.get(t, math.inf) for t in teams}
-        start = max(first_queued.values())
+        first_start = {t: min((r.start for r in self.runs.values() if r.team == t), default=math.inf) for t in teams}
+        start = max((first_start if from_running else first_queued).values())
         ends = [e for e in (self.backlog_emptied(t) for t in teams) if e is not None]
         assert ends, "no team's backlog emptied: the window has not ended"
         end = min(ends)
@@ -304,7 +306,6 @@ class Scenario:
         total = sum(gpu_seconds.values())
         weights = sum(self.pool.weights.values())
         t0 = min(first_submit.values())
-        first_start = {t: min((r.start for r in self.runs.values() if r.team == t), default=math.inf) for t in teams}
         return Result(
             pool_gpus=self.pool.gpus,
             run_seconds=self.run_seconds,

@@ -5,10 +5,10 @@ pod for a fixed time on a GPU node of the test's own (e2e/fair_sharing.py).
 Team a (weight 2) fills the pool with a backlog; team b (weight 1) arrives with its own. What a platform promises
 its teams is asserted: b's first job runs within one job's duration of its backlog reaching Kueue (it preempts one
 of a's, rather than waiting for a's backlog to drain), and over the window in which both teams have jobs waiting
-in Kueue, each team's GPU-seconds are within 10 % of its weight's share. Both are counted from the Workloads, not
-from the TrainingJobs' creation: on a loaded machine the operator takes seconds to make each job's workload, the
-same for every job, which is not the scheduling being tested (e2e/fair_sharing.py's Scenario.result). The long run
-with its plot is e2e/bench/bench_fair_sharing.py.
+and running, each team's GPU-seconds are within 10 % of its weight's share. The waits are counted from the
+Workloads, not from the TrainingJobs' creation: on a loaded machine the operator takes seconds to make each job's
+workload, the same for every job, which is not the scheduling being tested (e2e/fair_sharing.py's Scenario.result).
+The long run with its plot, whose window also holds b's start-up, is e2e/bench/bench_fair_sharing.py.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def test_two_teams_share_a_cohorts_gpus_by_their_weights_and_a_late_team_waits_l
         scenario.follow(lambda: scenario.running_gpus("a") == POOL_GPUS, "team a on the whole pool", timeout=90)
         scenario.submit("b", JOBS["b"])
         scenario.follow(scenario.a_backlog_emptied, "one team's backlog to empty", timeout=240)
-        result = scenario.result()
+        # The shares from b's first job running: b's start-up, its first wait (asserted on its own), weighs on a short
+        # window (17.5 s of 137 s beside 20 scenarios at load 9 put b 19 % under its share), not on the bench's.
+        result = scenario.result(from_running=True)
 
     summary = (
         f"shares {result.share} for weights {result.weight_share}, first waits {result.first_wait} s in Kueue "
