@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from kubernetes import client
 
@@ -38,6 +39,17 @@ def client_resources(cpu_limit: str) -> dict[str, Any]:
 TERMINATION_MESSAGE_ANNOTATION = "kwok.kubemaas.io/termination-message"
 CRD = client.V1CustomResourceDefinition
 CRD_APPLY_ATTEMPTS = 5  # xdist workers apply the same CRDs at once: 409s are expected, retried
+
+
+def skip_unless_served(api: client.ApiClient, crd: str, what: str) -> None:
+    """Skip the calling test unless the cluster serves the CustomResourceDefinition `crd` (`what`: whose API it
+    is, for the skip's reason); an API error other than 404 fails the test."""
+    try:
+        client.ApiextensionsV1Api(api).read_custom_resource_definition(crd)
+    except client.ApiException as error:
+        if error.status != 404:
+            raise
+        pytest.skip(f"this cluster does not serve {crd} ({what})")
 
 
 def load_crds(directory: Path = CRDS_DIR) -> list[dict[str, Any]]:

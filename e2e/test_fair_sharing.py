@@ -16,11 +16,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from e2e.conftest import E2ECluster, OperatorProcess
 from e2e.fair_sharing import Scenario, gpu_pool
+from e2e.kube import skip_unless_served
 
 WEIGHTS = {"a": 2, "b": 1}
 POOL_GPUS = 3  # a steady state of 2 + 1 single-GPU jobs
@@ -47,14 +46,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module", autouse=True)
 def kueue_and_trainer_served(cluster: E2ECluster) -> None:
     """The generated CRDs of this checkout; Kueue's and Trainer's, which the shared cluster serves as root."""
-    extensions = client.ApiextensionsV1Api(cluster.api)
     for crd in ("clusterqueues.kueue.x-k8s.io", "cohorts.kueue.x-k8s.io", "trainjobs.trainer.kubeflow.org"):
-        try:
-            extensions.read_custom_resource_definition(crd)
-        except ApiException as error:
-            if error.status == 404:
-                pytest.skip(f"this cluster does not serve {crd} (Kueue runs on the local cluster as root)")
-            raise
+        skip_unless_served(cluster.api, crd, "Kueue and Trainer run on the local cluster as root")
     cluster.install_crds()
 
 

@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 
 from e2e.conftest import E2ECluster, restricted_container
-from e2e.kube import drive_pod
+from e2e.kube import drive_pod, skip_unless_served
 from e2e.typed_client import body_as, container_statuses, pod_spec, present, terminated
 from e2e.waits import condition_is
 
@@ -27,12 +27,7 @@ def _replica(replicas: int) -> dict[str, Any]:
 
 @pytest.fixture
 def pytorchjob_served(cluster: E2ECluster) -> None:
-    try:
-        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition(f"{PLURAL}.{GROUP}")
-    except client.ApiException as error:
-        if error.status == 404:
-            pytest.skip("this cluster does not serve kubeflow.org/v1 PyTorchJob")
-        raise
+    skip_unless_served(cluster.api, f"{PLURAL}.{GROUP}", "kubeflow.org/v1 PyTorchJob")
 
 
 def test_pytorchjob_gets_master_and_worker_pods_and_succeeds(

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
 
 from e2e import waits
@@ -37,6 +36,7 @@ from e2e.kube import (
     bound_claim,
     client_resources,
     model_service,
+    skip_unless_served,
     training_job,
 )
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
@@ -391,10 +391,7 @@ def test_pytorchjob_trains_two_ranks_on_the_real_node(
     """The trainer image as two gloo ranks on CPU through the real training operator: the worker's init
     container waits for the master's Service name, the ranks meet at MASTER_ADDR, rank 0 publishes the
     encrypted model to the claim and its termination message becomes status.model."""
-    try:
-        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
-    except ApiException:
-        pytest.skip("the cluster does not serve PyTorchJob (no Kubeflow training operator)")
+    skip_unless_served(cluster.api, "pytorchjobs.kubeflow.org", "the Kubeflow training operator's PyTorchJob")
     model = train_on_the_node(cluster, namespace, real_node.placement(), "PyTorchJob")
     assert_ran_on(cluster, namespace, "digits", real_node.name)
     assert_published_ciphertext(cluster, namespace, node_store, model)

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from e2e.conftest import REPO, SERIAL_NODE_TRAINING, E2ECluster, OperatorProcess, RealNode
-from e2e.kube import GROUP, VERSION
+from e2e.kube import GROUP, VERSION, skip_unless_served
 from e2e.kueue import cluster_queue, priority_classes
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
 from e2e.test_real_node import (  # noqa: F401 (node_store: a fixture)
@@ -203,10 +202,7 @@ def test_a_trainjob_trains_two_gloo_ranks_on_the_real_node_and_a_model_service_s
 ) -> None:
     """The digits example under Kubeflow Trainer v2 (a TrainJob on a JobSet, the runtime the operator makes for
     the job): two gloo ranks on the node's CPU, rank 0 publishes the encrypted model, a ModelService serves it."""
-    try:
-        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("trainjobs.trainer.kubeflow.org")
-    except ApiException:
-        pytest.skip("the cluster does not serve Kubeflow Trainer v2's TrainJob")
+    skip_unless_served(cluster.api, "trainjobs.trainer.kubeflow.org", "Kubeflow Trainer v2")
     model = train_on_the_node(cluster, namespace, real_node.placement(), "TrainJob")
     assert get_tj(cluster, namespace, "digits")["status"]["backend"] == "TrainJob"
     assert_ran_on(cluster, namespace, "digits-workers", real_node.name)
@@ -232,10 +228,7 @@ def test_a_preempted_job_checkpoints_waits_in_its_queue_and_resumes_where_it_sto
     """Kueue admits `low` (one job's quota), then `high` of a higher priority preempts it: Kueue suspends low's
     Indexed Job, its ranks get SIGTERM and rank 0 checkpoints; low shows Queued/Preempted and the eviction in
     restartCount; once high is done, low is admitted again and resumes from that checkpoint, not from 0."""
-    try:
-        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("clusterqueues.kueue.x-k8s.io")
-    except ApiException:
-        pytest.skip("the cluster does not serve Kueue")
+    skip_unless_served(cluster.api, "clusterqueues.kueue.x-k8s.io", "Kueue")
     # One job's worth: two ranks of 600m and 1536Mi (trainer_job); a second job waits or preempts.
     quotas = {"cpu": "1500m", "memory": "4Gi"}
     shown: list[dict[str, Any]] = []  # low's status.progress, as each write of it showed it

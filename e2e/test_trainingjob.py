@@ -33,6 +33,7 @@ from e2e.kube import (
     create_claim,
     load_crds,
     scrape,
+    skip_unless_served,
     training_job,
 )
 from e2e.operator_series import key, object_series, wait_gone
@@ -54,12 +55,7 @@ def kubemaas_crds(cluster: E2ECluster) -> None:
 
 @pytest.fixture
 def pytorchjob_served(cluster: E2ECluster) -> None:
-    try:
-        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
-    except client.ApiException as error:
-        if error.status == 404:
-            pytest.skip("this cluster does not serve kubeflow.org/v1 PyTorchJob")
-        raise
+    skip_unless_served(cluster.api, "pytorchjobs.kubeflow.org", "kubeflow.org/v1 PyTorchJob")
 
 
 Claims = Callable[..., None]
@@ -466,10 +462,7 @@ def test_suspend_deletes_the_pods_and_resume_brings_them_back(
     jobs: Jobs, claims: Claims, operator: OperatorProcess, cluster: E2ECluster, backend: str
 ) -> None:
     if backend == "PyTorchJob":
-        try:
-            client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("pytorchjobs.kubeflow.org")
-        except client.ApiException:
-            pytest.skip("this cluster does not serve kubeflow.org/v1 PyTorchJob")
+        skip_unless_served(cluster.api, "pytorchjobs.kubeflow.org", "kubeflow.org/v1 PyTorchJob")
     claims("datasets", "models")
     operator.wait_live()
     jobs.create(training_job("pausable", backend=backend, replicas=2))

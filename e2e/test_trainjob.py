@@ -28,6 +28,7 @@ from e2e.kube import (
     apply_crd,
     bound_claim,
     load_crds,
+    skip_unless_served,
     training_job,
 )
 from e2e.kueue import gpu_cluster_queue, local_queue
@@ -46,12 +47,7 @@ H100 = "NVIDIA-H100-80GB-HBM3"
 @pytest.fixture(scope="module", autouse=True)
 def trainer_served(cluster: E2ECluster) -> None:
     """The generated CRDs of this checkout, and Trainer's TrainJob CRD, which the shared cluster serves."""
-    try:
-        client.ApiextensionsV1Api(cluster.api).read_custom_resource_definition("trainjobs.trainer.kubeflow.org")
-    except ApiException as error:
-        if error.status == 404:
-            pytest.skip("this cluster does not serve Kubeflow Trainer v2 (trainer.kubeflow.org TrainJob)")
-        raise
+    skip_unless_served(cluster.api, "trainjobs.trainer.kubeflow.org", "Kubeflow Trainer v2")
     for crd in load_crds():
         apply_crd(cluster.api, crd)
 
