@@ -371,7 +371,7 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
         finished = timestamp(wl_status.get("completionTime")) or timestamp(decided.get("lastTransitionTime")) or now
         out.set(RUNNING, FALSE, "Finished", "")
         out.set(RESTARTING, FALSE, "Finished", "")
-        out.status.restart_count = _restarts(backend, workload, observed, out)
+        out.status.restart_count = _restarts(backend.restarts(workload, observed.pods), out)
         if succeeded is not None:
             reason = str(succeeded.get("reason") or "Succeeded")
             result = _succeeded(job, observed, out, reason, finished)
@@ -393,7 +393,7 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     out.set(SUCCEEDED, FALSE, "NotFinished", "")
     out.set(FAILED, FALSE, "NotFinished", "")
     restarts = backend.restarts(workload, observed.pods)
-    out.status.restart_count = _restarts(backend, workload, observed, out)
+    out.status.restart_count = _restarts(restarts, out)
     restarting = backend.restarting(job, workload, restarts) if not suspended else None
     if restarting is not None:
         out.set(RESTARTING, TRUE, *restarting)
@@ -412,9 +412,9 @@ def reconcile(job: TrainingJob, observed: Observed, now: datetime) -> Desired:
     return Desired(status=out.status, apply=children, requeue_after=recheck)
 
 
-def _restarts(backend: WorkloadBackend, workload: Mapping[str, Any], observed: Observed, out: _Status) -> int:
+def _restarts(pod_restarts: int, out: _Status) -> int:
     """status.restartCount: the backend's own pod restarts, and a restart of every pod per Kueue eviction."""
-    return backend.restarts(workload, observed.pods) + (out.status.evictions or 0)
+    return pod_restarts + (out.status.evictions or 0)
 
 
 def _progress(job: TrainingJob, observed: Observed, out: _Status) -> float | None:
