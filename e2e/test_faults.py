@@ -14,6 +14,7 @@ Each test bounds its own time; together they take about 4 minutes on the 2-core 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -37,7 +38,8 @@ from e2e.test_modelservice import (  # noqa: F401  (crds and store are fixtures)
     publish,
     store,
 )
-from e2e.typed_client import body_as, json_object, meta, name_of, new_client, present
+from e2e.typed_client import as_json, body_as, json_object, meta, name_of, new_client, present
+from e2e.waits import WaitTimeout
 from kubemaas.controllers.labels import parent_label
 
 # A throwaway control plane each, whose API server and etcd these tests stop: one at a time.
@@ -72,15 +74,48 @@ def converged(objects: dict[str, dict[str, Any]], want: Replicas) -> bool:
 
 def wait_converged(cluster: E2ECluster, namespace: str, want: Replicas, timeout: float = CONVERGE_TIMEOUT) -> float:
     started = time.monotonic()
-    cluster.wait_objects(
-        f"{GROUP}/{VERSION}",
-        "ModelService",
-        namespace,
-        lambda objects: converged(objects, want),
-        what=f"{len(want)} ModelServices Ready at their latest generation",
-        timeout=timeout,
-    )
+    try:
+        cluster.wait_objects(
+            f"{GROUP}/{VERSION}",
+            "ModelService",
+            namespace,
+            lambda objects: converged(objects, want),
+            what=f"{len(want)} ModelServices Ready at their latest generation",
+            timeout=timeout,
+        )
+    except WaitTimeout as error:
+        raise WaitTimeout(f"{error}\n{stalled(cluster, namespace, want)}") from None
     return time.monotonic() - started
+
+
+def stalled(cluster: E2ECluster, namespace: str, want: Replicas) -> str:
+    """Where the ModelServices that did not converge stand: their Deployments, pods and the nodes (on a timeout)."""
+    apps, core = client.AppsV1Api(cluster.api), client.CoreV1Api(cluster.api)
+
+    def plain(listed: object) -> dict[str, Any]:
+        return as_json(cluster.api, listed)
+
+    services = json_object(custom(cluster).list_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices"))
+    behind = {
+        ms["metadata"]["name"]: ms.get("status")
+        for ms in services["items"]
+        if not converged({"ms": ms}, {"ms": want.get(ms["metadata"]["name"], -1)})
+    }
+    deployments = {d["metadata"]["name"]: d for d in plain(apps.list_namespaced_deployment(namespace))["items"]}
+    pods = plain(core.list_namespaced_pod(namespace))["items"]
+    lines = [f"{len(behind)} of {len(want)} not converged: {', '.join(sorted(behind))}"]
+    for name in sorted(behind)[:5]:
+        lines.append(f"  {name} status: {json.dumps(behind[name])[:400]}")
+        lines.append(f"    Deployment status: {json.dumps((deployments.get(name) or {}).get('status'))[:600]}")
+        lines += [
+            f"    pod {pod['metadata']['name']} on {pod['spec'].get('nodeName')}: {json.dumps(pod.get('status'))[:400]}"
+            for pod in pods
+            if pod["metadata"]["name"].startswith(f"{name}-")
+        ]
+    for node in plain(core.list_node())["items"]:
+        ready = [c for c in node["status"].get("conditions", ()) if c["type"] == "Ready"]
+        lines.append(f"  node {node['metadata']['name']}: {ready} taints {node['spec'].get('taints')}")
+    return "\n".join(lines)
 
 
 def assert_one_child_set(cluster: E2ECluster, namespace: str, want: Replicas) -> None:

@@ -10,7 +10,7 @@ from kubernetes import client
 
 from e2e.cluster.nodes import CPU_NODES, GPU_NODES, MAX_GPUS_PER_NODE
 from e2e.conftest import E2ECluster, restricted_container
-from e2e.typed_client import body_as, meta, pod_spec, pod_status, present
+from e2e.typed_client import as_json, body_as, meta, pod_spec, pod_status, present
 
 
 def _pod(name: str, gpus: int = 0, **spec: Any) -> client.V1Pod:
@@ -51,6 +51,28 @@ def test_deployment_rolls_out_with_ready_pods(cluster: E2ECluster, namespace: st
         status = pod_status(pod)
         assert status.phase == "Running"
         assert {c.type: c.status for c in present(status.conditions, "pod conditions")}["Ready"] == "True"
+
+
+def _ready(pod: dict[str, Any]) -> str | None:
+    return next((c["status"] for c in (pod.get("status") or {}).get("conditions") or () if c["type"] == "Ready"), None)
+
+
+def test_a_pod_marked_not_ready_by_the_node_controller_is_ready_again(cluster: E2ECluster, namespace: str) -> None:
+    """What the node lifecycle controller does when a kwok node's lease goes stale (etcd or the API server away
+    longer than the grace period): it marks the node's pods not Ready. A kubelet that is back reports them Ready
+    again; so must kwok (the pod-ready-again stage), or every Deployment on the node stays unavailable for good."""
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespaced_pod(namespace, _pod("steady"))
+    cluster.wait_object("v1", "Pod", namespace, "steady", lambda p: _ready(p) == "True", what="pod steady Ready")
+    marked = {"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "NodeNotReady"}]}}
+    patched = core.patch_namespaced_pod_status("steady", namespace, marked)
+    assert _ready(as_json(cluster.api, patched)) == "False"
+    after = int(present(meta(patched).resource_version, "the patched pod's resourceVersion"))
+
+    def ready_again(pod: dict[str, Any]) -> bool:  # Ready in a version newer than the one that marked it
+        return _ready(pod) == "True" and int(pod["metadata"]["resourceVersion"]) > after
+
+    cluster.wait_object("v1", "Pod", namespace, "steady", ready_again, what="pod steady Ready again", timeout=30)
 
 
 def test_gpu_pod_is_bound_to_a_gpu_node(cluster: E2ECluster, namespace: str) -> None:
