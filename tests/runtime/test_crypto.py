@@ -25,6 +25,7 @@ from kubemaas.runtime.crypto import (
     UnknownKeyError,
     UnsupportedFormatError,
     WrongKeyError,
+    access,
     decrypt_file,
     encrypt_file,
     pipeline,
@@ -380,7 +381,7 @@ def test_io_error_in_a_worker_surfaces_and_leaves_nothing(
     monkeypatch.setattr(stream, "pread_into", real_read)
     artifact = _encrypt(tmp_path, os.urandom(30 * CHUNK))
     calls.clear()
-    monkeypatch.setattr(stream, "pread_into", failing_read)
+    monkeypatch.setattr(access, "pread_into", failing_read)  # decryption reads through FileAccess
     before = set(tmp_path.iterdir())
     with pytest.raises(OSError, match="injected read error"):
         _decrypt(tmp_path, artifact, keyring)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from kubemaas.runtime.crypto.access import FileAccess, RandomAccess
 from kubemaas.runtime.crypto.format import (
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE,
@@ -79,8 +80,9 @@ def encrypt_file(
         return atomic_write(Path(dst), write, suffix=".partial")
 
 
-# An artifact to read: a path, or a file the caller opened (the store opens its files beneath its root).
-Source = Path | str | BinaryIO
+# An artifact to read: a path, a file the caller opened (the store opens its files beneath its root), or
+# any other random-access source (an object in a bucket: kubemaas.runtime.object_store).
+Source = Path | str | BinaryIO | RandomAccess
 
 
 def decrypt_file(
@@ -112,12 +114,12 @@ def verify_file(
 class OpenedArtifact:
     """An open artifact whose header passed every check that needs no chunk (see :func:`open_artifact`).
 
-    Its methods read the same open file, so what :meth:`verify_manifest` vouched for is what
-    :meth:`decrypt_to` decrypts, even if the path is replaced in between.
+    Its methods read the same open file (or object version), so what :meth:`verify_manifest` vouched for is
+    what :meth:`decrypt_to` decrypts, even if the path is replaced in between.
     """
 
-    def __init__(self, stream: BinaryIO, header: ArtifactHeader, keys: FileKeys, manifest_key: bytes) -> None:
-        self._stream, self.header, self._keys, self._manifest_key = stream, header, keys, manifest_key
+    def __init__(self, source: RandomAccess, header: ArtifactHeader, keys: FileKeys, manifest_key: bytes) -> None:
+        self._source, self.header, self._keys, self._manifest_key = source, header, keys, manifest_key
 
     def verify_manifest(self, document: bytes, mac: bytes) -> None:
         """Check that ``document`` (a manifest's canonical bytes) is the one published with this artifact.
@@ -149,14 +151,14 @@ class OpenedArtifact:
         return self._decrypt(None, expect)
 
     def _decrypt(self, out_fd: int | None, expect: PlaintextDigest | None) -> ArtifactHeader:
-        header, fd = self.header, self._stream.fileno()
+        header = self.header
         if expect is not None and expect.size != header.plaintext_size:
             # Known from the authenticated header: refuse before decrypting anything.
             raise PlaintextMismatchError(
                 None, f"artifact holds {header.plaintext_size} bytes of plaintext, the manifest says {expect.size}"
             )
-        sha256 = decrypt_chunks(fd, header, self._keys.enc, out_fd, hashed=expect is not None)
-        if os.pread(fd, 1, header.encrypted_size):  # the file grew after the size check
+        sha256 = decrypt_chunks(self._source, header, self._keys.enc, out_fd, hashed=expect is not None)
+        if self._source.read_into(memoryview(bytearray(1)), header.encrypted_size):  # it grew after the size check
             raise ExtendedArtifactError("artifact has unexpected bytes after its final chunk")
         if expect is not None and not hmac.compare_digest(sha256, expect.sha256):
             raise PlaintextMismatchError(
@@ -170,25 +172,26 @@ def open_artifact(src: Source, *, keyring: Keyring, model: str, version: str) ->
     """Open ``src`` and check its header: checksum, key (commitment), header MAC, model/version binding,
     and the file size it promises. Chunks are checked as :meth:`OpenedArtifact.decrypt_to` reads them.
     An open file given as ``src`` is read from its start and left open."""
-    with _reading(src) as stream:
-        file_size = os.fstat(stream.fileno()).st_size
-        raw = read_header_bytes(stream, file_size)
+    with _reading(src) as source:
+        file_size = source.size()
+        raw = read_header_bytes(source, file_size)
         header = parse_header(raw)
         key = keyring.key(header.key_id)
         keys = verify_header(header, raw, key)
         check_binding(header, model, version)
         check_size(header, file_size)
-        yield OpenedArtifact(stream, header, keys, derive_manifest_key(key, header.salt))
+        yield OpenedArtifact(source, header, keys, derive_manifest_key(key, header.salt))
 
 
 @contextlib.contextmanager
-def _reading(src: Source) -> Iterator[BinaryIO]:
+def _reading(src: Source) -> Iterator[RandomAccess]:
     if isinstance(src, Path | str):
         with open(src, "rb") as stream:
-            yield stream
-    else:
-        src.seek(0)
+            yield FileAccess(stream.fileno())
+    elif isinstance(src, RandomAccess):
         yield src
+    else:
+        yield FileAccess(src.fileno())
 
 
 def manifest_mac(artifact: Path | str, document: bytes, *, key: bytes) -> bytes:

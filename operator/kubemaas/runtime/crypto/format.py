@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
+from kubemaas.runtime.crypto.access import FileAccess, RandomAccess
 from kubemaas.runtime.crypto.keys import FileKeys, derive_file_keys, hmac_sha256
 from kubemaas.runtime.errors import (
     BadHeaderError,
@@ -134,8 +133,8 @@ def build_header(
     return with_mac + hashlib.sha256(with_mac).digest()
 
 
-def read_header_bytes(stream: BinaryIO, file_size: int) -> bytes:
-    prefix = stream.read(_PREFIX.size)
+def read_header_bytes(source: RandomAccess, file_size: int) -> bytes:
+    prefix = _read_at(source, 0, _PREFIX.size)
     if len(prefix) < _PREFIX.size or prefix[: len(MAGIC)] != MAGIC:
         raise BadHeaderError("not a Kubemaas encrypted artifact (magic bytes missing)")
     _, format_version, header_len = _PREFIX.unpack(prefix)
@@ -149,10 +148,15 @@ def read_header_bytes(stream: BinaryIO, file_size: int) -> bytes:
         raise BadHeaderError(
             f"file ends inside the header ({file_size} bytes, header needs {header_len}): truncated or corrupted"
         )
-    rest = stream.read(header_len - _PREFIX.size)
+    rest = _read_at(source, _PREFIX.size, header_len - _PREFIX.size)
     if len(rest) != header_len - _PREFIX.size:
         raise BadHeaderError("file ends inside the header: truncated or corrupted")
     return prefix + rest
+
+
+def _read_at(source: RandomAccess, offset: int, length: int) -> bytes:
+    buffer = bytearray(length)
+    return bytes(buffer[: source.read_into(memoryview(buffer), offset)])
 
 
 def parse_header(raw: bytes) -> ArtifactHeader:
@@ -212,7 +216,8 @@ def _unpack_str(raw: bytes, offset: int, length_format: str) -> tuple[str, int]:
 def read_header(path: Path | str) -> ArtifactHeader:
     """Parse and checksum-verify the header of ``path``. Does not need (or check) a key."""
     with open(path, "rb") as stream:
-        return parse_header(read_header_bytes(stream, os.fstat(stream.fileno()).st_size))
+        source = FileAccess(stream.fileno())
+        return parse_header(read_header_bytes(source, source.size()))
 
 
 def verify_header(header: ArtifactHeader, raw: bytes, key: bytes) -> FileKeys:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kubemaas.runtime.crypto.access import RandomAccess
 from kubemaas.runtime.crypto.format import TAG_BYTES, ArtifactHeader, chunk_aad, chunk_nonce
 from kubemaas.runtime.crypto.pipeline import (
     ChunkPipeline,
@@ -75,13 +76,12 @@ def encrypt_chunks(src_fd: int, out_fd: int, header: ArtifactHeader, aead: AESGC
     return PlaintextDigest(sha256=digest.hexdigest(), size=header.plaintext_size)
 
 
-def decrypt_chunks(src_fd: int, header: ArtifactHeader, aead: AESGCM, out_fd: int | None, *, hashed: bool) -> str:
+def decrypt_chunks(src: RandomAccess, header: ArtifactHeader, aead: AESGCM, out_fd: int | None, *, hashed: bool) -> str:
     """Workers read, open and write chunks in parallel; the first failing chunk (by index) is raised.
 
     With ``hashed``, this thread hashes the authenticated plaintext in order while the workers run
     ahead (as in encryption) and the hex sha256 is returned; otherwise an empty string.
     """
-    advise_sequential(src_fd)
     sealed_size = header.chunk_size + TAG_BYTES
     # scratch: [sealed chunk at its file offset's page offset | plaintext from the next page boundary]
     # When hashed, the plaintext goes to the chunk's held slot instead, which waits for the hash.
@@ -95,7 +95,7 @@ def decrypt_chunks(src_fd: int, header: ArtifactHeader, aead: AESGCM, out_fd: in
         )
         sealed = matching(scratch, src_at, length + TAG_BYTES)
         plain = matching(slot.held if hashed else scratch[plain_at:], out_at, length)
-        if pread_into(src_fd, sealed, src_at) != len(sealed):
+        if src.read_into(sealed, src_at) != len(sealed):
             raise TruncatedArtifactError(f"artifact is truncated inside chunk {index}")  # shrank after the check
         final = index == header.chunk_count - 1
         try:
