@@ -210,6 +210,26 @@ def test_store_uris_are_parsed_in_one_place() -> None:
     assert uri.mount(Path("/mnt/kubemaas")) == Path("/mnt/kubemaas/models")
     assert StoreUri.parse("file:///srv/store").resolve(Path("/ignored")) == Path("/srv/store")
     assert claim_of("pvc://datasets") == "datasets"
-    for bad in ("s3://bucket/x", "file://relative", "pvc://c/../x", "pvc://Upper/x"):
+    bucket = StoreUri.parse("s3://models.example-1/teams/vision/")
+    assert (bucket.scheme, bucket.bucket, bucket.path, bucket.claim) == ("s3", "models.example-1", "teams/vision", None)
+    assert bucket.key("digits", "LATEST") == "teams/vision/digits/LATEST"
+    assert StoreUri.parse("s3://models").key("digits") == "digits"
+    for no_path in (bucket.resolve, bucket.mount):
+        with pytest.raises(ArtifactStoreError, match="object store"):
+            no_path(Path("/mnt/kubemaas"))
+    with pytest.raises(ArtifactStoreError, match="not an s3"):
+        uri.key("x")
+    for bad in (
+        "file://relative",
+        "pvc://c/../x",
+        "pvc://Upper/x",
+        "s3://Bucket/x",
+        "s3://ab/x",
+        "s3://-bucket/x",
+        "s3://bucket/./x",
+        "s3://bucket/a/../b",
+        "s3://bucket//x",
+        "gs://bucket/x",
+    ):
         with pytest.raises(ArtifactStoreError):
             StoreUri.parse(bad)

@@ -1,9 +1,12 @@
-"""Artifact-store URIs, parsed in one place: ``pvc://<claim>/<path>`` and ``file:///<path>``.
+"""Artifact-store URIs, parsed in one place: ``pvc://<claim>/<path>``, ``s3://<bucket>/<prefix>`` and
+``file:///<path>``.
 
 A ``pvc://`` URI names a path on a PersistentVolumeClaim; inside a pod the claim is mounted at
 ``<mount root>/<claim>`` (``KUBEMAAS_MOUNT_ROOT``, default ``/mnt/kubemaas``), for the trainer and the
 model loader alike. The operator reads the claim to mount it; the runtime resolves the URI to a path.
-``file://`` is a local absolute path (tests, a developer's machine).
+An ``s3://`` URI names a key prefix in a bucket of an S3-compatible object store: nothing is mounted,
+the runtime reads and writes objects (kubemaas.runtime.object_store). ``file://`` is a local absolute
+path (tests, a developer's machine).
 
 Model and version names are directory names of the store, checked here with the API's patterns.
 """
@@ -20,6 +23,10 @@ from kubemaas.api.base import LATEST, MODEL_NAME_PATTERN, VERSION_PATTERN
 DEFAULT_MOUNT_ROOT: Final = Path("/mnt/kubemaas")
 
 _PVC_URI = re.compile(r"pvc://(?P<claim>[a-z0-9]([-a-z0-9]*[a-z0-9])?)(?P<path>(/[^/]+)*)/?")
+# S3's bucket naming rules (3-63 characters; lower-case letters, digits, dots and hyphens; a letter or digit at
+# each end). Virtual-hosted addressing would need more (no dots under TLS), path-style addressing needs no more.
+S3_BUCKET_PATTERN: Final = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+_S3_URI = re.compile(rf"s3://(?P<bucket>{S3_BUCKET_PATTERN})(?P<path>(/[^/]+)*)/?")
 # Names become directory names: the API's rules (no separators, no leading dot: hidden = staging, bounded).
 _NAME_RULES = {"model name": re.compile(MODEL_NAME_PATTERN), "version": re.compile(VERSION_PATTERN)}
 
@@ -30,29 +37,45 @@ class ArtifactStoreError(Exception):
 
 @dataclass(frozen=True)
 class StoreUri:
-    """A parsed store URI: the claim and the path on it (``pvc``), or an absolute local path (``file``)."""
+    """A parsed store URI: the claim and the path on it (``pvc``), the bucket and the key prefix in it (``s3``),
+    or an absolute local path (``file``)."""
 
-    scheme: Literal["pvc", "file"]
-    path: str  # relative to the claim's root for pvc (no leading "/"), absolute for file
+    scheme: Literal["pvc", "s3", "file"]
+    path: str  # relative to the claim's root for pvc and to the bucket for s3 (no leading "/"), absolute for file
     claim: str | None = None
+    bucket: str | None = None
 
     @classmethod
     def parse(cls, uri: str) -> StoreUri:
-        """Raises :class:`ArtifactStoreError` for anything but a valid ``pvc://`` or absolute ``file://`` URI."""
+        """Raises :class:`ArtifactStoreError` for anything but a valid ``pvc://``, ``s3://`` or absolute
+        ``file://`` URI."""
         if uri.startswith("file://"):
             path = uri.removeprefix("file://")
             if not PurePosixPath(path).is_absolute():
                 raise ArtifactStoreError(f"file URI must be absolute: {uri!r}")
             return cls("file", path)
-        match = _PVC_URI.fullmatch(uri)
+        pvc, s3 = _PVC_URI.fullmatch(uri), _S3_URI.fullmatch(uri)
+        match = pvc or s3
         if not match:
-            raise ArtifactStoreError(f"unsupported artifact URI {uri!r}: use pvc://<claim>/<path> or file:///<path>")
-        if ".." in match["path"].split("/"):
-            raise ArtifactStoreError(f"artifact URI must not contain '..': {uri!r}")
+            raise ArtifactStoreError(
+                f"unsupported artifact URI {uri!r}: use pvc://<claim>/<path>, s3://<bucket>/<prefix> or file:///<path>"
+            )
+        if {".", ".."} & set(match["path"].split("/")):
+            raise ArtifactStoreError(f"artifact URI must not contain '.' or '..' segments: {uri!r}")
+        if s3 is not None:
+            return cls("s3", s3["path"].lstrip("/"), bucket=s3["bucket"])
         return cls("pvc", match["path"].lstrip("/"), match["claim"])
+
+    def key(self, *parts: str) -> str:
+        """The object key of ``parts`` below an ``s3://`` URI's prefix."""
+        if self.bucket is None:
+            raise ArtifactStoreError(f"not an s3:// URI: {self}")
+        return "/".join(p for p in (self.path, *parts) if p)
 
     def resolve(self, mount_root: Path) -> Path:
         """The path inside a pod that mounts the claim under ``mount_root``."""
+        if self.scheme == "s3":
+            raise ArtifactStoreError(f"s3://{self.bucket}/{self.path} is an object store: it has no local path")
         if self.claim is None:
             return Path(self.path)
         return mount_root / self.claim / self.path
@@ -60,7 +83,7 @@ class StoreUri:
     def mount(self, mount_root: Path) -> Path:
         """What must exist before anything is written: the claim's mount (a fresh claim is empty), or the
         directory itself for ``file://``."""
-        return mount_root / self.claim if self.claim is not None else Path(self.path)
+        return mount_root / self.claim if self.claim is not None else self.resolve(mount_root)
 
 
 def resolve_uri(uri: str, *, mount_root: Path) -> Path:

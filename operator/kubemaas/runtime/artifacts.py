@@ -58,7 +58,6 @@ from kubemaas.runtime.beneath import UnsafeEntryError as UnsafeEntryError
 from kubemaas.runtime.crypto import (
     DEFAULT_CHUNK_SIZE,
     OpenedArtifact,
-    PlaintextDigest,
     encrypt_file,
     manifest_mac,
     open_artifact,
@@ -101,6 +100,96 @@ class MisplacedManifestError(ArtifactStoreError):
 
 class InvalidLatestError(ArtifactStoreError):
     """``LATEST`` does not hold a version name (too long, not UTF-8, not a valid version)."""
+
+
+def parse_latest(raw: bytes, model: str) -> str | None:
+    """The version a ``LATEST`` file's bytes name (None when empty); :class:`InvalidLatestError` if none."""
+    try:
+        version = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        version = None
+    if version == "":
+        return None
+    if version is None or not _VERSION.fullmatch(version) or version == LATEST:
+        raise InvalidLatestError(f"{LATEST_FILE} of {model!r} is not a valid version ({fingerprint(raw)})")
+    return version
+
+
+def oversized_latest(model: str, size: int) -> InvalidLatestError:
+    return InvalidLatestError(
+        f"{LATEST_FILE} of {model!r} has {size} bytes, more than the {LATEST_MAX_BYTES} a version needs"
+    )
+
+
+def oversized_manifest(size: int) -> InvalidManifestError:
+    return InvalidManifestError(f"{size} bytes, more than the {MANIFEST_MAX_BYTES} a manifest may have")
+
+
+def read_manifest(raw: bytes, model: str, version: str, where: str) -> tuple[dict[str, object], Manifest]:
+    """Parse the manifest found at ``where`` for ``model``/``version`` and check it describes that version."""
+    document, manifest = parse_manifest(raw)
+    if (manifest.model, manifest.version) != (model, version):
+        # Both names passed the store's name rules (Manifest's patterns): quoting them quotes no content.
+        raise MisplacedManifestError(
+            f"manifest describes {manifest.model!r} {manifest.version!r}, not {model!r} {version!r} ({where})"
+        )
+    if manifest.schema_version > MANIFEST_SCHEMA_VERSION:
+        raise ArtifactStoreError(f"manifest schema {manifest.schema_version} is newer than this reader")
+    return document, manifest
+
+
+def draft_manifest(
+    model: str,
+    version: str,
+    key_id: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    quantization: Quantization = Quantization.NONE,
+    frameworks: dict[str, str] | None = None,
+    metrics: dict[str, float] | None = None,
+    now: datetime | None = None,
+    artifact: str = ARTIFACT_FILE,
+) -> Manifest:
+    """A version's manifest before its artifact exists: :func:`seal_version` fills in the plaintext's digest."""
+    return Manifest(
+        model=model,
+        version=version,
+        quantization=quantization,
+        artifact=artifact,
+        sha256="0" * 64,
+        size=0,
+        key_id=key_id,
+        frameworks=frameworks or {},
+        metrics=metrics or {},
+        created_at=now or datetime.now(UTC),
+        inputs=inputs,
+        outputs=outputs,
+    )
+
+
+def seal_version(
+    staging: Path, plaintext: Path, draft: Manifest, *, key: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[Manifest, dict[str, object], bytes]:
+    """Encrypt ``plaintext`` into ``staging``/``draft.artifact`` and write the authenticated manifest.json beside
+    it: ``draft`` with the plaintext's sha256 and size. Returns the manifest, its document and its MAC. What a
+    publisher does before the version becomes visible, on a claim or in a bucket."""
+    target = staging / draft.artifact
+    digest = encrypt_file(
+        plaintext,
+        target,
+        key=key,
+        key_id=draft.key_id,
+        model=draft.model,
+        version=draft.version,
+        chunk_size=chunk_size,
+    )
+    read_header(target)  # parse back what we wrote before anyone can see it
+    manifest = draft.model_copy(update={"sha256": digest.sha256, "size": digest.size})
+    document = manifest.document()
+    mac = manifest_mac(target, canonical_manifest(document), key=key)
+    write_new_file(staging / MANIFEST_FILE, render_manifest(document, mac))
+    fsync_dir(staging)
+    return manifest, document, mac
 
 
 @dataclass(frozen=True)
@@ -175,18 +264,8 @@ class ArtifactStore:
         except FileNotFoundError:
             return None
         except OversizedFileError as error:
-            raise InvalidLatestError(
-                f"{LATEST_FILE} of {model!r} has {error.size} bytes, more than the {LATEST_MAX_BYTES} a version needs"
-            ) from None
-        try:
-            version = raw.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            version = None
-        if version == "":
-            return None
-        if version is None or not _VERSION.fullmatch(version) or version == LATEST:
-            raise InvalidLatestError(f"{LATEST_FILE} of {model!r} is not a valid version ({fingerprint(raw)})")
-        return version
+            raise oversized_latest(model, error.size) from None
+        return parse_latest(raw, model)
 
     def versions(self, model: str) -> list[str]:
         """Complete versions (a manifest present), oldest first by creation time."""
@@ -219,18 +298,8 @@ class ArtifactStore:
         except FileNotFoundError:
             raise ArtifactStoreError(f"model {model!r} has no version {version!r} under {self.root}") from None
         except OversizedFileError as error:
-            raise InvalidManifestError(
-                f"{error.size} bytes, more than the {MANIFEST_MAX_BYTES} a manifest may have"
-            ) from None
-        document, manifest = parse_manifest(raw)
-        if (manifest.model, manifest.version) != (model, version):
-            # Both names passed the store's name rules (Manifest's patterns): quoting them quotes no content.
-            raise MisplacedManifestError(
-                f"manifest describes {manifest.model!r} {manifest.version!r}, not {model!r} {version!r} "
-                f"({directory / MANIFEST_FILE})"
-            )
-        if manifest.schema_version > MANIFEST_SCHEMA_VERSION:
-            raise ArtifactStoreError(f"manifest schema {manifest.schema_version} is newer than this reader")
+            raise oversized_manifest(error.size) from None
+        document, manifest = read_manifest(raw, model, version, str(directory / MANIFEST_FILE))
         return ModelVersion(directory=directory, manifest=manifest, document=document, tree=self.tree)
 
     # ------------------------------------------------------------------ writer
@@ -261,24 +330,13 @@ class ArtifactStore:
         staging = model_dir / f"{STAGING_PREFIX}{version}-{secrets.token_hex(4)}"
         staging.mkdir()
         try:
-            digest = self._encrypt_into(staging, plaintext, model, version, key, key_id, chunk_size)
-            manifest = Manifest(
-                model=model,
-                version=version,
-                quantization=quantization,
-                sha256=digest.sha256,
-                size=digest.size,
-                key_id=key_id,
-                frameworks=frameworks or {},
-                metrics=metrics or {},
-                created_at=now or datetime.now(UTC),
-                inputs=inputs,
-                outputs=outputs,
+            manifest, document, mac = seal_version(
+                staging,
+                plaintext,
+                draft_manifest(model, version, key_id, inputs, outputs, quantization, frameworks, metrics, now),
+                key=key,
+                chunk_size=chunk_size,
             )
-            document = manifest.document()
-            mac = manifest_mac(staging / ARTIFACT_FILE, canonical_manifest(document), key=key)
-            write_new_file(staging / MANIFEST_FILE, render_manifest(document, mac))
-            fsync_dir(staging)
             # rename(2) onto an existing non-empty directory fails: a racing publisher cannot clobber us.
             os.rename(staging, final_dir)
         except BaseException:
@@ -289,17 +347,6 @@ class ArtifactStore:
         return ModelVersion(
             directory=final_dir, manifest=manifest, document={**document, MAC_FIELD: mac.hex()}, tree=self.tree
         )
-
-    @staticmethod
-    def _encrypt_into(
-        staging: Path, plaintext: Path, model: str, version: str, key: bytes, key_id: str, chunk_size: int
-    ) -> PlaintextDigest:
-        target = staging / ARTIFACT_FILE
-        digest = encrypt_file(
-            plaintext, target, key=key, key_id=key_id, model=model, version=version, chunk_size=chunk_size
-        )
-        read_header(target)  # parse back what we wrote before anyone can see it
-        return digest
 
     def advance_latest(self, model: str, version: str) -> bool:
         """Point ``Latest`` at ``version`` (which must be complete) unless LATEST already names a

@@ -1,0 +1,312 @@
+"""The model artifact store in an S3 bucket: the claim's layout and guarantees, over objects.
+
+Keys under the URI's prefix (``s3://<bucket>/<prefix>``)::
+
+    <prefix>/<model>/LATEST                          one line: the newest published version
+    <prefix>/<model>/<version>/manifest.json         the MACed manifest; its existence makes the version
+    <prefix>/<model>/<version>/model-<id>.kmenc      the encrypted model the manifest names (``artifact``)
+
+Only ciphertext and the MACed manifest ever reach the bucket: a bucket-policy mistake leaks nothing usable,
+and a byte changed in the bucket is refused exactly like a changed file on a claim (the same checks, on
+the same format: kubemaas.runtime.artifacts).
+
+Publication, where a claim has rename(2), relies on S3's conditional writes:
+
+1. the artifact is encrypted to a local staging directory and uploaded (multipart, by boto3's transfer
+   manager) under a name of its own (``model-<random id>.kmenc``): an object that no manifest names is
+   not a version, and racing publishers of one version never overwrite each other's artifact;
+2. ``manifest.json`` is written with ``If-None-Match: *``: the first publisher of a version wins, a second
+   one gets :class:`~kubemaas.runtime.artifacts.VersionExistsError` (and deletes its own artifact);
+3. ``LATEST`` is moved with a compare-and-swap (``If-Match`` on the ETag read, ``If-None-Match: *`` when
+   there is none yet), re-read and retried when another publisher moved it in between, and only ever
+   forward (to a version created later than the one it names), as on a claim.
+
+A publisher interrupted anywhere leaves at most an artifact object that no manifest names: never a visible
+version. Readers fetch the artifact with ranged GETs pinned to one ETag and decrypt as the bytes arrive
+(kubemaas.runtime.object_client.ObjectAccess): no full download to disk first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+
+from kubemaas.api.base import LATEST
+from kubemaas.api.trainingjob import Quantization
+from kubemaas.contract.store import ArtifactStoreError, StoreUri, validate_name
+from kubemaas.runtime.artifacts import (
+    LATEST_FILE,
+    LATEST_MAX_BYTES,
+    MAC_FIELD,
+    MANIFEST_FILE,
+    MANIFEST_MAX_BYTES,
+    InvalidLatestError,
+    Manifest,
+    TensorSpec,
+    VersionExistsError,
+    canonical_manifest,
+    draft_manifest,
+    oversized_latest,
+    oversized_manifest,
+    parse_latest,
+    read_manifest,
+    seal_version,
+)
+from kubemaas.runtime.crypto import DEFAULT_CHUNK_SIZE, OpenedArtifact, open_artifact
+from kubemaas.runtime.errors import UnauthenticatedManifestError
+from kubemaas.runtime.keyring import Keyring
+from kubemaas.runtime.object_client import (
+    PRECONDITION_FAILED,
+    SDK_ERRORS,
+    ObjectAccess,
+    S3Settings,
+    error_code,
+    raise_for,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+# Parts of 16 MiB, 4 in flight: a 1 GiB model is 64 parts; 64 MiB of buffers at most.
+TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
+# Publishers racing on one LATEST: each lost round means another publisher moved it; this many is a storm.
+LATEST_ATTEMPTS: Final = 20
+
+
+@dataclass(frozen=True)
+class ObjectModelVersion:
+    """A complete published version in a bucket, as a reader resolved it (not yet authenticated)."""
+
+    prefix: str  # the version's key prefix: <prefix>/<model>/<version>
+    manifest: Manifest
+    document: dict[str, object] = field(hash=False)  # manifest.json's JSON object, ``mac`` included
+
+    @property
+    def artifact_key(self) -> str:
+        return f"{self.prefix}/{self.manifest.artifact}"
+
+
+class ObjectArtifactStore:
+    """Publish and resolve model versions below ``s3://<bucket>/<prefix>``."""
+
+    def __init__(self, uri: str, client: S3Client) -> None:
+        self.uri = StoreUri.parse(uri)
+        if self.uri.bucket is None:
+            raise ArtifactStoreError(f"not an s3:// URI: {uri!r}")
+        self.bucket, self.client = self.uri.bucket, client
+
+    @classmethod
+    def from_uri(cls, uri: str, settings: S3Settings) -> ObjectArtifactStore:
+        return cls(uri, settings.client())
+
+    def model_key(self, model: str, *parts: str) -> str:
+        return self.uri.key(validate_name(model, "model name"), *parts)
+
+    def version_key(self, model: str, version: str, *parts: str) -> str:
+        return self.model_key(model, validate_name(version, "version"), *parts)
+
+    # ------------------------------------------------------------------ readers
+
+    def latest_version(self, model: str) -> str | None:
+        """The version ``LATEST`` names, None without one; :class:`InvalidLatestError` if it names none."""
+        found = self._latest(model)
+        return None if found is None else found[0]
+
+    def resolve(self, model: str, version: str = LATEST) -> ObjectModelVersion:
+        """The complete version ``version`` of ``model``; ``Latest`` follows the LATEST pointer."""
+        if version == LATEST:
+            latest = self.latest_version(model)
+            if latest is None:
+                raise ArtifactStoreError(f"model {model!r} has no published version under s3://{self.bucket}")
+            version = latest
+        key = self.version_key(model, version, MANIFEST_FILE)
+        try:
+            raw = self._read_capped(key, MANIFEST_MAX_BYTES)
+        except FileNotFoundError:
+            raise ArtifactStoreError(f"model {model!r} has no version {version!r} in s3://{self.bucket}") from None
+        except _Oversized as error:
+            raise oversized_manifest(error.size) from None
+        document, manifest = read_manifest(raw, model, version, f"s3://{self.bucket}/{key}")
+        return ObjectModelVersion(self.version_key(model, version), manifest, document)
+
+    def has_version(self, model: str, version: str) -> bool:
+        key = self.version_key(model, version, MANIFEST_FILE)
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except SDK_ERRORS as error:
+            with contextlib.suppress(FileNotFoundError):
+                raise_for(error, self.bucket, key, "look up")
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def open_authenticated(self, resolved: ObjectModelVersion, keyring: Keyring) -> Iterator[OpenedArtifact]:
+        """As :func:`kubemaas.runtime.artifacts.open_authenticated`: the header checked under ``keyring`` and
+        bound to the version, the manifest's MAC checked against it; the chunks are checked as they are read."""
+        mac, manifest = resolved.document.get(MAC_FIELD), resolved.manifest
+        if not isinstance(mac, str):
+            raise UnauthenticatedManifestError(
+                f"manifest of {manifest.model!r} {manifest.version!r} has no {MAC_FIELD!r}; republish the version"
+            )
+        source = ObjectAccess(self.client, self.bucket, resolved.artifact_key)
+        with open_artifact(source, keyring=keyring, model=manifest.model, version=manifest.version) as artifact:
+            artifact.verify_manifest(canonical_manifest(resolved.document), bytes.fromhex(mac))
+            yield artifact
+
+    # ------------------------------------------------------------------ writer
+
+    def publish(
+        self,
+        plaintext: Path,
+        *,
+        model: str,
+        version: str,
+        key: bytes,
+        key_id: str,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        quantization: Quantization = Quantization.NONE,
+        frameworks: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        now: datetime | None = None,
+        staging_dir: Path | None = None,
+    ) -> ObjectModelVersion:
+        """Encrypt ``plaintext`` as ``model``/``version``, publish it, move LATEST to it (module docstring).
+
+        The ciphertext is staged in ``staging_dir`` (default: the system's temporary directory) first: a
+        local disk of the pod, never shared storage."""
+        prefix = self.version_key(model, version)
+        if self.has_version(model, version):
+            raise VersionExistsError(f"model {model!r} version {version!r} is already published")
+        draft = draft_manifest(
+            model,
+            version,
+            key_id,
+            inputs,
+            outputs,
+            quantization,
+            frameworks,
+            metrics,
+            now,
+            artifact=f"model-{secrets.token_hex(8)}.kmenc",
+        )
+        with tempfile.TemporaryDirectory(prefix="kubemaas-publish-", dir=staging_dir) as staging:
+            manifest, document, mac = seal_version(Path(staging), plaintext, draft, key=key, chunk_size=chunk_size)
+            artifact_key = f"{prefix}/{manifest.artifact}"
+            try:
+                self.client.upload_file(
+                    str(Path(staging) / manifest.artifact), self.bucket, artifact_key, Config=TRANSFER
+                )
+            except SDK_ERRORS as error:
+                raise_for(error, self.bucket, artifact_key, "upload")
+            except Exception as error:  # s3transfer wraps the SDK's errors in its own
+                cause = error.__cause__ or error.__context__
+                if isinstance(cause, SDK_ERRORS):
+                    raise_for(cause, self.bucket, artifact_key, "upload")
+                raise
+            manifest_key = f"{prefix}/{MANIFEST_FILE}"
+            if not self._put_if(manifest_key, (Path(staging) / MANIFEST_FILE).read_bytes(), etag=None):
+                self._delete_quietly(artifact_key)
+                raise VersionExistsError(f"model {model!r} version {version!r} was published by another publisher")
+        self.advance_latest(model, version)
+        return ObjectModelVersion(prefix, manifest, {**document, MAC_FIELD: mac.hex()})
+
+    def advance_latest(self, model: str, version: str) -> bool:
+        """Point ``Latest`` at ``version`` (which must be complete) unless LATEST already names a version
+        created later; returns whether LATEST names ``version`` now. Compare-and-swap on LATEST's ETag."""
+        candidate = self.resolve(model, version)
+        key = self.model_key(model, LATEST_FILE)
+        for _ in range(LATEST_ATTEMPTS):
+            try:
+                found = self._latest(model)
+            except (InvalidLatestError, ArtifactStoreError):
+                found = None  # names no version: replaced (conditionally on the ETag below)
+            current, etag = found if found is not None else (None, self._etag(key))
+            if current is not None and current != version:
+                try:
+                    is_newer = self.resolve(model, current).manifest.created_at > candidate.manifest.created_at
+                except (ArtifactStoreError, ValueError, TypeError):
+                    is_newer = False  # LATEST names a deleted or unreadable version: replace it
+                if is_newer:
+                    return False
+            elif current == version:
+                return True
+            if self._put_if(key, f"{version}\n".encode(), etag=etag):
+                return True
+        raise ArtifactStoreError(f"{LATEST_FILE} of {model!r} kept changing under {LATEST_ATTEMPTS} attempts")
+
+    # ------------------------------------------------------------------ objects
+
+    def _latest(self, model: str) -> tuple[str | None, str] | None:
+        """What LATEST names and its ETag; None when there is no LATEST object."""
+        try:
+            found = self._get_small(self.model_key(model, LATEST_FILE), LATEST_MAX_BYTES)
+        except _Oversized as error:
+            raise oversized_latest(model, error.size) from None
+        return None if found is None else (parse_latest(found[0], model), found[1])
+
+    def _etag(self, key: str) -> str | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)["ETag"]
+        except SDK_ERRORS as error:
+            with contextlib.suppress(FileNotFoundError):
+                raise_for(error, self.bucket, key, "look up")
+            return None
+
+    def _read_capped(self, key: str, cap: int) -> bytes:
+        found = self._get_small(key, cap)
+        if found is None:
+            raise FileNotFoundError(key)
+        return found[0]
+
+    def _get_small(self, key: str, cap: int) -> tuple[bytes, str] | None:
+        """A small object's bytes and ETag, reading at most ``cap`` bytes (:class:`_Oversized` if it has more:
+        the store's writers are untrusted); None when it does not exist."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{cap}")
+        except SDK_ERRORS as error:
+            if isinstance(error, botocore.exceptions.ClientError) and error_code(error) == "InvalidRange":
+                return b"", self._etag(key) or ""  # an empty object: no byte 0 to range over
+            with contextlib.suppress(FileNotFoundError):
+                raise_for(error, self.bucket, key, "read")
+            return None
+        total = response.get("ContentRange", "").rpartition("/")[2]
+        size = int(total) if total.isdigit() else response["ContentLength"]
+        if size > cap:
+            raise _Oversized(size)
+        return response["Body"].read(), response["ETag"]
+
+    def _put_if(self, key: str, body: bytes, *, etag: str | None) -> bool:
+        """PUT ``body`` only if the object is still at ``etag`` (None: only if it does not exist)."""
+        try:
+            if etag is None:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+            else:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfMatch=etag)
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) in PRECONDITION_FAILED:
+                return False
+            raise_for(error, self.bucket, key, "write")
+        except botocore.exceptions.BotoCoreError as error:
+            raise_for(error, self.bucket, key, "write")
+        return True
+
+    def _delete_quietly(self, key: str) -> None:
+        with contextlib.suppress(*SDK_ERRORS):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+class _Oversized(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
