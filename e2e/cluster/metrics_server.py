@@ -12,6 +12,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
+from .host_service import Port, host_service
 from .pki import CertificateAuthority
 
 NAMESPACE = "kube-system"
@@ -101,27 +102,7 @@ def objects(ip: str, port: int, ca_cert: Path) -> list[dict[str, Any]]:
             },
             "subjects": [user],
         },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": {"k8s-app": NAME}},
-            "spec": {"ports": [{"name": "https", "protocol": "TCP", "port": 443, "targetPort": port}]},
-        },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": f"{NAME}-host",
-                "namespace": NAMESPACE,
-                "labels": {
-                    "kubernetes.io/service-name": NAME,
-                    "endpointslice.kubernetes.io/managed-by": "kubemaas-e2e",
-                },
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
-            "ports": [{"name": "https", "protocol": "TCP", "port": port}],
-        },
+        *host_service(NAME, NAMESPACE, ip, [Port("https", 443, port)], labels={"k8s-app": NAME}),
         {
             "apiVersion": "apiregistration.k8s.io/v1",
             "kind": "APIService",

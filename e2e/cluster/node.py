@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from . import debian, host, metrics_server, processes
+from .host_service import Port, host_service
 from .images import CRI_NAMESPACE, PAUSE_IMAGE, ensure_image, import_images
 from .kubeconfig import write_kubeconfig
 from .pki import CertificateAuthority, KeyPair
@@ -261,33 +262,12 @@ def corefile(ip: str, kubeconfig: Path, health_port: int, ready_port: int) -> st
 
 def dns_objects(ip: str) -> list[dict[str, Any]]:
     """The `kube-dns` Service pods' resolv.conf points at, with CoreDNS (a host process) as its endpoint."""
-    ports = [("dns", "UDP"), ("dns-tcp", "TCP")]
+    ports = [Port("dns", 53, DNS_PORT, "UDP"), Port("dns-tcp", 53, DNS_PORT, "TCP")]
     labels = {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
-            "spec": {
-                "clusterIP": DNS_SERVICE_IP,
-                "ports": [{"name": n, "protocol": p, "port": 53, "targetPort": DNS_PORT} for n, p in ports],
-            },
-        },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": "kube-dns-host",
-                "namespace": "kube-system",
-                "labels": {
-                    "kubernetes.io/service-name": "kube-dns",
-                    "endpointslice.kubernetes.io/managed-by": "kubemaas-e2e",
-                },
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": NODE_NAME}],
-            "ports": [{"name": n, "protocol": p, "port": DNS_PORT} for n, p in ports],
-        },
+        *host_service(
+            "kube-dns", "kube-system", ip, ports, labels=labels, cluster_ip=DNS_SERVICE_IP, node_name=NODE_NAME
+        ),
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
