@@ -7,7 +7,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from . import control_plane, debian, host, images, node, quickstart
+from . import control_plane, debian, host, images, node, object_store, quickstart
 from .build import BuildError, ensure_built
 from .processes import ComponentError
 from .versions import run_dir
@@ -113,6 +113,7 @@ def _status() -> int:
         print(f"{c.name:26} pid {c.pid:<8} {'running' if c.alive() else 'DEAD'}  log {c.log}")
     healthy = control_plane.healthy(cluster)
     print(f"kubeconfig: {cluster.kubeconfig} ({'ready' if healthy else 'NOT ready'})")
+    print(object_store.describe(cluster))
     return 0 if healthy else 1
 
 

@@ -6,6 +6,7 @@ Layout of the run directory (default ~/.cache/kubemaas/run):
   kubeconfigs/     one per component, each with its own identity
   logs/<name>.log  one log per component
   etcd-data/       etcd's data (wiped on every `up`)
+  s3/, s3-credentials.json   the S3 server's buckets and keys (object_store.py)
   state.json       pids and ports, read by `down`
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from . import batch, node, processes
+from . import batch, node, object_store, processes
 from .build import ensure_built, module_source_dir
 from .kubeconfig import write_kubeconfig
 from .nodes import ALL_NODES, node_manifest
@@ -127,7 +128,12 @@ def reusable(existing: Cluster, *, real_node: bool, batch_controllers: bool) -> 
     """A recorded cluster `up` keeps: healthy, and with the real node and the batch controllers if asked for."""
     started = {c.name for c in existing.components}
     has_batch = all(c.name in started for c in batch.CONTROLLERS if batch.runnable(c))
-    return healthy(existing) and (bool(existing.node_ip) or not real_node) and (has_batch or not batch_controllers)
+    return (
+        healthy(existing)
+        and object_store.serving(existing)
+        and (bool(existing.node_ip) or not real_node)
+        and (has_batch or not batch_controllers)
+    )
 
 
 def up(
@@ -201,11 +207,13 @@ def _start_all(
         _start_controller_manager(cluster, ca, sa, configs, logs),
         _start_scheduler(cluster, configs, logs),
         _start_kwok(cluster, configs, logs),
+        object_store.start(cluster),
     ]
     for running, process, probe in waits:
         processes.wait_ready(running, process, probe, READY_TIMEOUT)
         log(f"{running.name} ready")
     cluster.save()
+    object_store.publish(cluster)
     _create_nodes(cluster)
     if cluster.node_ip:
         started = time.monotonic()

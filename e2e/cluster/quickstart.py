@@ -18,7 +18,7 @@ import yaml
 
 from kubemaas.manifests.pods import WORKLOAD_UID
 
-from . import control_plane, images, node
+from . import control_plane, images, node, object_store
 from .control_plane import Cluster
 from .processes import ComponentError
 
@@ -82,6 +82,7 @@ Kubemaas is running in the local cluster ({seconds:.0f} s): the operator {NAMESP
 
 What to look at: `kubectl describe tj digits` and `kubectl describe ms digits` (conditions and Events),
 `kubectl -n {NAMESPACE} logs deploy/{RELEASE}` (the operator), its metrics on port 8080 (docs/alerts.md).
+{object_store.describe(cluster)}.
 Stop everything: make cluster-down.
 """
 
