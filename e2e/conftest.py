@@ -35,7 +35,7 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e import waits
 from e2e.chart import Tools, chart_identity
-from e2e.cluster import control_plane, images, node, processes
+from e2e.cluster import control_plane, images, node, object_store, processes
 from e2e.cluster.node import REAL_NODE_LABEL, pod_placement
 from e2e.cluster.processes import ComponentError, free_port, log_tail
 from e2e.cluster.versions import run_dir
@@ -232,6 +232,14 @@ def cluster() -> Iterator[E2ECluster]:
         if not reused:  # stopped by pytest_sessionfinish once every worker is done
             (run_dir() / STARTED_BY).write_text(os.environ.get(RUN_ID_VARIABLE, ""))
     yield E2ECluster(local.kubeconfig, new_client(local.kubeconfig), local)
+
+
+@pytest.fixture(scope="session")
+def s3_server(cluster: E2ECluster) -> object_store.ObjectStore:
+    """The local cluster's S3 server (e2e/cluster/object_store.py): endpoint, region and the root keys."""
+    if cluster.local is None:
+        pytest.skip("the S3 server is the local cluster's (e2e/cluster/object_store.py)")
+    return object_store.connection(cluster.local)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from e2e.cluster.images import BASE_IMAGE
 from e2e.typed_client import body_as, json_object, meta
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +35,34 @@ def client_resources(cpu_limit: str) -> dict[str, Any]:
     """A real-node test client's resources: it asks the scheduler for little, so it never keeps the other group's
     scenario from fitting the node (e2e/conftest.py), and its limit bounds what it takes from Triton."""
     return {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": cpu_limit, "memory": "128Mi"}}
+
+
+def python_pod(name: str, placement: dict[str, Any], command: list[str], **spec: Any) -> dict[str, Any]:
+    """A restricted pod running `command` in the base image (Debian's python3, standard library only), with the
+    cluster CA mounted at /ca."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            **placement,
+            **spec,
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": BASE_IMAGE,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": command,
+                    "securityContext": RESTRICTED_CONTAINER,
+                    "resources": {"limits": {"cpu": "200m", "memory": "128Mi"}},
+                    "volumeMounts": [{"name": "ca", "mountPath": "/ca", "readOnly": True}],
+                }
+            ],
+            "volumes": [{"name": "ca", "configMap": {"name": "kube-root-ca.crt"}}],
+        },
+    }
 
 
 TERMINATION_MESSAGE_ANNOTATION = "kwok.kubemaas.io/termination-message"

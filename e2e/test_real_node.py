@@ -36,6 +36,7 @@ from e2e.kube import (
     bound_claim,
     client_resources,
     model_service,
+    python_pod,
     skip_unless_served,
     training_job,
 )
@@ -167,32 +168,6 @@ with urllib.request.urlopen("https://kubernetes.default.svc/version", context=co
     found["version"] = json.load(r)["gitVersion"]
 print(json.dumps(found))
 """
-
-
-def python_pod(name: str, placement: dict[str, Any], command: list[str], **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            **placement,
-            **spec,
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 2,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": BASE_IMAGE,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": command,
-                    "securityContext": RESTRICTED_CONTAINER,
-                    "resources": {"limits": {"cpu": "200m", "memory": "128Mi"}},
-                    "volumeMounts": [{"name": "ca", "mountPath": "/ca", "readOnly": True}],
-                }
-            ],
-            "volumes": [{"name": "ca", "configMap": {"name": "kube-root-ca.crt"}}],
-        },
-    }
 
 
 @SERIAL_NODE_SERVING
