@@ -265,9 +265,20 @@ def real_node(cluster: E2ECluster) -> RealNode:
 def node_images(cluster: E2ECluster, real_node: RealNode) -> None:
     """Every image of e2e/cluster/images.py in the local real node's containerd (`make e2e` builds them
     before pytest starts); another cluster's node must have them already."""
+    _import_node_images(cluster, list(images.BUILDERS))
+
+
+@pytest.fixture(scope="session")
+def base_image(cluster: E2ECluster, real_node: RealNode) -> None:
+    """Only the base image (Debian's python3, e2e/kube.py python_pod) on the real node: for probe pods of tests
+    that run nothing else, so they need not wait for the trainer's and Triton's images."""
+    _import_node_images(cluster, ["base"])
+
+
+def _import_node_images(cluster: E2ECluster, names: list[str]) -> None:
     if cluster.local is not None:
         with _worker_lock("node-images"):  # the first worker imports; the next finds every layer held
-            node.load_images(cluster.local, list(images.BUILDERS))
+            node.load_images(cluster.local, names)
 
 
 PSS_RESTRICTED = {

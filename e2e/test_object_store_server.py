@@ -207,7 +207,7 @@ print(json.dumps(found))
 @SERIAL_NODE_SERVING
 @pytest.mark.real_node
 def test_a_pod_on_the_real_node_reaches_the_server_through_the_service(
-    cluster: E2ECluster, namespace: str, real_node: RealNode, node_images: None
+    cluster: E2ECluster, namespace: str, real_node: RealNode, base_image: None
 ) -> None:
     core = client.CoreV1Api(cluster.api)
     pod = python_pod(
