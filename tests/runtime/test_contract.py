@@ -233,3 +233,25 @@ def test_store_uris_are_parsed_in_one_place() -> None:
     ):
         with pytest.raises(ArtifactStoreError):
             StoreUri.parse(bad)
+
+
+def test_s3_settings_come_from_the_environment_the_operator_renders() -> None:
+    from kubemaas.contract.store import ArtifactStoreError, S3Settings
+
+    assert S3Settings.from_env({}) == S3Settings()  # AWS itself: the SDK's endpoint and credential chain
+    environ = {
+        "KUBEMAAS_S3_ENDPOINT": "https://s3.internal:9000",
+        "KUBEMAAS_S3_REGION": "eu-west-3",
+        "KUBEMAAS_S3_PATH_STYLE": "True",
+        "KUBEMAAS_S3_CA_BUNDLE": "/etc/kubemaas/s3-ca/ca.crt",
+        "KUBEMAAS_S3_CREDENTIALS_DIR": "/var/run/kubemaas/s3",
+    }
+    assert S3Settings.from_env(environ) == S3Settings(
+        endpoint_url="https://s3.internal:9000",
+        region="eu-west-3",
+        path_style=True,
+        ca_bundle=Path("/etc/kubemaas/s3-ca/ca.crt"),
+        credentials_dir=Path("/var/run/kubemaas/s3"),
+    )
+    with pytest.raises(ArtifactStoreError, match="KUBEMAAS_S3_PATH_STYLE must be true or false"):
+        S3Settings.from_env({"KUBEMAAS_S3_PATH_STYLE": "yes"})

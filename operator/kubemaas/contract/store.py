@@ -14,6 +14,7 @@ Model and version names are directory names of the store, checked here with the 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final, Literal
@@ -29,6 +30,16 @@ S3_BUCKET_PATTERN: Final = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
 _S3_URI = re.compile(rf"s3://(?P<bucket>{S3_BUCKET_PATTERN})(?P<path>(/[^/]+)*)/?")
 # Names become directory names: the API's rules (no separators, no leading dot: hidden = staging, bounded).
 _NAME_RULES = {"model name": re.compile(MODEL_NAME_PATTERN), "version": re.compile(VERSION_PATTERN)}
+
+
+# How a pod reaches an s3:// store: set by the operator from the spec, read by the trainer and the loader.
+S3_ENDPOINT: Final = "KUBEMAAS_S3_ENDPOINT"  # a private endpoint's URL; unset: AWS's own
+S3_REGION: Final = "KUBEMAAS_S3_REGION"
+S3_PATH_STYLE: Final = "KUBEMAAS_S3_PATH_STYLE"  # "true": the bucket in the path, not the host name
+S3_CA_BUNDLE: Final = "KUBEMAAS_S3_CA_BUNDLE"  # a PEM file that signs the endpoint's certificate
+S3_CREDENTIALS_DIR: Final = "KUBEMAAS_S3_CREDENTIALS_DIR"  # a mounted Secret; unset: the SDK's default chain
+S3_ACCESS_KEY_FILE: Final = "AWS_ACCESS_KEY_ID"  # the Secret's keys: KServe's names for the same values
+S3_SECRET_KEY_FILE: Final = "AWS_SECRET_ACCESS_KEY"
 
 
 class ArtifactStoreError(Exception):
@@ -84,6 +95,32 @@ class StoreUri:
         """What must exist before anything is written: the claim's mount (a fresh claim is empty), or the
         directory itself for ``file://``."""
         return mount_root / self.claim if self.claim is not None else self.resolve(mount_root)
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach an s3:// store. Every field is optional: AWS itself needs none of them, and without a
+    credentials directory the SDK's default chain applies (a ServiceAccount's web-identity token included)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    ca_bundle: Path | None = None
+    credentials_dir: Path | None = None  # files AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> S3Settings:
+        path_style = environ.get(S3_PATH_STYLE, "false").lower()
+        if path_style not in ("true", "false"):
+            raise ArtifactStoreError(f"{S3_PATH_STYLE} must be true or false, not {path_style!r}")
+        ca_bundle, credentials = environ.get(S3_CA_BUNDLE), environ.get(S3_CREDENTIALS_DIR)
+        return cls(
+            endpoint_url=environ.get(S3_ENDPOINT) or None,
+            region=environ.get(S3_REGION) or None,
+            path_style=path_style == "true",
+            ca_bundle=Path(ca_bundle) if ca_bundle else None,
+            credentials_dir=Path(credentials) if credentials else None,
+        )
 
 
 def resolve_uri(uri: str, *, mount_root: Path) -> Path:

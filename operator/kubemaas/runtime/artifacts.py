@@ -39,7 +39,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -248,6 +248,13 @@ class ArtifactStore:
     def from_uri(cls, uri: str, *, mount_root: Path) -> ArtifactStore:
         parsed = StoreUri.parse(uri)
         return cls(parsed.resolve(mount_root), anchor=parsed.mount(mount_root))
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def open_authenticated(self, resolved: ModelVersion, keyring: Keyring) -> AbstractContextManager[OpenedArtifact]:
+        return open_authenticated(resolved, keyring)
 
     def model_dir(self, model: str) -> Path:
         return self.root / validate_name(model, "model name")

@@ -7,6 +7,8 @@ message, ``repr`` or attribute of these errors ever carries key material.
 
 from __future__ import annotations
 
+from kubemaas.contract.store import ArtifactStoreError
+
 
 class KeyringError(Exception):
     """The mounted key directory is unusable (missing, malformed key file, no active key)."""
@@ -82,3 +84,27 @@ class PlaintextMismatchError(ArtifactIntegrityError):
     def __init__(self, actual: str | None, message: str) -> None:
         super().__init__(message)
         self.actual = actual
+
+
+# An s3:// store's failures (kubemaas.runtime.object_client): here, so that a reader can tell them apart
+# without importing the SDK.
+
+
+class ObjectStoreError(ArtifactStoreError):
+    """The object store refused or could not answer a request."""
+
+
+class ObjectAccessDeniedError(ObjectStoreError):
+    """The credentials may not do this to this bucket or key (or are not valid credentials at all)."""
+
+
+class NoSuchBucketError(ObjectStoreError):
+    """The bucket does not exist."""
+
+
+class ObjectStoreUnavailableError(ObjectStoreError):
+    """The endpoint could not be reached, or kept failing, after every retry."""
+
+
+class ObjectChangedError(ArtifactIntegrityError):
+    """The object was replaced while it was read: what was checked is no longer what would be read."""

@@ -51,9 +51,10 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -69,12 +70,16 @@ from kubemaas.runtime.crypto import OpenedArtifact
 from kubemaas.runtime.errors import (
     ArtifactIntegrityError,
     KeyringError,
+    ObjectAccessDeniedError,
+    ObjectStoreError,
+    ObjectStoreUnavailableError,
     UnknownKeyError,
     UnsupportedFormatError,
     WrongKeyError,
 )
 from kubemaas.runtime.fsutil import fsync_dir
 from kubemaas.runtime.keyring import Keyring
+from kubemaas.runtime.stores import ResolvedVersion, Store, open_store
 from kubemaas.runtime.triton_config import (
     BACKEND_FORMATS,
     MODEL_FILE_NAMES,
@@ -102,6 +107,7 @@ class Cause(StrEnum):
     KEYRING = "key directory"
     WRONG_KEY = "wrong key"
     TAMPERED = "tampered artifact"
+    ACCESS_DENIED = "access denied"
     INVALID_SETTINGS = "invalid settings"
     IO = "i/o error"
     INTERNAL = "internal error"
@@ -129,6 +135,8 @@ _OUTCOMES = {
     Cause.KEYRING: ("KeyDirectoryError", ExitCode.CONFIG),
     Cause.WRONG_KEY: ("WrongKey", ExitCode.CONFIG),
     Cause.TAMPERED: ("TamperedArtifact", ExitCode.ARTIFACT),
+    # The bucket refused the pod's credentials (or they are no valid credentials): fix the Secret or the role.
+    Cause.ACCESS_DENIED: ("AccessDenied", ExitCode.CONFIG),
     Cause.INVALID_SETTINGS: ("InvalidSettings", ExitCode.CONFIG),
     Cause.IO: ("IOError", ExitCode.RETRYABLE),
     Cause.INTERNAL: ("InternalError", ExitCode.FAILED),
@@ -152,6 +160,8 @@ class LoadRequest:
     repository: Path
     settings: ServingSettings
     mount_root: Path = DEFAULT_MOUNT_ROOT
+    # The pod's environment: how an s3:// store is reached (KUBEMAAS_S3_*, kubemaas.contract.store).
+    environ: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -168,9 +178,9 @@ class LoadResult:
 def load_model(request: LoadRequest) -> LoadResult:
     """Build ``<repository>/<model>`` from the artifact store; raises :class:`LoadError` on any refusal."""
     started = time.monotonic()
-    resolved = _resolve(request)
+    store, resolved = _resolve(request)
     keyring = _open_keyring(request.key_dir)
-    with _refusals(), artifacts.open_authenticated(resolved, keyring) as artifact:
+    with _refusals(), store.open_authenticated(resolved, keyring) as artifact:
         # From here on the manifest is the publisher's: its format, tensors and version can be used.
         _check_format(resolved.manifest.format, request.settings.backend)
         request.repository.mkdir(parents=True, exist_ok=True)
@@ -184,17 +194,19 @@ def load_model(request: LoadRequest) -> LoadResult:
     return LoadResult(model_dir=target, manifest=resolved.manifest, seconds=time.monotonic() - started)
 
 
-def _resolve(request: LoadRequest) -> artifacts.ModelVersion:
+def _resolve(request: LoadRequest) -> tuple[Store[Any], ResolvedVersion]:
     try:
-        store = artifacts.ArtifactStore.from_uri(request.store_uri, mount_root=request.mount_root)
+        store = open_store(request.store_uri, mount_root=request.mount_root, environ=request.environ)
         _require_version(store, request.model, request.version)
-        return store.resolve(request.model, request.version)
+        return store, store.resolve(request.model, request.version)
     except artifacts.MisplacedManifestError as error:  # a manifest swapped in from another model or version
         raise LoadError(Cause.TAMPERED, str(error)) from None
     except artifacts.UnsafeEntryError as error:
         raise LoadError(Cause.UNSAFE_ENTRY, str(error)) from None
     except artifacts.InvalidLatestError as error:
         raise LoadError(Cause.BAD_LATEST, str(error)) from None
+    except ObjectStoreError as error:
+        raise _object_store_refusal(error) from None
     except artifacts.ArtifactStoreError as error:
         raise LoadError(Cause.STORE, str(error)) from None
     except ValidationError as error:
@@ -203,21 +215,31 @@ def _resolve(request: LoadRequest) -> artifacts.ModelVersion:
         raise LoadError(Cause.BAD_MANIFEST, f"manifest.json: {error}") from None
 
 
-def _require_version(store: artifacts.ArtifactStore, model: str, version: str) -> None:
+def _object_store_refusal(error: ObjectStoreError) -> LoadError:
+    """A bucket's refusals: denied access is the pod's configuration (its credentials), an endpoint that kept
+    failing is worth a retry. The messages name bucket and key, never a credential (object_client)."""
+    if isinstance(error, ObjectAccessDeniedError):
+        return LoadError(Cause.ACCESS_DENIED, str(error))
+    if isinstance(error, ObjectStoreUnavailableError):
+        return LoadError(Cause.IO, str(error))
+    return LoadError(Cause.STORE, str(error))
+
+
+def _require_version(store: Store[Any], model: str, version: str) -> None:
     """A version that is not there is MissingVersion, whether pinned or named by LATEST."""
     if version == LATEST:
         latest = store.latest_version(model)
         if latest is None:
             raise LoadError(
-                Cause.MISSING_VERSION, f"model {model!r} has no published version (no LATEST) under {store.root}"
+                Cause.MISSING_VERSION, f"model {model!r} has no published version (no LATEST) under {store.location}"
             )
         if not store.has_version(model, latest):
             raise LoadError(
                 Cause.MISSING_VERSION,
-                f"model {model!r} has no version {latest!r} (named by LATEST) under {store.root}",
+                f"model {model!r} has no version {latest!r} (named by LATEST) under {store.location}",
             )
     elif not store.has_version(model, version):
-        raise LoadError(Cause.MISSING_VERSION, f"model {model!r} has no version {version!r} under {store.root}")
+        raise LoadError(Cause.MISSING_VERSION, f"model {model!r} has no version {version!r} under {store.location}")
 
 
 def _check_format(artifact_format: ServedFormat, backend: Backend) -> None:
@@ -237,9 +259,7 @@ def _open_keyring(key_dir: Path) -> Keyring:
         raise LoadError(Cause.KEYRING, str(error)) from None
 
 
-def _build_model_dir(
-    staging: Path, request: LoadRequest, resolved: artifacts.ModelVersion, artifact: OpenedArtifact
-) -> Path:
+def _build_model_dir(staging: Path, request: LoadRequest, resolved: ResolvedVersion, artifact: OpenedArtifact) -> Path:
     model_dir = staging / request.model
     version_dir = model_dir / TRITON_VERSION_DIR
     version_dir.mkdir(parents=True)
@@ -282,6 +302,8 @@ def _refusals() -> Iterator[None]:
         raise LoadError(Cause.UNSAFE_ENTRY, str(error)) from None
     except ArtifactIntegrityError as error:  # header, binding, size, manifest MAC, chunks
         raise LoadError(Cause.TAMPERED, str(error)) from None
+    except ObjectStoreError as error:  # a ranged GET of the artifact refused
+        raise _object_store_refusal(error) from None
 
 
 def _publish(model_dir: Path, target: Path, staging: Path) -> Path:
@@ -319,7 +341,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store-uri",
         required=True,
-        help="artifact store root: pvc://<claim>/<path> (mounted) or file:///<path>",
+        help="artifact store root: pvc://<claim>/<path> (mounted), s3://<bucket>/<prefix> or file:///<path>",
     )
     parser.add_argument("--model", required=True, help="model name in the store")
     parser.add_argument(
@@ -391,6 +413,7 @@ def _request_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         repository=args.repository,
         settings=settings,
         mount_root=args.mount_root or contract.mount_root(environ),
+        environ=dict(environ),
     )
 
 

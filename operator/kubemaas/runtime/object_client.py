@@ -18,7 +18,6 @@ jitter) and the multipart transfers. This module decides only what the store nee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -26,14 +25,18 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from kubemaas.contract.store import ArtifactStoreError
-from kubemaas.runtime.errors import ArtifactIntegrityError
+from kubemaas.contract.store import S3_ACCESS_KEY_FILE, S3_SECRET_KEY_FILE, S3Settings
+from kubemaas.runtime.errors import (
+    NoSuchBucketError,
+    ObjectAccessDeniedError,
+    ObjectChangedError,
+    ObjectStoreError,
+    ObjectStoreUnavailableError,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-ACCESS_KEY_FILE: Final = "AWS_ACCESS_KEY_ID"
-SECRET_KEY_FILE: Final = "AWS_SECRET_ACCESS_KEY"
 # Throttling (503 SlowDown) and 5xx: up to 10 attempts in all, with the SDK's capped exponential backoff.
 MAX_ATTEMPTS: Final = 10
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "AllAccessDisabled"}
@@ -43,59 +46,31 @@ PRECONDITION_FAILED: Final = frozenset({"PreconditionFailed", "412", "Conditiona
 SDK_ERRORS: Final = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
 
 
-class ObjectStoreError(ArtifactStoreError):
-    """The object store refused or could not answer a request."""
-
-
-class ObjectAccessDeniedError(ObjectStoreError):
-    """The credentials may not do this to this bucket or key (or are not valid credentials at all)."""
-
-
-class NoSuchBucketError(ObjectStoreError):
-    """The bucket does not exist."""
-
-
-class ObjectStoreUnavailableError(ObjectStoreError):
-    """The endpoint could not be reached, or kept failing, after every retry."""
-
-
-class ObjectChangedError(ArtifactIntegrityError):
-    """The object was replaced while it was read: what was checked is no longer what would be read."""
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """How to reach the object store. Every field is optional: AWS itself needs none of them."""
-
-    endpoint_url: str | None = None  # a private endpoint (https://s3.example:9000); None: AWS's
-    region: str | None = None
-    path_style: bool = False  # bucket in the path, not the host name: what most private endpoints need
-    ca_bundle: Path | None = None  # PEM bundle that signs a private endpoint's certificate
-    credentials_dir: Path | None = None  # a mounted Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
-
-    def client(self) -> S3Client:
-        config = botocore.config.Config(
-            retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
-            s3={"addressing_style": "path" if self.path_style else "auto"},
-            # Checksums on every request only where the endpoint asks for them: private S3 implementations
-            # differ in the trailing checksums boto3 sends by default since 1.36.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        keys: dict[str, Any] = {}
-        if self.credentials_dir is not None:
-            keys = {
-                "aws_access_key_id": _read_credential(self.credentials_dir / ACCESS_KEY_FILE),
-                "aws_secret_access_key": _read_credential(self.credentials_dir / SECRET_KEY_FILE),
-            }
-        session = boto3.session.Session(region_name=self.region or "us-east-1")
-        return session.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            verify=str(self.ca_bundle) if self.ca_bundle is not None else None,
-            config=config,
-            **keys,
-        )
+def client_for(settings: S3Settings) -> S3Client:
+    """An S3 client as ``settings`` say: endpoint, region, addressing, CA bundle, and keys from the mounted
+    Secret's files, or else the SDK's default credential chain."""
+    config = botocore.config.Config(
+        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+        s3={"addressing_style": "path" if settings.path_style else "auto"},
+        # Checksums on every request only where the endpoint asks for them: private S3 implementations
+        # differ in the trailing checksums boto3 sends by default since 1.36.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    keys: dict[str, Any] = {}
+    if settings.credentials_dir is not None:
+        keys = {
+            "aws_access_key_id": _read_credential(settings.credentials_dir / S3_ACCESS_KEY_FILE),
+            "aws_secret_access_key": _read_credential(settings.credentials_dir / S3_SECRET_KEY_FILE),
+        }
+    session = boto3.session.Session(region_name=settings.region or "us-east-1")
+    return session.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        verify=str(settings.ca_bundle) if settings.ca_bundle is not None else None,
+        config=config,
+        **keys,
+    )
 
 
 def _read_credential(path: Path) -> str:

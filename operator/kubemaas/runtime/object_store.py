@@ -42,7 +42,7 @@ from boto3.s3.transfer import TransferConfig
 
 from kubemaas.api.base import LATEST
 from kubemaas.api.trainingjob import Quantization
-from kubemaas.contract.store import ArtifactStoreError, StoreUri, validate_name
+from kubemaas.contract.store import ArtifactStoreError, S3Settings, StoreUri, validate_name
 from kubemaas.runtime.artifacts import (
     LATEST_FILE,
     LATEST_MAX_BYTES,
@@ -68,7 +68,7 @@ from kubemaas.runtime.object_client import (
     PRECONDITION_FAILED,
     SDK_ERRORS,
     ObjectAccess,
-    S3Settings,
+    client_for,
     error_code,
     raise_for,
 )
@@ -106,7 +106,11 @@ class ObjectArtifactStore:
 
     @classmethod
     def from_uri(cls, uri: str, settings: S3Settings) -> ObjectArtifactStore:
-        return cls(uri, settings.client())
+        return cls(uri, client_for(settings))
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.uri.path}".rstrip("/")
 
     def model_key(self, model: str, *parts: str) -> str:
         return self.uri.key(validate_name(model, "model name"), *parts)
@@ -126,13 +130,13 @@ class ObjectArtifactStore:
         if version == LATEST:
             latest = self.latest_version(model)
             if latest is None:
-                raise ArtifactStoreError(f"model {model!r} has no published version under s3://{self.bucket}")
+                raise ArtifactStoreError(f"model {model!r} has no published version under {self.location}")
             version = latest
         key = self.version_key(model, version, MANIFEST_FILE)
         try:
             raw = self._read_capped(key, MANIFEST_MAX_BYTES)
         except FileNotFoundError:
-            raise ArtifactStoreError(f"model {model!r} has no version {version!r} in s3://{self.bucket}") from None
+            raise ArtifactStoreError(f"model {model!r} has no version {version!r} under {self.location}") from None
         except _Oversized as error:
             raise oversized_manifest(error.size) from None
         document, manifest = read_manifest(raw, model, version, f"s3://{self.bucket}/{key}")
