@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -39,8 +40,8 @@ from e2e.cluster import control_plane, images, node, object_store, processes
 from e2e.cluster.node import REAL_NODE_LABEL, pod_placement
 from e2e.cluster.processes import ComponentError, free_port, log_tail
 from e2e.cluster.versions import run_dir
-from e2e.kube import apply_crd, load_crds
-from e2e.typed_client import name_of, new_client
+from e2e.kube import apply_crd, load_crds, python_pod
+from e2e.typed_client import body_as, name_of, new_client
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -149,6 +150,26 @@ class E2ECluster:
         finally:
             process.terminate()
             process.wait(timeout=timeout)
+
+    def run_python_pod(
+        self, namespace: str, name: str, placement: dict[str, Any], script: str, *args: str
+    ) -> tuple[Any, str]:
+        """Run `python -c script args` in a pod of the base image (e2e/kube.py python_pod) until it ends; returns
+        its last log line parsed as JSON (what the script found) and the whole log (for assertion messages)."""
+        core = client.CoreV1Api(self.api)
+        pod = python_pod(name, placement, ["python", "-c", script, *args], restartPolicy="Never")
+        core.create_namespaced_pod(namespace, body_as(client.V1Pod, pod))
+        self.wait_object(
+            "v1",
+            "Pod",
+            namespace,
+            name,
+            lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+            what=f"pod {name} to finish",
+            timeout=90,
+        )
+        log = core.read_namespaced_pod_log(name, namespace)
+        return json.loads(log.strip().splitlines()[-1]), log
 
     def check_alive(self) -> None:
         if self.local is not None:

@@ -25,8 +25,6 @@ from kubernetes import client
 from e2e.cluster import object_store
 from e2e.cluster.object_store import ObjectStore
 from e2e.conftest import SERIAL_NODE_SERVING, E2ECluster, RealNode
-from e2e.kube import python_pod
-from e2e.typed_client import body_as
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -209,25 +207,9 @@ print(json.dumps(found))
 def test_a_pod_on_the_real_node_reaches_the_server_through_the_service(
     cluster: E2ECluster, namespace: str, real_node: RealNode, base_image: None
 ) -> None:
-    core = client.CoreV1Api(cluster.api)
-    pod = python_pod(
-        "s3-probe",
-        real_node.placement(),
-        ["python", "-c", SERVICE_PROBE, object_store.IN_CLUSTER_URL],
-        restartPolicy="Never",
+    found, log = cluster.run_python_pod(
+        namespace, "s3-probe", real_node.placement(), SERVICE_PROBE, object_store.IN_CLUSTER_URL
     )
-    core.create_namespaced_pod(namespace, body_as(client.V1Pod, pod))
-    cluster.wait_object(
-        "v1",
-        "Pod",
-        namespace,
-        "s3-probe",
-        lambda p: p.get("status", {}).get("phase") in ("Succeeded", "Failed"),
-        what="S3 probe pod to finish",
-        timeout=90,
-    )
-    log = core.read_namespaced_pod_log("s3-probe", namespace)
-    found = json.loads(log.strip().splitlines()[-1])
     assert found["health"] == 200, log
     status, body = found["anonymous"]
     assert status == 403 and "<Code>AccessDenied</Code>" in body, log

@@ -197,24 +197,9 @@ def test_pod_dns_services_and_kubelet_streams(
     cluster.wait_object("v1", "Pod", namespace, "server", pod_ready, what="http server pod Ready", timeout=90)
     server_ip = pod_status(core.read_namespaced_pod("server", namespace)).pod_ip
     rank0 = f"rank-0.workers.{namespace}.svc.cluster.local"
-    probe = python_pod(
-        "probe",
-        real_node.placement(),
-        ["python", "-c", NETWORK_PROBE, "kubernetes.default.svc.cluster.local", rank0],
-        restartPolicy="Never",
+    found, log = cluster.run_python_pod(
+        namespace, "probe", real_node.placement(), NETWORK_PROBE, "kubernetes.default.svc.cluster.local", rank0
     )
-    core.create_namespaced_pod(namespace, body_as(client.V1Pod, probe))
-    cluster.wait_object(
-        "v1",
-        "Pod",
-        namespace,
-        "probe",
-        lambda pod: pod.get("status", {}).get("phase") in ("Succeeded", "Failed"),
-        what="network probe pod to finish",
-        timeout=90,
-    )
-    log = core.read_namespaced_pod_log("probe", namespace)
-    found = json.loads(log.strip().splitlines()[-1])
     assert found["kubernetes.default.svc.cluster.local"] == "198.19.0.1", log
     assert found[rank0] == server_ip, log
     assert found["version"] == "v1.34.4", log
