@@ -62,3 +62,12 @@ def test_etcd_and_kwok_report_the_pin(cluster: E2ECluster) -> None:
     assert f"etcd Version: {pinned('etcd').version.lstrip('v')}" in etcd.stdout
     kwok = subprocess.run([str(cluster.local.bin / "kwok"), "--version"], capture_output=True, text=True, timeout=30)
     assert pinned("kwok").version in kwok.stdout + kwok.stderr
+
+
+def test_versitygw_reports_the_pin(cluster: E2ECluster) -> None:
+    assert cluster.local is not None
+    result = subprocess.run(
+        [str(cluster.local.bin / "versitygw"), "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"versitygw {pinned('versitygw').version} (posix backend only)"
