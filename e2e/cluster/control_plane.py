@@ -125,15 +125,12 @@ def healthy(cluster: Cluster) -> bool:
 
 
 def reusable(existing: Cluster, *, real_node: bool, batch_controllers: bool) -> bool:
-    """A recorded cluster `up` keeps: healthy, and with the real node and the batch controllers if asked for."""
+    """A recorded cluster `up` keeps: healthy, its S3 server serving, with the real node and the batch controllers
+    if asked for."""
     started = {c.name for c in existing.components}
     has_batch = all(c.name in started for c in batch.CONTROLLERS if batch.runnable(c))
-    return (
-        healthy(existing)
-        and object_store.serving(existing)
-        and (bool(existing.node_ip) or not real_node)
-        and (has_batch or not batch_controllers)
-    )
+    wanted = (bool(existing.node_ip) or not real_node) and (has_batch or not batch_controllers)
+    return wanted and healthy(existing) and object_store.serving(existing)
 
 
 def up(
