@@ -76,8 +76,8 @@ def describe(cluster: Cluster) -> str:
     if running is None:
         return "S3 server: none"
     return (
-        f"S3 server (versitygw): http://127.0.0.1:{running.ports[0]} here, {IN_CLUSTER_URL} from pods, "
-        f"region {REGION}, path-style; keys in {cluster.root / CREDENTIALS_FILE}"
+        f"S3 server (versitygw, region {REGION}, path-style): http://127.0.0.1:{running.ports[0]} from here,\n"
+        f"{IN_CLUSTER_URL} from pods; its keys: {cluster.root / CREDENTIALS_FILE}"
     )
 
 
