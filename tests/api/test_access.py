@@ -103,6 +103,7 @@ def test_the_documented_fields_are_the_ones_found() -> None:
         "spec.model.encryption.keySecretRef.name",
         "spec.model.trainingJobRef.name",
         "spec.model.trainingJobSelector",
+        "spec.model.storage.s3.credentialsSecretRef.name",
         "spec.runtime.env[].valueFrom.secretKeyRef.name",
         "spec.runtime.envFrom[].secretRef.name",
         "spec.imagePullSecrets[].name",

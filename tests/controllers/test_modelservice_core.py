@@ -122,6 +122,38 @@ def test_missing_key_secret_blocks_a_first_rollout() -> None:
     assert conditions(out)[Cond.READY][:2] == ("False", Reason.KEY_SECRET_NOT_FOUND)
 
 
+def s3_ms(credentials: str | None = "digits-s3") -> ModelService:
+    s3: dict[str, Any] = {"endpoint": "https://s3.internal:9000", "pathStyle": True}
+    if credentials is not None:
+        s3["credentialsSecretRef"] = {"name": credentials}
+    model = {
+        "uri": "s3://models/store/digits",
+        "version": "v3",
+        "encryption": {"keySecretRef": {"name": "digits-key"}},
+        "storage": {"s3": s3},
+    }
+    return make_ms(model=model)
+
+
+def test_an_s3_source_needs_its_credentials_secret_and_serves_from_the_bucket() -> None:
+    ms = s3_ms()
+    assert core.required_secrets(ms, []) == ["digits-key", "digits-s3"]
+    blocked = run(ms, Observed(secrets={"digits-key": True, "digits-s3": False}))
+    assert blocked.apply == []
+    assert conditions(blocked)[Cond.READY] == (
+        "False",
+        Reason.CREDENTIALS_SECRET_NOT_FOUND,
+        "storage credentials Secret 'digits-s3' not found",
+    )
+    out = run(ms, Observed(secrets={"digits-key": True, "digits-s3": True}))
+    served = m.model_ref_from_template(out.apply[0]["spec"]["template"])
+    assert served is not None and served.store_uri == "s3://models/store" and served.claim is None
+    storage = ms.spec.model.storage
+    assert storage is not None and served.s3 == storage.s3
+    # No credentials Secret: the SDK's default chain (a ServiceAccount's web identity), nothing to look up.
+    assert core.required_secrets(s3_ms(credentials=None), []) == ["digits-key"]
+
+
 def test_source_lost_keeps_serving_and_degrades() -> None:
     ms = make_ms()
     stable = deployment(ms, ref("v7"))

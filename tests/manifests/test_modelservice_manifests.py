@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from kubemaas.api import ModelService
+from kubemaas.api.storage import S3Storage
 from kubemaas.controllers.modelservice import serving_options
 from kubemaas.manifests import modelservice as m
 from tests.manifests.builders import parent_of
@@ -21,12 +22,17 @@ from tests.manifests.builders import parent_of
 CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
 
 
+def model_of(case: dict[str, Any]) -> m.ModelRef:
+    fields = dict(case.get("model", {"store_uri": "", "model": "", "version": "", "key_secret": "", "source": ""}))
+    if "s3" in fields:
+        fields["s3"] = S3Storage.model_validate(fields["s3"])
+    return m.ModelRef(**fields)
+
+
 def build(case: dict[str, Any]) -> dict[str, Any]:
     ms = ModelService.parse(case["modelService"])
     parent = parent_of(ms)
-    model = m.ModelRef(
-        **case.get("model", {"store_uri": "", "model": "", "version": "", "key_secret": "", "source": ""})
-    )
+    model = model_of(case)
     options = dataclasses.replace(serving_options(ms), **case.get("options", {}))
     builder = case["builder"]
     if builder in ("deployment", "canary"):
@@ -65,7 +71,7 @@ def test_every_builder_has_a_case() -> None:
 def test_template_round_trips_to_its_model(path: Path) -> None:
     case = yaml.safe_load(path.read_text())
     obj = build(case)
-    assert m.model_ref_from_template(obj["spec"]["template"]) == m.ModelRef(**case["model"])
+    assert m.model_ref_from_template(obj["spec"]["template"]) == model_of(case)
 
 
 def test_template_without_loader_has_no_model() -> None:

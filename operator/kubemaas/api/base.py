@@ -208,6 +208,12 @@ IMAGE_PATTERN = r"^\S+$"
 _URI_SEGMENT = r"([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)"
 PVC_URI_PATTERN = rf"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/{_URI_SEGMENT})*/?$"
 PVC_URI_MESSAGE = "must be a pvc://<claim>/<path> URI without . or .. segments"
+# s3://<bucket>/<prefix>: S3's bucket naming rules (3-63 characters; lower-case letters, digits, dots and
+# hyphens; a letter or digit at each end), the same segment rule as pvc://.
+S3_BUCKET_PATTERN = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+S3_URI_PATTERN = rf"^s3://{S3_BUCKET_PATTERN}(/{_URI_SEGMENT})*/?$"
+# Where a store URI may name either a claim or a bucket.
+STORE_URI_PATTERN = rf"({PVC_URI_PATTERN})|({S3_URI_PATTERN})"
 
 # Children get suffixes such as "-canary" and "-workers", and Services need DNS-1035 names.
 MAX_NAME_LENGTH = 45

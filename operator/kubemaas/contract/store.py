@@ -19,14 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final, Literal
 
-from kubemaas.api.base import LATEST, MODEL_NAME_PATTERN, VERSION_PATTERN
+from kubemaas.api.base import LATEST, MODEL_NAME_PATTERN, S3_BUCKET_PATTERN, VERSION_PATTERN
 
 DEFAULT_MOUNT_ROOT: Final = Path("/mnt/kubemaas")
 
 _PVC_URI = re.compile(r"pvc://(?P<claim>[a-z0-9]([-a-z0-9]*[a-z0-9])?)(?P<path>(/[^/]+)*)/?")
-# S3's bucket naming rules (3-63 characters; lower-case letters, digits, dots and hyphens; a letter or digit at
-# each end). Virtual-hosted addressing would need more (no dots under TLS), path-style addressing needs no more.
-S3_BUCKET_PATTERN: Final = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
 _S3_URI = re.compile(rf"s3://(?P<bucket>{S3_BUCKET_PATTERN})(?P<path>(/[^/]+)*)/?")
 # Names become directory names: the API's rules (no separators, no leading dot: hidden = staging, bounded).
 _NAME_RULES = {"model name": re.compile(MODEL_NAME_PATTERN), "version": re.compile(VERSION_PATTERN)}
@@ -40,6 +37,10 @@ S3_CA_BUNDLE: Final = "KUBEMAAS_S3_CA_BUNDLE"  # a PEM file that signs the endpo
 S3_CREDENTIALS_DIR: Final = "KUBEMAAS_S3_CREDENTIALS_DIR"  # a mounted Secret; unset: the SDK's default chain
 S3_ACCESS_KEY_FILE: Final = "AWS_ACCESS_KEY_ID"  # the Secret's keys: KServe's names for the same values
 S3_SECRET_KEY_FILE: Final = "AWS_SECRET_ACCESS_KEY"
+# Where the operator mounts them in a pod.
+S3_CREDENTIALS_MOUNT: Final = Path("/var/run/kubemaas/s3-credentials")
+S3_CA_BUNDLE_MOUNT: Final = Path("/var/run/kubemaas/s3-ca")
+S3_CA_BUNDLE_FILE: Final = "ca.crt"
 
 
 class ArtifactStoreError(Exception):
@@ -121,6 +122,17 @@ class S3Settings:
             ca_bundle=Path(ca_bundle) if ca_bundle else None,
             credentials_dir=Path(credentials) if credentials else None,
         )
+
+    def to_env(self) -> dict[str, str]:
+        """The variables :meth:`from_env` reads back (what the operator renders into a pod)."""
+        values = {
+            S3_ENDPOINT: self.endpoint_url,
+            S3_REGION: self.region,
+            S3_PATH_STYLE: "true" if self.path_style else None,
+            S3_CA_BUNDLE: str(self.ca_bundle) if self.ca_bundle is not None else None,
+            S3_CREDENTIALS_DIR: str(self.credentials_dir) if self.credentials_dir is not None else None,
+        }
+        return {name: value for name, value in values.items() if value is not None}
 
 
 def resolve_uri(uri: str, *, mount_root: Path) -> Path:

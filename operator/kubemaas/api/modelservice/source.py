@@ -12,7 +12,7 @@ from pydantic import Field
 
 from kubemaas.api.base import (
     LATEST,
-    PVC_URI_PATTERN,
+    STORE_URI_PATTERN,
     VERSION_PATTERN,
     ApiModel,
     CelRule,
@@ -26,6 +26,7 @@ from kubemaas.api.core import (
     LocalObjectRef,
     SecretRef,
 )
+from kubemaas.api.storage import Storage
 
 
 class ServedFormat(StrEnum):
@@ -55,8 +56,11 @@ class ModelSource(ApiModel):
     )
     uri: str | None = Field(
         default=None,
-        pattern=PVC_URI_PATTERN,
-        description="The model's directory in the artifact store: pvc://<claim>/<path>/<model>.",
+        pattern=STORE_URI_PATTERN,
+        description=(
+            "The model's directory in the artifact store: pvc://<claim>/<path>/<model>, or "
+            "s3://<bucket>/<prefix>/<model> (reached as storage.s3 says)."
+        ),
     )
     version: str = Field(
         default=LATEST,
@@ -73,6 +77,10 @@ class ModelSource(ApiModel):
     encryption: ModelEncryption | None = Field(
         default=None,
         description="Key Secret, with uri only: a TrainingJob source brings its own.",
+    )
+    storage: Storage | None = Field(
+        default=None,
+        description="How the serving pods reach an s3:// uri's object store: endpoint, region, credentials.",
     )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
@@ -92,6 +100,12 @@ class ModelSource(ApiModel):
             message="encryption is only valid with uri: a TrainingJob source brings its own key Secret",
             field_path=".encryption",
             check=lambda m: m.uri is not None or m.encryption is None,
+        ),
+        CelRule(
+            rule="!has(self.storage) || (has(self.uri) && self.uri.startsWith('s3://'))",
+            message="storage applies to an s3:// uri",
+            field_path=".storage",
+            check=lambda m: m.storage is None or (m.uri is not None and m.uri.startswith("s3://")),
         ),
         CelRule(
             rule="has(self.uri) || self.format == 'TorchScript'",

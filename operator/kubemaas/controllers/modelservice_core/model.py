@@ -38,6 +38,7 @@ class Reason(StrEnum):
     SOURCE_NOT_FOUND = "SourceNotFound"
     WAITING_FOR_MODEL = "WaitingForModel"
     KEY_SECRET_NOT_FOUND = "KeySecretNotFound"
+    CREDENTIALS_SECRET_NOT_FOUND = "CredentialsSecretNotFound"
     INVALID_PUBLISHED_MODEL = "InvalidPublishedModel"
     PROMOTION_BLOCKED = "PromotionBlocked"
     GATE_PASSED = "GatePassed"
@@ -117,7 +118,7 @@ class Observed:
 
     # TrainingJobs of the namespace (raw bodies): the referenced one or the selector's matches.
     training_jobs: Sequence[Mapping[str, Any]] = ()
-    # Key Secrets the handler looked up (name -> exists); see required_secrets().
+    # Key and store-credentials Secrets the handler looked up (name -> exists); see required_secrets().
     secrets: Mapping[str, bool] = field(default_factory=dict)
     stable: Mapping[str, Any] | None = None
     canary: Mapping[str, Any] | None = None
@@ -190,7 +191,7 @@ class Plan:
     candidate: Candidate | None = None
     thresholds: list[MetricThreshold] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)  # gate failures of the candidate
-    missing_key: bool = False
+    missing_secret: tuple[Reason, str] | None = None  # (reason, message): a Secret the candidate needs is missing
     failure: LastFailure | None = None  # a rollout that failed now
     stuck: LastFailure | None = None  # a rollout of the served version itself that does not progress
     bad_version: str | None = None

@@ -4,6 +4,7 @@ children to apply and delete."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -14,7 +15,7 @@ from kubemaas.api.modelservice import (
     RolloutStrategy,
 )
 from kubemaas.controllers.modelservice_core.gate import gate_failures
-from kubemaas.controllers.modelservice_core.model import ChildKey, Observed, Plan, Previous, field_at
+from kubemaas.controllers.modelservice_core.model import ChildKey, Observed, Plan, Previous, Reason, field_at
 from kubemaas.controllers.modelservice_core.observation import (
     RolloutState,
     available_since,
@@ -27,7 +28,7 @@ from kubemaas.controllers.modelservice_core.observation import (
 )
 from kubemaas.controllers.modelservice_core.steps import end_trial, plan_steps
 from kubemaas.manifests import modelservice as m
-from kubemaas.manifests.modelservice import Parent, ServingOptions, Track
+from kubemaas.manifests.modelservice import ModelRef, Parent, ServingOptions, Track
 
 
 def choose_candidate(plan: Plan, observed: Observed) -> None:
@@ -44,10 +45,20 @@ def choose_candidate(plan: Plan, observed: Observed) -> None:
     plan.candidate = candidate
     if candidate is not None:
         plan.blocked = gate_failures(candidate, plan.thresholds)
-        # The key Secret of a version not yet rolled out.
-        plan.missing_key = (
-            candidate.model.key_secret != "" and observed.secrets.get(candidate.model.key_secret) is False
-        )
+        plan.missing_secret = missing_secret(candidate.model, observed.secrets)
+
+
+def missing_secret(model: ModelRef, secrets: Mapping[str, bool]) -> tuple[Reason, str] | None:
+    """The first Secret a version not yet rolled out needs and the namespace lacks: its key, or its store's
+    credentials. A pod that mounts a missing Secret would wait in ContainerCreating without a word."""
+    wanted = (
+        (model.key_secret, Reason.KEY_SECRET_NOT_FOUND, "key Secret"),
+        (model.credentials_secret, Reason.CREDENTIALS_SECRET_NOT_FOUND, "storage credentials Secret"),
+    )
+    for name, reason, what in wanted:
+        if name and secrets.get(name) is False:
+            return reason, f"{what} {name!r} not found"
+    return None
 
 
 def detect_failures(plan: Plan, ms: ModelService, observed: Observed, previous: Previous) -> None:
@@ -76,7 +87,7 @@ def choose_target(plan: Plan, observed: Observed, previous: Previous) -> None:
     good version (a rollback), else, with nothing served yet, the newest candidate that passes the gate."""
     candidate, current, bad = plan.candidate, plan.current, plan.bad_version
     last_good = previous.last_good_version
-    if candidate is not None and not plan.blocked and not plan.missing_key and candidate.model.version != bad:
+    if candidate is not None and not plan.blocked and plan.missing_secret is None and candidate.model.version != bad:
         plan.target = candidate.model
     elif current is not None and current.version != bad:
         plan.target = current

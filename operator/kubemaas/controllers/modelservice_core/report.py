@@ -177,8 +177,8 @@ def _degraded(plan: Plan, previous: Previous) -> tuple[str, str] | None:
         return f.reason, f"version {f.version} failed: {f.message}{tail}"
     if problem is not None and current is not None:
         return problem.reason, f"{problem.message}; still serving {current.version}"
-    if plan.missing_key and candidate is not None:
-        return Reason.KEY_SECRET_NOT_FOUND, f"key Secret {candidate.model.key_secret!r} not found"
+    if plan.missing_secret is not None:
+        return plan.missing_secret
     if plan.stuck is not None:
         stuck = plan.stuck
         return stuck.reason, f"the rollout of version {stuck.version} does not progress: {stuck.message}"
@@ -214,18 +214,13 @@ def _set_all(ms: ModelService, decisions: Sequence[ConditionDecision], now: date
 def _ready(
     plan: Plan, up_to_date: bool, served: str | None, degraded_reason: tuple[str, str] | None
 ) -> ConditionDecision:
-    candidate, current, target = plan.candidate, plan.current, plan.target
+    current, target = plan.current, plan.target
     if up_to_date:
         return ConditionDecision(Cond.READY, ConditionStatus.TRUE, Reason.SERVING, f"serving {served}")
     if plan.resolution.problem is not None and current is None:
         return plan.resolution.problem
-    if plan.missing_key and current is None and candidate is not None:
-        return ConditionDecision(
-            Cond.READY,
-            ConditionStatus.FALSE,
-            Reason.KEY_SECRET_NOT_FOUND,
-            f"key Secret {candidate.model.key_secret!r} not found",
-        )
+    if plan.missing_secret is not None and current is None:
+        return ConditionDecision(Cond.READY, ConditionStatus.FALSE, *plan.missing_secret)
     if target is None and current is None:
         reason = Reason.PROMOTION_BLOCKED if plan.blocked else Reason.NO_MODEL
         return ConditionDecision(Cond.READY, ConditionStatus.FALSE, reason, "no version may be served")

@@ -96,8 +96,14 @@ def resolve_source(ms: ModelService, jobs: Sequence[Mapping[str, Any]]) -> Resol
         uri = source.uri.rstrip("/")
         store, model = uri.rsplit("/", 1)
         key = source.encryption.key_secret_ref.name if source.encryption else ""
+        s3 = source.storage.s3 if source.storage is not None else None
         ref = ModelRef(
-            store_uri=store, model=model, version=source.version, key_secret=key, source=f"{uri}@{source.version}"
+            store_uri=store,
+            model=model,
+            version=source.version,
+            key_secret=key,
+            source=f"{uri}@{source.version}",
+            s3=s3,
         )
         return Resolution([Candidate(model=ref)])
     if source.training_job_ref is not None:
@@ -128,6 +134,7 @@ def _problem(reason: Reason, message: str) -> ConditionDecision:
 
 
 def required_secrets(ms: ModelService, jobs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Key Secrets the handler must look up before calling reconcile (their existence only)."""
-    names = {c.model.key_secret for c in resolve_source(ms, jobs).candidates if c.model.key_secret}
-    return sorted(names)
+    """Key and store-credentials Secrets the handler must look up before calling reconcile (their existence
+    only)."""
+    models = [c.model for c in resolve_source(ms, jobs).candidates]
+    return sorted({name for m in models for name in (m.key_secret, m.credentials_secret) if name})

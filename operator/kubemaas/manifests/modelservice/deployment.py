@@ -5,13 +5,14 @@ inverse: the model a pod template was built from.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from kubemaas.api.modelservice import (
     ModelServiceSpec,
 )
 from kubemaas.contract.serving import settings_to_args
-from kubemaas.contract.store import DEFAULT_MOUNT_ROOT
+from kubemaas.contract.store import DEFAULT_MOUNT_ROOT, ArtifactStoreError
 from kubemaas.manifests.modelservice.inputs import (
     GRPC_PORT,
     HTTP_PORT,
@@ -46,6 +47,7 @@ from kubemaas.manifests.pods import (
     restricted_container_security_context,
     restricted_pod_security_context,
 )
+from kubemaas.manifests.storage import StoreAccess, s3_access, s3_storage_from
 
 # The loader streams: its memory is the interpreter and a fixed number of chunks in flight (at most 48 MiB,
 # kubemaas.runtime.crypto), whatever the model's size, and its crypto pipeline uses at most four cores. The
@@ -57,7 +59,7 @@ LOADER_RESOURCES: dict[str, Any] = {
 
 
 def _loader_container(spec: ModelServiceSpec, model: ModelRef, options: ServingOptions) -> dict[str, Any]:
-    settings = serving_settings(spec.runtime, spec.batching)
+    settings, store = serving_settings(spec.runtime, spec.batching), _store_access(model)
     return {
         "name": LOADER_CONTAINER,
         "image": options.loader_image,
@@ -77,11 +79,22 @@ def _loader_container(spec: ModelServiceSpec, model: ModelRef, options: ServingO
         "resources": LOADER_RESOURCES,
         "securityContext": restricted_container_security_context(),
         "volumeMounts": [
-            {"name": "model-store", "mountPath": f"{DEFAULT_MOUNT_ROOT}/{model.claim}", "readOnly": True},
+            *store.mounts,
             {"name": "model-key", "mountPath": KEY_PATH, "readOnly": True},
             {"name": "model-repository", "mountPath": REPOSITORY_PATH},
         ],
+        **({"env": store.env} if store.env else {}),
     }
+
+
+def _store_access(model: ModelRef) -> StoreAccess:
+    """The claim of a pvc:// store, mounted read-only; or how an s3:// store is reached."""
+    if model.claim is None:
+        return s3_access(model.s3)
+    return StoreAccess(
+        volumes=[{"name": "model-store", "persistentVolumeClaim": {"claimName": model.claim, "readOnly": True}}],
+        mounts=[{"name": "model-store", "mountPath": f"{DEFAULT_MOUNT_ROOT}/{model.claim}", "readOnly": True}],
+    )
 
 
 TRITON_COMMAND = ["/bin/sh", "-c", 'ulimit -c 0 && exec tritonserver "$@"', "tritonserver"]
@@ -160,10 +173,7 @@ def pod_template(
         "initContainers": [_loader_container(spec, model, options)],
         "containers": [_triton_container(spec, options)],
         "volumes": [
-            {
-                "name": "model-store",
-                "persistentVolumeClaim": {"claimName": model.claim, "readOnly": True},
-            },
+            *_store_access(model).volumes,
             {"name": "model-key", "secret": {"secretName": model.key_secret, "defaultMode": 0o400}},
             {"name": "model-repository", "emptyDir": {"sizeLimit": options.repository_size}},
             {"name": "tmp", "emptyDir": {"sizeLimit": TRITON_TMP_SIZE}},
@@ -240,12 +250,15 @@ def model_ref_from_template(template: Mapping[str, Any]) -> ModelRef | None:
     )
     annotations = (template.get("metadata") or {}).get("annotations") or {}
     try:
-        return ModelRef(
+        ref = ModelRef(
             store_uri=flags["store-uri"],
             model=flags["model"],
             version=flags["version"],
             key_secret=key["secret"]["secretName"],
             source=annotations.get(SOURCE_ANNOTATION, ""),
         )
-    except (KeyError, TypeError):
+        if ref.claim is None:  # a bucket: how it is reached is part of what the template serves
+            ref = replace(ref, s3=s3_storage_from(loader.get("env") or [], spec.get("volumes") or []))
+    except (KeyError, TypeError, ValueError, ArtifactStoreError):  # a template this module did not build
         return None
+    return ref

@@ -15,8 +15,9 @@ from kubemaas.api.modelservice import (
     Batching,
     Runtime,
 )
+from kubemaas.api.storage import S3Storage
 from kubemaas.contract.serving import ServingSettings
-from kubemaas.contract.store import claim_of
+from kubemaas.contract.store import StoreUri, claim_of
 
 # The model-loader image of this operator release (images/model-loader); the chart may override it.
 DEFAULT_LOADER_IMAGE = f"kubemaas/model-loader:{__version__}"
@@ -67,7 +68,8 @@ class Track(StrEnum):
 
 @dataclass(frozen=True)
 class ModelRef:
-    """Exactly what the loader loads: a store, a model name, a version (pinned, or Latest), a key Secret."""
+    """Exactly what the loader loads: a store, a model name, a version (pinned, or Latest), a key Secret, and how
+    to reach an s3:// store."""
 
     store_uri: str
     model: str
@@ -75,10 +77,18 @@ class ModelRef:
     key_secret: str
     # The spec's source, recorded on the pod template (see SOURCE_ANNOTATION).
     source: str
+    s3: S3Storage | None = None
 
     @property
-    def claim(self) -> str:
-        return claim_of(self.store_uri)
+    def claim(self) -> str | None:
+        """The claim a pvc:// store is on; None for a bucket (nothing to mount)."""
+        return claim_of(self.store_uri) if StoreUri.parse(self.store_uri).scheme == "pvc" else None
+
+    @property
+    def credentials_secret(self) -> str:
+        """The Secret with the s3:// store's keys; "" when the SDK's default chain applies."""
+        ref = self.s3.credentials_secret_ref if self.s3 is not None else None
+        return ref.name if ref is not None else ""
 
 
 @dataclass(frozen=True)
