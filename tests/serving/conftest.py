@@ -15,6 +15,7 @@ import torch
 
 from kubemaas.runtime.artifacts import ArtifactStore, TensorSpec
 from kubemaas.runtime.keyring import generate_key, write_keyring_dir
+from kubemaas.runtime.object_store import ObjectArtifactStore
 
 # The digits example's signature (docs/runtime-contract.md): 8x8 pixels in, 10 logits out.
 IN_FEATURES = 64
@@ -60,7 +61,9 @@ class PublishedModels:
         return f"file://{self.root}"
 
 
-def publish(store: ArtifactStore, workdir: Path, *, model: str, version: str, seed: int, key: bytes) -> torch.nn.Module:
+def publish(
+    store: ArtifactStore | ObjectArtifactStore, workdir: Path, *, model: str, version: str, seed: int, key: bytes
+) -> torch.nn.Module:
     eager = make_mlp(seed)
     plaintext = save_torchscript(eager, workdir / f"{model}-{version}.pt")
     store.publish(plaintext, model=model, version=version, key=key, key_id=KEY_ID, inputs=INPUTS, outputs=OUTPUTS)
