@@ -156,6 +156,10 @@ e2e: venv prepare ## end-to-end suite (local cluster unless KUBEMAAS_E2E_KUBECON
 bench-reconcile: venv ## operator vs raw-API baseline vs Kubeflow, N=100,500,1000, 10 min at rest (local cluster; ~45 min; not in make test)
 	$(BIN)/python e2e/bench/bench_reconcile.py $(BENCH_ARGS)
 
+.PHONY: bench-object-store
+bench-object-store: venv ## the loader and publication from/to the local cluster's S3 server beside boto3's plain download and upload, 64 MiB and 1 GiB (~5 min)
+	$(BIN)/python e2e/bench/bench_object_store.py $(BENCH_ARGS)
+
 .PHONY: bench-fair-sharing
 bench-fair-sharing: venv ## two teams' TrainingJobs sharing kwok GPUs by Kueue fair-sharing weights 2:1 (local cluster, root; ~7 min)
 	$(BIN)/python e2e/bench/bench_fair_sharing.py $(BENCH_ARGS)
