@@ -232,6 +232,9 @@ SECRET_FIELDS: list[tuple[str, dict[str, Any], str]] = [
     ("ModelService", {"runtime": {"envFrom": [{"secretRef": {"name": "team-b-token"}}]}},
      "spec.runtime.envFrom[0].secretRef.name"),
     ("ModelService", {"imagePullSecrets": [{"name": "team-b-token"}]}, "spec.imagePullSecrets[0].name"),
+    ("ModelService", {"model": {"uri": "s3://models/store/digits", "encryption": {"keySecretRef": {"name": "own-key"}},
+                                "storage": {"s3": {"credentialsSecretRef": {"name": "team-b-token"}}}}},
+     "spec.model.storage.s3.credentialsSecretRef.name"),
 ]  # fmt: skip
 
 
@@ -240,11 +243,11 @@ def test_env_envfrom_volume_and_pull_secrets_the_user_may_not_get_are_refused(ad
     admission.grant("alice", *CREATE_BOTH, rule("", "secrets", "get", names=("own-key",)))
     key = {"keySecretRef": {"name": "own-key"}}
     for kind, spec, field in SECRET_FIELDS:
-        obj = (
-            training_job("digits", encryption=key, **spec)
-            if kind == "TrainingJob"
-            else model_service("digits", served_uri("own-key"), **spec)
-        )
+        if kind == "TrainingJob":
+            obj = training_job("digits", encryption=key, **spec)
+        else:  # a source of its own (an s3:// uri with its credentials Secret), or the store's with the own key
+            rest = {k: v for k, v in spec.items() if k != "model"}
+            obj = model_service("digits", spec.get("model", served_uri("own-key")), **rest)
         admission.expect("alice", obj, field, "get secret 'team-b-token'")
     # Every field the generator found in the models is among those tried here.
     tried = {field.replace("[0]", "[]").replace("[1]", "[]") for _, _, field in SECRET_FIELDS}
