@@ -18,6 +18,9 @@ jitter) and the multipart transfers. This module decides only what the store nee
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -36,6 +39,7 @@ from kubemaas.runtime.errors import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 # Throttling (503 SlowDown) and 5xx: up to 10 attempts in all, with the SDK's capped exponential backoff.
 MAX_ATTEMPTS: Final = 10
@@ -136,3 +140,110 @@ class ObjectAccess:
             raise_for(error, self.bucket, self.key, "read")
         view[: len(data)] = data
         return len(data)
+
+
+class MultipartWriter:
+    """An object written by offset, as :func:`kubemaas.runtime.crypto.encrypt_to` hands over an artifact's
+    bytes, and uploaded part by part while the rest is still being written: encryption and upload overlap,
+    and the object never lies on a disk first.
+
+    Bytes land in the buffer of their part (``part_size`` each, the last one shorter); a part is uploaded, on
+    up to ``concurrency`` threads, as soon as all its bytes are there. At most ``buffered`` parts exist at once
+    (filling or uploading): a writer that needs a new one waits for an upload to end, so memory stays bounded
+    however much faster encryption is than the network. The chunk workers write a bounded window of chunks in
+    order, so the parts they fill are always among the oldest ones and always complete. Nothing is visible
+    until :meth:`complete`; :meth:`abort` (or an error) drops every part already uploaded.
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        *,
+        part_size: int = 16 * 1024 * 1024,
+        concurrency: int = 4,
+        buffered: int = 8,
+    ) -> None:
+        self._client, self.bucket, self.key, self.part_size = client, bucket, key, part_size
+        try:
+            self._upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        except SDK_ERRORS as error:
+            raise_for(error, bucket, key, "upload")
+        self._lock = threading.Lock()
+        self._room = threading.BoundedSemaphore(buffered)
+        self._parts: dict[int, tuple[bytearray, int]] = {}  # index -> (buffer, bytes written into it)
+        self._uploads: dict[int, Future[str]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kms3part")
+        self.size = 0
+
+    def write(self, view: memoryview, offset: int) -> None:
+        while len(view):
+            index, start = divmod(offset, self.part_size)
+            length = min(len(view), self.part_size - start)
+            buffer = self._buffer(index)
+            buffer[start : start + length] = view[:length]
+            with self._lock:
+                filled = self._parts[index][1] + length
+                self._parts[index] = (buffer, filled)
+                self.size = max(self.size, offset + length)
+                if filled == self.part_size:
+                    self._send(index)
+            view, offset = view[length:], offset + length
+
+    def _buffer(self, index: int) -> bytearray:
+        with self._lock:
+            if index in self._parts:
+                return self._parts[index][0]
+        self._room.acquire()  # outside the lock: an upload that ends releases room
+        with self._lock:
+            if index in self._parts:  # another writer made it meanwhile
+                self._room.release()
+            else:
+                self._parts[index] = (bytearray(self.part_size), 0)
+            return self._parts[index][0]
+
+    def _send(self, index: int, length: int | None = None) -> None:
+        buffer, _ = self._parts.pop(index)
+        body = bytes(memoryview(buffer)[: length if length is not None else self.part_size])
+        self._uploads[index] = self._pool.submit(self._upload, index, body)
+
+    def _upload(self, index: int, body: bytes) -> str:
+        try:
+            answer = self._client.upload_part(
+                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=index + 1, Body=body
+            )
+        except SDK_ERRORS as error:
+            raise_for(error, self.bucket, self.key, "upload")
+        finally:
+            self._room.release()
+        return answer["ETag"]
+
+    def complete(self, size: int) -> None:
+        """Upload the last part and make the object visible: ``size`` bytes, every one of them written."""
+        try:
+            with self._lock:
+                last = (size - 1) // self.part_size
+                if last in self._parts and self._parts[last][1] == size - last * self.part_size:
+                    self._send(last, size - last * self.part_size)
+                if self._parts or self.size != size:
+                    raise ObjectStoreError(f"upload s3://{self.bucket}/{self.key}: {self.size} of {size} bytes written")
+            parts: list[CompletedPartTypeDef] = [
+                {"PartNumber": i + 1, "ETag": self._uploads[i].result()} for i in sorted(self._uploads)
+            ]
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts}
+            )
+        except SDK_ERRORS as error:
+            self.abort()
+            raise_for(error, self.bucket, self.key, "upload")
+        except BaseException:
+            self.abort()
+            raise
+        self._pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        """Drop the upload and every part of it (best effort: the bucket's lifecycle rules catch the rest)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(*SDK_ERRORS):
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)

@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,7 +31,7 @@ from kubemaas.runtime.crypto.format import (
 )
 from kubemaas.runtime.crypto.keys import FileKeys, derive_file_keys, derive_manifest_key, manifest_mac_of
 from kubemaas.runtime.crypto.pipeline import pwrite_all
-from kubemaas.runtime.crypto.stream import PlaintextDigest, decrypt_chunks, encrypt_chunks
+from kubemaas.runtime.crypto.stream import PlaintextDigest, Writer, decrypt_chunks, encrypt_chunks
 from kubemaas.runtime.errors import (
     ExtendedArtifactError,
     ManifestTamperedError,
@@ -52,6 +53,40 @@ def encrypt_file(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> PlaintextDigest:
     """Encrypt ``src`` into ``dst`` (atomically replaced), bound to ``model``/``version``/``key_id``."""
+
+    def into_file(out_fd: int) -> PlaintextDigest:
+        def write(view: memoryview, offset: int) -> None:
+            pwrite_all(out_fd, view, offset)
+
+        return encrypt_to(
+            src, write, key=key, key_id=key_id, model=model, version=version, chunk_size=chunk_size
+        ).digest
+
+    return atomic_write(Path(dst), into_file, suffix=".partial")
+
+
+@dataclass(frozen=True)
+class Encrypted:
+    """What :func:`encrypt_to` produced: the plaintext's digest, the artifact's header and its whole size."""
+
+    digest: PlaintextDigest
+    header: bytes
+    size: int
+
+
+def encrypt_to(
+    src: Path | str,
+    write: Writer,
+    *,
+    key: bytes,
+    key_id: str,
+    model: str,
+    version: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Encrypted:
+    """Encrypt ``src`` as an artifact bound to ``model``/``version``/``key_id``, handing every byte of it to
+    ``write(bytes, offset)``: the header at 0, then the sealed chunks, from worker threads, in any order. A file
+    (:func:`encrypt_file`) or a multipart upload (kubemaas.runtime.object_client) puts them in place."""
     if len(key) != KEY_BYTES:
         raise ValueError(f"key must be {KEY_BYTES} bytes")
     validate_key_id(key_id)
@@ -72,12 +107,9 @@ def encrypt_file(
             salt=salt,
         )
         header = parse_header(header_bytes)
-
-        def write(out_fd: int) -> PlaintextDigest:
-            pwrite_all(out_fd, memoryview(header_bytes), 0)
-            return encrypt_chunks(source.fileno(), out_fd, header, keys.enc)
-
-        return atomic_write(Path(dst), write, suffix=".partial")
+        write(memoryview(header_bytes), 0)
+        digest = encrypt_chunks(source.fileno(), write, header, keys.enc)
+    return Encrypted(digest, header_bytes, header.encrypted_size)
 
 
 # An artifact to read: a path, a file the caller opened (the store opens its files beneath its root), or
@@ -200,7 +232,11 @@ def manifest_mac(artifact: Path | str, document: bytes, *, key: bytes) -> bytes:
     Computed by the publisher right after :func:`encrypt_file`, with the same key; checked by
     :meth:`OpenedArtifact.verify_manifest`.
     """
-    header = read_header(artifact)
+    return manifest_mac_for(read_header(artifact), document, key=key)
+
+
+def manifest_mac_for(header: ArtifactHeader, document: bytes, *, key: bytes) -> bytes:
+    """:func:`manifest_mac` from the artifact's header (what :func:`encrypt_to` returned, parsed)."""
     keys = derive_file_keys(key, header.salt)
     if not hmac.compare_digest(keys.commitment, header.commitment):
         raise WrongKeyError(f"the key given for {header.key_id!r} is not the key this artifact was encrypted with")

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -41,8 +42,13 @@ class PlaintextDigest:
     size: int
 
 
-def encrypt_chunks(src_fd: int, out_fd: int, header: ArtifactHeader, aead: AESGCM) -> PlaintextDigest:
-    """Workers read, seal and write chunks in parallel; this thread hashes them, in order."""
+# Where sealed bytes go: (bytes, offset in the artifact). pwrite into a file, or a multipart upload's parts.
+Writer = Callable[[memoryview, int], None]
+
+
+def encrypt_chunks(src_fd: int, write: Writer, header: ArtifactHeader, aead: AESGCM) -> PlaintextDigest:
+    """Workers read, seal and write chunks in parallel (``write`` is called from several threads at once, each
+    with the chunk's offset in the artifact); this thread hashes them, in order."""
     advise_sequential(src_fd)
     sealed_size = header.chunk_size + TAG_BYTES
 
@@ -61,7 +67,7 @@ def encrypt_chunks(src_fd: int, out_fd: int, header: ArtifactHeader, aead: AESGC
         aead.encrypt_into(
             chunk_nonce(header.nonce_prefix, index), plain, chunk_aad(header.checksum, index, final), sealed
         )
-        pwrite_all(out_fd, sealed, out_at)
+        write(sealed, out_at)
 
     # SHA-256 for the manifest is one serial stream over the plaintext, so it stays on this thread
     # while the workers run ahead; a slot is refilled only after its chunk was both hashed and written.
