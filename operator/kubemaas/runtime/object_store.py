@@ -168,9 +168,12 @@ class ObjectArtifactStore:
                 f"manifest of {manifest.model!r} {manifest.version!r} has no {MAC_FIELD!r}; republish the version"
             )
         source = ObjectAccess(self.client, self.bucket, resolved.artifact_key)
-        with open_artifact(source, keyring=keyring, model=manifest.model, version=manifest.version) as artifact:
-            artifact.verify_manifest(canonical_manifest(resolved.document), bytes.fromhex(mac))
-            yield artifact
+        try:
+            with open_artifact(source, keyring=keyring, model=manifest.model, version=manifest.version) as artifact:
+                artifact.verify_manifest(canonical_manifest(resolved.document), bytes.fromhex(mac))
+                yield artifact
+        finally:
+            source.close()
 
     # ------------------------------------------------------------------ writer
 
