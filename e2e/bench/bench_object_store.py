@@ -42,6 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "operator"))
 
+from e2e.bench.bench_loader import _fsync  # noqa: E402
 from e2e.cluster import control_plane, object_store  # noqa: E402
 from kubemaas.contract.store import S3_ACCESS_KEY_FILE, S3_SECRET_KEY_FILE, S3Settings  # noqa: E402
 from kubemaas.runtime.artifacts import TensorSpec  # noqa: E402
@@ -60,14 +61,6 @@ def _timed(action: Callable[[], None]) -> float:
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Round:
