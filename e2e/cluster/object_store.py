@@ -57,6 +57,8 @@ class ObjectStore:
     region: str
     access_key_id: str = field(repr=False)
     secret_access_key: str = field(repr=False)
+    # The server's request log: a line per request with the client's address, method and path (no credentials).
+    request_log: Path | None = None
 
 
 def connection(cluster: Cluster) -> ObjectStore:
@@ -66,7 +68,12 @@ def connection(cluster: Cluster) -> ObjectStore:
         raise ComponentError(f"the cluster in {cluster.root} runs no S3 server (started before it had one?)")
     keys = json.loads((cluster.root / CREDENTIALS_FILE).read_text())
     return ObjectStore(
-        f"http://127.0.0.1:{running.ports[0]}", IN_CLUSTER_URL, REGION, keys["accessKeyId"], keys["secretAccessKey"]
+        f"http://127.0.0.1:{running.ports[0]}",
+        IN_CLUSTER_URL,
+        REGION,
+        keys["accessKeyId"],
+        keys["secretAccessKey"],
+        request_log=cluster.root / "logs" / f"{NAME}.log",
     )
 
 

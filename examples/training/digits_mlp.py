@@ -21,6 +21,8 @@ Data: without a TrainingJob `data` (KUBEMAAS_DATA_URI) the program uses the copy
 one, it reads `train-*.npz` (each rank its own share of the files) and `heldout.npz` (rank 0) from there,
 through the harness, which decrypts them in memory when the dataset is encrypted. Write such a directory
 with `python digits_mlp.py --write-dataset DIR`, then encrypt it with `kubemaas encrypt-data DIR OUT ...`.
+On a claim or in a bucket alike (examples/trainingjob-digits-s3.yaml): there a rank fetches only its own
+objects.
 """
 
 from __future__ import annotations

@@ -91,6 +91,8 @@ def test_the_documented_fields_are_the_ones_found() -> None:
     assert by_kind["TrainingJob"] == {
         "spec.encryption.keySecretRef.name",
         "spec.data.encryption.keySecretRef.name",
+        "spec.data.storage.s3.credentialsSecretRef.name",
+        "spec.output.storage.s3.credentialsSecretRef.name",
         "spec.distillation.teacher.keySecretRef.name",
         "spec.distillation.teacher.trainingJobRef.name",
         "spec.env[].valueFrom.secretKeyRef.name",

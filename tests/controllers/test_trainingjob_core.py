@@ -204,6 +204,22 @@ def test_missing_claim_blocks_creation_and_names_the_claim(present: set[str]) ->
     assert desired.status.backend is None
 
 
+def test_missing_store_credentials_secret_blocks_creation_and_names_it() -> None:
+    """A bucket's credentials Secret is checked like a key Secret, with a reason of its own; a bucket is no claim."""
+    job = make_job(
+        output={"uri": "s3://models/store", "storage": {"s3": {"credentialsSecretRef": {"name": "models-s3"}}}},
+        data={"uri": "s3://datasets/digits"},
+        encryption={"keySecretRef": {"name": "digits-key"}, "generateKey": "Never"},
+    )
+    desired = core.reconcile(job, core.Observed(pytorchjob_served=True, key_secret_exists=True), T0)
+    assert desired.apply == []
+    status, reason, message = cond(desired, "Ready")
+    assert (status, reason) == ("False", "CredentialsSecretNotFound") and "models-s3" in message
+    present = core.Observed(pytorchjob_served=True, key_secret_exists=True, secrets=frozenset({"models-s3"}))
+    later = core.reconcile(advance(job, desired), present, T0 + timedelta(seconds=10))
+    assert [c["kind"] for c in later.apply] == ["PyTorchJob", "NetworkPolicy"]
+
+
 def test_missing_key_secret_with_never_blocks_and_with_if_missing_is_created() -> None:
     never = make_job(encryption={"keySecretRef": {"name": "digits-key"}, "generateKey": "Never"})
     desired = core.reconcile(never, core.Observed(pytorchjob_served=True, claims=ALL_CLAIMS), T0)

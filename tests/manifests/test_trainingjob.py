@@ -401,6 +401,72 @@ def test_data_on_the_output_claim_is_mounted_once() -> None:
     assert trainingjob_mounts.required_claims(job) == ["models"]
 
 
+def test_buckets_mount_nothing_but_their_credentials_each_on_the_ranks_that_use_them() -> None:
+    """An s3:// output reaches rank 0 alone (KUBEMAAS_S3_*), an s3:// dataset every rank (KUBEMAAS_DATA_S3_*),
+    each store with its own credentials and CA bundle mounted as files, never in the environment."""
+    job = make_job(
+        output={
+            "uri": "s3://models/store",
+            "storage": {
+                "s3": {
+                    "endpoint": "https://s3.internal:9000",
+                    "pathStyle": True,
+                    "credentialsSecretRef": {"name": "models-s3"},
+                    "caBundle": {"name": "internal-ca", "key": "ca.pem"},
+                }
+            },
+        },
+        data={"uri": "s3://datasets/digits", "storage": {"s3": {"region": "eu-west-1"}}},
+        replicas=2,
+    )
+    specs = m.pytorchjob(job, VERSION)["spec"]["pytorchReplicaSpecs"]
+    master, worker = specs["Master"]["template"]["spec"], specs["Worker"]["template"]["spec"]
+    credentials = {
+        "name": "kubemaas-s3-credentials",
+        "secret": {
+            "secretName": "models-s3",
+            "items": [
+                {"key": "AWS_ACCESS_KEY_ID", "path": "AWS_ACCESS_KEY_ID"},
+                {"key": "AWS_SECRET_ACCESS_KEY", "path": "AWS_SECRET_ACCESS_KEY"},
+            ],
+            "defaultMode": 0o400,
+        },
+    }
+    ca = {
+        "name": "kubemaas-s3-ca-bundle",
+        "configMap": {"name": "internal-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}]},
+    }
+    assert master["volumes"] == [TMP_VOLUME, KEY_VOLUME, credentials, ca]
+    assert master["containers"][0]["volumeMounts"] == [
+        TMP_MOUNT,
+        KEY_MOUNT,
+        {"name": "kubemaas-s3-credentials", "mountPath": "/var/run/kubemaas/s3-credentials", "readOnly": True},
+        {"name": "kubemaas-s3-ca-bundle", "mountPath": "/var/run/kubemaas/s3-ca", "readOnly": True},
+    ]
+    assert worker["volumes"] == [TMP_VOLUME] and worker["containers"][0]["volumeMounts"] == [TMP_MOUNT]
+    assert trainingjob_mounts.required_claims(job) == []
+    assert trainingjob_mounts.credentials_secret_names(job) == ["models-s3"]
+
+    def store_env(pod: dict[str, Any]) -> dict[str, str]:
+        return {e["name"]: e["value"] for e in pod["containers"][0]["env"] if "S3_" in e["name"]}
+
+    assert store_env(master) == {
+        "KUBEMAAS_S3_ENDPOINT": "https://s3.internal:9000",
+        "KUBEMAAS_S3_PATH_STYLE": "true",
+        "KUBEMAAS_S3_CA_BUNDLE": "/var/run/kubemaas/s3-ca/ca.crt",
+        "KUBEMAAS_S3_CREDENTIALS_DIR": "/var/run/kubemaas/s3-credentials",
+        "KUBEMAAS_DATA_S3_REGION": "eu-west-1",
+    }
+    assert store_env(worker) == {"KUBEMAAS_DATA_S3_REGION": "eu-west-1"}
+    # What the pods parse back: each store's own settings.
+    environ = {e["name"]: e["value"] for e in master["containers"][0]["env"] if "value" in e}
+    parsed = contract.parse(environ)
+    assert parsed.settings.output_in_bucket and parsed.settings.data_uri == "s3://datasets/digits"
+    assert parsed.output_s3.endpoint_url == "https://s3.internal:9000" and parsed.output_s3.path_style
+    assert parsed.output_s3.credentials_dir == Path("/var/run/kubemaas/s3-credentials")
+    assert parsed.data_s3.region == "eu-west-1" and parsed.data_s3.credentials_dir is None
+
+
 def test_without_a_command_the_image_entrypoint_gets_the_args_and_no_token_is_mounted() -> None:
     pod = m.indexed_job(make_job(args=["--steps", "10"]), VERSION)["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"] == ["--steps", "10"]

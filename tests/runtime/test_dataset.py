@@ -14,7 +14,7 @@ from kubemaas.cli import main
 from kubemaas.contract.termination import Cause, ExitCode
 from kubemaas.runtime.beneath import UnsafeEntryError
 from kubemaas.runtime.crypto import MAGIC
-from kubemaas.runtime.dataset import DataKeyError, Dataset, TamperedDataError
+from kubemaas.runtime.dataset import DataKeyError, DirectoryDataset, TamperedDataError
 from kubemaas.runtime.keyring import Keyring, write_keyring_dir
 
 from .trainer_launch import EXAMPLE, Job, log_text, ranks, wait_all
@@ -38,8 +38,8 @@ def encrypt(tmp_path: Path, files: dict[str, bytes] = FILES, key: bytes = DATA_K
     return dst
 
 
-def dataset(root: Path, key: bytes = DATA_KEY) -> Dataset:
-    return Dataset(root, keyring=Keyring({"d1": key}, "d1"))
+def dataset(root: Path, key: bytes = DATA_KEY) -> DirectoryDataset:
+    return DirectoryDataset(root, keyring=Keyring({"d1": key}, "d1"))
 
 
 def test_every_file_is_encrypted_under_its_own_name_and_reads_back(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_every_file_is_encrypted_under_its_own_name_and_reads_back(tmp_path: Pat
     reader = dataset(dst)
     assert reader.files() == sorted(FILES)
     assert {name: reader.read(name) for name in reader.files()} == FILES
-    assert Dataset(tmp_path / "plain").read("a.csv") == FILES["a.csv"]  # unencrypted data reads as it is
+    assert DirectoryDataset(tmp_path / "plain").read("a.csv") == FILES["a.csv"]  # unencrypted data reads as it is
 
 
 def flip_a_byte(path: Path) -> None:

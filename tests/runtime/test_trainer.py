@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from kubemaas import contract
 from kubemaas.contract.termination import ExitCode
 from kubemaas.runtime.artifacts import ArtifactStore
-from kubemaas.runtime.checkpoint import CheckpointStore
+from kubemaas.runtime.checkpoint import DirectoryCheckpoints
 from kubemaas.runtime.crypto import MAGIC, Keyring, decrypt_file
 from kubemaas.runtime.distributed import batch_for_step, shard_indices
 from kubemaas.runtime.export import load_torchscript
@@ -62,8 +62,8 @@ def test_batches_depend_only_on_the_step() -> None:
 KEYRING = Keyring({"k1": KEY}, "k1")
 
 
-def checkpoint_store(directory: Path, keyring: Keyring = KEYRING, version: str = "v1") -> CheckpointStore:
-    return CheckpointStore(directory, model="digits", version=version, keyring=keyring, keep=2)
+def checkpoint_store(directory: Path, keyring: Keyring = KEYRING, version: str = "v1") -> DirectoryCheckpoints:
+    return DirectoryCheckpoints(directory, model="digits", version=version, keyring=keyring, keep=2)
 
 
 def test_checkpoint_store_keeps_newest_complete(tmp_path: Path) -> None:
@@ -81,7 +81,8 @@ def test_checkpoints_on_the_store_are_encrypted_and_bound(tmp_path: Path) -> Non
     """Weights never sit in plaintext on the shared store; a checkpoint only decrypts as itself."""
     weights = torch.arange(1000, dtype=torch.float32)
     store = checkpoint_store(tmp_path)
-    path = store.save(7, {"model": {"w": weights}})
+    path = store.path_for(7)
+    assert store.save(7, {"model": {"w": weights}}) == path.name
     data = path.read_bytes()
     assert data.startswith(MAGIC)
     assert weights.numpy().tobytes()[:64] not in data

@@ -26,7 +26,7 @@ from kubemaas.runtime.artifacts import (
     UnsafeEntryError,
 )
 from kubemaas.runtime.beneath import Beneath, Kind, OversizedFileError
-from kubemaas.runtime.checkpoint import CheckpointStore
+from kubemaas.runtime.checkpoint import DirectoryCheckpoints
 from kubemaas.runtime.crypto import Keyring
 from kubemaas.runtime.trainer import classify
 
@@ -175,7 +175,7 @@ def test_the_trainer_fails_permanently_on_what_a_store_writer_planted() -> None:
 def test_checkpoints_that_are_links_or_fifos_are_not_read(tmp_path: Path) -> None:
     claim = tmp_path / "claim"
     directory = claim / "store" / "m" / ".checkpoints" / "v1"
-    store = CheckpointStore(directory, model="m", version="v1", keyring=KEYRING, root=claim)
+    store = DirectoryCheckpoints(directory, model="m", version="v1", keyring=KEYRING, root=claim)
     store.save(10, {"w": torch.tensor([10.0])})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

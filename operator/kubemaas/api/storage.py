@@ -6,9 +6,11 @@ Secret (docs/runtime-contract.md); the operator itself never reads the store.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
-from kubemaas.api.base import DNS_SUBDOMAIN_PATTERN, ApiModel, Bool
+from kubemaas.api.base import DNS_SUBDOMAIN_PATTERN, ApiModel, Bool, CelRule
 from kubemaas.api.core import SecretRef
 
 # http(s)://host[:port][/path], nothing else: no credentials in the URL (user:password@) and no query string.
@@ -59,3 +61,16 @@ class Storage(ApiModel):
     """How to reach the store a URI names, where a scheme needs it."""
 
     s3: S3Storage | None = Field(default=None, description="For s3:// URIs.")
+
+
+def _storage_matches_uri(model: Any) -> bool:
+    return model.storage is None or (model.uri is not None and model.uri.startswith("s3://"))
+
+
+# The rule of every object with a store `uri` and its `storage` beside it.
+STORAGE_NEEDS_S3_URI = CelRule(
+    rule="!has(self.storage) || (has(self.uri) && self.uri.startsWith('s3://'))",
+    message="storage applies to an s3:// uri",
+    field_path=".storage",
+    check=_storage_matches_uri,
+)

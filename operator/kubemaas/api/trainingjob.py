@@ -19,7 +19,7 @@ from kubemaas.api.base import (
     MODEL_NAME_MAX_LENGTH,
     MODEL_NAME_PATTERN,
     NAME_RULES,
-    PVC_URI_PATTERN,
+    STORE_URI_PATTERN,
     VERSION_PATTERN,
     ApiModel,
     Bool,
@@ -48,6 +48,7 @@ from kubemaas.api.core import (
 )
 from kubemaas.api.metadata import ObjectMeta
 from kubemaas.api.progress import TrainingProgress
+from kubemaas.api.storage import STORAGE_NEEDS_S3_URI, Storage
 
 
 class RendezvousEnv(StrEnum):
@@ -115,14 +116,19 @@ class DataEncryption(ApiModel):
 
 
 class DataSource(ApiModel):
-    """Training data, mounted read-only into every rank; each rank reads its own shard."""
+    """Training data, on a claim mounted read-only into every rank or in a bucket; each rank reads its own shard."""
 
     uri: str = Field(
-        pattern=PVC_URI_PATTERN,
+        pattern=STORE_URI_PATTERN,
         description=(
-            "Where the data lives: pvc://<claim>/<path>. The claim is mounted read-only at /mnt/kubemaas/<claim> "
+            "Where the data lives: pvc://<claim>/<path> (the claim is mounted read-only at /mnt/kubemaas/<claim>), "
+            "or s3://<bucket>/<prefix>, one object per file, each rank fetching only its own objects "
             "(docs/runtime-contract.md)."
         ),
+    )
+    storage: Storage | None = Field(
+        default=None,
+        description="How every rank reaches an s3:// uri's object store: endpoint, region, credentials.",
     )
     encryption: DataEncryption | None = Field(
         default=None,
@@ -131,13 +137,22 @@ class DataSource(ApiModel):
         ),
     )
 
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (STORAGE_NEEDS_S3_URI,)
+
 
 class Output(ApiModel):
     """Where and how rank 0 publishes the trained model."""
 
     uri: str = Field(
-        pattern=PVC_URI_PATTERN,
-        description="Artifact store root: pvc://<claim>/<path>. Versions land in <root>/<modelName>/<version>/.",
+        pattern=STORE_URI_PATTERN,
+        description=(
+            "Artifact store root: pvc://<claim>/<path> or s3://<bucket>/<prefix>. Versions land in "
+            "<root>/<modelName>/<version>/, checkpoints in <root>/<modelName>/.checkpoints/<version>/."
+        ),
+    )
+    storage: Storage | None = Field(
+        default=None,
+        description="How rank 0 reaches an s3:// uri's object store: endpoint, region, credentials.",
     )
     model_name: str | None = Field(
         default=None,
@@ -152,6 +167,8 @@ class Output(ApiModel):
     compression: Compression | None = Field(
         default=None, description="Compression at export (pruning), applied before quantization."
     )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (STORAGE_NEEDS_S3_URI,)
 
 
 class Encryption(ApiModel):

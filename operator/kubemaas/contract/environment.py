@@ -18,7 +18,7 @@ loader all import it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -30,7 +30,16 @@ from kubemaas.api.base import LATEST, VERSION_PATTERN
 from kubemaas.api.compression import PruningMethod
 from kubemaas.api.core import KUBEMAAS_ENV_PREFIX
 from kubemaas.api.trainingjob import Quantization, RendezvousEnv
-from kubemaas.contract.store import DEFAULT_MOUNT_ROOT, ArtifactStoreError, StoreUri, resolve_uri, validate_name
+from kubemaas.contract.store import (
+    DATA_STORE,
+    DEFAULT_MOUNT_ROOT,
+    MODEL_STORE,
+    ArtifactStoreError,
+    S3Settings,
+    StoreUri,
+    resolve_uri,
+    validate_name,
+)
 
 # ------------------------------------------------------------------ names
 # The rendezvous names are the API's (RendezvousEnv: what spec.env refuses), as is the prefix every
@@ -129,7 +138,7 @@ def _store_name(value: str, what: Literal["model name", "version"]) -> str:
 
 def _check_uri(value: str) -> str:
     try:
-        resolve_uri(value, mount_root=_URI_CHECK_ROOT)
+        StoreUri.parse(value)
     except ArtifactStoreError as error:
         raise ValueError(str(error)) from None
     return value
@@ -190,6 +199,12 @@ class Settings(_EnvModel):
         if (self.pruning is None) != (self.pruning_percent is None):
             raise ValueError(f"{PRUNING} and {PRUNING_PERCENT} are set together or not at all")
         return self
+
+    @property
+    def output_in_bucket(self) -> bool:
+        """The output store is an ``s3://`` bucket (rank 0 reaches it as ``Environment.output_s3`` says): it has
+        no :attr:`output_root` nor :attr:`output_mount`."""
+        return StoreUri.parse(self.output_uri).scheme == "s3"
 
     @property
     def output_root(self) -> Path:
@@ -272,6 +287,9 @@ class Environment:
 
     settings: Settings
     process: Process
+    # How this pod reaches the s3:// stores its URIs may name (the KUBEMAAS_S3_* and KUBEMAAS_DATA_S3_* variables).
+    output_s3: S3Settings = field(default_factory=S3Settings)
+    data_s3: S3Settings = field(default_factory=S3Settings)
 
 
 # ------------------------------------------------------------------ parse
@@ -291,9 +309,15 @@ def parse(environ: Mapping[str, str]) -> Environment:
     process = _validate(Process, process_values, problems)
     if process is not None and not process.rank < process.world_size:
         problems.append(f"{RANK}={process.rank} is outside {WORLD_SIZE}={process.world_size}")
+    stores: list[S3Settings] = []
+    for wiring in (MODEL_STORE, DATA_STORE):
+        try:
+            stores.append(S3Settings.from_env(environ, wiring))
+        except ArtifactStoreError as error:
+            problems.append(str(error))
     if problems or settings is None or process is None:
         raise ContractError(problems, termination_log=termination_log(environ), rank=rank)
-    return Environment(settings=settings, process=process)
+    return Environment(settings=settings, process=process, output_s3=stores[0], data_s3=stores[1])
 
 
 def mount_root(environ: Mapping[str, str]) -> Path:

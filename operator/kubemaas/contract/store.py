@@ -43,6 +43,27 @@ S3_CA_BUNDLE_MOUNT: Final = Path("/var/run/kubemaas/s3-ca")
 S3_CA_BUNDLE_FILE: Final = "ca.crt"
 
 
+@dataclass(frozen=True)
+class S3Wiring:
+    """Which variables and mounts carry one store's settings into a pod. A training pod may reach two stores
+    (its dataset's and its output's, each with its own endpoint and credentials), so each role has its own
+    variable prefix and mount paths; the model store's are the plain ``KUBEMAAS_S3_*`` ones."""
+
+    role: str  # "" for the model store, "data" for a TrainingJob's dataset
+    credentials_mount: Path
+    ca_bundle_mount: Path
+
+    def variable(self, name: str) -> str:
+        """``name`` (one of the ``KUBEMAAS_S3_*`` constants) for this role: ``KUBEMAAS_DATA_S3_ENDPOINT``."""
+        return name if not self.role else name.replace("KUBEMAAS_", f"KUBEMAAS_{self.role.upper()}_", 1)
+
+
+MODEL_STORE: Final = S3Wiring("", S3_CREDENTIALS_MOUNT, S3_CA_BUNDLE_MOUNT)
+DATA_STORE: Final = S3Wiring(
+    "data", Path("/var/run/kubemaas/data-s3-credentials"), Path("/var/run/kubemaas/data-s3-ca")
+)
+
+
 class ArtifactStoreError(Exception):
     """The store cannot satisfy a request (unknown model or version, bad URI, version exists)."""
 
@@ -110,20 +131,22 @@ class S3Settings:
     credentials_dir: Path | None = None  # files AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> S3Settings:
-        path_style = environ.get(S3_PATH_STYLE, "false").lower()
+    def from_env(cls, environ: Mapping[str, str], wiring: S3Wiring = MODEL_STORE) -> S3Settings:
+        """The settings of the store ``wiring`` names, from a pod's environment."""
+        name = wiring.variable
+        path_style = environ.get(name(S3_PATH_STYLE), "false").lower()
         if path_style not in ("true", "false"):
-            raise ArtifactStoreError(f"{S3_PATH_STYLE} must be true or false, not {path_style!r}")
-        ca_bundle, credentials = environ.get(S3_CA_BUNDLE), environ.get(S3_CREDENTIALS_DIR)
+            raise ArtifactStoreError(f"{name(S3_PATH_STYLE)} must be true or false, not {path_style!r}")
+        ca_bundle, credentials = environ.get(name(S3_CA_BUNDLE)), environ.get(name(S3_CREDENTIALS_DIR))
         return cls(
-            endpoint_url=environ.get(S3_ENDPOINT) or None,
-            region=environ.get(S3_REGION) or None,
+            endpoint_url=environ.get(name(S3_ENDPOINT)) or None,
+            region=environ.get(name(S3_REGION)) or None,
             path_style=path_style == "true",
             ca_bundle=Path(ca_bundle) if ca_bundle else None,
             credentials_dir=Path(credentials) if credentials else None,
         )
 
-    def to_env(self) -> dict[str, str]:
+    def to_env(self, wiring: S3Wiring = MODEL_STORE) -> dict[str, str]:
         """The variables :meth:`from_env` reads back (what the operator renders into a pod)."""
         values = {
             S3_ENDPOINT: self.endpoint_url,
@@ -132,7 +155,7 @@ class S3Settings:
             S3_CA_BUNDLE: str(self.ca_bundle) if self.ca_bundle is not None else None,
             S3_CREDENTIALS_DIR: str(self.credentials_dir) if self.credentials_dir is not None else None,
         }
-        return {name: value for name, value in values.items() if value is not None}
+        return {wiring.variable(name): value for name, value in values.items() if value is not None}
 
 
 def resolve_uri(uri: str, *, mount_root: Path) -> Path:

@@ -56,13 +56,16 @@ class Cause(StrEnum):
     # A file of an encrypted dataset failed authentication (changed, truncated, swapped or renamed): the
     # message names the file. Permanent, like a refused model artifact: a retry reads the same bytes.
     TamperedData = "TamperedData"
+    # An s3:// store refused the pod's credentials: the message names the bucket and key, never a credential.
+    # Permanent: the same credentials are refused again.
+    AccessDenied = "AccessDenied"
 
     @property
     def exit_code(self) -> ExitCode:
         return _CAUSE_EXIT_CODES[self]
 
 
-_CAUSE_EXIT_CODES = {Cause.TamperedData: ExitCode.ARTIFACT}
+_CAUSE_EXIT_CODES = {Cause.TamperedData: ExitCode.ARTIFACT, Cause.AccessDenied: ExitCode.CONFIG}
 
 
 class _Message(BaseModel):

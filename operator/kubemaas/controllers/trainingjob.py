@@ -166,7 +166,7 @@ async def _observe(
         wanted = mounts.required_claims(job.model_copy(update={"status": _with_teacher(job, teacher_job)}))
     except mounts.TeacherNotResolved:
         wanted = []  # the core blocks the job until its teacher TrainingJob has succeeded
-    secrets = mounts.secret_names(job)
+    secrets = sorted({*mounts.secret_names(job), *mounts.credentials_secret_names(job)})
     # One round trip, not one per object: these reads sit between a create and its first child.
     # Existence only: the claim's metadata, the key Secrets by a dry-run create (the operator never reads one).
     *found, secret_exists = await asyncio.gather(

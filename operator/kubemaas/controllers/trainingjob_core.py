@@ -227,14 +227,19 @@ def _preflight(job: TrainingJob, observed: Observed, out: _Status) -> bool:
             "the workload is created once it exists",
         )
         return False
-    missing_secrets = [s for s in mounts.secret_names(job) if s not in observed.secrets]
-    if missing_secrets:
-        out.blocked(
-            "KeySecretNotFound",
-            f"Secret {', '.join(missing_secrets)} not found in namespace {job.metadata.namespace}; "
-            "the workload is created once it exists",
-        )
-        return False
+    needed: list[tuple[str, list[str]]] = [
+        ("KeySecretNotFound", mounts.secret_names(job)),
+        ("CredentialsSecretNotFound", mounts.credentials_secret_names(job)),
+    ]
+    for reason, secrets in needed:
+        missing_secrets = [s for s in secrets if s not in observed.secrets]
+        if missing_secrets:
+            out.blocked(
+                reason,
+                f"Secret {', '.join(missing_secrets)} not found in namespace {job.metadata.namespace}; "
+                "the workload is created once it exists",
+            )
+            return False
     encryption = job.spec.encryption
     name = encryption.key_secret_ref.name
     if not observed.key_secret_exists and encryption.generate_key == KeyGeneration.Never:

@@ -12,16 +12,20 @@ from typing import Any
 
 from kubemaas.api.storage import S3Storage
 from kubemaas.contract.store import (
+    MODEL_STORE,
     S3_ACCESS_KEY_FILE,
     S3_CA_BUNDLE_FILE,
-    S3_CA_BUNDLE_MOUNT,
-    S3_CREDENTIALS_MOUNT,
     S3_SECRET_KEY_FILE,
     S3Settings,
+    S3Wiring,
 )
 
 CREDENTIALS_VOLUME = "s3-credentials"
 CA_BUNDLE_VOLUME = "s3-ca-bundle"
+
+
+def _volume(wiring: S3Wiring, name: str, prefix: str) -> str:
+    return f"{prefix}{wiring.role}-{name}" if wiring.role else f"{prefix}{name}"
 
 
 @dataclass(frozen=True)
@@ -33,31 +37,31 @@ class StoreAccess:
     mounts: list[dict[str, Any]] = field(default_factory=list)
 
 
-def s3_access(s3: S3Storage | None) -> StoreAccess:
-    """How a pod reaches an s3:// store as ``s3`` says (None: AWS, with the SDK's default credential chain)."""
+def s3_access(s3: S3Storage | None, wiring: S3Wiring = MODEL_STORE, *, volume_prefix: str = "") -> StoreAccess:
+    """How a pod reaches an s3:// store as ``s3`` says (None: AWS, with the SDK's default credential chain), in
+    the variables and mounts of ``wiring``'s role; the volumes' names start with ``volume_prefix``."""
     s3 = s3 or S3Storage()
     credentials, ca_bundle = s3.credentials_secret_ref, s3.ca_bundle
     settings = S3Settings(
         endpoint_url=s3.endpoint,
         region=s3.region,
         path_style=s3.path_style,
-        ca_bundle=S3_CA_BUNDLE_MOUNT / S3_CA_BUNDLE_FILE if ca_bundle is not None else None,
-        credentials_dir=S3_CREDENTIALS_MOUNT if credentials is not None else None,
+        ca_bundle=wiring.ca_bundle_mount / S3_CA_BUNDLE_FILE if ca_bundle is not None else None,
+        credentials_dir=wiring.credentials_mount if credentials is not None else None,
     )
-    access = StoreAccess(env=[{"name": name, "value": value} for name, value in settings.to_env().items()])
+    access = StoreAccess(env=[{"name": name, "value": value} for name, value in settings.to_env(wiring).items()])
     if credentials is not None:
         items = [{"key": key, "path": key} for key in (S3_ACCESS_KEY_FILE, S3_SECRET_KEY_FILE)]
+        volume = _volume(wiring, CREDENTIALS_VOLUME, volume_prefix)
         access.volumes.append(
-            {
-                "name": CREDENTIALS_VOLUME,
-                "secret": {"secretName": credentials.name, "items": items, "defaultMode": 0o400},
-            }
+            {"name": volume, "secret": {"secretName": credentials.name, "items": items, "defaultMode": 0o400}}
         )
-        access.mounts.append({"name": CREDENTIALS_VOLUME, "mountPath": str(S3_CREDENTIALS_MOUNT), "readOnly": True})
+        access.mounts.append({"name": volume, "mountPath": str(wiring.credentials_mount), "readOnly": True})
     if ca_bundle is not None:
         items = [{"key": ca_bundle.key, "path": S3_CA_BUNDLE_FILE}]
-        access.volumes.append({"name": CA_BUNDLE_VOLUME, "configMap": {"name": ca_bundle.name, "items": items}})
-        access.mounts.append({"name": CA_BUNDLE_VOLUME, "mountPath": str(S3_CA_BUNDLE_MOUNT), "readOnly": True})
+        volume = _volume(wiring, CA_BUNDLE_VOLUME, volume_prefix)
+        access.volumes.append({"name": volume, "configMap": {"name": ca_bundle.name, "items": items}})
+        access.mounts.append({"name": volume, "mountPath": str(wiring.ca_bundle_mount), "readOnly": True})
     return access
 
 

@@ -40,7 +40,7 @@ from kubemaas.manifests.pods import (
     restricted_container_security_context,
     restricted_pod_security_context,
 )
-from kubemaas.manifests.trainingjob_mounts import key_volumes_and_mounts, teacher, volumes_and_mounts
+from kubemaas.manifests.trainingjob_mounts import key_volumes_and_mounts, store_accesses, teacher, volumes_and_mounts
 from kubemaas.manifests.trainingjob_mounts import volume_name as _volume
 
 KIND = "TrainingJob"
@@ -188,6 +188,10 @@ def pod_spec(
     key_volumes, key_mounts = key_volumes_and_mounts(job, rank0=rank0)
     volumes += key_volumes
     mounts += key_mounts
+    stores = store_accesses(job, rank0=rank0)
+    for store in stores:
+        volumes += store.volumes
+        mounts += store.mounts
     volumes += [as_served(v) for v in spec.volumes or ()]
     mounts += [as_served(m) for m in spec.volume_mounts or ()]
 
@@ -196,6 +200,7 @@ def pod_spec(
     env = [{"name": "HOME", "value": "/tmp"}]
     env += [as_served(e) for e in spec.env or ()]
     env += contract.render(settings(job, version, rank0=rank0), rendezvous)
+    env += [entry for store in stores for entry in store.env]
 
     main: dict[str, Any] = {"name": container, "image": spec.image, **_command(job), "env": env}
     if spec.env_from:

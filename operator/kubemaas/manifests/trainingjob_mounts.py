@@ -3,6 +3,8 @@
 - claims named by pvc:// URIs: the output claim read-write on rank 0 (it alone writes the model and the
   checkpoints), the teacher's claim read-only on rank 0 (it alone decrypts the teacher and sends it to the
   others), the data claim read-only on every rank; each distinct claim once, read-write winning;
+- buckets named by s3:// URIs: nothing to mount but their credentials Secret and CA bundle (manifests/storage.py),
+  the output store's on rank 0, the dataset's on every rank;
 - key Secrets: the model key and the teacher's key on rank 0, the data key on every rank (each rank decrypts
   its own shard).
 
@@ -20,8 +22,9 @@ from kubemaas import contract
 from kubemaas.api.base import LATEST
 from kubemaas.api.compression import ResolvedTeacher
 from kubemaas.api.core import RESERVED_VOLUME_PREFIX
-from kubemaas.api.trainingjob import TrainingJob
-from kubemaas.contract.store import DEFAULT_MOUNT_ROOT, claim_of
+from kubemaas.api.trainingjob import DataSource, Output, TrainingJob
+from kubemaas.contract.store import DATA_STORE, DEFAULT_MOUNT_ROOT, MODEL_STORE, StoreUri, claim_of
+from kubemaas.manifests.storage import StoreAccess, s3_access
 
 # Only the trainer's user reads a key (fsGroup adds group read for that same user's group).
 KEY_MODE = 0o400
@@ -63,15 +66,20 @@ class Claim:
         return f"{DEFAULT_MOUNT_ROOT}/{self.name}"
 
 
+def _on_claim(uri: str) -> bool:
+    return StoreUri.parse(uri).claim is not None
+
+
 def claims(job: TrainingJob, *, rank0: bool) -> list[Claim]:
     spec = job.spec
     wanted: list[Claim] = []
     if rank0:
-        wanted.append(Claim(claim_of(spec.output.uri), volume_name("output"), writable=True))
+        if _on_claim(spec.output.uri):
+            wanted.append(Claim(claim_of(spec.output.uri), volume_name("output"), writable=True))
         resolved = teacher(job)
         if resolved is not None:
             wanted.append(Claim(claim_of(resolved.uri), volume_name("teacher"), writable=False))
-    if spec.data is not None:
+    if spec.data is not None and _on_claim(spec.data.uri):
         wanted.append(Claim(claim_of(spec.data.uri), volume_name("data"), writable=False))
     out: list[Claim] = []
     for claim in wanted:
@@ -111,6 +119,31 @@ def key_mounts(job: TrainingJob, *, rank0: bool) -> list[KeyMount]:
 def secret_names(job: TrainingJob) -> list[str]:
     """The key Secrets a user supplies (the model key aside): they must exist before the workload is created."""
     return [k.secret for k in key_mounts(job, rank0=True) if k.path != contract.DEFAULT_KEY_DIR]
+
+
+def store_accesses(job: TrainingJob, *, rank0: bool) -> list[StoreAccess]:
+    """How a pod reaches the buckets its s3:// URIs name: the output store on rank 0, the dataset's everywhere."""
+    spec = job.spec
+    out: list[StoreAccess] = []
+    if rank0 and not _on_claim(spec.output.uri):
+        s3 = spec.output.storage.s3 if spec.output.storage is not None else None
+        out.append(s3_access(s3, MODEL_STORE, volume_prefix=volume_name("")))
+    if spec.data is not None and not _on_claim(spec.data.uri):
+        s3 = spec.data.storage.s3 if spec.data.storage is not None else None
+        out.append(s3_access(s3, DATA_STORE, volume_prefix=volume_name("")))
+    return out
+
+
+def credentials_secret_names(job: TrainingJob) -> list[str]:
+    """The store-credentials Secrets the job names: they must exist before the workload is created."""
+    spec = job.spec
+    names = set()
+    stores: list[Output | DataSource] = [spec.output] if spec.data is None else [spec.output, spec.data]
+    for store in stores:
+        s3 = store.storage.s3 if store.storage is not None else None
+        if s3 is not None and s3.credentials_secret_ref is not None and not _on_claim(store.uri):
+            names.add(s3.credentials_secret_ref.name)
+    return sorted(names)
 
 
 def volumes_and_mounts(job: TrainingJob, *, rank0: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -8,6 +8,7 @@ message, ``repr`` or attribute of these errors ever carries key material.
 from __future__ import annotations
 
 from kubemaas.contract.store import ArtifactStoreError
+from kubemaas.contract.termination import Cause
 
 
 class KeyringError(Exception):
@@ -96,6 +97,8 @@ class ObjectStoreError(ArtifactStoreError):
 
 class ObjectAccessDeniedError(ObjectStoreError):
     """The credentials may not do this to this bucket or key (or are not valid credentials at all)."""
+
+    cause = Cause.AccessDenied  # what a trainer's termination message says (the loader has its own causes)
 
 
 class NoSuchBucketError(ObjectStoreError):

@@ -34,7 +34,7 @@ import contextlib
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -63,7 +63,7 @@ from kubemaas.runtime.artifacts import (
     render_manifest,
 )
 from kubemaas.runtime.crypto import DEFAULT_CHUNK_SIZE, OpenedArtifact, open_artifact
-from kubemaas.runtime.crypto.files import encrypt_to, manifest_mac_for
+from kubemaas.runtime.crypto.files import Encrypted, encrypt_to, manifest_mac_for
 from kubemaas.runtime.crypto.format import parse_header
 from kubemaas.runtime.errors import UnauthenticatedManifestError
 from kubemaas.runtime.keyring import Keyring
@@ -86,6 +86,9 @@ PART_SIZE: Final = 16 * 1024 * 1024
 TRANSFER = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, max_concurrency=4)
 # Publishers racing on one LATEST: each lost round means another publisher moved it; this many is a storm.
 LATEST_ATTEMPTS: Final = 20
+# What a publisher's cleanup treats as abandoned: far longer than any upload of one part, or the moment between
+# an artifact's completion and its manifest.
+LEFTOVER_AGE: Final = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -213,15 +216,17 @@ class ObjectArtifactStore:
             artifact=f"model-{secrets.token_hex(8)}.kmenc",
         )
         artifact_key = f"{prefix}/{draft.artifact}"
-        upload = MultipartWriter(self.client, self.bucket, artifact_key, part_size=PART_SIZE, concurrency=4)
-        try:
-            sealed = encrypt_to(
-                plaintext, upload.write, key=key, key_id=key_id, model=model, version=version, chunk_size=chunk_size
-            )
-        except BaseException:
-            upload.abort()
-            raise
-        upload.complete(sealed.size)
+        sealed = upload_sealed(
+            self.client,
+            self.bucket,
+            artifact_key,
+            plaintext,
+            key=key,
+            key_id=key_id,
+            model=model,
+            version=version,
+            chunk_size=chunk_size,
+        )
         manifest = draft.model_copy(update={"sha256": sealed.digest.sha256, "size": sealed.digest.size})
         document = manifest.document()
         mac = manifest_mac_for(parse_header(sealed.header), canonical_manifest(document), key=key)
@@ -254,6 +259,51 @@ class ObjectArtifactStore:
             if self._put_if(key, f"{version}\n".encode(), etag=etag):
                 return True
         raise ArtifactStoreError(f"{LATEST_FILE} of {model!r} kept changing under {LATEST_ATTEMPTS} attempts")
+
+    def remove_leftovers(self, model: str, *, older_than: timedelta = LEFTOVER_AGE) -> list[str]:
+        """Delete what interrupted publishers of ``model`` left: unfinished multipart uploads, and artifacts no
+        manifest names (a publisher stopped before its manifest, or the loser of a race), once ``older_than``
+        old: a publisher at work, whose artifact exists a moment before its manifest, is never touched."""
+        start = self.model_key(model) + "/"
+        cutoff = datetime.now(UTC) - older_than
+        removed: list[str] = []
+        named: dict[str, str | None] = {}  # version prefix -> the artifact its manifest names (None: no manifest)
+        try:
+            uploads = self.client.get_paginator("list_multipart_uploads")
+            for listed in uploads.paginate(Bucket=self.bucket, Prefix=start):
+                for upload in listed.get("Uploads", []):
+                    if upload["Initiated"] > cutoff:
+                        continue
+                    with contextlib.suppress(*SDK_ERRORS):
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        removed.append(upload["Key"])
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+                for entry in page.get("Contents", []):
+                    version, _, name = entry["Key"][len(start) :].partition("/")
+                    if not (name.startswith("model-") and name.endswith(".kmenc")) or "/" in name:
+                        continue
+                    if entry["LastModified"] > cutoff:
+                        continue
+                    if version not in named:
+                        named[version] = self._named_artifact(model, version)
+                    if named[version] is None or named[version] not in ("", name):
+                        self._delete_quietly(entry["Key"])
+                        removed.append(entry["Key"])
+        except SDK_ERRORS as error:
+            raise_for(error, self.bucket, start, "clean up")
+        return removed
+
+    def _named_artifact(self, model: str, version: str) -> str | None:
+        """The artifact the version's manifest names; None without a manifest, "" when it cannot be read (its
+        objects are then left alone: a cleanup deletes only what is certainly unnamed)."""
+        try:
+            if self._etag(self.version_key(model, version, MANIFEST_FILE)) is None:
+                return None
+            return self.resolve(model, version).manifest.artifact
+        except (ArtifactStoreError, ValueError):
+            return ""
 
     # ------------------------------------------------------------------ objects
 
@@ -314,6 +364,32 @@ class ObjectArtifactStore:
     def _delete_quietly(self, key: str) -> None:
         with contextlib.suppress(*SDK_ERRORS):
             self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+def upload_sealed(
+    client: S3Client,
+    bucket: str,
+    object_key: str,
+    plaintext: Path,
+    *,
+    key: bytes,
+    key_id: str,
+    model: str,
+    version: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Encrypted:
+    """Encrypt ``plaintext`` (bound to ``model``/``version``) straight into the parts of a multipart upload of
+    ``object_key``: the object appears whole when the upload completes, or not at all."""
+    upload = MultipartWriter(client, bucket, object_key, part_size=PART_SIZE, concurrency=4)
+    try:
+        sealed = encrypt_to(
+            plaintext, upload.write, key=key, key_id=key_id, model=model, version=version, chunk_size=chunk_size
+        )
+    except BaseException:
+        upload.abort()
+        raise
+    upload.complete(sealed.size)
+    return sealed
 
 
 class _Oversized(Exception):

@@ -7,15 +7,17 @@ interface; nothing else branches on the scheme.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from kubemaas.api.base import LATEST
+from kubemaas.api.trainingjob import Quantization
 from kubemaas.contract.store import S3Settings, StoreUri
-from kubemaas.runtime.artifacts import ArtifactStore, Manifest, ModelVersion
-from kubemaas.runtime.crypto import OpenedArtifact
+from kubemaas.runtime.artifacts import ArtifactStore, Manifest, ModelVersion, TensorSpec
+from kubemaas.runtime.crypto import DEFAULT_CHUNK_SIZE, OpenedArtifact
 from kubemaas.runtime.keyring import Keyring
 
 V = TypeVar("V", bound="ResolvedVersion")
@@ -48,6 +50,29 @@ class Store(Protocol[V]):
     def open_authenticated(self, resolved: V, keyring: Keyring) -> AbstractContextManager[OpenedArtifact]: ...
 
     def advance_latest(self, model: str, version: str) -> bool: ...
+
+    def publish(
+        self,
+        plaintext: Path,
+        *,
+        model: str,
+        version: str,
+        key: bytes,
+        key_id: str,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        quantization: Quantization = Quantization.NONE,
+        frameworks: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        now: datetime | None = None,
+    ) -> V:
+        """Encrypt ``plaintext`` as ``model``/``version``, make it visible whole or not at all, move LATEST."""
+        ...
+
+    def remove_leftovers(self, model: str) -> Sequence[object]:
+        """Delete what interrupted publishers of ``model`` left; returns what was deleted."""
+        ...
 
 
 def open_store(uri: str, *, mount_root: Path, environ: Mapping[str, str]) -> Store[Any]:

@@ -38,7 +38,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -49,7 +49,6 @@ from kubemaas.contract import ContractError, Environment, termination
 from kubemaas.contract.termination import Cause, ExitCode, FailureMessage, SuccessMessage
 from kubemaas.runtime import coredumps
 from kubemaas.runtime.artifacts import (
-    ArtifactStore,
     ArtifactStoreError,
     InvalidLatestError,
     InvalidManifestError,
@@ -60,13 +59,15 @@ from kubemaas.runtime.artifacts import (
 )
 from kubemaas.runtime.checkpoint import Checkpoint, CheckpointStore
 from kubemaas.runtime.compression import Compressed, Pruning, compress, count_parameters
-from kubemaas.runtime.dataset import Dataset
+from kubemaas.runtime.dataset import Dataset, open_dataset
 from kubemaas.runtime.distill import distillation_loss, load_teacher
 from kubemaas.runtime.distributed import init_process_group, pick_device, shard_indices
-from kubemaas.runtime.errors import ArtifactIntegrityError, KeyringError
+from kubemaas.runtime.errors import ArtifactIntegrityError, KeyringError, ObjectStoreUnavailableError
 from kubemaas.runtime.export import export_torchscript
 from kubemaas.runtime.keyring import Keyring
+from kubemaas.runtime.output import OutputNotMountedError, open_output
 from kubemaas.runtime.progress import Progress, ProgressServer
+from kubemaas.runtime.stores import Store
 
 log = logging.getLogger("kubemaas.trainer")
 
@@ -78,10 +79,6 @@ REASONS = {
     ExitCode.RETRYABLE: "Retryable",
     ExitCode.PREEMPTED: "Preempted",
 }
-
-
-class TrainerConfigError(ValueError):
-    """The pod is not set up as the contract says (e.g. the output store is not mounted)."""
 
 
 class Preempted(Exception):
@@ -98,9 +95,11 @@ class Harness:
     def __init__(self, env: Environment) -> None:
         self.settings = env.settings
         self.process = env.process
+        self.environment = env
         self.device = pick_device(env.process)
         # Rank 0 only (it alone holds the key): set by start().
         self.keyring: Keyring | None = None
+        self.store: Store[Any] | None = None
         self.checkpoints: CheckpointStore | None = None
         self.resumed_from_step = 0
         self.published: Manifest | None = None
@@ -130,28 +129,17 @@ class Harness:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        settings = self.settings
         if self.is_primary:
             # Fail in seconds, not after hours of training, when rank 0 cannot checkpoint or publish.
-            settings = self.settings
             self.keyring = Keyring.from_dir(settings.key_dir)
-            if not settings.output_mount.is_dir():
-                raise TrainerConfigError(f"output store {settings.output_mount} is not mounted")
-            settings.output_root.mkdir(parents=True, exist_ok=True)
-            checkpoints = settings.checkpoint_path
-            self.checkpoints = CheckpointStore(
-                checkpoints,
-                # Beneath the claim's mount like the store, unless KUBEMAAS_CHECKPOINT_DIR points elsewhere.
-                root=settings.output_mount if checkpoints.is_relative_to(settings.output_mount) else None,
-                model=settings.model_name,
-                version=settings.model_version,
-                keyring=self.keyring,
-                keep=settings.checkpoint_keep,
-            )
-        settings = self.settings
-        if settings.data_path is not None:
+            self.store, self.checkpoints = open_output(settings, self.environment.output_s3, self.keyring)
+        if settings.data_uri is not None:
             # Every rank reads (and decrypts) its own files, so every rank holds the data key.
             data_keys = Keyring.from_dir(settings.data_key_dir) if settings.data_key_dir is not None else None
-            self.data = Dataset(settings.data_path, anchor=settings.data_mount, keyring=data_keys)
+            self.data = open_dataset(
+                settings.data_uri, mount_root=settings.mount_root, s3=self.environment.data_s3, keyring=data_keys
+            )
         if self.is_primary:
             self.progress = Progress()
             if settings.progress_port:
@@ -208,8 +196,7 @@ class Harness:
         optimizer.load_state_dict(checkpoint.state["optimizer"])
         self.resumed_from_step = self._last_saved_step = checkpoint.step
         if self.progress is not None and self.checkpoints is not None:
-            written = self.checkpoints.path_for(checkpoint.step)
-            self.progress.checkpointed(checkpoint.step, at=written.stat().st_mtime if written.exists() else None)
+            self.progress.checkpointed(checkpoint.step, at=self.checkpoints.saved_at(checkpoint.step))
         log.info("resumed from checkpoint at step %d", checkpoint.step)
         return checkpoint.step
 
@@ -220,8 +207,8 @@ class Harness:
         self._last_saved_step = step
         if self.checkpoints is not None:
             state = {"model": _unwrap(module).state_dict(), "optimizer": optimizer.state_dict()}
-            path = self.checkpoints.save(step, state)
-            log.info("checkpoint at step %d: %s", step, path.name)
+            where = self.checkpoints.save(step, state)
+            log.info("checkpoint at step %d: %s", step, where)
             if self.progress is not None:
                 self.progress.checkpointed(step)
         dist.barrier()
@@ -303,11 +290,11 @@ class Harness:
         A plain module is compressed first (:meth:`compress`); the metrics gain its parameter count, sparsity
         and size on disk (and the teacher's parameter count when distilling).
         """
-        if self.keyring is None:
+        store = self.store
+        if self.keyring is None or store is None:
             return None
         settings = self.settings
         model, version = settings.model_name, settings.model_version
-        store = ArtifactStore(settings.output_root, anchor=settings.output_mount)
         if store.has_version(model, version):
             # A restart after a publication that completed: finish the job with that version. LATEST
             # only moves forward, so a late restart of an old job does not take it back.
@@ -337,9 +324,10 @@ class Harness:
                 metrics=all_metrics,
             )
         store.remove_leftovers(model)
-        log.info("published %s version %s (sha256 %s)", model, version, published.manifest.sha256)
-        self.published = published.manifest
-        return published.manifest
+        manifest: Manifest = published.manifest
+        log.info("published %s version %s (sha256 %s)", model, version, manifest.sha256)
+        self.published = manifest
+        return manifest
 
     def result_message(self) -> SuccessMessage | None:
         return None if self.published is None else SuccessMessage.of(self.settings.output_uri, self.published)
@@ -361,7 +349,9 @@ def classify(exc: BaseException) -> ExitCode:
         return cause.exit_code
     if isinstance(exc, Preempted):
         return ExitCode.PREEMPTED
-    if isinstance(exc, ContractError | TrainerConfigError | KeyringError):
+    if isinstance(exc, ObjectStoreUnavailableError):  # the endpoint kept failing: a restart may find it back
+        return ExitCode.RETRYABLE
+    if isinstance(exc, ContractError | OutputNotMountedError | KeyringError):
         return ExitCode.CONFIG
     if isinstance(exc, VersionExistsError | ArtifactIntegrityError):
         return ExitCode.ARTIFACT

@@ -26,7 +26,7 @@ from kubemaas.api.core import (
     LocalObjectRef,
     SecretRef,
 )
-from kubemaas.api.storage import Storage
+from kubemaas.api.storage import STORAGE_NEEDS_S3_URI, Storage
 
 
 class ServedFormat(StrEnum):
@@ -101,12 +101,7 @@ class ModelSource(ApiModel):
             field_path=".encryption",
             check=lambda m: m.uri is not None or m.encryption is None,
         ),
-        CelRule(
-            rule="!has(self.storage) || (has(self.uri) && self.uri.startsWith('s3://'))",
-            message="storage applies to an s3:// uri",
-            field_path=".storage",
-            check=lambda m: m.storage is None or (m.uri is not None and m.uri.startswith("s3://")),
-        ),
+        STORAGE_NEEDS_S3_URI,
         CelRule(
             rule="has(self.uri) || self.format == 'TorchScript'",
             message="a TrainingJob publishes TorchScript: format ONNX needs a uri",

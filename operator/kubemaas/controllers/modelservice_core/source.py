@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from kubemaas.api.base import ConditionStatus
 from kubemaas.api.modelservice import (
     ModelService,
 )
+from kubemaas.api.storage import S3Storage
 from kubemaas.contract.published import published_model_name, version_uri
 from kubemaas.contract.store import ArtifactStoreError, validate_name
 from kubemaas.controllers.conditions import true_condition
@@ -64,10 +67,24 @@ def _candidate_from_job(job: Mapping[str, Any]) -> Candidate:
             version=version,
             key_secret=str(field_at(job, "spec", "encryption", "keySecretRef", "name")),
             source=f"trainingjob/{name}",
+            s3=_output_s3(job),
         ),
         job=name,
         metrics=metrics,
     )
+
+
+def _output_s3(job: Mapping[str, Any]) -> S3Storage | None:
+    """How the job's rank 0 reached its s3:// output store: the serving pods reach it the same way."""
+    s3 = field_at(job, "spec", "output", "storage", "s3")
+    if s3 is None:
+        return None
+    try:
+        return S3Storage.model_validate(s3)
+    except ValidationError:  # the CRD validated it: only a hand-written object gets here
+        raise InvalidPublishedModel(
+            f"TrainingJob {field_at(job, 'metadata', 'name')!r} has an invalid spec.output.storage"
+        ) from None
 
 
 def _candidates_from_jobs(jobs: Sequence[Mapping[str, Any]]) -> Resolution:
