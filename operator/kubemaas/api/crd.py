@@ -87,8 +87,8 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn(
                 "Reason",
                 _condition("Ready", "reason"),
-                description="Why the job is or is not ready: ClaimNotFound, KeySecretNotFound, BackendUnavailable, "
-                "LocalQueueNotFound, InvalidSpec, WorkloadCreated",
+                description="Why the job is or is not ready: ClaimNotFound, KeySecretNotFound, "
+                "CredentialsSecretNotFound, BackendUnavailable, LocalQueueNotFound, InvalidSpec, WorkloadCreated",
             ),
             PrinterColumn("Version", ".status.model.version", description="Published model version"),
             PrinterColumn("Age", ".metadata.creationTimestamp", "date"),

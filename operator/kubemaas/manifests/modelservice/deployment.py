@@ -58,8 +58,10 @@ LOADER_RESOURCES: dict[str, Any] = {
 }
 
 
-def _loader_container(spec: ModelServiceSpec, model: ModelRef, options: ServingOptions) -> dict[str, Any]:
-    settings, store = serving_settings(spec.runtime, spec.batching), _store_access(model)
+def _loader_container(
+    spec: ModelServiceSpec, model: ModelRef, store: StoreAccess, options: ServingOptions
+) -> dict[str, Any]:
+    settings = serving_settings(spec.runtime, spec.batching)
     return {
         "name": LOADER_CONTAINER,
         "image": options.loader_image,
@@ -166,14 +168,15 @@ def pod_template(
     spec: ModelServiceSpec, parent: Parent, model: ModelRef, options: ServingOptions, track: Track
 ) -> dict[str, Any]:
     labels = {**parent.labels, **track_selector(parent, track), VERSION_LABEL: model.version}
+    store = _store_access(model)
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": restricted_pod_security_context(),
-        "initContainers": [_loader_container(spec, model, options)],
+        "initContainers": [_loader_container(spec, model, store, options)],
         "containers": [_triton_container(spec, options)],
         "volumes": [
-            *_store_access(model).volumes,
+            *store.volumes,
             {"name": "model-key", "secret": {"secretName": model.key_secret, "defaultMode": 0o400}},
             {"name": "model-repository", "emptyDir": {"sizeLimit": options.repository_size}},
             {"name": "tmp", "emptyDir": {"sizeLimit": TRITON_TMP_SIZE}},

@@ -17,7 +17,7 @@ from kubemaas.api.modelservice import (
 )
 from kubemaas.api.storage import S3Storage
 from kubemaas.contract.serving import ServingSettings
-from kubemaas.contract.store import StoreUri, claim_of
+from kubemaas.contract.store import StoreUri
 
 # The model-loader image of this operator release (images/model-loader); the chart may override it.
 DEFAULT_LOADER_IMAGE = f"kubemaas/model-loader:{__version__}"
@@ -82,7 +82,7 @@ class ModelRef:
     @property
     def claim(self) -> str | None:
         """The claim a pvc:// store is on; None for a bucket (nothing to mount)."""
-        return claim_of(self.store_uri) if StoreUri.parse(self.store_uri).scheme == "pvc" else None
+        return StoreUri.parse(self.store_uri).claim
 
     @property
     def credentials_secret(self) -> str:
