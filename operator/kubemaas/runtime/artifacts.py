@@ -43,6 +43,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NotRequired, TypedDict, Unpack
 
 from kubemaas.api.base import LATEST, VERSION_PATTERN
 from kubemaas.api.trainingjob import Quantization
@@ -138,32 +139,37 @@ def read_manifest(raw: bytes, model: str, version: str, where: str) -> tuple[dic
     return document, manifest
 
 
-def draft_manifest(
-    model: str,
-    version: str,
-    key_id: str,
-    inputs: list[TensorSpec],
-    outputs: list[TensorSpec],
-    quantization: Quantization = Quantization.NONE,
-    frameworks: dict[str, str] | None = None,
-    metrics: dict[str, float] | None = None,
-    now: datetime | None = None,
-    artifact: str = ARTIFACT_FILE,
-) -> Manifest:
+class Publication(TypedDict):
+    """What a publisher says of the version it publishes: the keyword arguments of every store's ``publish``."""
+
+    model: str
+    version: str
+    key: bytes
+    key_id: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    quantization: NotRequired[Quantization]  # default: None
+    frameworks: NotRequired[dict[str, str] | None]
+    metrics: NotRequired[dict[str, float] | None]
+    chunk_size: NotRequired[int]  # default: DEFAULT_CHUNK_SIZE
+    now: NotRequired[datetime | None]  # the manifest's createdAt; default: the time of the call
+
+
+def draft_manifest(publication: Publication, artifact: str = ARTIFACT_FILE) -> Manifest:
     """A version's manifest before its artifact exists: :func:`seal_version` fills in the plaintext's digest."""
     return Manifest(
-        model=model,
-        version=version,
-        quantization=quantization,
+        model=publication["model"],
+        version=publication["version"],
+        quantization=publication.get("quantization", Quantization.NONE),
         artifact=artifact,
         sha256="0" * 64,
         size=0,
-        key_id=key_id,
-        frameworks=frameworks or {},
-        metrics=metrics or {},
-        created_at=now or datetime.now(UTC),
-        inputs=inputs,
-        outputs=outputs,
+        key_id=publication["key_id"],
+        frameworks=publication.get("frameworks") or {},
+        metrics=publication.get("metrics") or {},
+        created_at=publication.get("now") or datetime.now(UTC),
+        inputs=publication["inputs"],
+        outputs=publication["outputs"],
     )
 
 
@@ -311,23 +317,9 @@ class ArtifactStore:
 
     # ------------------------------------------------------------------ writer
 
-    def publish(
-        self,
-        plaintext: Path,
-        *,
-        model: str,
-        version: str,
-        key: bytes,
-        key_id: str,
-        inputs: list[TensorSpec],
-        outputs: list[TensorSpec],
-        quantization: Quantization = Quantization.NONE,
-        frameworks: dict[str, str] | None = None,
-        metrics: dict[str, float] | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        now: datetime | None = None,
-    ) -> ModelVersion:
+    def publish(self, plaintext: Path, **publication: Unpack[Publication]) -> ModelVersion:
         """Encrypt ``plaintext`` as ``model``/``version``, publish it atomically, move LATEST to it."""
+        model, version = publication["model"], publication["version"]
         final_dir = self.version_dir(model, version)
         if final_dir.exists():
             raise VersionExistsError(f"model {model!r} version {version!r} is already published")
@@ -340,9 +332,9 @@ class ArtifactStore:
             manifest, document, mac = seal_version(
                 staging,
                 plaintext,
-                draft_manifest(model, version, key_id, inputs, outputs, quantization, frameworks, metrics, now),
-                key=key,
-                chunk_size=chunk_size,
+                draft_manifest(publication),
+                key=publication["key"],
+                chunk_size=publication.get("chunk_size", DEFAULT_CHUNK_SIZE),
             )
             # rename(2) onto an existing non-empty directory fails: a racing publisher cannot clobber us.
             os.rename(staging, final_dir)

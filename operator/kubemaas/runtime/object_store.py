@@ -36,13 +36,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Unpack
 
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from kubemaas.api.base import LATEST
-from kubemaas.api.trainingjob import Quantization
 from kubemaas.contract.store import ArtifactStoreError, S3Settings, StoreUri, validate_name
 from kubemaas.runtime.artifacts import (
     LATEST_FILE,
@@ -52,7 +51,7 @@ from kubemaas.runtime.artifacts import (
     MANIFEST_MAX_BYTES,
     InvalidLatestError,
     Manifest,
-    TensorSpec,
+    Publication,
     VersionExistsError,
     canonical_manifest,
     draft_manifest,
@@ -180,41 +179,16 @@ class ObjectArtifactStore:
 
     # ------------------------------------------------------------------ writer
 
-    def publish(
-        self,
-        plaintext: Path,
-        *,
-        model: str,
-        version: str,
-        key: bytes,
-        key_id: str,
-        inputs: list[TensorSpec],
-        outputs: list[TensorSpec],
-        quantization: Quantization = Quantization.NONE,
-        frameworks: dict[str, str] | None = None,
-        metrics: dict[str, float] | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        now: datetime | None = None,
-    ) -> ObjectModelVersion:
+    def publish(self, plaintext: Path, **publication: Unpack[Publication]) -> ObjectModelVersion:
         """Encrypt ``plaintext`` as ``model``/``version``, publish it, move LATEST to it (module docstring).
 
         The chunks are sealed straight into the parts of a multipart upload, which go out while the rest is
         still being encrypted: no copy of the artifact on any disk, and the upload overlaps the encryption."""
+        model, version, key = publication["model"], publication["version"], publication["key"]
         prefix = self.version_key(model, version)
         if self.has_version(model, version):
             raise VersionExistsError(f"model {model!r} version {version!r} is already published")
-        draft = draft_manifest(
-            model,
-            version,
-            key_id,
-            inputs,
-            outputs,
-            quantization,
-            frameworks,
-            metrics,
-            now,
-            artifact=f"model-{secrets.token_hex(8)}.kmenc",
-        )
+        draft = draft_manifest(publication, artifact=f"model-{secrets.token_hex(8)}.kmenc")
         artifact_key = f"{prefix}/{draft.artifact}"
         sealed = upload_sealed(
             self.client,
@@ -222,10 +196,10 @@ class ObjectArtifactStore:
             artifact_key,
             plaintext,
             key=key,
-            key_id=key_id,
+            key_id=publication["key_id"],
             model=model,
             version=version,
-            chunk_size=chunk_size,
+            chunk_size=publication.get("chunk_size", DEFAULT_CHUNK_SIZE),
         )
         manifest = draft.model_copy(update={"sha256": sealed.digest.sha256, "size": sealed.digest.size})
         document = manifest.document()
@@ -233,20 +207,23 @@ class ObjectArtifactStore:
         if not self._put_if(f"{prefix}/{MANIFEST_FILE}", render_manifest(document, mac), etag=None):
             self._delete_quietly(artifact_key)
             raise VersionExistsError(f"model {model!r} version {version!r} was published by another publisher")
-        self.advance_latest(model, version)
-        return ObjectModelVersion(prefix, manifest, {**document, MAC_FIELD: mac.hex()})
+        published = ObjectModelVersion(prefix, manifest, {**document, MAC_FIELD: mac.hex()})
+        self._advance_latest_to(published)
+        return published
 
     def advance_latest(self, model: str, version: str) -> bool:
         """Point ``Latest`` at ``version`` (which must be complete) unless LATEST already names a version
         created later; returns whether LATEST names ``version`` now. Compare-and-swap on LATEST's ETag."""
-        candidate = self.resolve(model, version)
+        return self._advance_latest_to(self.resolve(model, version))
+
+    def _advance_latest_to(self, candidate: ObjectModelVersion) -> bool:
+        model, version = candidate.manifest.model, candidate.manifest.version
         key = self.model_key(model, LATEST_FILE)
         for _ in range(LATEST_ATTEMPTS):
             try:
-                found = self._latest(model)
+                current, etag = self._latest(model) or (None, None)  # None: no LATEST yet, created if none
             except (InvalidLatestError, ArtifactStoreError):
-                found = None  # names no version: replaced (conditionally on the ETag below)
-            current, etag = found if found is not None else (None, self._etag(key))
+                current, etag = None, self._etag(key)  # names no version: replaced, if still at this ETag
             if current is not None and current != version:
                 try:
                     is_newer = self.resolve(model, current).manifest.created_at > candidate.manifest.created_at

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Unpack
 
 from kubemaas.api.base import LATEST
-from kubemaas.api.trainingjob import Quantization
 from kubemaas.contract.store import S3Settings, StoreUri
-from kubemaas.runtime.artifacts import ArtifactStore, Manifest, ModelVersion, TensorSpec
-from kubemaas.runtime.crypto import DEFAULT_CHUNK_SIZE, OpenedArtifact
+from kubemaas.runtime.artifacts import ArtifactStore, Manifest, ModelVersion, Publication
+from kubemaas.runtime.crypto import OpenedArtifact
 from kubemaas.runtime.keyring import Keyring
 
 V = TypeVar("V", bound="ResolvedVersion")
@@ -51,22 +49,7 @@ class Store(Protocol[V]):
 
     def advance_latest(self, model: str, version: str) -> bool: ...
 
-    def publish(
-        self,
-        plaintext: Path,
-        *,
-        model: str,
-        version: str,
-        key: bytes,
-        key_id: str,
-        inputs: list[TensorSpec],
-        outputs: list[TensorSpec],
-        quantization: Quantization = Quantization.NONE,
-        frameworks: dict[str, str] | None = None,
-        metrics: dict[str, float] | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        now: datetime | None = None,
-    ) -> V:
+    def publish(self, plaintext: Path, **publication: Unpack[Publication]) -> V:
         """Encrypt ``plaintext`` as ``model``/``version``, make it visible whole or not at all, move LATEST."""
         ...
 
