@@ -184,7 +184,7 @@ def test_a_publisher_killed_during_its_upload_leaves_no_version(
 ) -> None:
     store = ObjectArtifactStore(f"s3://{bucket}", client)
     publish(store, plaintext(tmp_path, CHUNK, "old.pt"), "v1")
-    big = plaintext(tmp_path, 96 * 1024 * 1024, "big.pt")  # 6 parts of 16 MiB
+    big = plaintext(tmp_path, 96 * 1024 * 1024, "big.pt")  # 12 parts of 8 MiB
     script = (
         "import sys\n"
         "from pathlib import Path\n"

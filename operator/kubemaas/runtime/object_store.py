@@ -79,10 +79,15 @@ from kubemaas.runtime.object_client import (
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-# Parts of 16 MiB, 4 in flight (8 buffered at most, 128 MiB): a 1 GiB model is 64 parts. TRANSFER is the same
-# for boto3's own transfers (the benchmark's baseline).
-PART_SIZE: Final = 16 * 1024 * 1024
-TRANSFER = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, max_concurrency=4)
+# Parts of 8 MiB, 8 in flight (16 buffered at most, 128 MiB): a 1 GiB model is 128 parts. Small parts start
+# the upload after a few chunks are sealed and leave a short tail after the last one (measured on 64 MiB: 16 MiB
+# parts, 4 in flight, 1.41-1.87x a plain upload; e2e/bench/bench_object_store.py). TRANSFER is the same for
+# boto3's own transfers (the benchmark's baseline).
+PART_SIZE: Final = 8 * 1024 * 1024
+PART_CONCURRENCY: Final = 8
+TRANSFER = TransferConfig(
+    multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, max_concurrency=PART_CONCURRENCY
+)
 # Publishers racing on one LATEST: each lost round means another publisher moved it; this many is a storm.
 LATEST_ATTEMPTS: Final = 20
 # What a publisher's cleanup treats as abandoned: far longer than any upload of one part, or the moment between
@@ -357,7 +362,9 @@ def upload_sealed(
 ) -> Encrypted:
     """Encrypt ``plaintext`` (bound to ``model``/``version``) straight into the parts of a multipart upload of
     ``object_key``: the object appears whole when the upload completes, or not at all."""
-    upload = MultipartWriter(client, bucket, object_key, part_size=PART_SIZE, concurrency=4)
+    upload = MultipartWriter(
+        client, bucket, object_key, part_size=PART_SIZE, concurrency=PART_CONCURRENCY, buffered=2 * PART_CONCURRENCY
+    )
     try:
         sealed = encrypt_to(
             plaintext, upload.write, key=key, key_id=key_id, model=model, version=version, chunk_size=chunk_size
