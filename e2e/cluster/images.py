@@ -819,6 +819,7 @@ def import_images(layouts: Sequence[Path], ctr: Sequence[str], store: Path | Non
     """
     expected: list[str] = []
     k8s = [*ctr, "-n", CRI_NAMESPACE]
+    _drop_stale_image_ids(k8s)
     for layout in layouts:
         # Layers containerd holds already (torch, shared by two images; a re-import) are not sent again: the
         # importer reads them from its content store. Manifests and configs always travel.
@@ -861,7 +862,30 @@ def import_images(layouts: Sequence[Path], ctr: Sequence[str], store: Path | Non
     missing = sorted(set(expected) - set(listed.stdout.split()))
     if missing:
         raise ImageError(f"containerd does not list {', '.join(missing)} after the import")
+    _drop_stale_image_ids(k8s)  # what this import's names pointed at before
     return expected
+
+
+def stale_image_ids(listing: str) -> list[str]:
+    """The ``sha256:<config>`` references in ``ctr images ls`` output whose image no name points at any more.
+
+    containerd's CRI plugin gives every image it sees a second reference, its id. When an image is imported
+    again under its name (each rebuild of the trainer: 6 GB), the name moves to the new manifest but the old id
+    reference stays, and with it every layer of the old image: the node's store grew by a trainer per rebuild
+    until the disk filled. Dropping these references lets containerd's garbage collector take the old layers;
+    a running container keeps its own snapshot whatever references go.
+    """
+    rows = [line.split() for line in listing.splitlines()[1:] if line.strip()]
+    named = {row[2] for row in rows if len(row) > 2 and not row[0].startswith("sha256:")}
+    return [row[0] for row in rows if len(row) > 2 and row[0].startswith("sha256:") and row[2] not in named]
+
+
+def _drop_stale_image_ids(k8s: Sequence[str]) -> None:
+    listed = subprocess.run([*k8s, "images", "ls"], capture_output=True, text=True)
+    stale = stale_image_ids(listed.stdout) if listed.returncode == 0 else []
+    if stale:
+        subprocess.run([*k8s, "images", "rm", *stale], capture_output=True, text=True)
+        log(f"dropped {len(stale)} image references no name points at (their layers are garbage-collected)")
 
 
 def _content_digests(k8s: Sequence[str]) -> set[str]:
