@@ -347,9 +347,9 @@ def test_an_image_id_that_no_name_points_at_any_more_is_dropped_and_the_current_
 docker.io/kubemaas/operator:0.1.0 application/vnd.oci.image.manifest.v1+json sha256:972f 379.3 MiB linux/amd64 -
 docker.io/kubemaas/trainer:0.1.0 application/vnd.oci.image.manifest.v1+json sha256:01e9 5.7 GiB linux/amd64 -
 localhost/kubemaas/pause:1.0 application/vnd.oci.image.manifest.v1+json sha256:e47a 1.6 MiB linux/amd64 -
-sha256:0fc6d001 application/vnd.oci.image.manifest.v1+json sha256:e47a 1.6 MiB linux/amd64 io.cri-containerd.image=managed
-sha256:a2d5b538 application/vnd.oci.image.manifest.v1+json sha256:0631 379.2 MiB linux/amd64 io.cri-containerd.image=managed
-sha256:fe16b2b9 application/vnd.oci.image.manifest.v1+json sha256:3fdd 5.7 GiB linux/amd64 io.cri-containerd.image=managed
+sha256:0fc6d001 application/vnd.oci.image.manifest.v1+json sha256:e47a 1.6 MiB linux/amd64 managed
+sha256:a2d5b538 application/vnd.oci.image.manifest.v1+json sha256:0631 379.2 MiB linux/amd64 managed
+sha256:fe16b2b9 application/vnd.oci.image.manifest.v1+json sha256:3fdd 5.7 GiB linux/amd64 managed
 """
     assert images.stale_image_ids(listing) == ["sha256:a2d5b538", "sha256:fe16b2b9"]
     assert images.stale_image_ids("REF TYPE DIGEST SIZE PLATFORMS LABELS\n") == []
