@@ -6,6 +6,7 @@ a publisher writes, a reader resolves, decrypts and refuses there exactly as on 
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -38,6 +40,7 @@ from kubemaas.runtime.errors import (
     NoSuchBucketError,
     ObjectAccessDeniedError,
     ObjectChangedError,
+    ObjectStoreError,
     TamperedChunkError,
 )
 from kubemaas.runtime.keyring import write_keyring_dir
@@ -333,3 +336,88 @@ def test_the_loader_streams_a_version_from_the_bucket_and_refuses_denied_or_tamp
     assert done.returncode == 79, done.stderr
     assert report["reason"] == "TamperedArtifact", report
     assert not (tmp_path / "tampered" / MODEL).exists()
+
+
+class _IdentityBroker(threading.Thread):
+    """An STS endpoint on loopback that answers AssumeRoleWithWebIdentity for one role and one token with the S3
+    server's keys: what a cloud's STS does for a pod's projected ServiceAccount token (IRSA), reduced to the one
+    call the SDK's web-identity provider makes. It records what it was asked."""
+
+    def __init__(self, role: str, token: str, server: ObjectStore) -> None:
+        super().__init__(daemon=True)
+        broker = self
+        self.asked: list[dict[str, str]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # the SDK posts the form; some versions use GET: same parameters
+                length = int(self.headers.get("Content-Length", "0"))
+                self._answer(dict(urllib.parse.parse_qsl(self.rfile.read(length).decode())))
+
+            def do_GET(self) -> None:
+                self._answer(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query)))
+
+            def _answer(self, form: dict[str, str]) -> None:
+                broker.asked.append(form)
+                good = form.get("Action") == "AssumeRoleWithWebIdentity" and form.get("RoleArn") == role
+                good = good and form.get("WebIdentityToken") == token
+                body = (_STS_ANSWER if good else _STS_REFUSAL).format(
+                    key=server.access_key_id, secret=server.secret_access_key
+                )
+                self.send_response(200 if good else 403)
+                self.send_header("Content-Type", "text/xml")
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def run(self) -> None:
+        self.httpd.serve_forever()
+
+
+_STS_ANSWER = """<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+<AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>{key}</AccessKeyId>
+<SecretAccessKey>{secret}</SecretAccessKey><SessionToken>session</SessionToken>
+<Expiration>2099-01-01T00:00:00Z</Expiration></Credentials>
+<SubjectFromWebIdentityToken>system:serviceaccount:team-a:digits</SubjectFromWebIdentityToken>
+<AssumedRoleUser><Arn>arn:aws:sts::000000000000:assumed-role/models/digits</Arn>
+<AssumedRoleId>AROA:digits</AssumedRoleId></AssumedRoleUser></AssumeRoleWithWebIdentityResult>
+<ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></AssumeRoleWithWebIdentityResponse>"""
+_STS_REFUSAL = """<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>
+<Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity</Message></Error>
+<RequestId>2</RequestId></ErrorResponse>"""
+
+
+def test_without_a_credentials_secret_the_web_identity_of_the_pod_is_used(
+    s3_server: ObjectStore, client: S3Client, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `credentialsSecretRef`: the pod has no key at all, only the token its ServiceAccount projects and the
+    role it may assume (what an IRSA-style webhook sets); the SDK's default chain trades the token for keys."""
+    store = ObjectArtifactStore(f"s3://{bucket}/p", client)
+    publish(store, plaintext(tmp_path, CHUNK), "v1")
+    token = tmp_path / "token"
+    token.write_text("eyJ.projected.token")
+    role = "arn:aws:iam::000000000000:role/models"
+    broker = _IdentityBroker(role, "eyJ.projected.token", s3_server)
+    broker.start()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ROLE_ARN", role)
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", broker.url)
+    pod = S3Settings(endpoint_url=s3_server.endpoint_url, region=s3_server.region, path_style=True)
+    try:
+        assert ObjectArtifactStore(f"s3://{bucket}/p", client_for(pod)).latest_version(MODEL) == "v1"
+        assert [a.get("WebIdentityToken") for a in broker.asked] == ["eyJ.projected.token"]
+        token.write_text("a token the broker does not accept")  # a ServiceAccount the role does not trust
+        with pytest.raises(ObjectStoreError) as refused:
+            ObjectArtifactStore(f"s3://{bucket}/p", client_for(pod)).latest_version(MODEL)
+        assert s3_server.secret_access_key not in str(refused.value)
+    finally:
+        broker.httpd.shutdown()

@@ -93,7 +93,7 @@ class Observed:
     pods: Sequence[Mapping[str, Any]] = ()  # pods labelled kubemaas.io/trainingjob=<name>
     claims: frozenset[str] = frozenset()  # which of the job's claims exist
     key_secret_exists: bool = False
-    secrets: frozenset[str] = frozenset()  # which of the other key Secrets (teacher, data) exist
+    secrets: frozenset[str] = frozenset()  # which of the other key Secrets (teacher, data) and credentials exist
     teacher_job: Mapping[str, Any] | None = None  # distillation.teacher.trainingJobRef's TrainingJob
     progress: Mapping[str, Any] | None = None  # rank 0's progress report, read at most every PROGRESS_INTERVAL
     # Seconds until rank 0 is asked again; None: a read is under way (it wakes the job) or there is no rank 0.
@@ -218,25 +218,17 @@ def _finished(job: TrainingJob, observed: Observed, out: _Status) -> Desired:
 
 def _preflight(job: TrainingJob, observed: Observed, out: _Status) -> bool:
     """Before the workload exists: every claim and (with Never) the key Secret must be there."""
-    missing = [c for c in mounts.required_claims(job) if c not in observed.claims]
-    if missing:
-        names = ", ".join(missing)
-        out.blocked(
-            "ClaimNotFound",
-            f"PersistentVolumeClaim {names} not found in namespace {job.metadata.namespace}; "
-            "the workload is created once it exists",
-        )
-        return False
-    needed: list[tuple[str, list[str]]] = [
-        ("KeySecretNotFound", mounts.secret_names(job)),
-        ("CredentialsSecretNotFound", mounts.credentials_secret_names(job)),
+    needed: list[tuple[str, str, list[str], frozenset[str]]] = [
+        ("ClaimNotFound", "PersistentVolumeClaim", mounts.required_claims(job), observed.claims),
+        ("KeySecretNotFound", "Secret", mounts.secret_names(job), observed.secrets),
+        ("CredentialsSecretNotFound", "Secret", mounts.credentials_secret_names(job), observed.secrets),
     ]
-    for reason, secrets in needed:
-        missing_secrets = [s for s in secrets if s not in observed.secrets]
-        if missing_secrets:
+    for reason, kind, names, present in needed:
+        missing = [n for n in names if n not in present]
+        if missing:
             out.blocked(
                 reason,
-                f"Secret {', '.join(missing_secrets)} not found in namespace {job.metadata.namespace}; "
+                f"{kind} {', '.join(missing)} not found in namespace {job.metadata.namespace}; "
                 "the workload is created once it exists",
             )
             return False
