@@ -40,7 +40,6 @@ from kubemaas.runtime.errors import (
     NoSuchBucketError,
     ObjectAccessDeniedError,
     ObjectChangedError,
-    ObjectStoreError,
     TamperedChunkError,
 )
 from kubemaas.runtime.keyring import write_keyring_dir
@@ -341,7 +340,9 @@ def test_the_loader_streams_a_version_from_the_bucket_and_refuses_denied_or_tamp
 class _IdentityBroker(threading.Thread):
     """An STS endpoint on loopback that answers AssumeRoleWithWebIdentity for one role and one token with the S3
     server's keys: what a cloud's STS does for a pod's projected ServiceAccount token (IRSA), reduced to the one
-    call the SDK's web-identity provider makes. It records what it was asked."""
+    call the SDK's web-identity provider makes. It records what it was asked. The keys it issues carry no
+    session token: the local S3 server, with one account and no STS of its own, refuses a token it did not
+    issue (InvalidToken), as S3 would."""
 
     def __init__(self, role: str, token: str, server: ObjectStore) -> None:
         super().__init__(daemon=True)
@@ -380,7 +381,7 @@ class _IdentityBroker(threading.Thread):
 
 _STS_ANSWER = """<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
 <AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>{key}</AccessKeyId>
-<SecretAccessKey>{secret}</SecretAccessKey><SessionToken>session</SessionToken>
+<SecretAccessKey>{secret}</SecretAccessKey><SessionToken></SessionToken>
 <Expiration>2099-01-01T00:00:00Z</Expiration></Credentials>
 <SubjectFromWebIdentityToken>system:serviceaccount:team-a:digits</SubjectFromWebIdentityToken>
 <AssumedRoleUser><Arn>arn:aws:sts::000000000000:assumed-role/models/digits</Arn>
@@ -416,7 +417,7 @@ def test_without_a_credentials_secret_the_web_identity_of_the_pod_is_used(
         assert ObjectArtifactStore(f"s3://{bucket}/p", client_for(pod)).latest_version(MODEL) == "v1"
         assert [a.get("WebIdentityToken") for a in broker.asked] == ["eyJ.projected.token"]
         token.write_text("a token the broker does not accept")  # a ServiceAccount the role does not trust
-        with pytest.raises(ObjectStoreError) as refused:
+        with pytest.raises(ObjectAccessDeniedError) as refused:
             ObjectArtifactStore(f"s3://{bucket}/p", client_for(pod)).latest_version(MODEL)
         assert s3_server.secret_access_key not in str(refused.value)
     finally:
