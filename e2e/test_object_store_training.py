@@ -202,3 +202,21 @@ def test_two_ranks_read_their_shards_from_a_bucket_checkpoint_to_it_resume_and_p
             assert client.get_object(Bucket=bucket, Key=key)["Body"].read().startswith(MAGIC), key
     assert model[:4] != MAGIC
     assert KEY not in b"".join(client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in published)
+
+
+def test_a_rank_0_the_bucket_refuses_fails_in_seconds_with_access_denied_naming_the_bucket_only(
+    s3_server: ObjectStore, client: S3Client, bucket: str, tmp_path: Path
+) -> None:
+    """Wrong keys in the mounted Secret: rank 0 stops before its first step (not at its first checkpoint), exit 78
+    with reason AccessDenied, its message naming the bucket and never a key."""
+    wrong = settings_for(s3_server, tmp_path / "wrong", secret="not-the-secret-" + uuid.uuid4().hex)
+    job = Job(tmp_path / "job")
+    env = {"KUBEMAAS_OUTPUT_URI": f"s3://{bucket}/store", **store_env(wrong, data=False)}
+    with ranks(job, 1, 0, ["--steps", "100000"], None, **env) as procs:
+        (code,) = wait_all(procs, timeout=120)
+    assert code == ExitCode.CONFIG, log_text(job, 0, 0)
+    result = job.result(0)
+    assert result["reason"] == "AccessDenied", result
+    assert f"s3://{bucket}/store/digits/LATEST" in result["message"] and "access denied" in result["message"]
+    for secret in (s3_server.access_key_id, s3_server.secret_access_key, "not-the-secret-"):
+        assert secret not in result["message"] and secret not in log_text(job, 0, 0)
