@@ -105,6 +105,10 @@ class StoreUri:
             raise ArtifactStoreError(f"not an s3:// URI: {self}")
         return "/".join(p for p in (self.path, *parts) if p)
 
+    def key_prefix(self) -> str:
+        """What every key below an ``s3://`` URI starts with: ``<prefix>/``, or nothing at the bucket's root."""
+        return f"{self.key()}/" if self.key() else ""
+
     def resolve(self, mount_root: Path) -> Path:
         """The path inside a pod that mounts the claim under ``mount_root``."""
         if self.scheme == "s3":
@@ -169,6 +173,14 @@ def claim_of(uri: str) -> str:
     if parsed.claim is None:
         raise ArtifactStoreError(f"not a pvc:// URI: {uri!r}")
     return parsed.claim
+
+
+def bucket_of(uri: str) -> tuple[str, StoreUri]:
+    """The bucket an ``s3://`` URI names, and the URI parsed (its ``key()`` joins names below the prefix)."""
+    parsed = StoreUri.parse(uri)
+    if parsed.bucket is None:
+        raise ArtifactStoreError(f"not an s3:// URI: {uri!r}")
+    return parsed.bucket, parsed
 
 
 def validate_name(value: str, what: Literal["model name", "version"]) -> str:

@@ -22,8 +22,9 @@ from kubemaas import contract
 from kubemaas.api.base import LATEST
 from kubemaas.api.compression import ResolvedTeacher
 from kubemaas.api.core import RESERVED_VOLUME_PREFIX
+from kubemaas.api.storage import S3Storage
 from kubemaas.api.trainingjob import DataSource, Output, TrainingJob
-from kubemaas.contract.store import DATA_STORE, DEFAULT_MOUNT_ROOT, MODEL_STORE, StoreUri, claim_of
+from kubemaas.contract.store import DATA_STORE, DEFAULT_MOUNT_ROOT, MODEL_STORE, S3Wiring, StoreUri, claim_of
 from kubemaas.manifests.storage import StoreAccess, s3_access
 
 # Only the trainer's user reads a key (fsGroup adds group read for that same user's group).
@@ -121,29 +122,25 @@ def secret_names(job: TrainingJob) -> list[str]:
     return [k.secret for k in key_mounts(job, rank0=True) if k.path != contract.DEFAULT_KEY_DIR]
 
 
-def store_accesses(job: TrainingJob, *, rank0: bool) -> list[StoreAccess]:
-    """How a pod reaches the buckets its s3:// URIs name: the output store on rank 0, the dataset's everywhere."""
+def _buckets(job: TrainingJob, *, rank0: bool) -> list[tuple[S3Storage | None, S3Wiring]]:
+    """The s3:// stores a pod reaches, each with its settings and role: the output store on rank 0, the dataset's
+    everywhere."""
     spec = job.spec
-    out: list[StoreAccess] = []
-    if rank0 and not _on_claim(spec.output.uri):
-        s3 = spec.output.storage.s3 if spec.output.storage is not None else None
-        out.append(s3_access(s3, MODEL_STORE, volume_prefix=volume_name("")))
-    if spec.data is not None and not _on_claim(spec.data.uri):
-        s3 = spec.data.storage.s3 if spec.data.storage is not None else None
-        out.append(s3_access(s3, DATA_STORE, volume_prefix=volume_name("")))
-    return out
+    stores: list[tuple[Output | DataSource, S3Wiring]] = [(spec.output, MODEL_STORE)] if rank0 else []
+    if spec.data is not None:
+        stores.append((spec.data, DATA_STORE))
+    return [(s.storage.s3 if s.storage else None, wiring) for s, wiring in stores if not _on_claim(s.uri)]
+
+
+def store_accesses(job: TrainingJob, *, rank0: bool) -> list[StoreAccess]:
+    """How a pod reaches the buckets its s3:// URIs name."""
+    return [s3_access(s3, wiring, volume_prefix=volume_name("")) for s3, wiring in _buckets(job, rank0=rank0)]
 
 
 def credentials_secret_names(job: TrainingJob) -> list[str]:
     """The store-credentials Secrets the job names: they must exist before the workload is created."""
-    spec = job.spec
-    names = set()
-    stores: list[Output | DataSource] = [spec.output] if spec.data is None else [spec.output, spec.data]
-    for store in stores:
-        s3 = store.storage.s3 if store.storage is not None else None
-        if s3 is not None and s3.credentials_secret_ref is not None and not _on_claim(store.uri):
-            names.add(s3.credentials_secret_ref.name)
-    return sorted(names)
+    refs = [s3.credentials_secret_ref for s3, _ in _buckets(job, rank0=True) if s3 is not None]
+    return sorted({ref.name for ref in refs if ref is not None})
 
 
 def volumes_and_mounts(job: TrainingJob, *, rank0: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -12,11 +12,11 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kubemaas.contract.store import ArtifactStoreError, StoreUri
+from kubemaas.contract.store import bucket_of
 from kubemaas.runtime.checkpoint import CheckpointStore
 from kubemaas.runtime.crypto import decrypt_file
 from kubemaas.runtime.keyring import Keyring
-from kubemaas.runtime.object_client import SDK_ERRORS, ObjectAccess, raise_for
+from kubemaas.runtime.object_client import SDK_ERRORS, ObjectAccess, list_objects
 from kubemaas.runtime.object_store import upload_sealed
 
 if TYPE_CHECKING:
@@ -38,26 +38,20 @@ class ObjectCheckpoints(CheckpointStore):
         scratch: Path | None = None,
     ) -> None:
         super().__init__(model=model, version=version, keyring=keyring, keep=keep, scratch=scratch)
-        parsed = StoreUri.parse(uri)
-        if parsed.bucket is None:
-            raise ArtifactStoreError(f"not an s3:// URI: {uri!r}")
-        self.bucket, self.prefix, self.client = parsed.bucket, parsed.path, client
+        self.bucket, self.uri = bucket_of(uri)
+        self.client = client
         self._listed: dict[int, float] = {}  # step -> when it was written, as the last listing said
 
     def key_for(self, step: int) -> str:
-        return f"{self.prefix}/{self.name_for(step)}"
+        return self.uri.key(self.name_for(step))
 
     def steps(self) -> list[int]:
-        start = f"{self.prefix}/"
+        start = self.uri.key_prefix()
         listed: dict[int, float] = {}
-        try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
-                for entry in page.get("Contents", []):
-                    step = self.step_of(entry["Key"][len(start) :])
-                    if step is not None:
-                        listed[step] = entry["LastModified"].timestamp()
-        except SDK_ERRORS as error:
-            raise_for(error, self.bucket, start, "list")
+        for entry in list_objects(self.client, self.bucket, start):
+            step = self.step_of(entry["Key"][len(start) :])
+            if step is not None:
+                listed[step] = entry["LastModified"].timestamp()
         self._listed = listed
         return sorted(listed)
 
@@ -80,11 +74,8 @@ class ObjectCheckpoints(CheckpointStore):
         return f"s3://{self.bucket}/{key}"
 
     def _decrypt(self, step: int, plaintext: Path) -> None:
-        source = ObjectAccess(self.client, self.bucket, self.key_for(step))
-        try:
+        with ObjectAccess(self.client, self.bucket, self.key_for(step)) as source:
             decrypt_file(source, plaintext, keyring=self.keyring, model=self.model, version=self._bound_to(step))
-        finally:
-            source.close()
 
     def _remove(self, step: int) -> None:
         with contextlib.suppress(*SDK_ERRORS):  # a checkpoint left over is only storage, and the next prune retries

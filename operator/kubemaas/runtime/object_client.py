@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -39,7 +40,7 @@ from kubemaas.runtime.errors import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ObjectTypeDef
 
 # Throttling (503 SlowDown) and 5xx: up to 10 attempts in all, with the SDK's capped exponential backoff.
 MAX_ATTEMPTS: Final = 10
@@ -109,6 +110,15 @@ def raise_for(
     raise ObjectStoreUnavailableError(f"{action} {where}: {type(error).__name__}") from None
 
 
+def list_objects(client: S3Client, bucket: str, prefix: str) -> Iterator[ObjectTypeDef]:
+    """Every object whose key starts with ``prefix``, page after page; the SDK's failures as the store's."""
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            yield from page.get("Contents", [])
+    except SDK_ERRORS as error:
+        raise_for(error, bucket, prefix, "list")
+
+
 class ObjectAccess:
     """One object, read by offset with ranged GETs pinned to the version seen when it was opened.
 
@@ -159,6 +169,12 @@ class ObjectAccess:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ObjectAccess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _fetch_ahead(self, offset: int, length: int) -> None:
         if offset < self._size and offset not in self._fetches:

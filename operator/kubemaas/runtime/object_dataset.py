@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kubemaas.contract.store import ArtifactStoreError, S3Settings, StoreUri
+from kubemaas.contract.store import S3Settings, bucket_of
 from kubemaas.runtime.dataset import checked_name, decrypt_data
 from kubemaas.runtime.keyring import Keyring
-from kubemaas.runtime.object_client import SDK_ERRORS, ObjectAccess, client_for, raise_for
+from kubemaas.runtime.object_client import SDK_ERRORS, ObjectAccess, client_for, list_objects, raise_for
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -26,10 +26,8 @@ class ObjectDataset:
     """The objects below ``uri``'s prefix, each read whole and, with a keyring, authenticated and decrypted."""
 
     def __init__(self, uri: str, client: S3Client, *, keyring: Keyring | None = None) -> None:
-        parsed = StoreUri.parse(uri)
-        if parsed.bucket is None:
-            raise ArtifactStoreError(f"not an s3:// URI: {uri!r}")
-        self.bucket, self.prefix, self.client, self.keyring = parsed.bucket, parsed.path, client, keyring
+        self.bucket, self.uri = bucket_of(uri)
+        self.client, self.keyring = client, keyring
 
     @classmethod
     def from_uri(cls, uri: str, settings: S3Settings, *, keyring: Keyring | None = None) -> ObjectDataset:
@@ -39,36 +37,26 @@ class ObjectDataset:
     def encrypted(self) -> bool:
         return self.keyring is not None
 
-    def key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
-
     def files(self) -> list[str]:
         """The names below the prefix, sorted; hidden ones (a segment starting with ".") and "directory" markers
         left out, as on a claim."""
-        start = f"{self.prefix}/" if self.prefix else ""
+        start = self.uri.key_prefix()
         found: list[str] = []
-        try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
-                for entry in page.get("Contents", []):
-                    name = entry["Key"][len(start) :]
-                    if name and not name.endswith("/") and not any(p.startswith(".") for p in name.split("/")):
-                        found.append(checked_name(name))
-        except SDK_ERRORS as error:
-            raise_for(error, self.bucket, start, "list")
+        for entry in list_objects(self.client, self.bucket, start):
+            name = entry["Key"][len(start) :]
+            if name and not name.endswith("/") and not any(p.startswith(".") for p in name.split("/")):
+                found.append(checked_name(name))
         return sorted(found)
 
     def read(self, name: str) -> bytes:
-        key = self.key(name)
+        key = self.uri.key(name)
         if self.keyring is None:
             try:
                 return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             except SDK_ERRORS as error:
                 raise_for(error, self.bucket, key, "read")
-        source = ObjectAccess(self.client, self.bucket, key)
-        try:
+        with ObjectAccess(self.client, self.bucket, key) as source:
             return decrypt_data(source, name, self.keyring)
-        finally:
-            source.close()
 
     def __repr__(self) -> str:
-        return f"ObjectDataset(s3://{self.bucket}/{self.prefix}, encrypted={self.encrypted})"
+        return f"ObjectDataset(s3://{self.bucket}/{self.uri.path}, encrypted={self.encrypted})"

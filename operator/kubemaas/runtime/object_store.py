@@ -42,7 +42,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from kubemaas.api.base import LATEST
-from kubemaas.contract.store import ArtifactStoreError, S3Settings, StoreUri, validate_name
+from kubemaas.contract.store import ArtifactStoreError, S3Settings, bucket_of, validate_name
 from kubemaas.runtime.artifacts import (
     LATEST_FILE,
     LATEST_MAX_BYTES,
@@ -73,6 +73,7 @@ from kubemaas.runtime.object_client import (
     ObjectAccess,
     client_for,
     error_code,
+    list_objects,
     raise_for,
 )
 
@@ -112,10 +113,8 @@ class ObjectArtifactStore:
     """Publish and resolve model versions below ``s3://<bucket>/<prefix>``."""
 
     def __init__(self, uri: str, client: S3Client) -> None:
-        self.uri = StoreUri.parse(uri)
-        if self.uri.bucket is None:
-            raise ArtifactStoreError(f"not an s3:// URI: {uri!r}")
-        self.bucket, self.client = self.uri.bucket, client
+        self.bucket, self.uri = bucket_of(uri)
+        self.client = client
 
     @classmethod
     def from_uri(cls, uri: str, settings: S3Settings) -> ObjectArtifactStore:
@@ -174,13 +173,12 @@ class ObjectArtifactStore:
             raise UnauthenticatedManifestError(
                 f"manifest of {manifest.model!r} {manifest.version!r} has no {MAC_FIELD!r}; republish the version"
             )
-        source = ObjectAccess(self.client, self.bucket, resolved.artifact_key)
-        try:
-            with open_artifact(source, keyring=keyring, model=manifest.model, version=manifest.version) as artifact:
-                artifact.verify_manifest(canonical_manifest(resolved.document), bytes.fromhex(mac))
-                yield artifact
-        finally:
-            source.close()
+        with (
+            ObjectAccess(self.client, self.bucket, resolved.artifact_key) as source,
+            open_artifact(source, keyring=keyring, model=manifest.model, version=manifest.version) as artifact,
+        ):
+            artifact.verify_manifest(canonical_manifest(resolved.document), bytes.fromhex(mac))
+            yield artifact
 
     # ------------------------------------------------------------------ writer
 
@@ -261,20 +259,19 @@ class ObjectArtifactStore:
                             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                         )
                         removed.append(upload["Key"])
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
-                for entry in page.get("Contents", []):
-                    version, _, name = entry["Key"][len(start) :].partition("/")
-                    if not (name.startswith("model-") and name.endswith(".kmenc")) or "/" in name:
-                        continue
-                    if entry["LastModified"] > cutoff:
-                        continue
-                    if version not in named:
-                        named[version] = self._named_artifact(model, version)
-                    if named[version] is None or named[version] not in ("", name):
-                        self._delete_quietly(entry["Key"])
-                        removed.append(entry["Key"])
         except SDK_ERRORS as error:
             raise_for(error, self.bucket, start, "clean up")
+        for entry in list_objects(self.client, self.bucket, start):
+            version, _, name = entry["Key"][len(start) :].partition("/")
+            if not (name.startswith("model-") and name.endswith(".kmenc")) or "/" in name:
+                continue
+            if entry["LastModified"] > cutoff:
+                continue
+            if version not in named:
+                named[version] = self._named_artifact(model, version)
+            if named[version] is None or named[version] not in ("", name):
+                self._delete_quietly(entry["Key"])
+                removed.append(entry["Key"])
         return removed
 
     def _named_artifact(self, model: str, version: str) -> str | None:
