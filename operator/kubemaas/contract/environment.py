@@ -100,8 +100,6 @@ DEFAULT_CHECKPOINT_EVERY: Final = 100
 DEFAULT_CHECKPOINT_KEEP: Final = 2
 DEFAULT_DIST_TIMEOUT_SECONDS: Final = 1800
 
-_URI_CHECK_ROOT = Path("/")  # resolve_uri only validates here; the real mount root comes from Settings
-
 
 class LogLevel(StrEnum):
     DEBUG = "DEBUG"
