@@ -12,6 +12,11 @@ EXTRAS := operator,dev,trainer,serving
 # instead of downloading torch again, and a change to a tool's settings in pyproject.toml keeps the cache.
 WHEELS_ROOT := $(HOME)/.cache/kubemaas/wheels
 WHEELHOUSE := $(WHEELS_ROOT)/$(shell $(PYTHON) e2e/cluster/wheels.py)
+# uv installs the wheelhouse into the venv as hard links to its own cache (~/.cache/uv, filled once): a fresh
+# clone's venv in about 6 s, where pip unpacked and byte-compiled its 6 GB in 73 s on the 2-core build machine.
+# Kept beside the wheelhouse, not in it: the wheelhouse's file names are part of the images' cache key.
+UV_VERSION := 0.13.9
+UV_WHEELS := $(HOME)/.cache/kubemaas/tools/uv-$(UV_VERSION)
 
 # pytest exits 5 when a selection collects no tests; that is not a failure here.
 define pytest
@@ -31,8 +36,13 @@ $(VENV)/.installed: pyproject.toml
 	  $(BIN)/pip download --quiet --dest $(WHEELHOUSE) pip 'setuptools>=77' wheel '.[$(EXTRAS)]' && \
 	  touch $(WHEELHOUSE)/.complete; \
 	fi
-	$(BIN)/pip install --quiet --no-index --find-links $(WHEELHOUSE) --upgrade pip
-	$(BIN)/pip install --quiet --no-index --find-links $(WHEELHOUSE) -e '.[$(EXTRAS)]'
+	@if [ ! -f $(UV_WHEELS)/.complete ]; then \
+	  mkdir -p $(UV_WHEELS) && $(BIN)/pip download --quiet --dest $(UV_WHEELS) uv==$(UV_VERSION) && \
+	  touch $(UV_WHEELS)/.complete; \
+	fi
+	$(BIN)/pip install --quiet --no-index --find-links $(UV_WHEELS) uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-index --find-links $(WHEELHOUSE) --link-mode hardlink \
+	  -e '.[$(EXTRAS)]'
 	@touch $@
 
 .PHONY: venv
