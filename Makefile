@@ -142,10 +142,10 @@ cluster-down: venv ## stop the local control plane
 	$(CLUSTER) down
 
 # The e2e suite's xdist workers: most of a scenario is waiting on the API server and on pods, so more workers
-# than cores; tests that must not overlap share an xdist_group (e2e/conftest.py). Five groups hold a worker each
-# for much of the run (the real node's two training groups and its serving group, its containerd tests, the
-# throwaway control planes): two more take the kwok scenarios beside them.
-E2E_WORKERS ?= 7
+# than cores; tests that must not overlap share an xdist_group (e2e/conftest.py). Four groups hold a worker each
+# for most of the run (the real node's training and serving scenarios, its containerd tests, the throwaway
+# control planes): two more take the kwok scenarios beside them.
+E2E_WORKERS ?= 6
 
 # The real node (containerd, kubelet, kube-proxy, CoreDNS) needs root; on by default where make runs as root.
 REAL_NODE ?= $(if $(filter 0,$(shell id -u)),1,0)

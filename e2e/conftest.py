@@ -50,15 +50,11 @@ T = TypeVar("T")
 # Groups of tests that one xdist worker runs in order (`--dist loadgroup`), beside the rest of the suite.
 SERIAL_THROWAWAY = pytest.mark.xdist_group("throwaway-control-planes")  # a second API server + etcd each
 SERIAL_NODE_CONTAINERS = pytest.mark.xdist_group("node-containerd")  # containers in the node's containerd
-# The real node's scenarios in three groups that run side by side: most of a scenario is waiting (pods starting,
-# Triton loading, canary windows). Their requests fit the node's 2 CPUs together: one training scenario whose
-# ranks ask for 600m each (Guaranteed, as the quickstart's), one whose ranks ask for no CPU (the operator's
-# default request of 100m, no limit: they take whatever CPU the node has idle) and one serving scenario (at most
-# two Triton pods of 250m and a client of 50m). Test clients request little and are bounded by their limit
-# (e2e/kube.py client_resources). Two training groups because training is the longest of the three; the second
-# one's scenarios assert nothing that depends on a rank's CPU share (its pace, an ETA, a Kueue CPU quota).
-SERIAL_NODE_TRAINING = pytest.mark.xdist_group("real-node-training")  # ranks of 600m train on the node's CPU
-SERIAL_NODE_TRAINING_BURSTABLE = pytest.mark.xdist_group("real-node-training-burstable")  # ranks without CPU request
+# The real node's scenarios in two groups that run side by side: most of a scenario is waiting (pods starting,
+# Triton loading, canary windows), and the pods of one training scenario (two ranks of 600m, one Triton pod, a
+# client of 50m) and one serving scenario (at most two Triton pods of 250m and a client of 50m) fit the node's 2
+# CPUs together. Test clients request little and are bounded by their limit (e2e/kube.py client_resources).
+SERIAL_NODE_TRAINING = pytest.mark.xdist_group("real-node-training")  # ranks train on the node's CPU
 SERIAL_NODE_SERVING = pytest.mark.xdist_group("real-node-serving")  # Triton serves models published by the test
 # Names this pytest run; xdist's workers inherit it. The worker that starts the local cluster writes it
 # beside the cluster's state, and the controller stops the cluster at the end only if this run started it.

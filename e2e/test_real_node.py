@@ -27,15 +27,7 @@ from kubernetes.utils import parse_quantity
 from e2e import waits
 from e2e.cluster import control_plane, host, node, processes
 from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES, PAUSE_IMAGE
-from e2e.conftest import (
-    REPO,
-    SERIAL_NODE_SERVING,
-    SERIAL_NODE_TRAINING,
-    SERIAL_NODE_TRAINING_BURSTABLE,
-    E2ECluster,
-    OperatorProcess,
-    RealNode,
-)
+from e2e.conftest import REPO, SERIAL_NODE_SERVING, SERIAL_NODE_TRAINING, E2ECluster, OperatorProcess, RealNode
 from e2e.kube import (
     GROUP,
     KSERVE_CLIENT,
@@ -264,10 +256,6 @@ TRITON_IMAGE = DOCKERFILE_IMAGES["triton-python"].ref
 INFER_BATCH = 8
 
 
-# Two ranks on a 2-core node, beside the node's own processes (e2e/conftest.py: the real node's groups).
-RANK_CPU = "600m"
-
-
 def trainer_job(
     name: str,
     backend: str,
@@ -276,12 +264,9 @@ def trainer_job(
     steps: int = 300,
     labels: dict[str, str] | None = None,
     generate_key: str = "IfMissing",
-    cpu: str | None = RANK_CPU,
 ) -> dict[str, Any]:
     """A TrainingJob of the trainer image that trains the digits model on the real node's CPU; a later job that
-    reuses the first one's key names it with `generate_key="Never"` (IfMissing uses only a key made for it).
-    `cpu=None`: no CPU in the spec (the operator's default request, no limit), as SERIAL_NODE_TRAINING_BURSTABLE's
-    scenarios run their ranks."""
+    reuses the first one's key names it with `generate_key="Never"` (IfMissing uses only a key made for it)."""
     return training_job(
         name,
         labels=labels,
@@ -290,7 +275,8 @@ def trainer_job(
         args=["--steps", str(steps), "--batch-size", "32"],
         replicas=2,
         nprocPerNode=1,
-        resources={**({"cpu": cpu} if cpu else {}), "memory": "1536Mi"},
+        # Two ranks on a 2-core node, beside the node's own processes.
+        resources={"cpu": "600m", "memory": "1536Mi"},
         scheduling=placement,
         data=None,
         output={"uri": "pvc://models/store", "modelName": MODEL},
@@ -328,11 +314,9 @@ def wait_trained(
     return model
 
 
-def train_on_the_node(
-    cluster: E2ECluster, namespace: str, placement: dict[str, Any], backend: str, *, cpu: str | None = RANK_CPU
-) -> dict[str, Any]:
+def train_on_the_node(cluster: E2ECluster, namespace: str, placement: dict[str, Any], backend: str) -> dict[str, Any]:
     """Run TrainingJob `digits` to its end; return its status.model."""
-    create_training_job(cluster, namespace, trainer_job("digits", backend, placement, cpu=cpu))
+    create_training_job(cluster, namespace, trainer_job("digits", backend, placement))
     model = wait_trained(cluster, namespace)
     assert float(model["metrics"]["heldOutAccuracy"]) >= 0.9, model
     return model
@@ -353,7 +337,7 @@ def assert_ran_on(cluster: E2ECluster, namespace: str, prefix: str, node_name: s
     assert placed == {node_name}, placed
 
 
-@SERIAL_NODE_TRAINING_BURSTABLE
+@SERIAL_NODE_TRAINING
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds")
 def test_pytorchjob_trains_two_ranks_on_the_real_node(
@@ -368,7 +352,7 @@ def test_pytorchjob_trains_two_ranks_on_the_real_node(
     container waits for the master's Service name, the ranks meet at MASTER_ADDR, rank 0 publishes the
     encrypted model to the claim and its termination message becomes status.model."""
     skip_unless_served(cluster.api, "pytorchjobs.kubeflow.org", "the Kubeflow training operator's PyTorchJob")
-    model = train_on_the_node(cluster, namespace, real_node.placement(), "PyTorchJob", cpu=None)
+    model = train_on_the_node(cluster, namespace, real_node.placement(), "PyTorchJob")
     assert_ran_on(cluster, namespace, "digits", real_node.name)
     assert_published_ciphertext(cluster, namespace, node_store, model)
 
@@ -385,7 +369,7 @@ def held_out_digits() -> tuple[Any, Any]:
     return held
 
 
-@SERIAL_NODE_TRAINING_BURSTABLE
+@SERIAL_NODE_TRAINING
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds")
 def test_indexed_job_trains_and_triton_serves_it_on_the_real_node(
@@ -404,7 +388,7 @@ def test_indexed_job_trains_and_triton_serves_it_on_the_real_node(
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    model = train_on_the_node(cluster, namespace, real_node.placement(), "Job", cpu=None)
+    model = train_on_the_node(cluster, namespace, real_node.placement(), "Job")
     assert_ran_on(cluster, namespace, "digits", real_node.name)
     assert_published_ciphertext(cluster, namespace, node_store, model)
 
@@ -725,7 +709,7 @@ def test_model_service_autoscales_on_triton_cpu_and_a_tampered_version_leaves_th
     assert "v1" in serving_pods(cluster, namespace).values()
 
 
-@SERIAL_NODE_TRAINING_BURSTABLE
+@SERIAL_NODE_TRAINING
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds")
 def test_a_rank_killed_mid_training_restarts_the_job_which_resumes_from_its_checkpoint(
@@ -740,7 +724,7 @@ def test_a_rank_killed_mid_training_restarts_the_job_which_resumes_from_its_chec
     Job recreates the failed pods, the ranks meet again and resume from the checkpoint, and the job succeeds."""
     if cluster.local is None:
         pytest.skip("killing a container needs the local node's containerd")
-    job = trainer_job("digits", "Job", real_node.placement(), steps=1000, cpu=None)
+    job = trainer_job("digits", "Job", real_node.placement(), steps=1000)
     job["spec"]["runPolicy"]["backoffLimit"] = 4
     create_training_job(cluster, namespace, job)
     checkpoints = node_store / "store" / MODEL / ".checkpoints"

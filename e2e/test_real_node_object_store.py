@@ -20,14 +20,7 @@ import pytest
 from kubernetes import client
 
 from e2e.cluster.object_store import ObjectStore
-from e2e.conftest import (
-    REPO,
-    SERIAL_NODE_SERVING,
-    SERIAL_NODE_TRAINING_BURSTABLE,
-    E2ECluster,
-    OperatorProcess,
-    RealNode,
-)
+from e2e.conftest import REPO, SERIAL_NODE_SERVING, SERIAL_NODE_TRAINING, E2ECluster, OperatorProcess, RealNode
 from e2e.kube import GROUP, VERSION
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
 from e2e.test_object_store import settings_for
@@ -170,7 +163,7 @@ def requests_by_address(log: Path, since: int, bucket: str) -> dict[str, set[str
     return seen
 
 
-@SERIAL_NODE_TRAINING_BURSTABLE
+@SERIAL_NODE_TRAINING
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds", "node_store")
 def test_digits_trains_from_a_bucket_each_rank_fetching_its_own_objects_and_is_served_from_it(
@@ -211,7 +204,7 @@ def test_digits_trains_from_a_bucket_each_rank_fetching_its_own_objects_and_is_s
             "credentialsSecretRef": {"name": "digits-s3"},
         }
     }
-    job = trainer_job("digits", "Job", real_node.placement(), cpu=None)
+    job = trainer_job("digits", "Job", real_node.placement())
     job["spec"]["data"] = {
         "uri": f"s3://{bucket}/datasets/digits",
         "encryption": {"keySecretRef": {"name": "digits-data-key"}},

@@ -16,14 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from e2e.conftest import (
-    REPO,
-    SERIAL_NODE_TRAINING,
-    SERIAL_NODE_TRAINING_BURSTABLE,
-    E2ECluster,
-    OperatorProcess,
-    RealNode,
-)
+from e2e.conftest import REPO, SERIAL_NODE_TRAINING, E2ECluster, OperatorProcess, RealNode
 from e2e.kube import GROUP, VERSION, skip_unless_served
 from e2e.kueue import cluster_queue, priority_classes
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
@@ -41,6 +34,8 @@ from e2e.test_real_node import (  # noqa: F401 (node_store: a fixture)
 from e2e.typed_client import body_as, json_object, name_of, pod_spec, pod_status, present
 from kubemaas.runtime.dataset import encrypt_dataset
 from kubemaas.runtime.keyring import generate_key
+
+pytestmark = SERIAL_NODE_TRAINING
 
 EXAMPLE = REPO / "examples" / "training" / "digits_mlp.py"
 DATA_KEY_ID = "d1"
@@ -85,7 +80,6 @@ def time_of(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-@SERIAL_NODE_TRAINING
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds", "node_store")
 def test_progress_shows_while_digits_trains_on_an_encrypted_dataset(
@@ -122,10 +116,11 @@ def test_progress_shows_while_digits_trains_on_an_encrypted_dataset(
     done = get_tj(cluster, namespace, "digits")
     finished = time_of(done["status"]["completionTime"])
     # The write rate: one status write per 10 s while it runs (a few more for the conditions it passes through),
-    # none once it finished: checked after the tampered job below, whose run is the 30 s of rest it needs.
+    # none once it finished.
     running_for = versions[-1][0] - versions[0][0]
     assert len(versions) <= running_for / 10 + 4, (len(versions), running_for)
-    at_rest_since = time.monotonic()
+    time.sleep(30)
+    assert get_tj(cluster, namespace, "digits")["metadata"]["resourceVersion"] == done["metadata"]["resourceVersion"]
 
     steps = [p["step"] for _, p in seen]
     assert len(set(steps)) >= 3 and steps == sorted(steps), steps
@@ -168,11 +163,7 @@ def test_progress_shows_while_digits_trains_on_an_encrypted_dataset(
     assert cause["reason"] == "TamperedData", cause
     assert "data file heldout.npz failed authentication" in cause["message"], cause
 
-    time.sleep(max(0.0, at_rest_since + 30 - time.monotonic()))
-    assert get_tj(cluster, namespace, "digits")["metadata"]["resourceVersion"] == done["metadata"]["resourceVersion"]
 
-
-@SERIAL_NODE_TRAINING_BURSTABLE
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds", "node_store")
 def test_a_distilled_student_is_published_with_its_metrics_and_served(
@@ -182,8 +173,8 @@ def test_a_distilled_student_is_published_with_its_metrics_and_served(
     node_images: None,
     operator: OperatorProcess,
 ) -> None:
-    teacher = train_on_the_node(cluster, namespace, real_node.placement(), "Job", cpu=None)
-    student = trainer_job("digits-student", "Job", real_node.placement(), steps=600, cpu=None)
+    teacher = train_on_the_node(cluster, namespace, real_node.placement(), "Job")
+    student = trainer_job("digits-student", "Job", real_node.placement(), steps=600)
     student["spec"]["args"] += ["--hidden", "10"]
     student["spec"]["output"] = {"uri": "pvc://models/store", "modelName": "digits-student"}
     student["spec"]["distillation"] = {
@@ -213,7 +204,6 @@ def test_a_distilled_student_is_published_with_its_metrics_and_served(
     assert ready["status"]["servedVersion"] == model["version"]
 
 
-@SERIAL_NODE_TRAINING_BURSTABLE
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds", "node_store")
 def test_a_trainjob_trains_two_gloo_ranks_on_the_real_node_and_a_model_service_serves_it(
@@ -226,7 +216,7 @@ def test_a_trainjob_trains_two_gloo_ranks_on_the_real_node_and_a_model_service_s
     """The digits example under Kubeflow Trainer v2 (a TrainJob on a JobSet, the runtime the operator makes for
     the job): two gloo ranks on the node's CPU, rank 0 publishes the encrypted model, a ModelService serves it."""
     skip_unless_served(cluster.api, "trainjobs.trainer.kubeflow.org", "Kubeflow Trainer v2")
-    model = train_on_the_node(cluster, namespace, real_node.placement(), "TrainJob", cpu=None)
+    model = train_on_the_node(cluster, namespace, real_node.placement(), "TrainJob")
     assert get_tj(cluster, namespace, "digits")["status"]["backend"] == "TrainJob"
     assert_ran_on(cluster, namespace, "digits-workers", real_node.name)
     assert_published_ciphertext(cluster, namespace, STORE_ROOT / namespace, model)  # node_store's claim
@@ -239,7 +229,6 @@ def queued(job: dict[str, Any], queue: str, priority_class: str) -> dict[str, An
     return job
 
 
-@SERIAL_NODE_TRAINING
 @pytest.mark.real_node
 @pytest.mark.usefixtures("crds", "node_store")
 def test_a_preempted_job_checkpoints_waits_in_its_queue_and_resumes_where_it_stopped(
