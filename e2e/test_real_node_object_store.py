@@ -211,18 +211,23 @@ def test_digits_trains_from_a_bucket_each_rank_fetching_its_own_objects_and_is_s
         "storage": storage,
     }
     job["spec"]["output"] = {"uri": f"s3://{bucket}/store", "modelName": MODEL, "storage": storage}
+    # Each pod's address and rank, recorded at every write of the job while its ranks run: a pod that has
+    # finished may no longer show its IP (two loaded runs saw rank 1's requests under an address no pod had).
+    rank_of: dict[str, int] = {}
+
+    def record_addresses(tj: dict[str, Any]) -> None:
+        for pod in core.list_namespaced_pod(namespace, label_selector="kubemaas.io/trainingjob=digits").items:
+            if address := pod_status(pod).pod_ip:
+                rank_of[address] = int(present(meta(pod).annotations, "annotations")[COMPLETION_INDEX_ANNOTATION])
+
     since = s3_server.request_log.stat().st_size
     create_training_job(cluster, namespace, job)
-    model = wait_trained(cluster, namespace)
+    model = wait_trained(cluster, namespace, observe=record_addresses)
+    record_addresses({})
     assert float(model["metrics"]["heldOutAccuracy"]) >= 0.85, model
     assert model["uri"] == f"s3://{bucket}/store/{MODEL}/{model['version']}", model
 
     # Each rank fetched its own share of the training objects, and only rank 0 the held-out one.
-    pods = core.list_namespaced_pod(namespace, label_selector="kubemaas.io/trainingjob=digits").items
-    rank_of = {
-        pod_status(p).pod_ip: int(present(meta(p).annotations, "annotations")[COMPLETION_INDEX_ANNOTATION])
-        for p in pods
-    }
     fetched = requests_by_address(s3_server.request_log, since, bucket)
     by_rank = {rank_of[ip]: keys for ip, keys in fetched.items() if ip in rank_of}
     train = {f"datasets/digits/{n}" for n in objects if n.startswith("train-")}
