@@ -1,6 +1,7 @@
-// Pinned build of the Kubernetes control plane, etcd and helm for the local
-// e2e cluster. k8s.io/kubernetes cannot be required without replacing its
-// staging modules by their published v0.Y.Z twins, hence the replace block.
+// Pinned build of the Kubernetes control plane, etcd, helm and metrics-server
+// for the local e2e cluster. k8s.io/kubernetes cannot be required without
+// replacing its staging modules by their published v0.Y.Z twins, hence the
+// first replace block; the second one is metrics-server's (see there).
 module kubemaas.io/e2e/cluster/kube
 
 go 1.24.4
