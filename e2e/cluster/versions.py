@@ -86,9 +86,10 @@ def build_key(components: list[Component], toolchain: str) -> str:
     digest = hashlib.sha256(toolchain.encode())
     digest.update(VERSIONS_FILE.read_bytes())
     for module_dir in sorted({c.module_dir for c in components}):
-        # go.mod/go.sum pin the dependencies; a module's own main packages (e.g. modules/coredns/main.go) are source.
-        for path in sorted([module_dir / "go.mod", module_dir / "go.sum", *module_dir.glob("*.go")]):
-            digest.update(path.name.encode())
+        # go.mod/go.sum pin the dependencies; a module's own main packages (e.g. modules/kube/coredns/main.go) are
+        # source.
+        for path in sorted([module_dir / "go.mod", module_dir / "go.sum", *module_dir.rglob("*.go")]):
+            digest.update(str(path.relative_to(module_dir)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

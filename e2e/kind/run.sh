@@ -16,7 +16,7 @@ CLUSTER="${KIND_CLUSTER:-kubemaas-e2e}"
 NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:v1.34.0}"
 # The versions e2e/cluster/versions.toml pins for the local control plane.
 TRAINING_OPERATOR_VERSION="${TRAINING_OPERATOR_VERSION:-v1.8.1}"
-KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 TAG="${KUBEMAAS_IMAGE_TAG:-e2e}"
 PYTHON="${PYTHON:-${REPO}/.venv/bin/python}"
 OPERATOR_NS=kubemaas-system
