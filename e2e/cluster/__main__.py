@@ -7,7 +7,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from . import control_plane, debian, host, images, node, object_store, quickstart
+from . import control_plane, debian, host, images, node, object_store, preload, quickstart
 from .build import BuildError, ensure_built
 from .processes import ComponentError
 from .versions import run_dir
@@ -82,14 +82,27 @@ def _build_images(names: list[str]) -> None:
 
 def _prepare(*, with_images: bool) -> None:
     """What `make e2e` needs before pytest starts: the components and (for the real node) every image, built side
-    by side. The Go build keeps both cores busy; the image build spends much of its time on the Debian mirror,
-    unpacking wheels and writing layers, so together they finish sooner than one after the other."""
+    by side, the images then imported into the node's store. The Go build keeps both cores busy; the image build
+    and the import spend much of their time on the Debian mirror, unpacking wheels and writing layers, so
+    together they finish sooner than one after the other."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         builds: list[Future[Any]] = [pool.submit(ensure_built)]  # only waited on: their results differ
         if with_images:
-            builds.append(pool.submit(_build_images, []))
+            builds.append(pool.submit(_build_and_import_images))
         for build in builds:
             build.result()  # the first failure, after both have ended
+
+
+def _build_and_import_images() -> None:
+    """Every image, built and then imported into the real node's store, so that the cluster's node finds them
+    there. A running cluster's node holds the store: then through its containerd."""
+    _build_images([])
+    names = list(images.BUILDERS)
+    cluster = control_plane.load()
+    if cluster is not None and any(c.name == "containerd" and c.alive() for c in cluster.components):
+        node.load_images(cluster, names)
+    else:
+        preload.preload_images(names)
 
 
 def _apply_crds() -> None:

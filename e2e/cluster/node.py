@@ -434,15 +434,24 @@ def _which(binary: str) -> str:
     return found
 
 
-def _start_containerd(cluster: Cluster, paths: NodePaths) -> None:
+def containerd_args(paths: NodePaths) -> list[str]:
+    """Write the node's containerd config under `paths`; the arguments that start containerd with it."""
     config = paths.containerd / "config.toml"
     config.write_text(containerd_config(paths, PAUSE_IMAGE))
-    running, process = _launch(cluster, "containerd", [f"--config={config}"], [], Path(_which("containerd")))
+    return [f"--config={config}"]
 
-    def serving() -> bool:
-        return subprocess.run([*ctr_command(paths), "version"], capture_output=True).returncode == 0
 
-    processes.wait_ready(running, process, serving, READY_TIMEOUT)
+def containerd_binary() -> Path:
+    return Path(_which("containerd"))
+
+
+def containerd_serving(paths: NodePaths) -> processes.Probe:
+    return lambda: subprocess.run([*ctr_command(paths), "version"], capture_output=True).returncode == 0
+
+
+def _start_containerd(cluster: Cluster, paths: NodePaths) -> None:
+    running, process = _launch(cluster, "containerd", containerd_args(paths), [], containerd_binary())
+    processes.wait_ready(running, process, containerd_serving(paths), READY_TIMEOUT)
     _remove_containers(paths)
 
 
