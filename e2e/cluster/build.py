@@ -21,7 +21,10 @@ from .versions import Component, bin_dir, check_pins, go_version, load_component
 # the 2-core build machine (docs/local-cluster.md).
 PARALLEL_MODULES = 2
 
-GO_BUILD_FLAGS = ["-trimpath"]
+# -dwarf=false: the linker drops the debug information anyway (-w below), so the compiler need not make it:
+# 10 % less compiler CPU (kwok in an empty build cache on the 2-core machine: 116 s of user time instead of
+# 129 s). The binaries differ only in their build ID and the flags their build information records.
+GO_BUILD_FLAGS = ["-trimpath", "-gcflags=all=-dwarf=false"]
 # Strip symbols as upstream release builds do; the version stamps (versions.toml) are appended.
 BASE_LDFLAGS = ["-s", "-w"]
 COMPLETE_MARKER = ".complete"
