@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -43,6 +44,9 @@ GPU = "nvidia.com/gpu"
 POOL_CPU, POOL_MEMORY = "96", "1024Gi"
 JOB_RESOURCES = {"cpu": "1", "memory": "1Gi"}
 SHA = "5e" * 32  # the digest the finished ranks report (the store is not read here)
+WORKLOAD = ("/".join(KUEUE), "Workload")
+# The quota ledger's watch: longer than any scenario; once told to stop, it ends at the next Workload event.
+LEDGER_SECONDS = 1800.0
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,69 @@ def success_message(pod: dict[str, Any]) -> str:
     return json.dumps({"keyId": "k1", "model": model, "sha256": SHA, "uri": uri, "version": version})
 
 
+def _reserved_gpus(workload: dict[str, Any]) -> int:
+    assignments = ((workload.get("status") or {}).get("admission") or {}).get("podSetAssignments") or ()
+    return sum(int((a.get("resourceUsage") or {}).get(GPU, 0)) for a in assignments)
+
+
+def job_of_workload(workload: dict[str, Any]) -> str:
+    """The TrainingJob `<team>-<n>` a Workload queues: its owner is that job's TrainJob, or `<job>-workers`."""
+    return "-".join(workload["metadata"]["ownerReferences"][0]["name"].split("-")[:2])
+
+
+class QuotaLedger:
+    """Each Workload's holds of the pool's quota, as Kueue's Workloads arrive from a watch (on a thread of its own,
+    beside the pods' watch): a hold starts when a workload is seen with QuotaReserved, and ends when it is seen
+    Finished, without QuotaReserved (evicted by a preemption: it waits again), or gone. Kueue's fair sharing
+    orders teams by the quota their admitted workloads hold, so these are the GPU-seconds it gave each team,
+    whatever the pods' start-up on a loaded machine added after admission."""
+
+    def __init__(self, cluster: E2ECluster, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.holds: list[Run] = []
+        self._open: dict[str, Run] = {}  # workload name -> its hold now
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="quota-ledger", daemon=True)
+
+    def __enter__(self) -> QuotaLedger:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Not joined: the watch ends at its next Workload event, which the pool's drain (gpu_pool's exit) makes.
+        self._stopped.set()
+
+    def snapshot(self) -> dict[str, Run]:
+        """Every hold so far, keyed `<workload>#<n>` (a preempted workload holds again when readmitted)."""
+        with self._lock:
+            return {f"{h.pod}#{n}": replace(h) for n, h in enumerate(self.holds)}
+
+    def _watch(self) -> None:
+        with contextlib.suppress(waits.WaitTimeout):
+            self.cluster.wait_objects(
+                *WORKLOAD, self.namespace, self._observe, what="the fair-sharing scenario's end", timeout=LEDGER_SECONDS
+            )
+
+    def _observe(self, workloads: waits.Objects) -> bool:
+        now = time.time()
+        with self._lock:
+            for name, workload in workloads.items():
+                holding = waits.condition_is(workload, "QuotaReserved") and not waits.condition_is(workload, "Finished")
+                hold = self._open.get(name)
+                if hold is None and holding:
+                    job = job_of_workload(workload)
+                    self._open[name] = hold = Run(name, job, team_of(job), _reserved_gpus(workload), now)
+                    self.holds.append(hold)
+                elif hold is not None and not holding:
+                    hold.end, hold.preempted = now, not waits.condition_is(workload, "Finished")
+                    del self._open[name]
+            for name in [n for n in self._open if n not in workloads]:  # deleted between two events we saw
+                hold = self._open.pop(name)
+                hold.end, hold.preempted = now, True
+        return self._stopped.is_set()
+
+
 @dataclass
 class Scenario:
     """Teams' TrainingJobs on a pool: submits them, runs their pods for `run_seconds`, keeps the ledger."""
@@ -257,13 +324,15 @@ class Scenario:
     def running_gpus(self, team: str) -> int:
         return sum(r.gpus for r in self.runs.values() if r.team == team and r.end is None)
 
-    def backlog_emptied(self, team: str) -> float | None:
-        """When the team's last waiting job started, once none of its jobs waits (a preempted one waits again)."""
+    def backlog_emptied(self, team: str, ledger: Mapping[str, Run] | None = None) -> float | None:
+        """When the team's last waiting job started (in `ledger`, the pods' runs by default), once none of its
+        jobs waits (a preempted one waits again)."""
+        runs = (self.runs if ledger is None else ledger).values()
         jobs = [job for job in self.submitted if team_of(job) == team]
-        served = {r.job for r in self.runs.values() if r.end is None or not r.preempted}
+        served = {r.job for r in runs if r.end is None or not r.preempted}
         if not jobs or any(job not in served for job in jobs):
             return None
-        return max(r.start for r in self.runs.values() if r.team == team)
+        return max(r.start for r in runs if r.team == team)
 
     def a_backlog_emptied(self) -> bool:
         return any(self.backlog_emptied(team) is not None for team in self.pool.weights)
@@ -282,24 +351,28 @@ class Scenario:
             first[team] = min(first.get(team, math.inf), created)
         return first
 
-    def result(self, *, from_running: bool = False) -> Result:
+    def result(self, *, from_running: bool = False, quota: QuotaLedger | None = None) -> Result:
         """The shares over the window in which every team had jobs waiting in Kueue's queues: from the last team's
         first Workload (`from_running`: its first pod running, which leaves the late team's start-up to its first
         wait) to the moment the first team's backlog emptied. A team's first wait is from its first Workload to its
         first pod running: the operator's own latency before (making a TrainingJob's workload, which a loaded
-        machine stretches for every job alike) is reported beside it, from the first submission."""
+        machine stretches for every job alike) is reported beside it, from the first submission.
+
+        `quota`: the same from the quota Kueue held for each job (QuotaLedger) instead of its pod's run: a job
+        "runs" from its admission, and its first wait ends there."""
         teams = list(self.pool.weights)
+        ledger = self.runs if quota is None else quota.snapshot()
         first_submit = {t: min(s for j, s in self.submitted.items() if team_of(j) == t) for t in teams}
         queued = self.queued()
         first_queued = {t: queued.get(t, math.inf) for t in teams}
-        first_start = {t: min((r.start for r in self.runs.values() if r.team == t), default=math.inf) for t in teams}
+        first_start = {t: min((r.start for r in ledger.values() if r.team == t), default=math.inf) for t in teams}
         start = max((first_start if from_running else first_queued).values())
-        ends = [e for e in (self.backlog_emptied(t) for t in teams) if e is not None]
+        ends = [e for e in (self.backlog_emptied(t, ledger) for t in teams) if e is not None]
         assert ends, "no team's backlog emptied: the window has not ended"
         end = min(ends)
         gpu_seconds = dict.fromkeys(teams, 0.0)
         preempted = dict.fromkeys(teams, 0)
-        for run in self.runs.values():
+        for run in ledger.values():
             overlap = min(run.end if run.end is not None else end, end) - max(run.start, start)
             gpu_seconds[run.team] += max(0.0, overlap) * run.gpus
             preempted[run.team] += run.preempted
@@ -321,7 +394,8 @@ class Scenario:
             first_wait_from_submission={t: round(first_start[t] - first_submit[t], 2) for t in teams},
             preempted_runs=preempted,
             utilization=round(total / (self.pool.gpus * (end - start)), 4),
-            runs=[r.relative(t0) for r in sorted(self.runs.values(), key=lambda r: r.start)],
+            basis="pods" if quota is None else "quota",
+            runs=[r.relative(t0) for r in sorted(ledger.values(), key=lambda r: r.start)],
         )
 
 
@@ -339,10 +413,11 @@ class Result:
     gpu_seconds: dict[str, float]
     share: dict[str, float]
     weight_share: dict[str, float]
-    first_wait: dict[str, float]  # the team's first Workload -> its first pod running
+    first_wait: dict[str, float]  # the team's first Workload -> its first pod running (quota: its admission)
     first_wait_from_submission: dict[str, float]  # the team's first TrainingJob -> its first pod running
     preempted_runs: dict[str, int]
     utilization: float  # GPU-seconds used / the pool's GPU-seconds in the window
+    basis: Literal["pods", "quota"]  # what `runs` are: the pods' runs, or the quota Kueue held for each job
     runs: list[dict[str, Any]]
 
     def share_error(self, team: str) -> float:
