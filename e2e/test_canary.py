@@ -9,7 +9,7 @@ The client pod opens a new connection per request, so kube-proxy spreads request
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,7 @@ def test_a_good_canary_passes_every_step_and_is_promoted_resuming_a_step_its_ope
     placement = real_node.placement()
     publish_versions(cluster, namespace, store_root(namespace), tmp_path, "good")
     # Step 1 long enough to tell a resumed window (judged 40 s after its start) from one started over after the
-    # restart (at least 25 + 40 s after it).
+    # restart (at least 40 s after the restart, itself at least 25 s after the window's start).
     steps = [{"weight": 20, "durationSeconds": 40}, {"weight": 50, "durationSeconds": 20}]
     create(cluster, namespace, stepped_model_service(placement, steps, minRequests=10, maxLatencyRatio="3"))
     wait_ms(cluster, namespace, serving("v1"), "digits Ready serving v1", timeout=300)
@@ -169,6 +169,7 @@ def test_a_good_canary_passes_every_step_and_is_promoted_resuming_a_step_its_ope
         lambda: requests_seen(cluster, namespace)[-1]["t"] > window_start.timestamp() + 25,
         60,
     )
+    restarted = datetime.now(UTC)  # no window the new operator starts can start before this
     operator_launcher.start()
 
     def step_two(o: dict[str, Any]) -> bool:
@@ -178,9 +179,13 @@ def test_a_good_canary_passes_every_step_and_is_promoted_resuming_a_step_its_ope
     check = last_check(moved)
     assert (check["step"], check["verdict"]) == (1, "Pass"), check
     judged_at = datetime.fromisoformat(check["time"].replace("Z", "+00:00"))
-    # The window resumed from status: judged when it ended (40 s after its start), not 40 s after the restart
-    # (at least 65 s after its start) as a window started over would be.
-    assert window_start + timedelta(seconds=40) <= judged_at < window_start + timedelta(seconds=60), (started, check)
+    # The window resumed from status: judged when it ended (40 s after its start, or as soon as the new operator
+    # runs if that is later), before a window started over by the new operator could end (40 s after the restart).
+    # Measured from the restart, not from the window's start: on a loaded machine the new operator can take tens
+    # of seconds to come up (a loaded warm run saw step 1 judged 80 s after its window's start, where a bound of
+    # 60 s from the start assumed a restart within 20 s of the kill).
+    window = timedelta(seconds=40)
+    assert window_start + window <= judged_at < restarted + window, (started, restarted.isoformat(), check)
 
     done = wait_ms(cluster, namespace, serving("v2"), "v2 promoted after both steps")
     check = last_check(done)
