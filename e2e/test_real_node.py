@@ -42,6 +42,7 @@ from e2e.kube import (
 )
 from e2e.test_modelservice import condition, crds, wait_ms  # noqa: F401 (crds: a fixture)
 from e2e.typed_client import body_as, container_statuses, meta, name_of, pod_spec, pod_status, present, terminated
+from kubemaas.manifests.labels import parent_label
 from kubemaas.manifests.modelservice import VERSION_LABEL
 from kubemaas.manifests.pods import WORKLOAD_UID
 from kubemaas.runtime.artifacts import ArtifactStore
@@ -309,9 +310,28 @@ def wait_trained(
         what=f"TrainingJob {name} to finish", timeout=600,
     )  # fmt: skip
     conditions = {c["type"]: c for c in done["status"]["conditions"]}
-    assert conditions.get("Succeeded", {}).get("status") == "True", json.dumps(done["status"], indent=1)[:4000]
+    if conditions.get("Succeeded", {}).get("status") != "True":
+        status = json.dumps(done["status"], indent=1)[:4000]
+        pytest.fail(f"TrainingJob {name} did not succeed: {status}\n{rank_logs(cluster, namespace, name)}")
     model: dict[str, Any] = done["status"]["model"]
     return model
+
+
+def rank_logs(cluster: E2ECluster, namespace: str, job: str, lines: int = 30) -> str:
+    """The last lines each of the job's pods logged, a restarted container's previous run's too: a failed job's
+    namespace (and with it every pod log) is gone once the test ends."""
+    core = client.CoreV1Api(cluster.api)
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{parent_label('TrainingJob')}={job}").items
+    tails = []
+    for pod in sorted(pods, key=name_of):
+        restarted = any(s.restart_count for s in (pod.status and pod.status.container_statuses) or ())
+        for previous in (True, False) if restarted else (False,):
+            try:
+                log = core.read_namespaced_pod_log(name_of(pod), namespace, tail_lines=lines, previous=previous)
+            except client.ApiException as error:
+                log = f"(no log: {error.reason})"
+            tails.append(f"--- pod {name_of(pod)}{' (previous run)' if previous else ''}:\n{log}")
+    return "\n".join(tails) or f"(no pod of {job} left)"
 
 
 def train_on_the_node(cluster: E2ECluster, namespace: str, placement: dict[str, Any], backend: str) -> dict[str, Any]:
