@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,40 @@ def test_two_rank_gloo_ddp_trains_and_publishes(tmp_path: Path) -> None:
     images, labels = load_digits(return_X_y=True)
     predicted = scripted(torch.tensor(images / 16.0, dtype=torch.float32)).argmax(dim=1)
     assert (predicted.numpy() == labels).mean() >= 0.90  # the exported model is the trained one
+
+
+# Rank 0 takes a while after training (its export and publication); the others have nothing left to do.
+LATE_PRIMARY = """
+import sys, time
+from pathlib import Path
+from kubemaas.runtime.trainer import main
+
+def train(h):
+    if h.is_primary:
+        time.sleep(3)
+        Path(sys.argv[1]).write_text(repr(time.time()))
+
+main(train)
+"""
+
+
+def test_every_rank_leaves_once_rank_zero_has_published(tmp_path: Path) -> None:
+    """No rank exits while rank 0 still holds the process group: the others wait for it in a last barrier (a
+    peer that leaves early can make gloo abort the one still working, docs/runtime-contract.md §7)."""
+    job, program, published = Job(tmp_path), tmp_path / "late_primary.py", tmp_path / "published-at"
+    program.write_text(LATE_PRIMARY)
+    exited: dict[int, float] = {}  # rank -> when it was seen gone
+    with ranks(job, 2, attempt=0, args=[str(published)], program=program) as procs:
+
+        def all_exited() -> bool:
+            for rank, proc in enumerate(procs):
+                if rank not in exited and proc.poll() is not None:
+                    exited[rank] = time.time()
+            return len(exited) == len(procs)
+
+        wait_for(all_exited, timeout=120, what="both ranks to exit")
+    assert [p.returncode for p in procs] == [0, 0], log_text(job, 0, 0) + log_text(job, 1, 0)
+    assert exited[1] >= float(published.read_text()), "rank 1 left before rank 0 had published"
 
 
 def test_killed_rank_then_restart_resumes_from_checkpoint(tmp_path: Path) -> None:

@@ -157,15 +157,15 @@ def _killing(procs: list[subprocess.Popen[bytes]]) -> Iterator[list[subprocess.P
 @contextmanager
 def ranks(
     job: Job, world_size: int, attempt: int, args: list[str], rank_env: Mapping[int, Mapping[str, str]] | None = None,
-    **extra: str,
+    program: Path = EXAMPLE, **extra: str,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:  # fmt: skip
-    """Start ``world_size`` ranks of the example; kill whatever is still running on exit."""
+    """Start ``world_size`` ranks of ``program`` (the example); kill whatever is still running on exit."""
     port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
     with _killing(procs):
         for rank in range(world_size):
             env = job.env(rank, world_size, port, **{**extra, **(rank_env or {}).get(rank, {})})
-            procs.append(_start(job, rank, attempt, [sys.executable, str(EXAMPLE), *args], env))
+            procs.append(_start(job, rank, attempt, [sys.executable, str(program), *args], env))
         yield procs
 
 

@@ -156,6 +156,16 @@ class Harness:
                 self.settings, primary=self.is_primary, world_size=self.world_size, device=self.device
             )
 
+    def finish(self) -> None:
+        """After the program returned on every rank: all ranks leave together, once rank 0 has published.
+
+        A rank that exits while another still holds the process group closes its connections under that one,
+        and gloo can abort the survivor (an uncaught IoException: exit 134) instead of raising. The other ranks
+        returned right after the last checkpoint's barrier while rank 0 exported and published, and a loaded
+        machine saw a two-rank job end that way (docs/runtime-contract.md §7, "Leaving")."""
+        if dist.is_initialized() and self.world_size > 1:
+            dist.barrier()
+
     def close(self) -> None:
         if self._progress_server is not None:
             self._progress_server.close()
@@ -407,6 +417,7 @@ def run(train: Callable[[Harness], None], environ: Mapping[str, str]) -> int:
         harness = Harness(env)
         harness.start()
         train(harness)
+        harness.finish()
         result = harness.result_message()
         if result is not None:
             termination.write(env.settings.termination_log, result)
