@@ -32,6 +32,7 @@ from .trainer_launch import (
     example_args,
     log_text,
     pods,
+    program_ranks,
     ranks,
     wait_all,
     wait_for,
@@ -164,7 +165,7 @@ def test_every_rank_leaves_once_rank_zero_has_published(tmp_path: Path) -> None:
     job, program, published = Job(tmp_path), tmp_path / "late_primary.py", tmp_path / "published-at"
     program.write_text(LATE_PRIMARY)
     exited: dict[int, float] = {}  # rank -> when it was seen gone
-    with ranks(job, 2, attempt=0, args=[str(published)], program=program) as procs:
+    with program_ranks(program, job, 2, 0, [str(published)]) as procs:
 
         def all_exited() -> bool:
             for rank, proc in enumerate(procs):

@@ -157,9 +157,19 @@ def _killing(procs: list[subprocess.Popen[bytes]]) -> Iterator[list[subprocess.P
 @contextmanager
 def ranks(
     job: Job, world_size: int, attempt: int, args: list[str], rank_env: Mapping[int, Mapping[str, str]] | None = None,
-    program: Path = EXAMPLE, **extra: str,
+    **extra: str,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:  # fmt: skip
-    """Start ``world_size`` ranks of ``program`` (the example); kill whatever is still running on exit."""
+    """Start ``world_size`` ranks of the example; kill whatever is still running on exit."""
+    with program_ranks(EXAMPLE, job, world_size, attempt, args, rank_env, **extra) as procs:
+        yield procs
+
+
+@contextmanager
+def program_ranks(
+    program: Path, job: Job, world_size: int, attempt: int, args: list[str],
+    rank_env: Mapping[int, Mapping[str, str]] | None = None, /, **extra: str,
+) -> Iterator[list[subprocess.Popen[bytes]]]:  # fmt: skip
+    """Start ``world_size`` ranks of ``program``, a training program on the harness (kubemaas.runtime.trainer)."""
     port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
     with _killing(procs):
