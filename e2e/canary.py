@@ -11,6 +11,7 @@ import os
 import shutil
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from kubernetes import client
 from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES
 from e2e.conftest import E2ECluster, RealNode
 from e2e.kube import GROUP, RESTRICTED_CONTAINER, VERSION, bound_claim, client_resources, model_service
-from e2e.typed_client import body_as, meta, pod_status
+from e2e.typed_client import body_as, meta, pod_status, present
+from kubemaas.controllers.modelservice_core.steps import EVENT_REASONS
 from kubemaas.manifests.modelservice import METRICS_PORT, TRACK_LABEL, VERSION_LABEL
 from kubemaas.manifests.pods import WORKLOAD_UID
 from kubemaas.runtime.artifacts import ArtifactStore
@@ -168,6 +170,19 @@ def pod_counters(pod: client.V1Pod) -> TritonCounters:
     """The pod's own Triton counters, read from this machine as the operator reads them."""
     with urllib.request.urlopen(f"http://{pod_status(pod).pod_ip}:{METRICS_PORT}/metrics", timeout=5) as response:
         return parse_triton_metrics(response.read().decode())
+
+
+def step_judgements(cluster: E2ECluster, namespace: str, step: int) -> list[tuple[datetime, str, str]]:
+    """Every verdict of canary step `step` the operator posted as an Event (passed, inconclusive or failed),
+    oldest first: when, the reason, the message."""
+    found = client.CoreV1Api(cluster.api).list_namespaced_event(namespace, field_selector=f"involvedObject.name={NAME}")
+    judged: list[tuple[datetime, str, str]] = []
+    for event in found.items:
+        reason, message = event.reason or "", event.message or ""
+        if reason in EVENT_REASONS.values() and f"step {step} of " in message:
+            when = event.first_timestamp or event.event_time or event.metadata.creation_timestamp
+            judged.append((present(when, f"the time of Event {event.metadata.name}"), reason, message))
+    return sorted(judged)
 
 
 def events(cluster: E2ECluster, namespace: str, reason: str) -> list[str]:
