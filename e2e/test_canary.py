@@ -184,8 +184,10 @@ def test_a_good_canary_passes_every_step_and_is_promoted_resuming_a_step_its_ope
     # restart). The first verdict, from the step's Events: under load a resumed window's end can be judged
     # Inconclusive (as any window's; another window follows, which passed two loaded runs 80 s after the first
     # window's start), which says nothing of the resume.
-    judgements = step_judgements(cluster, namespace, step=1)
-    assert judgements, "no verdict Event for step 1"
+    # kopf posts Events in the background, after the status patch that moved the step on: wait for them.
+    judgements = cluster.wait_for(
+        "step 1's verdict Events", lambda: step_judgements(cluster, namespace, step=1) or None, timeout=30
+    )
     window = timedelta(seconds=40)
     first = judgements[0][0]
     assert window_start + window <= first < restarted + window, (started, restarted.isoformat(), judgements, check)
