@@ -22,21 +22,27 @@ class Uploads:
     """create/upload_part/complete/abort as S3 answers them, recording what arrived and how many parts were
     buffered (between a writer asking for a part and its upload ending) at the peak."""
 
-    def __init__(self, fail_part: int | None = None) -> None:
+    def __init__(self, fail_part: int | None = None, fail_create: bool = False) -> None:
         self.parts: dict[int, bytes] = {}
+        self.attempted: list[int] = []
         self.completed: bytes | None = None
         self.aborted = False
-        self.fail_part = fail_part
+        self.fail_part, self.fail_create = fail_part, fail_create
         self._lock = threading.Lock()
 
     def create_multipart_upload(self, **_: Any) -> dict[str, str]:
+        if self.fail_create:
+            raise RuntimeError("injected create failure")
         return {"UploadId": "u1"}
 
-    def upload_part(self, *, PartNumber: int, Body: bytes, **_: Any) -> dict[str, str]:
+    def upload_part(self, *, PartNumber: int, Body: bytearray, UploadId: str, **_: Any) -> dict[str, str]:
+        assert UploadId == "u1"
+        with self._lock:
+            self.attempted.append(PartNumber)
         if PartNumber == self.fail_part:
             raise RuntimeError("injected failure")
         with self._lock:
-            self.parts[PartNumber] = Body
+            self.parts[PartNumber] = bytes(Body)
         return {"ETag": f'"{PartNumber}"'}
 
     def complete_multipart_upload(self, *, MultipartUpload: dict[str, Any], **_: Any) -> None:
@@ -81,10 +87,35 @@ def test_a_short_object_or_a_failed_part_aborts_the_upload_and_names_the_object(
 
     failing = Uploads(fail_part=2)
     out = writer(failing)
-    out.write(memoryview(os.urandom(3 * PART)), 0)
-    with pytest.raises(RuntimeError, match="injected"):
+    with pytest.raises(RuntimeError, match="injected"):  # raised by a later write, or else by complete
+        out.write(memoryview(os.urandom(3 * PART)), 0)
         out.complete(3 * PART)
+    out.abort()  # as upload_sealed does when a write raises (complete has aborted already otherwise)
     assert failing.aborted and failing.completed is None
+
+
+def test_after_a_failed_part_the_next_write_raises_instead_of_sealing_the_rest() -> None:
+    uploads = Uploads(fail_part=1)
+    out = writer(uploads, buffered=2)
+    out.write(memoryview(b"a" * PART), 0)  # part 1 goes out, and fails
+    with pytest.raises(RuntimeError, match="injected failure"):
+        for index in range(1, 100):  # would block on room, or go on sealing, without the check
+            out.write(memoryview(b"b" * PART), index * PART)
+    assert max(uploads.attempted) < 10, "parts went on being uploaded after the first one failed"
+    out.abort()
+    assert uploads.aborted
+
+
+def test_an_upload_that_could_not_be_created_fails_the_first_write_and_aborts_nothing() -> None:
+    uploads = Uploads(fail_create=True)
+    out = writer(uploads)
+    with pytest.raises(RuntimeError, match="injected create failure"):
+        for index in range(100):
+            out.write(memoryview(b"c" * PART), index * PART)
+        out.complete(100 * PART)
+    assert not uploads.parts and uploads.completed is None
+    out.abort()
+    assert not uploads.aborted, "an upload that does not exist was aborted"
 
 
 def test_writers_wait_for_room_instead_of_buffering_the_whole_object() -> None:

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
 import boto3
 import botocore.config
@@ -208,6 +208,10 @@ class MultipartWriter:
     however much faster encryption is than the network. The chunk workers write a bounded window of chunks in
     order, so the parts they fill are always among the oldest ones and always complete. Nothing is visible
     until :meth:`complete`; :meth:`abort` (or an error) drops every part already uploaded.
+
+    The upload is created on the pool while the first part fills (one round trip less before the first part
+    leaves). The first failure (creating the upload, or a part after the SDK's retries) is raised by the next
+    write and by :meth:`complete`: writers stop at once instead of sealing the rest for an upload that failed.
     """
 
     def __init__(
@@ -221,18 +225,18 @@ class MultipartWriter:
         buffered: int = 8,
     ) -> None:
         self._client, self.bucket, self.key, self.part_size = client, bucket, key, part_size
-        try:
-            self._upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-        except SDK_ERRORS as error:
-            raise_for(error, bucket, key, "upload")
         self._lock = threading.Lock()
         self._room = threading.BoundedSemaphore(buffered)
         self._parts: dict[int, tuple[bytearray, int]] = {}  # index -> (buffer, bytes written into it)
         self._uploads: dict[int, Future[str]] = {}
+        self._failure: BaseException | None = None
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kms3part")
+        self._created = self._pool.submit(self._create)
+        self._created.add_done_callback(self._note_failure)
         self.size = 0
 
     def write(self, view: memoryview, offset: int) -> None:
+        self._raise_failure()
         while len(view):
             index, start = divmod(offset, self.part_size)
             length = min(len(view), self.part_size - start)
@@ -251,6 +255,9 @@ class MultipartWriter:
             if index in self._parts:
                 return self._parts[index][0]
         self._room.acquire()  # outside the lock: an upload that ends releases room
+        if self._failure is not None:
+            self._room.release()
+            self._raise_failure()
         with self._lock:
             if index in self._parts:  # another writer made it meanwhile
                 self._room.release()
@@ -260,13 +267,34 @@ class MultipartWriter:
 
     def _send(self, index: int, length: int | None = None) -> None:
         buffer, _ = self._parts.pop(index)
-        body = bytes(memoryview(buffer)[: length if length is not None else self.part_size])
-        self._uploads[index] = self._pool.submit(self._upload, index, body)
+        if length is not None:
+            del buffer[length:]  # the last part, shortened in place
+        self._uploads[index] = self._pool.submit(self._upload, index, buffer)
+        self._uploads[index].add_done_callback(self._note_failure)
 
-    def _upload(self, index: int, body: bytes) -> str:
+    def _note_failure(self, future: Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None and self._failure is None:
+            self._failure = future.exception()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _create(self) -> str:
         try:
+            return self._client.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
+        except SDK_ERRORS as error:
+            raise_for(error, self.bucket, self.key, "upload")
+
+    def _upload(self, index: int, buffer: bytearray) -> str:
+        # The part's own buffer is the body, no copy: botocore takes a bytearray as it takes bytes (its
+        # validator lists both; the stubs name bytes only) and signs and sends it in one pass each, where bytes
+        # would be wrapped in a file object that is read back in pieces for the signature and again to send.
+        body = cast("bytes", buffer)
+        try:
+            upload_id = self._created.result()
             answer = self._client.upload_part(
-                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=index + 1, Body=body
+                Bucket=self.bucket, Key=self.key, UploadId=upload_id, PartNumber=index + 1, Body=body
             )
         except SDK_ERRORS as error:
             raise_for(error, self.bucket, self.key, "upload")
@@ -282,12 +310,14 @@ class MultipartWriter:
                 if last in self._parts and self._parts[last][1] == size - last * self.part_size:
                     self._send(last, size - last * self.part_size)
                 if self._parts or self.size != size:
+                    self._raise_failure()  # the reason the rest was never written
                     raise ObjectStoreError(f"upload s3://{self.bucket}/{self.key}: {self.size} of {size} bytes written")
+            upload_id = self._created.result()
             parts: list[CompletedPartTypeDef] = [
                 {"PartNumber": i + 1, "ETag": self._uploads[i].result()} for i in sorted(self._uploads)
             ]
             self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts}
+                Bucket=self.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except SDK_ERRORS as error:
             self.abort()
@@ -300,5 +330,7 @@ class MultipartWriter:
     def abort(self) -> None:
         """Drop the upload and every part of it (best effort: the bucket's lifecycle rules catch the rest)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._created.cancelled() or self._created.exception() is not None:
+            return  # never created: nothing to drop
         with contextlib.suppress(*SDK_ERRORS):
-            self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._created.result())
