@@ -171,10 +171,12 @@ def test_a_lone_request_waits_for_the_configured_queue_delay(triton: TritonServe
     # The batcher held the request for max_queue_delay hoping for company, then ran it alone.
     assert latency >= delay_s, latency
     assert queued_ns >= 0.95 * QUEUE_DELAY_US * 1000, queued_ns
-    # Same server, same network path, no batcher: the request is not held.
+    # Same server, same network path, no batcher: the request is not held. Its queue time is only the server's
+    # scheduling, which a loaded machine stretches (71 ms once beside a cold run's compilation): half the delay
+    # still tells "held for max_queue_delay" from "not held" with room on both sides.
     unbatched_latency, unbatched_queued_ns = lone_request(client, UNBATCHED)
     assert unbatched_latency < delay_s, unbatched_latency
-    assert unbatched_queued_ns < 0.1 * QUEUE_DELAY_US * 1000, unbatched_queued_ns
+    assert unbatched_queued_ns < 0.5 * QUEUE_DELAY_US * 1000, unbatched_queued_ns
 
 
 def test_metrics_port_exposes_inference_metrics_for_the_model(triton: TritonServer) -> None:
