@@ -15,10 +15,12 @@ What it measures, in one process, against one S3 server (versitygw on this machi
 * ``publish``: ``ObjectArtifactStore.publish`` of the plaintext: encryption onto local scratch, the multipart
   upload of the artifact, the manifest (If-None-Match), LATEST (compare-and-swap).
 * ``upload``: boto3's ``upload_file`` of the same number of bytes with the same transfer settings (parts of
-  16 MiB, 4 in flight): the plain multipart upload publication is compared to.
+  8 MiB, 8 in flight: ``TRANSFER``): the plain multipart upload publication is compared to.
 * ``upload+seal``: that same upload while another thread seals the same plaintext (AES-GCM chunks and the
-  sha256 the manifest records, ``encrypt_to`` into nothing): the CPU the format needs, overlapped with the
-  upload as well as it can be, on the cores the server shares. Publication cannot be faster than this.
+  sha256 the manifest records, ``encrypt_to`` into nothing): the CPU the format needs, overlapped with
+  ``upload_file`` as well as it can be, on the cores the server shares. Not a hard floor: publication hands the
+  SDK each part as one buffer, which it signs and sends in one pass each, where ``upload_file`` reads a file
+  object back in pieces for both (kubemaas.runtime.object_client.MultipartWriter).
 
 The pairs run one after the other, the order alternating per round; a ratio is best over best (interference on
 shared cores only ever slows a run), medians kept too. The 1-minute load average is recorded before each round.
