@@ -183,10 +183,3 @@ def step_judgements(cluster: E2ECluster, namespace: str, step: int) -> list[tupl
             when = event.first_timestamp or event.event_time or event.metadata.creation_timestamp
             judged.append((present(when, f"the time of Event {event.metadata.name}"), reason, message))
     return sorted(judged)
-
-
-def events(cluster: E2ECluster, namespace: str, reason: str) -> list[str]:
-    found = client.CoreV1Api(cluster.api).list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={NAME},reason={reason}"
-    )
-    return [e.message or "" for e in found.items]

@@ -19,7 +19,6 @@ from e2e.canary import (
     NAME,
     canary_store,  # noqa: F401 (a fixture)
     create,
-    events,
     pod_counters,
     publish_versions,
     requests_seen,
@@ -196,7 +195,10 @@ def test_a_good_canary_passes_every_step_and_is_promoted_resuming_a_step_its_ope
     check = last_check(done)
     assert (check["step"], check["verdict"]) == (2, "Pass"), done["status"]["canary"]
     assert check["canary"]["requests"] >= 10 and float(check["servedPercent"]) > 0, check
-    passed = events(cluster, namespace, "CanaryStepPassed")
-    assert any("step 1 of 2" in m for m in passed) and any("step 2 of 2" in m for m in passed), passed
+    passed = {
+        step: [m for _, reason, m in step_judgements(cluster, namespace, step) if reason == "CanaryStepPassed"]
+        for step in (1, 2)
+    }
+    assert all(any(f"step {step} of 2" in m for m in passed[step]) for step in (1, 2)), passed
     failed = [r for r in requests_seen(cluster, namespace) if "error" in r]
     assert not failed, f"{len(failed)} requests failed while a good canary was rolled out: {failed[:5]}"
