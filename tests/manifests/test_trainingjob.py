@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kubemaas import contract
 from kubemaas.api.trainingjob import RESERVED_ENV, TrainingJob
 from kubemaas.contract.keys import KEY_ID_PATTERN
@@ -176,6 +178,7 @@ FULL_POD_SCHEDULING = {
 def full_env(*, rank0: bool, rendezvous: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {"name": "HOME", "value": "/tmp"},
+        {"name": "OMP_NUM_THREADS", "value": "2"},  # resources.cpu 4 shared by nprocPerNode 2
         {"name": "LR", "value": "0.1"},
         {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "token"}}},
         {"name": "KUBEMAAS_MODEL_NAME", "value": "digits-mlp"},
@@ -472,6 +475,26 @@ def test_without_a_command_the_image_entrypoint_gets_the_args_and_no_token_is_mo
     assert pod["containers"][0]["args"] == ["--steps", "10"]
     assert "command" not in pod["containers"][0]
     assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+
+
+@pytest.mark.parametrize(
+    ("cpu", "nproc", "threads"),
+    [("600m", 1, "1"), ("1500m", 1, "1"), ("4", 2, "2"), ("3", 2, "1"), (64, 8, "8"), ("2", 4, "1"), (None, 2, None)],
+)
+def test_threads_per_process_are_the_cpu_limits_whole_cpus_shared_by_the_processes(
+    cpu: str | int | None, nproc: int, threads: str | None
+) -> None:
+    """PyTorch sizes its thread pool by the node's cores; under a CFS quota that many threads stall each
+    other's steps (docs/runtime-contract.md §1). Without a limit nothing is set: torch's default holds."""
+    job = make_job(resources={"cpu": cpu} if cpu is not None else {}, nprocPerNode=nproc)
+    env = m.indexed_job(job, VERSION)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e.get("value") for e in env if e["name"] == "OMP_NUM_THREADS"] == ([threads] if threads else [])
+
+
+def test_omp_num_threads_of_the_users_env_wins_and_is_not_listed_twice() -> None:
+    job = make_job(resources={"cpu": "8"}, env=[{"name": "OMP_NUM_THREADS", "value": "3"}])
+    env = m.indexed_job(job, VERSION)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["value"] for e in env if e["name"] == "OMP_NUM_THREADS"] == ["3"]
 
 
 def test_the_rendered_environment_parses_as_the_pods_will() -> None:

@@ -31,6 +31,7 @@ from kubemaas.contract.termination import ExitCode
 from kubemaas.manifests.labels import MANAGED_BY, MANAGED_BY_KEY, PART_OF_KEY, child_labels, parent_label
 from kubemaas.manifests.labels import owner_reference as _owner_reference
 from kubemaas.manifests.pods import (
+    OMP_NUM_THREADS,
     QUEUE_LABEL,
     WORKLOAD_DEFAULTS,
     WORKLOAD_UID,
@@ -39,6 +40,7 @@ from kubemaas.manifests.pods import (
     place,
     restricted_container_security_context,
     restricted_pod_security_context,
+    threads_per_process,
 )
 from kubemaas.manifests.trainingjob_mounts import key_volumes_and_mounts, store_accesses, teacher, volumes_and_mounts
 from kubemaas.manifests.trainingjob_mounts import volume_name as _volume
@@ -198,6 +200,9 @@ def pod_spec(
     # HOME=/tmp: torch and pip caches need a writable home under a read-only root filesystem. The user's
     # env comes before the contract's, so Kubemaas' values win (the API refuses the names anyway).
     env = [{"name": "HOME", "value": "/tmp"}]
+    threads = threads_per_process(spec.resources, spec.nproc_per_node)
+    if threads is not None and not any(e.name == OMP_NUM_THREADS for e in spec.env or ()):
+        env.append({"name": OMP_NUM_THREADS, "value": str(threads)})  # a value of the user's env wins
     env += [as_served(e) for e in spec.env or ()]
     env += contract.render(settings(job, version, rank0=rank0), rendezvous)
     env += [entry for store in stores for entry in store.env]
