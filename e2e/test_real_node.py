@@ -744,8 +744,8 @@ def test_a_rank_killed_mid_training_restarts_the_job_which_resumes_from_its_chec
     Job recreates the failed pods, the ranks meet again and resume from the checkpoint, and the job succeeds."""
     if cluster.local is None:
         pytest.skip("killing a container needs the local node's containerd")
-    # About 25 s of training alone: the kill lands well before the end, and the resumed run shows progress.
-    job = trainer_job("digits", "Job", real_node.placement(), steps=6000)
+    # About 20 s of training alone: the kill lands well before the end, and the resumed run shows progress.
+    job = trainer_job("digits", "Job", real_node.placement(), steps=5000)
     job["spec"]["runPolicy"]["backoffLimit"] = 4
     create_training_job(cluster, namespace, job)
     checkpoints = node_store / "store" / MODEL / ".checkpoints"

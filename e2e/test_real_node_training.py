@@ -92,9 +92,9 @@ def test_progress_shows_while_digits_trains_on_an_encrypted_dataset(
 ) -> None:
     store = STORE_ROOT / namespace  # the node_store fixture's claim `models`
     encrypted_digits(cluster, namespace, store, tmp_path)
-    # About a minute of training on this 2-core machine (4 ms a step with one thread per 600m rank): time for
-    # several progress writes at 10 s apart and an ETA at the midpoint.
-    job = on_encrypted_data(trainer_job("digits", "Job", real_node.placement(), steps=15000))
+    # About 50 s of training on this 2-core machine (4 ms a step with one thread per 600m rank): time for several
+    # progress writes 10 s apart and an ETA at the midpoint.
+    job = on_encrypted_data(trainer_job("digits", "Job", real_node.placement(), steps=12000))
     create_training_job(cluster, namespace, job)
 
     seen: list[tuple[float, dict[str, Any]]] = []
@@ -144,8 +144,8 @@ def test_progress_shows_while_digits_trains_on_an_encrypted_dataset(
     assert last["step"] > middle["step"], seen
     if 2 / 3 <= pace_after / projected_pace <= 1.5:
         assert error <= 0.5, (middle, finished, pace_after, projected_pace)
-    # `kubectl get tj` shows it: "<step>/15000 (<percent>%), ETA ...".
-    assert any("/15000 (" in line and "ETA" in line for line in columns), columns
+    # `kubectl get tj` shows it: "<step>/12000 (<percent>%), ETA ...".
+    assert any("/12000 (" in line and "ETA" in line for line in columns), columns
 
     # The same dataset with one file changed: refused, naming the file, before the first step.
     heldout = store / "datasets" / "digits" / "heldout.npz"
@@ -266,8 +266,9 @@ def test_a_preempted_job_checkpoints_waits_in_its_queue_and_resumes_where_it_sto
         cluster_queue(cluster, namespace, "node", quotas, preemption={"withinClusterQueue": "LowerPriority"}) as team,
         priority_classes(cluster, namespace, low=100, high=1000) as priority,
     ):
-        # Long enough (about 50 s alone) to be preempted past step 150, and to show progress again once resumed.
-        low = trainer_job("low", "Job", real_node.placement(), steps=12000)
+        # Long enough (about 35 s alone) to be preempted past step 150 (at about step 3000, in 10 s), and to show
+        # progress again once resumed.
+        low = trainer_job("low", "Job", real_node.placement(), steps=8000)
         create_training_job(cluster, namespace, queued(low, team, priority["low"]))
         # Preempted once it has trained past rank 0's first periodic checkpoint (step 100).
         cluster.wait_object(
