@@ -82,9 +82,9 @@ if TYPE_CHECKING:
 
 # Parts of 8 MiB, 8 in flight, 8 buffered at most (64 MiB, each reused once its part is uploaded): a 1 GiB model
 # is 128 parts. Small parts start the upload after a few chunks are sealed and leave a short tail after the last
-# one (measured on 64 MiB: 16 MiB parts, 4 in flight, 1.41-1.87x a plain upload); fewer buffers than 16 load the
-# server less and leave more parts to reuse a buffer (1 GiB: 1.23x with 16 new ones, 1.17x with 6 reused;
-# e2e/bench/bench_object_store.py). TRANSFER is the same for boto3's own transfers (the benchmark's baseline).
+# one (measured on 64 MiB: 16 MiB parts, 4 in flight, 1.41-1.87x a plain upload). Reused buffers took 1 GiB from
+# 1.23x (16 buffered, each new) to 1.17-1.18x (6 or 8, reused) and 64 MiB from 1.31-1.36x to 1.25-1.28x
+# (e2e/bench/bench_object_store.py). TRANSFER is the same for boto3's own transfers (the benchmark's baseline).
 PART_SIZE: Final = 8 * 1024 * 1024
 PART_CONCURRENCY: Final = 8
 TRANSFER = TransferConfig(
