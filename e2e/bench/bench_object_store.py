@@ -12,8 +12,8 @@ What it measures, in one process, against one S3 server (versitygw on this machi
 * ``download``: boto3's own ``download_file`` of the same artifact object (its transfer manager: ranged GETs
   of 8 MiB on 10 threads) into a file beside it, then fsync, with a client made for it as ``load`` makes one:
   what a fresh process (an init container, KServe's storage initializer) does to fetch those bytes.
-* ``publish``: ``ObjectArtifactStore.publish`` of the plaintext: encryption onto local scratch, the multipart
-  upload of the artifact, the manifest (If-None-Match), LATEST (compare-and-swap).
+* ``publish``: ``ObjectArtifactStore.publish`` of the plaintext: the chunks sealed straight into the parts of a
+  multipart upload of the artifact (no copy on any disk), the manifest (If-None-Match), LATEST (compare-and-swap).
 * ``upload``: boto3's ``upload_file`` of the same number of bytes with the same transfer settings (parts of
   8 MiB, 8 in flight: ``TRANSFER``): the plain multipart upload publication is compared to.
 * ``upload+seal``: that same upload while another thread seals the same plaintext (AES-GCM chunks and the
