@@ -59,7 +59,6 @@ SERIAL_NODE_SERVING = pytest.mark.xdist_group("real-node-serving")  # Triton ser
 # Names this pytest run; xdist's workers inherit it. The worker that starts the local cluster writes it
 # beside the cluster's state, and the controller stops the cluster at the end only if this run started it.
 RUN_ID_VARIABLE = "KUBEMAAS_E2E_RUN_ID"
-PORT_ATTEMPTS = 3  # starts of `kubemaas run` that may lose a free port to another worker's process
 STARTED_BY = "started-by-run"
 
 
@@ -314,7 +313,9 @@ def namespace(cluster: E2ECluster, request: pytest.FixtureRequest) -> Iterator[s
     """A fresh namespace enforcing Pod Security `restricted`, deleted after the test."""
     core = client.CoreV1Api(cluster.api)
     stem = request.node.name.lower().replace("_", "-")
-    name = f"e2e-{''.join(ch for ch in stem if ch.isalnum() or ch == '-')[:40].strip('-')}-{uuid.uuid4().hex[:5]}"
+    # 40 random bits: a namespace of this run may still be terminating when a case of the same test (the same
+    # stem) draws its name, and 20 bits collided once among a parametrized test's cases.
+    name = f"e2e-{''.join(ch for ch in stem if ch.isalnum() or ch == '-')[:36].strip('-')}-{uuid.uuid4().hex[:10]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=PSS_RESTRICTED)))
     # Pods are refused until the service-account controller has made `default`.
     cluster.wait_object(
@@ -389,21 +390,11 @@ class OperatorLauncher:
         self.current: OperatorProcess | None = None
 
     def start(self, *, wait: bool = True, timeout: float = 60.0) -> OperatorProcess:
-        """Start `kubemaas run` on two free ports; with `wait`, until it is live (`timeout` seconds). A port
-        picked free can be taken by another xdist worker's process before the operator binds it: an exit for
-        that alone is retried on other ports (a bounded number of times), any other failure is not."""
-        for attempt in range(PORT_ATTEMPTS):
-            running = self._spawn()
-            if not wait:
-                return running
-            try:
-                running.wait_live(timeout)
-                return running
-            except ComponentError:
-                lost_port = running.process.poll() is not None and "Address already in use" in running.tail()
-                if not lost_port or attempt == PORT_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+        """Start `kubemaas run` on two free ports (`free_port`); with `wait`, until it is live (`timeout` s)."""
+        running = self._spawn()
+        if wait:
+            running.wait_live(timeout)
+        return running
 
     def _spawn(self) -> OperatorProcess:
         liveness_url = f"http://127.0.0.1:{free_port()}/healthz"

@@ -216,7 +216,7 @@ def test_monitoring_objects_select_what_they_should(tools: Tools, tmp_path: Path
 def watched(cluster: E2ECluster, namespace: str) -> Iterator[list[str]]:
     """Two more restricted namespaces next to `namespace`, for watchNamespaces."""
     core = client.CoreV1Api(cluster.api)
-    names = [f"{namespace[:50]}-w{i}" for i in range(2)]
+    names = [f"{namespace}-w{i}" for i in range(2)]
     for name in names:
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=PSS_RESTRICTED)))
     try:

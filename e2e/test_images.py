@@ -333,7 +333,7 @@ def test_trainer_image_trains_two_gloo_ranks_and_publishes_read_only(ctr: list[s
 
     from kubemaas.contract import Rendezvous, Settings, render
     from kubemaas.runtime.keyring import write_keyring_dir
-    from tests.runtime.trainer_launch import KEY, example_args, free_port, kubelet_env
+    from tests.runtime.trainer_launch import KEY, example_args, kubelet_env
 
     store = tmp_path / "store"
     store.mkdir()
@@ -352,7 +352,7 @@ def test_trainer_image_trains_two_gloo_ranks_and_publishes_read_only(ctr: list[s
         termination_log=Path("/termination-log"),
         dist_timeout_seconds=120,
     )
-    rendezvous = Rendezvous(master_addr="127.0.0.1", master_port=free_port(), nnodes=2, nproc_per_node=1)
+    rendezvous = Rendezvous(master_addr="127.0.0.1", master_port=processes.free_port(), nnodes=2, nproc_per_node=1)
     layout = images.ensure_image("trainer")
     (ref,) = images.layout_refs(layout)
     images.import_images([layout], ctr)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import random
 import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,10 +26,48 @@ class ComponentError(RuntimeError):
     """A component died or never became ready; the message names it and shows its log tail."""
 
 
+# Ports handed to processes about to start come from below the kernel's ephemeral range (its lower bound is
+# read from /proc), never from it: every outgoing connection (a client of the API server, of an operator) also
+# draws its local port from that range, and can take a port picked there between our check and the child's bind
+# (it happened: `kubemaas run` lost its liveness port). Below the range only such picks compete, and each
+# process draws from a slice of its own, so two xdist workers never hand out the same port.
+PORTS_START = 12000  # above the well-known defaults (etcd 2379, kubelet 10250, kube-proxy 10256, Triton 8000)
+PORTS_END = 30000  # Kubernetes' NodePort range starts here
+PORTS_PER_SLICE = 1000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_ports_lock = threading.Lock()
+# This process's cursor in its slice; a random start, so that other processes on slice 0 start elsewhere.
+_ports_cursor = itertools.count(random.randrange(PORTS_PER_SLICE))
+
+
+def port_slice(worker: str | None) -> range:
+    """The ports of one process: xdist worker `gwN` draws from slice N+1, any other process from slice 0."""
+    end = PORTS_END
+    with contextlib.suppress(OSError, ValueError):
+        end = min(end, int(EPHEMERAL_RANGE.read_text().split()[0]))
+    slices = max(1, (end - PORTS_START) // PORTS_PER_SLICE)
+    index = int(worker[2:]) + 1 if worker and worker.startswith("gw") and worker[2:].isdigit() else 0
+    start = PORTS_START + (index % slices) * PORTS_PER_SLICE
+    return range(start, start + PORTS_PER_SLICE)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port nothing holds now on any address (see PORTS_START for where it comes from).
+
+    The process walks its slice in turn, so a port it handed out comes back only after the whole slice has:
+    two calls before either port is bound (an operator's liveness and metrics ports) never get the same one.
+    """
+    ports = port_slice(os.environ.get("PYTEST_XDIST_WORKER"))
+    with _ports_lock:
+        for _ in range(len(ports)):
+            port = ports[next(_ports_cursor) % len(ports)]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind(("0.0.0.0", port))  # held on any address (the node IP too) counts
+                except OSError:
+                    continue
+            return port
+    raise ComponentError(f"no free loopback port left in {ports.start}-{ports.stop - 1}")
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -4,10 +4,10 @@ a Triton page, an error status, a page too large, a page that is not Triton's, a
 from __future__ import annotations
 
 import asyncio
-import socket
 
 from aiohttp import web
 
+from e2e.cluster.processes import free_port
 from kubemaas.controllers.modelservice_core import ScrapeTarget
 from kubemaas.controllers.modelservice_core.verdict import PodSample
 from kubemaas.controllers.serving_scrape import MAX_PAGE_BYTES, metrics_url, scrape
@@ -23,12 +23,6 @@ nv_inference_request_duration_us{model="digits",version="1"} 7000
 # TYPE nv_inference_queue_duration_us counter
 nv_inference_queue_duration_us{model="digits",version="1"} 70
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def serve_and_scrape(

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from e2e.cluster.processes import free_port
 from kubemaas import contract
 from kubemaas.runtime.progress import Progress, ProgressServer
 
-from .trainer_launch import Job, free_port, log_text, ranks, wait_all, wait_for
+from .trainer_launch import Job, log_text, ranks, wait_all, wait_for
 
 
 class Clock:

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from e2e.cluster.processes import free_port
 from kubemaas import contract
 from kubemaas.contract import Rendezvous, Settings, launch_command, render
 from kubemaas.runtime.keyring import write_keyring_dir
@@ -45,13 +45,6 @@ def example_args() -> list[str]:
     """The args of the shipped TrainingJob example, exactly."""
     args: list[str] = yaml.safe_load(EXAMPLE_JOB.read_text())["spec"]["args"]
     return args
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def kubelet_env(entries: list[dict[str, Any]], completion_index: int) -> dict[str, str]:

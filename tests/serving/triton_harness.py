@@ -24,7 +24,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -35,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from e2e.cluster.processes import free_port
 
 
 class TritonStartError(RuntimeError):
@@ -95,12 +96,6 @@ class TritonInstall:
         # The stub must not pick up a venv activation or user site that differs from ours.
         env.pop("PYTHONHOME", None)
         return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class TritonServer:
