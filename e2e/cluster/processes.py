@@ -96,14 +96,21 @@ class Running:
 
 
 def process_matches(pid: int, binary: str) -> bool:
-    """True if `pid` is alive and still runs `binary` (guards against pid reuse)."""
+    """True if `pid` is alive and still runs `binary` (guards against pid reuse).
+
+    A killed Go program's main thread can exit before its other threads: the process then shows as a zombie
+    with an empty command line while those threads, still exiting, hold its files, its listening sockets among
+    them (a port answered after `down`). It is alive until its last thread is gone (its pid cannot be reused
+    while it is listed, so no command line is needed to know it is ours).
+    """
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
         stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return len(os.listdir(f"/proc/{pid}/task")) > 1
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
     except (FileNotFoundError, ProcessLookupError):
         return False
-    zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
-    return cmdline == binary and not zombie
+    return cmdline == binary
 
 
 def start(

@@ -8,6 +8,10 @@ ports come from below that range, from a slice per xdist worker, and never twice
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +52,40 @@ def test_a_port_some_process_holds_is_skipped(monkeypatch: pytest.MonkeyPatch) -
             pytest.skip(f"port {upcoming} is taken on this machine already")
         holder.listen()
         assert processes.free_port() != upcoming
+
+
+# The main thread leaves (pthread_exit) while another thread holds a listening socket: what a killed Go
+# program looks like for a moment, its leader a zombie whose threads still hold its files.
+LEADER_EXITS_FIRST = """
+import ctypes, socket, sys, threading, time
+server = socket.socket()
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen()
+threading.Thread(target=lambda: time.sleep(60)).start()
+print("listening", flush=True)
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_process_whose_main_thread_exited_first_is_alive_while_its_threads_hold_its_port() -> None:
+    port = processes.free_port()
+    child = subprocess.Popen([sys.executable, "-c", LEADER_EXITS_FIRST, str(port)], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"listening\n"
+        deadline = time.monotonic() + 10
+        while state(child.pid) != "Z":  # the main thread is gone; the other thread holds the socket
+            assert time.monotonic() < deadline, f"the main thread of {child.pid} never exited"
+            time.sleep(0.01)
+        assert processes.port_in_use(port)
+        assert processes.process_matches(child.pid, sys.executable), "its port answers: it is alive"
+        child.kill()
+        child.wait()
+        assert not processes.process_matches(child.pid, sys.executable)
+        assert not processes.port_in_use(port)
+    finally:
+        child.kill()
+        child.wait()
