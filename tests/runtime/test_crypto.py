@@ -93,6 +93,26 @@ def test_digest_matches_plaintext(tmp_path: Path, keyring: Keyring) -> None:
     assert enc.sha256 == hashlib.sha256(plaintext).hexdigest() and enc.size == 1000
 
 
+def test_files_are_written_in_pieces_no_larger_than_write_piece(
+    tmp_path: Path, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large page-cache writes are ten times slower on VMs that hand free memory back to their host
+    # (kubemaas.runtime.crypto.pipeline.WRITE_PIECE): encryption and decryption both write in small pieces.
+    plaintext = os.urandom(3 * pipeline.WRITE_PIECE + 5)
+    sizes: list[int] = []
+    real_pwrite = os.pwrite
+
+    def recording_pwrite(fd: int, data: memoryview, offset: int) -> int:
+        sizes.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(pipeline.os, "pwrite", recording_pwrite)
+    artifact = _encrypt(tmp_path, plaintext, chunk_size=2 * pipeline.WRITE_PIECE)
+    assert _decrypt(tmp_path, artifact, keyring) == plaintext
+    assert sum(sizes) == artifact.stat().st_size + len(plaintext), "every byte of both files went through pwrite"
+    assert max(sizes) == pipeline.WRITE_PIECE
+
+
 def test_same_plaintext_encrypts_differently(tmp_path: Path) -> None:
     a = _encrypt(tmp_path, b"x" * 200).read_bytes()
     b = _encrypt(tmp_path, b"x" * 200).read_bytes()
