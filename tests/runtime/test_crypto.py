@@ -106,7 +106,7 @@ def test_files_are_written_in_pieces_no_larger_than_write_piece(
         sizes.append(len(data))
         return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(pipeline.os, "pwrite", recording_pwrite)
+    monkeypatch.setattr(os, "pwrite", recording_pwrite)
     artifact = _encrypt(tmp_path, plaintext, chunk_size=2 * pipeline.WRITE_PIECE)
     assert _decrypt(tmp_path, artifact, keyring) == plaintext
     assert sum(sizes) == artifact.stat().st_size + len(plaintext), "every byte of both files went through pwrite"
