@@ -168,6 +168,7 @@ def measure(work: Path, sizes_mib: list[int], rounds: int) -> dict[str, Any]:
             artifact_bytes[str(size)] = one.s3.head_object(Bucket=bucket, Key=one.artifact_key())["ContentLength"]
             one.delete_objects()
         plaintext.unlink()
+    client_for(settings).delete_bucket(Bucket=bucket)  # the server's disk keeps nothing of a run
     return {
         "samples": samples,
         "artifact_bytes": artifact_bytes,

@@ -711,8 +711,10 @@ def build_dockerfile(image: DockerfileImage) -> Path:
     try:
         (staging / "pip.conf").write_text(PIP_OFFLINE_CONF)
         args = [arg for k, v in (("PYTHON_IMAGE", base_name), *image.build_args) for arg in ("--build-arg", f"{k}={v}")]
+        # --force-rm: a failed build's working containers go too. Left behind, each held its copy of the
+        # layer it was committing (6 GB of torch for the trainer), and the next build ran out of disk.
         command = [
-            "buildah", "build", "--pull=never", "--network=none", "--layers", "--format=oci",
+            "buildah", "build", "--pull=never", "--network=none", "--layers", "--force-rm", "--format=oci",
             "-f", str(REPO / image.dockerfile), *args,
             "-v", f"{wheels}:/wheels:ro", "-v", f"{staging / 'pip.conf'}:/etc/pip.conf:ro",
             "-t", tag, str(REPO / image.context),
