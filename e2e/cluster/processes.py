@@ -67,7 +67,7 @@ def free_port() -> int:
                 except OSError:
                     continue
             return port
-    raise ComponentError(f"no free loopback port left in {ports.start}-{ports.stop - 1}")
+    raise ComponentError(f"no free port left in {ports.start}-{ports.stop - 1}")
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from e2e.cluster import processes
+from tests.runtime.trainer_launch import wait_for
 
 
 def ephemeral_start() -> int:
@@ -76,10 +76,8 @@ def test_a_process_whose_main_thread_exited_first_is_alive_while_its_threads_hol
     child = subprocess.Popen([sys.executable, "-c", LEADER_EXITS_FIRST, str(port)], stdout=subprocess.PIPE)
     try:
         assert child.stdout is not None and child.stdout.readline() == b"listening\n"
-        deadline = time.monotonic() + 10
-        while state(child.pid) != "Z":  # the main thread is gone; the other thread holds the socket
-            assert time.monotonic() < deadline, f"the main thread of {child.pid} never exited"
-            time.sleep(0.01)
+        # The main thread is gone; the other thread holds the socket.
+        wait_for(lambda: state(child.pid) == "Z", 10, f"the main thread of {child.pid} to exit")
         assert processes.port_in_use(port)
         assert processes.process_matches(child.pid, sys.executable), "its port answers: it is alive"
         child.kill()

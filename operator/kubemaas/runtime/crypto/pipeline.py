@@ -126,7 +126,7 @@ def pread_into(fd: int, view: memoryview, offset: int) -> int:
 # write, and on a VM whose free memory goes back to its host (virtio-balloon free page reporting, in 2 MiB
 # blocks) a folio of 1 MiB or more is built from such a block, faulted in again from the host: writing 1 GiB
 # of new page cache in 4 MiB pieces took 2.6 s on the 2-core VMs this project is tested on, in 256 KiB
-# pieces 0.19 s (e2e/bench/README.md, object store). Elsewhere the pieces cost only more system calls.
+# pieces 0.19 s (README.md, the object store benchmark). Elsewhere the pieces cost only more system calls.
 WRITE_PIECE = 256 * 1024
 
 
