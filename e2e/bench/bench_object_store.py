@@ -64,6 +64,16 @@ MODEL, KEY_ID = "big", "bench"
 TARGET_RATIO = 1.3
 
 
+class _Discard:
+    """A sink that keeps nothing (kubemaas.runtime.crypto's Sink): the CPU of sealing alone."""
+
+    def place(self, offset: int, length: int, scratch: memoryview) -> memoryview:
+        return scratch[:length]
+
+    def put(self, view: memoryview, offset: int) -> None:
+        pass
+
+
 def _timed(action: Callable[[], None]) -> float:
     started = time.perf_counter()
     action()
@@ -93,7 +103,7 @@ class Round:
             sealing = pool.submit(
                 encrypt_to,
                 self.plaintext,
-                lambda view, at: None,
+                lambda _: _Discard(),
                 key=self.key,
                 key_id=KEY_ID,
                 model=MODEL,

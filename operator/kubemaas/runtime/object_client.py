@@ -30,6 +30,7 @@ import botocore.config
 import botocore.exceptions
 
 from kubemaas.contract.store import S3_ACCESS_KEY_FILE, S3_SECRET_KEY_FILE, S3Settings
+from kubemaas.runtime.buffers import BufferPool
 from kubemaas.runtime.errors import (
     NoSuchBucketError,
     ObjectAccessDeniedError,
@@ -197,6 +198,12 @@ class ObjectAccess:
             raise_for(error, self.bucket, self.key, "read")
 
 
+# The parts' buffers, kept for the next part or the next upload: a new buffer's pages fault in and are zeroed as
+# the first chunk lands in them, 8 MiB costing 6 ms of CPU here, four times the copy itself. As much as the
+# store's uploads have buffered at once (kubemaas.runtime.object_store: 8 parts of two sealed 4 MiB chunks).
+PART_BUFFERS: Final = BufferPool(bytearray, limit=72 * 1024 * 1024)
+
+
 class MultipartWriter:
     """An object written by offset, as :func:`kubemaas.runtime.crypto.encrypt_to` hands over an artifact's
     bytes, and uploaded part by part while the rest is still being written: encryption and upload overlap,
@@ -205,8 +212,9 @@ class MultipartWriter:
     Bytes land in the buffer of their part (``part_size`` each, the last one shorter); a part is uploaded, on
     up to ``concurrency`` threads, as soon as all its bytes are there. At most ``buffered`` parts exist at once
     (filling or uploading): a writer that needs a new one waits for an upload to end, so memory stays bounded
-    however much faster encryption is than the network. An uploaded part's buffer takes a later part: a new
-    buffer's pages fault in and are zeroed as they are first written. The chunk workers write a bounded window
+    however much faster encryption is than the network. An uploaded part's buffer takes a later part, of this
+    upload or the next one (kubemaas.runtime.buffers: a new buffer's pages fault in and are zeroed as they are
+    first written). The chunk workers write a bounded window
     of chunks in order, so the parts they fill are always among the oldest ones and always complete. Nothing
     is visible until :meth:`complete`; :meth:`abort` (or an error) drops every part already uploaded.
 
@@ -222,14 +230,15 @@ class MultipartWriter:
         key: str,
         *,
         part_size: int = 16 * 1024 * 1024,
+        first_part_size: int | None = None,
         concurrency: int = 4,
         buffered: int = 8,
     ) -> None:
         self._client, self.bucket, self.key, self.part_size = client, bucket, key, part_size
+        self.first_part_size = part_size if first_part_size is None else first_part_size
         self._lock = threading.Lock()
         self._room = threading.BoundedSemaphore(buffered)
         self._parts: dict[int, tuple[bytearray, int]] = {}  # index -> (buffer, bytes written into it)
-        self._spare: list[bytearray] = []  # buffers of parts already uploaded, for the next parts
         self._uploads: dict[int, Future[str]] = {}
         self._failure: BaseException | None = None
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kms3part")
@@ -237,20 +246,48 @@ class MultipartWriter:
         self._created.add_done_callback(self._note_failure)
         self.size = 0
 
-    def write(self, view: memoryview, offset: int) -> None:
+    def place(self, offset: int, length: int, scratch: memoryview) -> memoryview:
+        """Room for the ``length`` bytes at ``offset`` (kubemaas.runtime.crypto's Sink): in their part's buffer
+        when no part boundary cuts them, so that they are sealed in place; else in ``scratch``, copied by
+        :meth:`put`."""
         self._raise_failure()
+        index, start = self._locate(offset)
+        if start + length > self._part_size(index):
+            return scratch[:length]
+        return memoryview(self._buffer(index))[start : start + length]
+
+    def put(self, view: memoryview, offset: int) -> None:
+        """``view`` holds the object's bytes at ``offset``: in the room :meth:`place` gave, or anywhere else."""
+        self._raise_failure()
+        index, start = self._locate(offset)
+        if start + len(view) <= self._part_size(index) and view.obj is self._buffer(index):
+            self._filled(index, offset, len(view))
+            return
         while len(view):
-            index, start = divmod(offset, self.part_size)
-            length = min(len(view), self.part_size - start)
+            index, start = self._locate(offset)
+            length = min(len(view), self._part_size(index) - start)
             buffer = self._buffer(index)
             buffer[start : start + length] = view[:length]
-            with self._lock:
-                filled = self._parts[index][1] + length
-                self._parts[index] = (buffer, filled)
-                self.size = max(self.size, offset + length)
-                if filled == self.part_size:
-                    self._send(index)
+            self._filled(index, offset, length)
             view, offset = view[length:], offset + length
+
+    def _locate(self, offset: int) -> tuple[int, int]:
+        """(part index, offset in that part) of the object's byte at ``offset``."""
+        if offset < self.first_part_size:
+            return 0, offset
+        index, start = divmod(offset - self.first_part_size, self.part_size)
+        return index + 1, start
+
+    def _part_size(self, index: int) -> int:
+        return self.first_part_size if index == 0 else self.part_size
+
+    def _filled(self, index: int, offset: int, length: int) -> None:
+        with self._lock:
+            buffer, filled = self._parts[index]
+            self._parts[index] = (buffer, filled + length)
+            self.size = max(self.size, offset + length)
+            if filled + length == self._part_size(index):
+                self._send(index)
 
     def _buffer(self, index: int) -> bytearray:
         with self._lock:
@@ -264,10 +301,7 @@ class MultipartWriter:
             if index in self._parts:  # another writer made it meanwhile
                 self._room.release()
             else:
-                # A new buffer's pages fault in and are zeroed as the first chunk lands in them: 8 MiB cost 6 ms
-                # of CPU here, four times the copy itself, so an uploaded part's buffer is reused.
-                spare = self._spare.pop() if self._spare else bytearray(self.part_size)
-                self._parts[index] = (spare, 0)
+                self._parts[index] = (PART_BUFFERS.take(self._part_size(index)), 0)
             return self._parts[index][0]
 
     def _send(self, index: int, length: int | None = None) -> None:
@@ -304,9 +338,8 @@ class MultipartWriter:
         except SDK_ERRORS as error:
             raise_for(error, self.bucket, self.key, "upload")
         finally:
-            if len(buffer) == self.part_size:  # not the last part, shortened in place
-                with self._lock:
-                    self._spare.append(buffer)
+            if len(buffer) == self._part_size(index):  # not the last part, shortened in place
+                PART_BUFFERS.give(len(buffer), buffer)
             self._room.release()
         return answer["ETag"]
 
@@ -314,9 +347,9 @@ class MultipartWriter:
         """Upload the last part and make the object visible: ``size`` bytes, every one of them written."""
         try:
             with self._lock:
-                last = (size - 1) // self.part_size
-                if last in self._parts and self._parts[last][1] == size - last * self.part_size:
-                    self._send(last, size - last * self.part_size)
+                last, length = self._locate(size - 1)
+                if last in self._parts and self._parts[last][1] == length + 1:
+                    self._send(last, length + 1)
                 if self._parts or self.size != size:
                     self._raise_failure()  # the reason the rest was never written
                     raise ObjectStoreError(f"upload s3://{self.bucket}/{self.key}: {self.size} of {size} bytes written")

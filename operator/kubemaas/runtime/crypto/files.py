@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -30,8 +30,7 @@ from kubemaas.runtime.crypto.format import (
     verify_header,
 )
 from kubemaas.runtime.crypto.keys import FileKeys, derive_file_keys, derive_manifest_key, manifest_mac_of
-from kubemaas.runtime.crypto.pipeline import pwrite_all
-from kubemaas.runtime.crypto.stream import PlaintextDigest, Writer, decrypt_chunks, encrypt_chunks
+from kubemaas.runtime.crypto.stream import FileSink, PlaintextDigest, Sink, decrypt_chunks, encrypt_chunks
 from kubemaas.runtime.errors import (
     ExtendedArtifactError,
     ManifestTamperedError,
@@ -55,11 +54,9 @@ def encrypt_file(
     """Encrypt ``src`` into ``dst`` (atomically replaced), bound to ``model``/``version``/``key_id``."""
 
     def into_file(out_fd: int) -> PlaintextDigest:
-        def write(view: memoryview, offset: int) -> None:
-            pwrite_all(out_fd, view, offset)
-
+        sink = FileSink(out_fd)
         return encrypt_to(
-            src, write, key=key, key_id=key_id, model=model, version=version, chunk_size=chunk_size
+            src, lambda _: sink, key=key, key_id=key_id, model=model, version=version, chunk_size=chunk_size
         ).digest
 
     return atomic_write(Path(dst), into_file, suffix=".partial")
@@ -76,7 +73,7 @@ class Encrypted:
 
 def encrypt_to(
     src: Path | str,
-    write: Writer,
+    sink_for: Callable[[ArtifactHeader], Sink],
     *,
     key: bytes,
     key_id: str,
@@ -84,9 +81,10 @@ def encrypt_to(
     version: str,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Encrypted:
-    """Encrypt ``src`` as an artifact bound to ``model``/``version``/``key_id``, handing every byte of it to
-    ``write(bytes, offset)``: the header at 0, then the sealed chunks, from worker threads, in any order. A file
-    (:func:`encrypt_file`) or a multipart upload (kubemaas.runtime.object_client) puts them in place."""
+    """Encrypt ``src`` as an artifact bound to ``model``/``version``/``key_id`` into ``sink_for(header)``: the
+    header at 0, then the sealed chunks, from worker threads, in any order. The sink is made once the header
+    is known, so that it can lay out its memory along the chunks: a file (:func:`encrypt_file`), or a multipart
+    upload whose parts hold whole chunks (kubemaas.runtime.object_store)."""
     if len(key) != KEY_BYTES:
         raise ValueError(f"key must be {KEY_BYTES} bytes")
     validate_key_id(key_id)
@@ -107,8 +105,9 @@ def encrypt_to(
             salt=salt,
         )
         header = parse_header(header_bytes)
-        write(memoryview(header_bytes), 0)
-        digest = encrypt_chunks(source.fileno(), write, header, keys.enc)
+        sink = sink_for(header)
+        sink.put(memoryview(header_bytes), 0)
+        digest = encrypt_chunks(source.fileno(), sink, header, keys.enc)
     return Encrypted(digest, header_bytes, header.encrypted_size)
 
 

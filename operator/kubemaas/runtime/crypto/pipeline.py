@@ -12,13 +12,16 @@ import os
 import queue
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Final
+
+from kubemaas.runtime.buffers import BufferPool
 
 
 class Slot:
     """One ring position: the buffer its chunk keeps until the caller is done, and when it is filled."""
 
-    def __init__(self, size: int) -> None:
-        self.held = page_aligned(size)
+    def __init__(self, held: memoryview) -> None:
+        self.held = held
         self.loaded: Future[memoryview] = Future()
 
 
@@ -46,10 +49,11 @@ class ChunkPipeline:
         # One queued chunk per worker beyond the running ones, so no worker waits on this thread.
         self.depth = min(count, 2 * workers)
         self._job, self._count = job, count
-        self._slots = [Slot(held_size) for _ in range(self.depth)]
+        self._held_size, self._scratch_size, self._workers = held_size, scratch_size, workers
+        self._slots = [Slot(_BUFFERS.take(held_size)) for _ in range(self.depth)]
         self._scratch: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
         for _ in range(workers):
-            self._scratch.put(page_aligned(scratch_size))
+            self._scratch.put(_BUFFERS.take(scratch_size))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kmcrypt")
         self._running: dict[int, Future[None]] = {}
 
@@ -58,8 +62,13 @@ class ChunkPipeline:
             self._start(index)
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        # Every job has ended: no thread uses a buffer any more, and the next pipeline of this process takes them.
+        for slot in self._slots:
+            _BUFFERS.give(self._held_size, slot.held)
+        for _ in range(self._workers):
+            _BUFFERS.give(self._scratch_size, self._scratch.get_nowait())
 
     def slot(self, index: int) -> Slot:
         return self._slots[index % self.depth]
@@ -96,6 +105,10 @@ def page_aligned(size: int) -> memoryview:
     (4K aliasing in `rep movsb`); with equal page offsets they run at full speed.
     """
     return memoryview(mmap.mmap(-1, size + mmap.PAGESIZE))
+
+
+# Enough for one pipeline's buffers of 4 MiB chunks on 4 workers (8 held, 4 scratch), kept for the next one.
+_BUFFERS: Final = BufferPool(page_aligned, limit=64 * 1024 * 1024)
 
 
 def matching(buffer: memoryview, file_offset: int, length: int) -> memoryview:

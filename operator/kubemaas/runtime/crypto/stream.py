@@ -10,8 +10,8 @@ import contextlib
 import hashlib
 import mmap
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -42,13 +42,36 @@ class PlaintextDigest:
     size: int
 
 
-# Where sealed bytes go: (bytes, offset in the artifact). pwrite into a file, or a multipart upload's parts.
-Writer = Callable[[memoryview, int], None]
+class Sink(Protocol):
+    """Where an artifact's bytes go, by offset, from several threads at once: a file (:class:`FileSink`), or the
+    parts of a multipart upload (kubemaas.runtime.object_client.MultipartWriter)."""
+
+    def place(self, offset: int, length: int, scratch: memoryview) -> memoryview:
+        """Room to seal the ``length`` bytes at ``offset`` into: memory of the sink's own where it holds them
+        (a part's buffer: sealed in place, no copy), else a part of ``scratch``."""
+        ...
+
+    def put(self, view: memoryview, offset: int) -> None:
+        """``view`` holds the artifact's bytes at ``offset``: in the room :meth:`place` gave, or elsewhere."""
+        ...
 
 
-def encrypt_chunks(src_fd: int, write: Writer, header: ArtifactHeader, aead: AESGCM) -> PlaintextDigest:
-    """Workers read, seal and write chunks in parallel (``write`` is called from several threads at once, each
-    with the chunk's offset in the artifact); this thread hashes them, in order."""
+class FileSink:
+    """An artifact written into an open file: sealed in the worker's scratch, then pwritten."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def place(self, offset: int, length: int, scratch: memoryview) -> memoryview:
+        return matching(scratch, offset, length)
+
+    def put(self, view: memoryview, offset: int) -> None:
+        pwrite_all(self.fd, view, offset)
+
+
+def encrypt_chunks(src_fd: int, sink: Sink, header: ArtifactHeader, aead: AESGCM) -> PlaintextDigest:
+    """Workers read, seal and put chunks in parallel (the sink is called from several threads at once, with each
+    chunk's offset in the artifact); this thread hashes them, in order."""
     advise_sequential(src_fd)
     sealed_size = header.chunk_size + TAG_BYTES
 
@@ -63,11 +86,11 @@ def encrypt_chunks(src_fd: int, write: Writer, header: ArtifactHeader, aead: AES
             raise RuntimeError(f"source file changed while encrypting (chunk {index} is short)")
         slot.loaded.set_result(plain)  # the hashing thread may read `plain` from now on
         final = index == header.chunk_count - 1
-        sealed = matching(scratch, out_at, length + TAG_BYTES)
+        sealed = sink.place(out_at, length + TAG_BYTES, scratch)
         aead.encrypt_into(
             chunk_nonce(header.nonce_prefix, index), plain, chunk_aad(header.checksum, index, final), sealed
         )
-        write(sealed, out_at)
+        sink.put(sealed, out_at)
 
     # SHA-256 for the manifest is one serial stream over the plaintext, so it stays on this thread
     # while the workers run ahead; a slot is refilled only after its chunk was both hashed and written.
