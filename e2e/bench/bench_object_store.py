@@ -18,9 +18,10 @@ What it measures, in one process, against one S3 server (versitygw on this machi
   8 MiB, 8 in flight: ``TRANSFER``): the plain multipart upload publication is compared to.
 * ``upload+seal``: that same upload while another thread seals the same plaintext (AES-GCM chunks and the
   sha256 the manifest records, ``encrypt_to`` into nothing): the CPU the format needs, overlapped with
-  ``upload_file`` as well as it can be, on the cores the server shares. Not a hard floor: publication hands the
-  SDK each part as one buffer, which it signs and sends in one pass each, where ``upload_file`` reads a file
-  object back in pieces for both (kubemaas.runtime.object_client.MultipartWriter).
+  ``upload_file`` as well as it can be, on the cores the server shares. Not a hard floor: publication seals each
+  chunk in place in its part's buffer and hands the SDK each part as one buffer, which it signs and sends in one
+  pass each, where ``upload_file`` reads a file object back in pieces for both
+  (kubemaas.runtime.object_client.MultipartWriter).
 
 The pairs run one after the other, the order alternating per round; a ratio is best over best (interference on
 shared cores only ever slows a run), medians kept too. The 1-minute load average is recorded before each round.

@@ -209,14 +209,15 @@ class MultipartWriter:
     bytes, and uploaded part by part while the rest is still being written: encryption and upload overlap,
     and the object never lies on a disk first.
 
-    Bytes land in the buffer of their part (``part_size`` each, the last one shorter); a part is uploaded, on
+    Bytes land in the buffer of their part (``first_part_size`` the first one, ``part_size`` each after it, the
+    last one shorter): sealed there in place (:meth:`place`), or copied in (:meth:`put`). A part is uploaded, on
     up to ``concurrency`` threads, as soon as all its bytes are there. At most ``buffered`` parts exist at once
     (filling or uploading): a writer that needs a new one waits for an upload to end, so memory stays bounded
     however much faster encryption is than the network. An uploaded part's buffer takes a later part, of this
     upload or the next one (kubemaas.runtime.buffers: a new buffer's pages fault in and are zeroed as they are
-    first written). The chunk workers write a bounded window
-    of chunks in order, so the parts they fill are always among the oldest ones and always complete. Nothing
-    is visible until :meth:`complete`; :meth:`abort` (or an error) drops every part already uploaded.
+    first written). The chunk workers write a bounded window of chunks in order, so the parts they fill are
+    always among the oldest ones and always complete. Nothing is visible until :meth:`complete`; :meth:`abort`
+    (or an error) drops every part already uploaded.
 
     The upload is created on the pool while the first part fills (one round trip less before the first part
     leaves). The first failure (creating the upload, or a part after the SDK's retries) is raised by the next

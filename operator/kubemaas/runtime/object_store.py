@@ -80,10 +80,11 @@ from kubemaas.runtime.object_client import (
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-# Parts of 8 MiB, 8 in flight, 8 buffered at most (64 MiB, each reused once its part is uploaded): a 1 GiB model
-# is 128 parts. Small parts start the upload after a few chunks are sealed and leave a short tail after the last
-# one (measured on 64 MiB: 16 MiB parts, 4 in flight, 1.41-1.87x a plain upload). Reused buffers took 1 GiB from
-# 1.23x (16 buffered, each new) to 1.17-1.18x (6 or 8, reused) and 64 MiB from 1.31-1.36x to 1.25-1.28x
+# Parts of 8 MiB (two sealed 4 MiB chunks and their tags: upload_sealed cuts them at chunk boundaries), 8 in
+# flight, 8 buffered at most (64 MiB, each reused once its part is uploaded): a 1 GiB model is 128 parts. Small
+# parts start the upload after a few chunks are sealed and leave a short tail after the last one (measured on
+# 64 MiB: 16 MiB parts, 4 in flight, 1.41-1.87x a plain upload). Reused buffers took 1 GiB from 1.23x (16
+# buffered, each new) to 1.17-1.18x (6 or 8, reused) and 64 MiB from 1.31-1.36x to 1.25-1.28x
 # (e2e/bench/bench_object_store.py). TRANSFER is the same for boto3's own transfers (the benchmark's baseline).
 PART_SIZE: Final = 8 * 1024 * 1024
 PART_CONCURRENCY: Final = 8
