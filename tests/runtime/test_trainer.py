@@ -178,6 +178,30 @@ def test_every_rank_leaves_once_rank_zero_has_published(tmp_path: Path) -> None:
     assert exited[1] >= float(published.read_text()), "rank 1 left before rank 0 had published"
 
 
+# The exit hook stands in for a native thread that std::terminate()s while the interpreter finalizes (seen once:
+# gloo's, on a rank that had finished; docs/runtime-contract.md §7).
+ABORT_WHILE_FINALIZING = """
+import atexit, logging, os
+from kubemaas.runtime.trainer import main
+
+def train(h):
+    atexit.register(os.abort)
+    logging.getLogger("kubemaas.test").warning("trained on rank %d", h.rank)
+
+main(train)
+"""
+
+
+def test_a_finished_rank_exits_with_its_runs_code_whatever_the_interpreter_does_at_exit(tmp_path: Path) -> None:
+    """Once the run has decided the exit code, nothing of the interpreter's finalization runs; the logs are flushed."""
+    job, program = Job(tmp_path), tmp_path / "abort_while_finalizing.py"
+    program.write_text(ABORT_WHILE_FINALIZING)
+    with program_ranks(program, job, 2, 0, []) as procs:
+        codes = wait_all(procs, timeout=120)
+    assert codes == [0, 0], log_text(job, 0, 0) + log_text(job, 1, 0)
+    assert all(f"trained on rank {rank}" in log_text(job, rank, 0) for rank in (0, 1))
+
+
 def test_killed_rank_then_restart_resumes_from_checkpoint(tmp_path: Path) -> None:
     job = Job(tmp_path)
     store = checkpoint_store(job.checkpoints)

@@ -440,4 +440,12 @@ def _configure_logging(level: contract.LogLevel, rank: int | None) -> None:
 
 
 def main(train: Callable[[Harness], None]) -> NoReturn:
-    sys.exit(run(train, os.environ))
+    code = run(train, os.environ)
+    # The exit code is decided: leave without the interpreter's finalization. A native thread torch left behind
+    # (gloo's, on a rank whose group is destroyed) can std::terminate() there and turn a rank that finished into
+    # exit 134; an Indexed Job then reruns that index alone, and it can never meet the ranks that completed
+    # (docs/runtime-contract.md §7, "Leaving"). Everything the run wrote is flushed first.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
