@@ -20,7 +20,15 @@ from kubernetes import client
 
 from e2e.cluster.images import BASE_IMAGE, DOCKERFILE_IMAGES
 from e2e.conftest import E2ECluster, RealNode
-from e2e.kube import GROUP, RESTRICTED_CONTAINER, VERSION, bound_claim, client_resources, model_service
+from e2e.kube import (
+    GROUP,
+    RESTRICTED_CONTAINER,
+    VERSION,
+    bound_claim,
+    client_resources,
+    from_first_answer,
+    model_service,
+)
 from e2e.typed_client import body_as, meta, pod_status, present
 from kubemaas.controllers.modelservice_core.steps import EVENT_REASONS
 from kubemaas.manifests.modelservice import METRICS_PORT, TRACK_LABEL, VERSION_LABEL
@@ -146,12 +154,13 @@ def start_client(cluster: E2ECluster, namespace: str, placement: dict[str, Any],
 
 
 def requests_seen(cluster: E2ECluster, namespace: str) -> list[dict[str, Any]]:
-    """The client's requests so far: time, whether poisoned, and the error if it failed."""
+    """The client's requests from its first answer on: time, whether poisoned, and the error if it failed
+    (kube.from_first_answer: what failed before, the Service did not route yet)."""
     try:
         log = client.CoreV1Api(cluster.api).read_namespaced_pod_log("traffic", namespace, container="main")
     except client.ApiException:
         return []  # not started yet
-    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return from_first_answer([json.loads(line) for line in log.splitlines() if line.startswith("{")])
 
 
 def serving_pods(cluster: E2ECluster, namespace: str) -> list[client.V1Pod]:

@@ -77,11 +77,19 @@ def gpu_cluster_queue(
 @contextlib.contextmanager
 def priority_classes(cluster: E2ECluster, namespace: str, **values: int) -> Iterator[dict[str, str]]:
     """PriorityClasses `<namespace>-<name>` of `values` (name -> priority), which Kueue also takes as its
-    workloads' priorities; yields name -> PriorityClass name, and removes them afterwards."""
+    workloads' priorities; yields name -> PriorityClass name, and removes them afterwards.
+
+    Non-preempting (`preemptionPolicy: Never`, as Kueue's maintainers advise where the priority is Kueue's alone:
+    kubernetes-sigs/kueue#82): Kueue preempts among its workloads by their value either way, but kube-scheduler
+    would also preempt any pod of a lower priority on the node for these pods. On the shared real node that was
+    another test's Triton pod (priority 0) in the middle of its live traffic."""
     api = client.SchedulingV1Api(cluster.api)
     names = {name: f"{namespace}-{name}"[:63] for name in values}
     for name, value in values.items():
-        api.create_priority_class(client.V1PriorityClass(metadata=client.V1ObjectMeta(name=names[name]), value=value))
+        body = client.V1PriorityClass(
+            metadata=client.V1ObjectMeta(name=names[name]), value=value, preemption_policy="Never"
+        )
+        api.create_priority_class(body)
     try:
         yield names
     finally:

@@ -35,6 +35,7 @@ from e2e.kube import (
     VERSION,
     bound_claim,
     client_resources,
+    from_first_answer,
     model_service,
     python_pod,
     skip_unless_served,
@@ -544,9 +545,10 @@ def traffic_pod(namespace: str, placement: dict[str, Any], *, pause: float, cpu:
 
 
 def answers(cluster: E2ECluster, namespace: str) -> list[dict[str, Any]]:
-    """The traffic pod's requests so far; answers rounded, so two pods of one version answer alike."""
+    """The traffic pod's requests from its first answer on (kube.from_first_answer); answers rounded, so two pods of
+    one version answer alike."""
     log = client.CoreV1Api(cluster.api).read_namespaced_pod_log("traffic", namespace, container="main")
-    seen = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    seen = from_first_answer([json.loads(line) for line in log.splitlines() if line.startswith("{")])
     return [{**a, "out": [round(v, 4) for v in a["out"]]} if "out" in a else a for a in seen]
 
 
