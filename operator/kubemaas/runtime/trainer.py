@@ -441,11 +441,9 @@ def _configure_logging(level: contract.LogLevel, rank: int | None) -> None:
 
 def main(train: Callable[[Harness], None]) -> NoReturn:
     code = run(train, os.environ)
-    # The exit code is decided: leave without the interpreter's finalization. A native thread torch left behind
-    # (gloo's, on a rank whose group is destroyed) can std::terminate() there and turn a rank that finished into
-    # exit 134; an Indexed Job then reruns that index alone, and it can never meet the ranks that completed
-    # (docs/runtime-contract.md §7, "Leaving"). Everything the run wrote is flushed first.
+    # Decided: leave, logs flushed, without the interpreter's finalization, where a native thread torch left behind
+    # can std::terminate() and turn a finished rank into exit 134 (docs/runtime-contract.md §7, "Leaving").
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
     os._exit(code)
