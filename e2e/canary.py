@@ -6,7 +6,6 @@ serving pod's own Triton counters read from this machine."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
 import urllib.request
@@ -25,6 +24,7 @@ from e2e.kube import (
     RESTRICTED_CONTAINER,
     VERSION,
     bound_claim,
+    client_requests,
     client_resources,
     from_first_answer,
     model_service,
@@ -160,7 +160,7 @@ def requests_seen(cluster: E2ECluster, namespace: str) -> list[dict[str, Any]]:
         log = client.CoreV1Api(cluster.api).read_namespaced_pod_log("traffic", namespace, container="main")
     except client.ApiException:
         return []  # not started yet
-    return from_first_answer([json.loads(line) for line in log.splitlines() if line.startswith("{")])
+    return from_first_answer(client_requests(log))
 
 
 def serving_pods(cluster: E2ECluster, namespace: str) -> list[client.V1Pod]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import urllib.request
 from collections import Counter
@@ -325,15 +326,6 @@ def create_claim(
 # Run inside a client pod (python only, no packages): KServe v2 requests through a Service, one JSON line per
 # request with the time it was sent. A new connection each time, so every request goes through kube-proxy's
 # rules as they are at that moment. argv: url, the input row as JSON, the pause between requests in seconds.
-def from_first_answer(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A traffic client's requests from its first answered one on. A ModelService is Ready once its Deployment
-    reports the pods available, and the Service routes to them only once the EndpointSlice controller and
-    kube-proxy have caught up: seconds later on a loaded machine, and until then a new client's requests are
-    refused (kube-proxy rejects a Service without endpoints). Those are not requests a rollout lost."""
-    first = next((n for n, request in enumerate(requests) if "error" not in request), len(requests))
-    return requests[first:]
-
-
 KSERVE_CLIENT = """
 import json, sys, time, urllib.request
 url, pixels, pause = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
@@ -349,3 +341,17 @@ while True:
         print(json.dumps({"t": started, "error": repr(error)}), flush=True)
     time.sleep(pause)
 """
+
+
+def client_requests(log: str) -> list[dict[str, Any]]:
+    """The requests a traffic client (KSERVE_CLIENT, or e2e/canary.py's) logged, one JSON line each."""
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
+def from_first_answer(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A traffic client's requests from its first answered one on. A ModelService is Ready once its Deployment
+    reports the pods available, and the Service routes to them only once the EndpointSlice controller and
+    kube-proxy have caught up: seconds later on a loaded machine, and until then a new client's requests are
+    refused (kube-proxy rejects a Service without endpoints). Those are not requests a rollout lost."""
+    first = next((n for n, request in enumerate(requests) if "error" not in request), len(requests))
+    return requests[first:]

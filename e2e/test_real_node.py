@@ -34,6 +34,7 @@ from e2e.kube import (
     RESTRICTED_CONTAINER,
     VERSION,
     bound_claim,
+    client_requests,
     client_resources,
     from_first_answer,
     model_service,
@@ -548,7 +549,7 @@ def answers(cluster: E2ECluster, namespace: str) -> list[dict[str, Any]]:
     """The traffic pod's requests from its first answer on (kube.from_first_answer); answers rounded, so two pods of
     one version answer alike."""
     log = client.CoreV1Api(cluster.api).read_namespaced_pod_log("traffic", namespace, container="main")
-    seen = from_first_answer([json.loads(line) for line in log.splitlines() if line.startswith("{")])
+    seen = from_first_answer(client_requests(log))
     return [{**a, "out": [round(v, 4) for v in a["out"]]} if "out" in a else a for a in seen]
 
 

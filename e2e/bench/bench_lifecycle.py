@@ -61,7 +61,7 @@ from e2e.bench.bench_reconcile import machine, operator  # noqa: E402
 from e2e.cluster import control_plane, images, node  # noqa: E402
 from e2e.cluster.node import REAL_NODE_LABEL  # noqa: E402
 from e2e.conftest import E2ECluster  # noqa: E402
-from e2e.kube import KSERVE_CLIENT, apply_crd, bound_claim, load_crds, model_service  # noqa: E402
+from e2e.kube import KSERVE_CLIENT, apply_crd, bound_claim, client_requests, load_crds, model_service  # noqa: E402
 from e2e.typed_client import Watch, body_as, name_of, new_client  # noqa: E402
 from kubemaas.manifests.modelservice import VERSION_LABEL  # noqa: E402
 from kubemaas.manifests.pods import (  # noqa: E402
@@ -174,7 +174,7 @@ def client_pod(namespace: str, placement: dict[str, Any], pixels: list[float]) -
 
 def client_answers(core: client.CoreV1Api, namespace: str) -> list[dict[str, Any]]:
     log = core.read_namespaced_pod_log("client", namespace, container="main")
-    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return client_requests(log)
 
 
 def matches(out: list[float], expected: list[float]) -> bool:

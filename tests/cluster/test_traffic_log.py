@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from e2e.kube import from_first_answer
+from e2e.kube import client_requests, from_first_answer
 
 REFUSED = {"error": "URLError(ConnectionRefusedError(111, 'Connection refused'))"}
 
@@ -20,3 +20,8 @@ def test_every_failure_after_the_first_answer_is_kept() -> None:
 def test_a_client_never_answered_has_no_requests_yet() -> None:
     assert from_first_answer([{"t": 1.0, **REFUSED}]) == []
     assert from_first_answer([]) == []
+
+
+def test_a_client_log_reads_as_its_json_lines_only() -> None:
+    log = 'starting\n{"t": 1.0, "out": [0.5]}\nTraceback (most recent call last):\n{"t": 1.1, "error": "x"}\n'
+    assert client_requests(log) == [{"t": 1.0, "out": [0.5]}, {"t": 1.1, "error": "x"}]
